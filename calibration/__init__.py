@@ -1,0 +1,1 @@
+"""Camera intrinsics, hand-eye (ChArUco) and workspace limits -> calibration.yaml."""

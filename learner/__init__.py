@@ -1,0 +1,1 @@
+"""Learner: ingest, episode store, feature cache, RL (head) and SFT (LoRA) phases."""

@@ -1,0 +1,1 @@
+"""Head-only RL algorithms, one readable file each."""

@@ -1,0 +1,202 @@
+"""Typed messages at every process boundary (DESIGN.md, "Wire protocol").
+
+HTTP (robot -> server): ``ActRequest`` / ``ActResponse``.
+ZeroMQ (robot -> learner): ``Hello``, ``StepMsg``, ``EpisodeEnd``; learner -> robot: ``Ack``.
+Every message carries ``schema``; a mismatch is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from protocol.codec import CodecError, packb, unpackb
+
+SCHEMA_VERSION = 1
+ACTION_DIM = 7  # dx, dy, dz (m), droll, dpitch, dyaw (rad), gripper (0 closed .. 1 open)
+
+# robot_id and episode_id become directory names in the episode store: a strict pattern keeps
+# them from escaping the run directory ("..", "/", NUL are impossible).
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+RobotId = Annotated[str, Field(pattern=ID_PATTERN)]
+EpisodeId = Annotated[str, Field(pattern=ID_PATTERN)]
+
+Mode = Literal["sample", "greedy"]
+Command = Literal["run", "end_episode", "pause"]
+Outcome = Literal["success", "failure", "aborted"]
+LabelSource = Literal["operator", "auto", "timeout"]
+
+
+class SchemaError(CodecError):
+    """The peer speaks another schema version."""
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    schema_version: int = Field(default=SCHEMA_VERSION, alias="schema")
+
+    @field_validator("schema_version")
+    @classmethod
+    def _schema_matches(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"schema version {v} is not supported (this side speaks {SCHEMA_VERSION})")
+        return v
+
+    def to_wire(self) -> dict:
+        return self.model_dump(by_alias=True)
+
+
+def _finite_list(values: Any, name: str) -> list[float]:
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return arr.tolist()
+
+
+# ---------------------------------------------------------------- HTTP: /v1/act
+
+
+class ActRequest(_Msg):
+    """One observation from a robot; the server answers with an action chunk."""
+
+    request_id: str = Field(min_length=1, max_length=128)
+    robot_id: RobotId
+    episode_id: EpisodeId
+    step: int = Field(ge=0)
+    t_capture: float = Field(description="capture time of the frames, unix seconds")
+    instruction: str = Field(min_length=1, max_length=512)
+    images: dict[str, Any] = Field(description="camera name -> JPEG bytes or uint8 HxWx3 array")
+    state: list[float] = Field(description="proprioceptive state in robot units")
+    mode: Mode = "greedy"
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _state_finite(cls, v: Any) -> list[float]:
+        return _finite_list(v, "state")
+
+    @field_validator("images")
+    @classmethod
+    def _images_typed(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if not v:
+            raise ValueError("at least one camera image is required")
+        for name, img in v.items():
+            if not isinstance(img, (bytes, bytearray, np.ndarray)):
+                raise ValueError(f"image {name!r} must be JPEG bytes or a uint8 array")
+        return v
+
+
+class Timing(BaseModel):
+    decode_ms: float
+    queue_ms: float
+    infer_ms: float
+    total_ms: float
+
+
+class ActResponse(_Msg):
+    request_id: str
+    actions: list[list[float]] = Field(description="[H][7] action chunk in robot units")
+    log_prob: float = Field(description="log-prob of the whole chunk under the policy (sum over dims)")
+    value: float
+    policy_version: int
+    timing: Timing
+    command: Command = "run"
+
+
+# ---------------------------------------------------------------- ZeroMQ: robot -> learner
+
+
+class Hello(_Msg):
+    type: Literal["hello"] = "hello"
+    robot_id: RobotId
+    config_hash: str
+    token: str = ""
+
+
+class StepMsg(_Msg):
+    """One control step. ``chunk_index == 0`` marks a decision point: this step's observation
+    produced ``action_chunk`` (with ``log_prob``/``value``); later steps execute the rest of it."""
+
+    type: Literal["step"] = "step"
+    robot_id: RobotId
+    episode_id: EpisodeId
+    step: int = Field(ge=0)
+    images: dict[str, bytes]
+    state: list[float]
+    action: list[float] = Field(description="the 7-D action actually executed (after safety)")
+    action_chunk: list[list[float]] | None = None
+    chunk_index: int = 0
+    log_prob: float | None = None
+    value: float | None = None
+    policy_version: int = -1
+    instruction: str = ""
+    t_capture: float = 0.0
+    t_act: float = 0.0
+    safety: dict[str, int] = Field(default_factory=dict, description="clamp/hold counters")
+
+    @field_validator("action")
+    @classmethod
+    def _action_shape(cls, v: list[float]) -> list[float]:
+        if len(v) != ACTION_DIM:
+            raise ValueError(f"action must have {ACTION_DIM} values, got {len(v)}")
+        if not all(math.isfinite(x) for x in v):
+            raise ValueError("action contains NaN or inf")
+        return v
+
+
+class EpisodeEnd(_Msg):
+    type: Literal["episode_end"] = "episode_end"
+    robot_id: RobotId
+    episode_id: EpisodeId
+    outcome: Outcome
+    label_source: LabelSource
+    n_steps: int = Field(ge=0)
+    instruction: str
+    task: str = ""
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class Relabel(_Msg):
+    """The operator corrected an episode's label after the fact."""
+
+    type: Literal["relabel"] = "relabel"
+    robot_id: RobotId
+    episode_id: EpisodeId
+    outcome: Outcome
+
+
+class Ack(_Msg):
+    type: Literal["ack"] = "ack"
+    seq: int
+    ok: bool = True
+    duplicate: bool = False
+    error: str = ""
+
+
+RobotToLearner = Union[Hello, StepMsg, EpisodeEnd, Relabel]
+_BY_TYPE: dict[str, type[_Msg]] = {"hello": Hello, "step": StepMsg, "episode_end": EpisodeEnd,
+                                   "relabel": Relabel, "ack": Ack}
+
+
+def encode_message(msg: _Msg) -> bytes:
+    return packb(msg.to_wire())
+
+
+def decode_message(data: bytes) -> _Msg:
+    """Decode a ZeroMQ message to its typed model; raises CodecError/SchemaError with the reason."""
+    obj = unpackb(data)
+    if not isinstance(obj, dict):
+        raise CodecError("message is not a map")
+    schema = obj.get("schema")
+    if schema != SCHEMA_VERSION:
+        raise SchemaError(f"schema version {schema!r} is not supported (this side speaks {SCHEMA_VERSION})")
+    kind = obj.get("type")
+    cls = _BY_TYPE.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise CodecError(f"unknown message type {kind!r}")
+    try:
+        return cls.model_validate(obj)
+    except Exception as e:  # pydantic.ValidationError: keep the field names in the message
+        raise CodecError(f"invalid {kind} message: {e}") from None

@@ -1,0 +1,1 @@
+"""Hardware backends behind the `Arm` and `Camera` interfaces (franka, realsense, mock)."""

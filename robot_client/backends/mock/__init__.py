@@ -1,0 +1,1 @@
+"""Mock hardware: a small deterministic table-top simulator with language tasks."""

@@ -1,0 +1,52 @@
+"""The `vlaloop` console script. Each subcommand lives in the package of the process it runs;
+this file only dispatches. A subcommand module provides ``configure(parser)`` and
+``run(args, config) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from vlaloop.config import ConfigError, load_config
+
+SUBCOMMANDS = {
+    "serve": ("server.cli", "run the inference server (FastAPI/uvicorn) and operator page"),
+    "learn": ("learner.cli", "run the learner: ingest, RL and SFT phases, publish checkpoints"),
+    "robot": ("robot_client.cli", "run the robot control client (mock or franka backend)"),
+    "demos": ("robot_client.backends.mock.cli", "record scripted expert demonstrations on the mock"),
+    "calibrate": ("calibration.cli", "camera intrinsics, hand-eye and workspace calibration"),
+    "demo": ("vlaloop.demo", "end-to-end demo: server, learner and mock robots learning"),
+    "bench": ("bench.cli", "benchmarks (serving, control loop, learner, learning)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vlaloop", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", "-c", default=None, help="deployment YAML (default: built-in demo)")
+    parser.add_argument("--run-dir", default=None, help="override run_dir")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    argv = sys.argv[1:] if argv is None else argv
+    wanted = next((a for a in argv if a in SUBCOMMANDS), None)
+    modules = {}
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        if name == wanted:  # import only the subcommand that runs: hardware/GPU deps stay lazy
+            modules[name] = importlib.import_module(module)
+            modules[name].configure(p)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, run_dir=args.run_dir)
+    except ConfigError as e:
+        print(f"vlaloop: {e}", file=sys.stderr)
+        return 2
+    return int(modules[args.command].run(args, config) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
