@@ -1,0 +1,237 @@
+"""Durable episode store (DESIGN.md, "Learner").
+
+Layout: ``<root>/<robot_id>/<episode_id>/``
+  ``steps.log``   append-only records ``[u32 length][u32 crc32][msgpack step]``, fsynced per append
+  ``frames/``     ``<step:05d>_<camera>.jpg`` — written and fsynced before the step record
+  ``meta.json``   written last (temp + fsync + rename) when the episode ends; an episode without it
+                  is incomplete and never trained on.
+
+Crash safety: a record is only visible once its frames are durable; a torn tail record (crash
+mid-append) fails its length/CRC check and is truncated away when the episode is reopened.
+Duplicates (same robot, episode, step) are dropped, which makes at-least-once delivery exactly-once.
+Demonstrations use the same format with ``source: "expert"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from protocol.codec import CodecError, packb, unpackb
+from protocol.images import decode_jpeg
+from protocol.messages import ID_PATTERN
+
+_ID = re.compile(ID_PATTERN)
+_HEADER = struct.Struct("<II")
+META = "meta.json"
+STEPS = "steps.log"
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """temp file + fsync + rename + fsync(dir): readers see the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _check_id(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not _ID.match(value):
+        raise StoreError(f"invalid {kind} {value!r}: must match {ID_PATTERN}")
+    return value
+
+
+def _read_records(path: Path) -> tuple[list[dict], int]:
+    """All intact records and the byte offset where the intact prefix ends."""
+    records: list[dict] = []
+    if not path.exists():
+        return records, 0
+    data = path.read_bytes()
+    off = 0
+    while off + _HEADER.size <= len(data):
+        length, crc = _HEADER.unpack_from(data, off)
+        body = data[off + _HEADER.size: off + _HEADER.size + length]
+        if len(body) != length or zlib.crc32(body) != crc:
+            break
+        try:
+            records.append(unpackb(body))
+        except CodecError:
+            break
+        off += _HEADER.size + length
+    return records, off
+
+
+@dataclass
+class Episode:
+    root: Path
+    meta: dict
+    steps: list[dict] = field(default_factory=list)
+
+    def frame_bytes(self, step: int, camera: str) -> bytes:
+        return (self.root / "frames" / f"{step:05d}_{camera}.jpg").read_bytes()
+
+    def frame(self, step: int, camera: str) -> np.ndarray:
+        return decode_jpeg(self.frame_bytes(step, camera))
+
+    @property
+    def cameras(self) -> list[str]:
+        return sorted(self.steps[0].get("frames", {})) if self.steps else []
+
+
+class EpisodeStore:
+    """Thread-safe for one writer process. Readers (trainers, the UI) may run in other processes:
+    they only trust episodes whose meta.json exists."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], set[int]] = {}  # steps already durable, per open episode
+
+    # ------------------------------------------------------------------ paths
+    def episode_dir(self, robot_id: str, episode_id: str) -> Path:
+        d = (self.root / _check_id("robot_id", robot_id) / _check_id("episode_id", episode_id)).resolve()
+        if self.root.resolve() not in d.parents:
+            raise StoreError(f"episode path {d} escapes the store")
+        return d
+
+    def is_complete(self, robot_id: str, episode_id: str) -> bool:
+        return (self.episode_dir(robot_id, episode_id) / META).exists()
+
+    # ------------------------------------------------------------------ writing
+    def _steps_seen(self, key: tuple[str, str], d: Path) -> set[int]:
+        seen = self._seen.get(key)
+        if seen is None:
+            records, good = _read_records(d / STEPS)
+            log = d / STEPS
+            if log.exists() and log.stat().st_size != good:  # torn tail from a crash: cut it off
+                with open(log, "r+b") as f:
+                    f.truncate(good)
+                    os.fsync(f.fileno())
+            seen = {int(r["step"]) for r in records}
+            self._seen[key] = seen
+        return seen
+
+    def append_step(self, robot_id: str, episode_id: str, step: int, record: dict,
+                    images: dict[str, bytes]) -> bool:
+        """Make one step durable. Returns False (and writes nothing) for a duplicate or for a step
+        of an episode that has already ended."""
+        d = self.episode_dir(robot_id, episode_id)
+        key = (robot_id, episode_id)
+        with self._lock:
+            if (d / META).exists():
+                return False
+            frames_dir = d / "frames"
+            frames_dir.mkdir(parents=True, exist_ok=True)
+            seen = self._steps_seen(key, d)
+            if step in seen:
+                return False
+            names = {}
+            for cam, jpg in images.items():
+                _check_id("camera name", cam)
+                name = f"{step:05d}_{cam}.jpg"
+                with open(frames_dir / name, "wb") as f:
+                    f.write(jpg)
+                    f.flush()
+                    os.fsync(f.fileno())
+                names[cam] = f"frames/{name}"
+            body = packb({**record, "step": int(step), "frames": names})
+            with open(d / STEPS, "ab") as f:
+                f.write(_HEADER.pack(len(body), zlib.crc32(body)) + body)
+                f.flush()
+                os.fsync(f.fileno())
+            if not seen:
+                _fsync_dir(d)
+                _fsync_dir(frames_dir)
+            seen.add(step)
+            return True
+
+    def finish(self, robot_id: str, episode_id: str, meta: dict) -> bool:
+        """Write meta.json last. Returns False if the episode had already ended (duplicate end)."""
+        d = self.episode_dir(robot_id, episode_id)
+        with self._lock:
+            if (d / META).exists():
+                return False
+            d.mkdir(parents=True, exist_ok=True)
+            records, _ = _read_records(d / STEPS)
+            full = {
+                "robot_id": robot_id, "episode_id": episode_id, "source": "online",
+                "created": time.time(), **meta,
+                "n_stored_steps": len({int(r["step"]) for r in records}),
+                "finished": time.time(),
+            }
+            write_json_atomic(d / META, full)
+            self._seen.pop((robot_id, episode_id), None)
+            return True
+
+    def relabel(self, robot_id: str, episode_id: str, outcome: str) -> dict:
+        d = self.episode_dir(robot_id, episode_id)
+        with self._lock:
+            meta = self.read_meta(robot_id, episode_id)
+            if meta is None:
+                raise StoreError(f"episode {robot_id}/{episode_id} has not ended; nothing to relabel")
+            meta.setdefault("original_outcome", meta.get("outcome"))
+            meta.update(outcome=outcome, label_source="operator", relabeled=time.time())
+            write_json_atomic(d / META, meta)
+            return meta
+
+    # ------------------------------------------------------------------ reading
+    def read_meta(self, robot_id: str, episode_id: str) -> dict | None:
+        p = self.episode_dir(robot_id, episode_id) / META
+        try:
+            return json.loads(p.read_text())
+        except FileNotFoundError:
+            return None
+
+    def list_episodes(self, source: str | None = None, complete_only: bool = True) -> list[dict]:
+        """Metadata of stored episodes, oldest first (by end time)."""
+        out = []
+        for robot_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for ep_dir in sorted(p for p in robot_dir.iterdir() if p.is_dir()):
+                meta_path = ep_dir / META
+                if meta_path.exists():
+                    try:
+                        meta = json.loads(meta_path.read_text())
+                    except json.JSONDecodeError:
+                        continue
+                elif complete_only:
+                    continue
+                else:
+                    meta = {"robot_id": robot_dir.name, "episode_id": ep_dir.name, "incomplete": True,
+                            "finished": ep_dir.stat().st_mtime}
+                if source is None or meta.get("source") == source:
+                    out.append(meta)
+        return sorted(out, key=lambda m: (m.get("finished", 0), m["robot_id"], m["episode_id"]))
+
+    def load(self, robot_id: str, episode_id: str) -> Episode:
+        d = self.episode_dir(robot_id, episode_id)
+        records, _ = _read_records(d / STEPS)
+        by_step = {int(r["step"]): r for r in records}
+        meta = self.read_meta(robot_id, episode_id) or {"robot_id": robot_id, "episode_id": episode_id,
+                                                         "incomplete": True}
+        return Episode(root=d, meta=meta, steps=[by_step[k] for k in sorted(by_step)])
