@@ -1,0 +1,28 @@
+"""`vlaloop bench NAME`: run one benchmark (or `all`). Each prints its own table with a baseline
+measured in the same run."""
+
+from __future__ import annotations
+
+import importlib
+
+BENCHMARKS = {
+    "serving": "bench.serving",
+    "control_loop": "bench.control_loop",
+    "learner": "bench.learner",
+    "ingest": "bench.learner_ingest",
+    "learning": "bench.learning",
+}
+
+
+def configure(parser) -> None:
+    parser.add_argument("name", choices=[*BENCHMARKS, "all"], help="which benchmark")
+    parser.add_argument("rest", nargs="*", help="arguments passed to the benchmark")
+
+
+def run(args, config) -> int:
+    names = list(BENCHMARKS) if args.name == "all" else [args.name]
+    rc = 0
+    for name in names:
+        print(f"\n=== bench {name} ===", flush=True)
+        rc |= int(importlib.import_module(BENCHMARKS[name]).main(args.rest) or 0)
+    return rc
