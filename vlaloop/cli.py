@@ -23,21 +23,25 @@ SUBCOMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser(wanted: str | None) -> argparse.ArgumentParser:
+    """The parser with the options of subcommand `wanted` filled in. Only that subcommand's
+    module is imported, so hardware and GPU dependencies stay lazy."""
     parser = argparse.ArgumentParser(prog="vlaloop", description=__doc__.splitlines()[0])
     parser.add_argument("--config", "-c", default=None, help="deployment YAML (default: built-in demo)")
     parser.add_argument("--run-dir", default=None, help="override run_dir")
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
-    argv = sys.argv[1:] if argv is None else argv
-    wanted = next((a for a in argv if a in SUBCOMMANDS), None)
-    modules = {}
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text)
-        if name == wanted:  # import only the subcommand that runs: hardware/GPU deps stay lazy
-            modules[name] = importlib.import_module(module)
-            modules[name].configure(p)
-    args = parser.parse_args(argv)
+        if name == wanted:
+            importlib.import_module(module).configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    wanted = next((a for a in argv if a in SUBCOMMANDS), None)
+    args = build_parser(wanted).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"vlaloop: {e}", file=sys.stderr)
         return 2
-    return int(modules[args.command].run(args, config) or 0)
+    return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args, config) or 0)
 
 
 if __name__ == "__main__":

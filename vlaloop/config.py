@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from learner.config import LearnerConfig
 from robot_client.config import RobotConfig
@@ -26,6 +26,7 @@ class ConfigError(ValueError):
 
 
 class DeploymentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
     run_dir: str = "runs/demo"
     model: ModelConfig = Field(default_factory=ModelConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
