@@ -16,3 +16,18 @@ class ModelConfig(BaseModel):
     state_dim: int = 7
     device: str = "cpu"
     seed: int = 0
+    # --- added by the VLA model (vla/model.py); defaults describe the embedded tiny model ---
+    tiny_cache_dir: str | None = Field(
+        default=None, description="where the tiny backbone is built once; None = ~/.cache/vlaloop "
+                                  "(or $VLALOOP_TINY_DIR)")
+    pooler_queries: int = Field(default=4, description="learned queries of the attention pooler")
+    pooler_dim: int = Field(default=128, description="width of each pooled token; feature_dim = queries * dim")
+    pooler_heads: int = 4
+    head_hidden: int = Field(default=256, description="hidden width of the action/value/Q MLPs")
+    init_log_std: float = Field(default=-0.5, description="initial state-independent log-std (normalized units)")
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "out_proj",
+                                 "gate_proj", "up_proj", "down_proj", "fc1", "fc2"],
+        description="module names that get LoRA adapters (attention + MLP projections)")

@@ -1,0 +1,141 @@
+"""Policy: a loaded checkpoint version that turns observations into action chunks in robot units.
+
+Log-prob of a chunk = sum over its H*action_dim dims of the Gaussian in normalized action space;
+"greedy" executes the mean, "sample" mean + std * eps. `act_batch` runs one forward pass for the
+whole batch.
+
+Threading: the server calls `act_batch` from one worker thread; a hot swap builds a new Policy
+(`Policy.load(..., base=old)`) and replaces the reference -- a Policy is never mutated after load,
+so no lock is needed. Inference runs under `torch.inference_mode`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from vla.model import VLAModel
+from vla.normalization import Normalizer
+from vla.registry import CheckpointError, CheckpointRegistry, load_model
+
+ACT_MODES = ("greedy", "sample")
+
+
+@dataclass
+class Observation:
+    images: dict[str, np.ndarray]  # camera name -> uint8 H x W x 3 RGB (any size; resized to spec.image_size)
+    state: np.ndarray  # float32 [state_dim]: x, y, z, roll, pitch, yaw, gripper (robot units)
+    instruction: str
+
+
+@dataclass
+class ActOutput:
+    actions: np.ndarray  # [H, action_dim] float32, robot units (un-normalized): what the robot executes
+    log_prob: float  # log-prob of the whole chunk in normalized space (sum over H*action_dim dims)
+    value: float  # PPO critic V(features, state)
+
+
+@dataclass
+class PolicySpec:
+    cameras: list[str]
+    image_size: int
+    chunk: int
+    action_dim: int
+    state_dim: int
+    backbone_id: str
+    backbone_hash: str
+    feature_dim: int
+
+
+class Policy:
+    def __init__(self, model: VLAModel, norm: Normalizer, version: int = -1, meta: dict | None = None):
+        """Wrap a model (e.g. the learner's, for evaluation before publishing). version -1 = unpublished."""
+        c = model.config
+        if norm.action_dim != c.action_dim or norm.state_dim != c.state_dim:
+            raise ValueError("normalizer dims do not match the model")
+        self.model = model
+        self.norm = norm
+        self.version = version
+        self.meta = meta or {}
+        self.spec = PolicySpec(cameras=list(c.cameras), image_size=c.image_size, chunk=c.chunk,
+                               action_dim=c.action_dim, state_dim=c.state_dim, backbone_id=model.backbone_id,
+                               backbone_hash=model.backbone_hash, feature_dim=model.feature_dim)
+
+    @classmethod
+    def load(cls, registry: CheckpointRegistry, version: int | None = None, device: str = "cpu",
+             base: Policy | None = None, backbone_dir: str | None = None) -> Policy:
+        """version None = LATEST. With `base`, a version whose trunk (backbone + adapter + pooler) is
+        base's reuses it and loads only its heads. `backbone_dir` overrides where the backbone is
+        looked for (e.g. a different mount point); its hash must still match.
+        Raises CheckpointError for a missing/corrupt/mismatched version."""
+        try:
+            model, norm, meta = load_model(registry, version, device, base.model if base else None, backbone_dir)
+        except CheckpointError:
+            raise
+        except (OSError, ValueError, RuntimeError) as e:  # e.g. a broken backbone dir, bad config
+            raise CheckpointError(f"checkpoint {version if version is not None else 'LATEST'}: {e}") from e
+        return cls(model, norm, meta["version"], meta)
+
+    # ---- acting ------------------------------------------------------------------------------
+    def features(self, obs: list[Observation]) -> torch.Tensor:
+        """[B, feature_dim] backbone + pooler features (no grad)."""
+        with torch.inference_mode():
+            return self.model.features(self.model.collate(obs))
+
+    def act(self, obs: Observation, mode: str = "greedy", generator: torch.Generator | None = None) -> ActOutput:
+        return self.act_batch([obs], [mode], generator)[0]
+
+    def act_batch(self, obs: list[Observation], modes: list[str],
+                  generator: torch.Generator | None = None) -> list[ActOutput]:
+        if not obs:
+            return []
+        self._check_modes(modes, len(obs))
+        states = np.stack([np.asarray(o.state, np.float32).reshape(-1) for o in obs])
+        return self.act_from_features(self.features(obs), states, modes, generator)
+
+    def act_from_features(self, features: torch.Tensor, states: np.ndarray, modes: list[str],
+                          generator: torch.Generator | None = None) -> list[ActOutput]:
+        """The head part of `act_batch` on precomputed features [B, feature_dim] and raw states [B, state_dim]."""
+        b = features.shape[0]
+        self._check_modes(modes, b)
+        states = np.asarray(states, np.float32).reshape(b, -1)
+        if states.shape[1] != self.spec.state_dim:
+            raise ValueError(f"state has {states.shape[1]} dims, policy expects {self.spec.state_dim}")
+        if not np.isfinite(states).all():
+            raise ValueError("state contains NaN/inf")
+        device = next(self.model.heads.parameters()).device
+        with torch.inference_mode():
+            f = features.to(device)
+            s = self.norm.normalize_states(torch.from_numpy(states).to(device))
+            dist = self.model.head_dist(f, s)
+            sample = torch.tensor([m == "sample" for m in modes], device=device).unsqueeze(1)
+            eps = torch.randn(dist.mean.shape, generator=generator, device=device) if sample.any() else 0.0
+            a_norm = torch.where(sample, dist.mean + dist.stddev * eps, dist.mean)
+            log_prob = dist.log_prob(a_norm).sum(-1)
+            value = self.model.value(f, s)
+            actions = self.norm.unnormalize_actions(a_norm.view(b, self.spec.chunk, self.spec.action_dim))
+        actions_np = actions.cpu().numpy().astype(np.float32)
+        return [ActOutput(actions=actions_np[i], log_prob=float(log_prob[i]), value=float(value[i]))
+                for i in range(b)]
+
+    def log_prob(self, features: torch.Tensor, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Log-prob [B] of executed chunks (robot units [B, H, action_dim]) -- what the server reported."""
+        with torch.inference_mode():
+            s = self.norm.normalize_states(torch.as_tensor(np.asarray(states, np.float32)))
+            a = self.norm.normalize_actions(torch.as_tensor(np.asarray(actions, np.float32))).flatten(1)
+            return self.model.head_dist(features, s).log_prob(a).sum(-1).numpy()
+
+    @staticmethod
+    def _check_modes(modes: list[str], n: int) -> None:
+        if len(modes) != n:
+            raise ValueError(f"{len(modes)} modes for {n} observations")
+        bad = [m for m in modes if m not in ACT_MODES]
+        if bad:
+            raise ValueError(f"unknown act mode(s) {bad}; expected one of {ACT_MODES}")
+
+    def metadata(self) -> dict:
+        keep = ("kind", "parent", "base_version", "created", "phase", "metrics")
+        return {"version": self.version, **asdict(self.spec), "normalization": self.norm.to_dict(),
+                **{k: self.meta[k] for k in keep if k in self.meta}}

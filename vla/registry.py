@@ -1,0 +1,429 @@
+"""Versioned checkpoint registry: `runs/<run>/checkpoints/`.
+
+    checkpoints/
+      LATEST                     "17\\n" -- replaced atomically, only ever names a complete version
+      v000017/
+        meta.json                version, kind, parent, base_version, backbone_id/_hash/_dir, created,
+                                 phase, metrics, model_config, files{name: bytes, sha256}
+        norm.json                action/state normalization (travels with every version)
+        head.safetensors         action head + log-std + value + twin Q
+        pooler.safetensors       (kind "full") attention pooler
+        adapter/                 (kind "full", if LoRA) peft adapter_config.json + adapter_model.safetensors
+        backbone/                (kind "full", if the backbone's own weights were trained, e.g. Stage 0)
+                                 a save_pretrained model dir; meta.backbone_dir = "backbone"
+      .tmp-v000018-<pid>-<rand>/ a publish in progress (ignored; removed once its writer is dead)
+
+kind "full" carries the whole trainable trunk (pooler, adapter, maybe backbone); kind "head" carries
+only head.safetensors + norm.json and names in `base_version` the full version its trunk comes from,
+so an RL update publishes ~1 MB and a server holding the base loads it in milliseconds.
+
+Publishing writes into the temp dir, fsyncs every file and the dir, renames it to v%06d, fsyncs
+checkpoints/, then replaces LATEST (temp file + fsync + os.replace). A crash at any point leaves
+LATEST on the previous complete version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from vla.backbone import backbone_hash
+from vla.config import ModelConfig
+from vla.normalization import Normalizer
+
+if TYPE_CHECKING:
+    from vla.model import VLAModel
+
+VERSION_RE = re.compile(r"^v(\d{6})$")
+TMP_PREFIX = ".tmp-"
+KINDS = ("full", "head")
+META_FIELDS = ("version", "kind", "parent", "base_version", "backbone_id", "backbone_hash", "created",
+               "phase", "metrics", "model_config", "files")
+
+
+class CheckpointError(RuntimeError):
+    """A version is missing, incomplete, corrupt or does not fit the model."""
+
+
+def vname(version: int) -> str:
+    return f"v{version:06d}"
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):  # noqa: B023
+            h.update(block)
+    return h.hexdigest()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CheckpointRegistry:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def path(self, version: int) -> Path:
+        return self.root / vname(version)
+
+    def versions(self) -> list[int]:
+        """Complete versions (a dir v%06d with meta.json), ascending. Temp dirs are not versions."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for p in self.root.iterdir():
+            m = VERSION_RE.match(p.name)
+            if m and (p / "meta.json").is_file():
+                found.append(int(m.group(1)))
+        return sorted(found)
+
+    def latest(self) -> int | None:
+        try:
+            text = (self.root / "LATEST").read_text().strip()
+        except FileNotFoundError:
+            return None
+        if not text.isdigit():
+            raise CheckpointError(f"{self.root / 'LATEST'}: not a version number: {text!r}")
+        return int(text)
+
+    def read_meta(self, version: int) -> dict:
+        path = self.path(version) / "meta.json"
+        try:
+            meta = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {vname(version)}: no such version ({path} missing)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"checkpoint {vname(version)}: meta.json is not valid JSON ({e})") from None
+        missing = [k for k in META_FIELDS if k not in meta]
+        if missing:
+            raise CheckpointError(f"checkpoint {vname(version)}: meta.json lacks {missing}")
+        if meta["version"] != version or meta["kind"] not in KINDS:
+            raise CheckpointError(f"checkpoint {vname(version)}: meta.json says version {meta['version']}, "
+                                  f"kind {meta['kind']!r}")
+        return meta
+
+    def clean_stale_temp(self) -> list[Path]:
+        """Remove temp dirs of publishers that are no longer running (a crash mid-publish)."""
+        removed = []
+        if not self.root.is_dir():
+            return removed
+        for p in self.root.iterdir():
+            if p.name.startswith(TMP_PREFIX):
+                parts = p.name.split("-")
+                pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
+                if pid is None or not _pid_alive(pid):
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed.append(p)
+        return removed
+
+    def _write_latest(self, version: int) -> None:
+        tmp = self.root / f"{TMP_PREFIX}LATEST-{os.getpid()}-{os.urandom(4).hex()}"
+        with open(tmp, "w") as f:
+            f.write(f"{version}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / "LATEST")
+        _fsync_dir(self.root)
+
+
+# ---- publish -------------------------------------------------------------------------------
+
+def _check_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    for name, t in state.items():
+        if not torch.isfinite(t).all():
+            raise CheckpointError(f"refusing to publish: {what} tensor {name!r} is not finite")
+
+
+def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
+
+
+def publish(registry: CheckpointRegistry, model: VLAModel, norm: Normalizer, kind: str = "full",
+            parent: int | None = None, phase: str = "", metrics: dict | None = None,
+            save_backbone: bool | None = None) -> int:
+    """Publish `model` as the next version and point LATEST at it; returns the version number.
+
+    kind "full": pooler + adapter (if LoRA) + heads; the backbone itself is saved into the version
+    (`backbone/`) when it was trained (full mode, e.g. Stage 0) or `save_backbone=True`.
+    kind "head": heads only; the model's trunk must be unchanged since the full version it came from."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    if norm.action_dim != model.config.action_dim or norm.state_dim != model.config.state_dim:
+        raise ValueError("normalizer dims do not match the model")
+    heads = model.heads.state_dict()
+    _check_finite(heads, "head")
+    root = registry.root
+    root.mkdir(parents=True, exist_ok=True)
+    registry.clean_stale_temp()
+    version = max(registry.versions(), default=0) + 1
+    tmp = root / f"{TMP_PREFIX}{vname(version)}-{os.getpid()}-{os.urandom(4).hex()}"
+    tmp.mkdir()
+    try:
+        meta = _write_version(tmp, model, norm, kind, heads, registry, save_backbone)
+        meta.update(version=version, kind=kind, parent=parent, phase=phase, metrics=metrics or {},
+                    created=datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+        if kind == "full":
+            meta["base_version"] = version
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        for p in sorted(tmp.rglob("*"), key=lambda q: -len(q.parts)):  # files first, then their dirs
+            _fsync_dir(p) if p.is_dir() else _fsync_file(p)
+        _fsync_dir(tmp)
+        os.rename(tmp, registry.path(version))  # fails if the version exists: never overwrite one
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    registry._write_latest(version)
+    if kind == "full":
+        model.trunk_version = version
+        model.trunk_registry = str(root.resolve())
+        model.trunk_fingerprint = model.compute_trunk_fingerprint()
+        if meta["backbone_dir"] == "backbone":
+            model.backbone_dir = str(registry.path(version) / "backbone")
+            model.backbone_hash = meta["backbone_hash"]
+            model.backbone_trained = False
+    return version
+
+
+def _write_version(tmp: Path, model: VLAModel, norm: Normalizer, kind: str, heads: dict,
+                   registry: CheckpointRegistry, save_backbone: bool | None) -> dict:
+    meta: dict = {"backbone_id": model.backbone_id, "backbone_hash": model.backbone_hash,
+                  "backbone_dir": str(Path(model.backbone_dir).resolve()),
+                  "model_config": model.config.model_dump(mode="json"),
+                  "spec": {"feature_dim": model.feature_dim}}
+    if kind == "head":
+        if model.trunk_version is None or model.trunk_registry != str(registry.root.resolve()):
+            raise CheckpointError("refusing to publish a head-only version: the model's trunk was never "
+                                  "published or loaded from this registry (publish kind='full' first)")
+        if model.backbone_trained or model.compute_trunk_fingerprint() != model.trunk_fingerprint:
+            raise CheckpointError(f"refusing to publish a head-only version: backbone/adapter/pooler changed "
+                                  f"since {vname(model.trunk_version)}; publish kind='full'")
+        meta["base_version"] = model.trunk_version
+    else:
+        pooler = model.pooler.state_dict()
+        adapter = model.adapter_state_dict()
+        _check_finite(pooler, "pooler")
+        _check_finite(adapter, "adapter")
+        _save_tensors(pooler, tmp / "pooler.safetensors")
+        if model.has_lora:
+            (tmp / "adapter").mkdir()
+            model.lora_config.save_pretrained(str(tmp / "adapter"))
+            _save_tensors(adapter, tmp / "adapter" / "adapter_model.safetensors")
+        if save_backbone or (save_backbone is None and model.backbone_trained):
+            if model.has_lora:
+                raise CheckpointError("refusing to save a trained backbone that also carries LoRA adapters; "
+                                      "train the backbone in full mode before adding adapters")
+            _check_finite(model.backbone.state_dict(), "backbone")
+            model.backbone.save_pretrained(tmp / "backbone")
+            model.preprocessor.processor.save_pretrained(tmp / "backbone")
+            meta["backbone_hash"] = backbone_hash(tmp / "backbone")
+            meta["backbone_dir"] = "backbone"
+    _save_tensors(heads, tmp / "head.safetensors")
+    (tmp / "norm.json").write_text(norm.to_json())
+    meta["files"] = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                     for p in sorted(tmp.rglob("*")) if p.is_file() and p.parts[len(tmp.parts)] != "backbone"}
+    return meta
+
+
+# ---- load ----------------------------------------------------------------------------------
+
+def _read_tensors(registry: CheckpointRegistry, meta: dict, name: str,
+                  expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Load one safetensors file of a version and check it against the model's own state dict."""
+    where = f"checkpoint {vname(meta['version'])}: {name}"
+    path = registry.path(meta["version"]) / name
+    published = meta["files"].get(name, {}).get("bytes")
+    if not path.is_file():
+        raise CheckpointError(f"{where} is missing")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        size = path.stat().st_size
+        hint = f"file has {size} bytes, published {published}" if published is not None else f"{size} bytes"
+        cause = "truncated" if published is not None and size < published else "corrupt"
+        raise CheckpointError(f"{where} is unreadable ({cause}: {hint}; {e})") from None
+    for key, t in state.items():
+        if not torch.isfinite(t).all():
+            raise CheckpointError(f"{where}: tensor {key!r} contains NaN/inf")
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{where}: tensors do not match the model (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]})")
+    for key, t in state.items():
+        if tuple(t.shape) != tuple(expected[key].shape):
+            raise CheckpointError(f"{where}: tensor {key!r} has shape {tuple(t.shape)}, the model expects "
+                                  f"{tuple(expected[key].shape)}")
+    _check_checksum(registry, meta, name)
+    return state
+
+
+def _check_checksum(registry: CheckpointRegistry, meta: dict, name: str) -> None:
+    where = f"checkpoint {vname(meta['version'])}: {name}"
+    info = meta["files"].get(name)
+    if info is None:
+        raise CheckpointError(f"{where} is not listed in meta.json")
+    path = registry.path(meta["version"]) / name
+    if not path.is_file():
+        raise CheckpointError(f"{where} is missing")
+    size = path.stat().st_size
+    if size != info["bytes"]:
+        raise CheckpointError(f"{where} has {size} bytes, published {info['bytes']} (truncated or replaced)")
+    if _sha256(path) != info["sha256"]:
+        raise CheckpointError(f"{where}: checksum differs from the published one (corrupt)")
+
+
+def read_norm(registry: CheckpointRegistry, meta: dict) -> Normalizer:
+    _check_checksum(registry, meta, "norm.json")
+    try:
+        return Normalizer.from_json((registry.path(meta["version"]) / "norm.json").read_text())
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {vname(meta['version'])}: norm.json invalid ({e})") from None
+
+
+def trunk_meta(registry: CheckpointRegistry, meta: dict) -> dict:
+    """meta of the full version that supplies backbone/adapter/pooler for `meta`."""
+    if meta["kind"] == "full":
+        return meta
+    base = registry.read_meta(meta["base_version"])
+    if base["kind"] != "full":
+        raise CheckpointError(f"checkpoint {vname(meta['version'])}: base {vname(base['version'])} is not full")
+    if base["backbone_hash"] != meta["backbone_hash"]:
+        raise CheckpointError(f"checkpoint {vname(meta['version'])}: backbone hash {meta['backbone_hash']} "
+                              f"differs from its base {vname(base['version'])} ({base['backbone_hash']})")
+    return base
+
+
+def resolve_backbone_dir(registry: CheckpointRegistry, trunk: dict, override: str | None = None) -> Path:
+    raw = override or trunk["backbone_dir"]
+    path = Path(raw) if Path(raw).is_absolute() else registry.path(trunk["version"]) / raw
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {vname(trunk['version'])}: backbone dir {path} does not exist")
+    return path
+
+
+def _check_backbone_hash(meta: dict, actual: str, where: str) -> None:
+    if actual != meta["backbone_hash"]:
+        raise CheckpointError(f"checkpoint {vname(meta['version'])}: backbone hash mismatch: the version was "
+                              f"trained on {meta['backbone_hash']}, {where} is {actual}")
+
+
+def _load_trunk(model: VLAModel, registry: CheckpointRegistry, trunk: dict) -> None:
+    from peft import LoraConfig, set_peft_model_state_dict
+
+    version_dir = registry.path(trunk["version"])
+    if "adapter/adapter_config.json" in trunk["files"]:
+        _check_checksum(registry, trunk, "adapter/adapter_config.json")
+        saved = LoraConfig.from_pretrained(str(version_dir / "adapter"))
+        if not model.has_lora:
+            model._inject_lora(saved)
+        expected = model.adapter_state_dict()
+        state = _read_tensors(registry, trunk, "adapter/adapter_model.safetensors", expected)
+        set_peft_model_state_dict(model.backbone, state)
+    elif model.has_lora:
+        raise CheckpointError(f"checkpoint {vname(trunk['version'])} has no adapter but the model carries "
+                              f"LoRA adapters; load it into a fresh model (load_model)")
+    state = _read_tensors(registry, trunk, "pooler.safetensors", model.pooler.state_dict())
+    model.pooler.load_state_dict(state)
+    model.trunk_version = trunk["version"]
+    model.trunk_registry = str(registry.root.resolve())
+    model.trunk_fingerprint = model.compute_trunk_fingerprint()
+
+
+def _load_heads(model: VLAModel, registry: CheckpointRegistry, meta: dict) -> None:
+    state = _read_tensors(registry, meta, "head.safetensors", model.heads.state_dict())
+    model.heads.load_state_dict(state)
+
+
+def _resolve_version(registry: CheckpointRegistry, version: int | None) -> int:
+    if version is None:
+        version = registry.latest()
+        if version is None:
+            raise CheckpointError(f"{registry.root}: no published version (LATEST missing)")
+    return version
+
+
+def load_into(model: VLAModel, registry: CheckpointRegistry, version: int | None = None) -> tuple[Normalizer, dict]:
+    """Load a version's trunk (adapter + pooler of its full base) and heads into an existing model
+    built on the same backbone (e.g. a learner resuming). Returns (normalizer, meta)."""
+    meta = registry.read_meta(_resolve_version(registry, version))
+    trunk = trunk_meta(registry, meta)
+    if model.backbone_trained:
+        raise CheckpointError("the model's backbone weights were trained since it was loaded; "
+                              "build a fresh one with load_model()")
+    _check_backbone_hash(meta, model.backbone_hash, f"the model's backbone ({model.backbone_dir})")
+    _load_trunk(model, registry, trunk)
+    _load_heads(model, registry, meta)
+    return read_norm(registry, meta), meta
+
+
+def load_model(registry: CheckpointRegistry, version: int | None = None, device: str = "cpu",
+               base: VLAModel | None = None, backbone_dir: str | None = None) -> tuple[VLAModel, Normalizer, dict]:
+    """Build the model of a version. With `base` (an already-loaded model of this registry whose
+    trunk is this version's trunk), the backbone/adapter/pooler objects are shared and only the
+    heads are read: a head-only version loads in milliseconds. Returns (model, normalizer, meta)."""
+    from vla.model import VLAModel, load_vla
+
+    meta = registry.read_meta(_resolve_version(registry, version))
+    trunk = trunk_meta(registry, meta)
+    config = ModelConfig.model_validate({**trunk["model_config"], "device": device})
+    reuse = (base is not None and base.trunk_version == trunk["version"]
+             and base.trunk_registry == str(registry.root.resolve())
+             and base.backbone_hash == meta["backbone_hash"] and not base.backbone_trained
+             and base.config.model_dump(exclude={"device"}) == config.model_dump(exclude={"device"}))
+    if reuse:
+        model = VLAModel.sharing_trunk(base, config)
+    else:
+        path = resolve_backbone_dir(registry, trunk, backbone_dir)
+        _check_backbone_hash(meta, backbone_hash(path), f"the backbone at {path}")
+        model = load_vla(config, path, backbone_id=trunk["backbone_id"], device=device)
+        _load_trunk(model, registry, trunk)
+    _load_heads(model, registry, meta)
+    norm = read_norm(registry, meta)
+    model.set_mode("head_only")
+    model.eval()
+    return model, norm, meta
+
+
+def wait_for_new_version(registry: CheckpointRegistry, current: int | None, timeout_s: float,
+                         poll_s: float = 0.2) -> int | None:
+    """Poll LATEST until it differs from `current` (for the server's hot-swap watcher)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        latest = registry.latest()
+        if latest is not None and latest != current:
+            return latest
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(poll_s)
