@@ -194,6 +194,8 @@ def collect_samples(arm: Arm, camera: Camera, plan: MotionPlan, workspace: Works
     samples = []
     try:
         samples.append(capture_sample(arm, camera, plan))
+        if on_sample:
+            on_sample(1, samples[0])
         for i, T in enumerate(generate_poses(T_start, plan)):
             if workspace is not None and not workspace.contains(T[:3, 3]):
                 log.warning("skipping pose %d: %s is outside the workspace box", i, np.round(T[:3, 3], 3))

@@ -158,6 +158,18 @@ def _describe(e: ValidationError) -> str:
     return "\n".join(lines)
 
 
+class _Dumper(yaml.SafeDumper):
+    """Block style, except that lists of numbers (vectors, matrix rows) stay on one line."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flow = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
 def load_calibration(path: str | os.PathLike) -> CalibrationFile:
     p = Path(path)
     if not p.exists():
@@ -179,7 +191,7 @@ def save_calibration(cal: CalibrationFile, path: str | os.PathLike) -> Path:
     """Write atomically: a reader sees the old file or the new one, never half of one."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(cal.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+    text = yaml.dump(cal.model_dump(mode="json"), Dumper=_Dumper, sort_keys=False)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "w") as f:
