@@ -10,7 +10,16 @@ class ServerConfig(BaseModel):
     port: int = 8000
     robot_token: str = Field(default="", description="bearer token for robots and the learner")
     operator_token: str = Field(default="", description="bearer token for the operator page")
-    max_batch: int = 8
-    max_wait_ms: float = 2.0
-    max_body_bytes: int = 8 * 1024 * 1024
-    watch_interval_s: float = 0.5
+    max_batch: int = Field(default=8, ge=1, description="most observations run in one forward pass")
+    max_wait_ms: float = Field(
+        default=2.0, ge=0.0,
+        description="longest a request waits for other robots' requests to join its batch")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, description="larger /v1/act bodies get 413")
+    max_image_side: int = Field(default=4096, description="images wider or taller than this are refused")
+    watch_interval_s: float = Field(default=0.5, gt=0.0, description="how often checkpoints/LATEST is polled")
+    auto_label: bool = Field(
+        default=False,
+        description="demo/test mode: answer a robot's label wait with its own auto outcome "
+                    "(the mock's success predicate stands in for the operator)")
+    label_poll_max_s: float = Field(default=60.0, gt=0.0, description="longest single label long-poll")
+    robot_stale_s: float = Field(default=10.0, description="a robot not seen for this long is shown as stale")

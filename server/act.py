@@ -1,0 +1,110 @@
+"""POST /v1/act: one observation in, one action chunk out (msgpack or JSON, answered in kind).
+
+Stages, each timed and returned in ``timing``: decode (read body, parse, check fields, decode
+JPEGs — in a thread), queue (waiting for a batch), infer (the batch's forward pass), total.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request, Response
+
+from protocol.codec import packb
+from protocol.messages import ActRequest, ActResponse, Timing
+from server.auth import require_robot
+from server.batcher import NoPolicyLoaded
+from server.decode import InputError, decode_act, encoding_of
+
+router = APIRouter(tags=["act"])
+
+_OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "ActRequest. msgpack (images: JPEG bytes or uint8 arrays) or JSON (images: base64 "
+                       "JPEG/PNG strings). Images of any size up to max_image_side px; the policy resizes.",
+        "content": {
+            "application/msgpack": {"schema": ActRequest.model_json_schema(by_alias=True)},
+            "application/json": {"schema": ActRequest.model_json_schema(by_alias=True)},
+        },
+    }
+}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise InputError(413, "body", f"{declared} bytes exceeds the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InputError(413, "body", f"more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def encode_response(resp: ActResponse, encoding: str) -> Response:
+    wire = resp.to_wire()
+    if encoding == "msgpack":
+        return Response(packb(wire), media_type="application/msgpack")
+    return Response(json.dumps(wire), media_type="application/json")
+
+
+@router.post("/v1/act", dependencies=[Depends(require_robot)], response_model=ActResponse,
+             openapi_extra=_OPENAPI_BODY,
+             responses={400: {"description": "malformed body"}, 413: {"description": "body too large"},
+                        415: {"description": "not msgpack/JSON"}, 422: {"description": "a field is wrong"},
+                        503: {"description": "no policy loaded yet"}})
+async def act(request: Request) -> Response:
+    t0 = time.perf_counter()
+    app = request.app
+    config = app.state.config.server
+    encoding = encoding_of(request.headers.get("content-type"))
+    policy = app.state.holder.policy
+    if policy is None:
+        raise NoPolicyLoaded("no policy loaded yet")
+    body = await read_body(request, config.max_body_bytes)
+    spec = policy.spec
+    loop = asyncio.get_running_loop()
+    decoded = await loop.run_in_executor(app.state.decode_pool, decode_act, body, encoding,
+                                         list(spec.cameras), int(spec.state_dim), config.max_image_side)
+    req = decoded.request
+    decode_s = time.perf_counter() - t0
+
+    from vla.policy import Observation  # imported once the first policy is loaded, so already cached
+
+    obs = Observation(images=decoded.images, state=np.asarray(req.state, dtype=np.float32),
+                      instruction=req.instruction)
+    result = await app.state.batcher.submit(obs, req.mode, req.robot_id)
+
+    robots = app.state.robots
+    command = robots.command_for(req.robot_id, req.episode_id)
+    robots.observe_act(req.robot_id, req.episode_id, req.step, req.instruction, decoded.raw_images,
+                       result.version)
+    total_s = time.perf_counter() - t0
+    resp = ActResponse(
+        request_id=req.request_id,
+        actions=np.asarray(result.output.actions, dtype=np.float64).tolist(),
+        log_prob=float(result.output.log_prob), value=float(result.output.value),
+        policy_version=result.version,
+        timing=Timing(decode_ms=decode_s * 1e3, queue_ms=result.queue_s * 1e3,
+                      infer_ms=result.infer_s * 1e3, total_ms=total_s * 1e3),
+        command=command)
+    metrics = app.state.metrics
+    metrics.observe_stages(decode_s, result.queue_s, result.infer_s, total_s)
+    metrics.requests.labels(encoding=encoding).inc()
+    return encode_response(resp, encoding)
+
+
+def json_act_body(request: ActRequest) -> dict:
+    """The JSON form of a request (images base64) — what curl users send."""
+    wire = request.to_wire()
+    wire["images"] = {k: base64.b64encode(v).decode() for k, v in wire["images"].items()}
+    return wire
+

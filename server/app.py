@@ -1,0 +1,102 @@
+"""The app factory: ``create_app(config) -> FastAPI``.
+
+Wires the pieces onto ``app.state`` — ``config``, ``metrics``, ``holder`` (PolicyHolder: serving
+version + hot swap), ``batcher`` (MicroBatcher), ``robots`` (RobotRegistry: the operator page's
+live picture) — and the routers: act, health/metrics, robots. The lifespan starts the checkpoint
+watcher and the batcher and stops them (and the inference thread) on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from server import act, health, robots, ui
+from server.batcher import InferenceFailed, MicroBatcher, NoPolicyLoaded
+from server.decode import InputError
+from server.metrics import ServerMetrics
+from server.policy_holder import PolicyHolder, PolicyLoader, RegistryLoader
+from server.robots import RobotRegistry
+from vlaloop.config import DeploymentConfig
+
+log = logging.getLogger(__name__)
+
+
+def _error(request: Request, status: int, kind: str, detail: str, field: str | None = None) -> JSONResponse:
+    request.app.state.metrics.errors.labels(kind=kind).inc()
+    body = {"detail": detail} if field is None else {"detail": detail, "field": field}
+    return JSONResponse(body, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(InputError)
+    async def _input_error(request: Request, e: InputError) -> JSONResponse:
+        kind = {400: "malformed", 413: "too_large", 415: "content_type"}.get(e.status, "invalid_field")
+        return _error(request, e.status, kind, str(e), e.field)
+
+    @app.exception_handler(NoPolicyLoaded)
+    async def _no_policy(request: Request, e: NoPolicyLoaded) -> JSONResponse:
+        run_dir = request.app.state.config.run_dir
+        return _error(request, 503, "no_policy",
+                      f"{e}: waiting for a checkpoint in {run_dir}/checkpoints (see /v1/policy)")
+
+    @app.exception_handler(InferenceFailed)
+    async def _inference(request: Request, e: InferenceFailed) -> JSONResponse:
+        log.error("inference failed: %s", e)
+        return _error(request, 500, "inference", f"inference failed: {e}")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:
+        err = e.errors()[0] if e.errors() else {"loc": ("body",), "msg": "invalid"}
+        loc = [str(p) for p in err["loc"] if p not in ("body", "query", "path")] or ["body"]
+        field = ".".join(loc)
+        msg = "unknown field" if err.get("type") == "extra_forbidden" else err["msg"]
+        return _error(request, 422, "invalid_field", f"{field}: {msg}", field)
+
+
+def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None) -> FastAPI:
+    """``loader`` defaults to the checkpoint registry under ``config.run_dir``."""
+    run_dir = Path(config.run_dir)
+    if loader is None:
+        loader = RegistryLoader(run_dir / "checkpoints", device=config.model.device)
+    metrics = ServerMetrics()
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+    holder = PolicyHolder(loader, worker, metrics, interval_s=config.server.watch_interval_s)
+    batcher = MicroBatcher(holder, worker, metrics, config.server.max_batch, config.server.max_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        holder.start()
+        await batcher.start()
+        try:
+            yield
+        finally:
+            holder.stop()
+            await batcher.stop()
+            worker.shutdown(wait=True, cancel_futures=True)
+            app.state.decode_pool.shutdown(wait=True, cancel_futures=True)
+            log.info("server stopped")
+
+    app = FastAPI(title="vlaloop inference server", version="1",
+                  description="Action chunks for robots (POST /v1/act), hot-swapped policy versions, "
+                              "and the operator's channel to the robots.", lifespan=lifespan)
+    app.state.config = config
+    app.state.metrics = metrics
+    app.state.holder = holder
+    app.state.batcher = batcher
+    app.state.robots = RobotRegistry(run_dir / "inbox", auto_label=config.server.auto_label,
+                                     stale_s=config.server.robot_stale_s)
+    app.state.decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
+    app.state.metadata_cache = {}
+    _install_error_handlers(app)
+    app.include_router(act.router)
+    app.include_router(health.router)
+    app.include_router(robots.router)
+    ui.mount(app)  # the operator page at / (server/ui)
+    return app

@@ -1,0 +1,79 @@
+"""Bearer-token auth as FastAPI dependencies, and the refusal to serve an open API to the network.
+
+Two roles: ``robot`` (robots and the learner: /v1/act, status, label wait) and ``operator`` (the
+operator page: commands, labels, robot list, frames). An empty token switches that role's check
+off, which is only allowed while the server listens on loopback (see ``check_bind_allowed``).
+Missing token -> 401, wrong token (including the other role's token) -> 403.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from typing import Literal
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from server.config import ServerConfig
+
+Role = Literal["robot", "operator"]
+_bearer = HTTPBearer(auto_error=False)
+
+
+class UnsafeBindError(RuntimeError):
+    """The server would expose unauthenticated endpoints to the network."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname: assume it resolves to a reachable interface
+
+
+def check_bind_allowed(host: str, config: ServerConfig) -> None:
+    """Raise UnsafeBindError if binding ``host`` would leave a role without a token."""
+    if is_loopback(host):
+        return
+    missing = [name for name, tok in (("robot_token", config.robot_token),
+                                      ("operator_token", config.operator_token)) if not tok]
+    if missing:
+        raise UnsafeBindError(
+            f"refusing to listen on {host}: {' and '.join(missing)} not configured, so anyone on the "
+            f"network could drive the robots. Set them (e.g. VLALOOP_SERVER__ROBOT_TOKEN=... "
+            f"VLALOOP_SERVER__OPERATOR_TOKEN=...) or bind 127.0.0.1.")
+
+
+def _token_for(config: ServerConfig, role: Role) -> str:
+    return config.robot_token if role == "robot" else config.operator_token
+
+
+def _check(request: Request, creds: HTTPAuthorizationCredentials | None, roles: tuple[Role, ...]) -> Role:
+    config: ServerConfig = request.app.state.config.server
+    tokens = {role: _token_for(config, role) for role in roles}
+    for role, tok in tokens.items():
+        if not tok:
+            return role  # auth off for this role (loopback only, enforced at startup)
+    if creds is None or not creds.credentials:
+        raise HTTPException(401, f"missing bearer token ({' or '.join(roles)} token required)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    for role, tok in tokens.items():
+        if hmac.compare_digest(creds.credentials.encode(), tok.encode()):
+            return role
+    raise HTTPException(403, f"token not valid for this endpoint ({' or '.join(roles)} token required)")
+
+
+def require_robot(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Role:
+    return _check(request, creds, ("robot",))
+
+
+def require_operator(request: Request,
+                     creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Role:
+    return _check(request, creds, ("operator",))
+
+
+def require_any(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Role:
+    return _check(request, creds, ("robot", "operator"))

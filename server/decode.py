@@ -1,0 +1,142 @@
+"""Parse and check a /v1/act body: msgpack or JSON -> ActRequest + decoded RGB images.
+
+Runs in a thread (JPEG decoding is CPU work that must not stall the event loop). Every refusal
+raises ``InputError`` with an HTTP status and the name of the offending field, so a client always
+learns *what* was wrong: 400 malformed body, 413 too large, 415 unknown content type, 422 a field
+that does not fit the serving policy.
+
+Images: any size up to ``max_image_side`` is accepted and the policy resizes it to
+``spec.image_size``; images larger than that, or not 3-channel RGB, or not JPEG/PNG, are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pydantic import ValidationError
+
+from protocol.codec import CodecError, unpackb
+from protocol.messages import ActRequest
+
+Encoding = Literal["msgpack", "json"]
+MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+
+
+class InputError(Exception):
+    def __init__(self, status: int, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.status = status
+        self.field = field
+        self.message = message
+
+
+@dataclass
+class DecodedAct:
+    request: ActRequest
+    encoding: Encoding
+    images: dict[str, np.ndarray]        # camera -> RGB uint8 HxWx3, for the policy
+    raw_images: dict[str, bytes | np.ndarray]  # camera -> what the robot sent (JPEG bytes for the live view)
+    decode_s: float
+
+
+def encoding_of(content_type: str | None) -> Encoding:
+    ct = (content_type or "").split(";")[0].strip().lower()
+    if ct in MSGPACK_TYPES:
+        return "msgpack"
+    if ct == "application/json":
+        return "json"
+    raise InputError(415, "content-type",
+                     f"{ct or 'missing'} is not accepted; send application/msgpack or application/json")
+
+
+def _validation_error(e: ValidationError) -> InputError:
+    err = e.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "body"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif err["type"] == "missing":
+        msg = "field required"
+    more = f" (and {len(e.errors()) - 1} more problems)" if len(e.errors()) > 1 else ""
+    return InputError(422, field, msg + more)
+
+
+def _parse(body: bytes, encoding: Encoding) -> dict:
+    if encoding == "msgpack":
+        try:
+            obj = unpackb(body)
+        except CodecError as e:
+            raise InputError(400, "body", f"malformed msgpack: {e}") from None
+    else:
+        try:
+            obj = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(400, "body", f"malformed JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise InputError(400, "body", f"must be a map/object, got {type(obj).__name__}")
+    if encoding == "json" and isinstance(obj.get("images"), dict):
+        obj["images"] = {cam: _b64(cam, v) for cam, v in obj["images"].items()}
+    return obj
+
+
+def _b64(cam: str, value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise InputError(422, f"images.{cam}", "must be a base64 string in JSON requests")
+    if value.startswith("data:"):  # tolerate a data URL pasted from a browser
+        value = value.split(",", 1)[-1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(422, f"images.{cam}", "not valid base64") from None
+
+
+def decode_image(cam: str, value: bytes | np.ndarray, max_side: int) -> np.ndarray:
+    field = f"images.{cam}"
+    if isinstance(value, np.ndarray):
+        if value.dtype != np.uint8 or value.ndim != 3 or value.shape[2] != 3:
+            raise InputError(422, field, f"raw image must be uint8 HxWx3, got {value.dtype} {value.shape}")
+        h, w = value.shape[:2]
+        if min(h, w) < 1 or max(h, w) > max_side:
+            raise InputError(422, field, f"image of {w}x{h} is outside 1..{max_side} px")
+        return value
+    try:
+        img = Image.open(io.BytesIO(value))  # reads the header only: size is checked before decoding
+        if img.format not in ("JPEG", "PNG"):
+            raise InputError(422, field, f"image format {img.format} not accepted (JPEG or PNG)")
+        if max(img.size) > max_side:
+            raise InputError(422, field, f"image of {img.width}x{img.height} exceeds {max_side} px")
+        if img.mode != "RGB":
+            raise InputError(422, field, f"expected a 3-channel RGB image, got mode {img.mode}")
+        return np.asarray(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise InputError(422, field, f"not a decodable JPEG/PNG image ({type(e).__name__})") from None
+
+
+def decode_act(body: bytes, encoding: Encoding, cameras: list[str], state_dim: int,
+               max_side: int) -> DecodedAct:
+    """Parse, validate against the serving policy's spec, and decode the images."""
+    t0 = time.perf_counter()
+    obj = _parse(body, encoding)
+    try:
+        req = ActRequest.model_validate(obj)
+    except ValidationError as e:
+        raise _validation_error(e) from None
+    if len(req.state) != state_dim:
+        raise InputError(422, "state", f"expected {state_dim} values, got {len(req.state)}")
+    for cam in req.images:
+        if cam not in cameras:
+            raise InputError(422, f"images.{cam}", f"unknown camera (this policy uses {cameras})")
+    for cam in cameras:
+        if cam not in req.images:
+            raise InputError(422, f"images.{cam}", f"missing camera (this policy uses {cameras})")
+    images = {cam: decode_image(cam, req.images[cam], max_side) for cam in cameras}
+    raw = {cam: (bytes(v) if isinstance(v, bytearray) else v) for cam, v in req.images.items()}
+    return DecodedAct(req, encoding, images, raw, time.perf_counter() - t0)

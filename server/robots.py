@@ -1,0 +1,409 @@
+"""The robot / operator channel: what every robot is doing, the operator's commands and labels.
+
+``RobotRegistry`` (one per app, ``app.state.robots``) is the live picture the operator page reads:
+it is fed by every /v1/act request (frames, step, episode, instruction, policy version) and by the
+robots' status reports. It queues operator commands per robot and hands them out in the next
+/v1/act response (``pause`` persists until ``resume``; ``end_episode`` is delivered once, and only
+to the episode it was pressed for), keeps the episodes waiting for a label, and answers the
+robots' label long-polls. ``subscribe()`` gives the operator page a stream of change events.
+
+All methods run on the server's event loop (the routes are ``async def``); nothing here blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
+from fastapi import Path as PathParam
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.images import encode_jpeg
+from protocol.messages import ID_PATTERN, Command, EpisodeId
+from server.auth import require_operator, require_robot
+
+log = logging.getLogger(__name__)
+
+RobotState = Literal["running", "waiting_label", "paused", "holding", "resetting", "error"]
+OperatorCommand = Literal["end_episode", "pause", "resume"]
+LabelOutcome = Literal["success", "failure", "discard"]
+MAX_KEPT_LABELS = 4096
+EVENT_QUEUE_SIZE = 256
+
+
+# ---------------------------------------------------------------- API models
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StatusIn(_In):
+    """What a robot reports it is doing (POST /v1/robots/{robot_id}/status)."""
+    state: RobotState
+    episode_id: EpisodeId | None = None
+    step: int | None = Field(default=None, ge=0)
+    instruction: str | None = Field(default=None, max_length=512)
+    task: str | None = Field(default=None, max_length=128)
+    loop_hz: float | None = Field(default=None, ge=0)
+    detail: str = Field(default="", max_length=2048)
+
+
+class CommandIn(_In):
+    command: OperatorCommand
+
+
+class LabelIn(_In):
+    episode_id: EpisodeId
+    outcome: LabelOutcome
+
+
+class RelabelIn(_In):
+    outcome: LabelOutcome
+
+
+class AwaitingIn(_In):
+    auto_outcome: Literal["success", "failure"] | None = None
+    n_steps: int = Field(default=0, ge=0)
+
+
+class LabelOut(BaseModel):
+    episode_id: str
+    outcome: LabelOutcome
+    label_source: Literal["operator", "auto"]
+
+
+class AwaitingView(BaseModel):
+    robot_id: str
+    episode_id: str
+    auto_outcome: str | None
+    n_steps: int
+    instruction: str
+    task: str
+    since: float
+
+
+class RobotView(BaseModel):
+    robot_id: str
+    state: str
+    episode_id: str | None
+    step: int | None
+    instruction: str
+    task: str
+    policy_version: int | None
+    loop_hz: float | None = Field(description="control loop rate the robot reports")
+    act_hz: float | None = Field(description="/v1/act request rate the server sees")
+    detail: str
+    last_seen: float = Field(description="unix time of the last request or status")
+    seconds_since_seen: float
+    stale: bool
+    cameras: list[str] = Field(description="cameras with a latest frame at /v1/robots/{id}/frames/{cam}.jpg")
+    paused: bool
+    pending_command: str | None
+    awaiting_label: list[str]
+
+
+# ---------------------------------------------------------------- state
+
+
+@dataclass
+class RobotLive:
+    robot_id: str
+    state: str = "running"
+    episode_id: str | None = None
+    step: int | None = None
+    instruction: str = ""
+    task: str = ""
+    policy_version: int | None = None
+    loop_hz: float | None = None
+    act_hz: float | None = None
+    detail: str = ""
+    last_seen: float = 0.0
+    last_act: float | None = None
+    frames: dict[str, bytes | np.ndarray] = field(default_factory=dict)
+    paused: bool = False
+    end_requested_for: str | None = None   # episode the operator pressed "end episode" for
+    end_requested: bool = False
+
+
+class RobotRegistry:
+    def __init__(self, inbox_dir: str | Path, auto_label: bool = False, stale_s: float = 10.0) -> None:
+        self.inbox_dir = Path(inbox_dir)
+        self.auto_label = auto_label
+        self.stale_s = stale_s
+        self.robots: dict[str, RobotLive] = {}
+        self.awaiting: dict[tuple[str, str], AwaitingView] = {}
+        self._labels: OrderedDict[tuple[str, str], LabelOut] = OrderedDict()
+        self._delivered: set[tuple[str, str]] = set()
+        self._label_events: dict[tuple[str, str], asyncio.Event] = {}
+        self._subscribers: set[asyncio.Queue] = set()
+
+    # ---- publisher for the operator page
+
+    def subscribe(self) -> asyncio.Queue:
+        """A queue of change events ``{"type": ..., "robot_id": ..., ...}``; slow readers lose the oldest."""
+        q: asyncio.Queue = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
+        self._subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue) -> None:
+        self._subscribers.discard(q)
+
+    def _publish(self, event: dict) -> None:
+        event.setdefault("t", time.time())
+        for q in self._subscribers:
+            if q.full():
+                q.get_nowait()
+            q.put_nowait(event)
+
+    # ---- robot side
+
+    def _robot(self, robot_id: str) -> RobotLive:
+        r = self.robots.get(robot_id)
+        if r is None:
+            r = self.robots[robot_id] = RobotLive(robot_id)
+        r.last_seen = time.time()
+        return r
+
+    def _new_episode(self, r: RobotLive, episode_id: str | None) -> None:
+        if episode_id is None or episode_id == r.episode_id:
+            return
+        # The robot moved on: its old episode no longer waits for a label (it timed out or got one).
+        for key in [k for k in self.awaiting if k[0] == r.robot_id and k[1] != episode_id]:
+            del self.awaiting[key]
+        r.episode_id = episode_id
+
+    def observe_act(self, robot_id: str, episode_id: str, step: int, instruction: str,
+                    frames: dict[str, bytes | np.ndarray], policy_version: int) -> None:
+        r = self._robot(robot_id)
+        now = r.last_seen
+        if r.last_act is not None and now > r.last_act:
+            rate = 1.0 / (now - r.last_act)
+            r.act_hz = rate if r.act_hz is None else 0.8 * r.act_hz + 0.2 * rate
+        r.last_act = now
+        self._new_episode(r, episode_id)
+        r.step, r.instruction, r.policy_version = step, instruction, policy_version
+        r.frames.update(frames)
+        self._publish({"type": "act", "robot_id": robot_id, "episode_id": episode_id, "step": step,
+                       "policy_version": policy_version})
+
+    def update_status(self, robot_id: str, status: StatusIn) -> None:
+        r = self._robot(robot_id)
+        self._new_episode(r, status.episode_id)
+        r.state, r.detail = status.state, status.detail
+        for name in ("step", "instruction", "task", "loop_hz"):
+            value = getattr(status, name)
+            if value is not None:
+                setattr(r, name, value)
+        self._publish({"type": "status", "robot_id": robot_id, **status.model_dump()})
+
+    def command_for(self, robot_id: str, episode_id: str) -> Command:
+        """The command to put in this /v1/act response. ``end_episode`` is consumed here."""
+        r = self.robots.get(robot_id)
+        if r is None:
+            return "run"
+        if r.end_requested:
+            r.end_requested = False
+            if r.end_requested_for in (None, episode_id):
+                self._publish({"type": "command_delivered", "robot_id": robot_id, "command": "end_episode"})
+                return "end_episode"
+            # pressed for an episode that is already over: dropping it keeps a new episode alive
+        return "pause" if r.paused else "run"
+
+    def mark_awaiting(self, robot_id: str, episode_id: str, body: AwaitingIn) -> LabelOut | None:
+        r = self._robot(robot_id)
+        self._new_episode(r, episode_id)
+        key = (robot_id, episode_id)
+        if self.auto_label and body.auto_outcome is not None:
+            label = LabelOut(episode_id=episode_id, outcome=body.auto_outcome, label_source="auto")
+            self._store_label(key, label)
+            return label
+        if key not in self._labels:
+            self.awaiting[key] = AwaitingView(robot_id=robot_id, episode_id=episode_id,
+                                              auto_outcome=body.auto_outcome, n_steps=body.n_steps,
+                                              instruction=r.instruction, task=r.task, since=time.time())
+            self._publish({"type": "awaiting", **self.awaiting[key].model_dump()})
+        return self._labels.get(key)
+
+    async def wait_label(self, robot_id: str, episode_id: str, timeout_s: float) -> LabelOut | None:
+        key = (robot_id, episode_id)
+        self._robot(robot_id)
+        if key not in self._labels:
+            event = self._label_events.setdefault(key, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), timeout_s)
+            except TimeoutError:
+                return None
+            finally:
+                if not event.is_set() or key in self._labels:
+                    self._label_events.pop(key, None)
+        label = self._labels.get(key)
+        if label is not None:
+            self._delivered.add(key)
+        return label
+
+    # ---- operator side
+
+    def queue_command(self, robot_id: str, command: str) -> RobotLive:
+        r = self.robots.get(robot_id)
+        if r is None:
+            raise KeyError(robot_id)
+        if command == "pause":
+            r.paused = True
+        elif command == "resume":
+            r.paused = False
+        else:
+            r.end_requested, r.end_requested_for = True, r.episode_id
+        self._publish({"type": "command", "robot_id": robot_id, "command": command})
+        return r
+
+    def submit_label(self, robot_id: str, episode_id: str, outcome: str) -> LabelOut:
+        key = (robot_id, episode_id)
+        if key in self._delivered:
+            raise LookupError("already labelled and delivered to the robot")
+        label = LabelOut(episode_id=episode_id, outcome=outcome, label_source="operator")
+        self._store_label(key, label)
+        return label
+
+    def _store_label(self, key: tuple[str, str], label: LabelOut) -> None:
+        self._labels[key] = label
+        self._labels.move_to_end(key)
+        while len(self._labels) > MAX_KEPT_LABELS:
+            old, _ = self._labels.popitem(last=False)
+            self._delivered.discard(old)
+        self.awaiting.pop(key, None)
+        event = self._label_events.get(key)
+        if event is not None:
+            event.set()
+        self._publish({"type": "label", "robot_id": key[0], **label.model_dump()})
+
+    def write_relabel(self, robot_id: str, episode_id: str, outcome: str) -> Path:
+        """Drop ``inbox/relabel-<uuid>.json`` for the learner (written to a temp name, then renamed)."""
+        self.inbox_dir.mkdir(parents=True, exist_ok=True)
+        wire_outcome = "aborted" if outcome == "discard" else outcome
+        final = self.inbox_dir / f"relabel-{uuid.uuid4().hex}.json"
+        tmp = final.with_suffix(".json.tmp")
+        with open(tmp, "w") as f:
+            json.dump({"robot_id": robot_id, "episode_id": episode_id, "outcome": wire_outcome}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        self._publish({"type": "relabel", "robot_id": robot_id, "episode_id": episode_id,
+                       "outcome": wire_outcome})
+        return final
+
+    def frame_jpeg(self, robot_id: str, camera: str) -> bytes | None:
+        r = self.robots.get(robot_id)
+        frame = None if r is None else r.frames.get(camera)
+        if isinstance(frame, np.ndarray):  # a robot that sent raw arrays: encode for the browser
+            frame = r.frames[camera] = encode_jpeg(np.ascontiguousarray(frame))
+        return frame
+
+    def view(self, r: RobotLive) -> RobotView:
+        age = time.time() - r.last_seen
+        pending = "end_episode" if r.end_requested else ("pause" if r.paused else None)
+        return RobotView(
+            robot_id=r.robot_id, state=r.state, episode_id=r.episode_id, step=r.step,
+            instruction=r.instruction, task=r.task, policy_version=r.policy_version,
+            loop_hz=r.loop_hz, act_hz=r.act_hz, detail=r.detail, last_seen=r.last_seen,
+            seconds_since_seen=age, stale=age > self.stale_s, cameras=sorted(r.frames),
+            paused=r.paused, pending_command=pending,
+            awaiting_label=[ep for (rid, ep) in self.awaiting if rid == r.robot_id])
+
+    def views(self) -> list[RobotView]:
+        return [self.view(r) for r in sorted(self.robots.values(), key=lambda r: r.robot_id)]
+
+
+# ---------------------------------------------------------------- routes
+
+router = APIRouter(prefix="/v1", tags=["robots"])
+RobotIdParam = PathParam(pattern=ID_PATTERN)
+
+
+def registry_of(request: Request) -> RobotRegistry:
+    return request.app.state.robots
+
+
+@router.post("/robots/{robot_id}/status", dependencies=[Depends(require_robot)])
+async def post_status(status: StatusIn, robot_id: str = RobotIdParam,
+                      robots: RobotRegistry = Depends(registry_of)) -> dict:
+    robots.update_status(robot_id, status)
+    return {"ok": True}
+
+
+@router.post("/robots/{robot_id}/episodes/{episode_id}/awaiting", dependencies=[Depends(require_robot)])
+async def post_awaiting(body: AwaitingIn = Body(default_factory=AwaitingIn), robot_id: str = RobotIdParam,
+                        episode_id: str = PathParam(pattern=ID_PATTERN),
+                        robots: RobotRegistry = Depends(registry_of)) -> dict:
+    label = robots.mark_awaiting(robot_id, episode_id, body)
+    return {"ok": True, "label": None if label is None else label.model_dump()}
+
+
+@router.get("/robots/{robot_id}/label", dependencies=[Depends(require_robot)], response_model=LabelOut,
+            responses={204: {"description": "no label within timeout_s; ask again"}})
+async def wait_label(request: Request, robot_id: str = RobotIdParam,
+                     episode_id: str = Query(pattern=ID_PATTERN),
+                     timeout_s: float = Query(default=10.0, ge=0.0),
+                     robots: RobotRegistry = Depends(registry_of)):
+    limit = request.app.state.config.server.label_poll_max_s
+    label = await robots.wait_label(robot_id, episode_id, min(timeout_s, limit))
+    if label is None:
+        return Response(status_code=204)
+    return label
+
+
+@router.post("/robots/{robot_id}/command", dependencies=[Depends(require_operator)])
+async def post_command(body: CommandIn, robot_id: str = RobotIdParam,
+                       robots: RobotRegistry = Depends(registry_of)) -> RobotView:
+    try:
+        return robots.view(robots.queue_command(robot_id, body.command))
+    except KeyError:
+        raise HTTPException(404, f"robot_id: unknown robot {robot_id!r} (not seen yet)") from None
+
+
+@router.post("/robots/{robot_id}/label", dependencies=[Depends(require_operator)])
+async def post_label(body: LabelIn, robot_id: str = RobotIdParam,
+                     robots: RobotRegistry = Depends(registry_of)) -> LabelOut:
+    try:
+        return robots.submit_label(robot_id, body.episode_id, body.outcome)
+    except LookupError as e:
+        raise HTTPException(409, f"episode_id: {e}; correct it with POST /v1/robots/{robot_id}/episodes/"
+                                 f"{body.episode_id}/relabel") from None
+
+
+@router.post("/robots/{robot_id}/episodes/{episode_id}/relabel", dependencies=[Depends(require_operator)])
+async def post_relabel(body: RelabelIn, robot_id: str = RobotIdParam,
+                       episode_id: str = PathParam(pattern=ID_PATTERN),
+                       robots: RobotRegistry = Depends(registry_of)) -> dict:
+    path = robots.write_relabel(robot_id, episode_id, body.outcome)
+    return {"ok": True, "file": path.name}
+
+
+@router.get("/robots", dependencies=[Depends(require_operator)])
+async def list_robots(robots: RobotRegistry = Depends(registry_of)) -> list[RobotView]:
+    return robots.views()
+
+
+@router.get("/labels/awaiting", dependencies=[Depends(require_operator)])
+async def list_awaiting(robots: RobotRegistry = Depends(registry_of)) -> list[AwaitingView]:
+    return sorted(robots.awaiting.values(), key=lambda a: a.since)
+
+
+@router.get("/robots/{robot_id}/frames/{camera}.jpg", dependencies=[Depends(require_operator)],
+            response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+async def latest_frame(robot_id: str = RobotIdParam, camera: str = PathParam(pattern=ID_PATTERN),
+                       robots: RobotRegistry = Depends(registry_of)) -> Response:
+    jpeg = robots.frame_jpeg(robot_id, camera)
+    if jpeg is None:
+        raise HTTPException(404, f"no frame from robot {robot_id!r} camera {camera!r} yet")
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
