@@ -1,0 +1,406 @@
+"""The operator web page and the read-side JSON behind it (issue 7).
+
+The page itself (``/`` and ``/ui/static/*``) is public: it holds no data. Every JSON endpoint here
+requires the operator token (``Authorization: Bearer <operator_token>``, ``server.auth``): camera
+frames and episode data show the workshop and are nobody else's business. The live view and the buttons use the
+server's operator endpoints (``/v1/robots``, ``/command``, ``/label``, live frames); this module adds
+
+* ``GET  /v1/episodes``                                         stored episodes (newest first)
+* ``GET  /v1/episodes/{robot_id}/{episode_id}``                 one episode: meta + per-step summary
+* ``GET  /v1/episodes/{robot_id}/{episode_id}/frames/{step}/{camera}.jpg``  a stored frame (replay)
+* ``POST /v1/episodes/{robot_id}/{episode_id}/relabel``         correct a label (inbox file, learner applies)
+* ``GET  /v1/learning``                                         learner status.json + success curves
+
+The store is only read here; the learner is its single writer. A relabel is therefore not applied
+by the server but dropped as ``runs/<run>/inbox/relabel-<uuid>.json`` (atomic) for the learner.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from learner.store import EpisodeStore, StoreError, write_json_atomic
+from protocol.messages import ID_PATTERN
+from server.auth import require_operator
+
+STATIC_DIR = Path(__file__).parent / "static"
+MOVING_AVERAGE_WINDOW = 10
+# Outcomes that count for the success curve; "aborted" (discarded, timed out, faulted) is not a try.
+COUNTED_OUTCOMES = ("success", "failure")
+
+
+# ---------------------------------------------------------------- response models (in /openapi.json)
+
+
+class EpisodeSummary(BaseModel):
+    robot_id: str
+    episode_id: str
+    source: str = Field(description='"expert" | "online" | "eval"')
+    outcome: str | None = Field(description='"success" | "failure" | "aborted"')
+    label_source: str | None = Field(description='"operator" | "auto" | "timeout"')
+    policy_version: int | None = Field(description="policy version that chose most of the actions")
+    n_steps: int
+    instruction: str = ""
+    task: str = ""
+    purpose: str | None = Field(default=None, description='"train" | "eval" (from the episode end)')
+    learner_phase: str | None = Field(default=None, description="learner phase when the episode was stored")
+    finished: float | None = Field(description="unix seconds when the episode was stored")
+    cameras: list[str]
+    first_step: int | None = Field(description="first stored step (replay starts here)")
+    last_step: int | None = Field(description="last stored step (the thumbnail shows it)")
+    relabeled: bool = Field(description="the operator corrected the label after the fact")
+    relabel_pending: str | None = Field(
+        default=None, description="outcome of a correction queued in the inbox, not yet applied")
+
+
+class EpisodeList(BaseModel):
+    total: int = Field(description="episodes matching the filter (before limit)")
+    episodes: list[EpisodeSummary]
+
+
+class StepSummary(BaseModel):
+    step: int
+    policy_version: int | None = None
+    chunk_index: int | None = None
+    state: list[float] = Field(default_factory=list)
+    action: list[float] = Field(default_factory=list)
+    t_capture: float | None = None
+    safety: dict[str, int] = Field(default_factory=dict)
+
+
+class EpisodeDetail(BaseModel):
+    summary: EpisodeSummary
+    meta: dict[str, Any] = Field(description="meta.json as stored")
+    steps: list[StepSummary]
+
+
+class RelabelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    outcome: Literal["success", "failure", "discard", "aborted"] = Field(
+        description='"discard" is stored as outcome "aborted" (never trained on)')
+
+
+class RelabelQueued(BaseModel):
+    robot_id: str
+    episode_id: str
+    outcome: str
+    inbox_file: str = Field(description="file name under runs/<run>/inbox/")
+
+
+class LearnerStatus(BaseModel):
+    """``status.json`` as the learner writes it; unknown fields pass through."""
+
+    model_config = ConfigDict(extra="allow")
+    phase: str | None = None
+    iteration: int | None = None
+    round: int | None = None
+    progress: float | None = None
+    losses: dict[str, Any] = Field(default_factory=dict)
+    success_rate: dict[str, Any] = Field(default_factory=dict)
+    episodes_per_phase: dict[str, Any] = Field(default_factory=dict)
+    policy_version: int | None = None
+    updated: float | None = None
+
+
+class CurvePoint(BaseModel):
+    index: int = Field(description="1-based count of counted (success/failure) online episodes")
+    robot_id: str
+    episode_id: str
+    finished: float | None
+    success: bool
+    moving_average: float = Field(description=f"success rate over the last {MOVING_AVERAGE_WINDOW} episodes")
+    policy_version: int | None
+    purpose: str | None
+
+
+class VersionPoint(BaseModel):
+    policy_version: int
+    episodes: int
+    successes: int
+    success_rate: float
+    eval_episodes: int = Field(description="greedy evaluation episodes of this version")
+    eval_success_rate: float | None
+
+
+class LearningView(BaseModel):
+    status: LearnerStatus | None = Field(description="status.json; null before the learner wrote it")
+    status_age_s: float | None = Field(description="seconds since status.json was last written")
+    window: int = MOVING_AVERAGE_WINDOW
+    curve: list[CurvePoint]
+    versions: list[VersionPoint]
+    outcome_counts: dict[str, int] = Field(description="online episodes by outcome (incl. aborted)")
+    expert_episodes: int
+
+
+# ---------------------------------------------------------------- per-app context
+
+
+@dataclass
+class _StepInfo:
+    policy_version: int | None
+    cameras: list[str]
+    first_step: int | None
+    last_step: int | None
+
+
+@dataclass
+class UIContext:
+    run_dir: Path
+    # Complete episodes never change their steps (only meta.json on a relabel), so what we read
+    # from steps.log is cached for good; bounded so a long run cannot grow it without limit.
+    step_cache: OrderedDict[tuple[str, str], _StepInfo] = field(default_factory=OrderedDict)
+    step_cache_size: int = 20000
+
+    @property
+    def store(self) -> EpisodeStore:
+        return EpisodeStore(self.run_dir / "episodes")
+
+    @property
+    def inbox(self) -> Path:
+        return self.run_dir / "inbox"
+
+
+def _context(request: Request) -> UIContext:
+    ctx = getattr(request.app.state, "ui", None)
+    if ctx is None:
+        config = getattr(request.app.state, "config", None)
+        if config is None:
+            raise HTTPException(500, "operator page: no configuration on app.state (call server.ui.mount)")
+        ctx = request.app.state.ui = UIContext(run_dir=Path(config.run_dir))
+    return ctx
+
+
+router = APIRouter(tags=["operator page"])
+_auth = [Depends(require_operator)]
+RobotIdParam = PathParam(pattern=ID_PATTERN)
+EpisodeIdParam = PathParam(pattern=ID_PATTERN)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _step_info(ctx: UIContext, robot_id: str, episode_id: str) -> _StepInfo:
+    key = (robot_id, episode_id)
+    info = ctx.step_cache.get(key)
+    if info is not None:
+        ctx.step_cache.move_to_end(key)
+        return info
+    episode = ctx.store.load(robot_id, episode_id)
+    steps = episode.steps
+    versions = Counter(int(s["policy_version"]) for s in steps
+                       if s.get("policy_version") is not None and int(s["policy_version"]) >= 0)
+    info = _StepInfo(
+        policy_version=versions.most_common(1)[0][0] if versions else None,
+        cameras=episode.cameras,
+        first_step=int(steps[0]["step"]) if steps else None,
+        last_step=int(steps[-1]["step"]) if steps else None,
+    )
+    if not episode.meta.get("incomplete"):
+        ctx.step_cache[key] = info
+        if len(ctx.step_cache) > ctx.step_cache_size:
+            ctx.step_cache.popitem(last=False)
+    return info
+
+
+def _pending_relabels(ctx: UIContext) -> dict[tuple[str, str], str]:
+    pending: dict[tuple[str, str], str] = {}
+    if not ctx.inbox.is_dir():
+        return pending
+    for path in sorted(ctx.inbox.glob("relabel-*.json"), key=lambda p: p.stat().st_mtime):
+        try:
+            item = json.loads(path.read_text())
+            pending[(item["robot_id"], item["episode_id"])] = item["outcome"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # the learner may be deleting it right now
+    return pending
+
+
+def _meta_policy_version(meta: dict) -> int | None:
+    v = meta.get("policy_version")
+    return int(v) if isinstance(v, (int, float)) and v >= 0 else None
+
+
+def _summary(ctx: UIContext, meta: dict, pending: dict[tuple[str, str], str]) -> EpisodeSummary:
+    robot_id, episode_id = meta["robot_id"], meta["episode_id"]
+    info = _step_info(ctx, robot_id, episode_id)
+    extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
+    meta_version = _meta_policy_version(meta)
+    return EpisodeSummary(
+        robot_id=robot_id, episode_id=episode_id,
+        source=str(meta.get("source", "online")),
+        outcome=meta.get("outcome"), label_source=meta.get("label_source"),
+        policy_version=meta_version if meta_version is not None else info.policy_version,
+        n_steps=int(meta.get("n_stored_steps", meta.get("n_steps", 0)) or 0),
+        instruction=str(meta.get("instruction", "")), task=str(meta.get("task", "")),
+        purpose=meta.get("purpose", extra.get("purpose")),
+        learner_phase=meta.get("learner_phase"),
+        finished=meta.get("finished"),
+        cameras=info.cameras, first_step=info.first_step, last_step=info.last_step,
+        relabeled="relabeled" in meta,
+        relabel_pending=pending.get((robot_id, episode_id)),
+    )
+
+
+def _summaries(ctx: UIContext) -> list[EpisodeSummary]:
+    pending = _pending_relabels(ctx)
+    out = []
+    for meta in ctx.store.list_episodes():
+        try:
+            out.append(_summary(ctx, meta, pending))
+        except (StoreError, KeyError, ValueError, TypeError):
+            continue  # a foreign or half-written directory: not the page's problem to show
+    return out
+
+
+def _read_status(ctx: UIContext) -> tuple[LearnerStatus | None, float | None]:
+    path = ctx.run_dir / "status.json"
+    try:
+        raw = path.read_text()
+        age = max(0.0, time.time() - path.stat().st_mtime)
+        return LearnerStatus.model_validate(json.loads(raw)), age
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError):
+        return None, None  # written atomically, so this is a foreign file: show "no status"
+
+
+def learning_curves(episodes: list[EpisodeSummary],
+                    window: int = MOVING_AVERAGE_WINDOW) -> tuple[list[CurvePoint], list[VersionPoint]]:
+    """Success curve over online episodes (oldest first) and success rate per policy version."""
+    online = [e for e in episodes if e.source != "expert" and e.outcome in COUNTED_OUTCOMES]
+    online.sort(key=lambda e: (e.finished or 0.0, e.robot_id, e.episode_id))
+    curve: list[CurvePoint] = []
+    recent: list[bool] = []
+    for i, e in enumerate(online, start=1):
+        recent = (recent + [e.outcome == "success"])[-window:]
+        curve.append(CurvePoint(index=i, robot_id=e.robot_id, episode_id=e.episode_id, finished=e.finished,
+                                success=e.outcome == "success", moving_average=sum(recent) / len(recent),
+                                policy_version=e.policy_version, purpose=e.purpose))
+    by_version: dict[int, list[EpisodeSummary]] = {}
+    for e in online:
+        if e.policy_version is not None:
+            by_version.setdefault(e.policy_version, []).append(e)
+    versions = []
+    for v in sorted(by_version):
+        eps = by_version[v]
+        wins = sum(e.outcome == "success" for e in eps)
+        evals = [e for e in eps if e.purpose == "eval"]
+        eval_wins = sum(e.outcome == "success" for e in evals)
+        versions.append(VersionPoint(policy_version=v, episodes=len(eps), successes=wins,
+                                     success_rate=wins / len(eps), eval_episodes=len(evals),
+                                     eval_success_rate=eval_wins / len(evals) if evals else None))
+    return curve, versions
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+@router.get("/", include_in_schema=False)
+def index() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/v1/episodes", response_model=EpisodeList, dependencies=_auth)
+def list_episodes(
+    ctx: UIContext = Depends(_context),
+    source: str | None = Query(default=None, description='"online", "expert", "eval"; all if omitted'),
+    robot_id: str | None = Query(default=None, pattern=ID_PATTERN),
+    limit: int = Query(default=100, ge=1, le=2000),
+    offset: int = Query(default=0, ge=0),
+) -> EpisodeList:
+    """Stored (complete) episodes, newest first."""
+    eps = [e for e in _summaries(ctx)
+           if (source is None or e.source == source) and (robot_id is None or e.robot_id == robot_id)]
+    eps.reverse()
+    return EpisodeList(total=len(eps), episodes=eps[offset: offset + limit])
+
+
+def _load_meta(ctx: UIContext, robot_id: str, episode_id: str) -> dict:
+    try:
+        meta = ctx.store.read_meta(robot_id, episode_id)
+    except StoreError:
+        meta = None
+    if meta is None:
+        raise HTTPException(404, f"no stored episode {robot_id}/{episode_id}")
+    return meta
+
+
+@router.get("/v1/episodes/{robot_id}/{episode_id}", response_model=EpisodeDetail, dependencies=_auth)
+def episode_detail(robot_id: str = RobotIdParam, episode_id: str = EpisodeIdParam,
+                   ctx: UIContext = Depends(_context)) -> EpisodeDetail:
+    meta = _load_meta(ctx, robot_id, episode_id)
+    episode = ctx.store.load(robot_id, episode_id)
+    steps = [StepSummary(step=int(s["step"]), policy_version=s.get("policy_version"),
+                         chunk_index=s.get("chunk_index"), state=list(s.get("state") or []),
+                         action=list(s.get("action") or []), t_capture=s.get("t_capture"),
+                         safety=dict(s.get("safety") or {}))
+             for s in episode.steps]
+    return EpisodeDetail(summary=_summary(ctx, meta, _pending_relabels(ctx)), meta=meta, steps=steps)
+
+
+@router.get("/v1/episodes/{robot_id}/{episode_id}/frames/{step}/{camera}.jpg", dependencies=_auth,
+            response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}}, "description": "the stored JPEG frame"}})
+def episode_frame(robot_id: str = RobotIdParam, episode_id: str = EpisodeIdParam,
+                  step: int = PathParam(ge=0, le=10_000_000), camera: str = PathParam(pattern=ID_PATTERN),
+                  ctx: UIContext = Depends(_context)) -> Response:
+    """A stored frame, for replay. Ids are checked against the store's id pattern (no '..', no '/')."""
+    try:
+        ep_dir = ctx.store.episode_dir(robot_id, episode_id)
+        data = (ep_dir / "frames" / f"{step:05d}_{camera}.jpg").read_bytes()
+    except (StoreError, FileNotFoundError, NotADirectoryError):
+        raise HTTPException(404, f"no frame {step} of camera {camera!r} in {robot_id}/{episode_id}") from None
+    # Stored frames never change: let the browser keep them while replaying back and forth.
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.post("/v1/episodes/{robot_id}/{episode_id}/relabel", response_model=RelabelQueued,
+             dependencies=_auth, status_code=202)
+def relabel_episode(body: RelabelRequest, robot_id: str = RobotIdParam, episode_id: str = EpisodeIdParam,
+                    ctx: UIContext = Depends(_context)) -> RelabelQueued:
+    """Queue a label correction for the learner (which owns the store): an atomic inbox file."""
+    _load_meta(ctx, robot_id, episode_id)  # only episodes that ended can be relabelled
+    outcome = "aborted" if body.outcome == "discard" else body.outcome
+    ctx.inbox.mkdir(parents=True, exist_ok=True)
+    path = ctx.inbox / f"relabel-{uuid.uuid4().hex}.json"
+    write_json_atomic(path, {"robot_id": robot_id, "episode_id": episode_id, "outcome": outcome,
+                             "requested": time.time()})
+    return RelabelQueued(robot_id=robot_id, episode_id=episode_id, outcome=outcome, inbox_file=path.name)
+
+
+@router.get("/v1/learning", response_model=LearningView, dependencies=_auth)
+def learning(ctx: UIContext = Depends(_context)) -> LearningView:
+    """The learner's status.json plus success curves computed from the stored episodes' metadata."""
+    episodes = _summaries(ctx)
+    curve, versions = learning_curves(episodes)
+    status, age = _read_status(ctx)
+    counts = Counter(str(e.outcome) for e in episodes if e.source != "expert")
+    return LearningView(status=status, status_age_s=age, curve=curve, versions=versions,
+                        outcome_counts=dict(counts),
+                        expert_episodes=sum(e.source == "expert" for e in episodes))
+
+
+def mount(app: FastAPI, config: Any = None) -> None:
+    """Add the operator page to ``app``. ``config`` (a DeploymentConfig) defaults to ``app.state.config``,
+    read at the first request, so this may be called before the server fills app.state."""
+    if config is not None:
+        app.state.ui = UIContext(run_dir=Path(config.run_dir))
+    app.include_router(router)
+    app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
+
+
+__all__ = ["router", "mount", "learning_curves", "UIContext", "STATIC_DIR",
+           "EpisodeSummary", "EpisodeList", "EpisodeDetail", "LearningView", "RelabelRequest",
+           "RelabelQueued"]
