@@ -1,0 +1,98 @@
+"""``vlaloop learn``: ingest (ZeroMQ -> episode store) plus the RL/SFT phase loop.
+
+  vlaloop learn               ingest + phase loop (bootstrap first if there is no policy yet)
+  vlaloop learn --bootstrap   Stage 0 only (train from the expert demos, publish), then exit
+  vlaloop learn --no-train    ingest only: a pure recorder
+
+SIGTERM / SIGINT shut down cleanly: the ingest thread finishes the message it is writing and acks
+it; training in progress is abandoned between durable writes (a publish or a state save is never
+cut in half), and a restart resumes from the registry, the store and learner_state.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from learner.ingest import Ingest
+from learner.status import StatusBoard
+from learner.store import EpisodeStore
+
+log = logging.getLogger("learner")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--bootstrap", action="store_true",
+                      help="run Stage 0 (SFT on expert demos) only, publish a version and exit")
+    mode.add_argument("--no-train", action="store_true",
+                      help="ingest only: record robot episodes into the store, never train")
+
+
+class Shutdown:
+    """SIGTERM/SIGINT -> ``event`` set; if the loop marked itself interruptible (inside a long
+    training call, not inside a durable write), the signal also raises to abandon that call."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.interruptible = False
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        log.info("signal %s: shutting down", signal.Signals(signum).name)
+        self.event.set()
+        if self.interruptible:
+            self.interruptible = False
+            raise ShutdownRequested()
+
+
+class ShutdownRequested(Exception):
+    pass
+
+
+def run(args: argparse.Namespace, config) -> int:
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutdown = Shutdown()
+    shutdown.install()
+    store = EpisodeStore(run_dir / "episodes")
+    status = StatusBoard(run_dir / "status.json", interval_s=config.learner.status_interval_s)
+    status.record_episodes(store.list_episodes(), write=False)
+
+    if args.bootstrap:
+        from learner.loop import PhaseLoop
+        loop = PhaseLoop(config, run_dir, status=status, shutdown=shutdown)
+        return loop.run_bootstrap_only()
+
+    ingest = Ingest.from_config(config, run_dir, store=store, status=status)
+    try:
+        endpoint = ingest.start()
+    except RuntimeError as e:
+        log.error("%s", e)
+        return 2
+    status.write()
+    log.info("learner ingest on %s, run dir %s", endpoint, run_dir)
+    code = 0
+    try:
+        if args.no_train:
+            while not shutdown.event.wait(0.5):
+                if not ingest.alive:
+                    log.error("ingest thread died")
+                    code = 1
+                    break
+        else:
+            from learner.loop import PhaseLoop
+            loop = PhaseLoop(config, run_dir, status=status, shutdown=shutdown, ingest=ingest)
+            code = loop.run()
+    except ShutdownRequested:
+        log.info("training interrupted by shutdown; it resumes from the last published version")
+    finally:
+        ingest.stop()
+        status.set(phase="idle", detail="stopped")
+    return code
