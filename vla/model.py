@@ -98,7 +98,8 @@ class VLAModel(nn.Module):
                                      config.head_hidden, config.init_log_std)
         self.lora_config = None  # peft LoraConfig once adapters are injected
         self.mode = "head_only"
-        self.backbone_trained = False  # set by full mode: base weights may differ from backbone_dir
+        self.backbone_trained = False  # entered full mode: base weights may differ from backbone_dir
+        self.saved_backbone_fingerprint: str | None = None
         self.trunk_version: int | None = None  # registry version whose backbone/adapter/pooler this is
         self.trunk_registry: str | None = None  # ... in this registry root
         self.trunk_fingerprint: str | None = None
@@ -155,8 +156,22 @@ class VLAModel(nn.Module):
             p.requires_grad_(mode == "full" or (mode == "lora" and is_adapter))
         self.pooler.requires_grad_(mode != "head_only")
         self.heads.requires_grad_(True)
-        if mode == "full":
+        if mode == "full" and not self.backbone_trained:
+            # Remember the weights before full training: publish saves the backbone only if it moved.
             self.backbone_trained = True
+            self.saved_backbone_fingerprint = self.backbone_fingerprint()
+
+    def backbone_fingerprint(self) -> str:
+        """Hash of the backbone's own (non-LoRA) weights, independent of LoRA-renamed keys."""
+        h = hashlib.blake2b(digest_size=12)
+        for name, p in self.backbone.named_parameters():
+            if "lora_" not in name:
+                h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def backbone_modified(self) -> bool:
+        """True if full-mode training changed the backbone since it was loaded or last saved."""
+        return self.backbone_trained and self.backbone_fingerprint() != self.saved_backbone_fingerprint
 
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -233,7 +248,7 @@ class VLAModel(nn.Module):
         model.lora_config = base.lora_config
         model.backbone_dir, model.backbone_id, model.backbone_hash = (base.backbone_dir, base.backbone_id,
                                                                       base.backbone_hash)
-        model.backbone_trained = False
+        model.backbone_trained, model.saved_backbone_fingerprint = False, None
         model.trunk_version, model.trunk_registry = base.trunk_version, base.trunk_registry
         model.trunk_fingerprint = base.trunk_fingerprint
         model.mode = "head_only"

@@ -38,7 +38,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from vla.backbone import backbone_hash
+from vla.backbone import backbone_hash, quiet_transformers
 from vla.config import ModelConfig
 from vla.normalization import Normalizer
 
@@ -213,7 +213,7 @@ def publish(registry: CheckpointRegistry, model: VLAModel, norm: Normalizer, kin
         if meta["backbone_dir"] == "backbone":
             model.backbone_dir = str(registry.path(version) / "backbone")
             model.backbone_hash = meta["backbone_hash"]
-            model.backbone_trained = False
+            model.saved_backbone_fingerprint = model.backbone_fingerprint()
     return version
 
 
@@ -227,7 +227,7 @@ def _write_version(tmp: Path, model: VLAModel, norm: Normalizer, kind: str, head
         if model.trunk_version is None or model.trunk_registry != str(registry.root.resolve()):
             raise CheckpointError("refusing to publish a head-only version: the model's trunk was never "
                                   "published or loaded from this registry (publish kind='full' first)")
-        if model.backbone_trained or model.compute_trunk_fingerprint() != model.trunk_fingerprint:
+        if model.backbone_modified() or model.compute_trunk_fingerprint() != model.trunk_fingerprint:
             raise CheckpointError(f"refusing to publish a head-only version: backbone/adapter/pooler changed "
                                   f"since {vname(model.trunk_version)}; publish kind='full'")
         meta["base_version"] = model.trunk_version
@@ -241,13 +241,14 @@ def _write_version(tmp: Path, model: VLAModel, norm: Normalizer, kind: str, head
             (tmp / "adapter").mkdir()
             model.lora_config.save_pretrained(str(tmp / "adapter"))
             _save_tensors(adapter, tmp / "adapter" / "adapter_model.safetensors")
-        if save_backbone or (save_backbone is None and model.backbone_trained):
+        if save_backbone or (save_backbone is None and model.backbone_modified()):
             if model.has_lora:
                 raise CheckpointError("refusing to save a trained backbone that also carries LoRA adapters; "
                                       "train the backbone in full mode before adding adapters")
             _check_finite(model.backbone.state_dict(), "backbone")
-            model.backbone.save_pretrained(tmp / "backbone")
-            model.preprocessor.processor.save_pretrained(tmp / "backbone")
+            with quiet_transformers():
+                model.backbone.save_pretrained(tmp / "backbone")
+                model.preprocessor.processor.save_pretrained(tmp / "backbone")
             meta["backbone_hash"] = backbone_hash(tmp / "backbone")
             meta["backbone_dir"] = "backbone"
     _save_tensors(heads, tmp / "head.safetensors")
@@ -379,7 +380,7 @@ def load_into(model: VLAModel, registry: CheckpointRegistry, version: int | None
     built on the same backbone (e.g. a learner resuming). Returns (normalizer, meta)."""
     meta = registry.read_meta(_resolve_version(registry, version))
     trunk = trunk_meta(registry, meta)
-    if model.backbone_trained:
+    if model.backbone_modified():
         raise CheckpointError("the model's backbone weights were trained since it was loaded; "
                               "build a fresh one with load_model()")
     _check_backbone_hash(meta, model.backbone_hash, f"the model's backbone ({model.backbone_dir})")
@@ -400,7 +401,7 @@ def load_model(registry: CheckpointRegistry, version: int | None = None, device:
     config = ModelConfig.model_validate({**trunk["model_config"], "device": device})
     reuse = (base is not None and base.trunk_version == trunk["version"]
              and base.trunk_registry == str(registry.root.resolve())
-             and base.backbone_hash == meta["backbone_hash"] and not base.backbone_trained
+             and base.backbone_hash == meta["backbone_hash"] and not base.backbone_modified()
              and base.config.model_dump(exclude={"device"}) == config.model_dump(exclude={"device"}))
     if reuse:
         model = VLAModel.sharing_trunk(base, config)
