@@ -26,11 +26,13 @@ from calibration.transforms import (
     T_to_pose,
     invert,
     make_T,
+    matrix_to_rotvec,
+    matrix_to_rpy,
     mean_rotation,
     pose_to_T,
     rotation_angle,
     rotvec_to_matrix,
-    wrap_angle,
+    rpy_to_matrix,
 )
 from robot_client.backends.base import Arm, Camera
 
@@ -136,38 +138,43 @@ def generate_poses(T_start: np.ndarray, plan: MotionPlan) -> list[np.ndarray]:
 
 
 def _pose_error(arm: Arm, T_target: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(translation, rotation vector) from the current pose to T_target, both in the base frame."""
     s = arm.state()
-    p, rpy = T_to_pose(T_target)
-    return p - s.position, wrap_angle(rpy - s.rpy), s.gripper
+    R_err = T_target[:3, :3] @ rpy_to_matrix(s.rpy).T
+    return T_target[:3, 3] - s.position, matrix_to_rotvec(R_err), s.gripper
 
 
 def move_to(arm: Arm, T_target: np.ndarray, plan: MotionPlan, tol_m: float = 5e-4,
             tol_rad: float = 2e-3, max_rounds: int = 4) -> None:
-    """Reach T_target by a sequence of small deltas (position and rpy increments), re-reading the
-    state after each round. Holds the arm and raises if it does not converge."""
+    """Reach T_target by a sequence of small deltas, re-reading the state after each round.
+
+    A delta is a base-frame translation and a base-frame rotation ``rpy_to_matrix(drpy)`` applied
+    on the left (the franka backend's reading of the action); an arm that instead adds drpy to
+    its rpy (the mock simulator) agrees to first order near the start pose and the correction
+    rounds close the rest. An arm that does not converge is held and reported."""
     last = math.inf
     for _ in range(max_rounds):
-        dp, drpy, gripper = _pose_error(arm, T_target)
-        err = max(np.linalg.norm(dp) / tol_m, np.max(np.abs(drpy)) / tol_rad)
+        dp, rotvec, gripper = _pose_error(arm, T_target)
+        err = max(np.linalg.norm(dp) / tol_m, np.linalg.norm(rotvec) / tol_rad)
         if err <= 1.0:
             return
         if err > 0.9 * last:
             arm.hold()
-            raise CalibrationError("the arm does not converge to the calibration pose (does move_delta "
-                                   "use rpy increments as documented in robot_client.backends.base?)")
+            raise CalibrationError("the arm does not converge to the calibration pose: it does not move "
+                                   "by the deltas it is sent (check the backend's move_delta convention)")
         last = err
         n = max(1, math.ceil(max(np.linalg.norm(dp) / plan.step_translation_m,
-                                 np.max(np.abs(drpy)) / plan.step_rotation_rad)))
-        step = np.concatenate([dp / n, drpy / n, [gripper]])
+                                 np.linalg.norm(rotvec) / plan.step_rotation_rad)))
+        step = np.concatenate([dp / n, matrix_to_rpy(rotvec_to_matrix(rotvec / n)), [gripper]])
         for _ in range(n):
             arm.move_delta(step)
             if plan.step_period_s:
                 time.sleep(plan.step_period_s)
-    dp, drpy, _ = _pose_error(arm, T_target)
-    if np.linalg.norm(dp) > 4 * tol_m or np.max(np.abs(drpy)) > 4 * tol_rad:
+    dp, rotvec, _ = _pose_error(arm, T_target)
+    if np.linalg.norm(dp) > 4 * tol_m or np.linalg.norm(rotvec) > 4 * tol_rad:
         arm.hold()
         raise CalibrationError(f"the arm stopped {np.linalg.norm(dp) * 1000:.1f} mm / "
-                               f"{math.degrees(np.max(np.abs(drpy))):.2f} deg from the calibration pose")
+                               f"{math.degrees(np.linalg.norm(rotvec)):.2f} deg from the calibration pose")
 
 
 def _mean_pose(Ts: list[np.ndarray]) -> np.ndarray:

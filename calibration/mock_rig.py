@@ -20,13 +20,22 @@ import numpy as np
 from calibration.board import BoardSpec
 from calibration.board_render import render_board
 from calibration.schema import CameraMode, Intrinsics, default_mock_calibration
-from calibration.transforms import invert, look_at, make_T, pose_to_T, rot_x, rot_z, wrap_angle
+from calibration.transforms import (
+    invert,
+    look_at,
+    make_T,
+    matrix_to_rpy,
+    pose_to_T,
+    rot_x,
+    rot_z,
+    rpy_to_matrix,
+)
 from robot_client.backends.base import Arm, ArmError, ArmState, Camera, Frame
 
 
 class KinematicArm(Arm):
-    """Pose integrates the commanded deltas exactly: position += d[:3], rpy += d[3:6]
-    (the rpy-increment reading of the 7-D action convention)."""
+    """Pose integrates the commanded deltas exactly, read as the franka backend reads them:
+    base-frame translation d[:3], base-frame rotation ``rpy_to_matrix(d[3:6])`` on the left."""
 
     def __init__(self, home_position, home_rpy, state_noise_m: float = 0.0, rng: np.random.Generator | None = None):
         self.home_position = np.asarray(home_position, dtype=float)
@@ -50,7 +59,7 @@ class KinematicArm(Arm):
         if a.shape != (7,) or not np.all(np.isfinite(a)):
             raise ArmError(f"refused non-finite or mis-shaped action {a!r}")
         self.position = self.position + a[:3]
-        self.rpy = wrap_angle(self.rpy + a[3:6])
+        self.rpy = matrix_to_rpy(rpy_to_matrix(a[3:6]) @ rpy_to_matrix(self.rpy))
         self.gripper = float(np.clip(a[6], 0.0, 1.0))
         self.n_moves += 1
 
