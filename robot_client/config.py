@@ -13,11 +13,48 @@ class RobotConfig(BaseModel):
     server_url: str = "http://127.0.0.1:8000"
     learner_addr: str = "tcp://127.0.0.1:5555"
     token: str = ""
-    rate_hz: float = 10.0
+    rate_hz: float = Field(default=10.0, gt=0, le=1000)
     max_steps: int = 60
     mode: Literal["sample", "greedy"] = "sample"
     task: str = "reach"
     calibration: str | None = Field(default=None, description="path to calibration.yaml")
     label_timeout_s: float = 120.0
     franka_host: str = "172.16.0.2"
-    camera_serials: list[str] = Field(default_factory=list)
+    camera_serials: list[str] = Field(default_factory=list,
+                                      description="RealSense serials, in the order of model.cameras")
+
+    # --- control loop
+    execution: Literal["open_loop", "ensemble"] = Field(
+        default="open_loop", description="open_loop: run each chunk to its end; ensemble: query every "
+        "step and average all chunks that cover the step (ACT temporal ensembling)")
+    ensemble_decay: float = Field(default=0.1, ge=0, description="weight exp(-decay * age_in_steps); "
+                                  "0 = plain mean")
+    prefetch_steps: int = Field(default=0, ge=0, description="open_loop: send the next query this many "
+                                "steps before the chunk runs out")
+    reply_budget: float = Field(default=0.6, gt=0, le=0.95, description="fraction of a control period "
+                                "the loop waits for a reply to this tick's observation before moving on")
+    reply_deadline_s: float = Field(default=1.0, gt=0, description="a reply older than this (from "
+                                    "capture) is dropped and never executed")
+    watchdog_periods: float = Field(default=2.0, gt=0, description="hold when no fresh action arrived for "
+                                    "this many control periods after the current chunk ran out")
+    probe_interval_s: float = Field(default=0.025, gt=0, description="/healthz probe while no request is "
+                                    "in flight; bounds how late a dead server is noticed")
+    server_retry_s: float = Field(default=0.5, gt=0, description="retry interval while the server is down")
+    jpeg_quality: int = Field(default=90, ge=10, le=100)
+    episodes: int = Field(default=0, ge=0, description="stop after this many episodes; 0 = run forever")
+    seed: int = 0
+    instruction: str = Field(default="", description="franka: the task instruction given to the policy")
+
+    # --- streaming to the learner
+    outbox_dir: str | None = Field(default=None, description="default: <run_dir>/outbox/<robot_id>")
+    outbox_max_bytes: int = Field(default=2 * 1024**3, gt=0)
+    outbox_warn_fraction: float = Field(default=0.8, gt=0, le=1)
+    ack_timeout_s: float = Field(default=3.0, gt=0)
+
+    # --- hardware
+    relative_dynamics_factor: float = Field(default=0.15, gt=0, le=1, description="franka speed scale")
+    gripper_speed: float = Field(default=0.05, gt=0, description="m/s")
+    gripper_force: float = Field(default=20.0, gt=0, description="N, when grasping")
+    camera_width: int = 640
+    camera_height: int = 480
+    camera_fps: int = 30

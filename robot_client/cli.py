@@ -1,0 +1,166 @@
+"""`vlaloop robot --backend mock|franka`: run the robot control client."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from calibration.schema import CalibrationError, CalibrationFile, default_mock_calibration, load_calibration
+from robot_client.config import RobotConfig
+from robot_client.episode import EpisodeRunner, Rig, StatusReporter
+from robot_client.loop import ControlLoop
+from robot_client.outbox import Outbox
+from robot_client.safety import SafetyFilter
+from robot_client.server_client import ActionLink, ServerClient
+from robot_client.streamer import Streamer
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=["mock", "franka"], default=None)
+    parser.add_argument("--robot-id", default=None)
+    parser.add_argument("--server", dest="server_url", default=None, help="inference server URL")
+    parser.add_argument("--learner", dest="learner_addr", default=None, help="learner ZeroMQ address")
+    parser.add_argument("--calibration", default=None, help="calibration.yaml (required for franka)")
+    parser.add_argument("--task", default=None, help="mock task (reach, push, pick_place)")
+    parser.add_argument("--instruction", default=None, help="franka: the instruction for the policy")
+    parser.add_argument("--rate", dest="rate_hz", type=float, default=None, help="control rate, Hz")
+    parser.add_argument("--episodes", type=int, default=None, help="stop after N episodes (0: forever)")
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--execution", choices=["open_loop", "ensemble"], default=None)
+    parser.add_argument("--mode", choices=["sample", "greedy"], default=None)
+    parser.add_argument("--outbox", dest="outbox_dir", default=None)
+    parser.add_argument("--seed", type=int, default=None)
+
+
+def robot_config(args: argparse.Namespace, config) -> RobotConfig:
+    """config.robot with the command-line overrides applied."""
+    overrides = {k: getattr(args, k, None) for k in RobotConfig.model_fields}
+    data = config.robot.model_dump()
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return RobotConfig.model_validate(data)
+
+
+def calibration_for(cfg: RobotConfig) -> CalibrationFile:
+    """The safety box. Real hardware refuses to start without a valid calibration.yaml."""
+    if cfg.calibration:
+        return load_calibration(cfg.calibration)
+    if cfg.backend == "mock":
+        return default_mock_calibration()
+    raise CalibrationError("the franka backend needs a calibration.yaml with the workspace box "
+                           "(--calibration PATH or robot.calibration); make one with "
+                           "`vlaloop calibrate workspace --corners x0,y0,z0 x1,y1,z1 --out PATH` "
+                           "or by guiding the arm: `vlaloop calibrate workspace --guide --out PATH`")
+
+
+def build_rig(cfg: RobotConfig, model_cameras: list[str], image_size: int, cal: CalibrationFile) -> Rig:
+    if cfg.backend == "mock":
+        from robot_client.backends.mock import MockRobot
+
+        robot = MockRobot(task=cfg.task, image_size=image_size, cameras=tuple(model_cameras), seed=cfg.seed)
+        return Rig(arm=robot.arm, cameras=dict(robot.cameras), task=cfg.task,
+                   new_episode=lambda seed: robot.new_episode(seed), success=robot.success,
+                   max_steps=None, close=robot.close)
+    from robot_client.backends.franka import FrankaArm
+    from robot_client.backends.realsense import RealSenseCamera
+
+    if len(cfg.camera_serials) != len(model_cameras):
+        raise ValueError(f"robot.camera_serials lists {len(cfg.camera_serials)} serials but the model "
+                         f"wants {len(model_cameras)} cameras {model_cameras}; give one serial per camera")
+    if not cfg.instruction:
+        raise ValueError("the franka backend needs an instruction (--instruction or robot.instruction)")
+    arm = FrankaArm.connect(cfg.franka_host, home_position=cal.home.position, home_rpy=cal.home.rpy,
+                            relative_dynamics_factor=cfg.relative_dynamics_factor,
+                            gripper_speed=cfg.gripper_speed, gripper_force=cfg.gripper_force)
+    cameras = {name: RealSenseCamera(name, serial, cfg.camera_width, cfg.camera_height, cfg.camera_fps)
+               for name, serial in zip(model_cameras, cfg.camera_serials, strict=True)}
+
+    def close() -> None:
+        arm.close()
+        for cam in cameras.values():
+            cam.close()
+
+    return Rig(arm=arm, cameras=cameras, task=cfg.task, new_episode=lambda seed: cfg.instruction,
+               success=None, max_steps=None, close=close)
+
+
+class RobotClient:
+    """Everything one robot runs, wired together; ``run()`` blocks until stopped."""
+
+    def __init__(self, cfg: RobotConfig, rig: Rig, cal: CalibrationFile, outbox_dir: str | Path,
+                 config_hash: str):
+        self.cfg = cfg
+        self.rig = rig
+        self.client = ServerClient(cfg.server_url, cfg.token, cfg.robot_id, timeout_s=cfg.reply_deadline_s)
+        self.link = ActionLink(ServerClient(cfg.server_url, cfg.token, cfg.robot_id),
+                               request_timeout_s=cfg.reply_deadline_s, probe_interval_s=cfg.probe_interval_s)
+        self.outbox = Outbox(outbox_dir, cfg.outbox_max_bytes, cfg.outbox_warn_fraction)
+        self.streamer = Streamer(self.outbox, cfg.learner_addr, cfg.robot_id, config_hash, token=cfg.token,
+                                 ack_timeout_s=cfg.ack_timeout_s)
+        self.status = StatusReporter(ServerClient(cfg.server_url, cfg.token, cfg.robot_id), extra=self._extra)
+        self.loop = ControlLoop(rig.arm, rig.cameras, SafetyFilter.from_calibration(cal), self.link, cfg,
+                                emit=self.streamer.submit,
+                                on_state=lambda state, info: self.status.report(state, **info),
+                                success=rig.success)
+        self.runner = EpisodeRunner(rig, self.loop, self.client, self.streamer.submit, cfg, self.status)
+
+    def _extra(self) -> dict:
+        extra = {}
+        if self.outbox.near_full:
+            extra["detail"] = (f"OUTBOX NEAR FULL: {self.outbox.bytes_used} of {self.cfg.outbox_max_bytes} "
+                               f"bytes unacked (learner down?)")
+        return extra
+
+    def run(self, episodes: int = 0):
+        self.streamer.start()
+        self.link.start()
+        self.status.start()
+        try:
+            return self.runner.run(episodes)
+        finally:
+            self.rig.arm.hold()
+            self.link.stop()
+            self.status.stop()
+
+    def stop(self) -> None:
+        self.runner.stop()
+
+    def close(self, flush_timeout: float = 10.0) -> bool:
+        flushed = self.streamer.flush(flush_timeout)
+        self.streamer.stop()
+        self.client.close()
+        self.rig.close()
+        return flushed
+
+
+def run(args: argparse.Namespace, config) -> int:
+    cfg = robot_config(args, config)
+    try:
+        cal = calibration_for(cfg)
+    except CalibrationError as e:
+        print(f"vlaloop robot: {e}", file=sys.stderr)
+        return 2
+    outbox_dir = cfg.outbox_dir or str(Path(config.run_dir) / "outbox" / cfg.robot_id)
+    try:
+        rig = build_rig(cfg, config.model.cameras, config.model.image_size, cal)
+    except (ValueError, ImportError, RuntimeError) as e:
+        print(f"vlaloop robot: cannot start the {cfg.backend} backend: {e}", file=sys.stderr)
+        return 2
+    client = RobotClient(cfg, rig, cal, outbox_dir, config.config_hash())
+
+    def on_signal(signum, frame):  # hold, finish the step, close the episode, flush the outbox
+        log.info("signal %d: stopping", signum)
+        client.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    results = client.run(cfg.episodes)
+    flushed = client.close()
+    outcomes = [end.outcome for _, end in results]
+    log.info("robot client done: %d episodes %s; outbox %s", len(results), outcomes,
+             "flushed" if flushed else f"holds {len(client.outbox)} unacked messages (resent on next start)")
+    return 0

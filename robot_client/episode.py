@@ -1,0 +1,205 @@
+"""Episodes, one after another: reset -> control loop -> label -> EpisodeEnd (DESIGN.md, "Episode").
+
+An episode that ends normally (max steps, auto-success, the operator's end button) waits for the
+operator's label through the server; the mock's success predicate is offered as the auto outcome.
+An episode that ends because something failed (server gone, arm error, no actions) is aborted:
+``EpisodeEnd(outcome="aborted")``, stored but never trained on. After a lost server the runner
+keeps the arm holding and retries until the server answers again, then starts a new episode.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from protocol.messages import EpisodeEnd
+from robot_client.backends.base import Arm, ArmError, Camera
+from robot_client.config import RobotConfig
+from robot_client.loop import ControlLoop, EpisodeResult
+from robot_client.server_client import ServerClient, ServerRefused, ServerUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Rig:
+    """What the runner drives: an arm, cameras and the task (mock or real)."""
+
+    arm: Arm
+    cameras: dict[str, Camera]
+    task: str
+    new_episode: Callable[[int], str]  # seed -> instruction (resets the scene on the mock)
+    success: Callable[[], bool] | None = None  # auto outcome (mock); None on real hardware
+    max_steps: int | None = None
+    close: Callable[[], None] = field(default=lambda: None)
+
+
+def new_episode_id() -> str:
+    return f"ep{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
+class StatusReporter:
+    """Posts the robot's state to the server on changes, from its own thread: a slow or dead
+    server never delays the control loop. Only the newest state is sent."""
+
+    def __init__(self, client: ServerClient, extra: Callable[[], dict] | None = None):
+        self.client = client
+        self.extra = extra or (lambda: {})
+        self._cv = threading.Condition()
+        self._latest: dict | None = None
+        self._stop = False
+        self.current: dict = {"state": "resetting"}
+        self.posted = 0
+        self._thread = threading.Thread(target=self._run, name="status-reporter", daemon=True)
+
+    def start(self) -> StatusReporter:
+        self._thread.start()
+        return self
+
+    def report(self, state: str, **info) -> None:
+        status = {"state": state, **{k: v for k, v in self.current.items() if k != "state"}, **info}
+        with self._cv:
+            self.current = status
+            self._latest = dict(status)
+            self._cv.notify_all()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        self._thread.join(timeout=3)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while self._latest is None and not self._stop:
+                    self._cv.wait(timeout=2.0)
+                    if self._latest is None and not self._stop:
+                        self._latest = dict(self.current)  # heartbeat every 2 s
+                if self._stop:
+                    return
+                status, self._latest = self._latest, None
+            status.update(self.extra())
+            try:
+                self.client.post_status(status)
+                self.posted += 1
+            except (ServerUnavailable, ServerRefused) as e:
+                log.debug("status not posted: %s", e)
+
+
+class EpisodeRunner:
+    def __init__(self, rig: Rig, loop: ControlLoop, client: ServerClient, emit: Callable, cfg: RobotConfig,
+                 status: StatusReporter):
+        self.rig = rig
+        self.loop = loop
+        self.client = client
+        self.emit = emit  # the Streamer's submit
+        self.cfg = cfg
+        self.status = status
+        self.results: list[tuple[EpisodeResult, EpisodeEnd]] = []
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.loop.stop_requested = True
+
+    def run(self, episodes: int = 0) -> list[tuple[EpisodeResult, EpisodeEnd]]:
+        n = 0
+        while not self._stop.is_set() and (episodes == 0 or n < episodes):
+            if not self.wait_for_server():
+                break
+            self.run_one(seed=self.cfg.seed + n)
+            n += 1
+        self.rig.arm.hold()
+        return self.results
+
+    def wait_for_server(self) -> bool:
+        """Hold the arm and retry until the server answers (and the action link sees it too)."""
+        announced = False
+        while not self._stop.is_set():
+            if self.client.healthz(timeout=1.0) and self.loop.link.down is None:
+                return True
+            if not announced:
+                log.warning("server %s not reachable; arm holding, retrying every %.1fs",
+                            self.cfg.server_url, self.cfg.server_retry_s)
+                self.rig.arm.hold()
+                self.status.report("holding", detail="server unreachable")
+                announced = True
+            self._stop.wait(self.cfg.server_retry_s)
+        return False
+
+    def run_one(self, seed: int) -> tuple[EpisodeResult, EpisodeEnd]:
+        episode_id = new_episode_id()
+        max_steps = min(self.cfg.max_steps, self.rig.max_steps or self.cfg.max_steps)
+        self.status.report("resetting", episode_id=episode_id, step=0, task=self.rig.task)
+        try:
+            instruction = self.rig.new_episode(seed)
+            self.rig.arm.reset_home()
+        except ArmError as e:
+            log.error("reset failed: %s; recovering", e)
+            self.rig.arm.recover()
+            result = EpisodeResult(episode_id, "", 0, "arm_error", f"reset failed: {e}")
+            return self._end(result, "aborted", "auto", auto_outcome=None)
+        self.status.report("running", episode_id=episode_id, step=0, instruction=instruction,
+                           task=self.rig.task, loop_hz=self.cfg.rate_hz, detail="")
+        result = self.loop.run_episode(episode_id, instruction, max_steps)
+        summary = result.timing_summary(self.loop.period)
+        log.info("episode %s ended: %s after %d steps; jitter p99 %.2f ms; counters %s", episode_id,
+                 result.end_reason, result.n_steps, summary.get("jitter_p99_ms", float("nan")),
+                 result.counters)
+        if result.aborted:
+            self.status.report("holding" if result.end_reason == "server_lost" else "error",
+                               step=result.n_steps, detail=f"aborted: {result.end_reason} {result.detail}")
+            return self._end(result, "aborted", "auto", auto_outcome=None)
+        auto = None
+        if self.rig.success is not None:
+            auto = "success" if self.rig.success() else "failure"
+        self.rig.arm.hold()
+        outcome, source = self.wait_for_label(result, auto)
+        return self._end(result, outcome, source, auto_outcome=auto)
+
+    def wait_for_label(self, result: EpisodeResult, auto: str | None) -> tuple[str, str]:
+        """The operator's label through the server; ('aborted', 'timeout') when none came in time."""
+        self.status.report("waiting_label", step=result.n_steps, detail=f"auto outcome: {auto}")
+        deadline = time.monotonic() + self.cfg.label_timeout_s
+        posted = False
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                if not posted:
+                    self.client.post_awaiting(result.episode_id, auto, result.n_steps)
+                    posted = True
+                label = self.client.wait_label(result.episode_id, timeout_s=min(left, 30.0))
+            except ServerUnavailable as e:  # keep trying until our own label timeout
+                log.warning("label wait: %s", e)
+                self._stop.wait(min(self.cfg.server_retry_s, max(0.0, left)))
+                continue
+            except ServerRefused as e:
+                log.error("label wait refused: %s", e)
+                break
+            if label is None:
+                continue
+            if label.get("outcome") == "discard":
+                return "aborted", "operator"
+            if label.get("outcome") in ("success", "failure"):
+                src = label.get("label_source", "operator")
+                return label["outcome"], src if src in ("operator", "auto") else "operator"
+            log.error("label with an unknown outcome %r ignored", label.get("outcome"))
+        return "aborted", "timeout"
+
+    def _end(self, result: EpisodeResult, outcome: str, source: str, auto_outcome: str | None):
+        end = EpisodeEnd(robot_id=self.cfg.robot_id, episode_id=result.episode_id, outcome=outcome,
+                         label_source=source, n_steps=result.n_steps, instruction=result.instruction or "-",
+                         task=self.rig.task,
+                         extra={"end_reason": result.end_reason, "detail": result.detail[:500],
+                                "auto_outcome": auto_outcome, "counters": result.counters,
+                                "timing": result.timing_summary(self.loop.period)})
+        self.emit(end)
+        self.results.append((result, end))
+        return result, end

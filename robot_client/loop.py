@@ -1,0 +1,405 @@
+"""The fixed-rate control loop of one episode (DESIGN.md, "Robot client").
+
+Every tick, at an absolute deadline ``t0 + k * period`` (never ``sleep(period)``, which drifts):
+
+  capture -> hand the observation to the ActionLink (background HTTP) -> take replies that are
+  fresh -> pick this tick's action from the chunk(s) -> watchdog -> SafetyFilter -> execute or
+  hold -> record the step for the learner.
+
+The loop never waits on the network: it gives a reply to this tick's observation at most
+``reply_budget`` of a period, then moves on (executing the rest of the current chunk, or holding).
+A reply is executed only if its request_id is one this episode is waiting for and it is younger
+than ``reply_deadline_s``; anything else is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocol.images import encode_jpeg
+from protocol.messages import ActRequest, StepMsg
+from robot_client.backends.base import Arm, ArmError, Camera
+from robot_client.config import RobotConfig
+from robot_client.safety import SafetyFilter
+from robot_client.server_client import ActionLink, Reply
+from robot_client.watchdog import Watchdog
+
+log = logging.getLogger(__name__)
+
+# Loop-level counters (StepMsg.safety keys next to the SafetyFilter's).
+HOLD_NO_ACTION = "hold_no_action"  # ticks without an action to execute (waiting for a reply)
+HOLD_WATCHDOG = "hold_watchdog"
+HOLD_PAUSED = "hold_paused"
+HOLD_CAMERA = "hold_camera"
+DROP_LATE = "drop_late_reply"
+DROP_STALE = "drop_stale_reply"
+REPLY_ERROR = "reply_error"
+
+# Why an episode ended. The first three are normal ends; the rest abort the episode.
+END_MAX_STEPS, END_SUCCESS, END_OPERATOR = "max_steps", "success", "operator"
+END_SERVER_LOST, END_NO_ACTION, END_ARM_ERROR, END_CAMERA, END_STOPPED = (
+    "server_lost", "no_action", "arm_error", "camera_lost", "stopped")
+ABORTING_ENDS = {END_SERVER_LOST, END_NO_ACTION, END_ARM_ERROR, END_CAMERA, END_STOPPED}
+
+
+@dataclass
+class Chunk:
+    actions: np.ndarray  # [H, 7] robot units, as the server sent them (before safety)
+    start_tick: int  # the tick whose observation produced it: actions[i] belongs to start_tick + i
+    request_id: str
+    log_prob: float
+    value: float
+    policy_version: int
+    recorded: bool = False  # its action_chunk/log_prob went into a step record already
+
+    def covers(self, tick: int) -> bool:
+        return 0 <= tick - self.start_tick < len(self.actions)
+
+
+@dataclass
+class TickTiming:
+    tick: int
+    jitter_ms: float  # actual start - scheduled start
+    work_ms: float  # start of tick -> action issued
+    latency_ms: float | None  # round trip of a reply adopted in this tick
+
+
+@dataclass
+class EpisodeResult:
+    episode_id: str
+    instruction: str
+    n_steps: int
+    end_reason: str
+    detail: str = ""
+    timings: list[TickTiming] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)  # totals over the episode
+
+    @property
+    def aborted(self) -> bool:
+        return self.end_reason in ABORTING_ENDS
+
+    def timing_summary(self, period_s: float) -> dict:
+        return summarize_timings(self.timings, period_s)
+
+
+def summarize_timings(timings: list[TickTiming], period_s: float) -> dict:
+    if not timings:
+        return {}
+    jit = np.array([abs(t.jitter_ms) for t in timings])
+    work = np.array([t.work_ms for t in timings])
+    lat = np.array([t.latency_ms for t in timings if t.latency_ms is not None])
+    return {
+        "ticks": len(timings), "period_ms": period_s * 1e3,
+        "jitter_p50_ms": float(np.percentile(jit, 50)), "jitter_p99_ms": float(np.percentile(jit, 99)),
+        "jitter_max_ms": float(jit.max()), "work_p50_ms": float(np.percentile(work, 50)),
+        "work_p99_ms": float(np.percentile(work, 99)),
+        "latency_p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+        "latency_p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+    }
+
+
+def sleep_until(deadline: float, clock=time.monotonic) -> None:
+    """Sleep to an absolute monotonic deadline: coarse sleep, then a short yielding spin for the last
+    millisecond (time.sleep alone overshoots by up to ~1 ms under load)."""
+    while True:
+        remaining = deadline - clock()
+        if remaining <= 0:
+            return
+        if remaining > 0.0015:
+            time.sleep(remaining - 0.001)
+        else:
+            time.sleep(0)
+
+
+class ControlLoop:
+    def __init__(self, arm: Arm, cameras: dict[str, Camera], safety: SafetyFilter, link: ActionLink,
+                 cfg: RobotConfig, emit: Callable[[StepMsg], None],
+                 on_state: Callable[[str, dict], None] | None = None,
+                 success: Callable[[], bool] | None = None):
+        self.arm = arm
+        self.cameras = cameras
+        self.safety = safety
+        self.link = link
+        self.cfg = cfg
+        self.emit = emit  # where step records go (the Streamer's submit)
+        self.on_state = on_state or (lambda state, info: None)
+        self.success = success
+        self.period = 1.0 / cfg.rate_hz
+        # Armed per episode once the chunk length is known; until the first reply, a startup grace.
+        self.watchdog = Watchdog(deadline_s=max(cfg.reply_deadline_s, 2 * self.period))
+        self.stop_requested = False
+
+    # ---------------------------------------------------------------- one episode
+    def run_episode(self, episode_id: str, instruction: str, max_steps: int) -> EpisodeResult:
+        ep = _EpisodeState(episode_id, instruction)
+        self.watchdog.reset()
+        self.link.take_replies()  # anything still arriving belongs to an earlier episode
+        t0 = time.monotonic()
+        tick = 0
+        startup_deadline = t0 + max(self.cfg.reply_deadline_s, 5 * self.period) + 5.0
+        while True:
+            scheduled = t0 + tick * self.period
+            sleep_until(scheduled)
+            t_start = time.monotonic()
+            end = self._tick(ep, tick, max_steps, t_start, startup_deadline)
+            ep.timings.append(TickTiming(tick, (t_start - scheduled) * 1e3,
+                                         (ep.t_issued - t_start) * 1e3, ep.tick_latency_ms))
+            if end is not None:
+                return self._finish(ep, *end)
+            # Absolute schedule; if a tick overran a whole period, skip the missed slots.
+            tick += 1
+            late = (time.monotonic() - (t0 + tick * self.period)) / self.period
+            if late >= 1:
+                skipped = int(math.floor(late))
+                ep.count("tick_overrun", skipped)
+                tick += skipped
+
+    def _finish(self, ep: _EpisodeState, reason: str, detail: str) -> EpisodeResult:
+        if reason in ABORTING_ENDS:
+            self._hold(ep)
+            log.warning("episode %s aborted: %s %s", ep.episode_id, reason, detail)
+        return EpisodeResult(ep.episode_id, ep.instruction, ep.n_steps, reason, detail,
+                             ep.timings, dict(ep.totals))
+
+    def _tick(self, ep: _EpisodeState, tick: int, max_steps: int, t_start: float,
+              startup_deadline: float) -> tuple[str, str] | None:
+        ep.t_issued = t_start
+        ep.tick_latency_ms = None
+        if self.stop_requested:
+            return END_STOPPED, "client stopping"
+
+        # 1. capture
+        try:
+            state = self.arm.state()
+            if state.error:
+                raise ArmError(state.error)
+            frames = {name: cam.read() for name, cam in self.cameras.items()}
+        except ArmError as e:
+            return self._arm_error(ep, e)
+        except RuntimeError as e:  # a camera is gone: hold; the backend reconnects
+            ep.count(HOLD_CAMERA)
+            self._hold(ep)
+            ep.camera_failures += 1
+            if ep.camera_failures * self.period > self.cfg.reply_deadline_s + 2.0:
+                return END_CAMERA, str(e)
+            return None
+        ep.camera_failures = 0
+        t_capture = min(f.t_capture for f in frames.values())
+        jpegs = {name: encode_jpeg(f.image, self.cfg.jpeg_quality) for name, f in frames.items()}
+        state_vec = state.vector()
+
+        # 2. ask for actions (the link sends in the background)
+        if self._wants_query(ep, tick, t_start):
+            rid = f"{ep.episode_id}-{tick}-{uuid.uuid4().hex[:8]}"
+            ep.outstanding[rid] = (tick, t_start)
+            self.link.submit(ActRequest(
+                request_id=rid, robot_id=self.cfg.robot_id, episode_id=ep.episode_id, step=ep.n_steps,
+                t_capture=t_capture, instruction=ep.instruction, images=jpegs,
+                state=state_vec.tolist(), mode=self.cfg.mode))
+            ep.last_query_tick = tick
+
+        # 3. take replies; wait (bounded by the budget) if this tick has nothing to execute
+        budget_end = t_start + self.cfg.reply_budget * self.period
+        while True:
+            self._take_replies(ep, tick)
+            remaining = budget_end - time.monotonic()
+            if ep.paused or self._has_action(ep, tick) or remaining <= 0 or self.link.down:
+                break
+            self.link.reply_ready.wait(timeout=remaining)
+        if self.link.down:  # the server is gone: hold now, do not run out the chunk
+            self.watchdog.trip(f"server unreachable: {self.link.down}")
+
+        # 4. decide: hold or move
+        if ep.ended_by_operator:
+            self._hold(ep)
+            return END_OPERATOR, "operator pressed end episode"
+        reason = self.watchdog.hold_reason()
+        if self.watchdog.tripped:
+            ep.count(HOLD_WATCHDOG)
+            self._hold(ep)
+            return END_SERVER_LOST, reason or ""
+        if ep.paused:
+            ep.count(HOLD_PAUSED)
+            self._hold(ep)
+            self.watchdog.feed()  # pausing is not starving; re-armed when the pause ends
+            return None
+        action_info = self._action_for(ep, tick)
+        if reason is not None and not (reason == "no action yet" and t_start < startup_deadline):
+            ep.count(HOLD_WATCHDOG)
+            self._hold(ep)
+            return END_NO_ACTION, reason
+        if action_info is None:
+            ep.count(HOLD_NO_ACTION)
+            self._hold(ep)
+            return None
+        raw, chunk, index = action_info
+
+        safe = self.safety.filter(raw, state.position, state.gripper)
+        for k, v in safe.counters.items():
+            ep.count(k, v)
+        try:
+            if safe.hold:
+                self._hold(ep)
+            else:
+                self.arm.move_delta(safe.action)
+                ep.holding = False
+        except ArmError as e:
+            return self._arm_error(ep, e)
+        ep.t_issued = time.monotonic()
+
+        # 5. record the step (the pending counters cover the ticks since the last record)
+        first_use = not chunk.recorded
+        chunk.recorded = True
+        self.emit(StepMsg(
+            robot_id=self.cfg.robot_id, episode_id=ep.episode_id, step=ep.n_steps, images=jpegs,
+            state=state_vec.astype(float).tolist(), action=safe.action.astype(float).tolist(),
+            action_chunk=chunk.actions.astype(float).tolist() if first_use else None,
+            chunk_index=index, log_prob=chunk.log_prob if first_use else None,
+            value=chunk.value if first_use else None, policy_version=chunk.policy_version,
+            instruction=ep.instruction, t_capture=t_capture, t_act=time.time(),
+            safety=ep.take_pending()))
+        ep.n_steps += 1
+
+        if self.success is not None and self.success():
+            return END_SUCCESS, "success predicate"
+        if ep.n_steps >= max_steps:
+            return END_MAX_STEPS, ""
+        return None
+
+    # ---------------------------------------------------------------- pieces
+    def _arm_error(self, ep: _EpisodeState, e: Exception) -> tuple[str, str]:
+        log.error("arm error in episode %s: %s; recovering", ep.episode_id, e)
+        ep.count("arm_error")
+        self._hold(ep)
+        try:
+            self.arm.recover()
+        except Exception as e2:  # noqa: BLE001 - report both; the episode is aborted either way
+            log.error("arm recovery failed: %s", e2)
+            return END_ARM_ERROR, f"{e}; recovery failed: {e2}"
+        return END_ARM_ERROR, str(e)
+
+    def _hold(self, ep: _EpisodeState) -> None:
+        if not ep.holding:
+            self.arm.hold()
+            ep.holding = True
+
+    def _wants_query(self, ep: _EpisodeState, tick: int, now: float) -> bool:
+        for rid in [r for r, (_, t) in ep.outstanding.items() if now - t > self.cfg.reply_deadline_s]:
+            del ep.outstanding[rid]  # never answered in time: if it comes now, it is late
+            ep.expired.add(rid)
+        if ep.paused:  # only to learn when the operator resumes; about twice a second
+            return tick - ep.last_query_tick >= max(1, int(0.5 / self.period))
+        if self.cfg.execution == "ensemble":
+            return True  # the link sends the newest one as soon as the last reply is in
+        if ep.outstanding:
+            return False  # open loop: one query per chunk
+        if ep.chunk is None:
+            return True
+        remaining = ep.chunk.start_tick + len(ep.chunk.actions) - tick  # actions left, this one included
+        return remaining <= 0 or (remaining <= self.cfg.prefetch_steps
+                                  and ep.last_query_tick <= ep.chunk.start_tick)
+
+    def _has_action(self, ep: _EpisodeState, tick: int) -> bool:
+        if self.cfg.execution == "ensemble":  # give this tick's own observation its chance
+            return any(c.start_tick == tick for c in ep.ensemble)
+        return ep.chunk is not None and ep.chunk.covers(tick)
+
+    def _take_replies(self, ep: _EpisodeState, tick: int) -> None:
+        now = time.monotonic()
+        for reply in self.link.take_replies():
+            self._take_reply(ep, tick, now, reply)
+
+    def _take_reply(self, ep: _EpisodeState, tick: int, now: float, reply: Reply) -> None:
+        rid = reply.request.request_id
+        sent = ep.outstanding.pop(rid, None)
+        if sent is None:  # expired, of another episode, or answered already: never executed
+            ep.count(DROP_LATE if rid in ep.expired else DROP_STALE)
+            return
+        if reply.response is None:
+            ep.count(REPLY_ERROR)
+            return
+        resp = reply.response
+        if resp.request_id != rid:
+            ep.count(DROP_STALE)
+            return
+        obs_tick, t_obs = sent
+        # the operator's buttons travel in every reply, even one too late to execute
+        if resp.command == "end_episode":
+            ep.ended_by_operator = True
+        elif resp.command == "pause":
+            if not ep.paused:
+                self.on_state("paused", {"episode_id": ep.episode_id, "step": ep.n_steps})
+            ep.paused = True
+        elif ep.paused:
+            ep.paused = False
+            self.on_state("running", {"episode_id": ep.episode_id, "step": ep.n_steps})
+        actions = np.asarray(resp.actions, dtype=np.float64)
+        if actions.ndim != 2 or actions.shape[0] == 0 or actions.shape[1] != 7:
+            ep.count("hold_bad_shape")
+            return
+        if now - t_obs > self.cfg.reply_deadline_s or tick - obs_tick >= len(actions):
+            ep.count(DROP_LATE)
+            return
+        if ep.paused:
+            return
+        chunk = Chunk(actions, obs_tick, rid, resp.log_prob, resp.value, resp.policy_version)
+        if self.cfg.execution == "ensemble":
+            ep.ensemble = [c for c in ep.ensemble if c.start_tick + len(c.actions) > tick] + [chunk]
+        elif ep.chunk is None or obs_tick >= ep.chunk.start_tick:
+            ep.chunk = chunk
+        self.watchdog.deadline_s = (len(actions) + self.cfg.watchdog_periods) * self.period
+        self.watchdog.feed(now)
+        ep.tick_latency_ms = (reply.t_received - reply.t_sent) * 1e3
+
+    def _action_for(self, ep: _EpisodeState, tick: int) -> tuple[np.ndarray, Chunk, int] | None:
+        if self.cfg.execution == "open_loop":
+            if ep.chunk is None or not ep.chunk.covers(tick):
+                return None
+            i = tick - ep.chunk.start_tick
+            return ep.chunk.actions[i], ep.chunk, i
+        covering = [c for c in ep.ensemble if c.covers(tick)]
+        if not covering:
+            return None
+        # ACT temporal ensembling: w_i = exp(-m * i), i = 0 for the oldest chunk
+        weights = np.exp(-self.cfg.ensemble_decay * np.arange(len(covering)))
+        stacked = np.stack([c.actions[tick - c.start_tick] for c in covering])
+        with np.errstate(invalid="ignore"):
+            action = (weights[:, None] * stacked).sum(0) / weights.sum()
+        newest = covering[-1]
+        return action, newest, tick - newest.start_tick
+
+
+class _EpisodeState:
+    def __init__(self, episode_id: str, instruction: str):
+        self.episode_id = episode_id
+        self.instruction = instruction
+        self.n_steps = 0
+        self.chunk: Chunk | None = None
+        self.ensemble: list[Chunk] = []
+        self.outstanding: dict[str, tuple[int, float]] = {}  # request_id -> (tick, monotonic t)
+        self.expired: set[str] = set()  # request_ids whose reply deadline passed
+        self.last_query_tick = -(10**9)
+        self.paused = False
+        self.ended_by_operator = False
+        self.holding = False
+        self.camera_failures = 0
+        self.timings: list[TickTiming] = []
+        self.totals: dict[str, int] = {}
+        self._pending: dict[str, int] = {}
+        self.t_issued = 0.0
+        self.tick_latency_ms: float | None = None
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.totals[key] = self.totals.get(key, 0) + n
+        self._pending[key] = self._pending.get(key, 0) + n
+
+    def take_pending(self) -> dict[str, int]:
+        out, self._pending = self._pending, {}
+        return out

@@ -1,0 +1,193 @@
+"""HTTP to the inference server (/tmp/channels.md, "HTTP").
+
+``ServerClient``: keep-alive httpx calls (msgpack for /v1/act, JSON for status and labels).
+``ActionLink``: the background request thread. The control loop hands it the newest
+observation and never waits on the network itself; the link sends one request at a time, keeps
+the connection alive with cheap /healthz probes while idle, and reports a dead server at once
+(``down``) so the watchdog can hold the arm within a control period.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from protocol.codec import CodecError, packb, unpackb
+from protocol.messages import ActRequest, ActResponse
+
+log = logging.getLogger(__name__)
+
+MSGPACK = "application/msgpack"
+
+
+class ServerUnavailable(RuntimeError):
+    """No answer: connection refused/reset, timeout, 5xx."""
+
+
+class ServerRefused(RuntimeError):
+    """The server answered but refused the request (4xx); the text holds its reason."""
+
+
+class ServerClient:
+    def __init__(self, base_url: str, token: str = "", robot_id: str = "", timeout_s: float = 2.0):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # Short connect timeout: a dead server must be noticed within a control period.
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers,
+                                  timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 0.5)),
+                                  limits=httpx.Limits(max_keepalive_connections=2, max_connections=4))
+        self.robot_id = robot_id
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, timeout: float | None = None, **kw) -> httpx.Response:
+        try:
+            kwargs = dict(kw)
+            if timeout is not None:
+                kwargs["timeout"] = httpx.Timeout(timeout, connect=min(timeout, 0.5))
+            r = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:  # refused, reset, timeout, protocol error
+            raise ServerUnavailable(f"{method} {path}: {type(e).__name__}: {e}") from None
+        if r.status_code >= 500:
+            raise ServerUnavailable(f"{method} {path}: HTTP {r.status_code}: {r.text[:200]}")
+        if r.status_code >= 400:
+            raise ServerRefused(f"{method} {path}: HTTP {r.status_code}: {r.text[:500]}")
+        return r
+
+    # ---------------------------------------------------------------- inference
+    def act(self, req: ActRequest, timeout: float | None = None) -> ActResponse:
+        r = self._request("POST", "/v1/act", timeout=timeout, content=packb(req.to_wire()),
+                          headers={"Content-Type": MSGPACK, "Accept": MSGPACK})
+        try:
+            return ActResponse.model_validate(unpackb(r.content))
+        except (CodecError, ValueError) as e:
+            raise ServerRefused(f"/v1/act answered something that is not an ActResponse: {e}") from None
+
+    def healthz(self, timeout: float = 0.5) -> bool:
+        try:
+            self._request("GET", "/healthz", timeout=timeout)
+            return True
+        except (ServerUnavailable, ServerRefused):
+            return False
+
+    # ---------------------------------------------------------------- robot status and labels
+    def post_status(self, status: dict, timeout: float = 1.0) -> None:
+        self._request("POST", f"/v1/robots/{self.robot_id}/status", timeout=timeout, json=status)
+
+    def post_awaiting(self, episode_id: str, auto_outcome: str | None, n_steps: int,
+                      timeout: float = 2.0) -> None:
+        self._request("POST", f"/v1/robots/{self.robot_id}/episodes/{episode_id}/awaiting",
+                      timeout=timeout, json={"auto_outcome": auto_outcome, "n_steps": n_steps})
+
+    def wait_label(self, episode_id: str, timeout_s: float) -> dict | None:
+        """Long-poll the operator's label: the label dict, or None if ``timeout_s`` passed."""
+        r = self._request("GET", f"/v1/robots/{self.robot_id}/label", timeout=timeout_s + 5.0,
+                          params={"episode_id": episode_id, "timeout_s": timeout_s})
+        if r.status_code == 204:
+            return None
+        return r.json()
+
+
+@dataclass
+class Reply:
+    request: ActRequest
+    response: ActResponse | None  # None: the request failed
+    t_sent: float  # monotonic
+    t_received: float  # monotonic
+    error: str = ""
+
+
+class ActionLink:
+    """One background thread that owns all /v1/act traffic of a control loop."""
+
+    def __init__(self, client: ServerClient, request_timeout_s: float, probe_interval_s: float):
+        self.client = client
+        self.request_timeout_s = request_timeout_s
+        self.probe_interval_s = probe_interval_s
+        self._cv = threading.Condition()
+        self._pending: ActRequest | None = None
+        self._replies: collections.deque[Reply] = collections.deque()
+        self.reply_ready = threading.Event()
+        self._down: str | None = None  # why the server is considered gone; None = reachable
+        self._last_contact = 0.0
+        self._stop = False
+        self.in_flight: str | None = None  # request_id being sent now
+        self.requests = 0
+        self.failures = 0
+        self._thread = threading.Thread(target=self._run, name="action-link", daemon=True)
+
+    def start(self) -> ActionLink:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        self._thread.join(timeout=5)
+
+    @property
+    def down(self) -> str | None:
+        return self._down
+
+    def submit(self, req: ActRequest) -> None:
+        """Queue the newest observation; an older one not yet sent is replaced (it is stale)."""
+        with self._cv:
+            self._pending = req
+            self._cv.notify_all()
+
+    def take_replies(self) -> list[Reply]:
+        with self._cv:
+            out = list(self._replies)
+            self._replies.clear()
+            self.reply_ready.clear()
+            return out
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                if not self._stop and self._pending is None:
+                    self._cv.wait(timeout=self.probe_interval_s)
+                if self._stop:
+                    return
+                req, self._pending = self._pending, None
+                self.in_flight = req.request_id if req is not None else None
+            if req is not None:
+                self._send(req)
+            elif time.monotonic() - self._last_contact >= self.probe_interval_s:
+                self._probe()
+
+    def _send(self, req: ActRequest) -> None:
+        t0 = time.monotonic()
+        self.requests += 1
+        try:
+            resp = self.client.act(req, timeout=self.request_timeout_s)
+            reply = Reply(req, resp, t0, time.monotonic())
+            self._last_contact = reply.t_received
+            self._down = None
+        except ServerUnavailable as e:
+            self.failures += 1
+            self._down = str(e)
+            reply = Reply(req, None, t0, time.monotonic(), error=str(e))
+        except ServerRefused as e:  # the server is up but refused this request: not a dead link
+            self.failures += 1
+            self._last_contact = time.monotonic()
+            reply = Reply(req, None, t0, time.monotonic(), error=str(e))
+            log.error("server refused /v1/act: %s", e)
+        with self._cv:
+            self.in_flight = None
+            self._replies.append(reply)
+            self.reply_ready.set()
+
+    def _probe(self) -> None:
+        if self.client.healthz(timeout=max(self.probe_interval_s, 0.2)):
+            self._last_contact = time.monotonic()
+            self._down = None
+        else:
+            self._down = "server does not answer /healthz"
+            self._last_contact = time.monotonic()  # probe again after one interval, not in a spin
