@@ -52,8 +52,8 @@ def expert_actions_batch(family: np.ndarray, target: np.ndarray, direction: np.n
     rel = ee[:, :2] - bxy
     along = np.sum(rel * direction, axis=1)
     lateral = np.abs(rel[:, 0] * direction[:, 1] - rel[:, 1] * direction[:, 0])
-    pushing = (along <= -0.035) & (lateral <= 0.015) & (ee[:, 2] <= 0.03)
-    at_pre = np.hypot(*(ee[:, :2] - pre).T) <= 0.012
+    pushing = (along <= -0.03) & (lateral <= 0.022) & (ee[:, 2] < 0.036)
+    at_pre = np.hypot(*(ee[:, :2] - pre).T) <= np.where(ee[:, 2] < 0.06, 0.025, 0.012)
     push_goal = np.where(pushing[:, None], np.column_stack([bxy - direction * 0.01, np.full(n, 0.02)]),
                          np.where(at_pre[:, None], np.column_stack([pre, np.full(n, 0.02)]),
                                   _lift_or_go(ee, pre, TRAVEL_Z, 0.06)))

@@ -290,8 +290,9 @@ class _Projector:
         return (VIEW_S_MAX - (x + HEIGHT_K * z)) * self.px
 
 
-@lru_cache(maxsize=16)
-def _front_background(size: int) -> np.ndarray:
+@lru_cache(maxsize=64)
+def _front_background(size: int, bowl: tuple[float, float]) -> np.ndarray:
+    """The static part of a frame (wall, table, workspace, bowl), cached per episode."""
     p = _Projector(size)
     img = np.empty((size, size, 3), dtype=np.uint8)
     img[:] = WALL_RGB
@@ -299,6 +300,9 @@ def _front_background(size: int) -> np.ndarray:
     _paint_rect(img, 0, size, p.v(0.78, 0), size, TABLE_EDGE_RGB)
     _paint_rect(img, p.u(WORKSPACE_MAX[1]), p.u(WORKSPACE_MIN[1]), p.v(WORKSPACE_MAX[0], 0),
                 p.v(WORKSPACE_MIN[0], 0), TABLE_RGB)
+    bx, by = bowl
+    _paint_disk(img, p.u(by), p.v(bx, 0), BOWL_RADIUS * p.px, BOWL_RIM_RGB)
+    _paint_disk(img, p.u(by), p.v(bx, 0), (BOWL_RADIUS - 0.012) * p.px, BOWL_IN_RGB)
     img.setflags(write=False)
     return img
 
@@ -334,10 +338,7 @@ def _draw_gripper(img, p: _Projector, x, y, z, gripper_open: bool, holding: bool
 
 def render_front(state: SceneState, size: int = 96) -> np.ndarray:
     p = _Projector(size)
-    img = _front_background(size).copy()
-    bx, by = state.bowl
-    _paint_disk(img, p.u(by), p.v(bx, 0), BOWL_RADIUS * p.px, BOWL_RIM_RGB)
-    _paint_disk(img, p.u(by), p.v(bx, 0), (BOWL_RADIUS - 0.012) * p.px, BOWL_IN_RGB)
+    img = _front_background(size, (float(state.bowl[0]), float(state.bowl[1]))).copy()
     ex, ey, ez = state.ee
     shadow_r = 0.022 * p.px
     _paint_disk(img, p.u(ey), p.v(ex, 0), shadow_r, SHADOW_RGB)

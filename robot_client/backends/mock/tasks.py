@@ -12,6 +12,7 @@ Families (max episode length in steps):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,28 +125,43 @@ def sample_task(rng: np.random.Generator, family: str, split: str = "train", see
     return TaskSpec(family, color, direction, template.format(c=color, d=words), seed)
 
 
-def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
-    ab = b - a
-    t = float(np.clip(np.dot(p - a, ab) / max(np.dot(ab, ab), 1e-12), 0.0, 1.0))
-    return float(np.linalg.norm(p - (a + t * ab)))
+def _segment_distance(p: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> float:
+    abx, aby = b[0] - a[0], b[1] - a[1]
+    t = ((p[0] - a[0]) * abx + (p[1] - a[1]) * aby) / max(abx * abx + aby * aby, 1e-12)
+    t = min(1.0, max(0.0, t))
+    return math.hypot(p[0] - a[0] - t * abx, p[1] - a[1] - t * aby)
 
 
-def _layout_ok(task: TaskSpec, blocks: np.ndarray, present: np.ndarray, bowl: np.ndarray) -> bool:
-    idx = np.flatnonzero(present)
-    for k, i in enumerate(idx):
-        for j in idx[k + 1:]:
-            if np.linalg.norm(blocks[i] - blocks[j]) < 0.09:
-                return False
-        if np.linalg.norm(blocks[i] - bowl) < BOWL_RADIUS + 0.06:
-            return False
-    if task.family == "push":  # keep the approach and the push path free of other blocks
-        t = task.target
-        d = task.direction_vector
-        a, b = blocks[t] - 0.09 * d, blocks[t] + 0.12 * d
-        for j in idx:
-            if j != t and _segment_distance(blocks[j], a, b) < 0.08:
-                return False
-    return True
+BLOCK_X, BLOCK_Y = (0.38, 0.62), (-0.18, 0.18)  # where blocks start
+BOWL_X, BOWL_Y = (0.37, 0.63), (-0.18, 0.18)
+MIN_BLOCK_GAP = 0.09  # between block centres at the start
+MIN_BOWL_GAP = BOWL_RADIUS + 0.06  # bowl centre to block centres
+PUSH_LANE = 0.08  # other blocks keep this far from a push's approach and path
+
+
+def _place(rng: np.random.Generator, task: TaskSpec, order: list[int]) -> tuple[dict, tuple] | None:
+    """Place the blocks one after the other (target first), then the bowl; None if stuck."""
+    pos: dict[int, tuple[float, float]] = {}
+    lane = None
+    for i in order:
+        for _ in range(200):
+            p = (float(rng.uniform(*BLOCK_X)), float(rng.uniform(*BLOCK_Y)))
+            if any(math.hypot(p[0] - q[0], p[1] - q[1]) < MIN_BLOCK_GAP for q in pos.values()):
+                continue
+            if lane is not None and _segment_distance(p, *lane) < PUSH_LANE:
+                continue
+            pos[i] = p
+            break
+        else:
+            return None
+        if i == task.target and task.family == "push":  # keep the approach and the path free
+            dx, dy = DIRECTIONS[task.direction]
+            lane = ((p[0] - 0.09 * dx, p[1] - 0.09 * dy), (p[0] + 0.12 * dx, p[1] + 0.12 * dy))
+    for _ in range(200):
+        bowl = (float(rng.uniform(*BOWL_X)), float(rng.uniform(*BOWL_Y)))
+        if all(math.hypot(bowl[0] - q[0], bowl[1] - q[1]) >= MIN_BOWL_GAP for q in pos.values()):
+            return pos, bowl
+    return None
 
 
 def sample_episode(seed: int, family: str = "reach", split: str = "train") -> Episode:
@@ -157,19 +173,39 @@ def sample_episode(seed: int, family: str = "reach", split: str = "train") -> Ep
     n = int(rng.integers(3, N_BLOCKS + 1))
     others = [i for i in range(N_BLOCKS) if i != task.target]
     rng.shuffle(others)
-    present = np.zeros(N_BLOCKS, dtype=bool)
-    present[[task.target, *others[:n - 1]]] = True
-    for _ in range(10_000):
-        blocks = np.column_stack([rng.uniform(0.38, 0.62, N_BLOCKS), rng.uniform(-0.18, 0.18, N_BLOCKS)])
-        bowl = np.array([rng.uniform(0.37, 0.63), rng.uniform(-0.18, 0.18)])
-        if _layout_ok(task, blocks, present, bowl):
+    order = [task.target, *others[:n - 1]]
+    for _ in range(1000):
+        placed = _place(rng, task, order)
+        if placed is not None:
             break
     else:  # pragma: no cover - the constraints leave plenty of room
         raise RuntimeError(f"could not sample a layout for seed {seed}")
-    state = SceneState(blocks=np.column_stack([blocks, np.zeros(N_BLOCKS)]), present=present, bowl=bowl)
+    pos, bowl = placed
+    present = np.zeros(N_BLOCKS, dtype=bool)
+    present[order] = True
     # absent blocks sit far off the table; they are never drawn and never touched
-    state.blocks[~present] = (10.0, 10.0, 0.0)
+    blocks = np.array([[*pos[i], 0.0] if i in pos else [10.0, 10.0, 0.0] for i in range(N_BLOCKS)])
+    state = SceneState(blocks=blocks, present=present, bowl=np.array(bowl))
     return Episode(task, state)
+
+
+def layout_ok(task: TaskSpec, state: SceneState) -> bool:
+    """The start-layout constraints (for tests): gaps between blocks and bowl, a free push lane."""
+    idx = [int(i) for i in np.flatnonzero(state.present)]
+    pts = {i: (float(state.blocks[i, 0]), float(state.blocks[i, 1])) for i in idx}
+    for k, i in enumerate(idx):
+        for j in idx[k + 1:]:
+            if math.hypot(pts[i][0] - pts[j][0], pts[i][1] - pts[j][1]) < MIN_BLOCK_GAP - 1e-12:
+                return False
+        if math.hypot(pts[i][0] - state.bowl[0], pts[i][1] - state.bowl[1]) < MIN_BOWL_GAP - 1e-12:
+            return False
+    if task.family == "push":
+        t, (dx, dy) = task.target, DIRECTIONS[task.direction]
+        p = pts[t]
+        lane = ((p[0] - 0.09 * dx, p[1] - 0.09 * dy), (p[0] + 0.12 * dx, p[1] + 0.12 * dy))
+        if any(_segment_distance(pts[j], *lane) < PUSH_LANE - 1e-12 for j in idx if j != t):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------- success (batched)
