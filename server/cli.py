@@ -29,6 +29,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
     # body waits for the client's delayed ACK: +40 ms per request on keep-alive connections.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
+    sock.listen(2048)  # listening now: connections queue until uvicorn accepts (no 'refused' window)
     sock.set_inheritable(True)
     return sock
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -61,3 +62,43 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# ---------------------------------------------------------------- a published tiny model
+
+
+def publish_tiny(run_dir: str | Path, mark: float | None = None, seed: int = 0):
+    """Build the embedded tiny model and publish it as a full version into ``<run_dir>/checkpoints``.
+    Returns ``(model, registry, version)``; ``model`` can then publish head-only versions."""
+    from vla.config import ModelConfig
+    from vla.model import build_model
+    from vla.normalization import Normalizer
+    from vla.registry import CheckpointRegistry, publish
+
+    model = build_model(ModelConfig(seed=seed))
+    registry = CheckpointRegistry(Path(run_dir) / "checkpoints")
+    if mark is not None:
+        set_constant_actions(model, mark)
+    version = publish(registry, model, Normalizer.identity(), kind="full")
+    return model, registry, version
+
+
+def set_constant_actions(model: Any, value: float) -> None:
+    """Make the greedy action chunk equal ``value`` everywhere, whatever the observation (with the
+    identity normalizer): a version stamped this way shows in every response which weights ran."""
+    import torch
+
+    last = model.heads.mean[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(value)
+
+
+def publish_head(model: Any, registry: Any, mark: float | None = None) -> int:
+    """Publish ``model``'s heads as a head-only version (optionally stamped with ``mark``)."""
+    from vla.normalization import Normalizer
+    from vla.registry import publish
+
+    if mark is not None:
+        set_constant_actions(model, mark)
+    return publish(registry, model, Normalizer.identity(), kind="head")
