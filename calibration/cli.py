@@ -167,17 +167,29 @@ def _note(cal: CalibrationFile, text: str) -> None:
     cal.notes.append(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {text}")
 
 
-def _open_hardware(config, camera_name: str, serial: str | None):
-    """Franka arm + RealSense camera from the robot client's backends (imported only here)."""
+def _open_arm(config, home: Home):
+    """The franka arm of the robot client's backend (franky imported only there)."""
     try:
         from robot_client.backends.franka import FrankaArm
+    except ImportError as e:
+        raise CalibrationError(f"the franka backend is not available ({e}); install the `robot` extra or use "
+                               f"--backend mock") from None
+    r = config.robot
+    return FrankaArm.connect(r.franka_host, home_position=home.position, home_rpy=home.rpy,
+                             relative_dynamics_factor=r.relative_dynamics_factor,
+                             gripper_speed=r.gripper_speed, gripper_force=r.gripper_force)
+
+
+def _open_camera(config, name: str, serial: str):
+    try:
         from robot_client.backends.realsense import RealSenseCamera
     except ImportError as e:
-        raise CalibrationError(f"the franka/realsense backends are not available ({e}); install the `robot` "
-                               f"extra or use --backend mock") from None
+        raise CalibrationError(f"the realsense backend is not available ({e})") from None
     if not serial:
-        raise CalibrationError("no camera serial: set robot.camera_serials or calibrate intrinsics first")
-    return FrankaArm(config.robot.franka_host), RealSenseCamera(serial=serial, name=camera_name)
+        raise CalibrationError(f"no serial for camera {name!r}: pass --serial, set robot.camera_serials, or run "
+                               f"`vlaloop calibrate intrinsics` (it records the serial)")
+    r = config.robot
+    return RealSenseCamera(name, serial, r.camera_width, r.camera_height, r.camera_fps)
 
 
 # ---------------------------------------------------------------- intrinsics
@@ -204,7 +216,9 @@ def run_intrinsics(args, config) -> int:
 
             found = {"mock-0001": (mock_intrinsics(), "none")}
         else:
-            found = realsense_intrinsics(args.serial or config.robot.camera_serials or None)
+            r = config.robot
+            found = realsense_intrinsics(args.serial or r.camera_serials or None, r.camera_width,
+                                         r.camera_height, r.camera_fps)
         names = config.model.cameras if len(found) > 1 else [name]
         for i, (serial, (intr, model)) in enumerate(found.items()):
             cam = names[i] if i < len(names) else serial
@@ -234,21 +248,13 @@ def _capture_views(args, config, backend, name, spec) -> list[np.ndarray]:
         targets = generate_poses(pose_to_T(s.position, s.rpy), plan)
         return capture_images(rig.camera, args.capture, 0, args.save_images,
                               between=lambda i: move_to(rig.arm, targets[i], plan))
-    serial = (args.serial or config.robot.camera_serials or [None])[0]
-    camera = _open_realsense_camera(serial, name)
+    serial = (args.serial or config.robot.camera_serials or [""])[0]
+    camera = _open_camera(config, name, serial)
     try:
         print(f"capturing {args.capture} views, {args.interval} s apart: move the board between them")
         return capture_images(camera, args.capture, args.interval, args.save_images)
     finally:
         camera.close()
-
-
-def _open_realsense_camera(serial, name):
-    try:
-        from robot_client.backends.realsense import RealSenseCamera
-    except ImportError as e:
-        raise CalibrationError(f"the realsense backend is not available ({e})") from None
-    return RealSenseCamera(serial=serial, name=name)
 
 
 # ---------------------------------------------------------------- hand-eye
@@ -314,7 +320,12 @@ def _collect(args, config, backend, cal, mode, spec, name):
             raise CalibrationError(f"camera {name!r} has no intrinsics in the calibration file; run "
                                    f"`vlaloop calibrate intrinsics --camera {name}` first")
         intrinsics, truth = entry.intrinsics, None
-        arm, camera = _open_hardware(config, name, serial)
+        camera = _open_camera(config, name, serial)
+        try:
+            arm = _open_arm(config, cal.home)
+        except BaseException:
+            camera.close()
+            raise
     try:
         if args.from_home:
             arm.reset_home()
@@ -364,14 +375,14 @@ def _default_pivot(mode, camera, spec, intrinsics) -> float:
 def run_workspace(args, config) -> int:
     out, backend = _out_path(args, config), _backend(args, config)
     kept = _kept_from(out, backend)
+    home = _home(args, kept.get("home"))
     if args.corners:
         box = workspace_from_corners(parse_point(args.corners[0]), parse_point(args.corners[1]), args.margin)
         source = f"corners {args.corners[0]} / {args.corners[1]}"
     else:
-        positions = _guide(args, config, backend)
+        positions = _guide(args, config, backend, home)
         box = box_with_margin(positions, args.margin)
         source = f"guided, {len(positions)} positions"
-    home = _home(args, kept.get("home"))
     limits = kept.get("limits", DEFAULT_LIMITS)
     limits = Limits(max_translation_per_step=args.max_translation_per_step or limits.max_translation_per_step,
                     max_rotation_per_step=args.max_rotation_per_step or limits.max_rotation_per_step)
@@ -425,11 +436,11 @@ def _home(args, previous: Home | None) -> Home:
     return Home(position=position, rpy=rpy)
 
 
-def _guide(args, config, backend) -> np.ndarray:
+def _guide(args, config, backend, home: Home) -> np.ndarray:
     if backend == "mock":
         arm, operator = _mock_operator(args.duration)
-    else:
-        arm, _ = _open_hardware(config, "front", (config.robot.camera_serials or ["-"])[0])
+    else:  # the arm only reports its pose here; the operator moves it in guiding mode
+        arm = _open_arm(config, home)
         operator = None
     print(f"guide the arm through the corners of the safe region (hand-guiding mode); press Enter to stop "
           f"(or wait {args.duration:g} s)", flush=True)

@@ -68,8 +68,8 @@ def stop_on_enter() -> threading.Event:
     def wait() -> None:
         try:
             input()
-        except EOFError:
-            return  # no terminal: only the duration stops the recording
+        except (EOFError, OSError, ValueError):
+            return  # no usable stdin: only the duration stops the recording
         stop.set()
 
     threading.Thread(target=wait, daemon=True).start()
