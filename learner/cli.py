@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 from pathlib import Path
 
 from learner.ingest import Ingest
+from learner.loop import PhaseLoop, Shutdown, ShutdownRequested
 from learner.status import StatusBoard
 from learner.store import EpisodeStore
 
@@ -32,30 +31,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help="ingest only: record robot episodes into the store, never train")
 
 
-class Shutdown:
-    """SIGTERM/SIGINT -> ``event`` set; if the loop marked itself interruptible (inside a long
-    training call, not inside a durable write), the signal also raises to abandon that call."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.interruptible = False
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        log.info("signal %s: shutting down", signal.Signals(signum).name)
-        self.event.set()
-        if self.interruptible:
-            self.interruptible = False
-            raise ShutdownRequested()
-
-
-class ShutdownRequested(Exception):
-    pass
-
-
 def run(args: argparse.Namespace, config) -> int:
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +41,6 @@ def run(args: argparse.Namespace, config) -> int:
     status.record_episodes(store.list_episodes(), write=False)
 
     if args.bootstrap:
-        from learner.loop import PhaseLoop
         loop = PhaseLoop(config, run_dir, status=status, shutdown=shutdown)
         return loop.run_bootstrap_only()
 
@@ -87,7 +61,6 @@ def run(args: argparse.Namespace, config) -> int:
                     code = 1
                     break
         else:
-            from learner.loop import PhaseLoop
             loop = PhaseLoop(config, run_dir, status=status, shutdown=shutdown, ingest=ingest)
             code = loop.run()
     except ShutdownRequested:

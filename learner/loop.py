@@ -1,0 +1,393 @@
+"""The phase loop (iRe-VLA): bootstrap -> { RL rounds (head only) -> SFT (LoRA + head) -> publish } x N.
+
+    no policy (or --bootstrap)  -> Trainer.bootstrap()                       publishes a "full" version
+    RL phase, per round         -> wait for `episodes_per_round` new labelled online episodes
+                                   (purpose "train", outcome success|failure, not consumed before)
+                                -> Trainer.rl_round(metas) -> Trainer.publish("head", "rl", metrics)
+    after `rl_rounds_per_phase` rounds (or a success plateau with rl_schedule "plateau")
+    SFT phase                   -> Trainer.sft_phase() -> Trainer.publish("full", "sft", metrics)
+    `max_iterations` RL+SFT iterations (0 = forever), then the learner exits.
+
+Resume rule (a learner killed with SIGKILL at any point neither loses nor double-counts an episode):
+``runs/<run>/learner_state.json`` (atomic write) holds the iteration, the rounds done and the
+episodes each consumed. Before a round trains, its episodes and the newest version number are
+written as ``pending``; the round is committed (episodes -> consumed) only once its version is
+published. On restart a pending round counts as done only if LATEST names a version newer than the
+one it started from and of its phase (the publish finished); otherwise it is redone (its episodes
+are still the oldest unconsumed ones). Everything complete in the store that is not consumed is new.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from learner.status import StatusBoard
+from learner.store import EpisodeStore, write_json_atomic
+
+log = logging.getLogger("learner.loop")
+
+STATE_FILE = "learner_state.json"
+STATE_VERSION = 1
+RESCAN_S = 5.0  # safety net: rescan the store this often even without an ingest notification
+
+
+def episode_key(meta: dict) -> str:
+    return f"{meta['robot_id']}/{meta['episode_id']}"
+
+
+def is_rl_candidate(meta: dict) -> bool:
+    """A newly labelled online training episode: eval (greedy) and aborted/discarded ones never
+    feed RL; an episode still waiting for its end has no meta.json and is not listed at all."""
+    return (meta.get("source") == "online" and meta.get("purpose", "train") != "eval"
+            and meta.get("outcome") in ("success", "failure"))
+
+
+class LearnerState:
+    """What the loop has durably done. Only ``commit_*`` and ``begin`` change it; each saves atomically."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict[str, Any] = {"state_version": STATE_VERSION, "iteration": 0, "phase": "rl",
+                                     "round": 0, "consumed": {}, "rounds": [], "pending": None}
+        if path.exists():
+            loaded = json.loads(path.read_text())
+            if loaded.get("state_version") != STATE_VERSION:
+                raise RuntimeError(f"{path}: state_version {loaded.get('state_version')} is not {STATE_VERSION}")
+            self.data.update(loaded)
+
+    def save(self) -> None:
+        self.data["updated"] = time.time()
+        write_json_atomic(self.path, self.data)
+
+    # ---- views
+    @property
+    def iteration(self) -> int:
+        return self.data["iteration"]
+
+    @property
+    def phase(self) -> str:  # "rl" | "sft": what the loop does next
+        return self.data["phase"]
+
+    @property
+    def round(self) -> int:  # RL rounds done in the current iteration
+        return self.data["round"]
+
+    @property
+    def consumed(self) -> dict[str, dict]:
+        return self.data["consumed"]
+
+    @property
+    def pending(self) -> dict | None:
+        return self.data["pending"]
+
+    def phase_rounds(self) -> list[dict]:
+        return [r for r in self.data["rounds"] if r["iteration"] == self.iteration and r["phase"] == "rl"]
+
+    # ---- transitions
+    def begin(self, phase: str, episodes: list[str], newest_version: int | None) -> None:
+        """Written before training: the work in flight and the version it starts from."""
+        self.data["pending"] = {"phase": phase, "iteration": self.iteration, "round": self.round,
+                                "episodes": episodes, "after_version": newest_version, "started": time.time()}
+        self.save()
+
+    def commit(self, version: int, metrics: dict) -> dict:
+        """The pending work's version is published: record it and advance."""
+        p = self.data["pending"]
+        entry = {"iteration": p["iteration"], "round": p["round"], "phase": p["phase"], "version": version,
+                 "episodes": p["episodes"], "metrics": metrics, "time": time.time()}
+        for key in p["episodes"]:
+            self.consumed[key] = {"iteration": p["iteration"], "round": p["round"], "version": version}
+        self.data["rounds"].append(entry)
+        if p["phase"] == "rl":
+            self.data["round"] = p["round"] + 1
+        else:  # sft finished the iteration
+            self.data.update(iteration=p["iteration"] + 1, round=0, phase="rl")
+        self.data["pending"] = None
+        self.save()
+        return entry
+
+    def to_sft(self) -> None:
+        self.data["phase"] = "sft"
+        self.save()
+
+    def drop_pending(self) -> None:
+        self.data["pending"] = None
+        self.save()
+
+
+class ShutdownRequested(Exception):
+    """Raised by the signal handler to abandon a long training call."""
+
+
+class Shutdown:
+    """SIGTERM/SIGINT -> ``event`` set. While the loop is inside a long training call that writes
+    nothing durable (``interruptible``), the signal also raises ShutdownRequested to abandon it;
+    during a publish or a state save it only sets the event, so the write completes first."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.interruptible = False
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        log.info("signal %s: shutting down", signal.Signals(signum).name)
+        self.event.set()
+        if self.interruptible:
+            self.interruptible = False
+            raise ShutdownRequested()
+
+
+def _numbers(d: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class PhaseLoop:
+    def __init__(self, config, run_dir: str | Path, status: StatusBoard | None = None, shutdown=None,
+                 ingest=None, trainer_factory: Callable | None = None, poll_s: float = 0.5):
+        self.config = config
+        self.lc = config.learner
+        self.run_dir = Path(run_dir)
+        self.status = status or StatusBoard(self.run_dir / "status.json", self.lc.status_interval_s)
+        self.shutdown = shutdown or Shutdown()
+        self.store = ingest.store if ingest is not None else EpisodeStore(self.run_dir / "episodes")
+        self.state = LearnerState(self.run_dir / STATE_FILE)
+        self.poll_s = poll_s
+        self._trainer_factory = trainer_factory
+        self._trainer = None
+        self._writer = None
+        self._new_data = threading.Event()
+        self._index_lock = threading.Lock()
+        self._index: dict[str, dict] = {}
+        self._last_scan = 0.0
+        if ingest is not None:
+            ingest.on_episode = self.episode_changed
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def trainer(self):
+        if self._trainer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            factory = self._trainer_factory
+            if factory is None:
+                from learner.trainer import Trainer as factory
+            self._writer = SummaryWriter(str(self.run_dir / "tb"))
+            self.status.set(detail="loading model")
+            self._trainer = factory(self.config, self.run_dir, log=self._writer)
+        return self._trainer
+
+    def episode_changed(self, meta: dict) -> None:
+        """Called by the ingest thread when an episode ends or is relabelled."""
+        with self._index_lock:
+            self._index[episode_key(meta)] = meta
+        self._new_data.set()
+
+    def _rescan(self) -> None:
+        metas = self.store.list_episodes()
+        with self._index_lock:
+            self._index = {episode_key(m): m for m in metas}
+        self._last_scan = time.time()
+
+    def candidates(self) -> list[dict]:
+        """New RL episodes, oldest first (a redone round takes the same episodes again)."""
+        if time.time() - self._last_scan > RESCAN_S:
+            self._rescan()
+        with self._index_lock:
+            metas = list(self._index.values())
+        consumed = self.state.consumed
+        fresh = [m for m in metas if episode_key(m) not in consumed and is_rl_candidate(m)]
+        return sorted(fresh, key=lambda m: (m.get("finished", 0), episode_key(m)))
+
+    def _interruptible(self, fn: Callable, *args, **kw):
+        """Run a long training call that SIGTERM may abandon (nothing durable is written inside)."""
+        if self.shutdown.event.is_set():
+            raise ShutdownRequested()
+        self.shutdown.interruptible = True
+        try:
+            return fn(*args, **kw)
+        finally:
+            self.shutdown.interruptible = False
+
+    def _newest_version(self) -> int | None:
+        from vla.registry import CheckpointRegistry
+
+        versions = CheckpointRegistry(self.run_dir / "checkpoints").versions()
+        return max(versions) if versions else None
+
+    def _latest(self) -> tuple[int | None, dict | None]:
+        from vla.registry import CheckpointRegistry
+
+        reg = CheckpointRegistry(self.run_dir / "checkpoints")
+        latest = reg.latest()
+        return latest, (reg.read_meta(latest) if latest is not None else None)
+
+    def _tb(self, tag: str, value: float, step: int) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(tag, value, step)
+            self._writer.flush()
+
+    # ------------------------------------------------------------------ resume
+    def recover(self) -> None:
+        """Settle a round/phase that was in flight when the previous learner died."""
+        p = self.state.pending
+        if p is None:
+            return
+        latest, meta = self._latest()
+        after = p["after_version"] if p["after_version"] is not None else 0
+        if latest is not None and latest > after and meta.get("phase") == p["phase"]:
+            entry = self.state.commit(latest, _numbers(meta.get("metrics") or {}))
+            log.info("resume: %s round %d of iteration %d was published as v%d before the restart; "
+                     "committed %d episodes", p["phase"], p["round"], p["iteration"], latest, len(p["episodes"]))
+            self.status.add_history(self._history_entry(entry))
+        else:
+            log.info("resume: %s work of iteration %d (round %d) never published; redoing it", p["phase"],
+                     p["iteration"], p["round"])
+            self.state.drop_pending()  # its episodes are still unconsumed: the next round takes them
+
+    def _history_entry(self, entry: dict) -> dict:
+        m = entry.get("metrics") or {}
+        return {"iteration": entry["iteration"], "round": entry["round"], "phase": entry["phase"],
+                "version": entry["version"], "n_episodes": len(entry["episodes"]),
+                "success_rate": m.get("success_rate")}
+
+    # ------------------------------------------------------------------ phases
+    def bootstrap(self) -> int:
+        self.status.set(phase="bootstrap", progress=0.0, detail="Stage 0: SFT on expert demonstrations")
+        log.info("bootstrap: training from expert demonstrations")
+        version = self._interruptible(self.trainer.bootstrap, progress=False)
+        self.status.set(phase="bootstrap", progress=1.0, policy_version=version, detail="bootstrapped")
+        self.status.add_history({"iteration": 0, "round": 0, "phase": "bootstrap", "version": version,
+                                 "n_episodes": len(self.store.list_episodes(source="expert")),
+                                 "success_rate": None})
+        log.info("bootstrap published v%d", version)
+        return version
+
+    def run_bootstrap_only(self) -> int:
+        try:
+            self.bootstrap()
+        except ShutdownRequested:
+            log.info("bootstrap interrupted")
+            return 1
+        self.status.set(phase="idle", detail="bootstrap done")
+        return 0
+
+    def _wait_for_episodes(self, n: int) -> list[dict] | None:
+        """Block until n new RL episodes exist (None on shutdown)."""
+        last_report = -1
+        while not self.shutdown.event.is_set():
+            found = self.candidates()
+            if len(found) >= n:
+                return found[:n]
+            if len(found) != last_report:
+                last_report = len(found)
+                rounds = self.lc.rl_rounds_per_phase
+                self.status.set(phase="rl", iteration=self.state.iteration, round=self.state.round,
+                                progress=(self.state.round + len(found) / n) / rounds,
+                                detail=f"waiting for episodes ({len(found)}/{n})")
+            self._new_data.wait(self.poll_s)
+            self._new_data.clear()
+        return None
+
+    def rl_round(self) -> bool:
+        """One RL round; False when shutting down before it could start."""
+        n = self.lc.episodes_per_round
+        episodes = self._wait_for_episodes(n)
+        if episodes is None:
+            return False
+        # re-read the metas: a relabel may have landed since they were indexed
+        metas = [m for m in (self.store.read_meta(e["robot_id"], e["episode_id"]) for e in episodes) if m]
+        metas = [m for m in metas if is_rl_candidate(m)]
+        if len(metas) < n:
+            return True  # a label changed under us: wait again
+        keys = [episode_key(m) for m in metas]
+        it, rnd = self.state.iteration, self.state.round
+        self.state.begin("rl", keys, self._newest_version())
+        self.status.set(phase="rl", iteration=it, round=rnd, detail=f"RL round {rnd} on {n} episodes")
+        log.info("RL round %d of iteration %d on %d episodes", rnd, it, n)
+        metrics = self._interruptible(self.trainer.rl_round, metas)
+        version = self.trainer.publish("head", "rl", metrics)
+        entry = self.state.commit(version, _numbers(metrics))
+        losses = _numbers(metrics)
+        step = len(self.state.data["rounds"])
+        for k, v in losses.items():
+            self._tb(f"loop/rl/{k}", v, step)
+        self._tb("loop/policy_version", version, step)
+        self.status.set(phase="rl", iteration=it, round=rnd + 1, policy_version=version, losses=losses,
+                        progress=(rnd + 1) / self.lc.rl_rounds_per_phase,
+                        detail=f"RL round {rnd} published v{version}")
+        self.status.add_history(self._history_entry(entry))
+        log.info("RL round %d published v%d: %s", rnd, version,
+                 ", ".join(f"{k}={v:.4g}" for k, v in list(losses.items())[:8]))
+        return True
+
+    def plateau(self) -> bool:
+        """Success stopped improving over the last `plateau_rounds` rounds of this phase."""
+        if self.lc.rl_schedule != "plateau":
+            return False
+        rates = [r["metrics"].get("success_rate") for r in self.state.phase_rounds()]
+        rates = [r for r in rates if r is not None]
+        k = self.lc.plateau_rounds
+        if len(rates) <= k:
+            return False
+        return max(rates[-k:]) < max(rates[:-k]) + self.lc.plateau_delta
+
+    def rl_phase_done(self) -> bool:
+        return self.state.round >= self.lc.rl_rounds_per_phase or self.plateau()
+
+    def sft(self) -> None:
+        it = self.state.iteration
+        self.state.begin("sft", [], self._newest_version())
+        self.status.set(phase="sft", iteration=it, progress=0.0, detail="SFT: LoRA + head on expert and successes")
+        log.info("SFT phase of iteration %d", it)
+        metrics = self._interruptible(self.trainer.sft_phase, progress=False)
+        version = self.trainer.publish("full", "sft", metrics)
+        entry = self.state.commit(version, _numbers(metrics))
+        losses = _numbers(metrics)
+        for k, v in losses.items():
+            self._tb(f"loop/sft/{k}", v, it)
+        self.status.set(phase="sft", iteration=it + 1, round=0, progress=1.0, policy_version=version,
+                        losses=losses, detail=f"SFT published v{version}")
+        self.status.add_history(self._history_entry(entry))
+        log.info("SFT of iteration %d published v%d", it, version)
+
+    # ------------------------------------------------------------------ main
+    def run(self, bootstrap: bool = False) -> int:
+        try:
+            self._rescan()
+            self.status.load_history([self._history_entry(e) for e in self.state.data["rounds"]])
+            if bootstrap or not self.trainer.has_policy():
+                self.bootstrap()
+            else:
+                version = self._interruptible(self.trainer.resume)
+                self.status.set(policy_version=version, detail=f"resumed from v{version}")
+                log.info("resumed from v%s (iteration %d, phase %s, round %d, %d episodes consumed)", version,
+                         self.state.iteration, self.state.phase, self.state.round, len(self.state.consumed))
+            self.recover()
+            while not self.shutdown.event.is_set():
+                if self.lc.max_iterations and self.state.iteration >= self.lc.max_iterations:
+                    log.info("finished %d iterations", self.state.iteration)
+                    self.status.set(phase="idle", progress=1.0, detail=f"done: {self.state.iteration} iterations")
+                    return 0
+                if self.state.phase == "rl":
+                    if self.rl_phase_done():
+                        self.state.to_sft()
+                        continue
+                    self.rl_round()
+                else:
+                    self.sft()
+        except ShutdownRequested:
+            log.info("training interrupted by shutdown; a restart resumes from the last published version")
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+        return 0
