@@ -181,3 +181,15 @@ def test_normalizer_round_trips_and_floors():
         Normalizer.from_dict({**norm.to_dict(), "state_mean": [float("nan")] * 7})
     with pytest.raises(ValueError, match="last dim"):
         norm.normalize_actions(np.zeros((2, 6)))
+
+
+def test_action_chunks_pad_with_hold_still():
+    from vla.chunks import action_chunks
+
+    steps = np.arange(3 * 7, dtype=np.float32).reshape(3, 7)
+    chunks = action_chunks(steps, 4)
+    assert chunks.shape == (3, 4, 7)
+    np.testing.assert_array_equal(chunks[0, :3], steps)
+    np.testing.assert_array_equal(chunks[2, 0], steps[2])
+    np.testing.assert_array_equal(chunks[2, 1, :6], 0)  # zero deltas after the end
+    assert chunks[2, 3, 6] == steps[2, 6]  # gripper holds its last command

@@ -273,3 +273,24 @@ def test_killed_publisher_never_leaves_latest_on_a_half_written_version(trained,
     # The next publish removes the dead writer's temp dir and takes the number.
     assert publish(reg, trained, Normalizer.identity(), kind="head", parent=1) == 2
     assert not leftovers[0].exists() and reg.latest() == 2
+
+
+def test_swapped_backbone_files_are_refused_and_a_missing_tiny_backbone_is_rebuilt(tiny_dir, tmp_path, monkeypatch):
+    import shutil
+
+    copy = Path(shutil.copytree(tiny_dir, tmp_path / "backbone_copy"))
+    model = build_model(ModelConfig(), backbone_dir=copy)
+    reg = CheckpointRegistry(tmp_path / "checkpoints")
+    publish(reg, model, Normalizer.identity(), kind="full")
+    state = load_file(str(copy / "model.safetensors"))
+    key = sorted(state)[0]
+    state[key] = state[key] + 1e-3  # someone replaced the weights under the same path
+    save_file(state, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=f"backbone hash mismatch: .* the backbone at {copy} is b2-"):
+        Policy.load(reg)
+    # The server runs elsewhere and the dir is gone: the seeded tiny backbone is rebuilt and verified.
+    shutil.rmtree(copy)
+    monkeypatch.setenv("VLALOOP_TINY_DIR", str(tmp_path / "server_cache"))
+    policy = Policy.load(reg)
+    assert Path(policy.model.backbone_dir).parent == tmp_path / "server_cache"
+    assert_same_actions(Policy(model, Normalizer.identity()), policy)

@@ -81,12 +81,14 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def load_backbone(path: str | os.PathLike, trust_remote_code: bool = False, device: str = "cpu"):
+def load_backbone(path: str | os.PathLike, trust_remote_code: bool = False, device: str = "cpu",
+                  dtype: str = "float32"):
     """(model, processor) through the Auto classes -- the same path for the tiny default and a real model."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     with quiet_transformers():
-        model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                            dtype=getattr(torch, dtype))
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     model.to(device).eval()
     return model, processor

@@ -15,6 +15,7 @@ class ModelConfig(BaseModel):
     action_dim: int = 7
     state_dim: int = 7
     device: str = "cpu"
+    backbone_dtype: str = Field(default="float32", description="float32 | bfloat16 | float16 (GPU backbones)")
     seed: int = 0
     # --- added by the VLA model (vla/model.py); defaults describe the embedded tiny model ---
     tiny_cache_dir: str | None = Field(

@@ -197,7 +197,8 @@ class VLAModel(nn.Module):
         """Backbone inputs for a batch of observations (deterministic; same in server and learner)."""
         device = next(self.pooler.parameters()).device
         batch = self.preprocessor([o.images for o in observations], [o.instruction for o in observations])
-        return {k: v.to(device) for k, v in batch.items()}
+        dtype = next(self.backbone.parameters()).dtype
+        return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.items()}
 
     def states_tensor(self, observations: list[Observation]) -> torch.Tensor:
         """Raw (robot-unit) states [B, state_dim] as float32 on the model's device."""
@@ -260,7 +261,7 @@ def load_vla(config: ModelConfig, backbone_dir: str | Path, backbone_id: str | N
     """VLAModel on the backbone at `backbone_dir` (fresh pooler/heads, seeded by config.seed)."""
     backbone_dir = Path(backbone_dir)
     device = device or config.device
-    model, processor = load_backbone(backbone_dir, config.trust_remote_code, device)
+    model, processor = load_backbone(backbone_dir, config.trust_remote_code, device, config.backbone_dtype)
     if backbone_id is None:
         backbone_id = TINY_ID if (backbone_dir / ".vlaloop-complete").exists() else str(backbone_dir)
     vla = VLAModel(config, model, processor, backbone_dir, backbone_id, backbone_hash(backbone_dir))

@@ -111,7 +111,10 @@ class Policy:
             s = self.norm.normalize_states(torch.from_numpy(states).to(device))
             dist = self.model.head_dist(f, s)
             sample = torch.tensor([m == "sample" for m in modes], device=device).unsqueeze(1)
-            eps = torch.randn(dist.mean.shape, generator=generator, device=device) if sample.any() else 0.0
+            eps = 0.0
+            if sample.any():  # drawn on the generator's device (a CPU generator drives a GPU policy too)
+                gen_device = generator.device if generator is not None else device
+                eps = torch.randn(dist.mean.shape, generator=generator, device=gen_device).to(device)
             a_norm = torch.where(sample, dist.mean + dist.stddev * eps, dist.mean)
             log_prob = dist.log_prob(a_norm).sum(-1)
             value = self.model.value(f, s)

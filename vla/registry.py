@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from vla.backbone import backbone_hash, quiet_transformers
 from vla.config import ModelConfig
 from vla.normalization import Normalizer
+from vla.tiny import TINY_ID, default_tiny_dir, ensure_tiny_backbone
 
 if TYPE_CHECKING:
     from vla.model import VLAModel
@@ -329,6 +330,11 @@ def trunk_meta(registry: CheckpointRegistry, meta: dict) -> dict:
 def resolve_backbone_dir(registry: CheckpointRegistry, trunk: dict, override: str | None = None) -> Path:
     raw = override or trunk["backbone_dir"]
     path = Path(raw) if Path(raw).is_absolute() else registry.path(trunk["version"]) / raw
+    if not path.is_dir() and override is None and trunk["backbone_id"] == TINY_ID:
+        # The untrained tiny backbone is reproducible from its seed: rebuild it where this process
+        # keeps it (e.g. the server in another container). The hash check still guards the result.
+        seed = trunk["model_config"].get("seed", 0)
+        path = ensure_tiny_backbone(default_tiny_dir(seed), seed=seed)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {vname(trunk['version'])}: backbone dir {path} does not exist")
     return path
