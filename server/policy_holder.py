@@ -152,9 +152,11 @@ class PolicyHolder:
         while not self._stop.is_set():
             try:
                 self.check_once()
-            except Exception as e:  # the watcher must never die: log and keep polling
-                log.exception("policy watcher poll failed")
-                self.last_poll_error = f"{type(e).__name__}: {e}"
+            except Exception as e:  # the watcher must never die: log (once per new error) and keep polling
+                message = f"{type(e).__name__}: {e}"
+                if message != self.last_poll_error:
+                    log.error("policy watcher: %s (will keep polling)", message)
+                self.last_poll_error = message
             self._stop.wait(self.interval_s)
 
     def check_once(self) -> bool:

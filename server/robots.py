@@ -239,14 +239,12 @@ class RobotRegistry:
         key = (robot_id, episode_id)
         self._robot(robot_id)
         if key not in self._labels:
+            # Several waiters (a robot retrying while its old poll still hangs) share one event.
             event = self._label_events.setdefault(key, asyncio.Event())
             try:
                 await asyncio.wait_for(event.wait(), timeout_s)
             except TimeoutError:
                 return None
-            finally:
-                if not event.is_set() or key in self._labels:
-                    self._label_events.pop(key, None)
         label = self._labels.get(key)
         if label is not None:
             self._delivered.add(key)
@@ -282,7 +280,7 @@ class RobotRegistry:
             old, _ = self._labels.popitem(last=False)
             self._delivered.discard(old)
         self.awaiting.pop(key, None)
-        event = self._label_events.get(key)
+        event = self._label_events.pop(key, None)
         if event is not None:
             event.set()
         self._publish({"type": "label", "robot_id": key[0], **label.model_dump()})
