@@ -193,3 +193,18 @@ def test_action_chunks_pad_with_hold_still():
     np.testing.assert_array_equal(chunks[2, 0], steps[2])
     np.testing.assert_array_equal(chunks[2, 1, :6], 0)  # zero deltas after the end
     assert chunks[2, 3, 6] == steps[2, 6]  # gripper holds its last command
+
+
+def test_feature_key_changes_exactly_when_the_trunk_changes(tiny_dir):
+    model = build_model(ModelConfig(), backbone_dir=tiny_dir)
+    key = model.feature_key()
+    with torch.no_grad():
+        model.heads.log_std.add_(1.0)  # an RL update does not invalidate cached features
+    assert model.feature_key() == key
+    model.set_mode("lora")
+    with torch.no_grad():
+        next(p for n, p in model.backbone.named_parameters() if "lora_B" in n).add_(0.1)
+    assert model.feature_key() != key
+    f, s, a = torch.randn(3, model.feature_dim), torch.randn(3, 7), torch.randn(3, 4, 7)
+    expected = model.head_dist(f, s).log_prob(a.flatten(1)).sum(-1)
+    torch.testing.assert_close(model.log_prob(f, s, a), expected)

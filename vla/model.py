@@ -225,6 +225,15 @@ class VLAModel(nn.Module):
         std = self.heads.log_std.clamp(-5.0, 2.0).exp().expand_as(mean)
         return torch.distributions.Normal(mean, std)
 
+    def log_prob(self, features: torch.Tensor, norm_states: torch.Tensor, norm_actions: torch.Tensor) -> torch.Tensor:
+        """[B] log-prob of whole chunks (sum over H*action_dim dims, normalized space) -- PPO's ratio."""
+        return self.head_dist(features, norm_states).log_prob(norm_actions.flatten(1)).sum(-1)
+
+    def feature_key(self) -> str:
+        """Identifies what `features` computes (backbone weights + adapters + pooler): key a feature
+        cache by it; it changes exactly when an SFT phase changes the trunk."""
+        return f"{self.backbone_hash}:{self.compute_trunk_fingerprint()}"
+
     def value(self, features: torch.Tensor, norm_states: torch.Tensor) -> torch.Tensor:
         return self.heads.value(self._head_input(features, norm_states)).squeeze(-1)
 
