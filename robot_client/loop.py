@@ -323,7 +323,7 @@ class ControlLoop:
             ep.count(DROP_LATE if rid in ep.expired else DROP_STALE)
             return
         if reply.response is None:
-            ep.count(REPLY_ERROR)
+            ep.count(DROP_LATE if reply.late else REPLY_ERROR)
             return
         resp = reply.response
         if resp.request_id != rid:

@@ -29,6 +29,10 @@ class ServerUnavailable(RuntimeError):
     """No answer: connection refused/reset, timeout, 5xx."""
 
 
+class ServerSlow(ServerUnavailable):
+    """Connected, but no answer within the timeout (the server is busy or hung, not gone)."""
+
+
 class ServerRefused(RuntimeError):
     """The server answered but refused the request (4xx); the text holds its reason."""
 
@@ -51,6 +55,8 @@ class ServerClient:
             if timeout is not None:
                 kwargs["timeout"] = httpx.Timeout(timeout, connect=min(timeout, 0.5))
             r = self._http.request(method, path, **kwargs)
+        except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as e:
+            raise ServerSlow(f"{method} {path}: {type(e).__name__}: {e}") from None
         except httpx.HTTPError as e:  # refused, reset, timeout, protocol error
             raise ServerUnavailable(f"{method} {path}: {type(e).__name__}: {e}") from None
         if r.status_code >= 500:
@@ -100,6 +106,7 @@ class Reply:
     t_sent: float  # monotonic
     t_received: float  # monotonic
     error: str = ""
+    late: bool = False  # no answer within the request timeout: abandoned, counts as a late reply
 
 
 class ActionLink:
@@ -117,6 +124,7 @@ class ActionLink:
         self._last_contact = 0.0
         self._stop = False
         self.in_flight: str | None = None  # request_id being sent now
+        self.last_reply_ok = 0.0  # monotonic time of the last successful /v1/act reply
         self.requests = 0
         self.failures = 0
         self._thread = threading.Thread(target=self._run, name="action-link", daemon=True)
@@ -168,8 +176,12 @@ class ActionLink:
         try:
             resp = self.client.act(req, timeout=self.request_timeout_s)
             reply = Reply(req, resp, t0, time.monotonic())
-            self._last_contact = reply.t_received
+            self._last_contact = self.last_reply_ok = reply.t_received
             self._down = None
+        except ServerSlow as e:  # abandoned so the link is free for a newer observation
+            self.failures += 1
+            reply = Reply(req, None, t0, time.monotonic(), error=str(e), late=True)
+            self._last_contact = 0.0  # probe at once: slow, or hung?
         except ServerUnavailable as e:
             self.failures += 1
             self._down = str(e)

@@ -25,19 +25,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import asyncio  # noqa: E402
+
+import numpy as np  # noqa: E402
+from fastapi import FastAPI, Request, Response  # noqa: E402
+
+from protocol.codec import packb, unpackb  # noqa: E402
+from protocol.messages import ActRequest, ActResponse, Timing  # noqa: E402
+
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 
 
 # ------------------------------------------------------------------ the scripted server
 def make_server_app(args):
-    import asyncio
-
-    import numpy as np
-    from fastapi import FastAPI, Request, Response
-
-    from protocol.codec import packb, unpackb
-    from protocol.messages import ActRequest, ActResponse, Timing
-
     app = FastAPI()
     app.state.n = 0
     app.state.log = []  # (request_index, request_id, fault)
@@ -53,6 +53,8 @@ def make_server_app(args):
             a[:, 6] = 3.0
         elif fault == "nan":
             a[:, 1] = float("nan")
+        elif fault == "late":
+            a[:, 2] = -0.0042  # a marker: the test checks this chunk is never executed
         return a.tolist()
 
     @app.post("/v1/act")

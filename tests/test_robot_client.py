@@ -1,0 +1,263 @@
+"""The robot client end to end, with real processes and sockets: the mock arm and cameras in this
+process, the server and the learner as subprocesses that get killed and restarted mid-episode."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from test_robot_standins import standin_learner, standin_server
+
+from calibration.schema import default_mock_calibration
+from learner.store import STEPS, EpisodeStore, _read_records
+from robot_client.backends.base import Arm
+from robot_client.backends.mock import FaultConfig, MockRobot
+from robot_client.cli import RobotClient
+from robot_client.config import RobotConfig
+from robot_client.episode import Rig
+
+
+class RecordingArm(Arm):
+    """The mock arm, with a timestamped log of every command the client gave it."""
+
+    def __init__(self, inner: Arm):
+        self.inner = inner
+        self.calls: list[tuple[str, float, object]] = []
+        self.lock = threading.Lock()
+
+    def _log(self, what, arg=None):
+        with self.lock:
+            self.calls.append((what, time.monotonic(), arg))
+
+    def reset_home(self):
+        self._log("reset")
+        self.inner.reset_home()
+
+    def state(self):
+        return self.inner.state()
+
+    def move_delta(self, action):
+        self._log("move", np.array(action))
+        self.inner.move_delta(action)
+
+    def hold(self):
+        self._log("hold")
+        self.inner.hold()
+
+    def recover(self):
+        self._log("recover")
+        self.inner.recover()
+
+    def of(self, kind):
+        with self.lock:
+            return [c for c in self.calls if c[0] == kind]
+
+
+def make_client(tmp: Path, server_port: int, learner_port: int, faults: FaultConfig | None = None,
+                **overrides) -> tuple[RobotClient, RecordingArm, MockRobot]:
+    robot = MockRobot(task="reach", image_size=64, cameras=("front",), faults=faults)
+    arm = RecordingArm(robot.arm)
+    rig = Rig(arm=arm, cameras=dict(robot.cameras), task="reach", new_episode=lambda seed: robot.new_episode(seed),
+              success=robot.success)
+    settings = {"rate_hz": 20, "max_steps": 30, "label_timeout_s": 5, "ack_timeout_s": 1.0, **overrides}
+    cfg = RobotConfig(robot_id="r1", server_url=f"http://127.0.0.1:{server_port}",
+                      learner_addr=f"tcp://127.0.0.1:{learner_port}", outbox_dir=str(tmp / "outbox"), **settings)
+    return RobotClient(cfg, rig, default_mock_calibration(), cfg.outbox_dir, "cfg"), arm, robot
+
+
+def run_in_thread(client: RobotClient, episodes: int) -> tuple[threading.Thread, list]:
+    out: list = []
+    t = threading.Thread(target=lambda: out.extend(client.run(episodes)), daemon=True)
+    t.start()
+    return t, out
+
+
+def wait_for(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stored_episodes(store_dir: Path) -> dict[str, dict]:
+    store = EpisodeStore(store_dir)
+    out = {}
+    for meta in store.list_episodes():
+        raw, _ = _read_records(store.episode_dir("r1", meta["episode_id"]) / STEPS)
+        out[meta["episode_id"]] = {"meta": meta, "steps": [int(r["step"]) for r in raw], "records": raw}
+    return out
+
+
+@pytest.fixture
+def procs(tmp_path):
+    started = []
+    yield started
+    for p in started:
+        p.stop()
+
+
+def test_server_killed_mid_episode_holds_within_a_period_aborts_and_resumes(tmp_path, procs):
+    server = standin_server(tmp_path)
+    procs.append(server)
+    learner = standin_learner(tmp_path, tmp_path / "episodes")
+    procs.append(learner)
+    client, arm, _ = make_client(tmp_path, server.port, learner.port, rate_hz=10, max_steps=25)
+    period = client.loop.period
+    thread, results = run_in_thread(client, episodes=2)
+    try:
+        wait_for(lambda: len(arm.of("move")) >= 8, 30, "8 moves")
+        server.kill()  # SIGKILL, reaped: the server is gone from here on
+        t_kill = time.monotonic()
+        wait_for(lambda: any(t > t_kill for _, t, _ in arm.of("hold")), 5, "a hold after the kill")
+        t_hold = min(t for _, t, _ in arm.of("hold") if t > t_kill)
+        moves_after = [t for _, t, _ in arm.of("move") if t > t_kill]
+        time.sleep(3 * period)
+        assert not [t for _, t, _ in arm.of("move") if t > t_hold], "the arm moved after it was held"
+        hold_latency = t_hold - t_kill
+        print(f"\nserver killed -> arm.hold() after {hold_latency * 1e3:.1f} ms "
+              f"(period {period * 1e3:.0f} ms; {len(moves_after)} move(s) in between; "
+              f"last successful reply -> hold {1e3 * (t_hold - client.link.last_reply_ok):.1f} ms)")
+        assert hold_latency <= period + 0.02, f"hold came {hold_latency * 1e3:.1f} ms after the kill"
+        assert len(moves_after) <= 1  # at most the tick that was already running
+
+        time.sleep(1.0)  # the client keeps retrying while the arm holds
+        assert not [t for _, t, _ in arm.of("move") if t > t_hold]
+        server2 = standin_server(tmp_path, port=server.port)
+        procs.append(server2)
+        thread.join(30)
+        assert not thread.is_alive()
+    finally:
+        client.stop()
+        thread.join(10)
+        assert client.close(15)
+
+    first, second = [end for _, end in results]
+    assert first.outcome == "aborted" and first.extra["end_reason"] == "server_lost"
+    assert second.outcome in ("success", "failure") and second.label_source == "auto"
+    assert second.n_steps == 25
+    eps = stored_episodes(tmp_path / "episodes")
+    assert eps[first.episode_id]["meta"]["outcome"] == "aborted"
+    assert eps[second.episode_id]["steps"] == list(range(25))
+
+
+def test_learner_killed_and_restarted_every_step_arrives_exactly_once(tmp_path, procs):
+    server = standin_server(tmp_path)
+    procs.append(server)
+    learner = standin_learner(tmp_path, tmp_path / "episodes")
+    procs.append(learner)
+    client, arm, _ = make_client(tmp_path, server.port, learner.port, max_steps=30)
+    thread, results = run_in_thread(client, episodes=3)
+    try:
+        wait_for(lambda: len(arm.of("move")) >= 10, 30, "10 moves")
+        learner.kill()  # mid-episode; steps pile up in the outbox
+        n_before = len(arm.of("move"))
+        time.sleep(1.0)
+        assert len(arm.of("move")) >= n_before + 15, "the control loop must not stall without a learner"
+        learner2 = standin_learner(tmp_path, tmp_path / "episodes", port=learner.port)
+        procs.append(learner2)
+        thread.join(60)
+        assert not thread.is_alive()
+        assert client.close(20), "outbox not flushed"
+    finally:
+        client.stop()
+        thread.join(10)
+    ends = [end for _, end in results]
+    assert len(ends) == 3
+    eps = stored_episodes(tmp_path / "episodes")
+    for end in ends:
+        ep = eps[end.episode_id]
+        assert ep["steps"] == list(range(end.n_steps)), "every step exactly once, in order"
+        assert ep["meta"]["n_steps"] == end.n_steps == 30
+        assert ep["meta"]["outcome"] == end.outcome
+    assert client.streamer.connections >= 2
+
+
+def test_far_nan_and_late_replies_are_clamped_held_dropped_and_recorded(tmp_path, procs):
+    # request 2: actions 5 m away; request 4: NaN; request 6: answered after 0.25 s (deadline 0.15 s;
+    # the link abandons a request after twice the deadline, so this reply does arrive, late)
+    server = standin_server(tmp_path, far=[2], nan=[4], late=[6], late_s=0.25)
+    procs.append(server)
+    learner = standin_learner(tmp_path, tmp_path / "episodes")
+    procs.append(learner)
+    client, arm, robot = make_client(tmp_path, server.port, learner.port, max_steps=40, reply_deadline_s=0.15,
+                                     watchdog_periods=6)
+    thread, results = run_in_thread(client, episodes=1)
+    thread.join(60)
+    assert client.close(15)
+    (result, end), = results
+    log = httpx.get(f"http://127.0.0.1:{server.port}/_test/log").json()["act"]
+    assert [fault for _, _, fault, *_ in log].count("late") == 1
+    recs = stored_episodes(tmp_path / "episodes")[end.episode_id]["records"]
+    totals: dict[str, int] = {}
+    for r in recs:
+        for k, v in r["safety"].items():
+            totals[k] = totals.get(k, 0) + v
+    print("\nsafety counters over the episode:", totals)
+    # far: every step of that chunk clamped to the box and the step limit, gripper clipped
+    assert totals["clamp_workspace"] >= 4 and totals["clamp_translation"] >= 4 and totals["clamp_gripper"] >= 4
+    for r in recs:
+        assert np.linalg.norm(r["action"][:3]) <= 0.03 + 1e-9
+        assert 0.0 <= r["action"][6] <= 1.0
+    # NaN: held, recorded as a zero action
+    assert totals["hold_nonfinite"] == 4
+    assert sum(1 for r in recs if r["safety"].get("hold_nonfinite")) == 4
+    # late: dropped, never executed (its chunk carries dz = -0.0042 as a marker)
+    assert totals.get("drop_late_reply", 0) == 1
+    assert not any(abs(c[2][2] + 0.0042) < 1e-9 for c in arm.of("move"))
+    assert all(r.get("action_chunk") is None or r["action_chunk"][0][2] != -0.0042 for r in recs)
+    # every executed move stayed in the box
+    ws = default_mock_calibration().workspace
+    assert ws.contains(robot.arm.state().position, tol=1e-9)
+    assert end.outcome in ("success", "failure") and result.n_steps == 40
+
+
+def test_arm_error_recovers_and_aborts_the_episode(tmp_path, procs):
+    server = standin_server(tmp_path)
+    procs.append(server)
+    learner = standin_learner(tmp_path, tmp_path / "episodes")
+    procs.append(learner)
+    client, arm, robot = make_client(tmp_path, server.port, learner.port, faults=FaultConfig(arm_error_at_step=5))
+    thread, results = run_in_thread(client, episodes=1)
+    thread.join(30)
+    assert client.close(15)
+    (result, end), = results
+    assert end.outcome == "aborted" and result.end_reason == "arm_error" and "reflex" in result.detail
+    assert robot.arm.n_recovers == 1 and robot.arm.error is None
+    assert [c[0] for c in arm.calls if c[0] in ("hold", "recover")][:2] == ["hold", "recover"]
+    meta = stored_episodes(tmp_path / "episodes")[end.episode_id]["meta"]
+    assert meta["outcome"] == "aborted" and meta["n_steps"] == 5
+
+
+def test_operator_pause_resume_and_end_episode(tmp_path, procs):
+    server = standin_server(tmp_path)
+    procs.append(server)
+    learner = standin_learner(tmp_path, tmp_path / "episodes")
+    procs.append(learner)
+    client, arm, _ = make_client(tmp_path, server.port, learner.port, max_steps=1000)
+    thread, results = run_in_thread(client, episodes=1)
+    url = f"http://127.0.0.1:{server.port}/v1/robots/r1/command"
+    try:
+        wait_for(lambda: len(arm.of("move")) >= 5, 30, "5 moves")
+        httpx.post(url, json={"command": "pause"})
+        wait_for(lambda: client.status.current.get("state") == "paused", 5, "paused")
+        t_paused = time.monotonic()
+        time.sleep(1.0)
+        moves_paused = [t for _, t, _ in arm.of("move") if t > t_paused]
+        assert not moves_paused, "moved while paused"
+        httpx.post(url, json={"command": "resume"})
+        wait_for(lambda: any(t > t_paused + 1.0 for _, t, _ in arm.of("move")), 5, "moving again")
+        httpx.post(url, json={"command": "end_episode"})
+        thread.join(30)
+    finally:
+        client.stop()
+        thread.join(10)
+    assert client.close(15)
+    (result, end), = results
+    assert result.end_reason == "operator" and end.outcome in ("success", "failure")
+    assert result.counters.get("hold_paused", 0) >= 10
