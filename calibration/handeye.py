@@ -137,6 +137,22 @@ def generate_poses(T_start: np.ndarray, plan: MotionPlan) -> list[np.ndarray]:
     return targets
 
 
+def wait_until_still(arm: Arm, timeout_s: float = 5.0, poll_s: float = 0.05, tol_m: float = 5e-5,
+                     tol_rad: float = 2e-4) -> bool:
+    """Poll the state until two readings a poll apart agree (the asynchronous motion is over)."""
+    deadline = time.monotonic() + timeout_s
+    last = arm.state()
+    while time.monotonic() < deadline:
+        time.sleep(poll_s)
+        now = arm.state()
+        moved = np.linalg.norm(now.position - last.position)
+        turned = rotation_angle(rpy_to_matrix(now.rpy) @ rpy_to_matrix(last.rpy).T)
+        if moved < tol_m and turned < tol_rad:
+            return True
+        last = now
+    return False
+
+
 def _pose_error(arm: Arm, T_target: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """(translation, rotation vector) from the current pose to T_target, both in the base frame."""
     s = arm.state()
@@ -170,6 +186,8 @@ def move_to(arm: Arm, T_target: np.ndarray, plan: MotionPlan, tol_m: float = 5e-
             arm.move_delta(step)
             if plan.step_period_s:
                 time.sleep(plan.step_period_s)
+        if plan.step_period_s:  # a real arm: let the last motion finish before measuring the error
+            wait_until_still(arm)
     dp, rotvec, _ = _pose_error(arm, T_target)
     if np.linalg.norm(dp) > 4 * tol_m or np.linalg.norm(rotvec) > 4 * tol_rad:
         arm.hold()
@@ -182,13 +200,18 @@ def _mean_pose(Ts: list[np.ndarray]) -> np.ndarray:
 
 
 def capture_sample(arm: Arm, camera: Camera, plan: MotionPlan) -> Sample:
+    """Settle (motion over, then the vibration), then average several frames and arm readings."""
     if plan.settle_s:
+        if not wait_until_still(arm):
+            log.warning("the arm did not come to rest within 5 s; capturing anyway")
         time.sleep(plan.settle_s)
     images, poses = [], []
     for _ in range(plan.frames_per_pose):
-        poses.append(pose_to_T(arm.state().position, arm.state().rpy))
+        s = arm.state()
+        poses.append(pose_to_T(s.position, s.rpy))
         images.append(camera.read().image)
-        poses.append(pose_to_T(arm.state().position, arm.state().rpy))
+        s = arm.state()
+        poses.append(pose_to_T(s.position, s.rpy))
     return Sample(T_base_ee=_mean_pose(poses), images=images)
 
 
@@ -348,7 +371,7 @@ def _diagnose(mode: CameraMode, T_base_ee: list[np.ndarray], T_cam_board: list[n
             jumps.append((gap / max(within, 1e-6), cut, gap))
         ratio, cut, gap = max(jumps)
         if ratio > 3.0 and gap > max_mm:
-            hints.append(f"The board seems to have moved between sample {cut - 1} and sample {cut}: "
+            hints.append(f"The board seems to have moved between pose{cut - 1:03d} and pose{cut:03d} (as saved): "
                          f"the samples form two groups {gap:.1f} mm apart. Fix the board and re-run.")
     return hints
 
