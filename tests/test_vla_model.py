@@ -103,6 +103,10 @@ def test_head_only_mode_trains_only_heads_and_cached_features_act_the_same(model
     direct = policy.act_batch(obs, modes, torch.Generator().manual_seed(3))
     cached = policy.act_from_features(policy.features(obs), np.stack([o.state for o in obs]), modes,
                                       torch.Generator().manual_seed(3))
+    cached_features = policy.features(obs)  # e.g. the learner's feature cache: trainable-on
+    model.log_prob(cached_features, states, torch.zeros(2, 28)).sum().backward()
+    assert model.heads.log_std.grad is not None
+    model.zero_grad(set_to_none=True)
     for a, b in zip(direct, cached, strict=True):
         np.testing.assert_array_equal(a.actions, b.actions)
         assert a.log_prob == b.log_prob and a.value == b.value

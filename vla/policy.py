@@ -80,8 +80,9 @@ class Policy:
 
     # ---- acting ------------------------------------------------------------------------------
     def features(self, obs: list[Observation]) -> torch.Tensor:
-        """[B, feature_dim] backbone + pooler features (no grad)."""
-        with torch.inference_mode():
+        """[B, feature_dim] backbone + pooler features (no grad). Plain no_grad tensors, not
+        inference-mode ones, so a learner may cache them and train heads on them."""
+        with torch.no_grad():
             return self.model.features(self.model.collate(obs))
 
     def act(self, obs: Observation, mode: str = "greedy", generator: torch.Generator | None = None) -> ActOutput:
