@@ -197,6 +197,7 @@ def publish(registry: CheckpointRegistry, model: VLAModel, norm: Normalizer, kin
                     created=datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
         if kind == "full":
             meta["base_version"] = version
+        meta["backbone_dir"] = _portable_backbone_dir(meta["backbone_dir"], registry, version)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
         for p in sorted(tmp.rglob("*"), key=lambda q: -len(q.parts)):  # files first, then their dirs
             _fsync_dir(p) if p.is_dir() else _fsync_file(p)
@@ -216,6 +217,16 @@ def publish(registry: CheckpointRegistry, model: VLAModel, norm: Normalizer, kin
             model.backbone_hash = meta["backbone_hash"]
             model.saved_backbone_fingerprint = model.backbone_fingerprint()
     return version
+
+
+def _portable_backbone_dir(backbone_dir: str, registry: CheckpointRegistry, version: int) -> str:
+    """A backbone inside the run dir (runs/<run>/tiny_backbone, an earlier version's backbone/) is
+    recorded relative to the version dir, so the run dir can be mounted elsewhere (docker volumes)."""
+    path = Path(backbone_dir)
+    run_dir = registry.root.resolve().parent
+    if path.is_absolute() and path.resolve().is_relative_to(run_dir):
+        return os.path.relpath(path.resolve(), registry.root.resolve() / vname(version))
+    return backbone_dir
 
 
 def _write_version(tmp: Path, model: VLAModel, norm: Normalizer, kind: str, heads: dict,
