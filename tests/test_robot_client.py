@@ -3,6 +3,7 @@ process, the server and the learner as subprocesses that get killed and restarte
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -89,7 +90,7 @@ def stored_episodes(store_dir: Path) -> dict[str, dict]:
     store = EpisodeStore(store_dir)
     out = {}
     for meta in store.list_episodes():
-        raw, _ = _read_records(store.episode_dir("r1", meta["episode_id"]) / STEPS)
+        raw, _ = _read_records(store.episode_dir(meta["robot_id"], meta["episode_id"]) / STEPS)
         out[meta["episode_id"]] = {"meta": meta, "steps": [int(r["step"]) for r in raw], "records": raw}
     return out
 
@@ -261,3 +262,35 @@ def test_operator_pause_resume_and_end_episode(tmp_path, procs):
     (result, end), = results
     assert result.end_reason == "operator" and end.outcome in ("success", "failure")
     assert result.counters.get("hold_paused", 0) >= 10
+
+
+def test_cli_franka_refuses_to_start_without_calibration(tmp_path):
+    from test_robot_standins import PY, ROOT
+
+    r = subprocess.run([PY, "-m", "vlaloop.cli", "--run-dir", str(tmp_path), "robot", "--backend", "franka"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "calibration.yaml" in r.stderr and "vlaloop calibrate workspace" in r.stderr
+    (tmp_path / "bad.yaml").write_text("workspace: {min: [0, 0, 0], max: [0, 1, 1]}\n")
+    r = subprocess.run([PY, "-m", "vlaloop.cli", "robot", "--backend", "franka", "--calibration",
+                        str(tmp_path / "bad.yaml")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "invalid" in r.stderr
+
+
+def test_cli_mock_runs_episodes_end_to_end(tmp_path, procs):
+    from test_robot_standins import PY, ROOT
+
+    server = standin_server(tmp_path)
+    procs.append(server)
+    learner = standin_learner(tmp_path, tmp_path / "episodes")
+    procs.append(learner)
+    r = subprocess.run([PY, "-m", "vlaloop.cli", "--run-dir", str(tmp_path / "run"), "robot", "--backend", "mock",
+                        "--server", f"http://127.0.0.1:{server.port}", "--learner", f"tcp://127.0.0.1:{learner.port}",
+                        "--episodes", "2", "--max-steps", "10", "--rate", "20", "--execution", "ensemble"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr[-3000:]
+    eps = stored_episodes(tmp_path / "episodes")
+    assert len(eps) == 2
+    for ep in eps.values():
+        assert ep["steps"] == list(range(10)) and ep["meta"]["label_source"] == "auto"
+    assert not list((tmp_path / "run" / "outbox" / "mock0").glob("*.msg"))  # all acked
