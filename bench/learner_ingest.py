@@ -119,7 +119,7 @@ def _stream(endpoint: str, robot_id: str, config_hash: str, cameras: int, ready,
 
 
 def ingest_benchmark(n_clients: int = 4, cameras: int = 2, seconds: float = 5.0, window: int = 32,
-                     episode_len: int = 50, root: str | Path | None = None) -> dict:
+                     episode_len: int = 50, root: str | Path | None = None, group_commit: bool = True) -> dict:
     """An in-process Ingest (real ROUTER on loopback TCP, real fsyncing store) against ``n_clients``
     robot processes streaming for ``seconds``; returns throughput and ack latency (send -> ack)."""
     from learner.ingest import Ingest
@@ -127,7 +127,8 @@ def ingest_benchmark(n_clients: int = 4, cameras: int = 2, seconds: float = 5.0,
 
     mp = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        ingest = Ingest(EpisodeStore(Path(tmp) / "episodes"), "bench", bind="tcp://127.0.0.1:0")
+        ingest = Ingest(EpisodeStore(Path(tmp) / "episodes"), "bench", bind="tcp://127.0.0.1:0",
+                        group_commit=group_commit)
         endpoint = ingest.start()
         ready, go, results = mp.Semaphore(0), mp.Event(), mp.Queue()
         procs = [mp.Process(target=_stream, args=(endpoint, f"bench{i}", "bench", cameras, ready, go, seconds,
@@ -154,6 +155,7 @@ def ingest_benchmark(n_clients: int = 4, cameras: int = 2, seconds: float = 5.0,
     frame_bytes = sum(len(b) for b in sample_frames(cameras).values())
     return {
         "clients": n_clients, "cameras": cameras, "seconds": round(elapsed, 2),
+        "commit": "group" if group_commit else "per step",
         "steps": steps, "steps_per_s": steps / elapsed, "frames_per_s": steps * cameras / elapsed,
         "mb_per_s": (after["bytes"] - before["bytes"]) / elapsed / 1e6, "jpeg_bytes_per_step": frame_bytes,
         "ack_p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
@@ -163,10 +165,11 @@ def ingest_benchmark(n_clients: int = 4, cameras: int = 2, seconds: float = 5.0,
 
 
 def format_table(rows: list[dict]) -> str:
-    head = "| clients | cameras | steps/s | frames/s | MB/s | ack p50 ms | ack p99 ms | steps |"
-    lines = [head, "|" + "---|" * 8]
+    head = "| commit | clients | cameras | steps/s | frames/s | MB/s | ack p50 ms | ack p99 ms | steps |"
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
-        lines.append(f"| {r['clients']} | {r['cameras']} | {r['steps_per_s']:.0f} | {r['frames_per_s']:.0f} | "
+        lines.append(f"| {r['commit']} | {r['clients']} | {r['cameras']} | {r['steps_per_s']:.0f} | "
+                     f"{r['frames_per_s']:.0f} | "
                      f"{r['mb_per_s']:.2f} | {r['ack_p50_ms']:.1f} | {r['ack_p99_ms']:.1f} | {r['steps']} |")
     return "\n".join(lines)
 
@@ -179,8 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=32, help="unacked steps in flight per client")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    rows = [ingest_benchmark(1, args.cameras, args.seconds, args.window),  # baseline: one robot
-            ingest_benchmark(args.clients, args.cameras, args.seconds, args.window)]
+    rows = [  # baselines: fsync per step (no group commit); one robot
+        ingest_benchmark(1, args.cameras, args.seconds, args.window, group_commit=False),
+        ingest_benchmark(args.clients, args.cameras, args.seconds, args.window, group_commit=False),
+        ingest_benchmark(1, args.cameras, args.seconds, args.window),
+        ingest_benchmark(args.clients, args.cameras, args.seconds, args.window),
+    ]
     print(f"ingest: {args.seconds:.0f} s per row, {rows[0]['jpeg_bytes_per_step']} JPEG bytes/step, "
           f"window {args.window}, every step fsynced before its ack")
     print(format_table(rows))

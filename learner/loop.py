@@ -43,10 +43,11 @@ def episode_key(meta: dict) -> str:
 
 
 def is_rl_candidate(meta: dict) -> bool:
-    """A newly labelled online training episode: eval (greedy) and aborted/discarded ones never
-    feed RL; an episode still waiting for its end has no meta.json and is not listed at all."""
+    """A labelled online episode whose actions were sampled by the policy: eval/greedy and
+    aborted/discarded ones never feed RL (same rule as learner.dataset.is_rl_episode); an episode
+    still waiting for its end has no meta.json and is not listed at all."""
     return (meta.get("source") == "online" and meta.get("purpose", "train") != "eval"
-            and meta.get("outcome") in ("success", "failure"))
+            and meta.get("mode") != "greedy" and meta.get("outcome") in ("success", "failure"))
 
 
 class LearnerState:

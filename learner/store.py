@@ -21,6 +21,7 @@ import struct
 import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,25 @@ class StoreError(RuntimeError):
 
 
 def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    """Concurrent fsyncs let the filesystem batch them into one journal commit (group commit)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+    return _POOL
+
+
+def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -170,6 +190,53 @@ class EpisodeStore:
                 _fsync_dir(frames_dir)
             seen.add(step)
             return True
+
+    def append_steps(self, items: list[tuple[str, str, int, dict, dict[str, bytes]]]) -> list[bool]:
+        """Group commit of many steps ``(robot_id, episode_id, step, record, images)``: the same result
+        as calling ``append_step`` on each in order, with the same crash guarantee (a record is written
+        only after its frames are durable), but the frame files are fsynced concurrently and each
+        episode's log once, so the filesystem commits its journal once per batch instead of per file.
+        Raises StoreError (nothing of the batch is written) if any id or camera name is invalid."""
+        with self._lock:
+            plan = []  # (dir, key, step, record, images) of the steps to write
+            new_in_batch: dict[tuple[str, str], set[int]] = {}
+            result = []
+            for robot_id, episode_id, step, record, images in items:
+                d = self.episode_dir(robot_id, episode_id)
+                for cam in images:
+                    _check_id("camera name", cam)
+                key = (robot_id, episode_id)
+                batch_seen = new_in_batch.setdefault(key, set())
+                fresh = not (d / META).exists()
+                if fresh:
+                    (d / "frames").mkdir(parents=True, exist_ok=True)
+                    fresh = step not in self._steps_seen(key, d) and step not in batch_seen
+                if fresh:
+                    batch_seen.add(step)
+                    plan.append((d, key, int(step), record, images))
+                result.append(fresh)
+            frames, dirs, bodies = [], set(), {}
+            for d, key, step, record, images in plan:
+                names = {}
+                for cam, jpg in images.items():
+                    path = d / "frames" / f"{step:05d}_{cam}.jpg"
+                    path.write_bytes(jpg)
+                    frames.append(path)
+                    names[cam] = f"frames/{path.name}"
+                if not self._seen[key]:  # first steps of an episode: make its dirs durable too
+                    dirs.update({d, d / "frames", d.parent, self.root})
+                body = packb({**record, "step": step, "frames": names})
+                bodies.setdefault(d, []).append(_HEADER.pack(len(body), zlib.crc32(body)) + body)
+            list(_fsync_pool().map(_fsync_path, frames))
+            for d, chunks in bodies.items():
+                with open(d / STEPS, "ab") as f:
+                    f.write(b"".join(chunks))
+                    f.flush()
+                    os.fsync(f.fileno())
+            list(_fsync_pool().map(_fsync_dir, sorted(dirs)))
+            for _, key, step, _, _ in plan:
+                self._seen[key].add(step)
+            return result
 
     def finish(self, robot_id: str, episode_id: str, meta: dict) -> bool:
         """Write meta.json last. Returns False if the episode had already ended (duplicate end)."""
