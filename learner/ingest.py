@@ -51,6 +51,7 @@ log = logging.getLogger("learner.ingest")
 SEQ = struct.Struct("<Q")
 POLL_MS = 100
 INBOX_EVERY_S = 0.5
+LOG_EVERY_S = 30.0
 DRAIN_MAX = 256  # messages handled per wake-up before housekeeping (inbox, counters) runs
 # step fields that become the record in steps.log (frames are files; ids are the path)
 _NOT_IN_RECORD = {"images", "type", "schema_version", "robot_id", "episode_id", "step"}
@@ -359,6 +360,7 @@ class Ingest:
                  SCHEMA_VERSION, self.config_hash, "required" if self.token else "not required")
         self._ready.set()
         next_inbox = 0.0
+        next_log, logged_messages = time.time() + LOG_EVERY_S, 0
         try:
             while not self._stop.is_set():
                 if sock.poll(POLL_MS, zmq.POLLIN):
@@ -383,6 +385,12 @@ class Ingest:
                     except Exception:
                         log.exception("inbox scan failed")
                 self.counters.sample()
+                if now >= next_log and self.counters.totals["messages"] != logged_messages:
+                    next_log, logged_messages = now + LOG_EVERY_S, self.counters.totals["messages"]
+                    c = self.counters.as_dict()
+                    log.info("ingest: %d steps (%.1f/s), %d episodes, %d duplicates, %d refused, robots %s",
+                             c["steps"], c["steps_per_s"], c["episodes"], c["duplicates"], c["refused"],
+                             sorted({x.robot_id for x in self.connections.values()}))
                 if self.status is not None:
                     self.status.set_ingest({**self.counters.as_dict(), "endpoint": self.endpoint,
                                             "robots": sorted({c.robot_id for c in self.connections.values()}),
