@@ -63,12 +63,32 @@ class Corners:
     points: np.ndarray  # [N, 2] float pixel positions
 
 
+@functools.lru_cache(maxsize=1)
+def detector_offset_px() -> float:
+    """The constant offset of CharucoDetector's corners, measured once on a printed board whose
+    corners are known exactly. OpenCV before the fix of opencv/opencv#25539 (PR #28380, 2026)
+    returns every corner +0.5 px off, which biases every board pose; we subtract what we measure,
+    so the code stays right on a fixed OpenCV."""
+    spec, px, margin = BoardSpec(), 40, 40
+    board = spec.board()
+    image = board.generateImage((spec.squares_x * px + 2 * margin, spec.squares_y * px + 2 * margin),
+                                marginSize=margin, borderBits=1)
+    corners, ids, _, _ = _detector(spec).detectBoard(image)
+    if ids is None:
+        return 0.0
+    # an edge between texture pixels k-1 and k lies at k - 0.5 in OpenCV's pixel-centre coordinates
+    truth = margin - 0.5 + board.getChessboardCorners()[ids.reshape(-1), :2] / spec.square_m * px
+    offset = float(np.mean(corners.reshape(-1, 2) - truth))
+    return 0.5 if abs(offset - 0.5) < 0.1 else (0.0 if abs(offset) < 0.1 else offset)
+
+
 def detect_corners(image: np.ndarray, spec: BoardSpec) -> Corners | None:
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
     corners, ids, _, _ = _detector(spec).detectBoard(gray)
     if ids is None or len(ids) < MIN_CORNERS:
         return None
-    return Corners(ids=ids.reshape(-1).astype(int), points=corners.reshape(-1, 2).astype(float))
+    points = corners.reshape(-1, 2).astype(float) - detector_offset_px()
+    return Corners(ids=ids.reshape(-1).astype(int), points=points)
 
 
 def average_corners(detections: list[Corners | None]) -> Corners | None:

@@ -219,7 +219,12 @@ def run_intrinsics(args, config) -> int:
             r = config.robot
             found = realsense_intrinsics(args.serial or r.camera_serials or None, r.camera_width,
                                          r.camera_height, r.camera_fps)
-        names = config.model.cameras if len(found) > 1 else [name]
+        if len(found) == 1:
+            names = [name]
+        elif not args.serial and config.robot.camera_serials:  # robot.camera_serials follow model.cameras
+            names = list(config.model.cameras)
+        else:
+            names = []  # no way to tell which is which: name them by serial
         for i, (serial, (intr, model)) in enumerate(found.items()):
             cam = names[i] if i < len(names) else serial
             _set_intrinsics(cal, cam, serial, intr)
@@ -242,7 +247,7 @@ def _capture_views(args, config, backend, name, spec) -> list[np.ndarray]:
         from calibration.mock_rig import make_mock_rig
         from calibration.transforms import pose_to_T
 
-        rig = make_mock_rig("eye-in-hand", spec, seed=args.seed if hasattr(args, "seed") else 0)
+        rig = make_mock_rig("eye-in-hand", spec)
         plan = MotionPlan(n_poses=args.capture, max_angle_deg=25.0, pivot_m=0.2, step_period_s=0, settle_s=0)
         s = rig.arm.state()
         targets = generate_poses(pose_to_T(s.position, s.rpy), plan)
@@ -293,11 +298,9 @@ def run_handeye(args, config) -> int:
         print(f"mock truth: error {np.linalg.norm(D[:3, 3]) * 1000:.3f} mm, "
               f"{math.degrees(rotation_angle(D[:3, :3])):.4f} deg")
     cam = cal.cameras.get(name, CameraCalibration())
-    cal.cameras[name] = cam.model_copy(update={
-        "serial": serial or cam.serial, "intrinsics": cam.intrinsics or intrinsics, "mode": mode,
-        "T": np.round(sol.best.T, 8).tolist(), "method": sol.best.method,
-        "residuals": {n: r.residuals() for n, r in sol.methods.items()}})
-    CameraCalibration.model_validate(cal.cameras[name].model_dump())
+    cal.cameras[name] = CameraCalibration(  # the intrinsics stored are the ones this T was solved with
+        serial=serial or cam.serial, intrinsics=intrinsics, mode=mode, T=np.round(sol.best.T, 8).tolist(),
+        method=sol.best.method, residuals={n: r.residuals() for n, r in sol.methods.items()})
     _note(cal, f"handeye {name} {mode}: {sol.best.method} of 5 methods, {sol.n_samples} samples in {samples_dir}, "
                f"residual {sol.best.translation_mm:.2f} mm / {sol.best.rotation_deg:.3f} deg, board {spec.squares_x}x"
                f"{spec.squares_y} squares of {spec.square_m} m")
