@@ -340,7 +340,7 @@ def trunk_meta(registry: CheckpointRegistry, meta: dict) -> dict:
 
 def resolve_backbone_dir(registry: CheckpointRegistry, trunk: dict, override: str | None = None) -> Path:
     raw = override or trunk["backbone_dir"]
-    path = Path(raw) if Path(raw).is_absolute() else registry.path(trunk["version"]) / raw
+    path = Path(raw) if Path(raw).is_absolute() else (registry.path(trunk["version"]) / raw).resolve()
     if not path.is_dir() and override is None and trunk["backbone_id"] == TINY_ID:
         # The untrained tiny backbone is reproducible from its seed: rebuild it where this process
         # keeps it (e.g. the server in another container). The hash check still guards the result.
