@@ -14,8 +14,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import act, health, robots, ui
 from server.batcher import InferenceFailed, MicroBatcher, NoPolicyLoaded
@@ -51,6 +53,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.error("inference failed: %s", e)
         return _error(request, 500, "inference", f"inference failed: {e}")
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException):
+        kind = "auth" if e.status_code in (401, 403) else f"http_{e.status_code}"
+        request.app.state.metrics.errors.labels(kind=kind).inc()
+        return await http_exception_handler(request, e)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:
         err = e.errors()[0] if e.errors() else {"loc": ("body",), "msg": "invalid"}
@@ -60,8 +68,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(request, 422, "invalid_field", f"{field}: {msg}", field)
 
 
-def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None) -> FastAPI:
-    """``loader`` defaults to the checkpoint registry under ``config.run_dir``."""
+def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, with_ui: bool = True) -> FastAPI:
+    """``loader`` defaults to the checkpoint registry under ``config.run_dir``; ``with_ui`` mounts the
+    operator page (``server.ui``)."""
     run_dir = Path(config.run_dir)
     if loader is None:
         loader = RegistryLoader(run_dir / "checkpoints", device=config.model.device)
@@ -90,8 +99,7 @@ def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None) -> 
     app.state.metrics = metrics
     app.state.holder = holder
     app.state.batcher = batcher
-    app.state.robots = RobotRegistry(run_dir / "inbox", auto_label=config.server.auto_label,
-                                     stale_s=config.server.robot_stale_s)
+    app.state.robots = RobotRegistry(auto_label=config.server.auto_label, stale_s=config.server.robot_stale_s)
     app.state.decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
     app.state.metadata_cache = {}
     _install_error_handlers(app)

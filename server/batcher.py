@@ -3,7 +3,7 @@
 Requests wait in an asyncio queue. One collector task forms a batch: it takes the first waiting
 request, then keeps taking requests until the batch holds ``max_batch`` of them, or as many as
 there are robots active in the last second, or ``max_wait_ms`` has passed since the first one
-arrived. So a lone robot never waits for company, and a fleet's requests that arrive within a few
+arrived (or since the worker became free, if it was busy). So a lone robot never waits for company, and a fleet's requests that arrive within a few
 milliseconds of each other share one forward pass. While a batch runs, new requests queue up and
 form the next batch. Inference runs in ONE worker thread (off the event loop, never two batches
 at once); the batch takes the serving policy reference once, so the whole batch is produced by one
@@ -66,6 +66,7 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
         self._last_seen: dict[str, float] = {}
+        self._worker_free_since = 0.0
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -106,7 +107,11 @@ class MicroBatcher:
         first = await q.get()
         batch = [first]
         expected = self._expected_batch(time.perf_counter())
-        deadline = first.t_enqueue + self.max_wait_s
+        # The wait window opens when the worker is free, not when the first request came: requests
+        # that queued behind the previous batch wait (briefly) for the robots that batch just
+        # answered, instead of running as a small batch of their own (which splits a fleet into
+        # groups that alternate forever).
+        deadline = max(first.t_enqueue, self._worker_free_since) + self.max_wait_s
         while len(batch) < self.max_batch:
             if not q.empty():
                 batch.append(q.get_nowait())
@@ -143,6 +148,7 @@ class MicroBatcher:
                     p.future.set_exception(r)
                 else:
                     p.future.set_result(r)
+            self._worker_free_since = time.perf_counter()
 
     # ------------------------------------------------------------------ worker thread
 

@@ -5,7 +5,8 @@ it is fed by every /v1/act request (frames, step, episode, instruction, policy v
 robots' status reports. It queues operator commands per robot and hands them out in the next
 /v1/act response (``pause`` persists until ``resume``; ``end_episode`` is delivered once, and only
 to the episode it was pressed for), keeps the episodes waiting for a label, and answers the
-robots' label long-polls. ``subscribe()`` gives the operator page a stream of change events.
+robots' label long-polls (a later correction goes through the operator page's relabel, which
+drops a file in the learner's inbox: ``server.ui``). ``subscribe()`` gives the operator page a stream of change events.
 
 All methods run on the server's event loop (the routes are ``async def``); nothing here blocks.
 """
@@ -13,14 +14,10 @@ All methods run on the server's event loop (the routes are ``async def``); nothi
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -65,10 +62,6 @@ class CommandIn(_In):
 
 class LabelIn(_In):
     episode_id: EpisodeId
-    outcome: LabelOutcome
-
-
-class RelabelIn(_In):
     outcome: LabelOutcome
 
 
@@ -137,8 +130,7 @@ class RobotLive:
 
 
 class RobotRegistry:
-    def __init__(self, inbox_dir: str | Path, auto_label: bool = False, stale_s: float = 10.0) -> None:
-        self.inbox_dir = Path(inbox_dir)
+    def __init__(self, auto_label: bool = False, stale_s: float = 10.0) -> None:
         self.auto_label = auto_label
         self.stale_s = stale_s
         self.robots: dict[str, RobotLive] = {}
@@ -285,21 +277,6 @@ class RobotRegistry:
             event.set()
         self._publish({"type": "label", "robot_id": key[0], **label.model_dump()})
 
-    def write_relabel(self, robot_id: str, episode_id: str, outcome: str) -> Path:
-        """Drop ``inbox/relabel-<uuid>.json`` for the learner (written to a temp name, then renamed)."""
-        self.inbox_dir.mkdir(parents=True, exist_ok=True)
-        wire_outcome = "aborted" if outcome == "discard" else outcome
-        final = self.inbox_dir / f"relabel-{uuid.uuid4().hex}.json"
-        tmp = final.with_suffix(".json.tmp")
-        with open(tmp, "w") as f:
-            json.dump({"robot_id": robot_id, "episode_id": episode_id, "outcome": wire_outcome}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        self._publish({"type": "relabel", "robot_id": robot_id, "episode_id": episode_id,
-                       "outcome": wire_outcome})
-        return final
-
     def frame_jpeg(self, robot_id: str, camera: str) -> bytes | None:
         r = self.robots.get(robot_id)
         frame = None if r is None else r.frames.get(camera)
@@ -375,16 +352,8 @@ async def post_label(body: LabelIn, robot_id: str = RobotIdParam,
     try:
         return robots.submit_label(robot_id, body.episode_id, body.outcome)
     except LookupError as e:
-        raise HTTPException(409, f"episode_id: {e}; correct it with POST /v1/robots/{robot_id}/episodes/"
-                                 f"{body.episode_id}/relabel") from None
-
-
-@router.post("/robots/{robot_id}/episodes/{episode_id}/relabel", dependencies=[Depends(require_operator)])
-async def post_relabel(body: RelabelIn, robot_id: str = RobotIdParam,
-                       episode_id: str = PathParam(pattern=ID_PATTERN),
-                       robots: RobotRegistry = Depends(registry_of)) -> dict:
-    path = robots.write_relabel(robot_id, episode_id, body.outcome)
-    return {"ok": True, "file": path.name}
+        raise HTTPException(409, f"episode_id: {e}; correct it with POST /v1/episodes/{robot_id}/"
+                                 f"{body.episode_id}/relabel (the operator page's relabel)") from None
 
 
 @router.get("/robots", dependencies=[Depends(require_operator)])

@@ -24,6 +24,7 @@ from protocol.messages import ActRequest
 from server.auth import UnsafeBindError, check_bind_allowed
 from server.config import ServerConfig
 from server.harness import ServerThread, publish_tiny
+from vlaloop.cli import main as vlaloop_main
 from vlaloop.config import DeploymentConfig
 
 torch.set_num_threads(1)
@@ -119,6 +120,7 @@ def test_auth(served):
     # open: liveness, readiness, metrics
     for path in ("/healthz", "/readyz", "/metrics"):
         assert anonymous.get(path).status_code == 200
+    assert 'vlaloop_errors_total{kind="auth"}' in anonymous.get("/metrics").text
     anonymous.close()
 
 
@@ -202,7 +204,8 @@ def test_policy_metadata_and_metrics(served):
     for needle in ('vlaloop_act_stage_seconds_bucket{le="0.005",stage="infer"}',
                    'vlaloop_act_stage_seconds_count{stage="total"}', "vlaloop_batch_size_count",
                    "vlaloop_queue_depth", "vlaloop_policy_swaps_total 1.0", "vlaloop_policy_version 1.0",
-                   'vlaloop_act_requests_total{encoding="msgpack"}', "vlaloop_policy_swap_failures_total 0.0"):
+                   'vlaloop_act_requests_total{encoding="msgpack"}', "vlaloop_policy_swap_failures_total 0.0",
+                   'vlaloop_errors_total{kind="invalid_field"}', 'vlaloop_errors_total{kind="malformed"}'):
         assert needle in text, needle
 
 
@@ -216,7 +219,7 @@ def test_not_ready_until_a_checkpoint_exists(tmp_path):
         assert c.get("/healthz").status_code == 200
 
 
-def test_refuses_to_listen_publicly_without_tokens(tmp_path):
+def test_refuses_to_listen_publicly_without_tokens(tmp_path, capsys):
     for host in ("127.0.0.1", "localhost", "::1"):
         check_bind_allowed(host, ServerConfig())
     with pytest.raises(UnsafeBindError, match="robot_token and operator_token"):
@@ -224,11 +227,8 @@ def test_refuses_to_listen_publicly_without_tokens(tmp_path):
     with pytest.raises(UnsafeBindError, match="operator_token"):
         check_bind_allowed("192.168.1.5", ServerConfig(robot_token="x"))
     check_bind_allowed("0.0.0.0", ServerConfig(robot_token="x", operator_token="y"))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "vlaloop.cli", "--run-dir", str(tmp_path), "serve",
-                           "--host", "0.0.0.0", "--port", "0"], capture_output=True, text=True, env=env,
-                          timeout=60, cwd=tmp_path)
-    assert proc.returncode == 2 and "refusing to listen on 0.0.0.0" in proc.stderr
+    rc = vlaloop_main(["--run-dir", str(tmp_path), "serve", "--host", "0.0.0.0", "--port", "0"])
+    assert rc == 2 and "refusing to listen on 0.0.0.0" in capsys.readouterr().err
 
 
 def test_vlaloop_serve_subprocess_starts_answers_and_stops_on_sigterm(served, tmp_path):

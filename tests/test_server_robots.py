@@ -4,7 +4,6 @@ long-poll (operator label, timeout -> 204, auto_label), awaiting list, relabel i
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 
@@ -116,9 +115,9 @@ def test_label_long_poll_gets_the_operator_label(served):
     # asking again (a retry after a dropped connection) gets the same label at once
     again = robot.get("/v1/robots/lab0/label", params={"episode_id": "ep7", "timeout_s": 5})
     assert again.status_code == 200 and again.json()["outcome"] == "failure"
-    # a delivered label can only be corrected through the relabel inbox
+    # a delivered label can only be corrected through the operator page's relabel (learner inbox)
     r = operator.post("/v1/robots/lab0/label", json={"episode_id": "ep7", "outcome": "success"})
-    assert r.status_code == 409 and "relabel" in r.json()["detail"]
+    assert r.status_code == 409 and "/v1/episodes/lab0/ep7/relabel" in r.json()["detail"]
 
 
 def test_label_wait_times_out_with_204(served):
@@ -135,17 +134,6 @@ def test_label_given_before_the_robot_waits_and_discard(served):
     operator.post("/v1/robots/lab2/label", json={"episode_id": "ep3", "outcome": "discard"})
     r = robot.get("/v1/robots/lab2/label", params={"episode_id": "ep3", "timeout_s": 5})
     assert r.status_code == 200 and r.json()["outcome"] == "discard"
-
-
-def test_relabel_drops_an_inbox_file_for_the_learner(served):
-    srv, _, operator = served
-    r = operator.post("/v1/robots/lab0/episodes/ep7/relabel", json={"outcome": "discard"})
-    assert r.status_code == 200
-    inbox = srv.app.state.robots.inbox_dir
-    files = list(inbox.glob("relabel-*.json"))
-    assert [f.name for f in files] == [r.json()["file"]]
-    assert json.loads(files[0].read_text()) == {"robot_id": "lab0", "episode_id": "ep7", "outcome": "aborted"}
-    assert not list(inbox.glob("*.tmp"))
 
 
 def test_auto_label_answers_at_once(run_dir):
@@ -186,9 +174,9 @@ def test_live_state_status_and_latest_frame(served):
     assert operator.get("/v1/robots/nobody/frames/front.jpg").status_code == 404
 
 
-def test_registry_publishes_events_to_subscribers(tmp_path):
+def test_registry_publishes_events_to_subscribers():
     async def scenario():
-        reg = RobotRegistry(tmp_path / "inbox")
+        reg = RobotRegistry()
         q = reg.subscribe()
         reg.observe_act("r0", "e0", 0, "reach", {"front": b"jpeg"}, 3)
         reg.update_status("r0", StatusIn(state="waiting_label", episode_id="e0"))

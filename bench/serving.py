@@ -1,0 +1,304 @@
+"""Serving benchmark: what the HTTP path costs on top of inference, how it compares with a
+JSON-lists protocol (OpenVLA deploy.py shape), and what micro-batching buys with several robots.
+
+    python -m bench.serving            # or: vlaloop bench serving
+    python -m bench.serving --quick    # a fast smoke run
+
+Everything runs on this machine in one run: the tiny policy is published into a temp run dir;
+the servers are real subprocesses (``vlaloop serve`` and ``bench.json_lists_baseline``); clients are
+keep-alive httpx clients in this process. Round trips are measured from the raw RGB frame (the
+client encodes: JPEG + msgpack for /v1/act, nested lists + JSON for the baseline) to the decoded
+reply. Prints ONE markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+INSTRUCTION = "push the blue block to the left"
+STATE = [0.5, 0.0, 0.2, 0.0, 0.0, 0.0, 1.0]
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Subprocess:
+    """A server subprocess that logs ``listening on http://HOST:PORT`` on stderr."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+        self.url = None
+        self.log: list[str] = []
+        for line in self.proc.stderr:
+            self.log.append(line)
+            m = re.search(r"listening on (http://\S+)", line)
+            if m:
+                self.url = m.group(1)
+                break
+        if self.url is None:
+            raise RuntimeError("server did not start:\n" + "".join(self.log[-30:]))
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def wait_ready(self, path: str, timeout: float = 60.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(self.url + path, timeout=5).status_code in (200, 405):
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("server not ready:\n" + "".join(self.log[-30:]))
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _env(threads: int, **server: object) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
+    env.update({f"VLALOOP_SERVER__{k.upper()}": str(v) for k, v in server.items()})
+    return env
+
+
+def start_server(run_dir: str, threads: int, max_batch: int) -> Subprocess:
+    srv = Subprocess([sys.executable, "-m", "vlaloop.cli", "--run-dir", run_dir, "serve", "--port", "0"],
+                     _env(threads, max_batch=max_batch))
+    srv.wait_ready("/readyz")
+    return srv
+
+
+def start_baseline(run_dir: str, threads: int) -> Subprocess:
+    srv = Subprocess([sys.executable, "-m", "bench.json_lists_baseline", "--run-dir", run_dir, "--port", "0"],
+                     _env(threads))
+    srv.wait_ready("/docs")
+    return srv
+
+
+# ---------------------------------------------------------------- clients
+
+
+def _client(url: str):
+    import httpx
+
+    return httpx.Client(base_url=url, timeout=60, limits=httpx.Limits(max_keepalive_connections=1))
+
+
+def vlaloop_call(client, frame: np.ndarray, robot_id: str = "bench0", step: int = 0) -> dict:
+    """One /v1/act exchange from a raw frame, as the robot client does it."""
+    from protocol.codec import packb, unpackb
+    from protocol.images import encode_jpeg
+    from protocol.messages import ActRequest
+
+    req = ActRequest(request_id=uuid.uuid4().hex, robot_id=robot_id, episode_id="bench", step=step,
+                     t_capture=time.time(), instruction=INSTRUCTION, images={"front": encode_jpeg(frame)},
+                     state=STATE)
+    r = client.post("/v1/act", content=packb(req.to_wire()), headers={"content-type": "application/msgpack"})
+    r.raise_for_status()
+    return unpackb(r.content)
+
+
+def baseline_call(client, frame: np.ndarray) -> list[float]:
+    r = client.post("/act", json={"image": frame.tolist(), "instruction": INSTRUCTION, "state": STATE})
+    r.raise_for_status()
+    return r.json()
+
+
+def timed(fn: Callable[[], object], n: int, warmup: int = 5) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    out = np.empty(n)
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out[i] = time.perf_counter() - t0
+    return out * 1e3
+
+
+def throughput(url: str, clients: int, duration: float, frame: np.ndarray) -> float:
+    """Requests/s with ``clients`` robots in closed loop (each sends its next request on reply)."""
+    from protocol.images import encode_jpeg
+
+    jpeg_frame = encode_jpeg(frame)  # pre-encoded: measure the server, not this process's CPU
+    counts = [0] * clients
+    stop, go = threading.Event(), threading.Event()
+
+    def loop(i: int) -> None:
+        from protocol.codec import packb, unpackb
+        from protocol.messages import ActRequest
+
+        with _client(url) as c:
+            step = 0
+            while not stop.is_set():
+                req = ActRequest(request_id=f"{i}-{step}", robot_id=f"bench{i}", episode_id="bench", step=step,
+                                 t_capture=time.time(), instruction=INSTRUCTION, images={"front": jpeg_frame},
+                                 state=STATE)
+                r = c.post("/v1/act", content=packb(req.to_wire()),
+                           headers={"content-type": "application/msgpack"})
+                unpackb(r.content)
+                if r.status_code != 200:
+                    raise RuntimeError(r.text)
+                if go.is_set():
+                    counts[i] += 1
+                step += 1
+
+    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(min(1.0, duration / 2))  # warm-up: connections open, batches formed
+    go.set()
+    t0 = time.perf_counter()
+    time.sleep(duration)
+    done = sum(counts)
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    for t in threads:
+        t.join(30)
+    return done / elapsed
+
+
+def mean_batch(url: str) -> float:
+    import httpx
+
+    text = httpx.get(url + "/metrics").text
+    total = float(re.search(r"^vlaloop_batch_size_sum (\S+)", text, re.M).group(1))
+    count = float(re.search(r"^vlaloop_batch_size_count (\S+)", text, re.M).group(1))
+    return total / max(count, 1.0)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def bare_inference(run_dir: str, frame: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """policy.act alone (greedy), and act_batch of 8, in this process."""
+    from vla.policy import Observation, Policy
+    from vla.registry import CheckpointRegistry
+
+    policy = Policy.load(CheckpointRegistry(Path(run_dir) / "checkpoints"))
+    obs = Observation(images={"front": frame}, state=np.asarray(STATE, np.float32), instruction=INSTRUCTION)
+    single = timed(lambda: policy.act(obs), n, warmup=10)
+    batch8 = timed(lambda: policy.act_batch([obs] * 8, ["greedy"] * 8), max(10, n // 8), warmup=3)
+    return single, batch8
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.serving", description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=300, help="round trips per latency row")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per throughput cell")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in every process (2 cores here)")
+    parser.add_argument("--quick", action="store_true", help="small n and duration (smoke run)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.duration = 30, 1.0
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    import torch
+
+    from server.harness import publish_tiny
+
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)      # mock camera = model input size
+    large = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)    # a RealSense colour frame
+    rows: list[tuple[str, str, str, str]] = []
+
+    def lat(name: str, ms: np.ndarray, note: str = "") -> float:
+        p50, p99 = np.percentile(ms, 50), np.percentile(ms, 99)
+        rows.append((name, f"{p50:.2f}", f"{p99:.2f}", note))
+        return float(p50)
+
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as run_dir:
+        print("publishing the tiny policy ...", file=sys.stderr, flush=True)
+        publish_tiny(run_dir)
+        single, batch8 = bare_inference(run_dir, small, args.n)
+        bare = lat("bare `policy.act` (in process)", single, "greedy, 96x96 frame")
+        lat("bare `policy.act_batch` of 8 (per call)", batch8, f"{np.median(batch8) / 8:.2f} ms per observation")
+
+        print("round trips ...", file=sys.stderr, flush=True)
+        srv = start_server(run_dir, args.threads, max_batch=8)
+        try:
+            with _client(srv.url) as c:
+                server_timing: list[dict] = []
+                ours = timed(lambda: server_timing.append(vlaloop_call(c, small)["timing"]), args.n)
+                infer = float(np.median([t["infer_ms"] for t in server_timing]))
+                total = float(np.median([t["total_ms"] for t in server_timing]))
+                rt = lat("`/v1/act` msgpack+JPEG, 96x96", ours,
+                         f"server: infer {infer:.2f}, total {total:.2f} (p50)")
+                rt_large = lat("`/v1/act` msgpack+JPEG, 640x480", timed(lambda: vlaloop_call(c, large),
+                                                                         max(20, args.n // 3)), "JPEG q90")
+            tp = {("batched", k): throughput(srv.url, k, args.duration, small) for k in (1, 4, 8)}
+            batch_mean = mean_batch(srv.url)
+        finally:
+            srv.stop()
+        srv = start_server(run_dir, args.threads, max_batch=1)
+        try:
+            tp.update({("unbatched", k): throughput(srv.url, k, args.duration, small) for k in (1, 4, 8)})
+        finally:
+            srv.stop()
+
+        base = start_baseline(run_dir, args.threads)
+        try:
+            with _client(base.url) as c:
+                bl = lat("JSON-lists baseline, 96x96 (1 action/request)", timed(lambda: baseline_call(c, small),
+                                                                                 args.n), "OpenVLA deploy.py shape")
+                bl_large = lat("JSON-lists baseline, 640x480 (1 action/request)",
+                               timed(lambda: baseline_call(c, large), max(10, args.n // 15), warmup=2), "")
+        finally:
+            base.stop()
+
+    chunk = 4
+    for k in (1, 4, 8):
+        rows.append((f"throughput, {k} client{'s' if k > 1 else ''}: batched / unbatched (req/s)",
+                     f"{tp['batched', k]:.0f}", f"{tp['unbatched', k]:.0f}",
+                     f"x{tp['batched', k] / tp['unbatched', k]:.2f}"))
+    rows.append(("", "", "", ""))
+    ratios = [
+        ("round-trip p50 - bare inference p50 (ms)", f"{rt - bare:.2f}", "target <= 2 ms",
+         f"server-side total - infer: {total - infer:.2f} ms"),
+        ("speedup vs JSON lists, 96x96, per request", f"x{bl / rt:.2f}", "target >= 3x",
+         f"per action (chunk of {chunk} vs 1): x{bl * chunk / rt:.1f}"),
+        ("speedup vs JSON lists, 640x480, per request", f"x{bl_large / rt_large:.2f}", "target >= 3x",
+         f"per action: x{bl_large * chunk / rt_large:.1f}"),
+        ("8 clients: batched / unbatched throughput", f"x{tp['batched', 8] / tp['unbatched', 8]:.2f}",
+         "target >= 2.5x", f"mean batch size over the batched runs {batch_mean:.2f}"),
+    ]
+    load = os.getloadavg()[0]
+    print(f"\nbench.serving — tiny PaliGemma VLA, CPU, torch threads={args.threads}, "
+          f"{os.cpu_count()} cores, load average {load:.1f}\n")
+    print("| measurement | p50 ms | p99 ms | note |")
+    print("|---|---|---|---|")
+    for r in rows:
+        if r == ("", "", "", ""):
+            print("| **ratio** | **value** | **target** | |")
+        else:
+            print("| " + " | ".join(r) + " |")
+    for r in ratios:
+        print("| " + " | ".join(r) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
