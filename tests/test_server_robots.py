@@ -120,6 +120,14 @@ def test_label_long_poll_gets_the_operator_label(served):
     assert r.status_code == 409 and "/v1/episodes/lab0/ep7/relabel" in r.json()["detail"]
 
 
+def test_awaiting_episode_leaves_the_list_when_the_robot_moves_on(served):
+    _, robot, operator = served
+    robot.post("/v1/robots/lab3/episodes/ep8/awaiting", json={"n_steps": 3})
+    assert ("lab3", "ep8") in {(a["robot_id"], a["episode_id"]) for a in operator.get("/v1/labels/awaiting").json()}
+    act(robot, "lab3", "ep9", 0)  # it gave up waiting (label timeout) and started the next episode
+    assert "lab3" not in {a["robot_id"] for a in operator.get("/v1/labels/awaiting").json()}
+
+
 def test_label_wait_times_out_with_204(served):
     _, robot, _ = served
     t0 = time.monotonic()
