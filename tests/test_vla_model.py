@@ -212,3 +212,16 @@ def test_feature_key_changes_exactly_when_the_trunk_changes(tiny_dir):
     f, s, a = torch.randn(3, model.feature_dim), torch.randn(3, 7), torch.randn(3, 4, 7)
     expected = model.head_dist(f, s).log_prob(a.flatten(1)).sum(-1)
     torch.testing.assert_close(model.log_prob(f, s, a), expected)
+
+
+def test_learner_recomputes_the_servers_log_probs(model):
+    """Server: act_batch on whatever arrived together. Learner: features of the stored frames in
+    other batches, then the log-prob of the executed (robot-unit) chunk. They must agree."""
+    rng = np.random.default_rng(0)
+    norm = Normalizer.from_demos(rng.normal(0, 0.01, (100, 7)), rng.normal(0, 0.3, (100, 7)))
+    policy = Policy(model, norm)
+    served = [make_obs(i, ["reach the red block", "push the blue block to the left"][i % 2]) for i in range(3)]
+    outs = policy.act_batch(served, ["sample"] * 3, torch.Generator().manual_seed(0))
+    feats = torch.cat([policy.features(served[:1]), policy.features(served[1:])])
+    recomputed = policy.log_prob(feats, np.stack([o.state for o in served]), np.stack([o.actions for o in outs]))
+    np.testing.assert_allclose(recomputed, [o.log_prob for o in outs], rtol=1e-4, atol=1e-3)
