@@ -316,24 +316,26 @@ def _draw_block(img, p: _Projector, x, y, z, color_idx) -> None:
 
 
 def _draw_gripper(img, p: _Projector, x, y, z, gripper_open: bool, holding: bool) -> None:
+    """Two black fingers under a palm (white: open, magenta: closed) and a thin wrist link; kept
+    compact so that it hides little of the table."""
     grow = 1.0 + z  # nearer the camera when higher: a little larger
     if gripper_open:
-        half_gap = 0.035
+        half_gap = 0.032
     elif holding:
-        half_gap = BLOCK_SIZE / 2 + 0.006
+        half_gap = BLOCK_SIZE / 2 + 0.005
     else:
-        half_gap = 0.008
+        half_gap = 0.007
     half_gap *= grow
-    fw = 0.006 * grow  # half finger width
-    depth = 0.012
+    fw = 0.005 * grow  # half finger width
+    depth = 0.01
     for side in (-1.0, 1.0):
         fy = y + side * half_gap
-        _paint_rect(img, p.u(fy + fw), p.u(fy - fw), p.v(x + depth, z + 0.05), p.v(x - depth, z), FINGER_RGB)
+        _paint_rect(img, p.u(fy + fw), p.u(fy - fw), p.v(x + depth, z + 0.045), p.v(x - depth, z), FINGER_RGB)
     palm = PALM_OPEN_RGB if gripper_open else PALM_CLOSED_RGB
     pw = half_gap + fw
-    _paint_rect(img, p.u(y + pw), p.u(y - pw), p.v(x + 0.015, z + 0.075), p.v(x - 0.015, z + 0.05), palm)
-    ww = 0.012 * grow
-    _paint_rect(img, p.u(y + ww), p.u(y - ww), p.v(x + 0.012, z + 0.16), p.v(x - 0.012, z + 0.075), WRIST_RGB)
+    _paint_rect(img, p.u(y + pw), p.u(y - pw), p.v(x + 0.012, z + 0.065), p.v(x - 0.012, z + 0.045), palm)
+    ww = 0.006 * grow
+    _paint_rect(img, p.u(y + ww), p.u(y - ww), p.v(x + 0.006, z + 0.12), p.v(x - 0.006, z + 0.065), WRIST_RGB)
 
 
 def render_front(state: SceneState, size: int = 96) -> np.ndarray:
