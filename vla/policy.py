@@ -126,10 +126,12 @@ class Policy:
 
     def log_prob(self, features: torch.Tensor, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """Log-prob [B] of executed chunks (robot units [B, H, action_dim]) -- what the server reported."""
+        device = next(self.model.heads.parameters()).device
         with torch.inference_mode():
-            s = self.norm.normalize_states(torch.as_tensor(np.asarray(states, np.float32)))
-            a = self.norm.normalize_actions(torch.as_tensor(np.asarray(actions, np.float32))).flatten(1)
-            return self.model.head_dist(features, s).log_prob(a).sum(-1).numpy()
+            f = features.to(device)
+            s = self.norm.normalize_states(torch.as_tensor(np.asarray(states, np.float32), device=device))
+            a = self.norm.normalize_actions(torch.as_tensor(np.asarray(actions, np.float32), device=device))
+            return self.model.log_prob(f, s, a).cpu().numpy()
 
     @staticmethod
     def _check_modes(modes: list[str], n: int) -> None:
