@@ -135,18 +135,27 @@ class CheckpointRegistry:
                                   f"kind {meta['kind']!r}")
         return meta
 
-    def clean_stale_temp(self) -> list[Path]:
-        """Remove temp dirs of publishers that are no longer running (a crash mid-publish)."""
+    def clean_stale_temp(self, max_age_s: float = 6 * 3600) -> list[Path]:
+        """Remove temp dirs/files of publishers that are no longer running (a crash mid-publish), or
+        older than `max_age_s` (a pid reused in another container's namespace looks alive)."""
         removed = []
         if not self.root.is_dir():
             return removed
         for p in self.root.iterdir():
-            if p.name.startswith(TMP_PREFIX):
-                parts = p.name.split("-")
-                pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
-                if pid is None or not _pid_alive(pid):
+            if not p.name.startswith(TMP_PREFIX):
+                continue
+            parts = p.name.split("-")
+            pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
+            try:
+                old = time.time() - p.stat().st_mtime > max_age_s
+            except FileNotFoundError:
+                continue
+            if pid is None or old or (pid != os.getpid() and not _pid_alive(pid)):
+                if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
-                    removed.append(p)
+                else:
+                    p.unlink(missing_ok=True)
+                removed.append(p)
         return removed
 
     def _write_latest(self, version: int) -> None:
