@@ -142,6 +142,7 @@ class LearningView(BaseModel):
     versions: list[VersionPoint]
     outcome_counts: dict[str, int] = Field(description="online episodes by outcome (incl. aborted)")
     expert_episodes: int
+    serving_version: int | None = Field(description="policy version this server answers /v1/act with")
 
 
 # ---------------------------------------------------------------- per-app context
@@ -380,8 +381,16 @@ def relabel_episode(body: RelabelRequest, robot_id: str = RobotIdParam, episode_
     return RelabelQueued(robot_id=robot_id, episode_id=episode_id, outcome=outcome, inbox_file=path.name)
 
 
+def _serving_version(request: Request) -> int | None:
+    holder = getattr(request.app.state, "holder", None)  # the server's PolicyHolder, if this app has one
+    if holder is None:
+        return None
+    policy = holder.policy
+    return None if policy is None else int(policy.version)
+
+
 @router.get("/v1/learning", response_model=LearningView, dependencies=_auth)
-def learning(ctx: UIContext = Depends(_context)) -> LearningView:
+def learning(request: Request, ctx: UIContext = Depends(_context)) -> LearningView:
     """The learner's status.json plus success curves computed from the stored episodes' metadata."""
     episodes = _summaries(ctx)
     curve, versions = learning_curves(episodes)
@@ -389,7 +398,8 @@ def learning(ctx: UIContext = Depends(_context)) -> LearningView:
     counts = Counter(str(e.outcome) for e in episodes if e.source != "expert")
     return LearningView(status=status, status_age_s=age, curve=curve, versions=versions,
                         outcome_counts=dict(counts),
-                        expert_episodes=sum(e.source == "expert" for e in episodes))
+                        expert_episodes=sum(e.source == "expert" for e in episodes),
+                        serving_version=_serving_version(request))
 
 
 def mount(app: FastAPI, config: Any = None) -> None:

@@ -170,23 +170,26 @@ function buildCard(robotId) {
       el("h2", { text: robotId }),
       el("span", { class: "badge", "data-field": "state" }),
       el("span", { class: "version", "data-field": "version" })),
-    el("div", { class: "frames" }),
-    el("p", { class: "instruction", "data-field": "instruction" }),
-    el("dl", { class: "facts" },
-      el("div", {}, el("dt", { text: "Step" }), el("dd", { "data-field": "step" })),
-      el("div", {}, el("dt", { text: "Loop" }), el("dd", { "data-field": "hz" })),
-      el("div", {}, el("dt", { text: "Task" }), el("dd", { "data-field": "task" })),
-      el("div", {}, el("dt", { text: "Episode" }), el("dd", { "data-field": "episode" }))),
-    el("p", { class: "detail", "data-field": "detail" }),
-    el("div", { class: "label-bar", hidden: "" },
-      el("p", { "data-field": "awaiting" }),
-      el("div", { class: "label-buttons" },
-        action("Success", "btn-success", "S", () => labelAwaiting(robotId, "success")),
-        action("Failure", "btn-failure", "F", () => labelAwaiting(robotId, "failure")),
-        action("Discard", "btn-discard", "D", () => labelAwaiting(robotId, "discard")))),
-    el("div", { class: "controls" },
-      action("End episode", "btn-secondary", "E", () => sendCommand(robotId, "end_episode")),
-      action("Pause", "btn-warn", "P", () => togglePause(robotId))));
+    el("div", { class: "robot-body" },
+      el("div", { class: "frames" }),
+      el("div", { class: "robot-side" },
+        el("p", { class: "instruction", "data-field": "instruction" }),
+        el("dl", { class: "facts" },
+          el("div", {}, el("dt", { text: "Step" }), el("dd", { "data-field": "step" })),
+          el("div", {}, el("dt", { text: "Loop" }), el("dd", { "data-field": "hz" })),
+          el("div", {}, el("dt", { text: "Task" }), el("dd", { "data-field": "task" })),
+          el("div", {}, el("dt", { text: "Seen" }), el("dd", { "data-field": "seen" })),
+          el("div", { class: "wide" }, el("dt", { text: "Episode" }), el("dd", { "data-field": "episode" }))),
+        el("p", { class: "detail", "data-field": "detail" }),
+        el("div", { class: "label-bar", hidden: "" },
+          el("p", { "data-field": "awaiting" }),
+          el("div", { class: "label-buttons" },
+            action("Success", "btn-success", "S", () => labelAwaiting(robotId, "success")),
+            action("Failure", "btn-failure", "F", () => labelAwaiting(robotId, "failure")),
+            action("Discard", "btn-discard", "D", () => labelAwaiting(robotId, "discard")))),
+        el("div", { class: "controls" },
+          action("End episode", "btn-secondary", "E", () => sendCommand(robotId, "end_episode")),
+          action("Pause", "btn-warn", "P", () => togglePause(robotId))))));
   return card;
 }
 
@@ -235,8 +238,10 @@ function updateCard(card, r) {
   setField(root, "hz", hz === null || hz === undefined ? "–" : hz.toFixed(1) + " Hz");
   setField(root, "task", r.task || "–");
   setField(root, "episode", r.episode_id || "–");
+  setField(root, "seen", r.seconds_since_seen === undefined ? "–" : fmtAge(r.seconds_since_seen));
   const detail = setField(root, "detail", r.detail || "");
   detail.hidden = !r.detail;
+  detail.classList.toggle("fault", r.state === "holding" || r.state === "error");
 
   const bar = root.querySelector(".label-bar");
   bar.hidden = !waiting;
@@ -272,6 +277,7 @@ async function refreshFrames(robotId) {
       const old = img.dataset.url;
       img.onload = () => {
         if (old) URL.revokeObjectURL(old);
+        img.classList.toggle("lowres", img.naturalWidth < 240);
         card.frames += 1;
         card.el.dataset.frames = String(card.frames);
       };
@@ -370,11 +376,11 @@ function renderEpisodes(list) {
     const li = el("li", { class: "episode" + (selected ? " selected" : ""), "data-episode": e.episode_id,
                           "data-robot": e.robot_id, onclick: () => openReplay(e) },
       thumb,
-      el("div", {},
-        el("div", { class: "title" }, `${e.robot_id} · ${e.episode_id}`,
+      el("div", { class: "ep-text" },
+        el("div", { class: "title" }, el("span", { class: "ep-id", text: e.episode_id, title: e.episode_id }),
           el("span", { class: "outcome " + (e.outcome || ""), text: e.outcome || "–" }), pending),
         el("div", { class: "sub", text: e.instruction || "–" }),
-        el("div", { class: "sub", text: [e.source, e.policy_version === null ? null : "v" + e.policy_version,
+        el("div", { class: "sub", text: [e.robot_id, e.source, e.policy_version === null ? null : "v" + e.policy_version,
           e.n_steps + " steps", e.label_source, fmtTime(e.finished)].filter(Boolean).join(" · ") })));
     ul.append(li);
     if (e.cameras.length && e.last_step !== null) loadThumb(e, thumb);
@@ -434,7 +440,11 @@ async function openReplay(summary) {
   document.querySelectorAll(".episode").forEach((li) =>
     li.classList.toggle("selected", li.dataset.robot === s.robot_id && li.dataset.episode === s.episode_id));
 
-  const imgs = new Map(s.cameras.map((cam) => [cam, el("img", { alt: cam, "data-camera": cam })]));
+  const imgs = new Map(s.cameras.map((cam) => {
+    const img = el("img", { alt: cam, "data-camera": cam });
+    img.onload = () => img.classList.toggle("lowres", img.naturalWidth < 240);
+    return [cam, img];
+  }));
   const slider = el("input", { type: "range", min: "0", max: String(Math.max(0, detail.steps.length - 1)), value: "0",
                                 "aria-label": "step", oninput: () => showReplayStep(Number(slider.value)) });
   const play = el("button", { class: "btn btn-primary btn-small", "data-action": "play", onclick: togglePlay, text: "▶ Play" });
@@ -518,7 +528,8 @@ function renderLearnerChip(view) {
   const chip = $("#learner-chip");
   const st = view.status;
   if (!st || !st.phase) { chip.textContent = "learner: no status"; chip.className = "chip"; return; }
-  const progress = st.progress === null || st.progress === undefined ? "" : " " + pct(st.progress);
+  const busy = st.phase !== "idle" && st.progress !== null && st.progress !== undefined;
+  const progress = busy ? " " + pct(st.progress) : "";
   chip.textContent = `learner: ${st.phase.toUpperCase()}${progress}`;
   chip.className = "chip phase-" + st.phase;
 }
@@ -531,9 +542,14 @@ function renderLearning(view) {
   if (st.iteration !== null && st.iteration !== undefined) parts.push("iteration " + st.iteration);
   if (st.round !== null && st.round !== undefined) parts.push("round " + st.round);
   if (st.progress !== null && st.progress !== undefined) parts.push(pct(st.progress) + " done");
+  if (st.detail) parts.push(st.detail);
   $("#phase-detail").textContent = view.status ? parts.join(" · ") || "–" : "the learner has not written status.json yet";
-  $("#policy-version").textContent = st.policy_version === null || st.policy_version === undefined ? "–" : "v" + st.policy_version;
-  $("#status-age").textContent = view.status_age_s === null ? "" : "status updated " + fmtAge(view.status_age_s);
+  const serving = view.serving_version;
+  $("#policy-version").textContent = serving === null ? "–" : "v" + serving;
+  const learnerV = st.policy_version === null || st.policy_version === undefined ? null : "v" + st.policy_version;
+  $("#status-age").textContent = [serving === null ? "no policy loaded" : "serving now",
+    learnerV ? "learner published " + learnerV : null,
+    view.status_age_s === null ? null : "status " + fmtAge(view.status_age_s)].filter(Boolean).join(" · ");
   $("#window").textContent = view.window;
   const last = view.curve.length ? view.curve[view.curve.length - 1] : null;
   $("#recent-rate").textContent = last ? pct(last.moving_average) : "–";
@@ -543,7 +559,7 @@ function renderLearning(view) {
   const losses = Object.entries(st.losses || {});
   $("#losses tbody").replaceChildren(...(losses.length
     ? losses.map(([k, v]) => el("tr", {}, el("td", { text: k }), el("td", { text: fmtNum(v) })))
-    : [el("tr", {}, el("td", { class: "muted", text: "–" }))]));
+    : [el("tr", {}, el("td", { class: "muted none", text: "no losses reported yet" }))]));
   drawEpisodeChart($("#chart-episodes"), view.curve, view.window);
   drawVersionChart($("#chart-versions"), view.versions);
 }
@@ -563,7 +579,7 @@ function setupCanvas(canvas) {
   return { ctx, w, h };
 }
 
-const CHART = { left: 46, right: 16, top: 22, bottom: 34, ink: "#18202b", muted: "#6b7686", grid: "#e6eaf0",
+const CHART = { left: 46, right: 16, top: 30, bottom: 34, ink: "#18202b", muted: "#6b7686", grid: "#e6eaf0",
                 ok: "#1f9d55", bad: "#d64545", line: "#2f6fed", eval: "#7c4ddb" };
 
 function drawYAxis(ctx, w, h, y) {
