@@ -87,7 +87,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--samples-dir", default=None, help="where to save samples (default: next to --out)")
     p.add_argument("--from-home", action="store_true", help="reset_home() first; else start where the arm is")
     p.add_argument("--poses", type=int, default=12)
-    p.add_argument("--max-angle", type=float, default=15.0, help="deg")
+    p.add_argument("--max-angle", type=float, default=25.0, help="deg")
     p.add_argument("--max-shift", type=float, default=0.05, help="m")
     p.add_argument("--pivot", type=float, default=None, help="rotate about this point on the tool axis, m "
                                                              "(default: eye-in-hand the board distance, else 0)")

@@ -59,7 +59,7 @@ class HandEyeRefused(CalibrationError):
 @dataclass
 class MotionPlan:
     n_poses: int = 12
-    max_angle_deg: float = 15.0  # rotation offsets about the end-effector axes
+    max_angle_deg: float = 25.0  # rotation offsets about the end-effector axes (wider = more accurate)
     max_shift_m: float = 0.05  # translation offsets; distance changes are what pin down the board's scale
     pivot_m: float = 0.0  # rotate about the point this far along the tool z axis (the board)
     step_translation_m: float = 0.01  # each move_delta stays this small ...

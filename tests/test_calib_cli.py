@@ -12,7 +12,8 @@ from vlaloop.cli import main
 
 def test_handeye_end_to_end_then_resolve_with_a_wrong_square_size(tmp_path, capsys):
     out = tmp_path / "calibration.yaml"
-    assert main(["calibrate", "handeye", "--backend", "mock", "--mode", "eye-in-hand", "--out", str(out)]) == 0
+    assert main(["calibrate", "handeye", "--backend", "mock", "--mode", "eye-in-hand", "--poses", "8",
+                 "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| DANIILIDIS" in printed and "(best)" in printed
     cam = load_calibration(out).cameras["front"]

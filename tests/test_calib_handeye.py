@@ -195,7 +195,9 @@ def test_an_rpy_increment_arm_also_calibrates():
     rig = make_mock_rig("eye-to-hand", seed=4)
     rig.arm = RpyIncrementArm(home.position, home.rpy)
     rig.camera.arm = rig.arm
-    samples = collect_samples(rig.arm, rig.camera, _plan("eye-to-hand"))
+    plan = _plan("eye-to-hand")
+    plan.n_poses = 8
+    samples = collect_samples(rig.arm, rig.camera, plan)
     np.testing.assert_allclose(rig.arm.position, home.position, atol=1e-3)
     sol = solve_handeye(samples, "eye-to-hand", rig.scene.spec, rig.scene.intrinsics)
     t_mm, r_deg = _errors(sol.best.T, rig.scene.truth())
