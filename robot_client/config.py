@@ -37,6 +37,10 @@ class RobotConfig(BaseModel):
                                     "capture) is dropped and never executed")
     watchdog_periods: float = Field(default=2.0, gt=0, description="hold when no fresh action arrived for "
                                     "this many control periods after the current chunk ran out")
+    starve_abort_s: float = Field(default=3.0, gt=0, description="a watchdog hold (slow server) that lasts "
+                                  "this long aborts the episode; a dead server aborts at once")
+    first_action_grace_s: float = Field(default=5.0, ge=0, description="extra wait for an episode's first "
+                                        "action (a cold server)")
     probe_interval_s: float = Field(default=0.025, gt=0, description="/healthz probe while no request is "
                                     "in flight; bounds how late a dead server is noticed")
     server_retry_s: float = Field(default=0.5, gt=0, description="retry interval while the server is down")

@@ -62,6 +62,7 @@ class StatusReporter:
 
     def report(self, state: str, **info) -> None:
         status = {"state": state, **{k: v for k, v in self.current.items() if k != "state"}, **info}
+        status["detail"] = str(status.get("detail", ""))[:1000]
         with self._cv:
             self.current = status
             self._latest = dict(status)
@@ -121,13 +122,13 @@ class EpisodeRunner:
         """Hold the arm and retry until the server answers (and the action link sees it too)."""
         announced = False
         while not self._stop.is_set():
-            if self.client.healthz(timeout=1.0) and self.loop.link.down is None:
+            if self.client.ready(timeout=1.0) and self.loop.link.down is None:
                 return True
             if not announced:
-                log.warning("server %s not reachable; arm holding, retrying every %.1fs",
+                log.warning("server %s not reachable or not ready; arm holding, retrying every %.1fs",
                             self.cfg.server_url, self.cfg.server_retry_s)
                 self.rig.arm.hold()
-                self.status.report("holding", detail="server unreachable")
+                self.status.report("holding", detail="server unreachable or not ready")
                 announced = True
             self._stop.wait(self.cfg.server_retry_s)
         return False

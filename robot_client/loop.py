@@ -143,12 +143,11 @@ class ControlLoop:
         self.link.take_replies()  # anything still arriving belongs to an earlier episode
         t0 = time.monotonic()
         tick = 0
-        startup_deadline = t0 + max(self.cfg.reply_deadline_s, 5 * self.period) + 5.0
         while True:
             scheduled = t0 + tick * self.period
             sleep_until(scheduled)
             t_start = time.monotonic()
-            end = self._tick(ep, tick, max_steps, t_start, startup_deadline)
+            end = self._tick(ep, tick, max_steps, t_start)
             ep.timings.append(TickTiming(tick, (t_start - scheduled) * 1e3,
                                          (ep.t_issued - t_start) * 1e3, ep.tick_latency_ms))
             if end is not None:
@@ -168,8 +167,7 @@ class ControlLoop:
         return EpisodeResult(ep.episode_id, ep.instruction, ep.n_steps, reason, detail,
                              ep.timings, dict(ep.totals))
 
-    def _tick(self, ep: _EpisodeState, tick: int, max_steps: int, t_start: float,
-              startup_deadline: float) -> tuple[str, str] | None:
+    def _tick(self, ep: _EpisodeState, tick: int, max_steps: int, t_start: float) -> tuple[str, str] | None:
         ep.t_issued = t_start
         ep.tick_latency_ms = None
         if self.stop_requested:
@@ -230,11 +228,17 @@ class ControlLoop:
             self._hold(ep)
             self.watchdog.feed()  # pausing is not starving; re-armed when the pause ends
             return None
-        action_info = self._action_for(ep, tick)
-        if reason is not None and not (reason == "no action yet" and t_start < startup_deadline):
-            ep.count(HOLD_WATCHDOG)
+        if reason is not None:  # starving: hold; abort only if it lasts (a dead server aborted above)
+            ep.count(HOLD_NO_ACTION if reason == "no action yet" else HOLD_WATCHDOG)
             self._hold(ep)
-            return END_NO_ACTION, reason
+            if ep.starving_since is None:
+                ep.starving_since = t_start
+            limit = self.cfg.starve_abort_s + (self.cfg.first_action_grace_s if reason == "no action yet" else 0)
+            if t_start - ep.starving_since > limit:
+                return END_NO_ACTION, reason
+            return None
+        ep.starving_since = None
+        action_info = self._action_for(ep, tick)
         if action_info is None:
             ep.count(HOLD_NO_ACTION)
             self._hold(ep)
@@ -390,6 +394,7 @@ class _EpisodeState:
         self.ended_by_operator = False
         self.holding = False
         self.camera_failures = 0
+        self.starving_since: float | None = None  # monotonic start of the current watchdog hold
         self.timings: list[TickTiming] = []
         self.totals: dict[str, int] = {}
         self._pending: dict[str, int] = {}

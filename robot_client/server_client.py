@@ -59,6 +59,8 @@ class ServerClient:
             raise ServerSlow(f"{method} {path}: {type(e).__name__}: {e}") from None
         except httpx.HTTPError as e:  # refused, reset, timeout, protocol error
             raise ServerUnavailable(f"{method} {path}: {type(e).__name__}: {e}") from None
+        if r.status_code == 503:  # up, but no policy loaded (yet): not a dead server
+            raise ServerRefused(f"{method} {path}: HTTP 503 (not ready): {r.text[:200]}")
         if r.status_code >= 500:
             raise ServerUnavailable(f"{method} {path}: HTTP {r.status_code}: {r.text[:200]}")
         if r.status_code >= 400:
@@ -75,8 +77,17 @@ class ServerClient:
             raise ServerRefused(f"/v1/act answered something that is not an ActResponse: {e}") from None
 
     def healthz(self, timeout: float = 0.5) -> bool:
+        """The server process answers (liveness)."""
         try:
             self._request("GET", "/healthz", timeout=timeout)
+            return True
+        except (ServerUnavailable, ServerRefused):
+            return False
+
+    def ready(self, timeout: float = 1.0) -> bool:
+        """The server answers and has a policy loaded (/readyz)."""
+        try:
+            self._request("GET", "/readyz", timeout=timeout)
             return True
         except (ServerUnavailable, ServerRefused):
             return False

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_robot_standins import standin_learner, standin_server
+from test_robot_standins import free_port, real_learner, real_server, standin_learner, standin_server
 
 from calibration.schema import default_mock_calibration
 from learner.store import STEPS, EpisodeStore, _read_records
@@ -20,6 +20,9 @@ from robot_client.backends.mock import FaultConfig, MockRobot
 from robot_client.cli import RobotClient
 from robot_client.config import RobotConfig
 from robot_client.episode import Rig
+from vlaloop.config import DeploymentConfig
+
+CONFIG_HASH = DeploymentConfig().config_hash()  # what the real learner expects in hello
 
 
 class RecordingArm(Arm):
@@ -59,15 +62,16 @@ class RecordingArm(Arm):
 
 
 def make_client(tmp: Path, server_port: int, learner_port: int, faults: FaultConfig | None = None,
-                **overrides) -> tuple[RobotClient, RecordingArm, MockRobot]:
+                robot_id: str = "r1", **overrides) -> tuple[RobotClient, RecordingArm, MockRobot]:
     robot = MockRobot(task="reach", image_size=64, cameras=("front",), faults=faults)
     arm = RecordingArm(robot.arm)
     rig = Rig(arm=arm, cameras=dict(robot.cameras), task="reach", new_episode=lambda seed: robot.new_episode(seed),
               success=robot.success)
     settings = {"rate_hz": 20, "max_steps": 30, "label_timeout_s": 5, "ack_timeout_s": 1.0, **overrides}
-    cfg = RobotConfig(robot_id="r1", server_url=f"http://127.0.0.1:{server_port}",
-                      learner_addr=f"tcp://127.0.0.1:{learner_port}", outbox_dir=str(tmp / "outbox"), **settings)
-    return RobotClient(cfg, rig, default_mock_calibration(), cfg.outbox_dir, "cfg"), arm, robot
+    cfg = RobotConfig(robot_id=robot_id, server_url=f"http://127.0.0.1:{server_port}",
+                      learner_addr=f"tcp://127.0.0.1:{learner_port}", outbox_dir=str(tmp / f"outbox-{robot_id}"),
+                      **settings)
+    return RobotClient(cfg, rig, default_mock_calibration(), cfg.outbox_dir, CONFIG_HASH), arm, robot
 
 
 def run_in_thread(client: RobotClient, episodes: int) -> tuple[threading.Thread, list]:
@@ -103,85 +107,53 @@ def procs(tmp_path):
         p.stop()
 
 
-def test_server_killed_mid_episode_holds_within_a_period_aborts_and_resumes(tmp_path, procs):
-    server = standin_server(tmp_path)
-    procs.append(server)
-    learner = standin_learner(tmp_path, tmp_path / "episodes")
-    procs.append(learner)
-    client, arm, _ = make_client(tmp_path, server.port, learner.port, rate_hz=10, max_steps=25)
-    period = client.loop.period
-    thread, results = run_in_thread(client, episodes=2)
+class Stack:
+    """The real `vlaloop serve` (tiny model, auto-label) and `vlaloop learn --no-train`, sharing a run dir."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.server_port, self.learner_port = free_port(), free_port()
+        self.server = self.learner = None
+
+    def start_server(self):
+        self.server = real_server(self.run_dir, self.server_port, self.run_dir / "server.log")
+        return self.server
+
+    def start_learner(self):
+        self.learner = real_learner(self.run_dir, self.learner_port, self.run_dir / "learner.log")
+        return self.learner
+
+    def episodes(self) -> dict[str, dict]:
+        return stored_episodes(self.run_dir / "episodes")
+
+    def stop(self):
+        for p in (self.server, self.learner):
+            if p is not None:
+                p.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    import torch
+
+    from server.harness import publish_tiny
+
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("run")
+    publish_tiny(run_dir)  # version 1 of the embedded tiny model
+    s = Stack(run_dir)
     try:
-        wait_for(lambda: len(arm.of("move")) >= 8, 30, "8 moves")
-        server.kill()  # SIGKILL, reaped: the server is gone from here on
-        t_kill = time.monotonic()
-        wait_for(lambda: any(t > t_kill for _, t, _ in arm.of("hold")), 5, "a hold after the kill")
-        t_hold = min(t for _, t, _ in arm.of("hold") if t > t_kill)
-        moves_after = [t for _, t, _ in arm.of("move") if t > t_kill]
-        time.sleep(3 * period)
-        assert not [t for _, t, _ in arm.of("move") if t > t_hold], "the arm moved after it was held"
-        hold_latency = t_hold - t_kill
-        print(f"\nserver killed -> arm.hold() after {hold_latency * 1e3:.1f} ms "
-              f"(period {period * 1e3:.0f} ms; {len(moves_after)} move(s) in between; "
-              f"last successful reply -> hold {1e3 * (t_hold - client.link.last_reply_ok):.1f} ms)")
-        assert hold_latency <= period + 0.02, f"hold came {hold_latency * 1e3:.1f} ms after the kill"
-        assert len(moves_after) <= 1  # at most the tick that was already running
-
-        time.sleep(1.0)  # the client keeps retrying while the arm holds
-        assert not [t for _, t, _ in arm.of("move") if t > t_hold]
-        server2 = standin_server(tmp_path, port=server.port)
-        procs.append(server2)
-        thread.join(30)
-        assert not thread.is_alive()
+        s.start_server()
+        s.start_learner()
+        yield s
     finally:
-        client.stop()
-        thread.join(10)
-        assert client.close(15)
-
-    first, second = [end for _, end in results]
-    assert first.outcome == "aborted" and first.extra["end_reason"] == "server_lost"
-    assert second.outcome in ("success", "failure") and second.label_source == "auto"
-    assert second.n_steps == 25
-    eps = stored_episodes(tmp_path / "episodes")
-    assert eps[first.episode_id]["meta"]["outcome"] == "aborted"
-    assert eps[second.episode_id]["steps"] == list(range(25))
-
-
-def test_learner_killed_and_restarted_every_step_arrives_exactly_once(tmp_path, procs):
-    server = standin_server(tmp_path)
-    procs.append(server)
-    learner = standin_learner(tmp_path, tmp_path / "episodes")
-    procs.append(learner)
-    client, arm, _ = make_client(tmp_path, server.port, learner.port, max_steps=30)
-    thread, results = run_in_thread(client, episodes=3)
-    try:
-        wait_for(lambda: len(arm.of("move")) >= 10, 30, "10 moves")
-        learner.kill()  # mid-episode; steps pile up in the outbox
-        n_before = len(arm.of("move"))
-        time.sleep(1.0)
-        assert len(arm.of("move")) >= n_before + 15, "the control loop must not stall without a learner"
-        learner2 = standin_learner(tmp_path, tmp_path / "episodes", port=learner.port)
-        procs.append(learner2)
-        thread.join(60)
-        assert not thread.is_alive()
-        assert client.close(20), "outbox not flushed"
-    finally:
-        client.stop()
-        thread.join(10)
-    ends = [end for _, end in results]
-    assert len(ends) == 3
-    eps = stored_episodes(tmp_path / "episodes")
-    for end in ends:
-        ep = eps[end.episode_id]
-        assert ep["steps"] == list(range(end.n_steps)), "every step exactly once, in order"
-        assert ep["meta"]["n_steps"] == end.n_steps == 30
-        assert ep["meta"]["outcome"] == end.outcome
-    assert client.streamer.connections >= 2
+        s.stop()
 
 
 def test_far_nan_and_late_replies_are_clamped_held_dropped_and_recorded(tmp_path, procs):
-    # request 2: actions 5 m away; request 4: NaN; request 6: answered after 0.25 s (deadline 0.15 s;
-    # the link abandons a request after twice the deadline, so this reply does arrive, late)
+    # The real server never sends these, so a scripted stand-in does: request 2 -> actions 5 m away;
+    # request 4 -> NaN; request 6 -> answered after 0.25 s (deadline 0.15 s; the link abandons a
+    # request after twice the deadline, so this reply does arrive, late).
     server = standin_server(tmp_path, far=[2], nan=[4], late=[6], late_s=0.25)
     procs.append(server)
     learner = standin_learner(tmp_path, tmp_path / "episodes")
@@ -218,52 +190,6 @@ def test_far_nan_and_late_replies_are_clamped_held_dropped_and_recorded(tmp_path
     assert end.outcome in ("success", "failure") and result.n_steps == 40
 
 
-def test_arm_error_recovers_and_aborts_the_episode(tmp_path, procs):
-    server = standin_server(tmp_path)
-    procs.append(server)
-    learner = standin_learner(tmp_path, tmp_path / "episodes")
-    procs.append(learner)
-    client, arm, robot = make_client(tmp_path, server.port, learner.port, faults=FaultConfig(arm_error_at_step=5))
-    thread, results = run_in_thread(client, episodes=1)
-    thread.join(30)
-    assert client.close(15)
-    (result, end), = results
-    assert end.outcome == "aborted" and result.end_reason == "arm_error" and "reflex" in result.detail
-    assert robot.arm.n_recovers == 1 and robot.arm.error is None
-    assert [c[0] for c in arm.calls if c[0] in ("hold", "recover")][:2] == ["hold", "recover"]
-    meta = stored_episodes(tmp_path / "episodes")[end.episode_id]["meta"]
-    assert meta["outcome"] == "aborted" and meta["n_steps"] == 5
-
-
-def test_operator_pause_resume_and_end_episode(tmp_path, procs):
-    server = standin_server(tmp_path)
-    procs.append(server)
-    learner = standin_learner(tmp_path, tmp_path / "episodes")
-    procs.append(learner)
-    client, arm, _ = make_client(tmp_path, server.port, learner.port, max_steps=1000)
-    thread, results = run_in_thread(client, episodes=1)
-    url = f"http://127.0.0.1:{server.port}/v1/robots/r1/command"
-    try:
-        wait_for(lambda: len(arm.of("move")) >= 5, 30, "5 moves")
-        httpx.post(url, json={"command": "pause"})
-        wait_for(lambda: client.status.current.get("state") == "paused", 5, "paused")
-        t_paused = time.monotonic()
-        time.sleep(1.0)
-        moves_paused = [t for _, t, _ in arm.of("move") if t > t_paused]
-        assert not moves_paused, "moved while paused"
-        httpx.post(url, json={"command": "resume"})
-        wait_for(lambda: any(t > t_paused + 1.0 for _, t, _ in arm.of("move")), 5, "moving again")
-        httpx.post(url, json={"command": "end_episode"})
-        thread.join(30)
-    finally:
-        client.stop()
-        thread.join(10)
-    assert client.close(15)
-    (result, end), = results
-    assert result.end_reason == "operator" and end.outcome in ("success", "failure")
-    assert result.counters.get("hold_paused", 0) >= 10
-
-
 def test_cli_franka_refuses_to_start_without_calibration(tmp_path):
     from test_robot_standins import PY, ROOT
 
@@ -277,20 +203,136 @@ def test_cli_franka_refuses_to_start_without_calibration(tmp_path):
     assert r.returncode == 2 and "invalid" in r.stderr
 
 
-def test_cli_mock_runs_episodes_end_to_end(tmp_path, procs):
+# ------------------------------------------------------------------ against the real server and learner
+def test_cli_mock_runs_episodes_end_to_end(tmp_path, stack):
     from test_robot_standins import PY, ROOT
 
-    server = standin_server(tmp_path)
-    procs.append(server)
-    learner = standin_learner(tmp_path, tmp_path / "episodes")
-    procs.append(learner)
     r = subprocess.run([PY, "-m", "vlaloop.cli", "--run-dir", str(tmp_path / "run"), "robot", "--backend", "mock",
-                        "--server", f"http://127.0.0.1:{server.port}", "--learner", f"tcp://127.0.0.1:{learner.port}",
-                        "--episodes", "2", "--max-steps", "10", "--rate", "20", "--execution", "ensemble"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=90)
+                        "--robot-id", "cli0", "--server", f"http://127.0.0.1:{stack.server_port}",
+                        "--learner", f"tcp://127.0.0.1:{stack.learner_port}", "--episodes", "2",
+                        "--max-steps", "10", "--rate", "20", "--execution", "ensemble"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
-    eps = stored_episodes(tmp_path / "episodes")
+    eps = [e for e in stack.episodes().values() if e["meta"]["robot_id"] == "cli0"]
     assert len(eps) == 2
-    for ep in eps.values():
+    for ep in eps:
         assert ep["steps"] == list(range(10)) and ep["meta"]["label_source"] == "auto"
-    assert not list((tmp_path / "run" / "outbox" / "mock0").glob("*.msg"))  # all acked
+        assert ep["records"][0]["policy_version"] == 1 and len(ep["records"][0]["action_chunk"]) == 4
+    assert not list((tmp_path / "run" / "outbox" / "cli0").glob("*.msg"))  # all acked
+
+
+def test_arm_error_recovers_and_aborts_the_episode(tmp_path, stack):
+    client, arm, robot = make_client(tmp_path, stack.server_port, stack.learner_port, robot_id="err0",
+                                     faults=FaultConfig(arm_error_at_step=5))
+    thread, results = run_in_thread(client, episodes=1)
+    thread.join(60)
+    assert client.close(15)
+    (result, end), = results
+    assert end.outcome == "aborted" and result.end_reason == "arm_error" and "reflex" in result.detail
+    assert robot.arm.n_recovers == 1 and robot.arm.error is None
+    kinds = [c[0] for c in arm.calls]
+    i = kinds.index("recover")
+    assert kinds[i - 2:i] == ["move", "hold"]  # the refused move -> hold -> recover
+    assert kinds[:i].count("move") == 6 and "move" not in kinds[i:]
+    ep = stack.episodes()[end.episode_id]
+    assert ep["meta"]["outcome"] == "aborted" and ep["meta"]["n_steps"] == 5 and ep["steps"] == list(range(5))
+
+
+def test_operator_pause_resume_and_end_episode(tmp_path, stack):
+    client, arm, _ = make_client(tmp_path, stack.server_port, stack.learner_port, robot_id="op0", max_steps=1000)
+    thread, results = run_in_thread(client, episodes=1)
+    url = f"http://127.0.0.1:{stack.server_port}/v1/robots/op0/command"
+    try:
+        wait_for(lambda: len(arm.of("move")) >= 5, 30, "5 moves")
+        assert httpx.post(url, json={"command": "pause"}).status_code == 200
+        wait_for(lambda: client.status.current.get("state") == "paused", 5, "paused")
+        t_paused = time.monotonic()
+        time.sleep(1.0)
+        assert not [t for _, t, _ in arm.of("move") if t > t_paused], "moved while paused"
+        assert httpx.post(url, json={"command": "resume"}).status_code == 200
+        wait_for(lambda: any(t > t_paused + 1.0 for _, t, _ in arm.of("move")), 5, "moving again")
+        assert httpx.post(url, json={"command": "end_episode"}).status_code == 200
+        thread.join(30)
+    finally:
+        client.stop()
+        thread.join(10)
+    assert client.close(15)
+    (result, end), = results
+    assert result.end_reason == "operator" and end.outcome in ("success", "failure")
+    assert result.counters.get("hold_paused", 0) >= 10
+    assert stack.episodes()[end.episode_id]["meta"]["n_steps"] == result.n_steps
+
+
+def test_learner_killed_and_restarted_every_step_arrives_exactly_once(tmp_path, stack):
+    client, arm, _ = make_client(tmp_path, stack.server_port, stack.learner_port, robot_id="ln0", max_steps=30)
+    thread, results = run_in_thread(client, episodes=3)
+    try:
+        wait_for(lambda: len(arm.of("move")) >= 10, 30, "10 moves")
+        stack.learner.kill()  # SIGKILL mid-episode; steps pile up in the outbox
+        n_before = len(arm.of("move"))
+        time.sleep(1.0)
+        assert len(arm.of("move")) >= n_before + 15, "the control loop must not stall without a learner"
+        stack.start_learner()
+        thread.join(90)
+        assert not thread.is_alive()
+        assert client.close(30), "outbox not flushed"
+    finally:
+        client.stop()
+        thread.join(10)
+    ends = [end for _, end in results]
+    assert len(ends) == 3
+    eps = stack.episodes()
+    for end in ends:
+        ep = eps[end.episode_id]
+        assert ep["steps"] == list(range(end.n_steps)), "every step exactly once, in order"
+        assert ep["meta"]["n_steps"] == end.n_steps == 30
+        assert ep["meta"]["outcome"] == end.outcome
+    assert client.streamer.connections >= 2
+
+
+def test_server_killed_mid_episode_holds_within_a_period_aborts_and_resumes(tmp_path, stack):
+    client, arm, _ = make_client(tmp_path, stack.server_port, stack.learner_port, robot_id="sk0", rate_hz=10,
+                                 max_steps=25)
+    period = client.loop.period
+    thread, results = run_in_thread(client, episodes=2)
+    try:
+        wait_for(lambda: len(arm.of("move")) >= 8, 60, "8 moves")
+
+        def moving() -> bool:  # kill while a chunk is being executed, not in a pause between chunks
+            with arm.lock:
+                kind, t, _ = arm.calls[-1]
+            return kind == "move" and time.monotonic() - t < 0.01 and client.loop.link.in_flight is None
+
+        wait_for(moving, 30, "the arm in the middle of a chunk")
+        stack.server.kill()  # SIGKILL, reaped: the server is gone from here on
+        t_kill = time.monotonic()
+        wait_for(lambda: len(client.runner.results) >= 1, 5, "the episode to end")
+        # the arm is held from the first hold after its last move (it may have been holding already,
+        # between two chunks, when the server died)
+        last_move = max(t for _, t, _ in arm.of("move"))
+        t_hold = min(t for _, t, _ in arm.of("hold") if t > last_move)
+        moves_after = [t for _, t, _ in arm.of("move") if t > t_kill]
+        hold_latency = max(0.0, t_hold - t_kill)
+        print(f"\nserver killed -> arm holding after {hold_latency * 1e3:.1f} ms "
+              f"(period {period * 1e3:.0f} ms; {len(moves_after)} move(s) in between; "
+              f"last successful reply -> hold {1e3 * (t_hold - client.link.last_reply_ok):.1f} ms)")
+        assert hold_latency <= period + 0.02, f"hold came {hold_latency * 1e3:.1f} ms after the kill"
+        assert len(moves_after) <= 1  # at most the tick that was already running
+
+        time.sleep(1.0)  # the client keeps retrying while the arm holds
+        assert not [t for _, t, _ in arm.of("move") if t > t_hold], "the arm moved after it was held"
+        stack.start_server()
+        thread.join(90)
+        assert not thread.is_alive()
+    finally:
+        client.stop()
+        thread.join(10)
+        assert client.close(15)
+
+    first, second = [end for _, end in results]
+    assert first.outcome == "aborted" and first.extra["end_reason"] == "server_lost"
+    assert second.outcome in ("success", "failure") and second.label_source == "auto"
+    assert second.n_steps == 25
+    eps = stack.episodes()
+    assert eps[first.episode_id]["meta"]["outcome"] == "aborted"
+    assert eps[second.episode_id]["steps"] == list(range(25))

@@ -72,6 +72,7 @@ def make_server_app(args):
         return Response(packb(resp.to_wire()), media_type="application/msgpack")
 
     @app.get("/healthz")
+    @app.get("/readyz")
     async def healthz():
         return {"ok": True}
 
@@ -166,28 +167,38 @@ def free_port() -> int:
 
 
 class Proc:
-    """A subprocess that writes its port to a file; killed and reaped by ``stop``/``kill``."""
+    """A subprocess that is ready when ``ready()`` says so (default: it wrote its port to
+    ``port_file``); killed and reaped by ``stop``/``kill``."""
 
-    def __init__(self, argv: list[str], port_file: Path, log_file: Path, env: dict | None = None,
-                 ready_timeout: float = 60.0):
-        self.argv, self.port_file, self.log_file = argv, Path(port_file), Path(log_file)
+    def __init__(self, argv: list[str], log_file: Path, port_file: Path | None = None, port: int | None = None,
+                 ready=None, env: dict | None = None, ready_timeout: float = 120.0):
+        self.argv, self.log_file = argv, Path(log_file)
+        self.port_file = Path(port_file) if port_file else None
+        self.port = port
+        self.ready = ready
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
-        self.port: int | None = None
+
+    def _is_ready(self) -> bool:
+        if self.port_file is not None:
+            if not (self.port_file.exists() and self.port_file.read_text().strip()):
+                return False
+            self.port = int(self.port_file.read_text())
+        return self.ready() if self.ready is not None else True
 
     def start(self) -> Proc:
-        self.port_file.unlink(missing_ok=True)
+        if self.port_file is not None:
+            self.port_file.unlink(missing_ok=True)
         self._log = open(self.log_file, "ab")
         self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.argv} exited {self.proc.returncode}: {self.log_file.read_text()[-3000:]}")
-            if self.port_file.exists() and self.port_file.read_text().strip():
-                self.port = int(self.port_file.read_text())
+            if self._is_ready():
                 return self
-            time.sleep(0.02)
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"{self.argv} not ready in {self.ready_timeout}s: {self.log_file.read_text()[-3000:]}")
 
@@ -207,6 +218,15 @@ class Proc:
                 self.proc.wait(10)
         if hasattr(self, "_log"):
             self._log.close()
+
+
+def http_ok(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def wait_http(url: str, timeout: float = 60.0) -> None:
@@ -230,7 +250,7 @@ def standin_server(tmp: Path, port: int = 0, **faults) -> Proc:
             argv += ["--late-s", str(values)]
         else:
             argv += [f"--{key}", *[str(v) for v in values]]
-    p = Proc(argv, tmp / "server.port", tmp / "server.log").start()
+    p = Proc(argv, tmp / "server.log", port_file=tmp / "server.port").start()
     wait_http(f"http://127.0.0.1:{p.port}/healthz")
     return p
 
@@ -238,7 +258,28 @@ def standin_server(tmp: Path, port: int = 0, **faults) -> Proc:
 def standin_learner(tmp: Path, store: Path, port: int = 0) -> Proc:
     argv = [PY, str(Path(__file__).resolve()), "learner", "--port", str(port), "--port-file",
             str(tmp / "learner.port"), "--store", str(store)]
-    return Proc(argv, tmp / "learner.port", tmp / "learner.log").start()
+    return Proc(argv, tmp / "learner.log", port_file=tmp / "learner.port").start()
+
+
+# ------------------------------------------------------------------ the real processes
+def real_server(run_dir: Path, port: int, log: Path) -> Proc:
+    """`vlaloop serve` (auto-label on: the mock's success predicate stands in for the operator),
+    ready once a policy is loaded (/readyz)."""
+    argv = [PY, "-m", "vlaloop.cli", "--run-dir", str(run_dir), "serve", "--port", str(port), "--auto-label"]
+    return Proc(argv, log, port=port, ready=lambda: http_ok(f"http://127.0.0.1:{port}/readyz"),
+                env={"OMP_NUM_THREADS": "1"}).start()
+
+
+def real_learner(run_dir: Path, port: int, log: Path) -> Proc:
+    """`vlaloop learn --no-train`: the real ingest (ZeroMQ ROUTER -> EpisodeStore), ready once bound."""
+    argv = [PY, "-m", "vlaloop.cli", "--run-dir", str(run_dir), "learn", "--no-train"]
+
+    def bound() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    return Proc(argv, log, port=port, ready=bound,
+                env={"OMP_NUM_THREADS": "1", "VLALOOP_LEARNER__BIND": f"tcp://127.0.0.1:{port}"}).start()
 
 
 def main(argv: list[str] | None = None) -> None:
