@@ -208,3 +208,54 @@ def test_plateau_schedule_switches_to_sft_early(tmp_path):
                       trainer_factory=lambda *a, **k: None)
     fixed.state.data["rounds"] = loop.state.data["rounds"]
     assert not fixed.plateau() and not fixed.rl_phase_done()
+
+
+@pytest.mark.parametrize("during", ["training", "publish"])
+def test_sigterm_abandons_training_but_not_a_publish(tmp_path, model, during):
+    import os
+    import signal
+
+    from learner.loop import Shutdown
+
+    store = EpisodeStore(tmp_path / "episodes")
+    add_episode(store, "expert", "d0", source="expert")
+    for i in range(4):
+        add_episode(store, "r1", f"e{i}")
+    base = make_trainer_class(model)
+
+    class SignalledTrainer(base):
+        def rl_round(self, episodes):
+            if during == "training" and self.rounds == 1:  # round 1 "trains" for a long time
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+            return super().rl_round(episodes)
+
+        def publish(self, kind, phase, metrics):
+            if during == "publish" and phase == "rl" and self.rounds == 1:  # SIGTERM mid-publish
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)
+            return super().publish(kind, phase, metrics)
+
+    shutdown = Shutdown()
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    shutdown.install()
+    try:
+        loop = PhaseLoop(config_for(tmp_path, rl_rounds_per_phase=3), tmp_path, shutdown=shutdown,
+                         trainer_factory=SignalledTrainer, poll_s=0.05)
+        t0 = time.time()
+        assert loop.run() == 0
+        assert time.time() - t0 < 25  # a 30 s "training" would have been abandoned
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    reg = CheckpointRegistry(tmp_path / "checkpoints")
+    state = LearnerState(tmp_path / "learner_state.json")
+    # round 0 was published and committed (a SIGTERM during its publish waited for it); nothing
+    # after it was committed, nothing consumed twice, LATEST on a complete version
+    assert reg.latest() == 2 and reg.read_meta(2)["phase"] == "rl"
+    assert [r["version"] for r in state.data["rounds"]] == [2]
+    assert sorted(state.consumed) == ["r1/e0", "r1/e1"]
+    if during == "training":  # round 1 was abandoned mid-training: pending, redone after a restart
+        assert state.pending["episodes"] == ["r1/e2", "r1/e3"]
+    else:
+        assert state.pending is None
