@@ -251,11 +251,15 @@ def test_moving_average_window():
                               n_steps=1, finished=float(i), cameras=[], first_step=0, last_step=0, relabeled=False)
 
     outcomes = [False, False, True, True, True, False, True, True]
-    curve, versions = learning_curves([ep(i, o) for i, o in enumerate(outcomes)][::-1], window=3)
+    curve, versions, total = learning_curves([ep(i, o) for i, o in enumerate(outcomes)][::-1], window=3)
+    assert total == 8
     assert [p.index for p in curve] == list(range(1, 9))
     expected = [np.mean(outcomes[max(0, i - 2): i + 1]) for i in range(len(outcomes))]
     assert [p.moving_average for p in curve] == pytest.approx(expected)
     assert [(v.policy_version, v.episodes, v.success_rate) for v in versions] == [(0, 4, 0.5), (1, 4, 0.75)]
+    thin, _, total = learning_curves([ep(i, o) for i, o in enumerate(outcomes)], window=3, max_points=3)
+    assert total == 8 and [p.index for p in thin] == [1, 5, 8]  # newest kept, averages from all episodes
+    assert [p.moving_average for p in thin] == pytest.approx([expected[0], expected[4], expected[7]])
 
 
 def test_served_files_are_the_package_files():

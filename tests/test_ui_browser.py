@@ -95,12 +95,12 @@ class _Procs:
         return p
 
     def stop(self) -> None:
-        for p, _ in self.procs:
+        # newest first, one at a time: the robot flushes its outbox to a learner that still runs
+        for p, log in reversed(self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p, log in self.procs:
             try:
-                p.wait(timeout=10)
+                p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=5)

@@ -5,7 +5,8 @@
 
 const TOKEN_KEY = "vlaloop.operatorToken";
 const ROBOT_POLL_MS = 300;      // live state and frames: ~3 Hz
-const LEARNING_POLL_MS = 2000;
+const LEARNING_POLL_MS = 2000;        // on the Learning tab
+const LEARNING_IDLE_POLL_MS = 10000;  // elsewhere: only the learner chip in the top bar needs it
 const EPISODE_POLL_MS = 3000;
 const REPLAY_FPS = 8;
 const STATE_NAMES = {
@@ -150,7 +151,7 @@ function showView(name) {
   ui.view = name;
   document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("active", t.dataset.view === name));
   document.querySelectorAll(".view").forEach((v) => v.classList.toggle("active", v.id === "view-" + name));
-  if (name === "learning" && ui.learning) renderLearning(ui.learning);
+  if (name === "learning") { if (ui.learning) renderLearning(ui.learning); pollLearning(); }
   if (name === "episodes") pollEpisodes();
 }
 
@@ -541,7 +542,7 @@ function renderLearning(view) {
   const parts = [];
   if (st.iteration !== null && st.iteration !== undefined) parts.push("iteration " + st.iteration);
   if (st.round !== null && st.round !== undefined) parts.push("round " + st.round);
-  if (st.progress !== null && st.progress !== undefined) parts.push(pct(st.progress) + " done");
+  if (st.phase !== "idle" && st.progress !== null && st.progress !== undefined) parts.push(pct(st.progress) + " done");
   if (st.detail) parts.push(st.detail);
   $("#phase-detail").textContent = view.status ? parts.join(" · ") || "–" : "the learner has not written status.json yet";
   const serving = view.serving_version;
@@ -560,7 +561,7 @@ function renderLearning(view) {
   $("#losses tbody").replaceChildren(...(losses.length
     ? losses.map(([k, v]) => el("tr", {}, el("td", { text: k }), el("td", { text: fmtNum(v) })))
     : [el("tr", {}, el("td", { class: "muted none", text: "no losses reported yet" }))]));
-  drawEpisodeChart($("#chart-episodes"), view.curve, view.window);
+  drawEpisodeChart($("#chart-episodes"), view.curve, view.window, view.curve_total);
   drawVersionChart($("#chart-versions"), view.versions);
 }
 
@@ -609,37 +610,41 @@ function emptyChart(ctx, w, h, text) {
   ctx.fillText(text, w / 2, h / 2);
 }
 
-function drawEpisodeChart(canvas, curve, windowSize) {
+function drawEpisodeChart(canvas, curve, windowSize, total) {
   const { ctx, w, h } = setupCanvas(canvas);
-  canvas.dataset.points = String(curve.length);
+  canvas.dataset.points = String(total);
   const plotW = w - CHART.left - CHART.right, plotH = h - CHART.top - CHART.bottom;
   const y = (v) => CHART.top + (1 - v) * plotH;
   drawYAxis(ctx, w, h, y);
   if (!curve.length) { emptyChart(ctx, w, h, "No labelled episodes yet"); return; }
-  const n = curve.length;
+  const n = curve[curve.length - 1].index;   // episodes on the axis (the curve may be thinned)
   const x = (i) => CHART.left + (n === 1 ? plotW / 2 : ((i - 1) / (n - 1)) * plotW);
   // policy version changes: dashed verticals labelled with the new version
   ctx.setLineDash([4, 4]);
   ctx.textAlign = "left";
   ctx.textBaseline = "top";
-  let prev = null;
+  let prev = null, lastLabelX = -Infinity;
   for (const p of curve) {
     if (p.policy_version !== null && p.policy_version !== prev) {
       if (prev !== null) {
         ctx.strokeStyle = "#c3cad6";
         ctx.beginPath(); ctx.moveTo(x(p.index), CHART.top); ctx.lineTo(x(p.index), CHART.top + plotH); ctx.stroke();
       }
-      ctx.fillStyle = CHART.muted;
-      ctx.fillText("v" + p.policy_version, x(p.index) + 3, 4);
+      if (x(p.index) - lastLabelX > 30) {   // many versions: label only those with room
+        ctx.fillStyle = CHART.muted;
+        ctx.fillText("v" + p.policy_version, x(p.index) + 3, 4);
+        lastLabelX = x(p.index);
+      }
       prev = p.policy_version;
     }
   }
   ctx.setLineDash([]);
   // single episodes: green dots on top, red on the bottom
+  const radius = curve.length > 150 ? 2 : 3.5;
   for (const p of curve) {
     ctx.fillStyle = p.success ? CHART.ok : CHART.bad;
     ctx.globalAlpha = 0.75;
-    ctx.beginPath(); ctx.arc(x(p.index), y(p.success ? 1 : 0), 3.5, 0, 2 * Math.PI); ctx.fill();
+    ctx.beginPath(); ctx.arc(x(p.index), y(p.success ? 1 : 0), radius, 0, 2 * Math.PI); ctx.fill();
   }
   ctx.globalAlpha = 1;
   // moving average
@@ -649,7 +654,7 @@ function drawEpisodeChart(canvas, curve, windowSize) {
   ctx.beginPath();
   curve.forEach((p, i) => (i ? ctx.lineTo : ctx.moveTo).call(ctx, x(p.index), y(p.moving_average)));
   ctx.stroke();
-  const last = curve[n - 1];
+  const last = curve[curve.length - 1];
   ctx.fillStyle = CHART.line;
   ctx.beginPath(); ctx.arc(x(last.index), y(last.moving_average), 5.5, 0, 2 * Math.PI); ctx.fill();
   // x axis: episode count
@@ -657,9 +662,10 @@ function drawEpisodeChart(canvas, curve, windowSize) {
   ctx.textAlign = "center";
   ctx.textBaseline = "top";
   const step = niceStep(n, 8);
-  for (let i = 1; i <= n; i++) {
-    if (i === 1 || i % step === 0 || i === n) ctx.fillText(String(i), x(i), CHART.top + plotH + 8);
-  }
+  const ticks = [1];
+  for (let i = step; i < n; i += step) if (i > 1 && x(n) - x(i) > 24) ticks.push(i);
+  if (n > 1) ticks.push(n);
+  for (const i of ticks) ctx.fillText(String(i), x(i), CHART.top + plotH + 8);
   ctx.textAlign = "right";
   ctx.fillText(`episodes (moving average over ${windowSize})`, w - CHART.right, h - 12);
 }
@@ -729,6 +735,10 @@ document.addEventListener("DOMContentLoaded", () => {
   document.addEventListener("keydown", onKey);
   window.addEventListener("resize", () => { if (ui.view === "learning" && ui.learning) renderLearning(ui.learning); });
   every(ROBOT_POLL_MS, pollRobots);
-  every(LEARNING_POLL_MS, pollLearning);
+  let lastLearning = 0;
+  every(LEARNING_POLL_MS / 2, () => {
+    const wait = ui.view === "learning" ? LEARNING_POLL_MS : LEARNING_IDLE_POLL_MS;
+    if (Date.now() - lastLearning >= wait) { lastLearning = Date.now(); pollLearning(); }
+  });
   setInterval(() => { if (ui.view === "episodes") pollEpisodes(); }, EPISODE_POLL_MS);
 });
