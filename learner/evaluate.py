@@ -1,0 +1,131 @@
+"""In-process evaluation and data collection on the mock simulator (tests, benchmarks, bootstrap
+tuning): no servers, no network -- a Policy drives N mock scenes at once.
+
+The scenes are `robot_client.backends.mock.vec.VecScene`, the batched twin of `MockRobot` (same
+layouts, physics, success predicates; the mock's tests check they agree step by step). Each
+decision renders every camera, round-trips the frames through JPEG exactly like the robot client
+and the server do, asks the policy for one chunk per scene in ONE batched forward pass, and executes
+the chunk open-loop (the robot client's default). An episode ends at success or max steps.
+
+`collect_episodes` also writes every episode to an EpisodeStore in the format the ZeroMQ ingest
+writes (the StepMsg fields as the step record, `learner.ingest.episode_meta` as meta.json), so RL
+on collected episodes exercises the same dataset path as episodes from real robots.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from learner.store import EpisodeStore
+from protocol.images import decode_jpeg, encode_jpeg
+from protocol.messages import EpisodeEnd, StepMsg
+from robot_client.backends.mock.sim import clamp_action
+from robot_client.backends.mock.vec import VecScene
+from vla.policy import Observation, Policy
+
+# StepMsg fields that are not part of the stored step record (as in learner.ingest)
+_NOT_IN_RECORD = {"images", "type", "schema_version", "robot_id", "episode_id", "step"}
+
+
+@dataclass
+class RolloutResult:
+    success: np.ndarray  # [N] bool
+    steps: np.ndarray  # [N] int
+    seeds: list[int]
+    metas: list[dict] = field(default_factory=list)  # stored episodes (collect_episodes)
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.mean()) if len(self.success) else 0.0
+
+
+def _executed(action: np.ndarray) -> list[float]:
+    """What the mock arm executes: per-step translation/rotation limits, gripper as commanded."""
+    clamped = clamp_action(action)
+    if clamped is None:
+        return [0.0] * 6 + [float(action[6])]
+    d, r, _ = clamped
+    return [*map(float, d), *map(float, r), float(action[6])]
+
+
+def _frames(vec: VecScene, cameras: Sequence[str], size: int) -> dict[str, list[bytes]]:
+    return {cam: [encode_jpeg(img) for img in vec.render(size, cam)] for cam in cameras}
+
+
+def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str = "greedy",
+            generator: torch.Generator | None = None, store: EpisodeStore | None = None,
+            robot_id: str = "sim0", split: str = "train", image_size: int | None = None,
+            learner_phase: str = "rl") -> RolloutResult:
+    """Run one episode per seed, all in parallel; optionally store them like the ingest does."""
+    from learner.ingest import episode_meta
+
+    seeds = [int(s) for s in seeds]
+    vec = VecScene(len(seeds))
+    instructions = vec.reset(seeds, task, split)
+    cams = policy.spec.cameras
+    size = image_size or policy.spec.image_size
+    episode_ids = [f"{task}-{uuid.uuid4().hex[:12]}" for _ in seeds]
+    recording = store is not None
+    chunk = policy.spec.chunk
+    while not vec.done.all():
+        active = np.flatnonzero(~vec.done)
+        jpegs = _frames(vec, cams, size)
+        states = vec.states()
+        obs = [Observation({c: decode_jpeg(jpegs[c][i]) for c in cams}, states[i], instructions[i]) for i in active]
+        outs = policy.act_batch(obs, [mode] * len(obs), generator)
+        plan = np.zeros((vec.n, chunk, 7), np.float32)
+        for j, i in enumerate(active):
+            plan[i] = outs[j].actions
+        for k in range(chunk):
+            if vec.done.all():
+                break
+            if recording and k > 0:
+                jpegs = _frames(vec, cams, size)
+                states = vec.states()
+            live = ~vec.done
+            if recording:
+                for j, i in enumerate(active):
+                    if not live[i]:
+                        continue
+                    first = k == 0
+                    msg = StepMsg(robot_id=robot_id, episode_id=episode_ids[i], step=int(vec.steps[i]),
+                                  images={c: jpegs[c][i] for c in cams}, state=states[i].tolist(),
+                                  action=_executed(plan[i, k]),
+                                  action_chunk=plan[i].tolist() if first else None, chunk_index=k,
+                                  log_prob=outs[j].log_prob if first else None,
+                                  value=outs[j].value if first else None, policy_version=policy.version,
+                                  instruction=instructions[i], t_capture=time.time(), t_act=time.time())
+                    record = msg.model_dump(exclude=_NOT_IN_RECORD)
+                    store.append_step(robot_id, episode_ids[i], msg.step, record, msg.images)
+            vec.step(plan[:, k])
+    result = RolloutResult(success=vec.succeeded.copy(), steps=vec.steps.copy(), seeds=seeds)
+    if recording:
+        for i in range(vec.n):
+            end = EpisodeEnd(robot_id=robot_id, episode_id=episode_ids[i],
+                             outcome="success" if vec.succeeded[i] else "failure", label_source="auto",
+                             n_steps=int(vec.steps[i]), instruction=instructions[i], task=task,
+                             extra={"mode": mode, "purpose": "eval" if mode == "greedy" else "train",
+                                    "seed": seeds[i]})
+            store.finish(robot_id, episode_ids[i], episode_meta(store, end, learner_phase))
+            result.metas.append(store.read_meta(robot_id, episode_ids[i]))
+    return result
+
+
+def success_rate(policy: Policy, n: int = 50, task: str = "reach", seed: int = 10_000,
+                 split: str = "train") -> float:
+    """Greedy success on `n` seeded mock episodes (seeds seed..seed+n-1; the default range is
+    disjoint from the demo seeds, which start at 0)."""
+    return rollout(policy, range(seed, seed + n), task, "greedy", split=split).success_rate
+
+
+def collect_episodes(policy: Policy, store: EpisodeStore, n: int, task: str = "reach", seed: int = 0,
+                     generator: torch.Generator | None = None, robot_id: str = "sim0",
+                     mode: str = "sample") -> RolloutResult:
+    """`n` sampled episodes (seeds seed..seed+n-1) stored as the ingest stores robot episodes."""
+    return rollout(policy, range(seed, seed + n), task, mode, generator, store=store, robot_id=robot_id)

@@ -1,0 +1,196 @@
+"""PPO on the action head, on cached backbone features (iRe-VLA Stage 1 + VLA-RL's recipe).
+
+CleanRL style: the hyperparameters are one dataclass at the top, the update is written out in
+order below. What is specific to a deployed VLA:
+
+* The backbone is frozen; the batch holds cached pooled features, so an update costs milliseconds.
+* Episodes come from a live server that sampled with some earlier head version. The behaviour
+  log-prob in the ratio is RECOMPUTED here under the head version that produced the action (the
+  caller passes it in `behaviour_logprob`) and CHECKED against the log-prob the server returned:
+  if they differ beyond `logprob_tolerance`, server and learner preprocess differently, which
+  silently corrupts every ratio -- it is logged as an ERROR and reported as `logprob_mismatch`.
+* VLA-RL: GAE(gamma=0.99, lambda=0.95), clip 0.2, no KL penalty, log-prob = sum over all dims of
+  the action chunk, critic warm-up rounds (value-only) before the policy moves.
+
+Interfaces (duck-typed, so the real vla heads and a tiny test head run the same code):
+  actor(features [B,F], states [B,S]) -> (mean [B,A], log_std [A] or [B,A])   (normalized actions)
+  critic(features [B,F], states [B,S]) -> value [B]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PPOConfig:
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_coef: float = 0.2
+    clip_vloss: bool = True
+    vf_clip: float = 0.2  # value clipping range (returns are O(1): sparse 0/1 rewards)
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    learning_rate: float = 3e-4
+    update_epochs: int = 4
+    minibatch_size: int = 64
+    max_grad_norm: float = 0.5
+    norm_adv: bool = True
+    target_kl: float | None = None  # early stop on approx KL (None = off; VLA-RL uses no KL term)
+    critic_warmup_rounds: int = 1  # value-only rounds before the policy is updated
+    critic_warmup_epochs: int = 20  # epochs per warm-up round (the critic starts from scratch)
+    logprob_tolerance: float = 1e-3  # |server - recomputed| above this = preprocessing mismatch
+
+
+@dataclass
+class RolloutBatch:
+    """Decision-point transitions of whole episodes, in time order per episode."""
+    features: torch.Tensor  # [N, F] cached pooled backbone features
+    states: torch.Tensor  # [N, S] normalized proprioceptive state
+    actions: torch.Tensor  # [N, A] normalized action chunk, flattened (A = H * action_dim)
+    rewards: torch.Tensor  # [N]
+    dones: torch.Tensor  # [N] 1.0 on the last decision of an episode
+    behaviour_logprob: torch.Tensor  # [N] recomputed under the head version that acted
+    server_logprob: torch.Tensor  # [N] what the server returned (NaN = unknown)
+    same_version: torch.Tensor  # [N] bool: the acting version is the current head
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+
+def gaussian_logprob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """log N(actions; mean, exp(log_std)) summed over the action's dims (VLA-RL)."""
+    log_std = log_std.expand_as(mean)
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_entropy(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """[B] entropy of the diagonal Gaussian, summed over the action's dims."""
+    return (0.5 + 0.5 * math.log(2 * math.pi) + log_std.expand_as(mean)).sum(-1)
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor,
+                gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation over concatenated episodes. `dones[t] = 1` ends an episode at
+    t (the value after it is 0: the episode is over, success or not). Returns (advantages, returns)."""
+    n = rewards.shape[0]
+    adv = torch.zeros_like(rewards)
+    last = 0.0
+    for t in reversed(range(n)):
+        nonterminal = 1.0 - float(dones[t])
+        next_value = values[t + 1] if t + 1 < n else torch.zeros(())
+        delta = rewards[t] + gamma * next_value * nonterminal - values[t]
+        last = delta + gamma * lam * nonterminal * last
+        adv[t] = last
+    return adv, adv + values
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
+    var = float(target.var()) if target.numel() > 1 else 0.0
+    return float("nan") if var == 0 else 1.0 - float((target - pred).var()) / var
+
+
+def check_logprobs(batch: RolloutBatch, tolerance: float) -> dict:
+    """Compare the learner's recomputed behaviour log-probs with the server's. A mismatch means the
+    server and the learner do not see the same inputs (image decode/resize, state normalization,
+    instruction tokens) -- PPO ratios would then be meaningless."""
+    known = ~torch.isnan(batch.server_logprob)
+    diff = (batch.behaviour_logprob - batch.server_logprob).abs()
+    diff = torch.where(known, diff, torch.zeros_like(diff))
+    bad = diff > tolerance
+    n_bad, n_known = int(bad.sum()), int(known.sum())
+    same = batch.same_version & known
+    out = {"logprob_checked": n_known, "logprob_mismatch": n_bad,
+           "logprob_max_abs_diff": float(diff.max()) if n_known else 0.0,
+           "logprob_max_abs_diff_current": float(diff[same].max()) if bool(same.any()) else 0.0}
+    if n_bad:
+        log.error("PPO LOG-PROB MISMATCH: %d of %d decisions differ from the server's log-prob by more "
+                  "than %.1e (max %.4g). Server and learner preprocess observations differently; "
+                  "the PPO ratio is unreliable until this is fixed.", n_bad, n_known, tolerance,
+                  out["logprob_max_abs_diff"])
+    return out
+
+
+def ppo_update(actor: nn.Module, critic: nn.Module, optimizer: torch.optim.Optimizer, batch: RolloutBatch,
+               cfg: PPOConfig, warmup: bool, generator: torch.Generator | None = None) -> dict:
+    """One PPO round on `batch`. `warmup=True`: value-only updates (the policy does not move)."""
+    metrics = check_logprobs(batch, cfg.logprob_tolerance)
+    n = len(batch)
+    with torch.no_grad():
+        values = critic(batch.features, batch.states).reshape(-1)
+    advantages, returns = compute_gae(batch.rewards, values, batch.dones, cfg.gamma, cfg.gae_lambda)
+
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    epochs = cfg.critic_warmup_epochs if warmup else cfg.update_epochs
+    pg_losses, v_losses, kls, clipfracs = [], [], [], []
+    stop = False
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, cfg.minibatch_size):
+            mb = order[start:start + cfg.minibatch_size]
+            f, s, a = batch.features[mb], batch.states[mb], batch.actions[mb]
+
+            # --- value loss (clipped around the values the rollout was scored with)
+            new_v = critic(f, s).reshape(-1)
+            v_unclipped = (new_v - returns[mb]).pow(2)
+            if cfg.clip_vloss:
+                v_clipped = values[mb] + (new_v - values[mb]).clamp(-cfg.vf_clip, cfg.vf_clip)
+                v_loss = 0.5 * torch.max(v_unclipped, (v_clipped - returns[mb]).pow(2)).mean()
+            else:
+                v_loss = 0.5 * v_unclipped.mean()
+            loss = cfg.vf_coef * v_loss
+
+            if not warmup:
+                # --- clipped policy loss with the importance ratio against the behaviour policy
+                mean, log_std = actor(f, s)
+                new_logp = gaussian_logprob(mean, log_std, a)
+                log_ratio = new_logp - batch.behaviour_logprob[mb]
+                ratio = log_ratio.exp()
+                mb_adv = advantages[mb]
+                if cfg.norm_adv and mb_adv.numel() > 1:
+                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                pg_loss = torch.max(-mb_adv * ratio,
+                                    -mb_adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+                entropy = gaussian_entropy(mean, log_std).mean()
+                loss = loss + pg_loss - cfg.ent_coef * entropy
+                with torch.no_grad():
+                    kls.append(float(((ratio - 1) - log_ratio).mean()))  # k3 estimator
+                    clipfracs.append(float(((ratio - 1).abs() > cfg.clip_coef).float().mean()))
+                pg_losses.append(float(pg_loss.detach()))
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            v_losses.append(float(v_loss.detach()))
+            if not warmup and cfg.target_kl is not None and kls[-1] > cfg.target_kl:
+                stop = True
+                break
+        if stop:
+            break
+
+    with torch.no_grad():
+        final_v = critic(batch.features, batch.states).reshape(-1)
+        mean, log_std = actor(batch.features[:1], batch.states[:1])
+    metrics.update({
+        "loss_value": float(np.mean(v_losses)) if v_losses else float("nan"),
+        "loss_policy": float(np.mean(pg_losses)) if pg_losses else 0.0,
+        "entropy": float(gaussian_entropy(mean, log_std).mean()),
+        "approx_kl": float(np.mean(kls)) if kls else 0.0,
+        "clipfrac": float(np.mean(clipfracs)) if clipfracs else 0.0,
+        "explained_variance": explained_variance(final_v, returns),
+        "value_mean": float(final_v.mean()),
+        "return_mean": float(returns.mean()),
+        "n_transitions": n,
+        "critic_warmup": bool(warmup),
+    })
+    return metrics
