@@ -44,6 +44,8 @@ class RobotConfig(BaseModel):
     probe_interval_s: float = Field(default=0.025, gt=0, description="/healthz probe while no request is "
                                     "in flight; bounds how late a dead server is noticed")
     server_retry_s: float = Field(default=0.5, gt=0, description="retry interval while the server is down")
+    realtime_priority: int = Field(default=0, ge=0, le=99, description="SCHED_FIFO priority of the control "
+                                   "loop thread (Linux, needs CAP_SYS_NICE); 0 = normal scheduling")
     jpeg_quality: int = Field(default=90, ge=10, le=100)
     episodes: int = Field(default=0, ge=0, description="stop after this many episodes; 0 = run forever")
     seed: int = 0

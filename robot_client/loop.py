@@ -14,8 +14,11 @@ than ``reply_deadline_s``; anything else is dropped and counted.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
+import os
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -105,6 +108,19 @@ def summarize_timings(timings: list[TickTiming], period_s: float) -> dict:
     }
 
 
+def set_realtime(priority: int) -> str:
+    """Put the calling thread under SCHED_FIFO at ``priority`` (Linux; needs root or CAP_SYS_NICE,
+    e.g. docker ``--cap-add SYS_NICE`` / ``ulimit -r``). Returns what happened, for the log."""
+    if priority <= 0:
+        return "normal scheduling"
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        return f"SCHED_FIFO priority {priority}"
+    except (AttributeError, PermissionError, OSError) as e:
+        log.warning("realtime priority %d refused (%s); running with normal scheduling", priority, e)
+        return f"normal scheduling (SCHED_FIFO refused: {e})"
+
+
 def sleep_until(deadline: float, clock=time.monotonic) -> None:
     """Sleep to an absolute monotonic deadline: coarse sleep, then a short yielding spin for the last
     millisecond (time.sleep alone overshoots by up to ~1 ms under load)."""
@@ -135,10 +151,21 @@ class ControlLoop:
         # Armed per episode once the chunk length is known; until the first reply, a startup grace.
         self.watchdog = Watchdog(deadline_s=max(cfg.reply_deadline_s, 2 * self.period))
         self.stop_requested = False
+        self._scheduling: str | None = None
+        # A thread waking from sleep waits for the GIL up to the switch interval (5 ms by default)
+        # when another thread runs Python code: 0.5 ms keeps the tick start on time.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
 
     # ---------------------------------------------------------------- one episode
     def run_episode(self, episode_id: str, instruction: str, max_steps: int) -> EpisodeResult:
         ep = _EpisodeState(episode_id, instruction)
+        # Move everything alive now out of the collector's reach: a full collection over a large heap
+        # (torch imported in the same process, say) would otherwise stall a tick for 100s of ms.
+        gc.collect()
+        gc.freeze()
+        if self._scheduling is None:  # per thread: the thread that runs the episodes
+            self._scheduling = set_realtime(self.cfg.realtime_priority)
+            log.info("control loop at %.1f Hz, %s", self.cfg.rate_hz, self._scheduling)
         self.watchdog.reset()
         self.link.take_replies()  # anything still arriving belongs to an earlier episode
         t0 = time.monotonic()
