@@ -23,3 +23,20 @@ class LearnerConfig(BaseModel):
     plateau_delta: float = Field(default=0.05, ge=0, description="success-rate gain that counts as improvement")
     max_message_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, description="ZeroMQ MAXMSGSIZE on ingest")
     status_interval_s: float = Field(default=1.0, gt=0, description="status.json refresh while only ingesting")
+    # algorithms (learner/trainer.py, bootstrap.py, sft.py, rl/); defaults tuned on the mock reach task
+    bootstrap_demos: int = Field(default=40, ge=1, description="mock: expert demos recorded for Stage 0 if missing")
+    bootstrap_steps: int = Field(default=400, ge=1, description="Stage 0 SFT steps (full model, tiny init)")
+    bootstrap_batch_size: int = Field(default=32, ge=1)
+    bootstrap_lr: float = Field(default=1e-3, gt=0)
+    bootstrap_loss: Literal["nll", "mse"] = "nll"
+    sft_batch_size: int = Field(default=32, ge=1)
+    sft_lr: float = Field(default=3e-4, gt=0, description="SFT phase: LoRA adapters + pooler + head")
+    sft_loss: Literal["nll", "mse"] = "nll"
+    sft_eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="expert episodes held out for the eval loss")
+    ppo_lr: float = Field(default=3e-4, gt=0)
+    ppo_epochs: int = Field(default=4, ge=1)
+    ppo_minibatch_size: int = Field(default=64, ge=1)
+    critic_warmup_rounds: int = Field(default=1, ge=0, description="PPO: value-only rounds before the policy moves")
+    step_penalty: float = Field(default=0.0, ge=0, description="reward per decision (sparse +1 on success minus this)")
+    sac_updates_per_episode: int = Field(default=50, ge=1)
+    sac_batch_size: int = Field(default=128, ge=2)
