@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import act, health, robots, ui
+from server import act, health, openpi_ws, openvla_rest, robots, ui
 from server.batcher import InferenceFailed, MicroBatcher, NoPolicyLoaded
 from server.decode import InputError
 from server.metrics import ServerMetrics
@@ -106,5 +106,8 @@ def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, wit
     app.include_router(act.router)
     app.include_router(health.router)
     app.include_router(robots.router)
-    ui.mount(app)  # the operator page at / (server/ui)
+    app.include_router(openpi_ws.router)     # drop-in: openpi's websocket client at ws://host:port/
+    app.include_router(openvla_rest.router)  # drop-in: OpenVLA deploy.py's POST /act
+    if with_ui:
+        ui.mount(app)  # the operator page at / (server/ui)
     return app

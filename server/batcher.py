@@ -1,13 +1,17 @@
 """Dynamic micro-batching: concurrent /v1/act requests from several robots run as one forward pass.
 
-Requests wait in an asyncio queue. One collector task forms a batch: it takes the first waiting
-request, then keeps taking requests until the batch holds ``max_batch`` of them, or as many as
-there are robots active in the last second, or ``max_wait_ms`` has passed since the first one
-arrived (or since the worker became free, if it was busy). So a lone robot never waits for company, and a fleet's requests that arrive within a few
-milliseconds of each other share one forward pass. While a batch runs, new requests queue up and
-form the next batch. Inference runs in ONE worker thread (off the event loop, never two batches
-at once); the batch takes the serving policy reference once, so the whole batch is produced by one
-version, and a hot swap lands between batches.
+Requests wait in an asyncio queue. One collector task forms a batch from what is queued and then
+waits — at most ``max_wait_ms`` after the worker became free — only for robots it *expects back*
+within that window: each robot's time from our reply to its next request is tracked (EMA), so a
+robot in a tight loop is waited for, while a robot that will send its next frame in 100 ms (a
+10 Hz control loop) is not. A lone robot never waits for company; a fleet whose requests arrive
+within a few milliseconds of each other shares one forward pass. The window opens when the worker
+is free, not when the first request arrived: otherwise requests that queued behind a batch run as
+a small batch of their own and the fleet splits into groups that alternate forever.
+
+Inference runs in ONE worker thread (off the event loop, never two batches at once); the batch
+takes the serving policy reference once, so the whole batch is produced by one version, and a hot
+swap lands between batches.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from server.policy_holder import PolicyHolder
 
 log = logging.getLogger(__name__)
 
-ACTIVE_WINDOW_S = 1.0  # a robot that sent a request within this window is expected to send again
+FORGET_AFTER_S = 10.0  # a robot silent this long is not expected back
+ETA_SLACK = 1.5  # wait up to 1.5x a robot's usual reply->request gap (jitter) before giving up on it
 
 
 class NoPolicyLoaded(RuntimeError):
@@ -44,6 +49,19 @@ class BatchResult:
     queue_s: float
     infer_s: float
     batch_size: int
+
+
+@dataclass
+class _RobotTiming:
+    last_request: float = 0.0
+    last_reply: float | None = None    # when its last answer was handed back
+    gap_s: float | None = None         # EMA of reply -> next request
+    in_flight: bool = False
+
+    def expected_at(self) -> float | None:
+        if self.in_flight or self.last_reply is None or self.gap_s is None:
+            return None
+        return self.last_reply + ETA_SLACK * self.gap_s + 2e-4
 
 
 @dataclass
@@ -65,7 +83,7 @@ class MicroBatcher:
         self.max_wait_s = max_wait_ms / 1e3
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
-        self._last_seen: dict[str, float] = {}
+        self._robots: dict[str, _RobotTiming] = {}
         self._worker_free_since = 0.0
 
     async def start(self) -> None:
@@ -89,35 +107,51 @@ class MicroBatcher:
             raise NoPolicyLoaded("no policy loaded yet")
         assert self._queue is not None, "batcher not started"
         item = _Pending(obs, mode, robot_id, asyncio.get_running_loop().create_future())
-        self._last_seen[robot_id] = item.t_enqueue
+        self._note_request(robot_id, item.t_enqueue)
         self._queue.put_nowait(item)
         self.metrics.queue_depth.set(self._queue.qsize())
         return await item.future
 
     # ------------------------------------------------------------------ collector
 
-    def _expected_batch(self, now: float) -> int:
-        active = sum(1 for t in self._last_seen.values() if now - t < ACTIVE_WINDOW_S)
-        if len(self._last_seen) > 4 * self.max_batch:  # forget robots long gone
-            self._last_seen = {r: t for r, t in self._last_seen.items() if now - t < ACTIVE_WINDOW_S}
-        return max(1, min(self.max_batch, active))
+    def _note_request(self, robot_id: str, now: float) -> None:
+        t = self._robots.get(robot_id)
+        if t is None:
+            if len(self._robots) > 4 * self.max_batch:  # forget robots long gone
+                self._robots = {r: x for r, x in self._robots.items() if now - x.last_request < FORGET_AFTER_S}
+            t = self._robots[robot_id] = _RobotTiming()
+        if t.last_reply is not None and not t.in_flight:
+            gap = now - t.last_reply
+            t.gap_s = gap if t.gap_s is None else 0.7 * t.gap_s + 0.3 * gap
+        t.last_request, t.in_flight = now, True
+
+    def _note_replies(self, batch: list[_Pending], now: float) -> None:
+        for p in batch:
+            t = self._robots.get(p.robot_id)
+            if t is not None:
+                t.last_reply, t.in_flight = now, False
+
+    def _expected_arrival(self, window_end: float, in_batch: set[str]) -> float | None:
+        """The latest time, before ``window_end``, at which a robot not yet queued is expected."""
+        latest = None
+        for robot_id, t in self._robots.items():
+            eta = None if robot_id in in_batch else t.expected_at()
+            if eta is not None and eta <= window_end and (latest is None or eta > latest):
+                latest = eta
+        return latest
 
     async def _next_batch(self) -> list[_Pending]:
         q = self._queue
         first = await q.get()
         batch = [first]
-        expected = self._expected_batch(time.perf_counter())
-        # The wait window opens when the worker is free, not when the first request came: requests
-        # that queued behind the previous batch wait (briefly) for the robots that batch just
-        # answered, instead of running as a small batch of their own (which splits a fleet into
-        # groups that alternate forever).
-        deadline = max(first.t_enqueue, self._worker_free_since) + self.max_wait_s
+        window_end = max(first.t_enqueue, self._worker_free_since) + self.max_wait_s
         while len(batch) < self.max_batch:
             if not q.empty():
                 batch.append(q.get_nowait())
                 continue
-            remaining = deadline - time.perf_counter()
-            if len(batch) >= expected or remaining <= 0:
+            eta = self._expected_arrival(window_end, {p.robot_id for p in batch})
+            remaining = None if eta is None else eta - time.perf_counter()
+            if remaining is None or remaining <= 0:
                 break
             try:
                 batch.append(await asyncio.wait_for(q.get(), remaining))
@@ -149,6 +183,7 @@ class MicroBatcher:
                 else:
                     p.future.set_result(r)
             self._worker_free_since = time.perf_counter()
+            self._note_replies(batch, self._worker_free_since)
 
     # ------------------------------------------------------------------ worker thread
 

@@ -9,7 +9,6 @@ background thread, waits until it accepts requests, and stops it gracefully on e
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ class ServerThread:
         self._thread = threading.Thread(target=self._run, name="uvicorn", daemon=True)
 
     def _run(self) -> None:
-        asyncio.run(self._server.serve(sockets=[self._sock]))
+        self._server.run(sockets=[self._sock])  # uvicorn's loop (uvloop when installed), as `vlaloop serve`
 
     def start(self, timeout: float = 20.0) -> ServerThread:
         self._thread.start()

@@ -305,7 +305,7 @@ router = APIRouter(prefix="/v1", tags=["robots"])
 RobotIdParam = PathParam(pattern=ID_PATTERN)
 
 
-def registry_of(request: Request) -> RobotRegistry:
+async def registry_of(request: Request) -> RobotRegistry:
     return request.app.state.robots
 
 
