@@ -64,7 +64,7 @@ def build_rig(cfg: RobotConfig, model_cameras: list[str], image_size: int, cal: 
         robot = MockRobot(task=cfg.task, image_size=image_size, cameras=tuple(model_cameras), seed=cfg.seed)
         return Rig(arm=robot.arm, cameras=dict(robot.cameras), task=cfg.task,
                    new_episode=lambda seed: robot.new_episode(seed), success=robot.success,
-                   max_steps=None, close=robot.close)
+                   max_steps=lambda: robot.max_steps, close=robot.close)
     from robot_client.backends.franka import FrankaArm
     from robot_client.backends.realsense import RealSenseCamera
 
@@ -108,7 +108,8 @@ class RobotClient:
                                 emit=self.streamer.submit,
                                 on_state=lambda state, info: self.status.report(state, **info),
                                 success=rig.success)
-        self.runner = EpisodeRunner(rig, self.loop, self.client, self.streamer.submit, cfg, self.status)
+        self.runner = EpisodeRunner(rig, self.loop, self.client, self.streamer.submit, cfg, self.status,
+                                    calibration=cal.model_dump(mode="json"))
 
     def _extra(self) -> dict:
         extra = {}

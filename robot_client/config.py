@@ -49,6 +49,8 @@ class RobotConfig(BaseModel):
     jpeg_quality: int = Field(default=90, ge=10, le=100)
     episodes: int = Field(default=0, ge=0, description="stop after this many episodes; 0 = run forever")
     seed: int = 0
+    eval_every: int = Field(default=0, ge=0, description="every Nth episode is a greedy evaluation episode "
+                            "(purpose 'eval', never trained on); 0 = never")
     instruction: str = Field(default="", description="franka: the task instruction given to the policy")
 
     # --- streaming to the learner

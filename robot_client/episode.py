@@ -34,7 +34,7 @@ class Rig:
     task: str
     new_episode: Callable[[int], str]  # seed -> instruction (resets the scene on the mock)
     success: Callable[[], bool] | None = None  # auto outcome (mock); None on real hardware
-    max_steps: int | None = None
+    max_steps: int | Callable[[], int] | None = None  # the task's limit (callable: read per episode)
     close: Callable[[], None] = field(default=lambda: None)
 
 
@@ -94,15 +94,17 @@ class StatusReporter:
 
 class EpisodeRunner:
     def __init__(self, rig: Rig, loop: ControlLoop, client: ServerClient, emit: Callable, cfg: RobotConfig,
-                 status: StatusReporter):
+                 status: StatusReporter, calibration: dict | None = None):
         self.rig = rig
         self.loop = loop
         self.client = client
         self.emit = emit  # the Streamer's submit
         self.cfg = cfg
         self.status = status
+        self.calibration = calibration  # copied into every episode's metadata
         self.results: list[tuple[EpisodeResult, EpisodeEnd]] = []
         self._stop = threading.Event()
+        self._mode = cfg.mode
 
     def stop(self) -> None:
         self._stop.set()
@@ -113,7 +115,8 @@ class EpisodeRunner:
         while not self._stop.is_set() and (episodes == 0 or n < episodes):
             if not self.wait_for_server():
                 break
-            self.run_one(seed=self.cfg.seed + n)
+            evaluation = self.cfg.eval_every > 0 and (n + 1) % self.cfg.eval_every == 0
+            self.run_one(seed=self.cfg.seed + n, mode="greedy" if evaluation else self.cfg.mode)
             n += 1
         self.rig.arm.hold()
         return self.results
@@ -133,9 +136,9 @@ class EpisodeRunner:
             self._stop.wait(self.cfg.server_retry_s)
         return False
 
-    def run_one(self, seed: int) -> tuple[EpisodeResult, EpisodeEnd]:
+    def run_one(self, seed: int, mode: str | None = None) -> tuple[EpisodeResult, EpisodeEnd]:
         episode_id = new_episode_id()
-        max_steps = min(self.cfg.max_steps, self.rig.max_steps or self.cfg.max_steps)
+        self._mode = mode or self.cfg.mode
         self.status.report("resetting", episode_id=episode_id, step=0, task=self.rig.task)
         try:
             instruction = self.rig.new_episode(seed)
@@ -145,9 +148,11 @@ class EpisodeRunner:
             self.rig.arm.recover()
             result = EpisodeResult(episode_id, "", 0, "arm_error", f"reset failed: {e}")
             return self._end(result, "aborted", "auto", auto_outcome=None)
+        rig_max = self.rig.max_steps() if callable(self.rig.max_steps) else self.rig.max_steps
+        max_steps = min(self.cfg.max_steps, rig_max or self.cfg.max_steps)  # the task's limit, if smaller
         self.status.report("running", episode_id=episode_id, step=0, instruction=instruction,
                            task=self.rig.task, loop_hz=self.cfg.rate_hz, detail="")
-        result = self.loop.run_episode(episode_id, instruction, max_steps)
+        result = self.loop.run_episode(episode_id, instruction, max_steps, mode=self._mode)
         summary = result.timing_summary(self.loop.period)
         log.info("episode %s ended: %s after %d steps; jitter p99 %.2f ms; counters %s", episode_id,
                  result.end_reason, result.n_steps, summary.get("jitter_p99_ms", float("nan")),
@@ -200,7 +205,9 @@ class EpisodeRunner:
                          task=self.rig.task,
                          extra={"end_reason": result.end_reason, "detail": result.detail[:500],
                                 "auto_outcome": auto_outcome, "counters": result.counters,
-                                "timing": result.timing_summary(self.loop.period)})
+                                "timing": result.timing_summary(self.loop.period), "mode": self._mode,
+                                "purpose": "eval" if self._mode == "greedy" else "train",
+                                **({"calibration": self.calibration} if self.calibration else {})})
         self.emit(end)
         self.results.append((result, end))
         return result, end

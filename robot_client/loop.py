@@ -157,8 +157,9 @@ class ControlLoop:
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
 
     # ---------------------------------------------------------------- one episode
-    def run_episode(self, episode_id: str, instruction: str, max_steps: int) -> EpisodeResult:
+    def run_episode(self, episode_id: str, instruction: str, max_steps: int, mode: str | None = None) -> EpisodeResult:
         ep = _EpisodeState(episode_id, instruction)
+        ep.mode = mode or self.cfg.mode
         # Move everything alive now out of the collector's reach: a full collection over a large heap
         # (torch imported in the same process, say) would otherwise stall a tick for 100s of ms.
         gc.collect()
@@ -227,7 +228,7 @@ class ControlLoop:
             self.link.submit(ActRequest(
                 request_id=rid, robot_id=self.cfg.robot_id, episode_id=ep.episode_id, step=ep.n_steps,
                 t_capture=t_capture, instruction=ep.instruction, images=jpegs,
-                state=state_vec.tolist(), mode=self.cfg.mode))
+                state=state_vec.tolist(), mode=ep.mode))
             ep.last_query_tick = tick
 
         # 3. take replies; wait (bounded by the budget) if this tick has nothing to execute
@@ -412,6 +413,7 @@ class _EpisodeState:
         self.episode_id = episode_id
         self.instruction = instruction
         self.n_steps = 0
+        self.mode = "sample"
         self.chunk: Chunk | None = None
         self.ensemble: list[Chunk] = []
         self.outstanding: dict[str, tuple[int, float]] = {}  # request_id -> (tick, monotonic t)
