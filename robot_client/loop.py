@@ -351,27 +351,23 @@ class ControlLoop:
     def _take_reply(self, ep: _EpisodeState, tick: int, now: float, reply: Reply) -> None:
         rid = reply.request.request_id
         sent = ep.outstanding.pop(rid, None)
-        if sent is None:  # expired, of another episode, or answered already: never executed
-            ep.count(DROP_LATE if rid in ep.expired else DROP_STALE)
+        expired = sent is None and rid in ep.expired
+        if sent is None and not expired:  # of another episode, or answered already: never executed
+            ep.count(DROP_STALE)
             return
         if reply.response is None:
-            ep.count(DROP_LATE if reply.late else REPLY_ERROR)
+            ep.count(DROP_LATE if reply.late or expired else REPLY_ERROR)
             return
         resp = reply.response
         if resp.request_id != rid:
             ep.count(DROP_STALE)
             return
+        self._apply_command(ep, resp.command)  # the operator's buttons count even in a late reply
+        if expired:  # its deadline passed while it was in flight: never executed
+            ep.expired.discard(rid)
+            ep.count(DROP_LATE)
+            return
         obs_tick, t_obs = sent
-        # the operator's buttons travel in every reply, even one too late to execute
-        if resp.command == "end_episode":
-            ep.ended_by_operator = True
-        elif resp.command == "pause":
-            if not ep.paused:
-                self.on_state("paused", {"episode_id": ep.episode_id, "step": ep.n_steps})
-            ep.paused = True
-        elif ep.paused:
-            ep.paused = False
-            self.on_state("running", {"episode_id": ep.episode_id, "step": ep.n_steps})
         actions = np.asarray(resp.actions, dtype=np.float64)
         if actions.ndim != 2 or actions.shape[0] == 0 or actions.shape[1] != 7:
             ep.count("hold_bad_shape")
@@ -389,6 +385,17 @@ class ControlLoop:
         self.watchdog.deadline_s = (len(actions) + self.cfg.watchdog_periods) * self.period
         self.watchdog.feed(now)
         ep.tick_latency_ms = (reply.t_received - reply.t_sent) * 1e3
+
+    def _apply_command(self, ep: _EpisodeState, command: str) -> None:
+        if command == "end_episode":
+            ep.ended_by_operator = True
+        elif command == "pause":
+            if not ep.paused:
+                self.on_state("paused", {"episode_id": ep.episode_id, "step": ep.n_steps})
+            ep.paused = True
+        elif ep.paused:
+            ep.paused = False
+            self.on_state("running", {"episode_id": ep.episode_id, "step": ep.n_steps})
 
     def _action_for(self, ep: _EpisodeState, tick: int) -> tuple[np.ndarray, Chunk, int] | None:
         if self.cfg.execution == "open_loop":
