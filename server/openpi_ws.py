@@ -282,3 +282,8 @@ async def openpi_session(ws: WebSocket) -> None:
                 await ws.send_text(text)
     except WebSocketDisconnect:
         return
+    except Exception as e:  # a bug, not the client's fault: say so as openpi's server does, then close
+        log.exception("openpi session %s failed", default_robot)
+        app.state.metrics.errors.labels(kind="internal").inc()
+        await ws.send_text(f"500 internal server error: {type(e).__name__}: {e}")
+        await ws.close(code=1011)

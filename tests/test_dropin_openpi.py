@@ -20,7 +20,7 @@ from server.decode import InputError
 from server.dropin_config import OpenpiKeys
 from server.harness import ServerThread, publish_head, publish_tiny
 from server.openpi_ws import lookup, to_observation, unpack_observation
-from vlaloop.config import DeploymentConfig
+from vlaloop.config import DeploymentConfig, load_config
 
 torch.set_num_threads(1)
 ROBOT, OPERATOR = "robot-key", "operator-key"
@@ -177,6 +177,14 @@ def test_mapping_nested_keys_and_unit_checks():
                             default=msgpack_numpy.pack_array)
         with pytest.raises(InputError, match="refused"):
             to_observation(unpack_observation(bad), keys, ["front"], 7, 4096)
+
+
+def test_mapping_from_the_deployment_config():
+    config = load_config(environ={"VLALOOP_SERVER__DROPIN__OPENPI__INSTRUCTION": "task",
+                                  "VLALOOP_SERVER__DROPIN__OPENPI__CAMERAS": "{front: observation/image}"})
+    keys = config.server.dropin.openpi
+    assert keys.instruction == "task" and keys.cameras == {"front": "observation/image"}
+    assert keys.state == ["observation/state"]
 
 
 def test_hot_swap_is_visible_through_openpi_client(served):
