@@ -162,7 +162,9 @@ def run(args: argparse.Namespace, config) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     results = client.run(cfg.episodes)
-    flushed = client.close()
+    # after a stop signal the learner may be stopping too: what is not acked stays in the outbox
+    # and is resent on the next start
+    flushed = client.close(flush_timeout=3.0 if client.runner.stopped else 30.0)
     outcomes = [end.outcome for _, end in results]
     log.info("robot client done: %d episodes %s; outbox %s", len(results), outcomes,
              "flushed" if flushed else f"holds {len(client.outbox)} unacked messages (resent on next start)")

@@ -110,6 +110,10 @@ class EpisodeRunner:
         self._stop.set()
         self.loop.stop_requested = True
 
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
     def run(self, episodes: int = 0) -> list[tuple[EpisodeResult, EpisodeEnd]]:
         n = 0
         while not self._stop.is_set() and (episodes == 0 or n < episodes):
@@ -181,7 +185,8 @@ class EpisodeRunner:
                 if not posted:
                     self.client.post_awaiting(result.episode_id, auto, result.n_steps)
                     posted = True
-                label = self.client.wait_label(result.episode_id, timeout_s=min(left, 30.0))
+                # short polls: a stop request (SIGTERM) is noticed within seconds
+                label = self.client.wait_label(result.episode_id, timeout_s=min(left, 5.0))
             except ServerUnavailable as e:  # keep trying until our own label timeout
                 log.warning("label wait: %s", e)
                 self._stop.wait(min(self.cfg.server_retry_s, max(0.0, left)))

@@ -90,10 +90,10 @@ def wait_for(pred, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def stored_episodes(store_dir: Path) -> dict[str, dict]:
+def stored_episodes(store_dir: Path, complete: bool = True) -> dict[str, dict]:
     store = EpisodeStore(store_dir)
     out = {}
-    for meta in store.list_episodes():
+    for meta in store.list_episodes(complete_only=complete):
         raw, _ = _read_records(store.episode_dir(meta["robot_id"], meta["episode_id"]) / STEPS)
         out[meta["episode_id"]] = {"meta": meta, "steps": [int(r["step"]) for r in raw], "records": raw}
     return out
@@ -123,8 +123,8 @@ class Stack:
         self.learner = real_learner(self.run_dir, self.learner_port, self.run_dir / "learner.log")
         return self.learner
 
-    def episodes(self) -> dict[str, dict]:
-        return stored_episodes(self.run_dir / "episodes")
+    def episodes(self, complete: bool = True) -> dict[str, dict]:
+        return stored_episodes(self.run_dir / "episodes", complete)
 
     def stop(self):
         for p in (self.server, self.learner):
@@ -218,7 +218,34 @@ def test_cli_mock_runs_episodes_end_to_end(tmp_path, stack):
     for ep in eps:
         assert ep["steps"] == list(range(10)) and ep["meta"]["label_source"] == "auto"
         assert ep["records"][0]["policy_version"] == 1 and len(ep["records"][0]["action_chunk"]) == 4
+        meta = ep["meta"]
+        assert meta["purpose"] == "train" and meta["mode"] == "sample" and meta["source"] == "online"
+        assert meta["calibration"]["workspace"]["min"] == [0.30, -0.25, 0.00]  # the mock's box, copied
     assert not list((tmp_path / "run" / "outbox" / "cli0").glob("*.msg"))  # all acked
+
+
+def test_cli_sigterm_holds_aborts_the_episode_and_exits(tmp_path, stack):
+    import signal
+
+    from test_robot_standins import PY, ROOT
+
+    proc = subprocess.Popen([PY, "-m", "vlaloop.cli", "--run-dir", str(tmp_path / "run"), "robot", "--backend",
+                             "mock", "--robot-id", "term0", "--server", f"http://127.0.0.1:{stack.server_port}",
+                             "--learner", f"tcp://127.0.0.1:{stack.learner_port}", "--max-steps", "1000"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: any(len(e["steps"]) >= 5 for e in stack.episodes(complete=False).values()
+                             if e["meta"]["robot_id"] == "term0"), 60, "5 stored steps")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out[-2000:]
+    (ep,) = [e for e in stack.episodes().values() if e["meta"]["robot_id"] == "term0"]
+    assert ep["meta"]["outcome"] == "aborted" and ep["meta"]["extra"]["end_reason"] == "stopped"
+    assert ep["steps"] == list(range(ep["meta"]["n_steps"]))
 
 
 def test_arm_error_recovers_and_aborts_the_episode(tmp_path, stack):
