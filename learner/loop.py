@@ -35,7 +35,8 @@ log = logging.getLogger("learner.loop")
 
 STATE_FILE = "learner_state.json"
 STATE_VERSION = 1
-RESCAN_S = 5.0  # safety net: rescan the store this often even without an ingest notification
+RESCAN_S = 5.0
+MAX_FAILED_ROUNDS = 3  # RL rounds failing in a row before the learner stops with the error  # safety net: rescan the store this often even without an ingest notification
 
 
 def episode_key(meta: dict) -> str:
@@ -56,7 +57,7 @@ class LearnerState:
     def __init__(self, path: Path):
         self.path = path
         self.data: dict[str, Any] = {"state_version": STATE_VERSION, "iteration": 0, "phase": "rl",
-                                     "round": 0, "consumed": {}, "rounds": [], "pending": None}
+                                     "round": 0, "consumed": {}, "rounds": [], "pending": None, "rejected": {}}
         if path.exists():
             loaded = json.loads(path.read_text())
             if loaded.get("state_version") != STATE_VERSION:
@@ -170,6 +171,7 @@ class PhaseLoop:
         self._index_lock = threading.Lock()
         self._index: dict[str, dict] = {}
         self._last_scan = 0.0
+        self._failures = 0  # RL rounds failed in a row
         if ingest is not None:
             ingest.on_episode = self.episode_changed
 
@@ -206,7 +208,9 @@ class PhaseLoop:
         with self._index_lock:
             metas = list(self._index.values())
         consumed = self.state.consumed
-        fresh = [m for m in metas if episode_key(m) not in consumed and is_rl_candidate(m)]
+        rejected = self.state.data["rejected"]
+        fresh = [m for m in metas if episode_key(m) not in consumed and episode_key(m) not in rejected
+                 and is_rl_candidate(m)]
         return sorted(fresh, key=lambda m: (m.get("finished", 0), episode_key(m)))
 
     def _interruptible(self, fn: Callable, *args, **kw):
@@ -315,7 +319,14 @@ class PhaseLoop:
         self.state.begin("rl", keys, self._newest_version())
         self.status.set(phase="rl", iteration=it, round=rnd, detail=f"RL round {rnd} on {n} episodes")
         log.info("RL round %d of iteration %d on %d episodes", rnd, it, n)
-        metrics = self._interruptible(self.trainer.rl_round, metas)
+        try:
+            metrics = self._interruptible(self.trainer.rl_round, metas)
+        except ShutdownRequested:
+            raise
+        except Exception as e:  # one bad episode must not crash-loop the learner on every restart
+            self._round_failed(keys, e)
+            return True
+        self._failures = 0
         version = self.trainer.publish("head", "rl", metrics)
         entry = self.state.commit(version, _numbers(metrics))
         losses = _numbers(metrics)
@@ -330,6 +341,20 @@ class PhaseLoop:
         log.info("RL round %d published v%d: %s", rnd, version,
                  ", ".join(f"{k}={v:.4g}" for k, v in list(losses.items())[:8]))
         return True
+
+    def _round_failed(self, keys: list[str], error: Exception) -> None:
+        """Set the round's episodes aside (never retried) and go on; several failures in a row
+        are a bug, not bad data: stop with the error."""
+        self._failures += 1
+        log.exception("RL round failed on %s; these episodes are set aside (learner_state.json 'rejected')",
+                      keys)
+        for key in keys:
+            self.state.data["rejected"][key] = {"error": f"{type(error).__name__}: {error}",
+                                                "iteration": self.state.iteration, "round": self.state.round}
+        self.state.drop_pending()
+        self.status.set(detail=f"RL round failed ({self._failures} in a row): {type(error).__name__}: {error}")
+        if self._failures >= MAX_FAILED_ROUNDS:
+            raise RuntimeError(f"{self._failures} RL rounds in a row failed; last error: {error}") from error
 
     def plateau(self) -> bool:
         """Success stopped improving over the last `plateau_rounds` rounds of this phase."""

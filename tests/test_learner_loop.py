@@ -22,8 +22,9 @@ torch.set_num_threads(1)
 JPG = encode_jpeg(__import__("numpy").full((8, 8, 3), 90, "uint8"))
 
 
-class Crash(Exception):
-    """Stands in for SIGKILL at a chosen point (the subprocess tests use the real signal)."""
+class Crash(BaseException):
+    """Stands in for SIGKILL at a chosen point (the subprocess tests use the real signal); a
+    BaseException, so nothing in the loop can catch it, as nothing can catch a SIGKILL."""
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +260,33 @@ def test_sigterm_abandons_training_but_not_a_publish(tmp_path, model, during):
         assert state.pending["episodes"] == ["r1/e2", "r1/e3"]
     else:
         assert state.pending is None
+
+
+def test_a_poison_episode_is_set_aside_and_a_broken_trainer_stops(tmp_path, model):
+    store = EpisodeStore(tmp_path / "episodes")
+    add_episode(store, "expert", "d0", source="expert")
+    for i in range(6):
+        add_episode(store, "r1", f"e{i}")
+    base = make_trainer_class(model)
+
+    class PoisonTrainer(base):
+        broken = False
+
+        def rl_round(self, episodes):
+            if self.broken or any(e["episode_id"] == "e1" for e in episodes):
+                raise ValueError("chunk length 3 != 4")
+            return super().rl_round(episodes)
+
+    base.calls = []
+    assert PhaseLoop(config_for(tmp_path), tmp_path, trainer_factory=PoisonTrainer, poll_s=0.05).run() == 0
+    state = LearnerState(tmp_path / "learner_state.json")
+    assert sorted(state.data["rejected"]) == ["r1/e0", "r1/e1"]
+    assert "chunk length" in state.data["rejected"]["r1/e1"]["error"]
+    assert base.calls == [("rl", ["e2", "e3"]), ("rl", ["e4", "e5"]), ("sft", [])]
+    # a trainer that fails on everything is a bug: the learner stops with the error
+    for i in range(6, 12):
+        add_episode(store, "r1", f"e{i}")
+    PoisonTrainer.broken = True
+    with pytest.raises(RuntimeError, match="3 RL rounds in a row failed"):
+        PhaseLoop(config_for(tmp_path, max_iterations=2), tmp_path, trainer_factory=PoisonTrainer,
+                  poll_s=0.05).run()
