@@ -46,6 +46,10 @@ class RobotConfig(BaseModel):
     server_retry_s: float = Field(default=0.5, gt=0, description="retry interval while the server is down")
     realtime_priority: int = Field(default=0, ge=0, le=99, description="SCHED_FIFO priority of the control "
                                    "loop thread (Linux, needs CAP_SYS_NICE); 0 = normal scheduling")
+    max_frame_age_s: float = Field(default=0.3, gt=0, description="hold instead of acting on a frame older "
+                                   "than this (capture time vs now)")
+    camera_grace_s: float = Field(default=2.0, ge=0, description="cameras unusable this long (beyond "
+                                  "reply_deadline_s) abort the episode")
     jpeg_quality: int = Field(default=90, ge=10, le=100)
     episodes: int = Field(default=0, ge=0, description="stop after this many episodes; 0 = run forever")
     seed: int = 0

@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 HOLD_NO_ACTION = "hold_no_action"  # ticks without an action to execute (waiting for a reply)
 HOLD_WATCHDOG = "hold_watchdog"
 HOLD_PAUSED = "hold_paused"
-HOLD_CAMERA = "hold_camera"
+HOLD_CAMERA = "hold_camera"  # a camera raised (unplugged...)
+HOLD_STALE_FRAME = "hold_stale_frame"  # a frame older than max_frame_age_s
+FRAME_REPEATED = "frame_repeated"  # the same frame seq twice (a dropped frame); not a hold
 DROP_LATE = "drop_late_reply"
 DROP_STALE = "drop_stale_reply"
 REPLY_ERROR = "reply_error"
@@ -210,14 +212,16 @@ class ControlLoop:
         except ArmError as e:
             return self._arm_error(ep, e)
         except RuntimeError as e:  # a camera is gone: hold; the backend reconnects
-            ep.count(HOLD_CAMERA)
-            self._hold(ep)
-            ep.camera_failures += 1
-            if ep.camera_failures * self.period > self.cfg.reply_deadline_s + 2.0:
-                return END_CAMERA, str(e)
-            return None
-        ep.camera_failures = 0
+            return self._camera_trouble(ep, HOLD_CAMERA, str(e))
         t_capture = min(f.t_capture for f in frames.values())
+        age = time.time() - t_capture
+        if age > self.cfg.max_frame_age_s:  # the policy must not act on an old picture of the world
+            return self._camera_trouble(ep, HOLD_STALE_FRAME, f"frame {age * 1e3:.0f} ms old")
+        ep.camera_failures = 0
+        for name, f in frames.items():  # a repeated seq is a dropped frame: noted, still usable
+            if ep.last_seq.get(name) == f.seq:
+                ep.count(FRAME_REPEATED)
+            ep.last_seq[name] = f.seq
         jpegs = {name: encode_jpeg(f.image, self.cfg.jpeg_quality) for name, f in frames.items()}
         state_vec = state.vector()
 
@@ -306,6 +310,15 @@ class ControlLoop:
         return None
 
     # ---------------------------------------------------------------- pieces
+    def _camera_trouble(self, ep: _EpisodeState, counter: str, detail: str) -> tuple[str, str] | None:
+        """Hold this tick; abort if the cameras stay unusable longer than a reply could be late."""
+        ep.count(counter)
+        self._hold(ep)
+        ep.camera_failures += 1
+        if ep.camera_failures * self.period > self.cfg.reply_deadline_s + self.cfg.camera_grace_s:
+            return END_CAMERA, detail
+        return None
+
     def _arm_error(self, ep: _EpisodeState, e: Exception) -> tuple[str, str]:
         log.error("arm error in episode %s: %s; recovering", ep.episode_id, e)
         ep.count("arm_error")
@@ -430,6 +443,7 @@ class _EpisodeState:
         self.ended_by_operator = False
         self.holding = False
         self.camera_failures = 0
+        self.last_seq: dict[str, int] = {}
         self.starving_since: float | None = None  # monotonic start of the current watchdog hold
         self.timings: list[TickTiming] = []
         self.totals: dict[str, int] = {}

@@ -265,6 +265,30 @@ def test_arm_error_recovers_and_aborts_the_episode(tmp_path, stack):
     assert ep["meta"]["outcome"] == "aborted" and ep["meta"]["n_steps"] == 5 and ep["steps"] == list(range(5))
 
 
+def test_stale_dropped_and_lost_frames_hold_the_arm(tmp_path, stack):
+    faults = FaultConfig(late_frame_prob=0.15, late_frame_s=0.5, drop_frame_prob=0.15)
+    client, arm, robot = make_client(tmp_path, stack.server_port, stack.learner_port, robot_id="cam0", faults=faults,
+                                     max_steps=30, reply_deadline_s=0.3, camera_grace_s=0.5)
+    thread, results = run_in_thread(client, episodes=2)
+    try:
+        wait_for(lambda: len(client.runner.results) >= 1, 60, "the first episode")
+        robot.faults.camera_fail = True  # unplugged
+        t_unplug = time.monotonic()
+        thread.join(30)
+    finally:
+        client.stop()
+        thread.join(10)
+    assert client.close(15)
+    (r1, end1), (r2, end2) = results
+    assert end1.outcome in ("success", "failure") and r1.n_steps == 30
+    assert r1.counters["hold_stale_frame"] >= 1 and r1.counters["frame_repeated"] >= 1
+    recs = stack.episodes()[end1.episode_id]["records"]
+    in_store = sum(r["safety"].get("hold_stale_frame", 0) for r in recs)
+    assert 1 <= in_store <= r1.counters["hold_stale_frame"]  # recorded on the next stored step
+    assert end2.outcome == "aborted" and r2.end_reason == "camera_lost" and r2.counters["hold_camera"] >= 5
+    assert len([t for _, t, _ in arm.of("move") if t > t_unplug + 0.06]) == 0  # no motion without eyes
+
+
 def test_operator_pause_resume_and_end_episode(tmp_path, stack):
     client, arm, _ = make_client(tmp_path, stack.server_port, stack.learner_port, robot_id="op0", max_steps=1000)
     thread, results = run_in_thread(client, episodes=1)
