@@ -290,15 +290,18 @@ class ControlLoop:
             return self._arm_error(ep, e)
         ep.t_issued = time.monotonic()
 
-        # 5. record the step (the pending counters cover the ticks since the last record)
+        # 5. record the step (the pending counters cover the ticks since the last record). The chunk
+        #    and its log_prob/value go with the step that first used it; non-finite ones are left
+        #    out (the step's safety counters say why), so no NaN ever reaches the learner.
         first_use = not chunk.recorded
         chunk.recorded = True
+        finite_chunk = first_use and bool(np.all(np.isfinite(chunk.actions)))
         self.emit(StepMsg(
             robot_id=self.cfg.robot_id, episode_id=ep.episode_id, step=ep.n_steps, images=jpegs,
             state=state_vec.astype(float).tolist(), action=safe.action.astype(float).tolist(),
-            action_chunk=chunk.actions.astype(float).tolist() if first_use else None,
-            chunk_index=index, log_prob=chunk.log_prob if first_use else None,
-            value=chunk.value if first_use else None, policy_version=chunk.policy_version,
+            action_chunk=chunk.actions.astype(float).tolist() if finite_chunk else None,
+            chunk_index=index, log_prob=_finite_or_none(chunk.log_prob) if first_use else None,
+            value=_finite_or_none(chunk.value) if first_use else None, policy_version=chunk.policy_version,
             instruction=ep.instruction, t_capture=t_capture, t_act=time.time(),
             safety=ep.take_pending()))
         ep.n_steps += 1
@@ -426,6 +429,10 @@ class ControlLoop:
             action = (weights[:, None] * stacked).sum(0) / weights.sum()
         newest = covering[-1]
         return action, newest, tick - newest.start_tick
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
 
 
 class _EpisodeState:

@@ -180,6 +180,7 @@ def test_far_nan_and_late_replies_are_clamped_held_dropped_and_recorded(tmp_path
     # NaN: held, recorded as a zero action
     assert totals["hold_nonfinite"] == 4
     assert sum(1 for r in recs if r["safety"].get("hold_nonfinite")) == 4
+    assert all(r["action_chunk"] is None or np.isfinite(r["action_chunk"]).all() for r in recs)  # no NaN stored
     # late: dropped, never executed (its chunk carries dz = -0.0042 as a marker)
     assert totals.get("drop_late_reply", 0) == 1
     assert not any(abs(c[2][2] + 0.0042) < 1e-9 for c in arm.of("move"))
