@@ -145,6 +145,7 @@ def test_move_delta_is_an_async_relative_cartesian_motion_in_the_base_frame(arm)
     assert len(gripper.calls) == 1  # still open: no new gripper command
     a.move_delta(np.array([0, 0, 0, 0, 0, 0, 0.1]))
     assert gripper.calls[-1][0] == "grasp" and gripper.calls[-1][3] == 20.0
+    assert a.state().gripper == 0.0  # the commanded (binary) gripper state
     assert all(asy for _, asy in robot.moves)
 
 

@@ -117,10 +117,12 @@ class FrankaArm(Arm):
         cs = self._call("state", lambda: self.robot.current_cartesian_state)
         pose = cs.pose.end_effector_pose
         R = quat_xyzw_to_matrix(pose.quaternion)
-        width = self._call("gripper state", lambda: self.gripper.width) if self.gripper is not None else 0.0
         error = "robot reports errors" if self._call("state", lambda: self.robot.has_errors) else None
+        # The gripper is binary (open / grasp): report what was last commanded. Reading
+        # ``gripper.width`` waits for the gripper's next state message, too slow for every tick.
+        gripper = 1.0 if self._gripper_open in (True, None) else 0.0
         return ArmState(position=np.asarray(pose.translation, dtype=float), rpy=matrix_to_rpy(R),
-                        gripper=float(np.clip(width / self._max_width, 0.0, 1.0)), t=time.time(), error=error)
+                        gripper=gripper, t=time.time(), error=error)
 
     def move_delta(self, action: np.ndarray) -> None:
         f = self._franky
