@@ -122,6 +122,29 @@ def vlaloop_call(client, frame: np.ndarray, robot_id: str = "bench0", step: int 
     return unpackb(r.content)
 
 
+def dropin_rows(url: str, frame: np.ndarray, n: int, lat: Callable[..., float]) -> None:
+    """Round trips of the drop-in protocols on the same server (docs/dropin.md): openpi's own client
+    over the websocket (raw uint8 frame, msgpack-numpy), and OpenVLA's /act as a json_numpy client
+    sends it (over a keep-alive connection; OpenVLA's README uses a new requests.post per call)."""
+    import json_numpy
+    from openpi_client import websocket_client_policy
+
+    port = int(url.rsplit(":", 1)[1])
+    pi = websocket_client_policy.WebsocketClientPolicy("127.0.0.1", port)
+    obs = {"observation/exterior_image_1_left": frame, "observation/state": np.asarray(STATE), "prompt": INSTRUCTION}
+    infer: list[float] = []
+    ms = timed(lambda: infer.append(pi.infer(obs)["server_timing"]["infer_ms"]), n)
+    lat("openpi websocket (`openpi-client` infer), 96x96", ms, f"raw uint8; server infer {np.median(infer):.2f} (p50)")
+    pi._ws.close()
+    body = json_numpy.dumps({"image": frame, "instruction": INSTRUCTION})
+    with _client(url) as c:
+        def openvla() -> None:
+            r = c.post("/act", content=body, headers={"content-type": "application/json"})
+            r.raise_for_status()
+            json_numpy.loads(r.text)
+        lat("OpenVLA `POST /act` (json_numpy), 96x96", timed(openvla, n), "1 action/request, keep-alive")
+
+
 def baseline_call(client, frame: np.ndarray) -> list[float]:
     r = client.post("/act", json={"image": frame.tolist(), "instruction": INSTRUCTION, "state": STATE})
     r.raise_for_status()
@@ -140,31 +163,44 @@ def timed(fn: Callable[[], object], n: int, warmup: int = 5) -> np.ndarray:
 
 
 def throughput(url: str, clients: int, duration: float, frame: np.ndarray) -> float:
-    """Requests/s with ``clients`` robots in closed loop (each sends its next request on reply)."""
-    from protocol.images import encode_jpeg
+    """Requests/s with ``clients`` robots in closed loop (each sends its next request on reply).
 
-    jpeg_frame = encode_jpeg(frame)  # pre-encoded: measure the server, not this process's CPU
+    The load generator is deliberately light (stdlib keep-alive HTTP, bodies built once) so that on
+    a 2-core machine it takes as little CPU as possible from the server it measures."""
+    import http.client
+    import socket
+    from urllib.parse import urlsplit
+
+    from protocol.codec import packb
+    from protocol.images import encode_jpeg
+    from protocol.messages import ActRequest
+
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    jpeg_frame = encode_jpeg(frame)
     counts = [0] * clients
+    errors: list[str] = []
     stop, go = threading.Event(), threading.Event()
 
     def loop(i: int) -> None:
-        from protocol.codec import packb, unpackb
-        from protocol.messages import ActRequest
-
-        with _client(url) as c:
-            step = 0
+        body = packb(ActRequest(request_id=f"tp{i}", robot_id=f"bench{i}", episode_id="bench", step=0,
+                                t_capture=time.time(), instruction=INSTRUCTION, images={"front": jpeg_frame},
+                                state=STATE).to_wire())
+        headers = {"content-type": "application/msgpack"}
+        conn = http.client.HTTPConnection(host, port, timeout=60)
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
             while not stop.is_set():
-                req = ActRequest(request_id=f"{i}-{step}", robot_id=f"bench{i}", episode_id="bench", step=step,
-                                 t_capture=time.time(), instruction=INSTRUCTION, images={"front": jpeg_frame},
-                                 state=STATE)
-                r = c.post("/v1/act", content=packb(req.to_wire()),
-                           headers={"content-type": "application/msgpack"})
-                unpackb(r.content)
-                if r.status_code != 200:
-                    raise RuntimeError(r.text)
+                conn.request("POST", "/v1/act", body=body, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    errors.append(f"{resp.status}")
+                    return
                 if go.is_set():
                     counts[i] += 1
-                step += 1
+        finally:
+            conn.close()
 
     threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
@@ -178,31 +214,42 @@ def throughput(url: str, clients: int, duration: float, frame: np.ndarray) -> fl
     stop.set()
     for t in threads:
         t.join(30)
+    if errors:
+        raise RuntimeError(f"throughput run failed: {errors[:3]}")
     return done / elapsed
 
 
-def mean_batch(url: str) -> float:
+def batch_counts(url: str) -> tuple[float, float]:
+    """(sum, count) of the server's batch-size histogram."""
     import httpx
 
     text = httpx.get(url + "/metrics").text
     total = float(re.search(r"^vlaloop_batch_size_sum (\S+)", text, re.M).group(1))
     count = float(re.search(r"^vlaloop_batch_size_count (\S+)", text, re.M).group(1))
-    return total / max(count, 1.0)
+    return total, count
 
 
 # ---------------------------------------------------------------- the run
 
 
-def bare_inference(run_dir: str, frame: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """policy.act alone (greedy), and act_batch of 8, in this process."""
+def load_bare(run_dir: str, frame: np.ndarray):
+    """The same policy in this process, and a call of bare ``policy.act`` (greedy) on ``frame``."""
     from vla.policy import Observation, Policy
     from vla.registry import CheckpointRegistry
 
     policy = Policy.load(CheckpointRegistry(Path(run_dir) / "checkpoints"))
     obs = Observation(images={"front": frame}, state=np.asarray(STATE, np.float32), instruction=INSTRUCTION)
-    single = timed(lambda: policy.act(obs), n, warmup=10)
-    batch8 = timed(lambda: policy.act_batch([obs] * 8, ["greedy"] * 8), max(10, n // 8), warmup=3)
-    return single, batch8
+    return policy, obs
+
+
+def interleaved(first: Callable[[], object], second: Callable[[], object], n: int,
+                warmup: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Time ``first`` and ``second`` alternately, so that a shared machine's changing load hits both alike."""
+    a, b = timed(first, 0, warmup), timed(second, 0, warmup)
+    for _ in range(n):
+        a = np.append(a, timed(first, 1, 0))
+        b = np.append(b, timed(second, 1, 0))
+    return a, b
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,41 +280,47 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as run_dir:
         print("publishing the tiny policy ...", file=sys.stderr, flush=True)
         publish_tiny(run_dir)
-        single, batch8 = bare_inference(run_dir, small, args.n)
-        bare = lat("bare `policy.act` (in process)", single, "greedy, 96x96 frame")
-        lat("bare `policy.act_batch` of 8 (per call)", batch8, f"{np.median(batch8) / 8:.2f} ms per observation")
+        policy, obs = load_bare(run_dir, small)
+        batch8 = timed(lambda: policy.act_batch([obs] * 8, ["greedy"] * 8), max(10, args.n // 8), warmup=3)
 
         print("round trips ...", file=sys.stderr, flush=True)
-        srv = start_server(run_dir, args.threads, max_batch=8)
-        try:
-            with _client(srv.url) as c:
-                server_timing: list[dict] = []
-                ours = timed(lambda: server_timing.append(vlaloop_call(c, small)["timing"]), args.n)
-                infer = float(np.median([t["infer_ms"] for t in server_timing]))
-                total = float(np.median([t["total_ms"] for t in server_timing]))
-                rt = lat("`/v1/act` msgpack+JPEG, 96x96", ours,
-                         f"server: infer {infer:.2f}, total {total:.2f} (p50)")
-                rt_large = lat("`/v1/act` msgpack+JPEG, 640x480", timed(lambda: vlaloop_call(c, large),
-                                                                         max(20, args.n // 3)), "JPEG q90")
-            tp = {("batched", k): throughput(srv.url, k, args.duration, small) for k in (1, 4, 8)}
-            batch_mean = mean_batch(srv.url)
-        finally:
-            srv.stop()
-        srv = start_server(run_dir, args.threads, max_batch=1)
-        try:
-            tp.update({("unbatched", k): throughput(srv.url, k, args.duration, small) for k in (1, 4, 8)})
-        finally:
-            srv.stop()
-
+        batched = start_server(run_dir, args.threads, max_batch=8)
+        unbatched = start_server(run_dir, args.threads, max_batch=1)
         base = start_baseline(run_dir, args.threads)
         try:
+            with _client(batched.url) as c:
+                server_timing: list[dict] = []
+                single, ours = interleaved(lambda: policy.act(obs),
+                                           lambda: server_timing.append(vlaloop_call(c, small)["timing"]), args.n)
+                bare = lat("bare `policy.act` (in process)", single, "greedy, 96x96 frame; timed alternately "
+                                                                      "with the next row")
+                lat("bare `policy.act_batch` of 8 (per call)", batch8,
+                    f"{np.median(batch8) / 8:.2f} ms per observation")
+                infer = np.array([t["infer_ms"] for t in server_timing[-args.n:]])
+                total = np.array([t["total_ms"] for t in server_timing[-args.n:]])
+                rt = lat("`/v1/act` msgpack+JPEG, 96x96", ours,
+                         f"server: infer {np.median(infer):.2f}, total {np.median(total):.2f} (p50)")
+                overhead = float(np.median(ours - infer))  # same requests: robust to the machine's load
+                rt_large = lat("`/v1/act` msgpack+JPEG, 640x480",
+                               timed(lambda: vlaloop_call(c, large), max(20, args.n // 3)), "JPEG q90")
+            dropin_rows(batched.url, small, args.n, lat)  # openpi websocket, OpenVLA /act (docs/dropin.md)
             with _client(base.url) as c:
-                bl = lat("JSON-lists baseline, 96x96 (1 action/request)", timed(lambda: baseline_call(c, small),
-                                                                                 args.n), "OpenVLA deploy.py shape")
+                bl = lat("JSON-lists baseline, 96x96 (1 action/request)",
+                         timed(lambda: baseline_call(c, small), args.n), "OpenVLA deploy.py shape")
                 bl_large = lat("JSON-lists baseline, 640x480 (1 action/request)",
-                               timed(lambda: baseline_call(c, large), max(10, args.n // 15), warmup=2), "")
+                               timed(lambda: baseline_call(c, large), 10, warmup=1), "")
+            print("throughput ...", file=sys.stderr, flush=True)
+            tp, batch_mean = {}, 0.0
+            for k in (1, 4, 8):  # batched and unbatched alternate, so load drift hits both alike
+                before = batch_counts(batched.url)
+                tp["batched", k] = throughput(batched.url, k, args.duration, small)
+                after = batch_counts(batched.url)
+                if k == 8:
+                    batch_mean = (after[0] - before[0]) / max(after[1] - before[1], 1.0)
+                tp["unbatched", k] = throughput(unbatched.url, k, args.duration, small)
         finally:
-            base.stop()
+            for srv in (batched, unbatched, base):
+                srv.stop()
 
     chunk = 4
     for k in (1, 4, 8):
@@ -277,13 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(("", "", "", ""))
     ratios = [
         ("round-trip p50 - bare inference p50 (ms)", f"{rt - bare:.2f}", "target <= 2 ms",
-         f"server-side total - infer: {total - infer:.2f} ms"),
+         f"median over the same requests of (round trip - server infer_ms): {overhead:.2f} ms"),
         ("speedup vs JSON lists, 96x96, per request", f"x{bl / rt:.2f}", "target >= 3x",
          f"per action (chunk of {chunk} vs 1): x{bl * chunk / rt:.1f}"),
         ("speedup vs JSON lists, 640x480, per request", f"x{bl_large / rt_large:.2f}", "target >= 3x",
          f"per action: x{bl_large * chunk / rt_large:.1f}"),
         ("8 clients: batched / unbatched throughput", f"x{tp['batched', 8] / tp['unbatched', 8]:.2f}",
-         "target >= 2.5x", f"mean batch size over the batched runs {batch_mean:.2f}"),
+         "target >= 2.5x", f"mean batch size with 8 clients: {batch_mean:.2f}"),
     ]
     load = os.getloadavg()[0]
     print(f"\nbench.serving — tiny PaliGemma VLA, CPU, torch threads={args.threads}, "
