@@ -106,7 +106,8 @@ def hello(robot="r1", **kw) -> Hello:
 
 
 def test_refusals_are_clear_and_ingestion_continues(learner_factory, tmp_path):
-    lr = learner_factory("--no-train", env={"VLALOOP_LEARNER__TOKEN": "s3cret"})
+    lr = learner_factory("--no-train", env={"VLALOOP_LEARNER__TOKEN": "s3cret",
+                                            "VLALOOP_LEARNER__MAX_MESSAGE_BYTES": "200000"})
     c = IngestClient(lr.endpoint)
     try:
         # steps before hello
@@ -150,12 +151,19 @@ def test_refusals_are_clear_and_ingestion_continues(learner_factory, tmp_path):
         # a second robot on its own connection is unaffected by the first one's refusals
         c2 = IngestClient(lr.endpoint)
         assert c2.request(hello("r2", token="s3cret")).ok and c2.request(make_step("r2", "e9", 0, IMAGES)).ok
+        # over learner.max_message_bytes: ZeroMQ drops the peer without reading it; others go on
+        big = make_step("r2", "e9", 1, {"front": b"\xff" * 300_000})
+        c2.send(big)
+        with pytest.raises(TimeoutError):
+            c2.recv_ack(timeout=1.0)
         c2.close()
+        assert c.request(make_step("r1", "e1", 2, IMAGES)).ok
+        assert [x["step"] for x in EpisodeStore(lr.run_dir / "episodes").load("r2", "e9").steps] == [0]
     finally:
         c.close()
     time.sleep(0.4)
     st = json.loads((lr.run_dir / "status.json").read_text())
-    assert st["ingest"]["refused"] == 11 and st["ingest"]["steps"] == 3
+    assert st["ingest"]["refused"] == 11 and st["ingest"]["steps"] == 4
     assert lr.stop() == 0
     assert "refused message" in lr.logs() and "hello first" in lr.logs()
 
