@@ -173,15 +173,8 @@ function buildCard(robotId) {
       el("span", { class: "version", "data-field": "version" })),
     el("div", { class: "robot-body" },
       el("div", { class: "frames" }),
-      el("div", { class: "robot-side" },
-        el("p", { class: "instruction", "data-field": "instruction" }),
-        el("dl", { class: "facts" },
-          el("div", {}, el("dt", { text: "Step" }), el("dd", { "data-field": "step" })),
-          el("div", {}, el("dt", { text: "Loop" }), el("dd", { "data-field": "hz" })),
-          el("div", {}, el("dt", { text: "Task" }), el("dd", { "data-field": "task" })),
-          el("div", {}, el("dt", { text: "Seen" }), el("dd", { "data-field": "seen" })),
-          el("div", { class: "wide" }, el("dt", { text: "Episode" }), el("dd", { "data-field": "episode" }))),
-        el("p", { class: "detail", "data-field": "detail" }),
+      el("p", { class: "instruction", "data-field": "instruction" }),
+      el("div", { class: "actions" },
         el("div", { class: "label-bar", hidden: "" },
           el("p", { "data-field": "awaiting" }),
           el("div", { class: "label-buttons" },
@@ -190,7 +183,15 @@ function buildCard(robotId) {
             action("Discard", "btn-discard", "D", () => labelAwaiting(robotId, "discard")))),
         el("div", { class: "controls" },
           action("End episode", "btn-secondary", "E", () => sendCommand(robotId, "end_episode")),
-          action("Pause", "btn-warn", "P", () => togglePause(robotId))))));
+          action("Pause", "btn-warn", "P", () => togglePause(robotId)))),
+      el("div", { class: "about" },
+        el("dl", { class: "facts" },
+          el("div", {}, el("dt", { text: "Step" }), el("dd", { "data-field": "step" })),
+          el("div", {}, el("dt", { text: "Loop" }), el("dd", { "data-field": "hz" })),
+          el("div", {}, el("dt", { text: "Task" }), el("dd", { "data-field": "task" })),
+          el("div", {}, el("dt", { text: "Seen" }), el("dd", { "data-field": "seen" })),
+          el("div", { class: "wide" }, el("dt", { text: "Episode" }), el("dd", { "data-field": "episode" }))),
+        el("p", { class: "detail", "data-field": "detail" }))));
   return card;
 }
 
@@ -248,8 +249,8 @@ function updateCard(card, r) {
   bar.hidden = !waiting;
   if (waiting) {
     const info = ui.awaiting.get(r.robot_id + "/" + waiting);
-    const hint = info && info.auto_outcome ? ` — the success check says ${info.auto_outcome}` : "";
-    setField(root, "awaiting", `Episode ${waiting} is waiting for your label${hint}.`);
+    const hint = info && info.auto_outcome ? ` (success check: ${info.auto_outcome})` : "";
+    setField(root, "awaiting", `Episode over — your label?${hint}`);
     bar.dataset.episode = waiting;
   }
   const pause = root.querySelector('[data-action="pause"]');
