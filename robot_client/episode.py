@@ -149,8 +149,13 @@ class EpisodeRunner:
             self.rig.arm.reset_home()
         except ArmError as e:
             log.error("reset failed: %s; recovering", e)
-            self.rig.arm.recover()
-            result = EpisodeResult(episode_id, "", 0, "arm_error", f"reset failed: {e}")
+            detail = f"reset failed: {e}"
+            try:
+                self.rig.arm.recover()
+            except Exception as e2:  # noqa: BLE001 - any failure here needs a human
+                detail += f"; recovery failed: {e2}"
+            result = EpisodeResult(episode_id, "", 0, "arm_error", detail)
+            self._stop_if_unrecoverable(result)
             return self._end(result, "aborted", "auto", auto_outcome=None)
         rig_max = self.rig.max_steps() if callable(self.rig.max_steps) else self.rig.max_steps
         max_steps = min(self.cfg.max_steps, rig_max or self.cfg.max_steps)  # the task's limit, if smaller
@@ -164,6 +169,7 @@ class EpisodeRunner:
         if result.aborted:
             self.status.report("holding" if result.end_reason == "server_lost" else "error",
                                step=result.n_steps, detail=f"aborted: {result.end_reason} {result.detail}")
+            self._stop_if_unrecoverable(result)
             return self._end(result, "aborted", "auto", auto_outcome=None)
         auto = None
         if self.rig.success is not None:
@@ -171,6 +177,13 @@ class EpisodeRunner:
         self.rig.arm.hold()
         outcome, source = self.wait_for_label(result, auto)
         return self._end(result, outcome, source, auto_outcome=auto)
+
+    def _stop_if_unrecoverable(self, result: EpisodeResult) -> None:
+        """An arm that cannot recover (user stop pressed, hardware fault) needs a human: stop."""
+        if "recovery failed" in result.detail:
+            log.critical("arm could not recover (%s); the robot client stops", result.detail)
+            self.status.report("error", detail=f"arm could not recover: {result.detail}"[:1000])
+            self._stop.set()
 
     def wait_for_label(self, result: EpisodeResult, auto: str | None) -> tuple[str, str]:
         """The operator's label through the server; ('aborted', 'timeout') when none came in time."""

@@ -266,6 +266,28 @@ def test_arm_error_recovers_and_aborts_the_episode(tmp_path, stack):
     assert ep["meta"]["outcome"] == "aborted" and ep["meta"]["n_steps"] == 5 and ep["steps"] == list(range(5))
 
 
+def test_arm_that_cannot_recover_stops_the_client(tmp_path, stack):
+    from robot_client.backends.base import ArmError
+
+    client, arm, robot = make_client(tmp_path, stack.server_port, stack.learner_port, robot_id="dead0",
+                                     faults=FaultConfig(arm_error_at_step=3))
+
+    def broken_recover():
+        arm._log("recover")
+        raise ArmError("user stop pressed")
+
+    arm.recover = broken_recover
+    thread, results = run_in_thread(client, episodes=0)  # forever, unless something needs a human
+    thread.join(60)
+    assert not thread.is_alive()
+    assert client.close(15)
+    (result, end), = results
+    assert end.outcome == "aborted" and "recovery failed" in result.detail
+    assert client.status.current["state"] == "error"
+    kinds = [c[0] for c in arm.calls]
+    assert kinds[-1] == "hold" and kinds.count("move") == 4  # 3 done + the refused one
+
+
 def test_stale_dropped_and_lost_frames_hold_the_arm(tmp_path, stack):
     faults = FaultConfig(late_frame_prob=0.15, late_frame_s=0.5, drop_frame_prob=0.15)
     client, arm, robot = make_client(tmp_path, stack.server_port, stack.learner_port, robot_id="cam0", faults=faults,
