@@ -240,6 +240,14 @@ def test_learning_view_status_json_and_curves(server):
     assert (v[2]["episodes"], v[2]["eval_episodes"], v[2]["eval_success_rate"]) == (1, 1, 1.0)
     assert after["outcome_counts"] == {"success": 2, "failure": 1, "aborted": 1}
     assert after["expert_episodes"] == 1
+    # the learner writes NaN for a loss over zero samples (Python's json allows it; JSON does not)
+    status_path.write_text('{"phase": "sft", "losses": {"loss_eval": NaN, "loss_train": 1.5}, '
+                           '"history": [{"x": Infinity}]}')
+    with _client(server) as c:
+        r = c.get("/v1/learning")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"]["losses"] == {"loss_eval": None, "loss_train": 1.5}
+    assert r.json()["status"]["history"] == [{"x": None}]
 
 
 def test_moving_average_window():

@@ -18,6 +18,7 @@ by the server but dropped as ``runs/<run>/inbox/relabel-<uuid>.json`` (atomic) f
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import threading
@@ -292,12 +293,24 @@ def _summaries(ctx: UIContext) -> list[EpisodeSummary]:
     return sorted(out, key=lambda e: (e.finished or 0.0, e.robot_id, e.episode_id))
 
 
+def _finite(value: Any) -> Any:
+    """NaN/inf -> None, recursively: the learner may write NaN (e.g. a loss over zero samples, which
+    Python's json accepts) but it is not JSON and would make the response fail."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _read_status(ctx: UIContext) -> tuple[LearnerStatus | None, float | None]:
     path = ctx.run_dir / "status.json"
     try:
         raw = path.read_text()
         age = max(0.0, time.time() - path.stat().st_mtime)
-        return LearnerStatus.model_validate(json.loads(raw)), age
+        return LearnerStatus.model_validate(_finite(json.loads(raw))), age
     except FileNotFoundError:
         return None, None
     except (OSError, ValueError):

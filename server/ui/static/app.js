@@ -558,12 +558,45 @@ function renderLearning(view) {
   const c = view.outcome_counts;
   $("#outcome-counts").textContent = [`${c.success || 0} success`, `${c.failure || 0} failure`,
     `${c.aborted || 0} aborted`, `${view.expert_episodes} expert`].join(" · ");
+  // the tile: loss-like entries first (the learner also reports counters in `losses`)
   const losses = Object.entries(st.losses || {});
-  $("#losses tbody").replaceChildren(...(losses.length
-    ? losses.map(([k, v]) => el("tr", {}, el("td", { text: k }), el("td", { text: fmtNum(v) })))
+  const lossLike = losses.filter(([k]) => /loss/i.test(k));
+  const shown = (lossLike.length ? lossLike : losses).slice(0, 6);
+  $("#losses tbody").replaceChildren(...(shown.length
+    ? shown.map(([k, v]) => el("tr", {}, el("td", { text: k }), el("td", { text: fmtValue(v) })))
     : [el("tr", {}, el("td", { class: "muted none", text: "no losses reported yet" }))]));
+  renderLearnerDetails(st);
   drawEpisodeChart($("#chart-episodes"), view.curve, view.window, view.curve_total);
   drawVersionChart($("#chart-versions"), view.versions);
+}
+
+function fmtValue(v) {
+  if (v === null || v === undefined) return "–";
+  if (typeof v === "number") return fmtNum(v);
+  if (Array.isArray(v)) return v.length ? v.join(", ") : "–";
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v) || "–";
+}
+
+// Everything else status.json says, as small key/value tables (the learner may add fields).
+function renderLearnerDetails(st) {
+  $("#learner-detail").textContent = st.detail ? "· " + st.detail : "";
+  const sections = [];
+  const table = (title, entries) => {
+    if (!entries.length) return;
+    sections.push(el("div", { class: "kv" }, el("h4", { text: title }),
+      el("table", {}, el("tbody", {}, ...entries.map(([k, v]) =>
+        el("tr", {}, el("td", { text: k }), el("td", { text: v })))))));
+  };
+  table("Losses and counters", Object.entries(st.losses || {}).map(([k, v]) => [k, fmtValue(v)]));
+  const rates = (st.success_rate || {}).by_phase || {};
+  table("Success by phase", Object.entries(rates).filter(([, r]) => r).map(([k, r]) => [k, `${pct(r.rate)} (n=${r.n})`]));
+  table("Episodes per phase", Object.entries(st.episodes_per_phase || {}).map(([k, v]) => [k, fmtValue(v)]));
+  const ingest = st.ingest || {};
+  table("Ingest", ["steps", "episodes", "steps_per_s", "duplicates", "refused", "relabels", "inbox_applied", "robots", "last_refusal"]
+    .filter((k) => k in ingest && ingest[k] !== "").map((k) => [k.replace(/_/g, " "), fmtValue(ingest[k])]));
+  $("#learner-sections").replaceChildren(...(sections.length ? sections
+    : [el("p", { class: "muted", text: "The learner has not reported anything else yet." })]));
 }
 
 // Canvas charts, drawn by hand (no chart library: the page must work offline).
@@ -694,10 +727,11 @@ function drawVersionChart(canvas, versions) {
       ctx.fillStyle = CHART.eval;
       ctx.beginPath(); ctx.moveTo(cx, ey - 7); ctx.lineTo(cx + 7, ey); ctx.lineTo(cx, ey + 7); ctx.lineTo(cx - 7, ey); ctx.fill();
     }
-    ctx.fillStyle = CHART.ink;
     ctx.textAlign = "center";
-    ctx.textBaseline = "bottom";
-    ctx.fillText(pct(v.success_rate), cx, Math.max(CHART.top + 12, top - 4));
+    const inside = top - 4 < CHART.top + 12;   // no room above a tall bar: write inside it
+    ctx.fillStyle = inside ? "#fff" : CHART.ink;
+    ctx.textBaseline = inside ? "top" : "bottom";
+    ctx.fillText(pct(v.success_rate), cx, inside ? top + 5 : top - 4);
     ctx.fillStyle = CHART.muted;
     ctx.textBaseline = "top";
     ctx.fillText("v" + v.policy_version, cx, CHART.top + plotH + 6);
