@@ -69,6 +69,8 @@ def server(tmp_path_factory):
     _store_episode(store, "mock0", "ep-2", "success", 1, finished=102.0, meta_version=False)
     _store_episode(store, "mock1", "ep-3", "aborted", 2, finished=103.0)
     _store_episode(store, "mock1", "ep-4", "success", 2, purpose="eval", source="eval", finished=104.0)
+    store.append_step("mock1", "ep-running", 0, {"policy_version": 2}, {"front": _frame(5)})  # no meta yet
+    (run_dir / "episodes" / "not a robot id").mkdir()  # foreign directories are ignored
     with ServerThread(config, loader=_NoPolicy()) as srv:
         srv.run_dir = run_dir
         yield srv
