@@ -109,7 +109,8 @@ class RobotClient:
                                 on_state=lambda state, info: self.status.report(state, **info),
                                 success=rig.success)
         self.runner = EpisodeRunner(rig, self.loop, self.client, self.streamer.submit, cfg, self.status,
-                                    calibration=cal.model_dump(mode="json"))
+                                    calibration=cal.model_dump(mode="json"),
+                                    marker=Path(outbox_dir) / "episode_in_progress.json")
 
     def _extra(self) -> dict:
         extra = {}

@@ -9,12 +9,15 @@ keeps the arm holding and retries until the server answers again, then starts a 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from protocol.messages import EpisodeEnd
 from robot_client.backends.base import Arm, ArmError, Camera
@@ -94,7 +97,7 @@ class StatusReporter:
 
 class EpisodeRunner:
     def __init__(self, rig: Rig, loop: ControlLoop, client: ServerClient, emit: Callable, cfg: RobotConfig,
-                 status: StatusReporter, calibration: dict | None = None):
+                 status: StatusReporter, calibration: dict | None = None, marker: Path | None = None):
         self.rig = rig
         self.loop = loop
         self.client = client
@@ -102,6 +105,8 @@ class EpisodeRunner:
         self.cfg = cfg
         self.status = status
         self.calibration = calibration  # copied into every episode's metadata
+        # names the episode in progress; left behind by a crash, it is closed as aborted on restart
+        self.marker = marker
         self.results: list[tuple[EpisodeResult, EpisodeEnd]] = []
         self._stop = threading.Event()
         self._mode = cfg.mode
@@ -115,6 +120,7 @@ class EpisodeRunner:
         return self._stop.is_set()
 
     def run(self, episodes: int = 0) -> list[tuple[EpisodeResult, EpisodeEnd]]:
+        self.close_crashed_episode()
         n = 0
         while not self._stop.is_set() and (episodes == 0 or n < episodes):
             if not self.wait_for_server():
@@ -124,6 +130,31 @@ class EpisodeRunner:
             n += 1
         self.rig.arm.hold()
         return self.results
+
+    def close_crashed_episode(self) -> None:
+        """An episode the client died in never got its EpisodeEnd: send it now, as aborted."""
+        if self.marker is None or not self.marker.exists():
+            return
+        try:
+            info = json.loads(self.marker.read_text())
+            end = EpisodeEnd(robot_id=self.cfg.robot_id, episode_id=info["episode_id"], outcome="aborted",
+                             label_source="auto", n_steps=0, instruction=info.get("instruction") or "-",
+                             task=info.get("task", ""), extra={"end_reason": "client_crashed", "purpose": "train"})
+        except (ValueError, KeyError, TypeError) as e:
+            log.error("unreadable episode marker %s (%s); ignoring it", self.marker, e)
+        else:
+            log.warning("closing episode %s, left open by a crash, as aborted", info["episode_id"])
+            self.emit(end)
+        self.marker.unlink(missing_ok=True)
+
+    def _mark(self, episode_id: str, instruction: str) -> None:
+        if self.marker is not None:
+            tmp = self.marker.with_name(self.marker.name + ".tmp")
+            with open(tmp, "w") as f:
+                json.dump({"episode_id": episode_id, "instruction": instruction, "task": self.rig.task}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.marker)
 
     def wait_for_server(self) -> bool:
         """Hold the arm and retry until the server answers (and the action link sees it too)."""
@@ -159,6 +190,7 @@ class EpisodeRunner:
             return self._end(result, "aborted", "auto", auto_outcome=None)
         rig_max = self.rig.max_steps() if callable(self.rig.max_steps) else self.rig.max_steps
         max_steps = min(self.cfg.max_steps, rig_max or self.cfg.max_steps)  # the task's limit, if smaller
+        self._mark(episode_id, instruction)
         self.status.report("running", episode_id=episode_id, step=0, instruction=instruction,
                            task=self.rig.task, loop_hz=self.cfg.rate_hz, detail="")
         result = self.loop.run_episode(episode_id, instruction, max_steps, mode=self._mode)
@@ -227,5 +259,7 @@ class EpisodeRunner:
                                 "purpose": "eval" if self._mode == "greedy" else "train",
                                 **({"calibration": self.calibration} if self.calibration else {})})
         self.emit(end)
+        if self.marker is not None:
+            self.marker.unlink(missing_ok=True)
         self.results.append((result, end))
         return result, end

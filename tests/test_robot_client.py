@@ -249,6 +249,32 @@ def test_cli_sigterm_holds_aborts_the_episode_and_exits(tmp_path, stack):
     assert ep["steps"] == list(range(ep["meta"]["n_steps"]))
 
 
+def test_cli_robot_killed_mid_episode_closes_it_on_restart(tmp_path, stack):
+    from test_robot_standins import PY, ROOT
+
+    argv = [PY, "-m", "vlaloop.cli", "--run-dir", str(tmp_path / "run"), "robot", "--backend", "mock",
+            "--robot-id", "crash0", "--server", f"http://127.0.0.1:{stack.server_port}",
+            "--learner", f"tcp://127.0.0.1:{stack.learner_port}", "--max-steps", "15", "--rate", "20"]
+    proc = subprocess.Popen([*argv, "--episodes", "0"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: any(len(e["steps"]) >= 5 for e in stack.episodes(complete=False).values()
+                             if e["meta"]["robot_id"] == "crash0"), 60, "5 stored steps")
+    finally:
+        proc.kill()  # SIGKILL: no EpisodeEnd, whatever was in memory is gone
+        proc.wait()
+    (crashed_id,) = [k for k, e in stack.episodes(complete=False).items() if e["meta"]["robot_id"] == "crash0"]
+    r = subprocess.run([*argv, "--episodes", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    eps = {k: e for k, e in stack.episodes().items() if e["meta"]["robot_id"] == "crash0"}
+    assert len(eps) == 2
+    crashed = eps.pop(crashed_id)
+    assert crashed["meta"]["outcome"] == "aborted" and crashed["meta"]["extra"]["end_reason"] == "client_crashed"
+    assert crashed["steps"] == list(range(len(crashed["steps"])))  # a prefix, in order, no duplicates
+    (fresh,) = eps.values()
+    assert fresh["steps"] == list(range(15)) and fresh["meta"]["outcome"] in ("success", "failure")
+
+
 def test_arm_error_recovers_and_aborts_the_episode(tmp_path, stack):
     client, arm, robot = make_client(tmp_path, stack.server_port, stack.learner_port, robot_id="err0",
                                      faults=FaultConfig(arm_error_at_step=5))
