@@ -52,7 +52,7 @@ def run(args: argparse.Namespace, config) -> int:
         return 2
     status.write()
     log.info("learner ingest on %s, run dir %s", endpoint, run_dir)
-    code = 0
+    code, detail = 0, "stopped"
     try:
         if args.no_train:
             while not shutdown.event.wait(0.5):
@@ -63,9 +63,11 @@ def run(args: argparse.Namespace, config) -> int:
         else:
             loop = PhaseLoop(config, run_dir, status=status, shutdown=shutdown, ingest=ingest)
             code = loop.run()
+            if not shutdown.event.is_set():
+                detail = status.snapshot()["detail"]  # the loop's own last word ("done: N iterations")
     except ShutdownRequested:
         log.info("training interrupted by shutdown; it resumes from the last published version")
     finally:
         ingest.stop()
-        status.set(phase="idle", detail="stopped")
+        status.set(phase="idle", detail=detail)
     return code

@@ -259,6 +259,20 @@ class PhaseLoop:
                      p["iteration"], p["round"])
             self.state.drop_pending()  # its episodes are still unconsumed: the next round takes them
 
+    def _bootstrap_history(self) -> list[dict]:
+        """Stage 0 versions (often published by an earlier `learn --bootstrap` process)."""
+        from vla.registry import CheckpointError, CheckpointRegistry
+
+        reg, out = CheckpointRegistry(self.run_dir / "checkpoints"), []
+        for v in reg.versions():
+            try:
+                if reg.read_meta(v).get("phase") == "bootstrap":
+                    out.append({"iteration": 0, "round": 0, "phase": "bootstrap", "version": v,
+                                "n_episodes": None, "success_rate": None})
+            except CheckpointError:
+                continue
+        return out
+
     def _history_entry(self, entry: dict) -> dict:
         m = entry.get("metrics") or {}
         return {"iteration": entry["iteration"], "round": entry["round"], "phase": entry["phase"],
@@ -390,7 +404,8 @@ class PhaseLoop:
     def run(self, bootstrap: bool = False) -> int:
         try:
             self._rescan()
-            self.status.load_history([self._history_entry(e) for e in self.state.data["rounds"]])
+            self.status.load_history(self._bootstrap_history() + [self._history_entry(e)
+                                                                   for e in self.state.data["rounds"]])
             if bootstrap or not self.trainer.has_policy():
                 self.bootstrap()
             else:
