@@ -346,7 +346,7 @@ function onKey(ev) {
 
 let robotsBusy = false;
 async function pollRobots() {
-  if (robotsBusy || ui.loginOpen) return;
+  if (robotsBusy || ui.loginOpen || document.hidden) return;  // a background tab costs the server nothing
   robotsBusy = true;
   try {
     const robots = await getJSON("/v1/robots");
@@ -406,7 +406,7 @@ async function loadThumb(e, img) {
 
 let episodesBusy = false;
 async function pollEpisodes() {
-  if (episodesBusy || ui.loginOpen) return;
+  if (episodesBusy || ui.loginOpen || document.hidden) return;
   episodesBusy = true;
   try {
     const source = $("#episode-filter").value;
@@ -741,7 +741,7 @@ function drawVersionChart(canvas, versions) {
 
 let learningBusy = false;
 async function pollLearning() {
-  if (learningBusy || ui.loginOpen) return;
+  if (learningBusy || ui.loginOpen || document.hidden) return;
   learningBusy = true;
   try {
     const view = await getJSON("/v1/learning");
@@ -768,6 +768,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#logout").hidden = !token();
   $("#episode-filter").addEventListener("change", () => { ui.episodesSig = ""; pollEpisodes(); });
   document.addEventListener("keydown", onKey);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshAll(); });
   window.addEventListener("resize", () => { if (ui.view === "learning" && ui.learning) renderLearning(ui.learning); });
   every(ROBOT_POLL_MS, pollRobots);
   let lastLearning = 0;
