@@ -8,6 +8,7 @@ episode per task (start, two intermediate frames, last frame) rendered at 224x22
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -51,7 +52,8 @@ def timing_table() -> list[str]:
     robot = MockRobot(task="pick_place")
     vec = VecScene(256, seeds=range(256), task="pick_place")
     actions = vec.expert_actions()
-    rows = ["| what | time |", "|---|---|"]
+    load = os.getloadavg()[0]
+    rows = [f"| what (best of 5 batches; load average {load:.1f} on {os.cpu_count()} cores) | time |", "|---|---|"]
     for size in (96, 224):
         rows.append(f"| render front {size}x{size} | {_best_ms(lambda s=size: render(state, s)):.3f} ms |")
     rows.append(f"| render wrist 96x96 | {_best_ms(lambda: render(state, 96, 'wrist')):.3f} ms |")
