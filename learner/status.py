@@ -11,6 +11,7 @@ episodes_per_phase, policy_version, ingest, history, updated (unix seconds), sta
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -23,6 +24,17 @@ from learner.store import write_json_atomic
 PHASES = ("bootstrap", "rl", "sft", "idle")
 RECENT_WINDOW = 20  # episodes in the "recent" success rate
 HISTORY_LEN = 200  # rounds/phases kept in status.json for the success curve
+
+
+def finite_json(value: Any) -> Any:
+    """NaN/inf become null: status.json must be strict JSON (browsers' JSON.parse rejects NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def episode_summary(meta: dict) -> dict:
@@ -128,7 +140,7 @@ class StatusBoard:
         }
         per_phase = Counter(s["learner_phase"] for s in eps)
         per_source = Counter(s["source"] for s in eps)
-        return {
+        return finite_json({
             **fields,
             "success_rate": success,
             "episodes_per_phase": dict(sorted(per_phase.items())),
@@ -136,7 +148,7 @@ class StatusBoard:
             "ingest": ingest,
             "history": history,
             "updated": time.time(),
-        }
+        })
 
     def write(self) -> None:
         # One writer at a time, snapshot taken inside: a slow writer never overwrites a newer file.

@@ -73,7 +73,7 @@ def make_trainer_class(model, crash_at: str | None = None, crash_round: int = 0)
             if crash_at == "sft_phase":
                 raise Crash("during sft")
             ContractTrainer.calls.append(("sft", []))
-            return {"sft_loss": 0.25, "eval_loss": 0.3}
+            return {"sft_loss": 0.25, "eval_loss": 0.3, "held_out_loss": float("nan")}
 
         def publish(self, kind, phase, metrics):
             version = publish(self.registry, self.model, Normalizer.identity(), kind=kind,
@@ -149,10 +149,11 @@ def test_schedule_consumes_only_new_labelled_online_episodes(tmp_path, model):
                                  "r1/e1": {"iteration": 0, "round": 0, "version": 2},
                                  "r1/e2": {"iteration": 0, "round": 1, "version": 3},
                                  "r1/e3": {"iteration": 0, "round": 1, "version": 3}}
-    st = json.loads((tmp_path / "status.json").read_text())
+    st = json.loads((tmp_path / "status.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert st["phase"] == "idle" and st["policy_version"] == 4 and st["iteration"] == 1
     assert [(h["phase"], h["version"]) for h in st["history"]] == [("bootstrap", 1), ("rl", 2), ("rl", 3), ("sft", 4)]
-    assert st["history"][1]["success_rate"] == 0.5 and st["losses"] == {"sft_loss": 0.25, "eval_loss": 0.3}
+    assert st["history"][1]["success_rate"] == 0.5 and st["losses"] == {"sft_loss": 0.25, "eval_loss": 0.3,
+                                                                       "held_out_loss": None}
     assert (tmp_path / "tb").is_dir() and any((tmp_path / "tb").iterdir())
 
 

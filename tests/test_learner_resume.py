@@ -9,7 +9,6 @@ import hashlib
 import json
 import time
 
-import pytest
 from test_ingest_service import hello, learner_factory  # noqa: F401  (fixture)
 
 from bench.learner_ingest import IngestClient
@@ -17,8 +16,6 @@ from learner.store import EpisodeStore
 from protocol.images import encode_jpeg
 from protocol.messages import EpisodeEnd, StepMsg
 from vla.registry import CheckpointRegistry
-
-pytest.importorskip("learner.trainer")
 
 SMALL = {  # everything tiny: this is about the service's crash consistency, not learning
     "VLALOOP_LEARNER__BOOTSTRAP_DEMOS": "4", "VLALOOP_LEARNER__BOOTSTRAP_STEPS": "8",
