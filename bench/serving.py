@@ -133,7 +133,7 @@ def dropin_rows(url: str, frame: np.ndarray, n: int, lat: Callable[..., float]) 
     pi = websocket_client_policy.WebsocketClientPolicy("127.0.0.1", port)
     obs = {"observation/exterior_image_1_left": frame, "observation/state": np.asarray(STATE), "prompt": INSTRUCTION}
     infer: list[float] = []
-    ms = timed(lambda: infer.append(pi.infer(obs)["server_timing"]["infer_ms"]), n)
+    ms = timed(lambda: pi.infer(obs)["server_timing"]["infer_ms"], n, results=infer)
     lat("openpi websocket (`openpi-client` infer), 96x96", ms, f"raw uint8; server infer {np.median(infer):.2f} (p50)")
     pi._ws.close()
     body = json_numpy.dumps({"image": frame, "instruction": INSTRUCTION})
@@ -151,14 +151,18 @@ def baseline_call(client, frame: np.ndarray) -> list[float]:
     return r.json()
 
 
-def timed(fn: Callable[[], object], n: int, warmup: int = 5) -> np.ndarray:
+def timed(fn: Callable[[], object], n: int, warmup: int = 5, results: list | None = None) -> np.ndarray:
+    """Milliseconds per call of ``fn`` over ``n`` calls after ``warmup`` untimed ones; the timed calls'
+    return values are appended to ``results``."""
     for _ in range(warmup):
         fn()
     out = np.empty(n)
     for i in range(n):
         t0 = time.perf_counter()
-        fn()
+        value = fn()
         out[i] = time.perf_counter() - t0
+        if results is not None:
+            results.append(value)
     return out * 1e3
 
 
@@ -242,13 +246,16 @@ def load_bare(run_dir: str, frame: np.ndarray):
     return policy, obs
 
 
-def interleaved(first: Callable[[], object], second: Callable[[], object], n: int,
-                warmup: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """Time ``first`` and ``second`` alternately, so that a shared machine's changing load hits both alike."""
-    a, b = timed(first, 0, warmup), timed(second, 0, warmup)
-    for _ in range(n):
-        a = np.append(a, timed(first, 1, 0))
-        b = np.append(b, timed(second, 1, 0))
+def interleaved(first: Callable[[], object], second: Callable[[], object], n: int, block: int = 25,
+                results: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Time ``first`` and ``second`` in alternating blocks, so that a shared machine's changing load
+    hits both alike (blocks, not single calls: the two processes would evict each other's weights
+    from the CPU caches on every call; each block starts with 2 untimed calls)."""
+    a, b = timed(first, 0, 5), timed(second, 0, 5)
+    while len(a) < n:
+        k = min(block, n - len(a))
+        a = np.append(a, timed(first, k, 2))
+        b = np.append(b, timed(second, k, 2, results))
     return a, b
 
 
@@ -267,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     from server.harness import publish_tiny
 
     torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()[0]
     rng = np.random.default_rng(0)
     small = rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)      # mock camera = model input size
     large = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)    # a RealSense colour frame
@@ -290,16 +298,19 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with _client(batched.url) as c:
                 server_timing: list[dict] = []
-                single, ours = interleaved(lambda: policy.act(obs),
-                                           lambda: server_timing.append(vlaloop_call(c, small)["timing"]), args.n)
+                single, ours = interleaved(lambda: policy.act(obs), lambda: vlaloop_call(c, small)["timing"],
+                                           args.n, results=server_timing)
                 bare = lat("bare `policy.act` (in process)", single, "greedy, 96x96 frame; timed alternately "
                                                                       "with the next row")
                 lat("bare `policy.act_batch` of 8 (per call)", batch8,
                     f"{np.median(batch8) / 8:.2f} ms per observation")
-                infer = np.array([t["infer_ms"] for t in server_timing[-args.n:]])
-                total = np.array([t["total_ms"] for t in server_timing[-args.n:]])
+                infer = np.array([t["infer_ms"] for t in server_timing])
+                total = np.array([t["total_ms"] for t in server_timing])
+                decode = np.median([t["decode_ms"] for t in server_timing])
+                queue = np.median([t["queue_ms"] for t in server_timing])
                 rt = lat("`/v1/act` msgpack+JPEG, 96x96", ours,
-                         f"server: infer {np.median(infer):.2f}, total {np.median(total):.2f} (p50)")
+                         f"server p50: decode {decode:.2f}, queue {queue:.2f}, infer {np.median(infer):.2f}, "
+                         f"total {np.median(total):.2f}")
                 overhead = float(np.median(ours - infer))  # same requests: robust to the machine's load
                 rt_large = lat("`/v1/act` msgpack+JPEG, 640x480",
                                timed(lambda: vlaloop_call(c, large), max(20, args.n // 3)), "JPEG q90")
@@ -338,9 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         ("8 clients: batched / unbatched throughput", f"x{tp['batched', 8] / tp['unbatched', 8]:.2f}",
          "target >= 2.5x", f"mean batch size with 8 clients: {batch_mean:.2f}"),
     ]
-    load = os.getloadavg()[0]
-    print(f"\nbench.serving — tiny PaliGemma VLA, CPU, torch threads={args.threads}, "
-          f"{os.cpu_count()} cores, load average {load:.1f}\n")
+    print(f"\nbench.serving — tiny PaliGemma VLA, CPU, torch threads={args.threads}, {os.cpu_count()} cores, "
+          f"1-min load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end\n")
     print("| measurement | p50 ms | p99 ms | note |")
     print("|---|---|---|---|")
     for r in rows:
