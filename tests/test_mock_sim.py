@@ -11,8 +11,13 @@ import pytest
 from robot_client.backends.mock.sim import (
     BLOCK_HEIGHT,
     BLOCK_RGB,
+    MAX_TRANSLATION,
     PALM_CLOSED_RGB,
     PALM_OPEN_RGB,
+    TABLE_MAX,
+    TABLE_MIN,
+    WORKSPACE_MAX,
+    WORKSPACE_MIN,
     Scene,
     SceneState,
     render,
@@ -151,3 +156,30 @@ def test_vec_agrees_with_single_scene(task):
         assert grasps > 0
     imgs = vec.render()
     assert np.array_equal(imgs[5], scenes[5].render(96))
+
+
+def test_invariants_under_wild_actions():
+    """Huge, tiny, NaN and inf actions: the hand stays in the box and moves <= 3 cm a step, blocks
+    stay on the table, a held block follows the hand."""
+    rng = np.random.default_rng(0)
+    for task in FAMILIES:
+        vec = VecScene(64, seeds=range(64), task=task)
+        for _ in range(40):
+            vec.steps[:] = 0  # keep every scene running
+            vec.succeeded[:] = False
+            scale = rng.choice([0.001, 0.03, 1.0, 100.0], size=(64, 1))
+            actions = rng.normal(0, 1, (64, 7)) * scale
+            actions[:, 6] = rng.random(64)
+            bad = rng.random(64) < 0.1
+            actions[bad, rng.integers(0, 7, bad.sum())] = rng.choice([np.nan, np.inf, -np.inf], bad.sum())
+            before = vec.ee.copy()
+            accepted = vec.step(actions)
+            assert not accepted[bad].any()
+            np.testing.assert_array_equal(vec.ee[bad], before[bad])
+            assert np.all(np.linalg.norm(vec.ee - before, axis=1) <= MAX_TRANSLATION + 1e-12)
+            assert np.all(vec.ee >= WORKSPACE_MIN - 1e-12) and np.all(vec.ee <= WORKSPACE_MAX + 1e-12)
+            free = vec.present & (np.arange(4)[None] != vec.held[:, None])
+            xy = vec.blocks[..., :2][free]
+            assert np.all(xy >= TABLE_MIN - 1e-12) and np.all(xy <= TABLE_MAX + 1e-12)
+            rows = np.flatnonzero(vec.held >= 0)
+            np.testing.assert_allclose(vec.blocks[rows, vec.held[rows], :2], vec.ee[rows, :2])

@@ -290,7 +290,7 @@ class _Projector:
         return (VIEW_S_MAX - (x + HEIGHT_K * z)) * self.px
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)  # one entry per bowl position: covers a batch of scenes
 def _front_background(size: int, bowl: tuple[float, float]) -> np.ndarray:
     """The static part of a frame (wall, table, workspace, bowl), cached per episode."""
     p = _Projector(size)
