@@ -151,6 +151,7 @@ def browser(tmp_path_factory):
                  "--disable-dev-shm-usage", "--window-size=1400,1050", "--force-device-scale-factor=1",
                  f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
         opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to fail on JavaScript errors
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     driver.set_script_timeout(10)
     try:
@@ -187,6 +188,12 @@ def _card_attr(driver, name: str) -> str | None:
 
 def _press(driver, key: str) -> None:
     driver.find_element(By.TAG_NAME, "body").send_keys(key)
+
+
+def _js_errors(driver) -> list[str]:
+    """JavaScript errors logged by the page; refused requests (the 401s before sign-in) are expected."""
+    return [e["message"] for e in driver.get_log("browser")
+            if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
 
 
 def _no_toast(driver) -> None:
@@ -325,6 +332,25 @@ def test_operator_page_drives_a_real_robot(pipeline, browser):
           "the learner to apply the relabel from the inbox")
     _wait(lambda: not list((run_dir / "inbox").glob("relabel-*.json")), 10,
           "the learner to delete the applied inbox file")
+    assert _js_errors(driver) == []
+
+
+def test_fault_state_and_second_robot(pipeline, browser):
+    """A robot reporting "holding" after a fault gets its own card with the fault shown in red."""
+    server, driver = pipeline["server"], browser
+    r = httpx.post(server.url + "/v1/robots/arm1/status", timeout=5, headers={"Authorization": f"Bearer {ROBOT_TOKEN}"},
+                   json={"state": "holding", "episode_id": "ep-fault", "step": 17, "instruction": "push the cube",
+                         "task": "push", "loop_hz": 9.5, "detail": "arm error: cartesian reflex"})
+    assert r.status_code == 200, r.text
+    driver.get(server.url + "/")
+    card = _wait(lambda: next(iter(driver.find_elements(By.CSS_SELECTOR, 'article[data-robot="arm1"]')), None),
+                 10, "the second robot's card")
+    assert card.find_element(By.CSS_SELECTOR, '[data-field="state"]').text.lower() == "holding (fault)"
+    detail = card.find_element(By.CSS_SELECTOR, '[data-field="detail"]')
+    assert detail.text == "arm error: cartesian reflex" and "fault" in detail.get_attribute("class")
+    assert card.find_element(By.CSS_SELECTOR, '[data-field="step"]').text == "17"
+    assert len(driver.find_elements(By.CSS_SELECTOR, "article.robot")) == 2
+    assert _js_errors(driver) == []
 
 
 def test_page_without_token_shows_only_the_login(pipeline, browser):
