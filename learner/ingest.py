@@ -392,9 +392,12 @@ class Ingest:
                              c["steps"], c["steps_per_s"], c["episodes"], c["duplicates"], c["refused"],
                              sorted({x.robot_id for x in self.connections.values()}))
                 if self.status is not None:
-                    self.status.set_ingest({**self.counters.as_dict(), "endpoint": self.endpoint,
-                                            "robots": sorted({c.robot_id for c in self.connections.values()}),
-                                            "inbox_applied": self.inbox.applied if self.inbox else 0})
+                    try:  # a status write failing (disk full) must not stop ingestion
+                        self.status.set_ingest({**self.counters.as_dict(), "endpoint": self.endpoint,
+                                                "robots": sorted({c.robot_id for c in self.connections.values()}),
+                                                "inbox_applied": self.inbox.applied if self.inbox else 0})
+                    except OSError:
+                        log.exception("status.json write failed")
         finally:
             sock.close()
             log.info("ingest stopped: %s", self.counters.as_dict())

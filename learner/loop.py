@@ -172,6 +172,7 @@ class PhaseLoop:
         self._index: dict[str, dict] = {}
         self._last_scan = 0.0
         self._failures = 0  # RL rounds failed in a row
+        self._ingest = ingest
         if ingest is not None:
             ingest.on_episode = self.episode_changed
 
@@ -304,6 +305,8 @@ class PhaseLoop:
         """Block until n new RL episodes exist (None on shutdown)."""
         last_report = -1
         while not self.shutdown.event.is_set():
+            if self._ingest is not None and not self._ingest.alive:
+                raise RuntimeError("the ingest thread died: no episodes can arrive (see the log above)")
             found = self.candidates()
             if len(found) >= n:
                 return found[:n]
