@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -123,15 +124,22 @@ def set_realtime(priority: int) -> str:
         return f"normal scheduling (SCHED_FIFO refused: {e})"
 
 
-def sleep_until(deadline: float, clock=time.monotonic) -> None:
+def sleep_until(deadline: float, wake: threading.Event | None = None, clock=time.monotonic) -> bool:
     """Sleep to an absolute monotonic deadline: coarse sleep, then a short yielding spin for the last
-    millisecond (time.sleep alone overshoots by up to ~1 ms under load)."""
+    millisecond (a plain sleep overshoots by up to ~1 ms under load). Returns True early if ``wake``
+    is set meanwhile (the caller has something urgent to do, e.g. hold the arm)."""
     while True:
         remaining = deadline - clock()
         if remaining <= 0:
-            return
+            return False
+        if wake is not None and wake.is_set():
+            return True
         if remaining > 0.0015:
-            time.sleep(remaining - 0.001)
+            if wake is not None:
+                if wake.wait(remaining - 0.001):
+                    return True
+            else:
+                time.sleep(remaining - 0.001)
         else:
             time.sleep(0)
 
@@ -153,6 +161,7 @@ class ControlLoop:
         # Armed per episode once the chunk length is known; until the first reply, a startup grace.
         self.watchdog = Watchdog(deadline_s=max(cfg.reply_deadline_s, 2 * self.period))
         self.stop_requested = False
+        self.episode: _EpisodeState | None = None
         self._scheduling: str | None = None
         # A thread waking from sleep waits for the GIL up to the switch interval (5 ms by default)
         # when another thread runs Python code: 0.5 ms keeps the tick start on time.
@@ -162,6 +171,7 @@ class ControlLoop:
     def run_episode(self, episode_id: str, instruction: str, max_steps: int, mode: str | None = None) -> EpisodeResult:
         ep = _EpisodeState(episode_id, instruction)
         ep.mode = mode or self.cfg.mode
+        self.episode = ep  # the running episode, for status and tests (read-only outside the loop)
         # Move everything alive now out of the collector's reach: a full collection over a large heap
         # (torch imported in the same process, say) would otherwise stall a tick for 100s of ms.
         gc.collect()
@@ -175,8 +185,14 @@ class ControlLoop:
         tick = 0
         while True:
             scheduled = t0 + tick * self.period
-            sleep_until(scheduled)
+            if sleep_until(scheduled, wake=None if ep.holding else self.link.down_event):
+                # the server died between two ticks: hold NOW, not at the next tick; that tick
+                # then sees the tripped watchdog and aborts the episode
+                self.watchdog.trip(f"server unreachable: {self.link.down}")
+                self._hold(ep)
+                sleep_until(scheduled)
             t_start = time.monotonic()
+            ep.tick = tick
             end = self._tick(ep, tick, max_steps, t_start)
             ep.timings.append(TickTiming(tick, (t_start - scheduled) * 1e3,
                                          (ep.t_issued - t_start) * 1e3, ep.tick_latency_ms))
@@ -440,6 +456,7 @@ class _EpisodeState:
         self.episode_id = episode_id
         self.instruction = instruction
         self.n_steps = 0
+        self.tick = 0
         self.mode = "sample"
         self.chunk: Chunk | None = None
         self.ensemble: list[Chunk] = []

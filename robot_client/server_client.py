@@ -132,6 +132,7 @@ class ActionLink:
         self._replies: collections.deque[Reply] = collections.deque()
         self.reply_ready = threading.Event()
         self._down: str | None = None  # why the server is considered gone; None = reachable
+        self.down_event = threading.Event()  # set the moment the server is found gone (wakes the loop)
         self._last_contact = 0.0
         self._stop = False
         self.in_flight: str | None = None  # request_id being sent now
@@ -153,6 +154,13 @@ class ActionLink:
     @property
     def down(self) -> str | None:
         return self._down
+
+    def _set_down(self, reason: str | None) -> None:
+        self._down = reason
+        if reason is None:
+            self.down_event.clear()
+        else:
+            self.down_event.set()
 
     def submit(self, req: ActRequest) -> None:
         """Queue the newest observation; an older one not yet sent is replaced (it is stale)."""
@@ -188,14 +196,14 @@ class ActionLink:
             resp = self.client.act(req, timeout=self.request_timeout_s)
             reply = Reply(req, resp, t0, time.monotonic())
             self._last_contact = self.last_reply_ok = reply.t_received
-            self._down = None
+            self._set_down(None)
         except ServerSlow as e:  # abandoned so the link is free for a newer observation
             self.failures += 1
             reply = Reply(req, None, t0, time.monotonic(), error=str(e), late=True)
             self._last_contact = 0.0  # probe at once: slow, or hung?
         except ServerUnavailable as e:
             self.failures += 1
-            self._down = str(e)
+            self._set_down(str(e))
             reply = Reply(req, None, t0, time.monotonic(), error=str(e))
         except ServerRefused as e:  # the server is up but refused this request: not a dead link
             self.failures += 1
@@ -210,7 +218,7 @@ class ActionLink:
     def _probe(self) -> None:
         if self.client.healthz(timeout=max(self.probe_interval_s, 0.2)):
             self._last_contact = time.monotonic()
-            self._down = None
+            self._set_down(None)
         else:
-            self._down = "server does not answer /healthz"
+            self._set_down("server does not answer /healthz")
             self._last_contact = time.monotonic()  # probe again after one interval, not in a spin
