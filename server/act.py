@@ -7,7 +7,6 @@ JPEGs — in a thread), queue (waiting for a batch), infer (the batch's forward 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 
@@ -100,11 +99,4 @@ async def act(request: Request) -> Response:
     metrics.observe_stages(decode_s, result.queue_s, result.infer_s, total_s)
     metrics.requests.labels(encoding=encoding).inc()
     return encode_response(resp, encoding)
-
-
-def json_act_body(request: ActRequest) -> dict:
-    """The JSON form of a request (images base64) — what curl users send."""
-    wire = request.to_wire()
-    wire["images"] = {k: base64.b64encode(v).decode() for k, v in wire["images"].items()}
-    return wire
 

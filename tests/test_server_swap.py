@@ -98,13 +98,20 @@ def _wait_refused(srv, version: int, timeout: float = 20.0) -> None:
         time.sleep(0.005)
 
 
+def _wait_answered_by(hammer: Hammer, version: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(seen and seen[-1][0] >= version for seen in hammer.seen):
+        assert time.monotonic() < deadline and not hammer.failures, hammer.failures[:3]
+        time.sleep(0.002)
+
+
 def _check_consistent(hammer: Hammer) -> set[int]:
     """No failures; every response's actions are the stamp of the version it names; per client the
     versions never go back."""
     assert not hammer.failures, hammer.failures[:5]
     versions = set()
     for seen in hammer.seen:
-        assert len(seen) > 5
+        assert len(seen) >= 2
         got = [v for v, _, _ in seen]
         assert got == sorted(got), "a client saw an older version after a newer one"
         for v, lo, hi in seen:
@@ -116,16 +123,16 @@ def _check_consistent(hammer: Hammer) -> set[int]:
 def test_twenty_swaps_under_concurrent_load(served):
     srv, model, registry = served
     with Hammer(srv.url) as hammer:
-        time.sleep(0.3)
+        _wait_answered_by(hammer, 1)
         published = []
         for _ in range(20):
             v = publish_head(model, registry, mark=mark(max(registry.versions()) + 1))
             published.append(v)
             _wait_version(srv, v)
-            time.sleep(0.05)  # let every client get a few answers from this version
+            _wait_answered_by(hammer, v)  # clients really get answers from every version
     versions = _check_consistent(hammer)
     assert len(published) == 20 and published == sorted(published)
-    assert len(versions & set(published)) >= 15, versions  # clients really saw the swaps happen
+    assert set(published) <= versions
     status = srv.app.state.holder.status()
     assert status["swaps"] == 21 and status["swap_failures"] == 0
     assert status["last_swap"]["version"] == published[-1]
@@ -158,14 +165,14 @@ def test_nan_checkpoint_is_refused_and_the_old_version_keeps_serving(served):
     srv, model, registry = served
     good = srv.app.state.holder.policy.version
     with Hammer(srv.url) as hammer:
-        time.sleep(0.2)
+        _wait_answered_by(hammer, good)
         bad = _publish_nan_version(registry)
         _wait_refused(srv, bad)
         time.sleep(0.3)  # still serving, still the old version
         assert srv.app.state.holder.policy.version == good
         after = publish_head(model, registry, mark=mark(bad + 1))  # the learner recovers: next version is taken
         _wait_version(srv, after)
-        time.sleep(0.1)
+        _wait_answered_by(hammer, after)
     versions = _check_consistent(hammer)
     assert bad not in versions and {good, after} <= versions
     with httpx.Client(base_url=srv.url) as c:
