@@ -75,7 +75,7 @@ def _stats(starts: list[float], t0: float, period: float, ticks: list[int] | Non
 
 
 def run_vlaloop(rate: float, seconds: float, server_url: str, learner_addr: str, outbox: Path,
-                prefetch_steps: int = 0, realtime_priority: int = 0) -> dict:
+                prefetch_steps: int = 0, realtime_priority: int = 0) -> dict:  # rows without it: explicit 0
     from calibration.schema import default_mock_calibration
     from robot_client.backends.mock import MockRobot
     from robot_client.cli import RobotClient

@@ -45,8 +45,9 @@ class RobotConfig(BaseModel):
     probe_interval_s: float = Field(default=0.025, gt=0, description="/healthz probe while no request is "
                                     "in flight; bounds how late a dead server is noticed")
     server_retry_s: float = Field(default=0.5, gt=0, description="retry interval while the server is down")
-    realtime_priority: int = Field(default=0, ge=0, le=99, description="SCHED_FIFO priority of the control "
-                                   "loop thread (Linux, needs CAP_SYS_NICE); 0 = normal scheduling")
+    realtime_priority: int = Field(default=50, ge=0, le=99, description="SCHED_FIFO priority of the control "
+                                   "loop thread (Linux, needs CAP_SYS_NICE or root; refused -> a warning and "
+                                   "normal scheduling); 0 = normal scheduling")
     max_frame_age_s: float = Field(default=0.3, gt=0, description="hold instead of acting on a frame older "
                                    "than this (capture time vs now)")
     camera_grace_s: float = Field(default=2.0, ge=0, description="cameras unusable this long (beyond "
