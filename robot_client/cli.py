@@ -113,11 +113,16 @@ class RobotClient:
                                     marker=Path(outbox_dir) / "episode_in_progress.json")
 
     def _extra(self) -> dict:
-        extra = {}
+        """Learner-side trouble the operator must see, added to every status post."""
+        problems = []
         if self.outbox.near_full:
-            extra["detail"] = (f"OUTBOX NEAR FULL: {self.outbox.bytes_used} of {self.cfg.outbox_max_bytes} "
-                               f"bytes unacked (learner down?)")
-        return extra
+            problems.append(f"OUTBOX NEAR FULL: {self.outbox.bytes_used} of {self.cfg.outbox_max_bytes} "
+                            f"bytes unacked (learner down?)")
+        if not self.streamer.ready and self.streamer.last_error.startswith("learner refused hello"):
+            problems.append(self.streamer.last_error)
+        if self.streamer.dropped_full:
+            problems.append(f"{self.streamer.dropped_full} steps dropped: outbox full")
+        return {"detail": "; ".join(problems)[:1000]} if problems else {}
 
     def run(self, episodes: int = 0):
         self.streamer.start()

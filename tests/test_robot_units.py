@@ -354,3 +354,30 @@ def test_loop_expired_request_counts_as_late_and_commands_are_read_from_any_repl
     assert ep.totals == {"drop_late_reply": 1} and ep.paused  # late, but the operator's pause counts
     loop._take_reply(ep, 8, 0.8, reply("e", command="end_episode"))
     assert ep.ended_by_operator and ep.chunk is None  # paused: not adopted
+
+
+def test_streamer_reports_a_refused_hello_and_keeps_the_messages(tmp_path):
+    class RefusingRouter(Router):
+        def _run(self):
+            while not self._stop.is_set():
+                if not self.sock.poll(20):
+                    continue
+                ident, seq_b, payload = self.sock.recv_multipart()
+                seq = struct.unpack("<Q", seq_b)[0]
+                self.received.append((ident, seq, decode_message(payload)))
+                self.sock.send_multipart([ident, seq_b, encode_message(Ack(seq=seq, ok=False,
+                                                                            error="config hash mismatch"))])
+
+    router = RefusingRouter()
+    box = Outbox(tmp_path / "ob")
+    st = Streamer(box, f"tcp://127.0.0.1:{router.port}", "r1", "wrong", ack_timeout_s=1.0, hello_retry_s=0.1).start()
+    try:
+        st.submit(_step(0))
+        assert _wait(lambda: "refused hello" in st.last_error and "config hash mismatch" in st.last_error)
+        assert not st.ready
+        time.sleep(0.3)
+        assert all(isinstance(m, Hello) for _, _, m in router.received)  # never a step before a hello ack
+        assert any(isinstance(decode_message(p), StepMsg) for _, p in box.pending())  # kept for later
+    finally:
+        st.stop()
+        router.close()
