@@ -285,7 +285,7 @@ def test_streamer_reconnects_after_learner_restart_and_never_blocks(tmp_path):
         for i in range(3, 20):
             st.submit(_step(i))  # the control loop is never blocked
         assert time.perf_counter() - t0 < 0.05
-        assert _wait(lambda: len(box) == 17)
+        assert _wait(lambda: sum(isinstance(decode_message(p), StepMsg) for _, p in box.pending()) == 17)
         time.sleep(1.5)
         router2 = Router(ack=True, port=port)
         try:
