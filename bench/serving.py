@@ -151,13 +151,16 @@ def baseline_call(client, frame: np.ndarray) -> list[float]:
     return r.json()
 
 
-def timed(fn: Callable[[], object], n: int, warmup: int = 5, results: list | None = None) -> np.ndarray:
-    """Milliseconds per call of ``fn`` over ``n`` calls after ``warmup`` untimed ones; the timed calls'
-    return values are appended to ``results``."""
+def timed(fn: Callable[[], object], n: int, warmup: int = 5, results: list | None = None,
+          pause_s: float = 0.0) -> np.ndarray:
+    """Milliseconds per call of ``fn`` over ``n`` calls after ``warmup`` untimed ones (with an untimed
+    ``pause_s`` sleep before each); the timed calls' return values are appended to ``results``."""
     for _ in range(warmup):
         fn()
     out = np.empty(n)
     for i in range(n):
+        if pause_s:
+            time.sleep(pause_s)
         t0 = time.perf_counter()
         value = fn()
         out[i] = time.perf_counter() - t0
@@ -247,14 +250,14 @@ def load_bare(run_dir: str, frame: np.ndarray):
 
 
 def interleaved(first: Callable[[], object], second: Callable[[], object], n: int, block: int = 25,
-                results: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+                results: list | None = None, pause_first_s: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Time ``first`` and ``second`` in alternating blocks, so that a shared machine's changing load
     hits both alike (blocks, not single calls: the two processes would evict each other's weights
     from the CPU caches on every call; each block starts with 2 untimed calls)."""
     a, b = timed(first, 0, 5), timed(second, 0, 5)
     while len(a) < n:
         k = min(block, n - len(a))
-        a = np.append(a, timed(first, k, 2))
+        a = np.append(a, timed(first, k, 2, pause_s=pause_first_s))
         b = np.append(b, timed(second, k, 2, results))
     return a, b
 
@@ -298,10 +301,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with _client(batched.url) as c:
                 server_timing: list[dict] = []
+                # bare calls get 1 ms idle before each (untimed), as the server's inference thread has
+                # between requests: on a loaded machine the scheduler preempts a thread that never
+                # sleeps far more often (a tight loop of policy.act ran ~1.5x slower than the server's)
                 single, ours = interleaved(lambda: policy.act(obs), lambda: vlaloop_call(c, small)["timing"],
-                                           args.n, results=server_timing)
-                bare = lat("bare `policy.act` (in process)", single, "greedy, 96x96 frame; timed alternately "
-                                                                      "with the next row")
+                                           args.n, results=server_timing, pause_first_s=0.001)
+                bare = lat("bare `policy.act` (in process)", single, "greedy, 96x96 frame; timed in blocks "
+                                                                      "alternating with the next row")
                 lat("bare `policy.act_batch` of 8 (per call)", batch8,
                     f"{np.median(batch8) / 8:.2f} ms per observation")
                 infer = np.array([t["infer_ms"] for t in server_timing])
