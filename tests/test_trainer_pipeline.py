@@ -118,8 +118,11 @@ def test_publish_head_then_sft_invalidates_cache_and_old_trunk_is_skipped(traine
 
 def test_sac_round_and_resume(tmp_path, trained):
     trainer, _ = trained
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path / "tb"))
     sac = Trainer(make_config(trainer.run_dir, algorithm="sac", sac_updates_per_episode=5, sac_batch_size=16),
-                  trainer.run_dir)
+                  trainer.run_dir, log=writer)
     version = sac.resume()
     assert version == trainer.registry.latest()
     store = EpisodeStore(trainer.run_dir / "episodes")
@@ -128,3 +131,10 @@ def test_sac_round_and_resume(tmp_path, trained):
     assert metrics["n_updates"] == 10 and metrics["n_demo"] > 0 and metrics["n_online"] > 0
     assert metrics["logprob_mismatch"] == 0
     assert all(k in metrics for k in ("loss_q", "q_mean", "alpha"))
+    writer.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"trainer/rl/q_mean", "trainer/rl/success_rate", "trainer/rl/entropy"} <= tags

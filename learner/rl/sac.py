@@ -119,7 +119,7 @@ class SACLearner:
         q_loss.backward()
         nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
         self.critic_opt.step()
-        out = {"loss_q": float(q_loss.detach()), "q_mean": float(q1.mean()), "q_target_mean": float(y.mean())}
+        out = {"loss_q": float(q_loss.detach()), "q_mean": float(q1.detach().mean()), "q_target_mean": float(y.mean())}
 
         # --- actor and temperature (delayed)
         if self.n_updates % cfg.policy_frequency == 0:
@@ -138,7 +138,7 @@ class SACLearner:
             alpha_loss.backward()
             self.alpha_opt.step()
             out.update(loss_actor=float(actor_loss.detach()), loss_alpha=float(alpha_loss.detach()),
-                       entropy=float(gaussian_entropy(mean, log_std).mean()))
+                       entropy=float(gaussian_entropy(mean, log_std).detach().mean()))
 
         # --- polyak-average the target critics
         with torch.no_grad():
