@@ -98,6 +98,20 @@ def _b64(cam: str, value: Any) -> bytes:
         raise InputError(422, f"images.{cam}", "not valid base64") from None
 
 
+def _check_state_type(state: Any) -> None:
+    """``state`` must be a flat list of numbers (or a 1-D numeric array) before the message model's
+    finite-check sees it: that check would raise a TypeError for, say, a nested map."""
+    if state is None:
+        return  # missing: the model reports it
+    if isinstance(state, np.ndarray):
+        ok = state.ndim == 1 and state.dtype.kind in "iuf"
+    else:
+        ok = isinstance(state, (list, tuple)) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in state)
+    if not ok:
+        raise InputError(422, "state", "must be a flat list of numbers")
+
+
 def decode_image(cam: str, value: bytes | np.ndarray, max_side: int) -> np.ndarray:
     field = f"images.{cam}"
     if isinstance(value, np.ndarray):
@@ -125,10 +139,13 @@ def decode_act(body: bytes, encoding: Encoding, cameras: list[str], state_dim: i
     """Parse, validate against the serving policy's spec, and decode the images."""
     t0 = time.perf_counter()
     obj = _parse(body, encoding)
+    _check_state_type(obj.get("state"))
     try:
         req = ActRequest.model_validate(obj)
     except ValidationError as e:
         raise _validation_error(e) from None
+    except (TypeError, ValueError) as e:  # a validator that raised something pydantic does not wrap
+        raise InputError(422, "body", f"invalid request ({type(e).__name__}: {e})") from None
     if len(req.state) != state_dim:
         raise InputError(422, "state", f"expected {state_dim} values, got {len(req.state)}")
     for cam in req.images:

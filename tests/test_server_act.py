@@ -13,9 +13,12 @@ import time
 from pathlib import Path
 
 import httpx
+import msgpack
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from protocol.codec import packb, unpackb
@@ -262,3 +265,25 @@ def test_vlaloop_serve_subprocess_starts_answers_and_stops_on_sigterm(served, tm
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+_FIELDS = ["schema", "request_id", "robot_id", "episode_id", "step", "t_capture", "instruction", "images",
+           "state", "mode", "extra"]
+_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=5),
+                  st.binary(max_size=8), st.just(encode_jpeg(_image(8, 8))))
+_VALUE = st.recursive(_LEAF, lambda c: st.one_of(st.lists(c, max_size=4),
+                                                  st.dictionaries(st.text(max_size=6), c, max_size=4)),
+                      max_leaves=10)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=st.dictionaries(st.sampled_from(_FIELDS), _VALUE, max_size=11), as_json=st.booleans())
+def test_arbitrary_bodies_never_get_a_5xx(served, body, as_json):
+    _, client = served
+    if as_json:
+        content = json.dumps(body, default=lambda o: o.hex() if isinstance(o, bytes) else str(o)).encode()
+        headers = {"content-type": "application/json"}
+    else:
+        content, headers = msgpack.packb(body, use_bin_type=True), MSGPACK
+    r = client.post("/v1/act", content=content, headers=headers)
+    assert r.status_code < 500, (body, r.text)
