@@ -62,6 +62,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:
         err = e.errors()[0] if e.errors() else {"loc": ("body",), "msg": "invalid"}
+        if err.get("type") == "json_invalid":
+            return _error(request, 400, "malformed", f"body: malformed JSON ({err.get('ctx', {}).get('error', '')})",
+                          "body")
         loc = [str(p) for p in err["loc"] if p not in ("body", "query", "path")] or ["body"]
         field = ".".join(loc)
         msg = "unknown field" if err.get("type") == "extra_forbidden" else err["msg"]

@@ -200,3 +200,19 @@ def test_registry_publishes_events_to_subscribers():
     label, events = asyncio.run(scenario())
     assert label.outcome == "success" and label.label_source == "operator"
     assert events == ["act", "status", "awaiting", "label"]
+
+
+def test_channel_bad_input_is_a_4xx_naming_the_field(served):
+    _, robot, operator = served
+    r = robot.post("/v1/robots/r9/status", content=b"{bad", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["field"] == "body"
+    for body, field in (({"state": "running", "loop_hz": -1}, "loop_hz"), ({"state": "running", "x": 1}, "x"),
+                        ({"state": "running", "episode_id": "../x"}, "episode_id")):
+        r = robot.post("/v1/robots/r9/status", json=body)
+        assert r.status_code == 422 and r.json()["field"] == field, r.text
+    r = robot.get("/v1/robots/r9/label", params={"episode_id": "e", "timeout_s": "nan"})
+    assert r.status_code == 422 and r.json()["field"] == "timeout_s"
+    r = operator.post("/v1/robots/r9/label", json={"episode_id": "e", "outcome": "maybe"})
+    assert r.status_code == 422 and r.json()["field"] == "outcome"
+    r = robot.post("/v1/robots/r9/episodes/e/awaiting", json={"auto_outcome": "great"})
+    assert r.status_code == 422 and r.json()["field"] == "auto_outcome"
