@@ -129,3 +129,29 @@ def collect_episodes(policy: Policy, store: EpisodeStore, n: int, task: str = "r
                      mode: str = "sample") -> RolloutResult:
     """`n` sampled episodes (seeds seed..seed+n-1) stored as the ingest stores robot episodes."""
     return rollout(policy, range(seed, seed + n), task, mode, generator, store=store, robot_id=robot_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m learner.evaluate --run-dir runs/demo [--version V] [--n 50] [--task reach]`:
+    greedy success of a published version on seeded mock episodes."""
+    import argparse
+
+    from vla.registry import CheckpointRegistry
+
+    p = argparse.ArgumentParser(prog="learner.evaluate", description=main.__doc__.splitlines()[0])
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--version", type=int, default=None, help="default: LATEST")
+    p.add_argument("--n", type=int, default=50)
+    p.add_argument("--task", default="reach")
+    p.add_argument("--seed", type=int, default=10_000)
+    p.add_argument("--split", default="train")
+    args = p.parse_args(argv)
+    policy = Policy.load(CheckpointRegistry(f"{args.run_dir}/checkpoints"), args.version)
+    rate = success_rate(policy, args.n, args.task, args.seed, args.split)
+    print(f"v{policy.version}: greedy success {rate:.2f} on {args.n} {args.task} episodes "
+          f"(seeds {args.seed}..{args.seed + args.n - 1}, split {args.split})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
