@@ -155,6 +155,7 @@ BAD_INPUTS = {
     "nan_state": (lambda: _with("state", [0.5, 0, float("nan"), 0, 0, 0, 1]), 422, "state"),
     "nan_state_json": (lambda: _with("state", [0.5, 0, float("nan"), 0, 0, 0, 1], "json"), 422, "state"),
     "short_state": (lambda: _msgpack(state=[0.0] * 5), 422, "state"),
+    "nested_state": (lambda: _with("state", {"x": [1.0]}), 422, "state"),
     "long_instruction": (lambda: _with("instruction", "x" * 600), 422, "instruction"),
     "unknown_camera": (lambda: _msgpack(images={"front": encode_jpeg(_image()), "wrist": encode_jpeg(_image())}),
                        422, "images.wrist"),
