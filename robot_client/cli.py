@@ -32,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=None, help="stop after N episodes (0: forever)")
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--execution", choices=["open_loop", "ensemble"], default=None)
-    parser.add_argument("--mode", choices=["sample", "greedy"], default=None)
+    parser.add_argument("--mode", choices=["sample", "greedy", "auto"], default=None)
     parser.add_argument("--outbox", dest="outbox_dir", default=None)
     parser.add_argument("--seed", type=int, default=None)
 

@@ -16,7 +16,9 @@ class RobotConfig(BaseModel):
     token: str = ""
     rate_hz: float = Field(default=10.0, gt=0, le=1000)
     max_steps: int = 60
-    mode: Literal["sample", "greedy"] = "sample"
+    mode: Literal["sample", "greedy", "auto"] = Field(
+        default="auto", description="sample: exploration episodes; greedy: evaluation episodes; auto: "
+                                    "greedy evaluation while the learner is in its SFT phase, else sample")
     task: str = "reach"
     calibration: str | None = Field(default=None, description="path to calibration.yaml")
     label_timeout_s: float = 120.0

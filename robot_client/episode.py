@@ -109,7 +109,7 @@ class EpisodeRunner:
         self.marker = marker
         self.results: list[tuple[EpisodeResult, EpisodeEnd]] = []
         self._stop = threading.Event()
-        self._mode = cfg.mode
+        self._mode = "sample" if cfg.mode == "auto" else cfg.mode
 
     def stop(self) -> None:
         self._stop.set()
@@ -125,11 +125,20 @@ class EpisodeRunner:
         while not self._stop.is_set() and (episodes == 0 or n < episodes):
             if not self.wait_for_server():
                 break
-            evaluation = self.cfg.eval_every > 0 and (n + 1) % self.cfg.eval_every == 0
-            self.run_one(seed=self.cfg.seed + n, mode="greedy" if evaluation else self.cfg.mode)
+            self.run_one(seed=self.cfg.seed + n, mode=self.episode_mode(n))
             n += 1
         self.rig.arm.hold()
         return self.results
+
+    def episode_mode(self, n: int) -> str:
+        """sample (exploration) or greedy (evaluation) for the n-th episode. In mode `auto` the
+        robot evaluates while the learner consolidates (SFT), as DESIGN.md asks: those greedy
+        episodes give the success curve and are never used for RL."""
+        if self.cfg.eval_every > 0 and (n + 1) % self.cfg.eval_every == 0:
+            return "greedy"
+        if self.cfg.mode == "auto":
+            return "greedy" if self.client.learner_phase() == "sft" else "sample"
+        return self.cfg.mode
 
     def close_crashed_episode(self) -> None:
         """An episode the client died in never got its EpisodeEnd: send it now, as aborted."""
@@ -173,7 +182,7 @@ class EpisodeRunner:
 
     def run_one(self, seed: int, mode: str | None = None) -> tuple[EpisodeResult, EpisodeEnd]:
         episode_id = new_episode_id()
-        self._mode = mode or self.cfg.mode
+        self._mode = mode or ("sample" if self.cfg.mode == "auto" else self.cfg.mode)
         self.status.report("resetting", episode_id=episode_id, step=0, task=self.rig.task)
         try:
             instruction = self.rig.new_episode(seed)

@@ -170,7 +170,7 @@ class ControlLoop:
     # ---------------------------------------------------------------- one episode
     def run_episode(self, episode_id: str, instruction: str, max_steps: int, mode: str | None = None) -> EpisodeResult:
         ep = _EpisodeState(episode_id, instruction)
-        ep.mode = mode or self.cfg.mode
+        ep.mode = mode or ("sample" if self.cfg.mode == "auto" else self.cfg.mode)
         self.episode = ep  # the running episode, for status and tests (read-only outside the loop)
         # Move everything alive now out of the collector's reach: a full collection over a large heap
         # (torch imported in the same process, say) would otherwise stall a tick for 100s of ms.

@@ -92,6 +92,14 @@ class ServerClient:
         except (ServerUnavailable, ServerRefused):
             return False
 
+    def learner_phase(self, timeout: float = 1.0) -> str | None:
+        """The learner's phase as the server reports it in /v1/policy (None when unknown)."""
+        try:
+            phase = self._request("GET", "/v1/policy", timeout=timeout).json().get("learner_phase")
+        except (ServerUnavailable, ServerRefused, ValueError):
+            return None
+        return phase if isinstance(phase, str) else None
+
     # ---------------------------------------------------------------- robot status and labels
     def post_status(self, status: dict, timeout: float = 1.0) -> None:
         self._request("POST", f"/v1/robots/{self.robot_id}/status", timeout=timeout, json=status)

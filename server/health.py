@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -47,6 +49,18 @@ class PolicyInfo(BaseModel):
     refused_versions: list[int] = []
     batching: dict[str, float] = {}
     metadata: dict[str, Any] = Field(default_factory=dict, description="Policy.metadata() verbatim")
+    learner_phase: str | None = Field(
+        default=None, description="the learner's phase from status.json (bootstrap, rl, sft, idle, ...). "
+                                  "Robots in mode `auto` run greedy evaluation episodes during `sft`")
+
+
+def learner_phase(run_dir: Path) -> str | None:
+    """The learner's current phase, read from the shared run dir (None if no learner wrote one)."""
+    try:
+        phase = json.loads((run_dir / "status.json").read_text()).get("phase")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return phase if isinstance(phase, str) else None
 
 
 @router.get("/healthz")
@@ -85,6 +99,7 @@ async def policy_info(request: Request) -> PolicyInfo:
         swaps=status["swaps"], swap_failures=status["swap_failures"], last_swap=status["last_swap"],
         last_swap_error=status["last_swap_error"], refused_versions=status["refused_versions"],
         batching={"max_batch": server.max_batch, "max_wait_ms": server.max_wait_ms},
+        learner_phase=learner_phase(Path(app.state.config.run_dir)),
         image_policy=f"JPEG/PNG or uint8 HxWx3, 3-channel RGB, any size up to {server.max_image_side} px "
                      f"per side; resized by the policy")
     policy = holder.policy

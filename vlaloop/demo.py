@@ -106,6 +106,17 @@ def _progress_line(status: dict, n_online: int, elapsed: float) -> str:
             f"episodes={n_online} recent success={rate}")
 
 
+def evaluate_latest(run_dir: Path, config: DeploymentConfig, task: str, n: int) -> dict:
+    """Greedy success of the registry's LATEST version on n seeded mock episodes (in-process, the
+    same seeds every time, disjoint from the demo seeds)."""
+    from learner.evaluate import success_rate
+    from vla.policy import Policy
+    from vla.registry import CheckpointRegistry
+
+    policy = Policy.load(CheckpointRegistry(run_dir / "checkpoints"), None, device=config.model.device)
+    return {"version": policy.version, "n": n, "success_rate": success_rate(policy, n=n, task=task)}
+
+
 def run(args, config: DeploymentConfig) -> int:
     from learner.store import EpisodeStore
 
@@ -127,17 +138,15 @@ def run(args, config: DeploymentConfig) -> int:
         n_demos = args.demos or config.learner.bootstrap_demos
         print(f"\n[1/5] recording {n_demos} scripted '{args.task}' demonstrations", flush=True)
         record_demos(store, task=args.task, n=n_demos, seed=config.learner.seed,
-                     image_size=config.model.image_size)
+                     image_size=config.model.image_size, cameras=tuple(config.model.cameras), progress=True)
         print("\n[2/5] Stage 0: bootstrapping the tiny model from the demonstrations", flush=True)
         rc = subprocess.call([sys.executable, "-m", "vlaloop.cli", *cfg, "learn", "--bootstrap"])
         if rc != 0:
             print(f"bootstrap failed (exit {rc})", file=sys.stderr)
             return rc
         # 3. greedy evaluation of the bootstrapped policy (same seeds as the final evaluation)
-        from learner.evaluate import evaluate_version
-
         print(f"\n[3/5] greedy evaluation of the bootstrapped policy ({args.eval_episodes} episodes)", flush=True)
-        before = evaluate_version(config_path=cfg_path, version=None, task=args.task, n=args.eval_episodes)
+        before = evaluate_latest(run_dir, config, args.task, args.eval_episodes)
         print(f"      bootstrapped policy v{before['version']}: {before['success_rate']:.0%} success", flush=True)
         # 4. the online loop: server, learner and robots as separate processes
         print(f"\n[4/5] online learning: server :{server_port}, learner :{learner_port}, {args.robots} mock robots"
@@ -170,7 +179,7 @@ def run(args, config: DeploymentConfig) -> int:
         group.stop()
         # 5. final greedy evaluation and the report
         print(f"\n[5/5] greedy evaluation of the final policy ({args.eval_episodes} episodes)", flush=True)
-        after = evaluate_version(config_path=cfg_path, version=None, task=args.task, n=args.eval_episodes)
+        after = evaluate_latest(run_dir, config, args.task, args.eval_episodes)
         from vlaloop.report import write_report
 
         report = write_report(run_dir, before=before, after=after)
