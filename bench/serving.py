@@ -271,7 +271,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.duration = 30, 1.0
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
 
     from server.harness import publish_tiny
