@@ -50,7 +50,12 @@ class _Msg(BaseModel):
 
 
 def _finite_list(values: Any, name: str) -> list[float]:
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if isinstance(values, (dict, str, bytes)) or values is None:
+        raise ValueError(f"{name} must be a list of numbers, got {type(values).__name__}")
+    try:
+        arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as e:  # ragged or non-numeric: a 4xx naming the field, not a 500
+        raise ValueError(f"{name} must be a flat list of numbers: {e}") from None
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or inf")
     return arr.tolist()

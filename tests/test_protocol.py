@@ -135,3 +135,12 @@ def test_nan_state_refused_naming_field():
     with pytest.raises(ValueError, match="state"):
         ActRequest(request_id="q", robot_id="r", episode_id="e", step=0, t_capture=0, instruction="x",
                    images={"front": b"x"}, state=[float("nan")] * 7)
+
+
+@pytest.mark.parametrize("bad", [{"a": 1}, "abc", None, [[1, 2], [3]], ["x"]])
+def test_non_numeric_state_is_a_validation_error(bad):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="state"):
+        ActRequest(request_id="q", robot_id="r", episode_id="e", step=0, t_capture=0, instruction="x",
+                   images={"front": b"x"}, state=bad)
