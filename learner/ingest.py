@@ -237,8 +237,9 @@ class Ingest:
             raise Refused(f"robot_id {getattr(msg, 'robot_id', None)!r} does not match this connection's "
                           f"hello ({conn.robot_id!r})")
 
-    def _dispatch(self, identity: bytes, seq: int, msg) -> Ack:
-        """Apply one decoded message; returns its Ack once it is durable (or why it was refused)."""
+    def _dispatch(self, identity: bytes, seq: int, msg) -> Ack | None:
+        """Apply one decoded message; returns its Ack once it is durable (or why it was refused), or
+        None when storage failed (disk full): the message stays in the robot's outbox and is resent."""
         try:
             if isinstance(msg, Hello):
                 ack = self._hello(identity, msg)
@@ -257,17 +258,20 @@ class Ingest:
             return ack
         except (Refused, StoreError) as e:
             return self._refuse(identity, seq, str(e))
-        except Exception as e:  # disk full, a bug: refuse this message, keep serving the others
+        except OSError as e:  # disk full, I/O error: not durable, so no ack; the robot resends it later
+            log.error("message seq %d not stored (%s); not acked, the robot will resend it", seq, e)
+            return None
+        except Exception as e:  # a bug: refuse this message, keep serving the others
             log.exception("internal error on message seq %d", seq)
             return self._refuse(identity, seq, f"internal error: {type(e).__name__}: {e}")
 
-    def handle(self, identity: bytes, frames: list[bytes]) -> list[bytes]:
+    def handle(self, identity: bytes, frames: list[bytes]) -> list[bytes] | None:
         """One inbound message -> the reply frames ``[seq, Ack]``. Returns only after the message is
         durable (or refused). An unparseable seq frame is echoed as is, with Ack.seq = -1."""
         seq_frame, seq, msg, ack = self._decode(identity, frames)
         if ack is None:
             ack = self._dispatch(identity, seq, msg)
-        return [seq_frame, encode_message(ack)]
+        return None if ack is None else [seq_frame, encode_message(ack)]
 
     def handle_batch(self, messages: list[tuple[bytes, list[bytes]]]) -> list[tuple[bytes, list[bytes]]]:
         """Many inbound messages -> ``(identity, reply frames)`` in arrival order, with the same
@@ -289,7 +293,8 @@ class Ingest:
             run = []
             if ack is None:
                 ack = self._dispatch(identity, seq, msg)
-            replies.append((identity, [seq_frame, encode_message(ack)]))
+            if ack is not None:
+                replies.append((identity, [seq_frame, encode_message(ack)]))
         replies.extend(self._commit_steps(run))
         return replies
 
@@ -302,7 +307,11 @@ class Ingest:
         try:
             stored = self.store.append_steps(items)
         except StoreError:  # one bad step (e.g. a camera name): apply them one by one, refuse only it
-            return [(i, [f, encode_message(self._dispatch(i, seq, m))]) for i, f, seq, m in run]
+            acks = [(i, f, self._dispatch(i, seq, m)) for i, f, seq, m in run]
+            return [(i, [f, encode_message(a)]) for i, f, a in acks if a is not None]
+        except OSError as e:  # disk full: none of these is acked, the robots resend them later
+            log.error("%d steps not stored (%s); not acked, the robots will resend them", len(run), e)
+            return []
         except Exception as e:
             log.exception("internal error committing %d steps", len(run))
             return [(i, [f, encode_message(self._refuse(i, seq, f"internal error: {type(e).__name__}: {e}"))])
@@ -376,6 +385,8 @@ class Ingest:
                     else:
                         replies = [(identity, self.handle(identity, frames)) for identity, frames in batch]
                     for identity, reply in replies:
+                        if reply is None:
+                            continue
                         sock.send_multipart([identity, *reply])
                 now = time.time()
                 if self.inbox is not None and now >= next_inbox:

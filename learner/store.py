@@ -80,6 +80,21 @@ def write_json_atomic(path: Path, data: Any) -> None:
     _fsync_dir(path.parent)
 
 
+def _append_durably(path: Path, data: bytes) -> None:
+    """Append and fsync; on failure (disk full) cut the file back to where it was, so a torn record
+    never sits in front of the records appended after the disk has room again."""
+    with open(path, "ab", buffering=0) as f:  # unbuffered: nothing left to flush after a failure
+        start = f.seek(0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[f.write(view):]
+            os.fsync(f.fileno())
+        except OSError:
+            os.ftruncate(f.fileno(), start)
+            raise
+
+
 def _check_id(kind: str, value: str) -> str:
     if not isinstance(value, str) or not _ID.match(value):
         raise StoreError(f"invalid {kind} {value!r}: must match {ID_PATTERN}")
@@ -181,10 +196,7 @@ class EpisodeStore:
                     os.fsync(f.fileno())
                 names[cam] = f"frames/{name}"
             body = packb({**record, "step": int(step), "frames": names})
-            with open(d / STEPS, "ab") as f:
-                f.write(_HEADER.pack(len(body), zlib.crc32(body)) + body)
-                f.flush()
-                os.fsync(f.fileno())
+            _append_durably(d / STEPS, _HEADER.pack(len(body), zlib.crc32(body)) + body)
             if not seen:
                 _fsync_dir(d)
                 _fsync_dir(frames_dir)
@@ -229,13 +241,11 @@ class EpisodeStore:
                 bodies.setdefault(d, []).append(_HEADER.pack(len(body), zlib.crc32(body)) + body)
             list(_fsync_pool().map(_fsync_path, frames))
             for d, chunks in bodies.items():
-                with open(d / STEPS, "ab") as f:
-                    f.write(b"".join(chunks))
-                    f.flush()
-                    os.fsync(f.fileno())
+                _append_durably(d / STEPS, b"".join(chunks))
+                for pd, key, step, _, _ in plan:  # durable now: a failure below must not rewrite them
+                    if pd == d:
+                        self._seen[key].add(step)
             list(_fsync_pool().map(_fsync_dir, sorted(dirs)))
-            for _, key, step, _, _ in plan:
-                self._seen[key].add(step)
             return result
 
     def finish(self, robot_id: str, episode_id: str, meta: dict) -> bool:
