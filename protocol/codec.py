@@ -30,7 +30,7 @@ def _check_dtype(dtype: np.dtype, where: str) -> None:
 def _encode(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         _check_dtype(obj.dtype, "array")
-        arr = np.ascontiguousarray(obj)
+        arr = obj if obj.flags.c_contiguous else obj.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
         return {"__ndarray__": True, "data": arr.tobytes(), "dtype": arr.dtype.str, "shape": list(arr.shape)}
     if isinstance(obj, np.generic):
         _check_dtype(obj.dtype, "scalar")
@@ -58,6 +58,10 @@ def _decode(obj: dict) -> Any:
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise CodecError(f"msgpack extension type {code} is not allowed")
+
+
 def packb(obj: Any) -> bytes:
     """Encode a message (dicts, lists, scalars, bytes, numeric numpy arrays) to msgpack bytes."""
     try:
@@ -73,7 +77,7 @@ def unpackb(data: bytes, max_bytes: int = 256 * 1024 * 1024) -> Any:
     if len(data) > max_bytes:
         raise CodecError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
-        return msgpack.unpackb(data, object_hook=_decode, raw=False, strict_map_key=True)
+        return msgpack.unpackb(data, object_hook=_decode, ext_hook=_refuse_ext, raw=False, strict_map_key=True)
     except CodecError:
         raise
     except (msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError, msgpack.exceptions.StackError) as e:
