@@ -71,6 +71,33 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(request, 422, "invalid_field", f"{field}: {msg}", field)
 
 
+class BodyLimit:
+    """413 for any HTTP body over ``limit`` bytes on every route (not only /v1/act), before a route
+    reads it into memory: a declared Content-Length is checked up front, a streamed body as it comes."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            body = {"detail": f"body: {int(declared)} bytes exceeds the limit of {self.limit}", "field": "body"}
+            return await JSONResponse(body, status_code=413)(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b"")) if message["type"] == "http.request" else 0
+            if seen > self.limit:
+                raise InputError(413, "body", f"more than {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
 def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, with_ui: bool = True) -> FastAPI:
     """``loader`` defaults to the checkpoint registry under ``config.run_dir``; ``with_ui`` mounts the
     operator page (``server.ui``)."""
@@ -106,6 +133,7 @@ def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, wit
     app.state.decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
     app.state.metadata_cache = {}
     _install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=config.server.max_body_bytes)
     app.include_router(act.router)
     app.include_router(health.router)
     app.include_router(robots.router)
