@@ -145,7 +145,7 @@ class SACLearner:
             for p, tp in zip(self.critic.parameters(), self.target.parameters(), strict=True):
                 tp.mul_(1.0 - cfg.tau).add_(p, alpha=cfg.tau)
         self.n_updates += 1
-        out["alpha"] = float(self.log_alpha.exp())
+        out["alpha"] = float(self.log_alpha.detach().exp())
         return out
 
     def train(self, demo: Transitions | None, online: Transitions | None, n_updates: int,
