@@ -284,7 +284,7 @@ class PhaseLoop:
     def bootstrap(self) -> int:
         self.status.set(phase="bootstrap", progress=0.0, detail="Stage 0: SFT on expert demonstrations")
         log.info("bootstrap: training from expert demonstrations")
-        version = self._interruptible(self.trainer.bootstrap, progress=False)
+        version = self._interruptible(self.trainer.bootstrap, progress=True)  # tqdm on stderr
         self.status.set(phase="bootstrap", progress=1.0, policy_version=version, detail="bootstrapped")
         self.status.add_history({"iteration": 0, "round": 0, "phase": "bootstrap", "version": version,
                                  "n_episodes": len(self.store.list_episodes(source="expert")),
@@ -392,7 +392,7 @@ class PhaseLoop:
         self.state.begin("sft", [], self._newest_version())
         self.status.set(phase="sft", iteration=it, progress=0.0, detail="SFT: LoRA + head on expert and successes")
         log.info("SFT phase of iteration %d", it)
-        metrics = self._interruptible(self.trainer.sft_phase, progress=False)
+        metrics = self._interruptible(self.trainer.sft_phase, progress=True)  # tqdm on stderr
         version = self.trainer.publish("full", "sft", metrics)
         entry = self.state.commit(version, _numbers(metrics))
         losses = _numbers(metrics)
