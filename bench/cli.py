@@ -10,7 +10,6 @@ BENCHMARKS = {
     "control_loop": "bench.control_loop",
     "learner": "bench.learner",
     "ingest": "bench.learner_ingest",
-    "learning": "bench.learning",
 }
 
 
