@@ -49,9 +49,12 @@ class ProcessGroup:
         self.procs: dict[str, subprocess.Popen] = {}
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "vlaloop.cli", *argv], stdout=log, stderr=subprocess.STDOUT,
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+              to_terminal: bool = False) -> subprocess.Popen:
+        """Start `vlaloop <argv>`; its output goes to logs/<name>.log (or to this terminal)."""
+        out = None if to_terminal else open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "vlaloop.cli", *argv], stdout=out,
+                                stderr=None if to_terminal else subprocess.STDOUT,
                                 env={**os.environ, **(env or {})}, start_new_session=True)
         self.procs[name] = proc
         return proc
@@ -117,9 +120,14 @@ def evaluate_latest(run_dir: Path, config: DeploymentConfig, task: str, n: int) 
     return {"version": policy.version, "n": n, "success_rate": success_rate(policy, n=n, task=task)}
 
 
+def _raise_on_sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run(args, config: DeploymentConfig) -> int:
     from learner.store import EpisodeStore
 
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)  # `finally` below stops every child process
     run_dir = Path(config.run_dir)
     if run_dir.exists() and not args.keep:
         shutil.rmtree(run_dir)
@@ -140,7 +148,8 @@ def run(args, config: DeploymentConfig) -> int:
         record_demos(store, task=args.task, n=n_demos, seed=config.learner.seed,
                      image_size=config.model.image_size, cameras=tuple(config.model.cameras), progress=True)
         print("\n[2/5] Stage 0: bootstrapping the tiny model from the demonstrations", flush=True)
-        rc = subprocess.call([sys.executable, "-m", "vlaloop.cli", *cfg, "learn", "--bootstrap"])
+        rc = group.start("bootstrap", [*cfg, "learn", "--bootstrap"], to_terminal=True).wait()
+        group.procs.pop("bootstrap")
         if rc != 0:
             print(f"bootstrap failed (exit {rc})", file=sys.stderr)
             return rc
@@ -186,5 +195,8 @@ def run(args, config: DeploymentConfig) -> int:
         print(report, flush=True)
         print(f"\ndemo finished in {time.time() - t0:.0f} s; curve: {run_dir / 'success_curve.png'}", flush=True)
         return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping server, learner and robots", file=sys.stderr)
+        return 130
     finally:
         group.stop()
