@@ -25,7 +25,7 @@ import torch
 from learner.store import EpisodeStore
 from protocol.images import decode_jpeg, encode_jpeg
 from protocol.messages import EpisodeEnd, StepMsg
-from robot_client.backends.mock.sim import clamp_action
+from robot_client.backends.mock.cli import executed_action
 from robot_client.backends.mock.vec import VecScene
 from vla.policy import Observation, Policy
 
@@ -45,13 +45,6 @@ class RolloutResult:
         return float(self.success.mean()) if len(self.success) else 0.0
 
 
-def _executed(action: np.ndarray) -> list[float]:
-    """What the mock arm executes: per-step translation/rotation limits, gripper as commanded."""
-    clamped = clamp_action(action)
-    if clamped is None:
-        return [0.0] * 6 + [float(action[6])]
-    d, r, _ = clamped
-    return [*map(float, d), *map(float, r), float(action[6])]
 
 
 def _frames(vec: VecScene, cameras: Sequence[str], size: int) -> dict[str, list[bytes]]:
@@ -96,7 +89,7 @@ def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str
                     first = k == 0
                     msg = StepMsg(robot_id=robot_id, episode_id=episode_ids[i], step=int(vec.steps[i]),
                                   images={c: jpegs[c][i] for c in cams}, state=states[i].tolist(),
-                                  action=_executed(plan[i, k]),
+                                  action=executed_action(plan[i, k]),
                                   action_chunk=plan[i].tolist() if first else None, chunk_index=k,
                                   log_prob=outs[j].log_prob if first else None,
                                   value=outs[j].value if first else None, policy_version=policy.version,

@@ -24,13 +24,15 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from protocol.codec import CodecError, packb, unpackb
 from protocol.images import decode_jpeg
 from protocol.messages import ID_PATTERN
+from vlaloop.durable import fsync_dir as _fsync_dir
+from vlaloop.durable import fsync_path as _fsync_path
+from vlaloop.durable import write_json_atomic
 
 _ID = re.compile(ID_PATTERN)
 _HEADER = struct.Struct("<II")
@@ -41,13 +43,6 @@ STEPS = "steps.log"
 class StoreError(RuntimeError):
     pass
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -61,23 +56,6 @@ def _fsync_pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """temp file + fsync + rename + fsync(dir): readers see the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _append_durably(path: Path, data: bytes) -> None:

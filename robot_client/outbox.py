@@ -24,6 +24,8 @@ import threading
 import zlib
 from pathlib import Path
 
+from vlaloop.durable import write_atomic
+
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<II")
@@ -35,22 +37,7 @@ class OutboxFull(RuntimeError):
     pass
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
-
-def _write_durable(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class Outbox:
@@ -90,7 +77,7 @@ class Outbox:
         seq = self._next_seq
         if seq >= self._lease_until:  # persist a new block before handing out its first number
             self._lease_until = seq + SEQ_LEASE
-            _write_durable(self.root / "seq.lease", str(self._lease_until).encode())
+            write_atomic(self.root / "seq.lease", str(self._lease_until).encode())
         self._next_seq += 1
         return seq
 
@@ -116,7 +103,7 @@ class Outbox:
                 raise OutboxFull(f"outbox {self.root} holds {used} bytes unacked (limit {self.max_bytes}); "
                                  f"the learner is not acking - message refused")
             seq = self._take_seq()
-            _write_durable(self.root / f"{seq:020d}.msg",
+            write_atomic(self.root / f"{seq:020d}.msg",
                            _HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
             self._sizes[seq] = size
             used += size

@@ -42,6 +42,7 @@ from vla.backbone import backbone_hash, quiet_transformers
 from vla.config import ModelConfig
 from vla.normalization import Normalizer
 from vla.tiny import TINY_ID, default_tiny_dir, ensure_tiny_backbone
+from vlaloop.durable import fsync_dir, fsync_path
 
 if TYPE_CHECKING:
     from vla.model import VLAModel
@@ -61,17 +62,6 @@ def vname(version: int) -> str:
     return f"v{version:06d}"
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -165,7 +155,7 @@ class CheckpointRegistry:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.root / "LATEST")
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
 
 # ---- publish -------------------------------------------------------------------------------
@@ -209,10 +199,10 @@ def publish(registry: CheckpointRegistry, model: VLAModel, norm: Normalizer, kin
         meta["backbone_dir"] = _portable_backbone_dir(meta["backbone_dir"], registry, version)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
         for p in sorted(tmp.rglob("*"), key=lambda q: -len(q.parts)):  # files first, then their dirs
-            _fsync_dir(p) if p.is_dir() else _fsync_file(p)
-        _fsync_dir(tmp)
+            fsync_path(p)
+        fsync_dir(tmp)
         os.rename(tmp, registry.path(version))  # fails if the version exists: never overwrite one
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

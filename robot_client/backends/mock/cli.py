@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 ROBOT_ID = "expert"
 
 
-def _executed(action: np.ndarray) -> list[float]:
+def executed_action(action: np.ndarray) -> list[float]:
     """The action as the arm executes it (per-step limits applied), gripper as commanded."""
     clamped = clamp_action(action)
     if clamped is None:
@@ -51,7 +51,7 @@ def record_episode(robot: MockRobot, seed: int, task: str, split: str = "train")
         robot.arm.move_delta(action)
         record = {
             "state": state.vector().tolist(),
-            "action": _executed(action),
+            "action": executed_action(action),
             "expert_action": [float(x) for x in clean],  # the expert's intent, before its noise
             "action_chunk": None, "chunk_index": 0, "log_prob": None, "value": None,
             "policy_version": -1, "instruction": instruction,
