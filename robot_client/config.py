@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class RobotConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key in the YAML or env is an error
     robot_id: str = Field(default="mock0", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
                           description="letters, digits, _ and -: it names directories in the episode store")
     backend: Literal["mock", "franka"] = "mock"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from server.dropin_config import DropinConfig
 
 
 class ServerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key in the YAML or env is an error
     host: str = "127.0.0.1"
     port: int = 8000
     robot_token: str = Field(default="", description="bearer token for robots and the learner")

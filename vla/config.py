@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key in the YAML or env is an error
     backbone_dir: str | None = Field(
         default=None, description="local Hugging Face model dir; None = the embedded tiny PaliGemma")
     trust_remote_code: bool = False
