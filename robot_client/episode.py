@@ -26,6 +26,7 @@ from robot_client.loop import ControlLoop, EpisodeResult
 from robot_client.server_client import ServerClient, ServerRefused, ServerUnavailable
 
 log = logging.getLogger(__name__)
+KEEP_RESULTS = 1000  # EpisodeRunner.results keeps the latest episodes only
 
 
 @dataclass
@@ -271,4 +272,6 @@ class EpisodeRunner:
         if self.marker is not None:
             self.marker.unlink(missing_ok=True)
         self.results.append((result, end))
+        if len(self.results) > KEEP_RESULTS:  # a robot running for days: keep memory flat (~8 KB each)
+            del self.results[:-KEEP_RESULTS]
         return result, end
