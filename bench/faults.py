@@ -352,6 +352,21 @@ class Rig:
             r.start()
         self.note("started", robots=len(self.robots))
 
+    def revive(self) -> list[str]:
+        """Restart any process that exited on its own (what a supervisor, e.g. docker's restart
+        policy, does); each one is noted and counted."""
+        died = []
+        for p in [self.server, self.learner, *self.robots]:
+            if p.p is not None and not p.alive():
+                self.note(f"{p.name} exited on its own (rc {p.p.returncode}); restarting", unexpected=True)
+                died.append(p.name)
+                p.start()
+        if "server" in died:
+            self.wait_server_ready()
+        if "learner" in died:
+            self.wait_learner_bound()
+        return died
+
     def use_full_learner(self) -> None:
         self.learner.argv = [a for a in self.learner.argv if a != "--no-train"]
 
@@ -362,6 +377,7 @@ class Rig:
             self.server.kill9()
             self.note("kill -9 server")
             time.sleep(hold)
+            self.note("server starting")  # from here a new process may answer
             self.server.start()
             self.wait_server_ready()
             self.note("server restarted")
@@ -413,6 +429,8 @@ class Rig:
 
         config_hash = load_config(self.cfg_path, environ={}).config_hash()
         pending = 0
+        if not self.learner.alive():
+            self.revive()
         for d in sorted((self.run_dir / "outbox").glob("*")):
             ob = Outbox(d, 2 * 1024**3, 0.8)
             if len(ob) == 0:
@@ -463,16 +481,19 @@ def audit(run_dir: Path, act_log: list[dict], opt: Options, events: list[dict]) 
     complete = {(m["robot_id"], m["episode_id"]): m for m in store.list_episodes(complete_only=True)}
     out = Counter()
     ages = []
+    dead_moves: list[dict] = []
     server_down = _down_windows(events)
     for robot_dir in sorted(p for p in (run_dir / "episodes").iterdir() if p.is_dir()):
         for ep_dir in sorted(p for p in robot_dir.iterdir() if p.is_dir()):
+            meta = complete.get((robot_dir.name, ep_dir.name))
+            if meta is not None and meta.get("source") == "expert":
+                continue  # scripted demonstrations, no robot moved
             raw, _ = _read_records(ep_dir / STEPS)
             steps = [int(r["step"]) for r in raw]
             out["steps_stored"] += len(steps)
             out["duplicated_steps"] += len(steps) - len(set(steps))
             if steps and sorted(set(steps)) != list(range(max(steps) + 1)):
                 out["step_gaps"] += max(steps) + 1 - len(set(steps))
-            meta = complete.get((robot_dir.name, ep_dir.name))
             if meta is not None and _end_reason(meta) != "client_crashed" and meta.get("n_steps") != len(steps):
                 out["episodes_short"] += 1
             chunk, chunk_reply = None, None
@@ -497,8 +518,12 @@ def audit(run_dir: Path, act_log: list[dict], opt: Options, events: list[dict]) 
                 stale = (age_at_reply > opt.reply_deadline_s + 0.02 or i >= len(chunk)
                          or (not clamped and not np.allclose(action, chunk[i], atol=1e-9)))
                 out["moved_on_stale"] += int(stale)
-                if any(a < float(r["t_act"]) - 0.2 < b for a, b in server_down):
-                    out["moves_while_server_dead"] += 1
+                for a, b in server_down:
+                    if a < float(r["t_act"]) - 0.2 < b:
+                        out["moves_while_server_dead"] += 1
+                        dead_moves.append({"robot": robot_dir.name, "episode": ep_dir.name, "step": r["step"],
+                                           "after_kill_s": round(float(r["t_act"]) - a, 3),
+                                           "chunk_index": i, "reply_after_kill_s": round(chunk_reply["t_reply"] - a, 3)})
     lost = started - set(complete)
     by_reason = Counter(_end_reason(m) for m in complete.values() if m.get("source") != "expert")
     return {
@@ -507,7 +532,7 @@ def audit(run_dir: Path, act_log: list[dict], opt: Options, events: list[dict]) 
         "duplicated_steps": out["duplicated_steps"], "step_gaps": out["step_gaps"],
         "episodes_short": out["episodes_short"], "steps_stored": out["steps_stored"], "moves": out["moves"],
         "moved_on_stale": out["moved_on_stale"], "moved_on_missing": out["moved_on_missing"],
-        "moves_while_server_dead": out["moves_while_server_dead"],
+        "moves_while_server_dead": out["moves_while_server_dead"], "moves_while_server_dead_detail": dead_moves,
         "chunk_age_at_move_p99_s": float(np.percentile(ages, 99)) if ages else None,
         "chunk_age_at_move_max_s": float(max(ages)) if ages else None,
         "end_reasons": dict(by_reason), "act_requests": len(act_log),
@@ -520,12 +545,12 @@ def _end_reason(meta: dict) -> str:
 
 
 def _down_windows(events: list[dict]) -> list[tuple[float, float]]:
-    """Times the server process was dead (kill -9 .. restarted)."""
+    """Times no server process existed (kill -9 .. the new one is started)."""
     out, start = [], None
     for e in events:
         if e["what"] == "kill -9 server":
             start = e["t"]
-        elif e["what"] == "server restarted" and start is not None:
+        elif e["what"] == "server starting" and start is not None:
             out.append((start, e["t"]))
             start = None
     return out
@@ -546,6 +571,14 @@ def run(opt: Options) -> dict:
         if not mount_small_tmpfs(tmpfs):
             print("cannot mount a tmpfs (not root?): disk-full phase skipped", flush=True)
             tmpfs = None
+    if opt.full_learner_cycles:  # SFT needs expert demos (the demo records them the same way)
+        from learner.store import EpisodeStore
+        from robot_client.backends.mock.cli import record_demos
+        from vla.config import ModelConfig
+
+        m = ModelConfig()
+        record_demos(EpisodeStore(opt.run_dir / "episodes"), task="reach", n=4, seed=0, image_size=m.image_size,
+                     cameras=tuple(m.cameras), progress=False)
     rig = Rig(opt)
     cycles: list[dict] = []
     disk = {}
@@ -553,7 +586,10 @@ def run(opt: Options) -> dict:
         rig.start()
         time.sleep(3.0)
         if tmpfs is not None:
+            t = time.time()
             disk = _disk_full_phase(rig, tmpfs)
+            cycles.append({"cycle": -1, "fault": "disk_full", "t": t - rig.t0, "duration_s": time.time() - t,
+                           "learner": "no-train"})
         for c in range(opt.cycles):
             if opt.full_learner_cycles and c == opt.cycles - opt.full_learner_cycles:
                 rig.learner.kill9()
@@ -562,6 +598,7 @@ def run(opt: Options) -> dict:
                 rig.wait_learner_bound()
                 rig.note("switched to the full learner (training)")
             time.sleep(rng.uniform(*opt.gap_s))
+            rig.revive()
             fault = opt.faults[c % len(opt.faults)] if opt.sequential else rng.choice(opt.faults)
             t = time.time()
             rig.inject(fault, rng)
@@ -569,6 +606,7 @@ def run(opt: Options) -> dict:
                            "learner": "full" if "--no-train" not in rig.learner.argv else "no-train"})
         rig.note("all faults done; running healthy")
         time.sleep(opt.healthy_end_s)
+        rig.revive()
         rcs, leftovers = rig.stop()
         rig.note("stopped", exit_codes=rcs, outbox_pending_at_stop=leftovers)
         with rig.http.lock:
@@ -576,15 +614,22 @@ def run(opt: Options) -> dict:
         (opt.run_dir / "act_log.json").write_text(json.dumps(act_log))
         (opt.run_dir / "events.json").write_text(json.dumps(rig.events))
         result = audit(opt.run_dir, act_log, opt, rig.events)
-        result.update(cycles=cycles, exit_codes=rcs, outbox_leftovers=leftovers, disk_full=disk,
+        unexpected = [e["what"].split()[0] for e in rig.events if e.get("unexpected")]
+        result.update(cycles=cycles, unexpected_exits=unexpected, exit_codes=rcs, outbox_leftovers=leftovers, disk_full=disk,
                       faults=dict(Counter(c["fault"] for c in cycles)))
         return result
     finally:
         rig.kill_all()
         rig.http.stop()
         rig.tcp.stop()
-        if tmpfs is not None:
+        if tmpfs is not None:  # keep the store for a later look: copy it off the tmpfs
+            import shutil
+
+            saved = opt.run_dir / "episodes.saved"
+            shutil.copytree(tmpfs, saved, dirs_exist_ok=True)
             subprocess.run(["umount", "-l", str(tmpfs)], capture_output=True)
+            shutil.rmtree(tmpfs, ignore_errors=True)
+            saved.rename(tmpfs)
 
 
 def _disk_full_phase(rig: Rig, tmpfs: Path) -> dict:
@@ -619,7 +664,8 @@ def table(result: dict) -> str:
              f"{result['chunk_age_at_move_p99_s']:.2f} / {result['chunk_age_at_move_max_s']:.2f}"
              if result["chunk_age_at_move_p99_s"] is not None else "-"),
             ("/v1/act replies delayed (slow server)", result["act_replies_delayed"]),
-            ("messages left in outboxes at stop (then sent)", result["outbox_leftovers"])]
+            ("messages left in outboxes at stop (then sent)", result["outbox_leftovers"]),
+            ("processes that exited on their own", len(result["unexpected_exits"]))]
     w = max(len(k) for k, _ in rows)
     lines = [f"| {'measure'.ljust(w)} | value |", f"|{'-' * (w + 2)}|-------|"]
     lines += [f"| {k.ljust(w)} | {v} |" for k, v in rows]
@@ -637,12 +683,13 @@ def figure(result: dict, events: list[dict] | None, path: Path) -> None:
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
     colors = {f: c for f, c in zip(FAULTS, ["tab:red", "tab:orange", "tab:purple", "tab:blue", "tab:cyan",
-                                             "tab:green"], strict=True)}
+                                             "tab:green"], strict=True)} | {"disk_full": "tab:brown"}
     for c in result["cycles"]:
         a1.barh(c["fault"], c["duration_s"], left=c["t"], color=colors.get(c["fault"], "gray"),
                 hatch="//" if c["learner"] == "full" else None)
     a1.set_xlabel("time (s); hatched: full learner (training)")
-    a1.set_title(f"{len(result['cycles'])} fault cycles")
+    a1.set_title(f"{sum(c['cycle'] >= 0 for c in result['cycles'])} fault cycles"
+                 + (" after a full episode store" if any(c["fault"] == "disk_full" for c in result["cycles"]) else ""))
     names = ["started", "stored", "lost", "dup. steps", "stale moves", "missing moves"]
     vals = [result["episodes_started"], result["episodes_stored"], result["episodes_lost"],
             result["duplicated_steps"], result["moved_on_stale"], result["moved_on_missing"]]
@@ -668,6 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the result here")
     p.add_argument("--figure", default=str(ROOT / "docs" / "img" / "reliability_faults.png"))
     a = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup (kill children, unmount)
     opt = Options(cycles=a.cycles, robots=a.robots, seed=a.seed, full_learner_cycles=a.full_learner_cycles,
                   disk_full=a.disk_full, run_dir=Path(a.run_dir))
     t0 = time.time()
