@@ -236,10 +236,10 @@ def figure(r: dict, path: Path) -> None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
     for name, pts in r["samples"].items():
         if pts:
-            a1.plot([t / 60 for t, _ in pts], [v for _, v in pts], label=name,
-                    lw=2 if name in ("server", "learner") else 0.8)
+            a1.plot([t / 60 for t, _ in pts], [v - pts[0][1] for _, v in pts],
+                    label=f"{name} ({pts[0][1]:.0f} MB at start)", lw=2 if name in ("server", "learner") else 0.8)
     a1.set_xlabel("minutes")
-    a1.set_ylabel("RSS (MB)")
+    a1.set_ylabel("RSS growth since the first sample (MB)")
     a1.set_title("memory of every process")
     a1.legend(fontsize=6, ncol=2)
     ep = [(f, p) for f, p in r["episode_p99"] if p is not None]
