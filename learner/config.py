@@ -36,6 +36,7 @@ class LearnerConfig(BaseModel):
     ppo_lr: float = Field(default=3e-4, gt=0)
     ppo_epochs: int = Field(default=4, ge=1)
     ppo_minibatch_size: int = Field(default=64, ge=1)
+    ppo_target_kl: float | None = Field(default=0.05, gt=0, description="PPO: stop a round's epochs once approx KL exceeds this")
     critic_warmup_rounds: int = Field(default=1, ge=0, description="PPO: value-only rounds before the policy moves")
     step_penalty: float = Field(default=0.0, ge=0, description="reward per decision (sparse +1 on success minus this)")
     sac_updates_per_episode: int = Field(default=50, ge=1)

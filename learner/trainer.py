@@ -105,7 +105,7 @@ class Trainer:
         self.sft_phases = 0
         self.generator = torch.Generator().manual_seed(self.lc.seed)
         self.ppo_cfg = PPOConfig(learning_rate=self.lc.ppo_lr, update_epochs=self.lc.ppo_epochs,
-                                 minibatch_size=self.lc.ppo_minibatch_size,
+                                 minibatch_size=self.lc.ppo_minibatch_size, target_kl=self.lc.ppo_target_kl,
                                  critic_warmup_rounds=self.lc.critic_warmup_rounds)
         self.sac_cfg = SACConfig(updates_per_episode=self.lc.sac_updates_per_episode,
                                  batch_size=self.lc.sac_batch_size)

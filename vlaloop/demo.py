@@ -27,7 +27,10 @@ from vlaloop.config import DeploymentConfig
 def configure(parser) -> None:
     parser.add_argument("--robots", type=int, default=2, help="mock robots (separate processes)")
     parser.add_argument("--iterations", type=int, default=2, help="iRe-VLA iterations (RL phase + SFT phase)")
-    parser.add_argument("--task", default="reach", help="mock task family")
+    parser.add_argument("--task", default="reach_slots", help="mock task (reach_slots: reach on a slot layout)")
+    parser.add_argument("--bootstrap-steps", type=int, default=60,
+                        help="Stage 0 steps (short on purpose: 80+ already reach the plateau, docs/demo.md)")
+    parser.add_argument("--episodes-per-round", type=int, default=24, help="sampled episodes per RL round")
     parser.add_argument("--demos", type=int, default=None, help="scripted demonstrations to record")
     parser.add_argument("--rate-hz", type=float, default=None, help="control rate of the mock robots")
     parser.add_argument("--eval-episodes", type=int, default=50, help="greedy episodes per before/after eval")
@@ -81,7 +84,8 @@ def _write_config(run_dir: Path, config: DeploymentConfig, args, server_port: in
     data = config.model_dump()
     data["run_dir"] = str(run_dir)
     data["server"].update(host="127.0.0.1", port=server_port, auto_label=True)
-    data["learner"].update(bind=f"tcp://127.0.0.1:{learner_port}", max_iterations=args.iterations)
+    data["learner"].update(bind=f"tcp://127.0.0.1:{learner_port}", max_iterations=args.iterations,
+                           bootstrap_steps=args.bootstrap_steps, episodes_per_round=args.episodes_per_round)
     data["robot"].update(server_url=f"http://127.0.0.1:{server_port}",
                          learner_addr=f"tcp://127.0.0.1:{learner_port}", task=args.task)
     if args.rate_hz:

@@ -8,6 +8,12 @@ Families (max episode length in steps):
   direction (left = +y, right = -y, forward = +x away from the robot, backward = -x) (40 steps).
 * ``pick_place``: "put the green block in the bowl" -- success when the block rests on the table
   with its centre within the bowl's radius (60 steps).
+
+Task name ``reach_slots`` (not a family of its own): the ``reach`` family (same instructions,
+expert, success and max steps) on a structured layout -- every colour has a home slot on the
+table and its block lies within +-SLOT_JITTER (per axis) of it. Reaching then means mapping the
+colour word to its slot (what behaviour cloning from a few demos learns) and correcting for the
+jitter from the image (what RL/SFT can add). `vlaloop demo` uses it.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from robot_client.backends.mock.sim import (
 )
 
 FAMILIES = ("reach", "push", "pick_place")
-TASK_NAMES = (*FAMILIES, "mixed")
+# task names that are a family on another layout: name -> family
+LAYOUT_TASKS = {"reach_slots": "reach"}
+TASK_NAMES = (*FAMILIES, "mixed", *LAYOUT_TASKS)
 MAX_STEPS = {"reach": 30, "push": 40, "pick_place": 60}
 DIRECTIONS = {"left": (0.0, 1.0), "right": (0.0, -1.0), "forward": (1.0, 0.0), "backward": (-1.0, 0.0)}
 
@@ -110,6 +118,7 @@ class Episode:
 
 
 def sample_task(rng: np.random.Generator, family: str, split: str = "train", seed: int = 0) -> TaskSpec:
+    family = LAYOUT_TASKS.get(family, family)
     if family == "mixed":
         family = FAMILIES[int(rng.integers(len(FAMILIES)))]
     colors = split_colors(family, split)
@@ -137,6 +146,9 @@ BOWL_X, BOWL_Y = (0.37, 0.63), (-0.18, 0.18)
 MIN_BLOCK_GAP = 0.09  # between block centres at the start
 MIN_BOWL_GAP = BOWL_RADIUS + 0.06  # bowl centre to block centres
 PUSH_LANE = 0.08  # other blocks keep this far from a push's approach and path
+# reach_slots: a home slot per colour (>= 20 cm apart, so jittered blocks stay >= 12 cm apart)
+COLOR_SLOTS = {"red": (0.40, 0.12), "green": (0.40, -0.12), "blue": (0.60, 0.12), "yellow": (0.60, -0.12)}
+SLOT_JITTER = 0.04
 
 
 def _place(rng: np.random.Generator, task: TaskSpec, order: list[int]) -> tuple[dict, tuple] | None:
@@ -164,6 +176,13 @@ def _place(rng: np.random.Generator, task: TaskSpec, order: list[int]) -> tuple[
     return None
 
 
+def _place_slots(rng: np.random.Generator, order: list[int]) -> tuple[dict, tuple]:
+    """reach_slots: each block near its colour's slot; the bowl at the far edge, out of the way."""
+    pos = {i: (COLOR_SLOTS[COLORS[i]][0] + float(rng.uniform(-SLOT_JITTER, SLOT_JITTER)),
+               COLOR_SLOTS[COLORS[i]][1] + float(rng.uniform(-SLOT_JITTER, SLOT_JITTER))) for i in order}
+    return pos, (0.50, 0.0)
+
+
 def sample_episode(seed: int, family: str = "reach", split: str = "train") -> Episode:
     """Same seed, family and split -> the same task and layout."""
     if family not in TASK_NAMES:
@@ -174,12 +193,15 @@ def sample_episode(seed: int, family: str = "reach", split: str = "train") -> Ep
     others = [i for i in range(N_BLOCKS) if i != task.target]
     rng.shuffle(others)
     order = [task.target, *others[:n - 1]]
-    for _ in range(1000):
-        placed = _place(rng, task, order)
-        if placed is not None:
-            break
-    else:  # pragma: no cover - the constraints leave plenty of room
-        raise RuntimeError(f"could not sample a layout for seed {seed}")
+    if family in LAYOUT_TASKS:
+        placed = _place_slots(rng, order)
+    else:
+        for _ in range(1000):
+            placed = _place(rng, task, order)
+            if placed is not None:
+                break
+        else:  # pragma: no cover - the constraints leave plenty of room
+            raise RuntimeError(f"could not sample a layout for seed {seed}")
     pos, bowl = placed
     present = np.zeros(N_BLOCKS, dtype=bool)
     present[order] = True

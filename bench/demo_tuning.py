@@ -1,0 +1,130 @@
+"""`python -m bench.demo_tuning`: the learning of `vlaloop demo` in ONE process, no servers.
+
+Records the scripted demos, runs Stage 0 (`Trainer.bootstrap`), evaluates greedy success on seeded
+episodes (`learner.evaluate.success_rate`), then iterations of: RL rounds (sampled episodes collected
+in-process and stored exactly as the ingest stores them -> `Trainer.rl_round` -> `publish("head")`)
+followed by `sft_phase` + `publish("full")`, evaluating after every phase. Prints one row per phase
+(greedy success, wall time, PPO approx_kl / clipfrac / entropy) -- the record behind the demo's
+defaults in docs/demo.md.
+
+    python -m bench.demo_tuning --task reach_slots --seed 0
+    python -m bench.demo_tuning --boot-cache runs/bench-boot --ppo-lr 1e-4   # reuse a Stage 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from learner.evaluate import collect_episodes, success_rate
+from learner.store import EpisodeStore
+from learner.trainer import Trainer
+from robot_client.backends.mock.cli import record_demos
+from vlaloop.config import load_config
+
+
+def _config(args, run_dir: Path):
+    cfg = load_config(None, environ={}, run_dir=str(run_dir))
+    lc = cfg.learner
+    cfg.robot.task = args.task
+    for name in ("bootstrap_demos", "bootstrap_steps", "ppo_lr", "ppo_epochs", "ppo_minibatch_size",
+                 "critic_warmup_rounds", "sft_steps", "sft_lr", "episodes_per_round", "rl_rounds_per_phase",
+                 "ppo_target_kl"):
+        value = getattr(args, name)
+        if value is not None and hasattr(lc, name):
+            setattr(lc, name, value)
+    lc.seed = args.seed
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench.demo_tuning", description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="reach_slots")
+    p.add_argument("--run-dir", default="runs/bench-demo")
+    p.add_argument("--boot-cache", default=None, help="dir holding a finished Stage 0 to copy (made if missing)")
+    p.add_argument("--seed", type=int, default=0, help="learner seed (Stage 0 init/batches, PPO, sampling)")
+    p.add_argument("--iterations", type=int, default=2)
+    p.add_argument("--eval-n", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1)
+    for name, typ in (("bootstrap_demos", int), ("bootstrap_steps", int), ("ppo_lr", float), ("ppo_epochs", int),
+                      ("ppo_minibatch_size", int), ("critic_warmup_rounds", int), ("sft_steps", int),
+                      ("sft_lr", float), ("episodes_per_round", int), ("rl_rounds_per_phase", int),
+                      ("ppo_target_kl", float)):
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
+    p.add_argument("--no-sft", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    run_dir = Path(args.run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = _config(args, run_dir)
+    lc = cfg.learner
+    rows = []
+    t0 = time.time()
+    boot = Path(args.boot_cache) if args.boot_cache else None
+    if boot is not None and (boot / "checkpoints").exists():
+        shutil.copytree(boot, run_dir)
+        trainer = Trainer(cfg, run_dir)
+        trainer.resume()
+        boot_s = json.loads((boot / "boot_seconds.json").read_text())["seconds"]
+    else:
+        store = EpisodeStore(run_dir / "episodes")
+        record_demos(store, task=args.task, n=lc.bootstrap_demos, seed=0, image_size=cfg.model.image_size,
+                     cameras=tuple(cfg.model.cameras))
+        trainer = Trainer(cfg, run_dir)
+        trainer.bootstrap(progress=False)
+        boot_s = time.time() - t0
+        if boot is not None:
+            (run_dir / "boot_seconds.json").write_text(json.dumps({"seconds": boot_s}))
+            shutil.copytree(run_dir, boot, dirs_exist_ok=True)
+    te = time.time()
+    rate = success_rate(trainer.policy, n=args.eval_n, task=args.task)
+    rows.append({"phase": "bootstrap", "version": trainer.version, "greedy": rate, "seconds": boot_s,
+                 "eval_s": time.time() - te})
+    print(json.dumps(rows[-1]), flush=True)
+    g = torch.Generator().manual_seed(args.seed)
+    episode_seed = 100_000 + 10_000 * args.seed
+    for it in range(args.iterations):
+        for r in range(lc.rl_rounds_per_phase):
+            t = time.time()
+            res = collect_episodes(trainer.policy, trainer.store, lc.episodes_per_round, task=args.task,
+                                   seed=episode_seed, generator=g)
+            episode_seed += lc.episodes_per_round
+            m = trainer.rl_round(res.metas)
+            trainer.publish("head", "rl", m)
+            train_s = time.time() - t
+            te = time.time()
+            rate = success_rate(trainer.policy, n=args.eval_n, task=args.task)
+            rows.append({"phase": f"it{it} rl{r}", "version": trainer.version, "sampled": res.success_rate,
+                         "greedy": rate, "seconds": train_s, "eval_s": time.time() - te,
+                         **{k: m.get(k) for k in ("approx_kl", "clipfrac", "entropy", "explained_variance",
+                                                  "critic_warmup")}})
+            print(json.dumps(rows[-1]), flush=True)
+        if args.no_sft:
+            continue
+        t = time.time()
+        m = trainer.sft_phase(progress=False)
+        trainer.publish("full", "sft", m)
+        train_s = time.time() - t
+        te = time.time()
+        rate = success_rate(trainer.policy, n=args.eval_n, task=args.task)
+        rows.append({"phase": f"it{it} sft", "version": trainer.version, "greedy": rate, "seconds": train_s,
+                     "eval_s": time.time() - te, "n_online_successes": m.get("n_online_successes")})
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"\n{'phase':<12} {'greedy':>6} {'sampled':>7} {'kl':>7} {'clipfrac':>8} {'entropy':>8} {'train s':>7}")
+    for r in rows:
+        def f(k, fmt, r=r):
+            return format(r[k], fmt) if isinstance(r.get(k), (int, float)) else "-"
+        print(f"{r['phase']:<12} {f('greedy', '6.2f')} {f('sampled', '7.2f')} {f('approx_kl', '7.3f')} "
+              f"{f('clipfrac', '8.2f')} {f('entropy', '8.1f')} {f('seconds', '7.0f')}")
+    print(f"total {time.time() - t0:.0f} s")
+    (run_dir / "tuning.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
