@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class LearnerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key in the YAML or env is an error
     bind: str = "tcp://127.0.0.1:5555"
     token: str = Field(default="", description="token robots present in hello; empty = none required")
     algorithm: Literal["ppo", "sac"] = "ppo"
