@@ -23,14 +23,20 @@ import yaml
 
 from vlaloop.config import DeploymentConfig
 
+# Learner settings of the demo where the config (YAML/env) does not set them (bench/demo_tuning.py,
+# docs/demo.md): a short Stage 0 (on reach_slots 80+ steps already reach the ~60 % plateau that the
+# loop ends at, so a longer one leaves nothing to show) and enough episodes per round for PPO.
+DEMO_LEARNER = {"bootstrap_steps": 60, "episodes_per_round": 24}
+
 
 def configure(parser) -> None:
     parser.add_argument("--robots", type=int, default=2, help="mock robots (separate processes)")
     parser.add_argument("--iterations", type=int, default=2, help="iRe-VLA iterations (RL phase + SFT phase)")
     parser.add_argument("--task", default="reach_slots", help="mock task (reach_slots: reach on a slot layout)")
-    parser.add_argument("--bootstrap-steps", type=int, default=60,
-                        help="Stage 0 steps (short on purpose: 80+ already reach the plateau, docs/demo.md)")
-    parser.add_argument("--episodes-per-round", type=int, default=24, help="sampled episodes per RL round")
+    parser.add_argument("--bootstrap-steps", type=int, default=None,
+                        help=f"Stage 0 steps (demo default {DEMO_LEARNER['bootstrap_steps']}, see docs/demo.md)")
+    parser.add_argument("--episodes-per-round", type=int, default=None,
+                        help=f"sampled episodes per RL round (demo default {DEMO_LEARNER['episodes_per_round']})")
     parser.add_argument("--demos", type=int, default=None, help="scripted demonstrations to record")
     parser.add_argument("--rate-hz", type=float, default=None, help="control rate of the mock robots")
     parser.add_argument("--eval-episodes", type=int, default=50, help="greedy episodes per before/after eval")
@@ -84,8 +90,12 @@ def _write_config(run_dir: Path, config: DeploymentConfig, args, server_port: in
     data = config.model_dump()
     data["run_dir"] = str(run_dir)
     data["server"].update(host="127.0.0.1", port=server_port, auto_label=True)
-    data["learner"].update(bind=f"tcp://127.0.0.1:{learner_port}", max_iterations=args.iterations,
-                           bootstrap_steps=args.bootstrap_steps, episodes_per_round=args.episodes_per_round)
+    data["learner"].update(bind=f"tcp://127.0.0.1:{learner_port}", max_iterations=args.iterations)
+    for key, value in DEMO_LEARNER.items():
+        if getattr(args, key) is not None:
+            data["learner"][key] = getattr(args, key)
+        elif key not in config.learner.model_fields_set:
+            data["learner"][key] = value
     data["robot"].update(server_url=f"http://127.0.0.1:{server_port}",
                          learner_addr=f"tcp://127.0.0.1:{learner_port}", task=args.task)
     if args.rate_hz:
