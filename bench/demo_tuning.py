@@ -34,7 +34,7 @@ def _config(args, run_dir: Path):
     cfg.robot.task = args.task
     for name in ("bootstrap_demos", "bootstrap_steps", "ppo_lr", "ppo_epochs", "ppo_minibatch_size",
                  "critic_warmup_rounds", "sft_steps", "sft_lr", "episodes_per_round", "rl_rounds_per_phase",
-                 "ppo_target_kl"):
+                 "ppo_target_kl", "algorithm", "sac_updates_per_episode"):
         value = getattr(args, name)
         if value is not None and hasattr(lc, name):
             setattr(lc, name, value)
@@ -54,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, typ in (("bootstrap_demos", int), ("bootstrap_steps", int), ("ppo_lr", float), ("ppo_epochs", int),
                       ("ppo_minibatch_size", int), ("critic_warmup_rounds", int), ("sft_steps", int),
                       ("sft_lr", float), ("episodes_per_round", int), ("rl_rounds_per_phase", int),
-                      ("ppo_target_kl", float)):
+                      ("ppo_target_kl", float), ("algorithm", str), ("sac_updates_per_episode", int)):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
     p.add_argument("--no-sft", action="store_true")
+    p.add_argument("--no-rl", action="store_true", help="control: SFT phases only (no online episodes)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir)
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator().manual_seed(args.seed)
     episode_seed = 100_000 + 10_000 * args.seed
     for it in range(args.iterations):
-        for r in range(lc.rl_rounds_per_phase):
+        for r in range(0 if args.no_rl else lc.rl_rounds_per_phase):
             t = time.time()
             res = collect_episodes(trainer.policy, trainer.store, lc.episodes_per_round, task=args.task,
                                    seed=episode_seed, generator=g)
