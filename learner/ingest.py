@@ -144,6 +144,10 @@ class Ingest:
         self.status = status
         self.on_episode = on_episode
         self.counters = IngestCounters()
+        # Steps that reached us but could not be stored (disk full), per episode. Their EpisodeEnd is
+        # not applied (nor acked) until they are stored: meta.json closes an episode, and a closed
+        # episode drops late steps, so ending it with holes would lose the steps the robot resends.
+        self._unstored: dict[tuple[str, str], set[int]] = {}
         self.connections: dict[bytes, Connection] = {}
         self.inbox = Inbox(inbox_dir, store, on_relabel=self._episode_changed) if inbox_dir else None
         self.endpoint: str | None = None
@@ -184,14 +188,33 @@ class Ingest:
         log.info("robot %s connected (identity %s)", msg.robot_id, identity.hex())
         return Ack(seq=0)
 
+    def _mark_unstored(self, steps: list[StepMsg], failed: bool) -> None:
+        for m in steps:
+            key = (m.robot_id, m.episode_id)
+            if failed:
+                self._unstored.setdefault(key, set()).add(m.step)
+            elif key in self._unstored:
+                self._unstored[key].discard(m.step)
+                if not self._unstored[key]:
+                    del self._unstored[key]
+
     def _step(self, msg: StepMsg) -> Ack:
         record = msg.model_dump(exclude=_NOT_IN_RECORD)
         record["t_ingest"] = time.time()
-        stored = self.store.append_step(msg.robot_id, msg.episode_id, msg.step, record, msg.images)
+        try:
+            stored = self.store.append_step(msg.robot_id, msg.episode_id, msg.step, record, msg.images)
+        except OSError:
+            self._mark_unstored([msg], failed=True)
+            raise
+        self._mark_unstored([msg], failed=False)
         self.counters.totals["steps" if stored else "duplicates"] += 1
         return Ack(seq=0, duplicate=not stored)
 
     def _end(self, msg: EpisodeEnd) -> Ack:
+        missing = self._unstored.get((msg.robot_id, msg.episode_id))
+        if missing:  # not acked: the robot resends the steps, then this end (see _unstored)
+            raise OSError(f"episode {msg.robot_id}/{msg.episode_id} still lacks {len(missing)} step(s) "
+                          f"that could not be stored; not ending it yet")
         phase = self.status.phase if self.status else "idle"
         meta = episode_meta(self.store, msg, phase)
         if not self.store.finish(msg.robot_id, msg.episode_id, meta):
@@ -311,11 +334,13 @@ class Ingest:
             return [(i, [f, encode_message(a)]) for i, f, a in acks if a is not None]
         except OSError as e:  # disk full: none of these is acked, the robots resend them later
             log.error("%d steps not stored (%s); not acked, the robots will resend them", len(run), e)
+            self._mark_unstored([m for _, _, _, m in run], failed=True)
             return []
         except Exception as e:
             log.exception("internal error committing %d steps", len(run))
             return [(i, [f, encode_message(self._refuse(i, seq, f"internal error: {type(e).__name__}: {e}"))])
                     for i, f, seq, _ in run]
+        self._mark_unstored([m for _, _, _, m in run], failed=False)
         out = []
         for (identity, seq_frame, seq, _), ok in zip(run, stored, strict=True):
             self.counters.totals["steps" if ok else "duplicates"] += 1
