@@ -149,9 +149,11 @@ def run(robots: int, rate: float, minutes: float, run_dir: Path, max_steps: int 
                 raise RuntimeError(f"{dead} exited during the soak; see {run_dir / 'logs'}")
             print(f"[{t:5.0f}s] rss MB " + " ".join(f"{n}={v[-1][1]:.0f}" for n, v in samples.items() if v)
                   + f" load {load[-1][1]:.1f}", flush=True)
-        duration = time.time() - t0
         cpu = {p.name: (cpu_seconds(p.p.pid) or 0.0) - cpu0[p.name] for p in procs}
         server_q = server_total_quantiles(url)
+        for b in bots:  # all at once: a robot stopping must not leave the others running longer
+            b.p.send_signal(signal.SIGTERM)
+        duration = time.time() - t0
         for b in bots:
             b.term(40)
         learner.term(20)

@@ -55,7 +55,7 @@ def test_full_disk_steps_stay_in_the_outbox_and_arrive_once_space_is_back(small_
         assert streamer.rejected == 0, streamer.last_error  # nothing refused, so nothing deleted
         assert len(streamer.outbox) > 0 and not streamer.idle()
         stored_while_full = len(_read_records(small_disk / "r1" / "e1" / STEPS)[0])
-        assert 0 < stored_while_full < N_STEPS
+        assert stored_while_full < N_STEPS  # (0 when the first group commit already did not fit)
         subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space is back
         assert streamer.flush(60), f"{len(streamer.outbox)} messages never acked"
     finally:
