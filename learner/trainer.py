@@ -301,6 +301,9 @@ class Trainer:
                         eval_fraction=lc.sft_eval_fraction, eval_every=max(1, lc.sft_steps // 4),
                         seed=lc.seed + self.sft_phases + 1, warmup_steps=min(20, max(1, lc.sft_steps // 10)))
         data = build_sft_data(self.store, metas, self.model.config.chunk, cfg.eval_fraction, lc.seed)
+        if not data.train:  # nothing to consolidate (no demos, no successes): keep the model as it is
+            log.warning("SFT skipped: no expert demos or successful episodes in the store")
+            return {"skipped": 1.0, "n_online_successes": 0.0, "n_expert": 0.0}
         metrics = train_sft(self.model, self.norm, data, cfg, mode="lora", progress=progress,
                             on_step=self._tb_step("sft"), desc="sft")
         self.sft_phases += 1

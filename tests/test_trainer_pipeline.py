@@ -138,3 +138,19 @@ def test_sac_round_and_resume(tmp_path, trained):
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"trainer/rl/q_mean", "trainer/rl/success_rate", "trainer/rl/entropy"} <= tags
+
+
+def test_sft_with_nothing_to_learn_from_is_skipped_not_a_crash(trained, tmp_path):
+    """A learner restarted on a registry whose store has no demos must not crash-loop in SFT."""
+    from learner.store import EpisodeStore
+
+    trainer, _ = trained
+    real_store = trainer.store
+    trainer.store = EpisodeStore(tmp_path / "empty")
+    try:
+        before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        metrics = trainer.sft_phase(progress=False)
+        assert metrics["skipped"] == 1.0
+        assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    finally:
+        trainer.store = real_store
