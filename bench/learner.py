@@ -142,7 +142,7 @@ def format_table(r: dict) -> str:
     ing = r.get("ingest")
     if ing is not None:
         if "error" in ing:
-            lines.append(f"| ingestion, 4 clients x 2 JPEG cameras | TODO: {ing['error']} |")
+            lines.append(f"| ingestion, 4 clients x 2 JPEG cameras | not measured: {ing['error']} |")
         else:
             lines.append(f"| ingestion, {ing['clients']} clients x {ing['cameras']} JPEG cameras (fsynced) | "
                          f"{ing['steps_per_s']:.0f} steps/s ({ing['frames_per_s']:.0f} frames/s, "
