@@ -189,8 +189,10 @@ def run(args, config: DeploymentConfig) -> int:
                 print(f"process(es) {crashed} exited; see {run_dir / 'logs'}", file=sys.stderr)
                 return 1
             if time.time() - last > 5:
-                n_online = len(store.list_episodes(source="online")) + len(store.list_episodes(source="eval"))
-                print(_progress_line(_read_status(run_dir), n_online, time.time() - t0), flush=True)
+                status = _read_status(run_dir)  # the learner counts episodes; no rescan of the store
+                per_source = status.get("episodes_per_source", {})
+                n_robot = per_source.get("online", 0) + per_source.get("eval", 0)
+                print(_progress_line(status, n_robot, time.time() - t0), flush=True)
                 last = time.time()
             time.sleep(0.5)
         learner_rc = group.procs["learner"].poll()
