@@ -34,7 +34,7 @@ class LearnerConfig(BaseModel):
     sft_lr: float = Field(default=3e-4, gt=0, description="SFT phase: LoRA adapters + pooler + head")
     sft_loss: Literal["nll", "mse"] = "nll"
     sft_eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="expert episodes held out for the eval loss")
-    ppo_lr: float = Field(default=3e-4, gt=0)
+    ppo_lr: float = Field(default=1e-4, gt=0, description="PPO Adam lr (3e-4 learnt slower on the mock, 1e-3 collapsed)")
     ppo_epochs: int = Field(default=4, ge=1)
     ppo_minibatch_size: int = Field(default=64, ge=1)
     ppo_target_kl: float | None = Field(default=0.05, gt=0, description="PPO: stop a round's epochs once approx KL exceeds this")
