@@ -20,6 +20,15 @@ def test_held_out_split_is_explicit_and_disjoint():
         split_colors("reach", "test")
 
 
+def test_demo_and_rl_splits_partition_train():
+    for family in FAMILIES:
+        demo, rl = set(split_colors(family, "demo")), set(split_colors(family, "rl"))
+        assert demo and rl and not demo & rl and demo | rl == set(split_colors(family, "train"))
+    assert split_colors("reach", "rl") == ("blue",)
+    tasks = [sample_episode(seed, "reach_slots", "demo").task.color for seed in range(60)]
+    assert set(tasks) == {"red", "green"}
+
+
 @pytest.mark.parametrize("family", [*FAMILIES, "mixed"])
 def test_train_split_never_samples_held_out(family):
     seen = set()

@@ -120,6 +120,27 @@ def check_logprobs(batch: RolloutBatch, tolerance: float) -> dict:
     return out
 
 
+def value_loss(new_v: torch.Tensor, old_v: torch.Tensor, returns: torch.Tensor, cfg: PPOConfig) -> torch.Tensor:
+    """0.5 * squared error, clipped around the values the rollout was scored with."""
+    unclipped = (new_v - returns).pow(2)
+    if not cfg.clip_vloss:
+        return 0.5 * unclipped.mean()
+    clipped = old_v + (new_v - old_v).clamp(-cfg.vf_clip, cfg.vf_clip)
+    return 0.5 * torch.max(unclipped, (clipped - returns).pow(2)).mean()
+
+
+def policy_loss(new_logp: torch.Tensor, behaviour_logp: torch.Tensor, advantages: torch.Tensor,
+                cfg: PPOConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped surrogate with the importance ratio against the behaviour policy.
+    Returns (loss, log_ratio, ratio)."""
+    log_ratio = new_logp - behaviour_logp
+    ratio = log_ratio.exp()
+    if cfg.norm_adv and advantages.numel() > 1:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+    return loss, log_ratio, ratio
+
+
 def ppo_update(actor: nn.Module, critic: nn.Module, optimizer: torch.optim.Optimizer, batch: RolloutBatch,
                cfg: PPOConfig, warmup: bool, generator: torch.Generator | None = None) -> dict:
     """One PPO round on `batch`. `warmup=True`: value-only updates (the policy does not move)."""
@@ -139,27 +160,14 @@ def ppo_update(actor: nn.Module, critic: nn.Module, optimizer: torch.optim.Optim
             mb = order[start:start + cfg.minibatch_size]
             f, s, a = batch.features[mb], batch.states[mb], batch.actions[mb]
 
-            # --- value loss (clipped around the values the rollout was scored with)
             new_v = critic(f, s).reshape(-1)
-            v_unclipped = (new_v - returns[mb]).pow(2)
-            if cfg.clip_vloss:
-                v_clipped = values[mb] + (new_v - values[mb]).clamp(-cfg.vf_clip, cfg.vf_clip)
-                v_loss = 0.5 * torch.max(v_unclipped, (v_clipped - returns[mb]).pow(2)).mean()
-            else:
-                v_loss = 0.5 * v_unclipped.mean()
+            v_loss = value_loss(new_v, values[mb], returns[mb], cfg)
             loss = cfg.vf_coef * v_loss
 
             if not warmup:
-                # --- clipped policy loss with the importance ratio against the behaviour policy
                 mean, log_std = actor(f, s)
                 new_logp = gaussian_logprob(mean, log_std, a)
-                log_ratio = new_logp - batch.behaviour_logprob[mb]
-                ratio = log_ratio.exp()
-                mb_adv = advantages[mb]
-                if cfg.norm_adv and mb_adv.numel() > 1:
-                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                pg_loss = torch.max(-mb_adv * ratio,
-                                    -mb_adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+                pg_loss, log_ratio, ratio = policy_loss(new_logp, batch.behaviour_logprob[mb], advantages[mb], cfg)
                 entropy = gaussian_entropy(mean, log_std).mean()
                 loss = loss + pg_loss - cfg.ent_coef * entropy
                 with torch.no_grad():
@@ -191,6 +199,7 @@ def ppo_update(actor: nn.Module, critic: nn.Module, optimizer: torch.optim.Optim
         "value_mean": float(final_v.mean()),
         "return_mean": float(returns.mean()),
         "n_transitions": n,
+        "n_updates": len(v_losses),
         "critic_warmup": bool(warmup),
     })
     return metrics

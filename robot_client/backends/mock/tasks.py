@@ -55,7 +55,11 @@ DIRECTION_WORDS = {"left": ("to the left", "left"), "right": ("to the right", "r
 # (family, colour) combinations never used for demonstrations or training (issue 10 measures how
 # well a policy does on them).
 HELD_OUT = frozenset({("reach", "yellow"), ("push", "green"), ("pick_place", "blue")})
-SPLITS = ("train", "held_out", "all")
+# (family, colour) combinations of the train split that the results bench (bench/learning.py) keeps
+# out of the demonstrations and trains only online (the paper's "new tasks learnt by RL"); the
+# split "demo" is train minus these, the split "rl" is exactly these. Everything else uses "train".
+RL_ONLY = frozenset({("reach", "blue"), ("push", "red"), ("pick_place", "green")})
+SPLITS = ("train", "held_out", "all", "demo", "rl")
 
 
 def is_held_out(family: str, color: str) -> bool:
@@ -64,7 +68,8 @@ def is_held_out(family: str, color: str) -> bool:
 
 def split_colors(family: str, split: str = "train") -> tuple[str, ...]:
     """The colours a family may use in a split: ``train`` (demos, training), ``held_out`` (only
-    the unseen combinations) or ``all``."""
+    the unseen combinations), ``all``, or the two parts of ``train`` the results bench separates:
+    ``demo`` (demonstrated) and ``rl`` (trained online only)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown task family {family!r} (one of {FAMILIES})")
     if split == "all":
@@ -73,6 +78,10 @@ def split_colors(family: str, split: str = "train") -> tuple[str, ...]:
         return tuple(c for c in COLORS if not is_held_out(family, c))
     if split == "held_out":
         return tuple(c for c in COLORS if is_held_out(family, c))
+    if split == "demo":
+        return tuple(c for c in COLORS if not is_held_out(family, c) and (family, c) not in RL_ONLY)
+    if split == "rl":
+        return tuple(c for c in COLORS if (family, c) in RL_ONLY)
     raise ValueError(f"unknown split {split!r} (one of {SPLITS})")
 
 

@@ -1,0 +1,357 @@
+"""`vlaloop bench learning` / `python -m bench.learning`: the seed papers' claims, measured on the mock.
+
+Claims (iRe-VLA, VLA-RL): (a) alternating head-only RL with LoRA SFT improves a VLA beyond its SFT
+starting point, on the trained tasks and on unseen ones; (b) RL on the whole VLA is unstable and can
+lose performance; (c) frozen-backbone RL is cheap enough for one machine.
+
+Every method starts from the same Stage 0 model (per seed) and gets the same budget:
+`iterations x rounds x episodes` online episodes (or, for `sft_extra_demos`, that many extra expert
+demos), with an SFT phase after each iteration where the method has one.
+
+    sft_only          SFT phases on the demos alone (no new data: "just train longer")
+    sft_extra_demos   SFT phases on the demos + as many extra expert demos as the others get episodes
+    irevla_ppo        iRe-VLA: head-only PPO rounds, then LoRA SFT on demos + online successes
+    irevla_sac        iRe-VLA with SAC from demonstrations as the RL phase
+    ppo_whole         PPO on the whole model (backbone unfrozen, learner/rl/ppo_whole.py), no SFT
+    rl_only           head-only PPO rounds only, no SFT consolidation
+
+Task split (mock `reach_slots`, robot_client/backends/mock/tasks.py): `demo` colours (red, green)
+have expert demos; `rl` colour (blue) has none and is met only in online episodes (online episodes
+sample demo + rl colours: split `train`); `held_out` colour (yellow) is never trained on. Greedy
+success is evaluated on each split after every round/phase on fixed seeds.
+
+Runs are independent jobs (method x seed) in `--jobs` worker processes (1 torch thread each); each
+finished job is saved to OUT/results/METHOD-sSEED.json, so an interrupted run resumes where it
+stopped. Output: a table (markdown, also OUT/table.md), OUT/learning_curves.png, OUT/summary.json.
+
+    python -m bench.learning                      # the full table: 6 methods x 3 seeds (~45 min, 2 cores)
+    python -m bench.learning --smoke              # seconds-sized version (the test suite runs it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+METHODS = {
+    "sft_only": "SFT on the demos only",
+    "sft_extra_demos": "SFT + extra expert demos",
+    "irevla_ppo": "iRe-VLA (PPO head + SFT)",
+    "irevla_sac": "iRe-VLA (SAC head + SFT)",
+    "ppo_whole": "PPO whole model, no SFT",
+    "rl_only": "PPO head only, no SFT",
+}
+RL_METHODS = {"irevla_ppo", "irevla_sac", "ppo_whole", "rl_only"}
+SFT_METHODS = {"sft_only", "sft_extra_demos", "irevla_ppo", "irevla_sac"}
+SPLITS = ("demo", "rl", "held_out")  # evaluation splits, in table order
+EVAL_SEED = 10_000
+
+
+@dataclass
+class LearningBenchConfig:
+    task: str = "reach_slots"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = tuple(METHODS)
+    demos: int = 40  # expert demos (split "demo") for Stage 0 and every SFT phase
+    bootstrap_steps: int = 60  # the demo's short Stage 0 (docs/demo.md)
+    iterations: int = 2  # RL phase + SFT phase, repeated
+    rounds: int = 4  # RL rounds per phase (the first round of a run is the PPO critic warm-up)
+    episodes_per_round: int = 128
+    sft_steps: int = 200
+    ppo_lr: float = 1e-4
+    sac_updates_per_episode: int = 10
+    eval_n: int = 100  # greedy episodes per split per evaluation
+    jobs: int = 2
+
+    @property
+    def budget(self) -> int:
+        return self.iterations * self.rounds * self.episodes_per_round
+
+
+SMOKE = dict(seeds=(0,), demos=6, bootstrap_steps=8, iterations=1, rounds=2, episodes_per_round=6, sft_steps=4,
+             eval_n=6, sac_updates_per_episode=2, jobs=1)
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+def _learner_config(cfg: LearningBenchConfig, run_dir: Path, seed: int):
+    from vlaloop.config import load_config
+
+    config = load_config(None, environ={}, run_dir=str(run_dir))
+    lc = config.learner
+    config.robot.task = cfg.task
+    lc.seed, lc.bootstrap_demos, lc.bootstrap_steps = seed, cfg.demos, cfg.bootstrap_steps
+    lc.sft_steps, lc.ppo_lr, lc.sac_updates_per_episode = cfg.sft_steps, cfg.ppo_lr, cfg.sac_updates_per_episode
+    lc.episodes_per_round = cfg.episodes_per_round
+    return config
+
+
+def stage0(cfg: LearningBenchConfig, out: Path, seed: int) -> Path:
+    """Demos on the `demo` split + Stage 0 for one seed (skipped if already done)."""
+    import torch
+
+    from learner.store import EpisodeStore
+    from learner.trainer import Trainer
+    from robot_client.backends.mock.cli import record_demos
+
+    boot = out / "stage0" / f"s{seed}"
+    if (boot / "done.json").exists():
+        return boot
+    shutil.rmtree(boot, ignore_errors=True)
+    torch.set_num_threads(1)
+    config = _learner_config(cfg, boot, seed)
+    t = time.time()
+    record_demos(EpisodeStore(boot / "episodes"), task=cfg.task, n=cfg.demos, seed=1000 * seed, split="demo",
+                 image_size=config.model.image_size, cameras=tuple(config.model.cameras))
+    Trainer(config, boot).bootstrap(progress=False)
+    (boot / "done.json").write_text(json.dumps({"seconds": time.time() - t}))
+    return boot
+
+
+def _evaluate(policy, cfg: LearningBenchConfig) -> dict[str, float]:
+    from learner.evaluate import success_rate
+
+    return {split: success_rate(policy, n=cfg.eval_n, task=cfg.task, seed=EVAL_SEED, split=split)
+            for split in SPLITS}
+
+
+def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict:
+    """One method from the seed's Stage 0; returns the curve, timings and update counts."""
+    import torch
+
+    from learner.dataset import is_rl_episode, load_decisions
+    from learner.evaluate import rollout
+    from learner.rl.ppo_whole import whole_model_ppo_round
+    from learner.trainer import Trainer
+    from robot_client.backends.mock.cli import record_demos
+
+    torch.set_num_threads(1)
+    run_dir = out / "runs" / f"{method}-s{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.copytree(out / "stage0" / f"s{seed}", run_dir)
+    config = _learner_config(cfg, run_dir, seed)
+    if method == "irevla_sac":
+        config.learner.algorithm = "sac"
+    trainer = Trainer(config, run_dir)
+    trainer.resume()
+    t_job = time.time()
+    rl_s, sft_s, n_updates, episodes = 0.0, 0.0, 0, 0
+    curve = [{"episodes": 0, "phase": "stage0", "version": trainer.version, **_evaluate(trainer.policy, cfg)}]
+    rounds_log = []
+    g = torch.Generator().manual_seed(seed)
+    whole_opt = None
+    episode_seed = 200_000 + 100_000 * seed
+    print(f"[{method} s{seed}] start: {curve[0]}", flush=True)
+    for it in range(cfg.iterations):
+        for r in range(cfg.rounds if method in RL_METHODS else 0):
+            res = rollout(trainer.policy, range(episode_seed, episode_seed + cfg.episodes_per_round), cfg.task,
+                          "sample", g, store=trainer.store, split="train")
+            episode_seed += cfg.episodes_per_round
+            t = time.time()
+            if method == "ppo_whole":
+                metas = [m for m in res.metas if is_rl_episode(m)]
+                decisions = [load_decisions(trainer.store, m, trainer.model.config.chunk) for m in metas]
+                if whole_opt is None:
+                    whole_opt = torch.optim.Adam(list(trainer.model.parameters()), lr=cfg.ppo_lr, eps=1e-5)
+                warmup = trainer.rl_rounds_total < trainer.ppo_cfg.critic_warmup_rounds
+                m = whole_model_ppo_round(trainer.model, trainer.norm, decisions, whole_opt, trainer.ppo_cfg,
+                                          warmup, g)
+                trainer.rl_rounds_total += 1
+                trainer.publish("full", "rl", m)
+            else:
+                m = trainer.rl_round(res.metas)
+                trainer.publish("head", "rl", m)
+            rl_s += time.time() - t
+            n_updates += int(m.get("n_updates", 0))
+            episodes += cfg.episodes_per_round
+            rounds_log.append({k: m.get(k) for k in ("approx_kl", "clipfrac", "logprob_mismatch", "critic_warmup",
+                                                     "q_mean", "alpha") if k in m} | {"sampled": res.success_rate})
+            curve.append({"episodes": episodes, "phase": f"it{it} rl{r}", "version": trainer.version,
+                          "sampled": res.success_rate, **_evaluate(trainer.policy, cfg)})
+            print(f"[{method} s{seed}] {curve[-1]}", flush=True)
+        if method not in SFT_METHODS:
+            continue
+        if method in ("sft_only", "sft_extra_demos"):
+            episodes += cfg.rounds * cfg.episodes_per_round  # the budget the other methods spent
+        if method == "sft_extra_demos":  # the same count of expert demos, on the tasks RL trains on
+            record_demos(trainer.store, task=cfg.task, n=cfg.rounds * cfg.episodes_per_round,
+                         seed=500_000 + 100_000 * seed + it * 10_000, split="train",
+                         image_size=config.model.image_size, cameras=tuple(config.model.cameras))
+        t = time.time()
+        m = trainer.sft_phase(progress=False)
+        trainer.publish("full", "sft", m)
+        sft_s += time.time() - t
+        n_updates += cfg.sft_steps
+        curve.append({"episodes": episodes, "phase": f"it{it} sft", "version": trainer.version,
+                      "n_online_successes": m.get("n_online_successes"), "n_expert": m.get("n_expert"),
+                      **_evaluate(trainer.policy, cfg)})
+        print(f"[{method} s{seed}] {curve[-1]}", flush=True)
+    train_s = rl_s + sft_s  # training only: collection and evaluation excluded
+    n_rounds, n_sft = len(rounds_log), sum(1 for p in curve if p["phase"].endswith("sft"))
+    result = {"method": method, "seed": seed, "curve": curve, "rounds": rounds_log, "train_s": train_s,
+              "rl_s_per_round": rl_s / n_rounds if n_rounds else None,
+              "sft_s_per_phase": sft_s / n_sft if n_sft else None,
+              "wall_s": time.time() - t_job, "n_updates": n_updates,
+              "updates_per_s": n_updates / train_s if train_s > 0 else 0.0, "config": dataclasses.asdict(cfg)}
+    shutil.rmtree(run_dir / "features", ignore_errors=True)  # caches are the bulk of a run dir
+    return result
+
+
+def _job(args) -> dict:
+    cfg, out, method, seed = args
+    from vlaloop.durable import write_json_atomic
+
+    result = run_job(cfg, out, method, seed)
+    write_json_atomic(out / "results" / f"{method}-s{seed}.json", result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- report
+def summarize(results: list[dict], cfg: LearningBenchConfig) -> dict:
+    """Per method: final greedy success per split (mean, std, min, max over seeds), Stage 0, the
+    lowest point of the curve, wall/train time and updates per second."""
+    out = {}
+    for method in cfg.methods:
+        rs = [r for r in results if r["method"] == method]
+        if not rs:
+            continue
+        row = {"n_seeds": len(rs)}
+        for split in SPLITS:
+            final = np.array([r["curve"][-1][split] for r in rs])
+            start = np.array([r["curve"][0][split] for r in rs])
+            lowest = np.array([min(p[split] for p in r["curve"]) for r in rs])
+            row[split] = {"start": float(start.mean()), "final": float(final.mean()), "final_std": float(final.std()),
+                          "final_min": float(final.min()), "final_max": float(final.max()),
+                          "lowest": float(lowest.mean())}
+        row["train_s"] = float(np.mean([r["train_s"] for r in rs]))
+        row["wall_s"] = float(np.mean([r["wall_s"] for r in rs]))
+        row["updates_per_s"] = float(np.mean([r["updates_per_s"] for r in rs]))
+        row["n_updates"] = float(np.mean([r["n_updates"] for r in rs]))
+        for k in ("rl_s_per_round", "sft_s_per_phase"):
+            vals = [r[k] for r in rs if r.get(k) is not None]
+            row[k] = float(np.mean(vals)) if vals else None
+        out[method] = row
+    return out
+
+
+def format_table(summary: dict, cfg: LearningBenchConfig) -> str:
+    lines = [f"Greedy success ({cfg.eval_n} episodes per split, mean ± std over {len(cfg.seeds)} seed(s); "
+             f"Stage 0 → final; budget {cfg.budget} online episodes or extra demos)", "",
+             "| method | demo tasks | RL-only tasks | held-out tasks | lowest (demo tasks) | RL s / round | "
+             "SFT s / phase | train s | updates / s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def sec(v):
+        return "–" if v is None else f"{v:.1f}"
+
+    for method, row in summary.items():
+        cells = [f"{row[s]['start']:.2f} → **{row[s]['final']:.2f}** ± {row[s]['final_std']:.2f}" for s in SPLITS]
+        lines.append(f"| {METHODS[method]} (`{method}`) | {' | '.join(cells)} | {row['demo']['lowest']:.2f} | "
+                     f"{sec(row['rl_s_per_round'])} | {sec(row['sft_s_per_phase'])} | {row['train_s']:.0f} | "
+                     f"{row['updates_per_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], cfg: LearningBenchConfig, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(SPLITS), figsize=(5 * len(SPLITS), 4), sharey=True)
+    titles = {"demo": "tasks with demos", "rl": "tasks trained online only", "held_out": "held-out tasks"}
+    for method in cfg.methods:
+        rs = [r for r in results if r["method"] == method]
+        if not rs:
+            continue
+        xs = [p["episodes"] for p in rs[0]["curve"]]
+        for ax, split in zip(axes, SPLITS, strict=True):
+            ys = np.array([[p[split] for p in r["curve"]] for r in rs if len(r["curve"]) == len(xs)])
+            line, = ax.plot(xs, ys.mean(0), marker="o", ms=3, label=METHODS[method])
+            ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
+    for ax, split in zip(axes, SPLITS, strict=True):
+        ax.set_title(titles[split])
+        ax.set_xlabel("online episodes (or extra demos) spent")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("greedy success")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[-1].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"mock {cfg.task}: mean over {len(cfg.seeds)} seed(s), band = min..max")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def run(cfg: LearningBenchConfig, out: Path, fresh: bool = False) -> dict:
+    unknown = set(cfg.methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {list(METHODS)}")
+    if fresh:
+        shutil.rmtree(out, ignore_errors=True)
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    saved = out / "config.json"
+    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(dataclasses.asdict(cfg))):
+        raise SystemExit(f"{out} holds results of another configuration ({saved}); use --fresh or another --out")
+    saved.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    t0 = time.time()
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=ctx) as pool:
+        for f in as_completed([pool.submit(stage0, cfg, out, s) for s in cfg.seeds]):
+            f.result()
+        print(f"stage 0 ready for seeds {list(cfg.seeds)} ({time.time() - t0:.0f} s)", flush=True)
+        # longest first, so the workers finish together
+        order = ["irevla_sac", "ppo_whole", "irevla_ppo", "sft_extra_demos", "sft_only", "rl_only"]
+        todo = [(cfg, out, m, s) for m in sorted(cfg.methods, key=order.index) for s in cfg.seeds
+                if not (out / "results" / f"{m}-s{s}.json").exists()]
+        futures = {pool.submit(_job, job): job for job in todo}
+        for i, f in enumerate(as_completed(futures), 1):
+            r = f.result()
+            final = ", ".join(f"{s} {r['curve'][-1][s]:.2f}" for s in SPLITS)
+            print(f"done {i}/{len(todo)}: {r['method']} seed {r['seed']} in {r['wall_s']:.0f} s "
+                  f"(final {final}; {time.time() - t0:.0f} s total)", flush=True)
+    results = [json.loads((out / "results" / f"{m}-s{s}.json").read_text()) for m in cfg.methods for s in cfg.seeds]
+    summary = summarize(results, cfg)
+    table = format_table(summary, cfg)
+    (out / "table.md").write_text(table + "\n")
+    (out / "summary.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "methods": summary,
+                                                  "total_s": time.time() - t0}, indent=1))
+    plot(results, cfg, out / "learning_curves.png")
+    print("\n" + table)
+    print(f"\ncurves: {out / 'learning_curves.png'}; total {time.time() - t0:.0f} s")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench.learning", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/bench-learning")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes (one seed, a few episodes): a smoke test")
+    p.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
+    p.add_argument("--seeds", nargs="+", type=int, default=None)
+    for f in dataclasses.fields(LearningBenchConfig):
+        kind = {"int": int, "float": float}.get(f.type)
+        if kind is not None:
+            p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None)
+    args = p.parse_args(argv)
+    values = dict(SMOKE) if args.smoke else {}
+    for f in dataclasses.fields(LearningBenchConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = tuple(v) if isinstance(v, list) else v
+    cfg = LearningBenchConfig(**values)
+    run(cfg, Path(args.out), fresh=args.fresh)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
