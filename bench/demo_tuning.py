@@ -34,7 +34,7 @@ def _config(args, run_dir: Path):
     cfg.robot.task = args.task
     for name in ("bootstrap_demos", "bootstrap_steps", "ppo_lr", "ppo_epochs", "ppo_minibatch_size",
                  "critic_warmup_rounds", "sft_steps", "sft_lr", "episodes_per_round", "rl_rounds_per_phase",
-                 "ppo_target_kl", "algorithm", "sac_updates_per_episode"):
+                 "ppo_target_kl", "algorithm", "sac_updates_per_episode", "sac_bc_coef", "sac_actor_lr"):
         value = getattr(args, name)
         if value is not None and hasattr(lc, name):
             setattr(lc, name, value)
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, typ in (("bootstrap_demos", int), ("bootstrap_steps", int), ("ppo_lr", float), ("ppo_epochs", int),
                       ("ppo_minibatch_size", int), ("critic_warmup_rounds", int), ("sft_steps", int),
                       ("sft_lr", float), ("episodes_per_round", int), ("rl_rounds_per_phase", int),
-                      ("ppo_target_kl", float), ("algorithm", str), ("sac_updates_per_episode", int)):
+                      ("ppo_target_kl", float), ("algorithm", str), ("sac_updates_per_episode", int),
+                      ("sac_bc_coef", float), ("sac_actor_lr", float)):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
     p.add_argument("--no-sft", action="store_true")
     p.add_argument("--no-rl", action="store_true", help="control: SFT phases only (no online episodes)")

@@ -108,7 +108,8 @@ class Trainer:
                                  minibatch_size=self.lc.ppo_minibatch_size, target_kl=self.lc.ppo_target_kl,
                                  critic_warmup_rounds=self.lc.critic_warmup_rounds)
         self.sac_cfg = SACConfig(updates_per_episode=self.lc.sac_updates_per_episode,
-                                 batch_size=self.lc.sac_batch_size)
+                                 batch_size=self.lc.sac_batch_size, bc_coef=self.lc.sac_bc_coef,
+                                 actor_lr=self.lc.sac_actor_lr)
         self._ppo_opt: torch.optim.Optimizer | None = None
         self._sac: SACLearner | None = None
         self._version_heads: dict[int, nn.Module] = {}
@@ -278,7 +279,9 @@ class Trainer:
                                    self.sac_cfg)
         online = Transitions.cat(list(self._sac_buffers.values())) if self._sac_buffers else None
         n_updates = self.sac_cfg.updates_per_episode * max(1, len(decisions))
-        metrics = self._sac.train(self._sac_demo, online, n_updates, self.generator)
+        warmup = self.rl_rounds_total < self.lc.critic_warmup_rounds  # critic only: the actor waits
+        metrics = self._sac.train(self._sac_demo, online, n_updates, self.generator, update_actor=not warmup)
+        metrics["critic_warmup"] = warmup
         if checks:
             from learner.rl.ppo import check_logprobs
 

@@ -104,7 +104,8 @@ class SACLearner:
         action = mean + log_std.exp() * noise  # reparameterized: gradients reach mean and log_std
         return action, gaussian_logprob(mean, log_std, action), mean, log_std
 
-    def update(self, batch: Transitions, generator: torch.Generator | None = None, n_demo: int = 0) -> dict:
+    def update(self, batch: Transitions, generator: torch.Generator | None = None, n_demo: int = 0,
+               update_actor: bool = True) -> dict:
         cfg = self.cfg
         alpha = self.log_alpha.exp().detach()
         # --- critic: soft Bellman target from the target twins at the next decision
@@ -122,7 +123,7 @@ class SACLearner:
         out = {"loss_q": float(q_loss.detach()), "q_mean": float(q1.detach().mean()), "q_target_mean": float(y.mean())}
 
         # --- actor and temperature (delayed)
-        if self.n_updates % cfg.policy_frequency == 0:
+        if update_actor and self.n_updates % cfg.policy_frequency == 0:
             action, logp, mean, log_std = self._policy_sample(batch.features, batch.states, generator)
             pq1, pq2 = self.critic(batch.features, batch.states, action)
             actor_loss = (alpha * logp - torch.min(pq1, pq2)).mean()
@@ -149,12 +150,14 @@ class SACLearner:
         return out
 
     def train(self, demo: Transitions | None, online: Transitions | None, n_updates: int,
-              generator: torch.Generator | None = None) -> dict:
-        """`n_updates` gradient steps on 50/50 demo/online batches; returns averaged metrics."""
+              generator: torch.Generator | None = None, update_actor: bool = True) -> dict:
+        """`n_updates` gradient steps on 50/50 demo/online batches; returns averaged metrics.
+        `update_actor=False` is the critic warm-up: a freshly initialized Q is noise, and an actor
+        climbing its gradient walks away from the demonstrated behaviour in one round."""
         history: dict[str, list[float]] = {}
         for _ in range(n_updates):
             batch, n_demo = self.sample_batch(demo, online, generator)
-            for k, v in self.update(batch, generator, n_demo).items():
+            for k, v in self.update(batch, generator, n_demo, update_actor).items():
                 history.setdefault(k, []).append(v)
         metrics = {k: float(np.mean(v)) for k, v in history.items()}
         metrics["n_updates"] = n_updates
