@@ -109,7 +109,7 @@ class Trainer:
                                  critic_warmup_rounds=self.lc.critic_warmup_rounds)
         self.sac_cfg = SACConfig(updates_per_episode=self.lc.sac_updates_per_episode,
                                  batch_size=self.lc.sac_batch_size, bc_coef=self.lc.sac_bc_coef,
-                                 actor_lr=self.lc.sac_actor_lr)
+                                 actor_lr=self.lc.sac_actor_lr, init_alpha=self.lc.sac_init_alpha)
         self._ppo_opt: torch.optim.Optimizer | None = None
         self._sac: SACLearner | None = None
         self._version_heads: dict[int, nn.Module] = {}

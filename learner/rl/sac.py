@@ -45,6 +45,12 @@ class SACConfig:
     policy_frequency: int = 2  # actor/alpha update every N critic updates (TD3-style delay)
     max_grad_norm: float = 10.0
     bc_coef: float = 0.0  # optional behaviour cloning on the demo half: + coef * MSE(mean, demo action)
+    # The Gaussian is not tanh-squashed (the server samples from it unchanged), so nothing bounds the
+    # actions the actor proposes to Q: on the mock, Q extrapolated linearly and the actor's mean ran to
+    # 1e4 (normalized units) within one round while Q diverged. Q therefore sees actions clamped to
+    # this box (normalized units; the demos lie within about +-3), so its gradient cannot pull the mean
+    # out of the data's range.
+    q_action_bound: float | None = 3.0
 
 
 @dataclass
@@ -104,6 +110,10 @@ class SACLearner:
         action = mean + log_std.exp() * noise  # reparameterized: gradients reach mean and log_std
         return action, gaussian_logprob(mean, log_std, action), mean, log_std
 
+    def _bounded(self, actions: torch.Tensor) -> torch.Tensor:
+        b = self.cfg.q_action_bound
+        return actions if b is None else actions.clamp(-b, b)
+
     def update(self, batch: Transitions, generator: torch.Generator | None = None, n_demo: int = 0,
                update_actor: bool = True) -> dict:
         cfg = self.cfg
@@ -111,10 +121,10 @@ class SACLearner:
         # --- critic: soft Bellman target from the target twins at the next decision
         with torch.no_grad():
             next_a, next_logp, _, _ = self._policy_sample(batch.next_features, batch.next_states, generator)
-            tq1, tq2 = self.target(batch.next_features, batch.next_states, next_a)
+            tq1, tq2 = self.target(batch.next_features, batch.next_states, self._bounded(next_a))
             soft_next = torch.min(tq1, tq2) - alpha * next_logp
             y = batch.rewards + cfg.gamma * (1.0 - batch.dones) * soft_next
-        q1, q2 = self.critic(batch.features, batch.states, batch.actions)
+        q1, q2 = self.critic(batch.features, batch.states, self._bounded(batch.actions))
         q_loss = 0.5 * ((q1 - y).pow(2).mean() + (q2 - y).pow(2).mean())
         self.critic_opt.zero_grad(set_to_none=True)
         q_loss.backward()
@@ -125,7 +135,7 @@ class SACLearner:
         # --- actor and temperature (delayed)
         if update_actor and self.n_updates % cfg.policy_frequency == 0:
             action, logp, mean, log_std = self._policy_sample(batch.features, batch.states, generator)
-            pq1, pq2 = self.critic(batch.features, batch.states, action)
+            pq1, pq2 = self.critic(batch.features, batch.states, self._bounded(action))
             actor_loss = (alpha * logp - torch.min(pq1, pq2)).mean()
             if cfg.bc_coef and n_demo:
                 actor_loss = actor_loss + cfg.bc_coef * (mean[:n_demo] - batch.actions[:n_demo]).pow(2).mean()
