@@ -201,7 +201,8 @@ def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict
               "rl_s_per_round": rl_s / n_rounds if n_rounds else None,
               "sft_s_per_phase": sft_s / n_sft if n_sft else None,
               "wall_s": time.time() - t_job, "n_updates": n_updates,
-              "updates_per_s": n_updates / train_s if train_s > 0 else 0.0, "config": dataclasses.asdict(cfg)}
+              "updates_per_s": n_updates / train_s if train_s > 0 else 0.0, "config": dataclasses.asdict(cfg),
+              "learner": config.learner.model_dump()}
     shutil.rmtree(run_dir / "features", ignore_errors=True)  # caches are the bulk of a run dir
     return result
 
