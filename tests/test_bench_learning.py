@@ -38,13 +38,15 @@ def test_methods_train_what_they_claim(smoke):
     cfg, out, _ = smoke
     demo_tasks = {sample_episode(s, cfg.task, "demo").task.color for s in range(40)}
     stage0 = EpisodeStore(out / "stage0" / "s0" / "episodes").list_episodes(source="expert")
-    assert len(stage0) == cfg.demos  # demos only on the demo split (red, green), never blue/yellow
-    assert {m["instruction"].split()[-2] for m in stage0} <= demo_tasks == {"red", "green"}
+    colours = [m["instruction"].split()[-2] for m in stage0]
+    assert demo_tasks == {"red", "green"}
+    assert sum(c in demo_tasks for c in colours) == cfg.demos  # the demo split ...
+    assert colours.count("blue") == cfg.rl_task_demos  # ... a few of the RL-only task, never yellow
     runs = out / "runs"
     extra = EpisodeStore(runs / "sft_extra_demos-s0" / "episodes").list_episodes(source="expert")
-    assert len(extra) == cfg.demos + cfg.budget  # as many extra demos as the others got episodes
+    assert len(extra) == cfg.demos + cfg.rl_task_demos + cfg.budget  # as many extra demos as the others got episodes
     only = EpisodeStore(runs / "sft_only-s0" / "episodes").list_episodes()
-    assert len(only) == cfg.demos  # no new data at all
+    assert len(only) == cfg.demos + cfg.rl_task_demos  # no new data at all
     whole = CheckpointRegistry(runs / "ppo_whole-s0" / "checkpoints")
     head = CheckpointRegistry(runs / "rl_only-s0" / "checkpoints")
     rounds = cfg.iterations * cfg.rounds
