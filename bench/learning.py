@@ -249,6 +249,13 @@ def summarize(results: list[dict], cfg: LearningBenchConfig) -> dict:
         for k in ("rl_s_per_round", "sft_s_per_phase"):
             vals = [r[k] for r in rs if r.get(k) is not None]
             row[k] = float(np.mean(vals)) if vals else None
+        # RL gradient steps per round and wall time per step (feature extraction included for the
+        # head-only methods: it is part of what a round costs)
+        rl_steps = [(r["n_updates"] - r["config"]["sft_steps"] * sum(p["phase"].endswith("sft") for p in r["curve"]))
+                    / len(r["rounds"]) for r in rs if r["rounds"]]
+        row["rl_updates_per_round"] = float(np.mean(rl_steps)) if rl_steps else None
+        row["rl_ms_per_update"] = (1000 * row["rl_s_per_round"] / row["rl_updates_per_round"]
+                                   if rl_steps and row["rl_updates_per_round"] else None)
         out[method] = row
     return out
 
@@ -257,8 +264,8 @@ def format_table(summary: dict, cfg: LearningBenchConfig) -> str:
     lines = [f"Greedy success ({cfg.eval_n} episodes per split, mean ± std over {len(cfg.seeds)} seed(s); "
              f"Stage 0 → final; budget {cfg.budget} online episodes or extra demos)", "",
              "| method | demo tasks | RL-only tasks | held-out tasks | lowest (demo tasks) | RL s / round | "
-             "SFT s / phase | train s | updates / s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "RL updates / round | ms / RL update | SFT s / phase | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def sec(v):
         return "–" if v is None else f"{v:.1f}"
@@ -266,8 +273,8 @@ def format_table(summary: dict, cfg: LearningBenchConfig) -> str:
     for method, row in summary.items():
         cells = [f"{row[s]['start']:.2f} → **{row[s]['final']:.2f}** ± {row[s]['final_std']:.2f}" for s in SPLITS]
         lines.append(f"| {METHODS[method]} (`{method}`) | {' | '.join(cells)} | {row['demo']['lowest']:.2f} | "
-                     f"{sec(row['rl_s_per_round'])} | {sec(row['sft_s_per_phase'])} | {row['train_s']:.0f} | "
-                     f"{row['updates_per_s']:.1f} |")
+                     f"{sec(row['rl_s_per_round'])} | {sec(row['rl_updates_per_round'])} | "
+                     f"{sec(row['rl_ms_per_update'])} | {sec(row['sft_s_per_phase'])} | {row['train_s']:.0f} |")
     return "\n".join(lines)
 
 

@@ -110,6 +110,8 @@ class Trainer:
         self.sac_cfg = SACConfig(updates_per_episode=self.lc.sac_updates_per_episode,
                                  batch_size=self.lc.sac_batch_size, bc_coef=self.lc.sac_bc_coef,
                                  actor_lr=self.lc.sac_actor_lr, init_alpha=self.lc.sac_init_alpha)
+        # sparse reward: +1 once at a success, -step_penalty per decision -> returns in these bounds
+        self.sac_cfg.q_target_bounds = (-self.lc.step_penalty / (1.0 - self.sac_cfg.gamma), 1.0)
         self._ppo_opt: torch.optim.Optimizer | None = None
         self._sac: SACLearner | None = None
         self._version_heads: dict[int, nn.Module] = {}

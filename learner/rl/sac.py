@@ -51,6 +51,11 @@ class SACConfig:
     # this box (normalized units; the demos lie within about +-3), so its gradient cannot pull the mean
     # out of the data's range.
     q_action_bound: float | None = 3.0
+    # The returns an episode can reach (the trainer passes [-step_penalty / (1 - gamma), 1] for the
+    # sparse success reward). The soft Bellman target is clipped to it: without this, Q on the mock
+    # crept from 0.5 to 50-330 over 8 rounds (bootstrapping on its own overestimates) and greedy
+    # success fell with it. None = no clipping.
+    q_target_bounds: tuple[float, float] | None = None
 
 
 @dataclass
@@ -124,6 +129,8 @@ class SACLearner:
             tq1, tq2 = self.target(batch.next_features, batch.next_states, self._bounded(next_a))
             soft_next = torch.min(tq1, tq2) - alpha * next_logp
             y = batch.rewards + cfg.gamma * (1.0 - batch.dones) * soft_next
+            if cfg.q_target_bounds is not None:
+                y = y.clamp(*cfg.q_target_bounds)
         q1, q2 = self.critic(batch.features, batch.states, self._bounded(batch.actions))
         q_loss = 0.5 * ((q1 - y).pow(2).mean() + (q2 - y).pow(2).mean())
         self.critic_opt.zero_grad(set_to_none=True)
