@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -141,6 +141,50 @@ def policy_loss(new_logp: torch.Tensor, behaviour_logp: torch.Tensor, advantages
     return loss, log_ratio, ratio
 
 
+@dataclass
+class RoundStats:
+    """What one PPO round records per minibatch step (shared by ppo.py and ppo_whole.py)."""
+    pg_losses: list = field(default_factory=list)
+    v_losses: list = field(default_factory=list)
+    kls: list = field(default_factory=list)
+    clipfracs: list = field(default_factory=list)
+
+    def policy_step(self, pg_loss: torch.Tensor, log_ratio: torch.Tensor, ratio: torch.Tensor, clip_coef: float) -> None:
+        with torch.no_grad():
+            self.kls.append(float(((ratio - 1) - log_ratio).mean()))  # k3 estimator of KL(old || new)
+            self.clipfracs.append(float(((ratio - 1).abs() > clip_coef).float().mean()))
+        self.pg_losses.append(float(pg_loss.detach()))
+
+    def kl_exceeded(self, target_kl: float | None) -> bool:
+        return target_kl is not None and bool(self.kls) and self.kls[-1] > target_kl
+
+    def summary(self) -> dict:
+        return {"loss_value": float(np.mean(self.v_losses)) if self.v_losses else float("nan"),
+                "loss_policy": float(np.mean(self.pg_losses)) if self.pg_losses else 0.0,
+                "approx_kl": float(np.mean(self.kls)) if self.kls else 0.0,
+                "clipfrac": float(np.mean(self.clipfracs)) if self.clipfracs else 0.0,
+                "n_updates": len(self.v_losses)}
+
+
+def minibatches(n: int, epochs: int, cfg: PPOConfig, stats: RoundStats, warmup: bool,
+                generator: torch.Generator | None):
+    """Shuffled minibatch indices for `epochs` epochs; stops early once the last policy step's
+    approx KL passes `cfg.target_kl` (checked after the caller's step: the generator resumes then)."""
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, cfg.minibatch_size):
+            yield order[start:start + cfg.minibatch_size]
+            if not warmup and stats.kl_exceeded(cfg.target_kl):
+                return
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list, max_grad_norm: float) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+
+
 def ppo_update(actor: nn.Module, critic: nn.Module, optimizer: torch.optim.Optimizer, batch: RolloutBatch,
                cfg: PPOConfig, warmup: bool, generator: torch.Generator | None = None) -> dict:
     """One PPO round on `batch`. `warmup=True`: value-only updates (the policy does not move)."""
@@ -152,54 +196,35 @@ def ppo_update(actor: nn.Module, critic: nn.Module, optimizer: torch.optim.Optim
 
     params = [p for g in optimizer.param_groups for p in g["params"]]
     epochs = cfg.critic_warmup_epochs if warmup else cfg.update_epochs
-    pg_losses, v_losses, kls, clipfracs = [], [], [], []
-    stop = False
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, cfg.minibatch_size):
-            mb = order[start:start + cfg.minibatch_size]
-            f, s, a = batch.features[mb], batch.states[mb], batch.actions[mb]
+    stats = RoundStats()
+    for mb in minibatches(n, epochs, cfg, stats, warmup, generator):
+        f, s, a = batch.features[mb], batch.states[mb], batch.actions[mb]
 
-            new_v = critic(f, s).reshape(-1)
-            v_loss = value_loss(new_v, values[mb], returns[mb], cfg)
-            loss = cfg.vf_coef * v_loss
+        new_v = critic(f, s).reshape(-1)
+        v_loss = value_loss(new_v, values[mb], returns[mb], cfg)
+        loss = cfg.vf_coef * v_loss
 
-            if not warmup:
-                mean, log_std = actor(f, s)
-                new_logp = gaussian_logprob(mean, log_std, a)
-                pg_loss, log_ratio, ratio = policy_loss(new_logp, batch.behaviour_logprob[mb], advantages[mb], cfg)
-                entropy = gaussian_entropy(mean, log_std).mean()
-                loss = loss + pg_loss - cfg.ent_coef * entropy
-                with torch.no_grad():
-                    kls.append(float(((ratio - 1) - log_ratio).mean()))  # k3 estimator
-                    clipfracs.append(float(((ratio - 1).abs() > cfg.clip_coef).float().mean()))
-                pg_losses.append(float(pg_loss.detach()))
+        if not warmup:
+            mean, log_std = actor(f, s)
+            new_logp = gaussian_logprob(mean, log_std, a)
+            pg_loss, log_ratio, ratio = policy_loss(new_logp, batch.behaviour_logprob[mb], advantages[mb], cfg)
+            entropy = gaussian_entropy(mean, log_std).mean()
+            loss = loss + pg_loss - cfg.ent_coef * entropy
+            stats.policy_step(pg_loss, log_ratio, ratio, cfg.clip_coef)
 
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            v_losses.append(float(v_loss.detach()))
-            if not warmup and cfg.target_kl is not None and kls[-1] > cfg.target_kl:
-                stop = True
-                break
-        if stop:
-            break
+        optimizer_step(optimizer, loss, params, cfg.max_grad_norm)
+        stats.v_losses.append(float(v_loss.detach()))
 
     with torch.no_grad():
         final_v = critic(batch.features, batch.states).reshape(-1)
         mean, log_std = actor(batch.features[:1], batch.states[:1])
     metrics.update({
-        "loss_value": float(np.mean(v_losses)) if v_losses else float("nan"),
-        "loss_policy": float(np.mean(pg_losses)) if pg_losses else 0.0,
+        **stats.summary(),
         "entropy": float(gaussian_entropy(mean, log_std).mean()),
-        "approx_kl": float(np.mean(kls)) if kls else 0.0,
-        "clipfrac": float(np.mean(clipfracs)) if clipfracs else 0.0,
         "explained_variance": explained_variance(final_v, returns),
         "value_mean": float(final_v.mean()),
         "return_mean": float(returns.mean()),
         "n_transitions": n,
-        "n_updates": len(v_losses),
         "critic_warmup": bool(warmup),
     })
     return metrics

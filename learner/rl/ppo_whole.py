@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from learner.dataset import EpisodeDecisions
 from learner.rl.ppo import (
     PPOConfig,
     RolloutBatch,
+    RoundStats,
     check_logprobs,
     compute_gae,
     explained_variance,
     gaussian_entropy,
     gaussian_logprob,
+    minibatches,
+    optimizer_step,
     policy_loss,
     value_loss,
 )
@@ -82,44 +84,25 @@ def whole_model_ppo_round(model: VLAModel, norm: Normalizer, decisions: list[Epi
     # 3. minibatch updates through the backbone
     params = [p for g in optimizer.param_groups for p in g["params"]]
     epochs = cfg.critic_warmup_epochs if warmup else cfg.update_epochs
-    pg_losses, v_losses, kls, clipfracs = [], [], [], []
-    stop = False
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, cfg.minibatch_size):
-            mb = order[start:start + cfg.minibatch_size]
-            # warm-up: value head only, on the features of step 2 (no backbone pass needed)
-            mean, log_std, new_v, _ = _forward(model, [obs[i] for i in mb.tolist()], states[mb],
-                                               frozen_features[mb] if warmup else None)
-            v_loss = value_loss(new_v, values[mb], returns[mb], cfg)
-            loss = cfg.vf_coef * v_loss
-            if not warmup:
-                new_logp = gaussian_logprob(mean, log_std, actions[mb])
-                pg_loss, log_ratio, ratio = policy_loss(new_logp, old_logp[mb], advantages[mb], cfg)
-                loss = loss + pg_loss - cfg.ent_coef * gaussian_entropy(mean, log_std).mean()
-                with torch.no_grad():
-                    kls.append(float(((ratio - 1) - log_ratio).mean()))
-                    clipfracs.append(float(((ratio - 1).abs() > cfg.clip_coef).float().mean()))
-                pg_losses.append(float(pg_loss.detach()))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            v_losses.append(float(v_loss.detach()))
-            if not warmup and cfg.target_kl is not None and kls[-1] > cfg.target_kl:
-                stop = True
-                break
-        if stop:
-            break
+    stats = RoundStats()
+    for mb in minibatches(n, epochs, cfg, stats, warmup, generator):
+        # warm-up: value head only, on the features of step 2 (no backbone pass needed)
+        mean, log_std, new_v, _ = _forward(model, [obs[i] for i in mb.tolist()], states[mb],
+                                           frozen_features[mb] if warmup else None)
+        v_loss = value_loss(new_v, values[mb], returns[mb], cfg)
+        loss = cfg.vf_coef * v_loss
+        if not warmup:
+            new_logp = gaussian_logprob(mean, log_std, actions[mb])
+            pg_loss, log_ratio, ratio = policy_loss(new_logp, old_logp[mb], advantages[mb], cfg)
+            loss = loss + pg_loss - cfg.ent_coef * gaussian_entropy(mean, log_std).mean()
+            stats.policy_step(pg_loss, log_ratio, ratio, cfg.clip_coef)
+        optimizer_step(optimizer, loss, params, cfg.max_grad_norm)
+        stats.v_losses.append(float(v_loss.detach()))
     model.set_mode("head_only")
     metrics.update({
-        "loss_value": float(np.mean(v_losses)) if v_losses else float("nan"),
-        "loss_policy": float(np.mean(pg_losses)) if pg_losses else 0.0,
-        "approx_kl": float(np.mean(kls)) if kls else 0.0,
-        "clipfrac": float(np.mean(clipfracs)) if clipfracs else 0.0,
+        **stats.summary(),
         "explained_variance": explained_variance(values, returns),
         "n_transitions": n,
-        "n_updates": len(v_losses),
         "critic_warmup": bool(warmup),
     })
     return metrics
