@@ -3,6 +3,7 @@ measured in the same run."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 
 BENCHMARKS = {
@@ -17,7 +18,8 @@ QUICK = [name for name in BENCHMARKS if name != "learning"]
 
 def configure(parser) -> None:
     parser.add_argument("name", choices=[*BENCHMARKS, "all"], help="which benchmark (all = every one but learning)")
-    parser.add_argument("rest", nargs="*", help="arguments passed to the benchmark")
+    # REMAINDER: the benchmark's own options (--smoke, --quick, ...) pass through untouched
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
 
 
 def run(args, config) -> int:

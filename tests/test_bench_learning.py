@@ -69,3 +69,10 @@ def test_outputs_and_resume(smoke, capsys):
         run(LearningBenchConfig(**{**SMOKE, "sft_steps": 5}), out)
     with pytest.raises(ValueError, match="unknown method"):
         run(LearningBenchConfig(**{**SMOKE, "methods": ("sft_only", "magic")}), out / "x")
+
+
+def test_vlaloop_bench_passes_options_through():
+    from vlaloop.cli import build_parser
+
+    args = build_parser("bench").parse_args(["bench", "learning", "--smoke", "--out", "x", "--seeds", "1", "2"])
+    assert args.name == "learning" and args.rest == ["--smoke", "--out", "x", "--seeds", "1", "2"]
