@@ -16,7 +16,6 @@ from fastapi import APIRouter, Depends, Request, Response
 from protocol.codec import packb
 from protocol.messages import ActRequest, ActResponse, Timing
 from server.auth import require_robot
-from server.batcher import NoPolicyLoaded
 from server.decode import InputError, decode_act, encoding_of
 
 router = APIRouter(tags=["act"])
@@ -65,9 +64,7 @@ async def act(request: Request) -> Response:
     app = request.app
     config = app.state.config.server
     encoding = encoding_of(request.headers.get("content-type"))
-    policy = app.state.holder.policy
-    if policy is None:
-        raise NoPolicyLoaded("no policy loaded yet")
+    policy = app.state.holder.require()
     body = await read_body(request, config.max_body_bytes)
     spec = policy.spec
     loop = asyncio.get_running_loop()

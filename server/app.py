@@ -20,10 +20,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import act, health, openpi_ws, openvla_rest, robots, ui
-from server.batcher import InferenceFailed, MicroBatcher, NoPolicyLoaded
+from server.batcher import InferenceFailed, MicroBatcher
 from server.decode import InputError
 from server.metrics import ServerMetrics
-from server.policy_holder import PolicyHolder, PolicyLoader, RegistryLoader
+from server.policy_holder import NoPolicyLoaded, PolicyHolder, PolicyLoader, RegistryLoader
 from server.robots import RobotRegistry
 from vlaloop.config import DeploymentConfig
 

@@ -26,16 +26,12 @@ from typing import Any
 import numpy as np
 
 from server.metrics import ServerMetrics
-from server.policy_holder import PolicyHolder
+from server.policy_holder import NoPolicyLoaded, PolicyHolder
 
 log = logging.getLogger(__name__)
 
 FORGET_AFTER_S = 10.0  # a robot silent this long is not expected back
 ETA_SLACK = 1.5  # wait up to 1.5x a robot's usual reply->request gap (jitter) before giving up on it
-
-
-class NoPolicyLoaded(RuntimeError):
-    """No checkpoint has been loaded yet (or the server is shutting down)."""
 
 
 class InferenceFailed(RuntimeError):
@@ -103,8 +99,7 @@ class MicroBatcher:
                 item.future.set_exception(NoPolicyLoaded("server is shutting down"))
 
     async def submit(self, obs: Any, mode: str, robot_id: str) -> BatchResult:
-        if self.holder.policy is None:
-            raise NoPolicyLoaded("no policy loaded yet")
+        self.holder.require()
         assert self._queue is not None, "batcher not started"
         item = _Pending(obs, mode, robot_id, asyncio.get_running_loop().create_future())
         self._note_request(robot_id, item.t_enqueue)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI
 
-from server.batcher import BatchResult, NoPolicyLoaded
+from server.batcher import BatchResult
 from server.decode import InputError
 from server.dropin_config import DropinConfig
 
@@ -116,8 +116,6 @@ async def serve_observation(app: FastAPI, t0: float, decode_s: float, *, images:
     """Run one checked observation through the shared batcher; feed the operator page; count it."""
     from vla.policy import Observation  # cached once the first policy is loaded
 
-    if app.state.holder.policy is None:
-        raise NoPolicyLoaded("no policy loaded yet")
     obs = Observation(images=images, state=state, instruction=instruction)
     result = await app.state.batcher.submit(obs, mode, robot_id)
     robots = app.state.robots

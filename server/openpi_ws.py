@@ -35,7 +35,7 @@ import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from protocol.messages import ID_PATTERN
-from server.batcher import InferenceFailed, NoPolicyLoaded
+from server.batcher import InferenceFailed
 from server.decode import InputError
 from server.dropin import (
     as_image,
@@ -47,6 +47,7 @@ from server.dropin import (
     serve_observation,
 )
 from server.dropin_config import OpenpiKeys
+from server.policy_holder import NoPolicyLoaded
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["drop-in"])
@@ -210,9 +211,7 @@ async def _answer(ws: WebSocket, frame: bytes, keys: OpenpiKeys, default_robot: 
     t0 = time.perf_counter()
     app = ws.app
     config = app.state.config.server
-    policy = app.state.holder.policy
-    if policy is None:
-        raise NoPolicyLoaded("no policy loaded yet")
+    policy = app.state.holder.require()
     if len(frame) > config.max_body_bytes:
         raise InputError(413, "observation", f"{len(frame)} bytes exceeds the limit of {config.max_body_bytes}")
     spec = policy.spec

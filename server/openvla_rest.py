@@ -35,7 +35,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from protocol.messages import EpisodeId, RobotId
 from server.act import read_body
 from server.auth import require_robot
-from server.batcher import NoPolicyLoaded
 from server.decode import InputError
 from server.dropin import as_image, as_state, client_robot_id, dropin_config, numeric_array, serve_observation
 from server.dropin_config import OpenvlaConfig
@@ -146,9 +145,7 @@ async def openvla_act(request: Request) -> Response:
     t0 = time.perf_counter()
     app = request.app
     server = app.state.config.server
-    policy = app.state.holder.policy
-    if policy is None:
-        raise NoPolicyLoaded("no policy loaded yet")
+    policy = app.state.holder.require()
     body = await read_body(request, server.max_body_bytes)
     spec = policy.spec
     config = dropin_config(app).openvla

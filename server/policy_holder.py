@@ -57,6 +57,10 @@ class RegistryLoader:
         return Policy.load(self.registry, version, device=self.device, base=base)
 
 
+class NoPolicyLoaded(RuntimeError):
+    """No checkpoint has been loaded yet (or the server is shutting down)."""
+
+
 class ValidationFailed(Exception):
     """A loaded version produced something unusable on the test observation."""
 
@@ -120,6 +124,13 @@ class PolicyHolder:
     def policy(self) -> Any | None:
         """The version to use for the next batch (None until the first checkpoint loaded)."""
         return self._policy
+
+    def require(self) -> Any:
+        """The current policy, or NoPolicyLoaded (the HTTP layer answers 503)."""
+        policy = self._policy
+        if policy is None:
+            raise NoPolicyLoaded("no policy loaded yet")
+        return policy
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
