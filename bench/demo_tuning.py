@@ -34,7 +34,8 @@ def _config(args, run_dir: Path):
     cfg.robot.task = args.task
     for name in ("bootstrap_demos", "bootstrap_steps", "ppo_lr", "ppo_epochs", "ppo_minibatch_size",
                  "critic_warmup_rounds", "sft_steps", "sft_lr", "episodes_per_round", "rl_rounds_per_phase",
-                 "ppo_target_kl", "algorithm", "sac_updates_per_episode", "sac_bc_coef", "sac_actor_lr"):
+                 "ppo_target_kl", "algorithm", "sac_updates_per_episode", "sac_bc_coef", "sac_actor_lr",
+                 "sac_init_alpha"):
         value = getattr(args, name)
         if value is not None and hasattr(lc, name):
             setattr(lc, name, value)
@@ -55,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
                       ("ppo_minibatch_size", int), ("critic_warmup_rounds", int), ("sft_steps", int),
                       ("sft_lr", float), ("episodes_per_round", int), ("rl_rounds_per_phase", int),
                       ("ppo_target_kl", float), ("algorithm", str), ("sac_updates_per_episode", int),
-                      ("sac_bc_coef", float), ("sac_actor_lr", float)):
+                      ("sac_bc_coef", float), ("sac_actor_lr", float), ("sac_init_alpha", float)):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
     p.add_argument("--no-sft", action="store_true")
     p.add_argument("--no-rl", action="store_true", help="control: SFT phases only (no online episodes)")
+    p.add_argument("--sac-raw-q", action="store_true",
+                   help="SAC as before the fixes: Q on unclamped actions, unclipped Bellman targets")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir)
@@ -83,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         if boot is not None:
             (run_dir / "boot_seconds.json").write_text(json.dumps({"seconds": boot_s}))
             shutil.copytree(run_dir, boot, dirs_exist_ok=True)
+    if args.sac_raw_q:
+        trainer.sac_cfg.q_action_bound, trainer.sac_cfg.q_target_bounds = None, None
     te = time.time()
     rate = success_rate(trainer.policy, n=args.eval_n, task=args.task)
     rows.append({"phase": "bootstrap", "version": trainer.version, "greedy": rate, "seconds": boot_s,
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             rate = success_rate(trainer.policy, n=args.eval_n, task=args.task)
             rows.append({"phase": f"it{it} rl{r}", "version": trainer.version, "sampled": res.success_rate,
                          "greedy": rate, "seconds": train_s, "eval_s": time.time() - te,
-                         **{k: m.get(k) for k in ("approx_kl", "clipfrac", "entropy", "explained_variance",
+                         **{k: m.get(k) for k in ("approx_kl", "clipfrac", "entropy", "explained_variance", "q_mean",
                                                   "critic_warmup")}})
             print(json.dumps(rows[-1]), flush=True)
         if args.no_sft:
@@ -117,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"phase": f"it{it} sft", "version": trainer.version, "greedy": rate, "seconds": train_s,
                      "eval_s": time.time() - te, "n_online_successes": m.get("n_online_successes")})
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{'phase':<12} {'greedy':>6} {'sampled':>7} {'kl':>7} {'clipfrac':>8} {'entropy':>8} {'train s':>7}")
+    print(f"\n{'phase':<12} {'greedy':>6} {'sampled':>7} {'kl':>7} {'clipfrac':>8} {'entropy':>8} {'Q mean':>9} "
+          f"{'train s':>7}")
     for r in rows:
         def f(k, fmt, r=r):
             return format(r[k], fmt) if isinstance(r.get(k), (int, float)) else "-"
         print(f"{r['phase']:<12} {f('greedy', '6.2f')} {f('sampled', '7.2f')} {f('approx_kl', '7.3f')} "
-              f"{f('clipfrac', '8.2f')} {f('entropy', '8.1f')} {f('seconds', '7.0f')}")
+              f"{f('clipfrac', '8.2f')} {f('entropy', '8.1f')} {f('q_mean', '9.3g')} {f('seconds', '7.0f')}")
     print(f"total {time.time() - t0:.0f} s")
     (run_dir / "tuning.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     return 0
