@@ -226,9 +226,30 @@ def _job(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- report
-def summarize(results: list[dict], cfg: LearningBenchConfig) -> dict:
+def online_episode_stats(run_dir: Path, task: str) -> dict | None:
+    """A run's sampled online episodes, read back from its episode store: episodes and successes per
+    split (by the colour word of the instruction) and mean steps per episode. None: no episodes."""
+    from learner.store import EpisodeStore
+    from robot_client.backends.mock.tasks import FAMILIES, LAYOUT_TASKS, split_colors
+
+    family = LAYOUT_TASKS.get(task, task)
+    metas = EpisodeStore(run_dir / "episodes").list_episodes(source="online") if run_dir.exists() else []
+    if family not in FAMILIES or not metas:
+        return None
+    split_of = {c: s for s in SPLITS for c in split_colors(family, s)}
+    stats = {s: {"episodes": 0, "successes": 0} for s in SPLITS}
+    for m in metas:
+        split = next(split_of[w] for w in m["instruction"].split() if w in split_of)
+        stats[split]["episodes"] += 1
+        stats[split]["successes"] += m["outcome"] == "success"
+    stats["mean_steps"] = float(np.mean([m["n_steps"] for m in metas]))
+    return stats
+
+
+def summarize(results: list[dict], cfg: LearningBenchConfig, out_dir: Path | None = None) -> dict:
     """Per method: final greedy success per split (mean, std, min, max over seeds), Stage 0, the
-    lowest point of the curve, wall/train time and updates per second."""
+    lowest point of the curve, wall/train time and updates per second; with `out_dir`, also the
+    online episodes the runs collected (mean per run)."""
     out = {}
     for method in cfg.methods:
         rs = [r for r in results if r["method"] == method]
@@ -256,6 +277,12 @@ def summarize(results: list[dict], cfg: LearningBenchConfig) -> dict:
         row["rl_updates_per_round"] = float(np.mean(rl_steps)) if rl_steps else None
         row["rl_ms_per_update"] = (1000 * row["rl_s_per_round"] / row["rl_updates_per_round"]
                                    if rl_steps and row["rl_updates_per_round"] else None)
+        runs = [online_episode_stats(out_dir / "runs" / f"{method}-s{r['seed']}", cfg.task) for r in rs] if out_dir else []
+        runs = [x for x in runs if x is not None]
+        if runs:
+            row["online"] = {s: {k: float(np.mean([x[s][k] for x in runs])) for k in ("episodes", "successes")}
+                             for s in SPLITS}
+            row["online"]["mean_steps"] = float(np.mean([x["mean_steps"] for x in runs]))
         out[method] = row
     return out
 
@@ -275,6 +302,13 @@ def format_table(summary: dict, cfg: LearningBenchConfig) -> str:
         lines.append(f"| {METHODS[method]} (`{method}`) | {' | '.join(cells)} | {row['demo']['lowest']:.2f} | "
                      f"{sec(row['rl_s_per_round'])} | {sec(row['rl_updates_per_round'])} | "
                      f"{sec(row['rl_ms_per_update'])} | {sec(row['sft_s_per_phase'])} | {row['train_s']:.0f} |")
+    online = {m: row["online"] for m, row in summary.items() if "online" in row}
+    if online:
+        lines += ["", "Online episodes per run (mean over seeds): successes / episodes sampled, per split",
+                  "", "| method | demo tasks | RL-only tasks | mean steps per episode |", "|---|---|---|---|"]
+        for method, o in online.items():
+            cells = [f"{o[s]['successes']:.0f} / {o[s]['episodes']:.0f}" for s in ("demo", "rl")]
+            lines.append(f"| `{method}` | {' | '.join(cells)} | {o['mean_steps']:.1f} |")
     return "\n".join(lines)
 
 
@@ -337,7 +371,7 @@ def run(cfg: LearningBenchConfig, out: Path, fresh: bool = False) -> dict:
             print(f"done {i}/{len(todo)}: {r['method']} seed {r['seed']} in {r['wall_s']:.0f} s "
                   f"(final {final}; {time.time() - t0:.0f} s total)", flush=True)
     results = [json.loads((out / "results" / f"{m}-s{s}.json").read_text()) for m in cfg.methods for s in cfg.seeds]
-    summary = summarize(results, cfg)
+    summary = summarize(results, cfg, out)
     table = format_table(summary, cfg)
     (out / "table.md").write_text(table + "\n")
     (out / "summary.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "methods": summary,

@@ -32,6 +32,9 @@ def test_every_method_runs_from_the_same_stage0(smoke):
     assert len(results["irevla_ppo"]["curve"]) == 1 + cfg.iterations * (cfg.rounds + 1)  # + one per SFT
     assert len(results["sft_only"]["curve"]) == 1 + cfg.iterations
     assert all(r["logprob_mismatch"] == 0 for r in results["irevla_ppo"]["rounds"])
+    online = summary["rl_only"]["online"]  # read back from the run's episode store
+    assert online["demo"]["episodes"] + online["rl"]["episodes"] == cfg.budget and online["held_out"]["episodes"] == 0
+    assert "online" not in summary["sft_only"]
 
 
 def test_methods_train_what_they_claim(smoke):
