@@ -115,6 +115,8 @@ def episode_meta(store: EpisodeStore, msg: EpisodeEnd, learner_phase: str) -> di
         "policy_versions": sorted(versions),
         # the version that produced most of the episode's steps (a hot-swap may land mid-episode)
         "policy_version": versions.most_common(1)[0][0] if versions else None,
+        # the version that served its first step: the policy (and learner phase) it was started under
+        "first_policy_version": int(steps[0].get("policy_version", -1)) if steps else None,
         "safety": dict(sorted(safety.items())),
         "purpose": purpose,
         "mode": extra.get("mode"),

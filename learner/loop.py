@@ -15,6 +15,11 @@ written as ``pending``; the round is committed (episodes -> consumed) only once 
 published. On restart a pending round counts as done only if LATEST names a version newer than the
 one it started from and of its phase (the publish finished); otherwise it is redone (its episodes
 are still the oldest unconsumed ones). Everything complete in the store that is not consumed is new.
+
+Phase record: every phase (Stage 0, each RL round, each SFT phase) appends a ``start`` and an
+``end`` line to ``runs/<run>/phases.jsonl`` (learner.status.PhaseLog) with the policy it served,
+the version it published and the robot episodes that arrived meanwhile; a finished learner appends
+``done``. A phase committed by the resume rule above gets its ``end`` line at the restart.
 """
 
 from __future__ import annotations
@@ -28,15 +33,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from learner.status import StatusBoard
+from learner.status import PHASE_LOG, PhaseLog, StatusBoard, phase_key
 from learner.store import EpisodeStore, write_json_atomic
 
 log = logging.getLogger("learner.loop")
 
 STATE_FILE = "learner_state.json"
 STATE_VERSION = 1
-RESCAN_S = 5.0
-MAX_FAILED_ROUNDS = 3  # RL rounds failing in a row before the learner stops with the error  # safety net: rescan the store this often even without an ingest notification
+RESCAN_S = 5.0  # safety net: rescan the store this often even without an ingest notification
+MAX_FAILED_ROUNDS = 3  # RL rounds failing in a row before the learner stops with the error
 
 
 def episode_key(meta: dict) -> str:
@@ -173,6 +178,10 @@ class PhaseLoop:
         self._last_scan = 0.0
         self._failures = 0  # RL rounds failed in a row
         self._ingest = ingest
+        self.phase_log = PhaseLog(self.run_dir / PHASE_LOG)
+        self._open_phase: tuple | None = None  # (phase, iteration, round) whose start line is written
+        self._collected: list[str] = []  # robot episodes that arrived since the last phase-log line
+        self._logged = {k for r in self.phase_log.records() for k in r.get("collected") or []}
         if ingest is not None:
             ingest.on_episode = self.episode_changed
 
@@ -192,8 +201,12 @@ class PhaseLoop:
 
     def episode_changed(self, meta: dict) -> None:
         """Called by the ingest thread when an episode ends or is relabelled."""
+        key = episode_key(meta)
         with self._index_lock:
-            self._index[episode_key(meta)] = meta
+            self._index[key] = meta
+            if key not in self._logged and meta.get("source") in ("online", "eval"):
+                self._logged.add(key)  # a relabel is the same episode: listed once
+                self._collected.append(key)
         self._new_data.set()
 
     def _rescan(self) -> None:
@@ -242,6 +255,54 @@ class PhaseLoop:
             self._writer.add_scalar(tag, value, step)
             self._writer.flush()
 
+    # ------------------------------------------------------------------ phase record
+    def _take_collected(self) -> list[str]:
+        with self._index_lock:
+            keys, self._collected = self._collected, []
+        return keys
+
+    def _log_start(self, phase: str, iteration: int, rnd: int) -> None:
+        """The phase's start line, once per (phase, iteration, round) per process."""
+        key = (phase, iteration, rnd)
+        if self._open_phase == key:
+            return
+        self._open_phase = key
+        self.phase_log.append({"event": "start", "phase": phase, "iteration": iteration, "round": rnd,
+                               "serving_version": self._latest_version()})
+
+    def _latest_version(self) -> int | None:
+        return self._latest()[0]
+
+    def _log_end(self, entry: dict) -> None:
+        self._open_phase = None
+        record = {"event": "end", "phase": entry["phase"], "iteration": entry["iteration"],
+                  "round": entry["round"], "version": entry["version"], "trained_on": entry.get("episodes", []),
+                  "collected": self._take_collected()}
+        self.phase_log.append(record)
+
+    def _reconcile_phase_log(self) -> None:
+        """Rounds committed in learner_state.json whose end line a crash kept from the log get it now
+        (the state is the truth; the log is appended after each commit)."""
+        from vla.registry import CheckpointError, CheckpointRegistry
+
+        records = self.phase_log.records()
+        started = {phase_key(r) for r in records if r["event"] == "start"}
+        ended = {phase_key(r) for r in records if r["event"] == "end"}
+        for entry in self.state.data["rounds"]:
+            if phase_key(entry) in ended:
+                continue
+            if phase_key(entry) not in started:
+                try:  # a version's parent is the version the trainer held, i.e. the one served meanwhile
+                    parent = CheckpointRegistry(self.run_dir / "checkpoints").read_meta(entry["version"])["parent"]
+                except CheckpointError:
+                    parent = None
+                self.phase_log.append({"event": "start", "phase": entry["phase"], "iteration": entry["iteration"],
+                                       "round": entry["round"], "serving_version": parent, "time": entry["time"]})
+                self.phase_log.append({"event": "end", "phase": entry["phase"], "iteration": entry["iteration"],
+                                       "round": entry["round"], "version": entry["version"],
+                                       "trained_on": entry["episodes"], "collected": [], "time": entry["time"],
+                                       "reconciled": True})
+
     # ------------------------------------------------------------------ resume
     def recover(self) -> None:
         """Settle a round/phase that was in flight when the previous learner died."""
@@ -284,7 +345,9 @@ class PhaseLoop:
     def bootstrap(self) -> int:
         self.status.set(phase="bootstrap", progress=0.0, detail="Stage 0: SFT on expert demonstrations")
         log.info("bootstrap: training from expert demonstrations")
+        self._log_start("bootstrap", 0, 0)
         version = self._interruptible(self.trainer.bootstrap, progress=True)  # tqdm on stderr
+        self._log_end({"phase": "bootstrap", "iteration": 0, "round": 0, "version": version})
         self.status.set(phase="bootstrap", progress=1.0, policy_version=version, detail="bootstrapped")
         self.status.add_history({"iteration": 0, "round": 0, "phase": "bootstrap", "version": version,
                                  "n_episodes": len(self.store.list_episodes(source="expert")),
@@ -323,6 +386,7 @@ class PhaseLoop:
     def rl_round(self) -> bool:
         """One RL round; False when shutting down before it could start."""
         n = self.lc.episodes_per_round
+        self._log_start("rl", self.state.iteration, self.state.round)
         episodes = self._wait_for_episodes(n)
         if episodes is None:
             return False
@@ -346,6 +410,7 @@ class PhaseLoop:
         self._failures = 0
         version = self.trainer.publish("head", "rl", metrics)
         entry = self.state.commit(version, _numbers(metrics))
+        self._log_end(entry)
         losses = _numbers(metrics)
         step = len(self.state.data["rounds"])
         for k, v in losses.items():
@@ -389,12 +454,14 @@ class PhaseLoop:
 
     def sft(self) -> None:
         it = self.state.iteration
+        self._log_start("sft", it, self.state.round)
         self.state.begin("sft", [], self._newest_version())
         self.status.set(phase="sft", iteration=it, progress=0.0, detail="SFT: LoRA + head on expert and successes")
         log.info("SFT phase of iteration %d", it)
         metrics = self._interruptible(self.trainer.sft_phase, progress=True)  # tqdm on stderr
         version = self.trainer.publish("full", "sft", metrics)
         entry = self.state.commit(version, _numbers(metrics))
+        self._log_end(entry)
         losses = _numbers(metrics)
         for k, v in losses.items():
             self._tb(f"loop/sft/{k}", v, it)
@@ -417,9 +484,12 @@ class PhaseLoop:
                 log.info("resumed from v%s (iteration %d, phase %s, round %d, %d episodes consumed)", version,
                          self.state.iteration, self.state.phase, self.state.round, len(self.state.consumed))
             self.recover()
+            self._reconcile_phase_log()
             while not self.shutdown.event.is_set():
                 if self.lc.max_iterations and self.state.iteration >= self.lc.max_iterations:
                     log.info("finished %d iterations", self.state.iteration)
+                    self.phase_log.append({"event": "done", "iterations": self.state.iteration,
+                                           "version": self._latest_version(), "collected": self._take_collected()})
                     self.status.set(phase="idle", progress=1.0, detail=f"done: {self.state.iteration} iterations")
                     return 0
                 if self.state.phase == "rl":

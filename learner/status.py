@@ -7,10 +7,14 @@ Ingestion counters change with every step, so they alone are flushed at most eve
 
 Fields (see docs/learner.md): phase, iteration, round, progress, losses, success_rate,
 episodes_per_phase, policy_version, ingest, history, updated (unix seconds), started, pid, detail.
+
+``runs/<run>/phases.jsonl`` (``PhaseLog``) is the learner's durable record of the phases it ran,
+one JSON object a line, appended and fsynced; the demo's report is segmented by it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from learner.store import write_json_atomic
+from vlaloop.durable import fsync_dir
 
 PHASES = ("bootstrap", "rl", "sft", "idle")
 RECENT_WINDOW = 20  # episodes in the "recent" success rate
@@ -155,3 +160,91 @@ class StatusBoard:
         with self._write_lock:
             write_json_atomic(self.path, self.snapshot())
             self._last_write = time.time()
+
+
+PHASE_LOG = "phases.jsonl"
+
+
+class PhaseLog:
+    """The learner's own record of its phases: ``runs/<run>/phases.jsonl``, append-only.
+
+    One JSON object a line; every line is flushed and fsynced before the call returns, so a crash
+    leaves at most a torn last line, which ``read_phase_log`` skips. Records (times in unix seconds,
+    ``iteration`` and ``round`` counted from 0 as in learner_state.json, ``key`` = robot/episode):
+
+    * ``{"event": "start", "phase": "bootstrap"|"rl"|"sft", "iteration", "round",
+      "serving_version", "time"}`` -- the phase began while LATEST named ``serving_version`` (the
+      policy the robots run during it; None before Stage 0);
+    * ``{"event": "end", ..., "version", "time", "trained_on": [key], "collected": [key]}`` -- the
+      phase published ``version``; ``trained_on``: the episodes an RL round consumed; ``collected``:
+      the robot episodes that ended since the previous record (where the learner was when each
+      arrived, whatever policy served it);
+    * ``{"event": "done", "iterations", "version", "time", "collected": [key]}`` -- the learner
+      finished its configured iterations.
+
+    A phase interrupted by a crash or a failed round is started again under the same
+    (phase, iteration, round): readers merge the records of one phase.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def append(self, record: dict) -> None:
+        line = json.dumps(finite_json({**record, "time": record.get("time", time.time())}), sort_keys=True)
+        with self._lock:
+            new = not self.path.exists()
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            if new:
+                fsync_dir(self.path.parent)
+
+    def records(self) -> list[dict]:
+        return read_records(self.path)
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """The log's records in order; a torn or unparsable line (a crash mid-append) is skipped."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "event" in record:
+            out.append(record)
+    return out
+
+
+def phase_key(record: dict) -> tuple[str, int, int]:
+    return record["phase"], int(record.get("iteration", 0)), int(record.get("round", 0))
+
+
+def read_phase_log(path: str | os.PathLike) -> dict:
+    """The phases in the order they started, one dict each (records of a restarted phase merged:
+    first start, last end), and the ``done`` record if the learner finished.
+
+    Each phase: phase, iteration, round, serving_version, version (None if it never ended),
+    started, ended, trained_on, collected."""
+    phases: dict[tuple, dict] = {}
+    done = None
+    for r in read_records(path):
+        if r["event"] == "done":
+            done = r
+            continue
+        if r["event"] not in ("start", "end"):
+            continue
+        p = phases.setdefault(phase_key(r), {
+            "phase": r["phase"], "iteration": int(r.get("iteration", 0)), "round": int(r.get("round", 0)),
+            "serving_version": r.get("serving_version"), "version": None, "started": r["time"],
+            "ended": None, "trained_on": [], "collected": []})
+        if r["event"] == "end":
+            p.update(version=r.get("version"), ended=r["time"], trained_on=list(r.get("trained_on") or []))
+            p["collected"] += [k for k in r.get("collected") or [] if k not in p["collected"]]
+    return {"phases": sorted(phases.values(), key=lambda p: p["started"]), "done": done}

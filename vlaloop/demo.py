@@ -2,9 +2,14 @@
 
 Starts a server, a learner and several mock robots as separate processes with real sockets,
 bootstraps the tiny model from scripted demos, runs a few iRe-VLA iterations (RL phase -> SFT
-phase) with the mock's success predicate standing in for the operator, and ends with a
-success-rate table per phase and a PNG curve in the run directory. Nothing here is hard-coded:
-every number printed is what this run measured.
+phase) with the mock's success predicate standing in for the operator, then measures an SFT-only
+control (the same SFT steps on the demos alone, from the same Stage 0) and ends with a
+success-rate table per learner phase and a PNG curve in the run directory. Nothing here is
+hard-coded: every number printed is what this run measured.
+
+The learner's phases are counted in episodes, never cut by a clock: a slow or busy machine takes
+longer and still completes every iteration. ``--timeout-min`` is only a safety net against a hung
+run; hitting it is a failure (exit 1, the report marked incomplete), not a result.
 """
 
 from __future__ import annotations
@@ -40,7 +45,11 @@ def configure(parser) -> None:
     parser.add_argument("--demos", type=int, default=None, help="scripted demonstrations to record")
     parser.add_argument("--rate-hz", type=float, default=None, help="control rate of the mock robots")
     parser.add_argument("--eval-episodes", type=int, default=50, help="greedy episodes per before/after eval")
-    parser.add_argument("--timeout-min", type=float, default=14.0, help="stop everything after this long")
+    parser.add_argument("--timeout-min", type=float, default=120.0,
+                        help="safety net against a hung run: stop and FAIL after this long (phases are "
+                             "counted in episodes; a busy machine just takes longer)")
+    parser.add_argument("--no-control", action="store_true",
+                        help="skip the SFT-only control (the report then cannot say what the online data added)")
     parser.add_argument("--keep", action="store_true", help="keep an existing run dir (default: start fresh)")
 
 
@@ -112,15 +121,54 @@ def _read_status(run_dir: Path) -> dict:
         return {}
 
 
-def _progress_line(status: dict, n_online: int, elapsed: float) -> str:
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def estimate_remaining_s(log: dict, status: dict, lc, iterations: int, after_loop_s: float,
+                         control_phases: int = 0, now: float | None = None) -> float | None:
+    """Seconds left, from the phases the learner recorded so far: the mean RL round and SFT phase
+    (SFT before the first one ends: Stage 0's time per step x SFT steps), the open phase's elapsed
+    time taken off, plus `after_loop_s` (final evaluation) and `control_phases` more SFT phases
+    (the control). None until one RL round ended or the current one is a tenth done."""
+    now = time.time() if now is None else now
+    ended = [p for p in log["phases"] if p["ended"] is not None]
+    open_phase = next((p for p in reversed(log["phases"]) if p["ended"] is None), None)
+    rl_s = _mean([p["ended"] - p["started"] for p in ended if p["phase"] == "rl"])
+    sft_s = _mean([p["ended"] - p["started"] for p in ended if p["phase"] == "sft"])
+    boot = next((p for p in ended if p["phase"] == "bootstrap"), None)
+    if sft_s is None and boot is not None:
+        sft_s = (boot["ended"] - boot["started"]) / lc.bootstrap_steps * lc.sft_steps
+    progress = status.get("progress") if status.get("phase") == "rl" else None
+    first_round = open_phase is not None and open_phase["phase"] == "rl" and open_phase["round"] == 0
+    if rl_s is None and first_round and (progress or 0) > 0.1 / lc.rl_rounds_per_phase:
+        rl_s = (now - open_phase["started"]) / (progress * lc.rl_rounds_per_phase)
+    if rl_s is None or sft_s is None:
+        return None
+    rl_left = iterations * lc.rl_rounds_per_phase - sum(p["phase"] == "rl" for p in ended)
+    sft_left = iterations - sum(p["phase"] == "sft" for p in ended) + control_phases
+    in_open = now - open_phase["started"] if open_phase is not None else 0.0
+    typical_open = {"rl": rl_s, "sft": sft_s}.get(open_phase["phase"], 0.0) if open_phase else 0.0
+    return max(0.0, rl_left * rl_s + sft_left * sft_s - min(in_open, typical_open)) + after_loop_s
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "ETA: measuring"
+    return f"ETA ~{seconds / 60:.0f} min" if seconds >= 90 else f"ETA ~{seconds:.0f} s"
+
+
+def _progress_line(status: dict, n_robot: int, elapsed: float, iterations: int, rounds: int,
+                   eta_s: float | None) -> str:
     sr = status.get("success_rate", {})
     recent = sr.get("recent") if isinstance(sr, dict) else None
     rate = f"{recent:.0%}" if isinstance(recent, (int, float)) else "-"
-    prog = status.get("progress")
-    prog_s = f" {prog:.0%}" if isinstance(prog, (int, float)) else ""
-    return (f"[{elapsed:6.0f}s] phase={status.get('phase', '?')}{prog_s} iteration={status.get('iteration', 0)} "
-            f"round={status.get('round', 0)} policy=v{status.get('policy_version', '?')} "
-            f"episodes={n_online} recent success={rate}")
+    phase, it = status.get("phase", "?"), min(int(status.get("iteration", 0)) + 1, iterations)
+    where = {"rl": f"RL round {min(int(status.get('round', 0)) + 1, rounds)}/{rounds}", "sft": "SFT"}.get(phase, phase)
+    detail = status.get("detail", "")
+    waiting = f" ({detail.split('(')[-1]}" if phase == "rl" and "waiting" in detail else ""
+    return (f"[{elapsed:6.0f}s] iteration {it}/{iterations} {where}{waiting} policy=v{status.get('policy_version', '?')}"
+            f" robot episodes={n_robot} recent success={rate} | {_eta(eta_s)}")
 
 
 def evaluate_latest(run_dir: Path, config: DeploymentConfig, task: str, n: int) -> dict:
@@ -134,8 +182,84 @@ def evaluate_latest(run_dir: Path, config: DeploymentConfig, task: str, n: int) 
     return {"version": policy.version, "n": n, "success_rate": success_rate(policy, n=n, task=task)}
 
 
+def sft_only_control(run_dir: Path, config: DeploymentConfig, stage0: int, phases: int, task: str, n: int) -> dict:
+    """The control for the loop: from the same Stage 0 version, `phases` SFT phases (the loop's SFT
+    steps, seeds and settings) on the expert demos alone -- no RL round, no online episode -- then
+    greedy success on the same n seeds. Runs in run_dir/control with a copy of the demos."""
+    from learner.evaluate import success_rate
+    from learner.store import EpisodeStore
+    from learner.trainer import Trainer
+    from vla.registry import CheckpointRegistry, load_model, publish
+
+    control_dir = run_dir / "control"
+    shutil.rmtree(control_dir, ignore_errors=True)
+    store, demos = EpisodeStore(run_dir / "episodes"), EpisodeStore(control_dir / "episodes")
+    experts = store.list_episodes(source="expert")
+    for m in experts:
+        shutil.copytree(store.episode_dir(m["robot_id"], m["episode_id"]), demos.episode_dir(m["robot_id"],
+                                                                                             m["episode_id"]))
+    # Stage 0 re-published as the control registry's first version, so the Trainer resumes it as is
+    model, norm, meta = load_model(CheckpointRegistry(run_dir / "checkpoints"), stage0, config.model.device)
+    publish(CheckpointRegistry(control_dir / "checkpoints"), model, norm, kind="full", parent=stage0,
+            phase="bootstrap", metrics=meta.get("metrics") or {})
+    trainer = Trainer(config.model_copy(update={"run_dir": str(control_dir)}), control_dir)
+    trainer.resume()
+    t0 = time.time()
+    for i in range(phases):
+        print(f"      control SFT phase {i + 1}/{phases} ({config.learner.sft_steps} steps, {len(experts)} demos)",
+              flush=True)
+        trainer.sft_phase(progress=False)
+    seconds = time.time() - t0
+    return {"version": f"v{stage0}+SFT", "n": n, "success_rate": success_rate(trainer.policy, n=n, task=task),
+            "phases": phases, "sft_steps": config.learner.sft_steps, "demos": len(experts), "seconds": seconds}
+
+
 def _raise_on_sigterm(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _start_online(group: ProcessGroup, cfg: list[str], robots: int) -> None:
+    group.start("server", [*cfg, "serve"])
+    group.start("learner", [*cfg, "learn"])
+    for i in range(robots):
+        group.start(f"robot{i}", [*cfg, "robot", "--backend", "mock"],
+                    env={"VLALOOP_ROBOT__ROBOT_ID": f"mock{i}", "VLALOOP_ROBOT__SEED": str(1000 * (i + 1))})
+
+
+def _watch_online(group: ProcessGroup, run_dir: Path, args, lc, deadline: float, t0: float,
+                  after_loop_s: float) -> str:
+    """Progress every 5 s until the learner exits. Returns "done", "learner failed", "crashed" or
+    "safety net" (the deadline passed first)."""
+    from learner.status import PHASE_LOG, read_phase_log
+
+    last = 0.0
+    while time.time() < deadline:
+        if "learner" in group.dead():
+            return "done" if group.procs["learner"].poll() == 0 else "learner failed"
+        crashed = [n for n in group.dead() if n != "learner"]
+        if crashed:
+            print(f"process(es) {crashed} exited; see {run_dir / 'logs'}", file=sys.stderr)
+            return "crashed"
+        if time.time() - last > 5:
+            status = _read_status(run_dir)  # the learner counts episodes; no rescan of the store
+            per_source = status.get("episodes_per_source", {})
+            n_robot = per_source.get("online", 0) + per_source.get("eval", 0)
+            eta = estimate_remaining_s(read_phase_log(run_dir / PHASE_LOG), status, lc, args.iterations, after_loop_s,
+                                       0 if args.no_control else args.iterations)
+            print(_progress_line(status, n_robot, time.time() - t0, args.iterations, lc.rl_rounds_per_phase, eta),
+                  flush=True)
+            last = time.time()
+        time.sleep(0.5)
+    return "safety net"
+
+
+def _stage0_version(run_dir: Path) -> int:
+    from learner.status import PHASE_LOG, read_phase_log
+
+    boot = [p for p in read_phase_log(run_dir / PHASE_LOG)["phases"] if p["phase"] == "bootstrap" and p["version"]]
+    if not boot:
+        raise RuntimeError(f"{run_dir / PHASE_LOG} records no finished Stage 0")
+    return int(boot[-1]["version"])
 
 
 def run(args, config: DeploymentConfig) -> int:
@@ -149,70 +273,81 @@ def run(args, config: DeploymentConfig) -> int:
     t0 = time.time()
     server_port, learner_port = _free_port(), _free_port()
     cfg_path = _write_config(run_dir, config, args, server_port, learner_port)
+    demo_config = DeploymentConfig.model_validate(yaml.safe_load(cfg_path.read_text()))  # what the learner runs
+    lc = demo_config.learner
     cfg = ["-c", str(cfg_path)]
     store = EpisodeStore(run_dir / "episodes")
     group = ProcessGroup(run_dir / "logs")
+    steps = 6 if args.no_control else 7
     print(f"vlaloop demo: run dir {run_dir}, config {cfg_path}", flush=True)
     try:
         # 1. scripted demonstrations (the mock's expert), 2. Stage 0 bootstrap
         from robot_client.backends.mock.cli import record_demos
 
         n_demos = args.demos or config.learner.bootstrap_demos
-        print(f"\n[1/5] recording {n_demos} scripted '{args.task}' demonstrations", flush=True)
+        print(f"\n[1/{steps}] recording {n_demos} scripted '{args.task}' demonstrations", flush=True)
         record_demos(store, task=args.task, n=n_demos, seed=config.learner.seed,
                      image_size=config.model.image_size, cameras=tuple(config.model.cameras), progress=True)
-        print("\n[2/5] Stage 0: bootstrapping the tiny model from the demonstrations", flush=True)
+        print(f"\n[2/{steps}] Stage 0: bootstrapping the tiny model from the demonstrations", flush=True)
         rc = group.start("bootstrap", [*cfg, "learn", "--bootstrap"], to_terminal=True).wait()
         group.procs.pop("bootstrap")
         if rc != 0:
             print(f"bootstrap failed (exit {rc})", file=sys.stderr)
             return rc
         # 3. greedy evaluation of the bootstrapped policy (same seeds as the final evaluation)
-        print(f"\n[3/5] greedy evaluation of the bootstrapped policy ({args.eval_episodes} episodes)", flush=True)
+        print(f"\n[3/{steps}] greedy evaluation of the bootstrapped policy ({args.eval_episodes} episodes)", flush=True)
+        t_eval = time.time()
         before = evaluate_latest(run_dir, config, args.task, args.eval_episodes)
+        eval_s = time.time() - t_eval
         print(f"      bootstrapped policy v{before['version']}: {before['success_rate']:.0%} success", flush=True)
-        # 4. the online loop: server, learner and robots as separate processes
-        print(f"\n[4/5] online learning: server :{server_port}, learner :{learner_port}, {args.robots} mock robots"
-              f" -- operator page: http://127.0.0.1:{server_port}/", flush=True)
-        group.start("server", [*cfg, "serve"])
-        group.start("learner", [*cfg, "learn"])
-        for i in range(args.robots):
-            group.start(f"robot{i}", [*cfg, "robot", "--backend", "mock"],
-                        env={"VLALOOP_ROBOT__ROBOT_ID": f"mock{i}", "VLALOOP_ROBOT__SEED": str(1000 * (i + 1))})
-        deadline = t0 + args.timeout_min * 60
-        last = 0.0
-        while time.time() < deadline:
-            if "learner" in group.dead():
-                break
-            crashed = [n for n in group.dead() if n != "learner"]
-            if crashed:
-                print(f"process(es) {crashed} exited; see {run_dir / 'logs'}", file=sys.stderr)
-                return 1
-            if time.time() - last > 5:
-                status = _read_status(run_dir)  # the learner counts episodes; no rescan of the store
-                per_source = status.get("episodes_per_source", {})
-                n_robot = per_source.get("online", 0) + per_source.get("eval", 0)
-                print(_progress_line(status, n_robot, time.time() - t0), flush=True)
-                last = time.time()
-            time.sleep(0.5)
-        learner_rc = group.procs["learner"].poll()
-        if learner_rc is None:
-            print("demo timed out before the learner finished its iterations; reporting what was measured",
-                  flush=True)
-        elif learner_rc != 0:
-            print(f"learner exited with {learner_rc}; see {run_dir / 'logs' / 'learner.log'}", file=sys.stderr)
+        # 4. the online loop: server, learner and robots as separate processes, until the learner is done
+        print(f"\n[4/{steps}] online learning, {args.iterations} iterations of {lc.rl_rounds_per_phase} RL rounds "
+              f"x {lc.episodes_per_round} episodes + SFT ({lc.sft_steps} steps): server :{server_port}, learner "
+              f":{learner_port}, {args.robots} mock robots -- operator page: http://127.0.0.1:{server_port}/",
+              flush=True)
+        _start_online(group, cfg, args.robots)
+        after_loop_s = eval_s * (1 if args.no_control else 2)  # final evaluation (+ the control's)
+        outcome = _watch_online(group, run_dir, args, lc, t0 + args.timeout_min * 60, t0, after_loop_s)
         group.stop()
-        # 5. final greedy evaluation and the report
-        print(f"\n[5/5] greedy evaluation of the final policy ({args.eval_episodes} episodes)", flush=True)
-        after = evaluate_latest(run_dir, config, args.task, args.eval_episodes)
-        from vlaloop.report import write_report
-
-        report = write_report(run_dir, before=before, after=after)
-        print(report, flush=True)
-        print(f"\ndemo finished in {time.time() - t0:.0f} s; curve: {run_dir / 'success_curve.png'}", flush=True)
-        return 0
+        if outcome == "crashed":
+            return 1
+        return _finish(run_dir, demo_config, args, before, outcome, t0, steps)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping server, learner and robots", file=sys.stderr)
         return 130
     finally:
         group.stop()
+
+
+def _finish(run_dir: Path, config: DeploymentConfig, args, before: dict, outcome: str, t0: float,
+            steps: int) -> int:
+    """Final evaluation, the SFT-only control and the report. An unfinished loop is reported as a
+    failure: the table of what was done, no headline, exit 1."""
+    from vlaloop.report import write_report
+
+    complete = outcome == "done"
+    if outcome == "safety net":
+        print(f"\nFAILED: the learner had not finished its {args.iterations} iterations after {args.timeout_min:g} "
+              f"min (--timeout-min, a safety net against a hung run); see {run_dir / 'logs'}", file=sys.stderr)
+    elif outcome == "learner failed":
+        print(f"\nFAILED: the learner exited with an error; see {run_dir / 'logs' / 'learner.log'}", file=sys.stderr)
+    print(f"\n[5/{steps}] greedy evaluation of the final policy ({args.eval_episodes} episodes)", flush=True)
+    after = evaluate_latest(run_dir, config, args.task, args.eval_episodes)
+    print(f"      final policy v{after['version']}: {after['success_rate']:.0%} success", flush=True)
+    control = None
+    if complete and not args.no_control:
+        stage0 = _stage0_version(run_dir)
+        print(f"\n[6/{steps}] control: {args.iterations} SFT phases on the demos alone from Stage 0 v{stage0}, "
+              f"then the same {args.eval_episodes} greedy episodes", flush=True)
+        control = sft_only_control(run_dir, config, stage0, args.iterations, args.task, args.eval_episodes)
+        print(f"      SFT-only control: {control['success_rate']:.0%} success ({control['seconds']:.0f} s of SFT)",
+              flush=True)
+    print(f"\n[{steps}/{steps}] report", flush=True)
+    note = f"The learner did not finish ({outcome}) after {time.time() - t0:.0f} s."
+    report = write_report(run_dir, before=before, after=after, control=control,
+                          rl_rounds=config.learner.rl_rounds_per_phase,
+                          complete=complete, note=note)
+    print(report, flush=True)
+    print(f"\ndemo {'finished' if complete else 'FAILED'} in {time.time() - t0:.0f} s; report: "
+          f"{run_dir / 'report.md'}, curve: {run_dir / 'success_curve.png'}", flush=True)
+    return 0 if complete else 1
