@@ -17,7 +17,7 @@ one it started from and of its phase (the publish finished); otherwise it is red
 are still the oldest unconsumed ones). Everything complete in the store that is not consumed is new.
 
 Phase record: every phase (Stage 0, each RL round, each SFT phase) appends a ``start`` and an
-``end`` line to ``runs/<run>/phases.jsonl`` (learner.status.PhaseLog) with the policy it served,
+``end`` line to ``runs/<run>/phases.jsonl`` (episodes.status.PhaseLog) with the policy it served,
 the version it published and the robot episodes that arrived meanwhile; a finished learner appends
 ``done``. A phase committed by the resume rule above gets its ``end`` line at the restart.
 """
@@ -33,8 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from learner.status import PHASE_LOG, PhaseLog, StatusBoard, phase_key
-from learner.store import EpisodeStore, write_json_atomic
+from episodes.status import PHASE_LOG, PhaseLog, StatusBoard, phase_key
+from episodes.store import EpisodeStore, write_json_atomic
 
 log = logging.getLogger("learner.loop")
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from interface.policy import Observation
 from server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,6 @@ class ValidationFailed(Exception):
 def validate_policy(policy: Any) -> None:
     """One greedy and one sampled forward pass on a dummy observation; everything must be finite
     and shaped [chunk, action_dim]. Raises ValidationFailed."""
-    from vla.policy import Observation
 
     spec = policy.spec
     size = spec.image_size

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from vlaloop.config import DeploymentConfig
+from deployment.config import DeploymentConfig
 
 # Learner settings of the demo where the config (YAML/env) does not set them (bench/demo_tuning.py,
 # docs/demo.md): a short Stage 0 (on reach_slots 80+ steps already reach the ~60 % plateau that the
@@ -186,8 +186,8 @@ def sft_only_control(run_dir: Path, config: DeploymentConfig, stage0: int, phase
     """The control for the loop: from the same Stage 0 version, `phases` SFT phases (the loop's SFT
     steps, seeds and settings) on the expert demos alone -- no RL round, no online episode -- then
     greedy success on the same n seeds. Runs in run_dir/control with a copy of the demos."""
+    from episodes.store import EpisodeStore
     from learner.evaluate import success_rate
-    from learner.store import EpisodeStore
     from learner.trainer import Trainer
     from vla.registry import CheckpointRegistry, load_model, publish
 
@@ -230,7 +230,7 @@ def _watch_online(group: ProcessGroup, run_dir: Path, args, lc, deadline: float,
                   after_loop_s: float) -> str:
     """Progress every 5 s until the learner exits. Returns "done", "learner failed", "crashed" or
     "safety net" (the deadline passed first)."""
-    from learner.status import PHASE_LOG, read_phase_log
+    from episodes.status import PHASE_LOG, read_phase_log
 
     last = 0.0
     while time.time() < deadline:
@@ -254,7 +254,7 @@ def _watch_online(group: ProcessGroup, run_dir: Path, args, lc, deadline: float,
 
 
 def _stage0_version(run_dir: Path) -> int:
-    from learner.status import PHASE_LOG, read_phase_log
+    from episodes.status import PHASE_LOG, read_phase_log
 
     boot = [p for p in read_phase_log(run_dir / PHASE_LOG)["phases"] if p["phase"] == "bootstrap" and p["version"]]
     if not boot:
@@ -263,7 +263,7 @@ def _stage0_version(run_dir: Path) -> int:
 
 
 def run(args, config: DeploymentConfig) -> int:
-    from learner.store import EpisodeStore
+    from episodes.store import EpisodeStore
 
     signal.signal(signal.SIGTERM, _raise_on_sigterm)  # `finally` below stops every child process
     run_dir = Path(config.run_dir)
@@ -282,7 +282,7 @@ def run(args, config: DeploymentConfig) -> int:
     print(f"vlaloop demo: run dir {run_dir}, config {cfg_path}", flush=True)
     try:
         # 1. scripted demonstrations (the mock's expert), 2. Stage 0 bootstrap
-        from robot_client.backends.mock.cli import record_demos
+        from sim.mock.demos import record_demos
 
         n_demos = args.demos or config.learner.bootstrap_demos
         print(f"\n[1/{steps}] recording {n_demos} scripted '{args.task}' demonstrations", flush=True)

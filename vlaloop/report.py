@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from learner.status import PHASE_LOG, read_phase_log
-from learner.store import EpisodeStore
+from episodes.status import PHASE_LOG, read_phase_log
+from episodes.store import EpisodeStore
 
 LABELS = ("success", "failure")
 
