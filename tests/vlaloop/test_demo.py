@@ -67,14 +67,15 @@ def test_headline_states_the_online_gain_next_to_the_sft_only_control():
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_toy_demo_report_matches_the_learners_history(tmp_path):
+def test_toy_demo_report_matches_the_learners_history(tmp_path, tiny_dir):
     run_dir = tmp_path / "demo"
     iterations, rounds = 2, 2
-    env = {**os.environ, "VLALOOP_LEARNER__BOOTSTRAP_STEPS": "30", "VLALOOP_LEARNER__EPISODES_PER_ROUND": "2",
-           "VLALOOP_LEARNER__RL_ROUNDS_PER_PHASE": str(rounds), "VLALOOP_LEARNER__SFT_STEPS": "10",
-           "VLALOOP_MODEL__TINY_CACHE_DIR": str(tmp_path / "tiny"), "VLALOOP_ROBOT__RATE_HZ": "20"}
+    # 5 Hz: room for a slow reply on a loaded machine (the bookkeeping, not the control rate, is tested)
+    env = {**os.environ, "VLALOOP_LEARNER__BOOTSTRAP_STEPS": "10", "VLALOOP_LEARNER__EPISODES_PER_ROUND": "2",
+           "VLALOOP_LEARNER__RL_ROUNDS_PER_PHASE": str(rounds), "VLALOOP_LEARNER__SFT_STEPS": "5",
+           "VLALOOP_MODEL__TINY_CACHE_DIR": str(tiny_dir), "VLALOOP_ROBOT__RATE_HZ": "5"}
     out = subprocess.run([sys.executable, "-m", "vlaloop.cli", "--run-dir", str(run_dir), "demo", "--robots", "1",
-                          "--iterations", str(iterations), "--demos", "6", "--eval-episodes", "4"],
+                          "--iterations", str(iterations), "--demos", "4", "--eval-episodes", "2"],
                          env=env, capture_output=True, text=True, timeout=860)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "ETA" in out.stdout
