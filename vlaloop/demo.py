@@ -50,6 +50,10 @@ def configure(parser) -> None:
                              "counted in episodes; a busy machine just takes longer)")
     parser.add_argument("--no-control", action="store_true",
                         help="skip the SFT-only control (the report then cannot say what the online data added)")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="intra-op threads per process unless OMP_NUM_THREADS is set (the demo runs a "
+                             "learner, a server and robots at once; more threads spin against each other on "
+                             "a shared machine, bench/torch_threads.py)")
     parser.add_argument("--keep", action="store_true", help="keep an existing run dir (default: start fresh)")
 
 
@@ -266,6 +270,7 @@ def run(args, config: DeploymentConfig) -> int:
     from episodes.store import EpisodeStore
 
     signal.signal(signal.SIGTERM, _raise_on_sigterm)  # `finally` below stops every child process
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.torch_threads))  # this process and every child
     run_dir = Path(config.run_dir)
     if run_dir.exists() and not args.keep:
         shutil.rmtree(run_dir)
