@@ -16,7 +16,7 @@ from test_learner_resume import online_episode
 
 from bench.learner_ingest import SEQ
 from deployment.config import load_config
-from episodes.status import StatusBoard
+from episodes.status import StatusBoard, read_phase_log
 from episodes.store import EpisodeStore
 from learner.ingest import Ingest
 from learner.loop import LearnerState, PhaseLoop
@@ -151,6 +151,14 @@ def test_schedule_consumes_only_new_labelled_online_episodes(run_dir):
     assert st["history"][1]["success_rate"] == 0.5 and st["history"][2]["success_rate"] == 0.5
     assert "loss" in " ".join(st["losses"]) and st["losses"]["n_expert"] == 4
     assert (run_dir / "tb").is_dir() and any((run_dir / "tb").iterdir())
+    # the phase record: each phase with the policy it served and the one it published, in order
+    log = read_phase_log(run_dir / "phases.jsonl")
+    assert [(p["phase"], p["iteration"], p["round"], p["serving_version"], p["version"]) for p in log["phases"]] == [
+        ("rl", 0, 0, 1, 2), ("rl", 0, 1, 2, 3), ("sft", 0, 2, 3, 4)]
+    assert [p["trained_on"] for p in log["phases"][:2]] == [["r1/e0", "r1/e1"], ["r1/e2", "r1/e3"]]
+    collected = [k for p in log["phases"] for k in p["collected"]] + log["done"]["collected"]
+    assert sorted(collected) == [f"r1/e{i}" for i in range(4)]  # each reported episode listed once
+    assert log["done"]["version"] == 4 and log["done"]["iterations"] == 1
 
 
 @pytest.mark.parametrize("crash_at", ["rl_round", "after_publish", "sft_phase"])
@@ -184,6 +192,11 @@ def test_restart_after_a_crash_neither_loses_nor_double_counts(run_dir, crash_at
     else:
         assert second.calls == [("sft", [])]
     assert reg.latest() == max(reg.versions()) and reg.read_meta(reg.latest())["phase"] == "sft"
+    # the phase record agrees with the state: one phase per committed round (a crashed one merged)
+    log = read_phase_log(run_dir / "phases.jsonl")
+    assert [(p["phase"], p["round"], p["version"]) for p in log["phases"]] == [
+        (r["phase"], r["round"], r["version"]) for r in state.data["rounds"]]
+    assert [p["serving_version"] for p in log["phases"][1:]] == [p["version"] for p in log["phases"][:-1]]
 
 
 def test_plateau_schedule_switches_to_sft_early(tmp_path):
