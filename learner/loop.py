@@ -298,10 +298,10 @@ class PhaseLoop:
                     parent = None
                 self.phase_log.append({"event": "start", "phase": entry["phase"], "iteration": entry["iteration"],
                                        "round": entry["round"], "serving_version": parent, "time": entry["time"]})
-                self.phase_log.append({"event": "end", "phase": entry["phase"], "iteration": entry["iteration"],
-                                       "round": entry["round"], "version": entry["version"],
-                                       "trained_on": entry["episodes"], "collected": [], "time": entry["time"],
-                                       "reconciled": True})
+            self.phase_log.append({"event": "end", "phase": entry["phase"], "iteration": entry["iteration"],
+                                   "round": entry["round"], "version": entry["version"],
+                                   "trained_on": entry["episodes"], "collected": [], "time": entry["time"],
+                                   "reconciled": True})
 
     # ------------------------------------------------------------------ resume
     def recover(self) -> None:
