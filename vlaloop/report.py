@@ -199,7 +199,7 @@ def write_report(run_dir: Path, before: dict, after: dict, control: dict | None 
     if complete:
         parts.append(headline(before, after, control, _loop_summary(rows)))
     body = "\n\n".join(parts)
-    plot_curve(run_dir / "success_curve.png", rows, metas, before, after, control)
+    plot_curve(run_dir / "success_curve.png", rows, metas, before, after, control, complete)
     (run_dir / "report.md").write_text("# vlaloop demo report\n\n" + body + "\n\n![curve](success_curve.png)\n")
     (run_dir / "report.json").write_text(json.dumps(
         {"complete": complete, "before": before, "after": after, "control": control, "phases": rows,
@@ -208,7 +208,7 @@ def write_report(run_dir: Path, before: dict, after: dict, control: dict | None 
 
 
 def plot_curve(path: Path, rows: list[dict], metas: list[dict], before: dict, after: dict,
-               control: dict | None) -> None:
+               control: dict | None, complete: bool = True) -> None:
     """Episodes laid out phase by phase (the learner's order; within a phase, by completion), each
     phase shaded, its sampled and greedy success rates drawn across it."""
     import matplotlib
@@ -217,7 +217,7 @@ def plot_curve(path: Path, rows: list[dict], metas: list[dict], before: dict, af
     import matplotlib.pyplot as plt
 
     by_key = {episode_key(m): m for m in metas}
-    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=110)
+    fig, ax = plt.subplots(figsize=(10, 5.4), dpi=110)
     x0 = 0
     for r in rows:
         eps = sorted((by_key[k] for k in r["episodes"]), key=lambda m: m.get("finished", 0))
@@ -240,17 +240,19 @@ def plot_curve(path: Path, rows: list[dict], metas: list[dict], before: dict, af
                       label="greedy success per phase (eval episodes during SFT)" if greedy
                       else "sampled success per phase (RL episodes)")
         x0 = x1
-    for value, color, text in ((before, "#d62728", "Stage 0"), (after, "#2ca02c", "final"),
+    final = "final" if complete else "last published (run incomplete)"
+    for value, color, text in ((before, "#d62728", "Stage 0"), (after, "#2ca02c", final),
                                (control, "#ff7f0e", "SFT-only control")):
         if value is not None:
             ax.axhline(value["success_rate"], color=color, ls="--", lw=1.2,
                        label=f"{text} greedy, {value['n']} seeds: {value['success_rate']:.0%}")
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles, strict=False))
-    ax.legend(uniq.values(), uniq.keys(), loc="upper left", fontsize=7, framealpha=0.9)
+    ax.legend(uniq.values(), uniq.keys(), loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=7)
     ax.set(xlabel="robot episode (phase by phase, as the learner recorded them; within a phase by completion)",
            ylabel="success", ylim=(-0.05, 1.12), xlim=(0.5, max(x0, 1) + 0.5))
-    ax.set_title("vlaloop demo: iRe-VLA on the mock task (RL rounds on the head, LoRA SFT)", fontsize=10, pad=14)
+    title = "vlaloop demo: iRe-VLA on the mock task (RL rounds on the head, LoRA SFT)"
+    ax.set_title(title if complete else "INCOMPLETE RUN, not a result -- " + title, fontsize=10, pad=14)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
