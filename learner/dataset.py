@@ -87,7 +87,9 @@ def _instruction(meta: dict, steps: list[dict]) -> str:
 
 def online_decisions(meta: dict, episode: Episode, chunk: int, step_penalty: float = 0.0) -> EpisodeDecisions:
     rows = [s for s in episode.steps if int(s.get("chunk_index", 0)) == 0 and s.get("action_chunk") is not None]
-    chunks = np.asarray([r["action_chunk"] for r in rows], np.float32).reshape(len(rows), -1, 7)
+    # no decision (every chunk arrived late on a loaded machine): an empty episode, skipped by PPO
+    chunks = (np.asarray([r["action_chunk"] for r in rows], np.float32).reshape(len(rows), -1, 7) if rows
+              else np.zeros((0, chunk, 7), np.float32))
     if len(rows) and chunks.shape[1] != chunk:
         raise ValueError(f"episode {meta.get('robot_id')}/{meta.get('episode_id')}: chunk length "
                          f"{chunks.shape[1]} != model chunk {chunk}")
@@ -98,7 +100,8 @@ def online_decisions(meta: dict, episode: Episode, chunk: int, step_penalty: flo
 
     return EpisodeDecisions(
         meta=meta, episode=episode, steps=[int(r["step"]) for r in rows],
-        states=np.asarray([r["state"] for r in rows], np.float32).reshape(len(rows), -1),
+        states=np.asarray([r["state"] for r in rows], np.float32).reshape(len(rows), -1) if rows
+        else np.zeros((0, len(episode.steps[0]["state"]) if episode.steps else 7), np.float32),
         chunks=chunks, server_logprob=col("log_prob", np.nan), server_value=col("value", np.nan),
         versions=col("policy_version", -1).astype(np.int64), rewards=rewards, dones=dones,
         instruction=_instruction(meta, episode.steps))
