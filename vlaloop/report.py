@@ -226,6 +226,7 @@ def plot_curve(path: Path, rows: list[dict], metas: list[dict], before: dict, af
         x1 = x0 + len(eps)
         shade = {"rl": "#e8f1fb", "sft": "#f2e6ff"}.get(r["phase"], "#eeeeee")
         ax.axvspan(x0 + 0.5, x1 + 0.5, color=shade, lw=0)
+        ax.axvline(x1 + 0.5, color="#999999", lw=0.6)
         tag = f"{r['iteration'] + 1}:{'RL' + str(r['round'] + 1) if r['phase'] == 'rl' else r['phase'].upper()}" \
             if r["iteration"] is not None else r["phase"]
         ax.text((x0 + x1) / 2 + 0.5, 1.02, tag, ha="center", va="bottom", fontsize=7)
