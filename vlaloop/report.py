@@ -136,28 +136,32 @@ def _two_se(p1: float, p2: float, n1: int, n2: int) -> float:
     return 2 * math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
 
 
+def _points(delta: float) -> str:
+    return f"{delta * 100:+.0f} points"
+
+
 def headline(before: dict, after: dict, control: dict | None, loop_summary: str) -> str:
     """Greedy success on the same seeded episodes: Stage 0, the loop, and SFT alone at equal steps."""
     b, a = before["success_rate"], after["success_rate"]
     lines = [f"Greedy success on the same {before['n']} seeded mock episodes (in-process, after the run):", "",
              "| policy | greedy success | vs Stage 0 |", "|---|---|---|",
              f"| Stage 0 (v{before['version']}) | {b:.0%} | |",
-             f"| the loop: {loop_summary} -> v{after['version']} | {a:.0%} | {a - b:+.0%} |"]
+             f"| the loop: {loop_summary} -> v{after['version']} | {a:.0%} | {_points(a - b)} |"]
     if control is None:
-        lines += ["", f"**What the loop did:** {b:.0%} -> {a:.0%} ({a - b:+.0%}). No SFT-only control was run "
+        lines += ["", f"**What the loop did:** {b:.0%} -> {a:.0%} ({_points(a - b)}). No SFT-only control was run "
                   "(`--no-control`), so this does not say how much of it the online data gave; docs/demo.md "
                   "has the control measured with bench.demo_tuning."]
         return "\n".join(lines)
     c = control["success_rate"]
     lines.append(f"| control: SFT phases alone ({control['phases']} x {control['sft_steps']} steps on the "
                  f"{control['demos']} demos, no online data, from the same v{before['version']}) | {c:.0%} | "
-                 f"{c - b:+.0%} |")
+                 f"{_points(c - b)} |")
     noise = _two_se(a, c, after["n"], control["n"])
     verdict = ("within noise" if abs(a - c) <= noise else "beyond noise")
-    lines += ["", f"**What the loop did:** {b:.0%} -> {a:.0%} ({a - b:+.0%}); the SFT phases alone, at equal "
-              f"SFT steps on the demos only, gave {c - b:+.0%}. The online data (RL rounds and online successes "
-              f"in SFT) added **{a - c:+.0%}** over the control: {verdict} (2 standard errors of the difference "
-              f"on {after['n']} + {control['n']} episodes: {noise:.0%})."]
+    lines += ["", f"**What the loop did:** {b:.0%} -> {a:.0%} ({_points(a - b)}); the SFT phases alone, at equal "
+              f"SFT steps on the demos only, gave {_points(c - b)}. The online data (RL rounds and online "
+              f"successes in SFT) added **{_points(a - c)}** over the control: {verdict} (2 standard errors of "
+              f"the difference on {after['n']} + {control['n']} episodes: {noise * 100:.0f} points)."]
     return "\n".join(lines)
 
 
@@ -184,7 +188,8 @@ def _loop_summary(rows: list[dict]) -> str:
     iterations = len({r["iteration"] for r in rows if r["phase"] == "sft" and r["version"] is not None})
     rounds = sum(r["phase"] == "rl" and r["version"] is not None for r in rows)
     sampled = sum(r["sampled"] for r in rows)
-    return f"{iterations} iterations ({rounds} RL rounds on {sampled} sampled episodes, {iterations} SFT phases)"
+    return (f"{iterations} iteration(s): {rounds} RL rounds, {sampled} sampled episodes collected, "
+            f"{iterations} SFT phase(s)")
 
 
 def write_report(run_dir: Path, before: dict, after: dict, control: dict | None = None,

@@ -60,7 +60,7 @@ def test_headline_states_the_online_gain_next_to_the_sft_only_control():
     after = {"version": 9, "n": 50, "success_rate": 0.5}
     control = {"n": 50, "success_rate": 0.46, "phases": 2, "sft_steps": 300, "demos": 40}
     text = headline(before, after, control, "2 iterations")
-    assert "20% -> 50% (+30%)" in text and "gave +26%" in text and "added **+4%**" in text
+    assert "20% -> 50% (+30 points)" in text and "gave +26 points" in text and "added **+4 points**" in text
     assert "within noise" in text
     assert "No SFT-only control" in headline(before, after, None, "2 iterations")
 
