@@ -27,6 +27,7 @@ from episodes.status import PHASE_LOG, read_phase_log
 from episodes.store import EpisodeStore
 
 LABELS = ("success", "failure")
+MIN_EPISODES_FOR_A_RATE = 5  # fewer sampled (or greedy) episodes in a phase are drawn as points only
 
 
 def _is_success(meta: dict) -> bool:
@@ -242,6 +243,8 @@ def plot_curve(path: Path, rows: list[dict], metas: list[dict], before: dict, af
                 continue
             ys = np.array([_is_success(eps[i]) for i in sel], dtype=float)
             ax.scatter(xs[sel], ys * 0.96 + 0.02, s=6, color=color, alpha=0.35)
+            if len(sel) < MIN_EPISODES_FOR_A_RATE:  # a straggler or two: points only, no rate across the phase
+                continue
             ax.hlines(ys.mean(), x0 + 0.5, x1 + 0.5, color=color, lw=2.2,
                       label="greedy success per phase (eval episodes during SFT)" if greedy
                       else "sampled success per phase (RL episodes)")
