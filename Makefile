@@ -11,7 +11,7 @@ export OMP_NUM_THREADS ?= 2
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev,robot,calib]'
+	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev,robot,calib,vlm]'
 	touch $(STAMP)
 
 install: $(STAMP)
