@@ -225,3 +225,16 @@ def test_model_check_explains_each_problem_and_its_fix(tmp_path, capsys):
     assert code == 1 and "ERROR: no processor" in out and "save_pretrained(DIR)" in out, out
     code, out = run_model_check(capsys, str(tmp_path / "missing"))
     assert code == 1 and "is not a directory" in out, out
+
+
+def test_gpu_bench_skips_without_cuda_and_runs_its_code_path_on_tiny_models(capsys):
+    from bench.vlm_gpu import main as bench_main
+
+    if not torch.cuda.is_available():
+        assert bench_main([]) == 0
+        assert capsys.readouterr().out.startswith("skipped: no CUDA device")
+    assert bench_main(["--size", "tiny", "--device", "cpu", "--family", "qwen2_5_vl", "--batch-sizes", "1,2",
+                       "--sft-batch", "2", "--rl-batch", "16", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    for what in ("forward float32", "LoRA SFT step", "head-only PPO update"):
+        assert f"| qwen2_5_vl | {what}" in out, out
