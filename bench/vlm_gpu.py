@@ -23,14 +23,14 @@ import time
 import numpy as np
 import torch
 
-from vla.config import ModelConfig
+from deployment.model import ModelConfig
 from vla.random_vlm import FULL, build_random_vlm
 
 INSTRUCTION = "pick up the red block and put it in the bowl"
 
 
 def observations(cameras: list[str], n: int, seed: int = 0):
-    from vla.policy import Observation
+    from interface.policy import Observation
 
     rng = np.random.default_rng(seed)
     return [Observation({c: rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for c in cameras},

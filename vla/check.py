@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deployment.model import ModelConfig
 from vla.backbone import WEIGHT_SUFFIXES, hidden_size
-from vla.config import ModelConfig
 
 INSTRUCTION = "pick up the red block and put it in the bowl"
 MANY_TOKENS = 1024  # image tokens per camera above this make every step slow: worth a warning
@@ -103,7 +103,7 @@ def lora_targets(model, config: ModelConfig) -> tuple[list[str], list[str]]:
 
 
 def sample_observations(cameras: list[str], n: int, seed: int = 0):
-    from vla.policy import Observation
+    from interface.policy import Observation
 
     rng = np.random.default_rng(seed)
     return [Observation({c: rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for c in cameras},

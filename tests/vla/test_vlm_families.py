@@ -13,22 +13,23 @@ import numpy as np
 import pytest
 import torch
 
+from bench.harness import ServerThread
+from deployment.config import DeploymentConfig
+from deployment.model import ModelConfig
+from deployment.server import ServerConfig
+from interface.policy import Observation
 from learner.rl.ppo import PPOConfig, RolloutBatch, gaussian_logprob, ppo_update
 from learner.sft import SFTConfig, prepare_sft_mode, sft_loss, sft_parameters
 from learner.trainer import HeadActor, HeadCritic
 from protocol.codec import packb, unpackb
 from protocol.images import decode_jpeg, encode_jpeg
 from protocol.messages import ActRequest
-from server.config import ServerConfig
-from server.harness import ServerThread
-from vla.config import ModelConfig
 from vla.model import build_model
 from vla.normalization import Normalizer
-from vla.policy import Observation, Policy
+from vla.policy import Policy
 from vla.random_vlm import FAMILIES, build_random_vlm, save_random_vlm
 from vla.registry import CheckpointRegistry, publish
 from vlaloop.cli import main as vlaloop_main
-from vlaloop.config import DeploymentConfig
 
 torch.set_num_threads(1)
 CAMERAS = ["front", "wrist"]
@@ -132,6 +133,7 @@ def served_act(client: httpx.Client, obs: Observation, step: int) -> dict:
     return unpackb(r.content)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_goes_through_the_whole_loop(family, tmp_path):
     path = save_random_vlm(family, tmp_path / family)
