@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -16,7 +18,7 @@ class ModelConfig(BaseModel):
     action_dim: int = 7
     state_dim: int = 7
     device: str = "cpu"
-    backbone_dtype: str = Field(
+    backbone_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="auto | float32 | bfloat16 | float16; auto = bfloat16 on a CUDA device "
                                     "that supports it, else float32")
     image_splitting: bool = Field(

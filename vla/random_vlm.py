@@ -42,6 +42,9 @@ class Dims:
     image: int = 32  # vision tower input size (px)
     patch: int = 8
     vocab: int | None = None  # None = the tokenizer's size
+    tie_embeddings: bool = False  # input embedding shared with the LM head (Qwen2.5-VL-3B)
+    vision_window: int | None = None  # Qwen2.5-VL windowed attention (px); None = 2x2 merged patches
+    vision_full_attention: tuple[int, ...] | None = None  # Qwen2.5-VL blocks with full attention; None = last
 
 
 TINY = Dims()
@@ -199,8 +202,8 @@ def _qwen_vl(dims: Dims, v2_5: bool):
         vision = dict(depth=dims.vision_layers, hidden_size=dims.vision_hidden,
                       intermediate_size=dims.vision_intermediate, num_heads=dims.vision_heads,
                       patch_size=dims.patch, spatial_merge_size=merge, temporal_patch_size=2,
-                      out_hidden_size=dims.hidden, window_size=dims.patch * merge * 2,
-                      fullatt_block_indexes=[dims.vision_layers - 1])
+                      out_hidden_size=dims.hidden, window_size=dims.vision_window or dims.patch * merge * 2,
+                      fullatt_block_indexes=list(dims.vision_full_attention or [dims.vision_layers - 1]))
     else:
         from transformers import Qwen2VLConfig as Config
         from transformers import Qwen2VLForConditionalGeneration as Model
@@ -211,7 +214,7 @@ def _qwen_vl(dims: Dims, v2_5: bool):
                       patch_size=dims.patch, spatial_merge_size=merge, temporal_patch_size=2)
     processor = image_only_processor_class(Processor)(image_processor=image_processor, tokenizer=tok,
                                                       video_processor=None, chat_template=QWEN_TEMPLATE)
-    config = Config(text_config=text, vision_config=vision, **ids)
+    config = Config(text_config=text, vision_config=vision, tie_word_embeddings=dims.tie_embeddings, **ids)
     return Model(config), processor
 
 
@@ -312,7 +315,8 @@ FULL: dict[str, Dims] = {
     # Qwen2.5-VL-3B-Instruct: a 32-block ViT (patch 14, 2x2 merge) + a 36-layer 2048-wide decoder.
     "qwen2_5_vl": Dims(hidden=2048, intermediate=11008, layers=36, heads=16, kv_heads=2, head_dim=128,
                        vision_hidden=1280, vision_intermediate=3420, vision_layers=32, vision_heads=16,
-                       image=224, patch=14, vocab=151936),
+                       image=224, patch=14, vocab=151936, tie_embeddings=True, vision_window=112,
+                       vision_full_attention=(7, 15, 23, 31)),
 }
 
 
