@@ -246,7 +246,8 @@ class Preprocessor:
             return False
         return not self.input_names or key in self.input_names
 
-    def _text(self, instruction: str) -> dict[str, torch.Tensor]:
+    def text_inputs(self, instruction: str) -> dict[str, torch.Tensor]:
+        """The sequence tensors of one sample (input_ids, attention_mask, token type ids, ...)."""
         with self._lock:
             cached = self._text_cache.get(instruction)
         if cached is not None:
@@ -272,13 +273,10 @@ class Preprocessor:
         out = self.processor.image_processor(images=nested, return_tensors="pt", **self.image_kwargs)
         return {k: v for k, v in out.items() if self._keep(k) and isinstance(v, torch.Tensor)}
 
-    def pixels(self, images: list[dict[str, np.ndarray]]) -> torch.Tensor:
-        return self.images(images)["pixel_values"]
-
     def __call__(self, images: list[dict[str, np.ndarray]], instructions: list[str]) -> dict[str, torch.Tensor]:
         if len(images) != len(instructions):
             raise ValueError(f"{len(images)} image sets for {len(instructions)} instructions")
-        texts = [self._text(s) for s in instructions]
+        texts = [self.text_inputs(s) for s in instructions]
         length = max(t["input_ids"].shape[0] for t in texts)
         batch: dict[str, torch.Tensor] = {}
         for key in texts[0]:

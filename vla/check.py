@@ -123,7 +123,7 @@ def image_tokens_per_camera(model) -> int:
 
     c = model.config
     lengths = [Preprocessor(model.preprocessor.processor, ["a", "b"][:n], c.image_size, c.image_splitting)
-               ._text(INSTRUCTION)["input_ids"].shape[0] for n in (1, 2)]
+               .text_inputs(INSTRUCTION)["input_ids"].shape[0] for n in (1, 2)]
     return lengths[1] - lengths[0]
 
 
