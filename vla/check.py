@@ -191,6 +191,8 @@ def check_model_dir(path: str | Path, config: ModelConfig, batch_sizes: list[int
     backbone = model.backbone
     report.facts["family"] = f"{backbone.config.model_type} ({type(backbone).__name__}, " \
                              f"{type(model.preprocessor.processor).__name__})"
+    if getattr(model.preprocessor.processor, "video_processor", False) is None:
+        report.facts["processor"] = "built without its video processor (that part needs torchvision); images unaffected"
     report.facts["parameters"] = f"{sum(p.numel() for p in backbone.parameters()) / 1e6:.2f} M " \
                                  f"({next(backbone.parameters()).dtype})"
     report.facts["feature size"] = f"backbone hidden {hidden_size(backbone)} -> pooled feature {model.feature_dim}"
