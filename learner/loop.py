@@ -15,6 +15,12 @@ written as ``pending``; the round is committed (episodes -> consumed) only once 
 published. On restart a pending round counts as done only if LATEST names a version newer than the
 one it started from and of its phase (the publish finished); otherwise it is redone (its episodes
 are still the oldest unconsumed ones). Everything complete in the store that is not consumed is new.
+
+Promotion gate (server, docs/promotion.md): LATEST always names the learner's newest version, so the
+rule above is unaffected by a refusal. Before each round and each SFT phase the trainer checks the
+registry: if the version it trains was refused (or descends from a refused one), it reloads the
+promoted version and continues from there (``Trainer.follow_promotion``); a restart resumes from
+``registry.resume_version()`` for the same reason.
 """
 
 from __future__ import annotations
@@ -333,6 +339,7 @@ class PhaseLoop:
             return True  # a label changed under us: wait again
         keys = [episode_key(m) for m in metas]
         it, rnd = self.state.iteration, self.state.round
+        self.follow_promotion()
         self.state.begin("rl", keys, self._newest_version())
         self.status.set(phase="rl", iteration=it, round=rnd, detail=f"RL round {rnd} on {n} episodes")
         log.info("RL round %d of iteration %d on %d episodes", rnd, it, n)
@@ -387,8 +394,17 @@ class PhaseLoop:
     def rl_phase_done(self) -> bool:
         return self.state.round >= self.lc.rl_rounds_per_phase or self.plateau()
 
+    def follow_promotion(self) -> None:
+        """Before training: if the server's promotion gate refused the version the trainer holds
+        (or one it descends from), continue from the promoted version instead."""
+        version = self.trainer.follow_promotion()
+        if version is not None:
+            self.status.set(policy_version=version, detail=f"the server refused the trained version; "
+                                                           f"continuing from promoted v{version}")
+
     def sft(self) -> None:
         it = self.state.iteration
+        self.follow_promotion()
         self.state.begin("sft", [], self._newest_version())
         self.status.set(phase="sft", iteration=it, progress=0.0, detail="SFT: LoRA + head on expert and successes")
         log.info("SFT phase of iteration %d", it)

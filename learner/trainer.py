@@ -142,16 +142,36 @@ class Trainer:
         self._scalars("bootstrap", result.metrics, result.version)
         return result.version
 
-    def resume(self) -> int | None:
-        latest = self.registry.latest()
-        if latest is None:
+    def resume(self, version: int | None = None) -> int | None:
+        """Load ``version`` (default: the registry's resume version -- LATEST, or the promoted
+        version when the server's promotion gate refused LATEST or one of its ancestors)."""
+        if version is None:
+            version = self.registry.resume_version()
+        if version is None:
             return None
-        model, norm, meta = load_model(self.registry, latest, self.device)
-        self._adopt(model, norm, latest)
-        self.rl_rounds_total = int(meta.get("metrics", {}).get("rl_rounds_total", 0))
-        self.sft_phases = int(meta.get("metrics", {}).get("sft_phases", 0))
-        log.info("trainer resumed v%d (%d RL rounds so far)", latest, self.rl_rounds_total)
-        return latest
+        model, norm, meta = load_model(self.registry, version, self.device)
+        self._adopt(model, norm, version)
+        self.rl_rounds_total = max(self.rl_rounds_total, int(meta.get("metrics", {}).get("rl_rounds_total", 0)))
+        self.sft_phases = max(self.sft_phases, int(meta.get("metrics", {}).get("sft_phases", 0)))
+        log.info("trainer resumed v%d (%d RL rounds so far)", version, self.rl_rounds_total)
+        return version
+
+    def follow_promotion(self) -> int | None:
+        """If the server's promotion gate refused the version being trained (or an ancestor of it),
+        go back to the version to continue from (the promoted one); returns it, or None if nothing
+        changed. Training on from a refused version would only publish its descendants, which the
+        gate refuses too."""
+        if self.version is None:
+            return None
+        refused = self.registry.refused_ancestor(self.version)
+        if refused is None:
+            return None
+        target = self.registry.resume_version()
+        if target is None or target == self.version:
+            return None
+        log.warning("v%d was refused by the promotion gate (refused ancestor v%d): continuing from v%d",
+                    self.version, refused, target)
+        return self.resume(target)
 
     def publish(self, kind: str, phase: str, metrics: dict) -> int:
         summary = _numbers(metrics)

@@ -77,7 +77,7 @@ async def act(request: Request) -> Response:
 
     obs = Observation(images=decoded.images, state=np.asarray(req.state, dtype=np.float32),
                       instruction=req.instruction)
-    result = await app.state.batcher.submit(obs, req.mode, req.robot_id)
+    result = await app.state.batcher.submit(obs, req.mode, req.robot_id, req.episode_id)
 
     robots = app.state.robots
     command = robots.command_for(req.robot_id, req.episode_id)

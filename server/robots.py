@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -139,6 +140,8 @@ class RobotRegistry:
         self._delivered: set[tuple[str, str]] = set()
         self._label_events: dict[tuple[str, str], asyncio.Event] = {}
         self._subscribers: set[asyncio.Queue] = set()
+        # called with (robot_id, episode_id, outcome) for every label (the promotion gate counts them)
+        self.label_listeners: list[Callable[[str, str, str], None]] = []
 
     # ---- publisher for the operator page
 
@@ -275,6 +278,11 @@ class RobotRegistry:
         event = self._label_events.pop(key, None)
         if event is not None:
             event.set()
+        for listener in self.label_listeners:
+            try:
+                listener(key[0], key[1], label.outcome)
+            except Exception:  # a listener's bug must not lose the label
+                log.exception("label listener failed")
         self._publish({"type": "label", "robot_id": key[0], **label.model_dump()})
 
     def frame_jpeg(self, robot_id: str, camera: str) -> bytes | None:
