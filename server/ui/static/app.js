@@ -21,6 +21,7 @@ const ui = {
   cards: new Map(),         // robot_id -> {el, imgs: Map(camera -> img), busy: Set(camera)}
   selectedRobot: null,
   learning: null,
+  promotion: null,          // GET /v1/policy .promotion (+ refused)
   episodes: [],
   episodesSig: "",
   thumbs: new Map(),        // "robot/episode/step/cam" -> blob URL (stored frames never change)
@@ -233,7 +234,9 @@ function updateCard(card, r) {
   const badge = setField(root, "state", r.stale ? "stale · " + (STATE_NAMES[r.state] || r.state)
     : (r.paused && r.state !== "paused" ? "Pausing…" : (STATE_NAMES[r.state] || r.state)));
   badge.className = "badge state-" + r.state + (r.stale ? " stale" : "");
-  setField(root, "version", r.policy_version === null ? "policy –" : "policy v" + r.policy_version);
+  const canary = ui.promotion && ui.promotion.canary ? ui.promotion.canary.version : null;
+  setField(root, "version", r.policy_version === null ? "policy –"
+    : "policy v" + r.policy_version + (r.policy_version === canary ? " (canary)" : ""));
   setField(root, "instruction", r.instruction || "–");
   setField(root, "step", r.step === null ? "–" : String(r.step));
   const hz = r.loop_hz !== null ? r.loop_hz : r.act_hz;
@@ -739,6 +742,68 @@ function drawVersionChart(canvas, versions) {
   });
 }
 
+// ------------------------------------------------------------------ promotion gate
+
+function renderPromotion(info) {
+  const p = info.promotion || {};
+  const box = $("#promotion");
+  box.dataset.enabled = String(!!p.enabled);
+  box.dataset.pinned = String(p.pinned !== null && p.pinned !== undefined);
+  box.dataset.canary = p.canary ? String(p.canary.version) : "";
+  const parts = [p.enabled ? "gate on" : "gate off (every new version serves at once)",
+    p.promoted ? "promoted v" + p.promoted : null, "serving v" + (info.version === null ? "–" : info.version),
+    p.pinned ? "pinned v" + p.pinned + " (gating paused)" : null];
+  $("#promotion-summary").textContent = "· " + parts.filter(Boolean).join(" · ");
+  $("#unpin").hidden = !p.pinned;
+  const c = p.canary;
+  const tally = (t) => `${t.successes}/${t.successes + t.failures}`;
+  $("#promotion-canary").textContent = c
+    ? `Canary v${c.version} (${pct(p.config.canary_fraction)} of new episodes) vs v${c.control}: canary ${tally(c.canary)}, ` +
+      `promoted ${tally(c.promoted)} successes` +
+      (c.prob_not_worse === null ? "" : `, P(not worse by ${p.config.margin}) = ${c.prob_not_worse.toFixed(2)}`) + ` — ${c.state}`
+    : (p.enabled ? "No canary running: the promoted version serves every robot." : "");
+  const refused = Object.entries(info.refused || {}).sort((a, b) => Number(b[0]) - Number(a[0]));
+  $("#promotion-refused").replaceChildren(...(refused.length
+    ? refused.map(([v, why]) => el("tr", { "data-version": v }, el("td", { text: "v" + v }), el("td", { text: why })))
+    : [el("tr", {}, el("td", { class: "muted", text: "none" }))]));
+  const decisions = (p.decisions || []).slice().reverse();
+  $("#promotion-decisions").replaceChildren(...(decisions.length
+    ? decisions.map((d) => el("tr", {}, el("td", { class: d.action, text: `${d.action === "promote" ? "promoted" : "rolled back"} v${d.version}` }),
+      el("td", { text: fmtTime(d.at) + " · " + d.reason })))
+    : [el("tr", {}, el("td", { class: "muted", text: "none yet" }))]));
+}
+
+async function pollPromotion() {
+  try {
+    const info = await getJSON("/v1/policy");
+    ui.promotion = Object.assign({}, info.promotion || {}, { refused: info.refused });
+    if (ui.view === "learning") renderPromotion(info);
+  } catch (_) { /* connection indicator */ }
+}
+
+async function pinVersion(ev) {
+  ev.preventDefault();
+  const version = parseInt($("#pin-version").value, 10);
+  if (!(version >= 1)) { toast("Enter a version number to pin", true); return; }
+  try {
+    await postJSON("/v1/policy/pin", { version });
+    toast(`v${version} pinned: served to every robot, gating paused`);
+    pollPromotion();
+  } catch (err) {
+    if (!(err instanceof AuthError)) toast("Pin failed: " + err.message, true);
+  }
+}
+
+async function unpinVersion() {
+  try {
+    await api("/v1/policy/pin", { method: "DELETE" });
+    toast("Unpinned: gating resumes");
+    pollPromotion();
+  } catch (err) {
+    if (!(err instanceof AuthError)) toast("Unpin failed: " + err.message, true);
+  }
+}
+
 let learningBusy = false;
 async function pollLearning() {
   if (learningBusy || ui.loginOpen || document.hidden) return;
@@ -748,6 +813,7 @@ async function pollLearning() {
     ui.learning = view;
     renderLearnerChip(view);
     if (ui.view === "learning") renderLearning(view);
+    await pollPromotion();
   } catch (_) { /* connection indicator */ } finally { learningBusy = false; }
 }
 
@@ -765,6 +831,8 @@ document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll(".tab").forEach((t) => t.addEventListener("click", () => showView(t.dataset.view)));
   $("#login-form").addEventListener("submit", submitLogin);
   $("#logout").addEventListener("click", logout);
+  $("#pin-form").addEventListener("submit", pinVersion);
+  $("#unpin").addEventListener("click", unpinVersion);
   $("#logout").hidden = !token();
   $("#episode-filter").addEventListener("change", () => { ui.episodesSig = ""; pollEpisodes(); });
   document.addEventListener("keydown", onKey);
