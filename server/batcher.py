@@ -22,10 +22,10 @@ import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from interface.policy import ActOutput, BasePolicy, Observation
 from server.metrics import ServerMetrics
 from server.policy_holder import NoPolicyLoaded, PolicyHolder
 
@@ -41,7 +41,7 @@ class InferenceFailed(RuntimeError):
 
 @dataclass
 class BatchResult:
-    output: Any            # vla.policy.ActOutput
+    output: ActOutput
     version: int
     queue_s: float
     infer_s: float
@@ -63,7 +63,7 @@ class _RobotTiming:
 
 @dataclass
 class _Pending:
-    obs: Any
+    obs: Observation
     mode: str
     robot_id: str
     future: asyncio.Future
@@ -100,7 +100,7 @@ class MicroBatcher:
             if not item.future.done():
                 item.future.set_exception(NoPolicyLoaded("server is shutting down"))
 
-    async def submit(self, obs: Any, mode: str, robot_id: str, episode_id: str | None = None) -> BatchResult:
+    async def submit(self, obs: Observation, mode: str, robot_id: str, episode_id: str | None = None) -> BatchResult:
         """Run one observation; with ``episode_id`` the episode's own version (canary or promoted) answers."""
         self.holder.require()
         assert self._queue is not None, "batcher not started"
@@ -185,8 +185,8 @@ class MicroBatcher:
             self._worker_free_since = time.perf_counter()
             self._note_replies(batch, self._worker_free_since)
 
-    def _by_version(self, batch: list[_Pending]) -> list[tuple[Any, list[_Pending]]]:
-        groups: dict[int, tuple[Any, list[_Pending]]] = {}
+    def _by_version(self, batch: list[_Pending]) -> list[tuple[BasePolicy, list[_Pending]]]:
+        groups: dict[int, tuple[BasePolicy, list[_Pending]]] = {}
         for p in batch:
             policy = self.holder.policy_for(p.robot_id, p.episode_id)
             groups.setdefault(id(policy), (policy, []))[1].append(p)
@@ -194,14 +194,14 @@ class MicroBatcher:
 
     # ------------------------------------------------------------------ worker thread
 
-    def _run_groups(self, groups: list[tuple[Any, list[_Pending]]]) -> list[BatchResult | Exception]:
+    def _run_groups(self, groups: list[tuple[BasePolicy, list[_Pending]]]) -> list[BatchResult | Exception]:
         return [r for policy, items in groups for r in self._run_batch(policy, items)]
 
-    def _run_batch(self, policy: Any, batch: list[_Pending]) -> list[BatchResult | Exception]:
+    def _run_batch(self, policy: BasePolicy, batch: list[_Pending]) -> list[BatchResult | Exception]:
         t0 = time.perf_counter()
         version = int(policy.version)
         try:
-            outputs: list[Any] = list(policy.act_batch([p.obs for p in batch], [p.mode for p in batch]))
+            outputs: list[ActOutput] = list(policy.act_batch([p.obs for p in batch], [p.mode for p in batch]))
         except Exception as e:
             # One bad observation must not fail the others: retry one by one to find it.
             log.warning("batch of %d failed (%s); retrying one by one", len(batch), e)

@@ -29,9 +29,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from deployment.promotion import PromotionConfig
+from interface.policy import BasePolicy, Observation
 from server.metrics import ServerMetrics
 from server.promotion import Canary, CanaryGate, Decision
-from server.promotion_config import PromotionConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class PolicyLoader(Protocol):
     """Where versions come from. The default reads the run directory through ``vla.registry``."""
 
     def latest(self) -> int | None: ...
-    def load(self, version: int, base: Any | None) -> Any: ...
+    def load(self, version: int, base: BasePolicy | None) -> BasePolicy: ...
 
 
 class RegistryLoader:
@@ -62,7 +63,7 @@ class RegistryLoader:
             return None
         return self.registry.latest()
 
-    def load(self, version: int, base: Any | None) -> Any:
+    def load(self, version: int, base: BasePolicy | None) -> BasePolicy:
         from vla.policy import Policy
 
         return Policy.load(self.registry, version, device=self.device, base=base)
@@ -80,10 +81,9 @@ class ValidationFailed(Exception):
     """A loaded version produced something unusable on the test observation."""
 
 
-def validate_policy(policy: Any) -> None:
+def validate_policy(policy: BasePolicy) -> None:
     """One greedy and one sampled forward pass on a dummy observation; everything must be finite
     and shaped [chunk, action_dim]. Raises ValidationFailed."""
-    from vla.policy import Observation
 
     spec = policy.spec
     size = spec.image_size
@@ -121,8 +121,8 @@ class PolicyHolder:
         self.interval_s = interval_s
         self._worker = worker          # the inference thread: validation never runs beside a batch
         self._validate = validate
-        self._policy: Any | None = None          # served to everyone (the promoted or pinned version)
-        self._canary: Any | None = None          # served to the canary's episodes
+        self._policy: BasePolicy | None = None          # served to everyone (the promoted or pinned version)
+        self._canary: BasePolicy | None = None          # served to the canary's episodes
         self._pinned: int | None = None
         self._loaded_at: float | None = None
         self._refused: dict[int, str] = {}
@@ -146,18 +146,18 @@ class PolicyHolder:
     # ------------------------------------------------------------------ serving side
 
     @property
-    def policy(self) -> Any | None:
+    def policy(self) -> BasePolicy | None:
         """The version every request without an episode (and every non-canary episode) gets."""
         return self._policy
 
-    def require(self) -> Any:
+    def require(self) -> BasePolicy:
         """The current policy, or NoPolicyLoaded (the HTTP layer answers 503)."""
         policy = self._policy
         if policy is None:
             raise NoPolicyLoaded("no policy loaded yet")
         return policy
 
-    def policy_for(self, robot_id: str, episode_id: str | None) -> Any:
+    def policy_for(self, robot_id: str, episode_id: str | None) -> BasePolicy:
         """The version serving this episode: the canary for the canary's share of episodes while a
         canary runs (and no pin), else the promoted/pinned version."""
         policy, canary, gate = self.require(), self._canary, self.gate
@@ -277,14 +277,14 @@ class PolicyHolder:
             return False
         return self._try_swap(version, current)
 
-    def _try_swap(self, version: int, current: Any | None) -> bool:
+    def _try_swap(self, version: int, current: BasePolicy | None) -> bool:
         loaded = self._load_validated(version, current)
         if loaded is None:
             return False
         self._swap_in(*loaded)
         return True
 
-    def _load_validated(self, version: int, base: Any | None) -> tuple[Any, float, float] | None:
+    def _load_validated(self, version: int, base: BasePolicy | None) -> tuple[BasePolicy, float, float] | None:
         """Load and validate a version next to the serving one: (policy, load_ms, validate_ms), or
         None (and the version refused) if it fails."""
         t0 = time.perf_counter()
@@ -302,7 +302,7 @@ class PolicyHolder:
             return None
         return candidate, load_ms, validate_ms
 
-    def _swap_in(self, candidate: Any, load_ms: float = 0.0, validate_ms: float = 0.0) -> None:
+    def _swap_in(self, candidate: BasePolicy, load_ms: float = 0.0, validate_ms: float = 0.0) -> None:
         version = int(candidate.version)
         old = None if self._policy is None else int(self._policy.version)
         self._policy = candidate      # the swap: the next batch picks this reference up

@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from server.promotion_config import PromotionConfig
+from deployment.promotion import PromotionConfig
 
 GRID = 4000  # integration points on [0, 1] for q; exact to ~1e-4 at the tallies the cap allows
 MAX_ASSIGNMENTS = 8192  # episode -> version assignments kept (an episode's label comes soon after it ends)
