@@ -379,6 +379,7 @@ class PolicyHolder:
             canary = Canary.from_json(saved)  # a restarted server resumes the canary's tallies
         self._canary = loaded[0]
         self.gate.start(canary)
+        self.metrics.canary_version.set(candidate)
         registry.write_canary(canary.to_json())
         log.info("canary: v%d serves %.0f%% of new episodes next to v%d (%d/%d labels so far)", candidate,
                  100 * self.promotion.canary_fraction, control, canary.canary.n, canary.promoted.n)
@@ -394,12 +395,13 @@ class PolicyHolder:
             self._swap_in(policy)
         else:
             self.registry.mark_refused(canary.version, decision.reason, **stats)
-            self.metrics.swap_failures.inc()
         self.registry.write_canary(None)
+        self.metrics.canary_version.set(-1)
         self._record(decision.action, canary.version, stats, decision.reason)
         return decision.action == "promote"
 
     def _record(self, action: str, version: int, stats: dict | None, reason: str) -> None:
+        self.metrics.promotion_decisions.labels(action=action).inc()
         self.decisions.append({"action": action, "version": version, "at": time.time(), "reason": reason,
                                **(stats or {})})
         (log.info if action == "promote" else log.warning)("%s v%d: %s", "promoted" if action == "promote"
