@@ -20,7 +20,6 @@ from deployment.server import ServerConfig
 from protocol.codec import packb, unpackb
 from protocol.images import encode_jpeg
 from protocol.messages import ActRequest
-from vla.registry import CheckpointRegistry
 
 torch.set_num_threads(1)
 ROBOT, OPERATOR = "robot-secret", "operator-secret"

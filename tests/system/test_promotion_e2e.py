@@ -151,10 +151,9 @@ def rate(metas: list[dict]) -> float:
 
 
 def test_a_bad_version_is_rolled_back_and_the_fleets_success_recovers(tmp_path):
-    from vla.config import ModelConfig
-
     from bench.harness import ServerThread
     from deployment.config import load_config
+    from deployment.model import ModelConfig
     from deployment.promotion import PromotionConfig
     from episodes.store import EpisodeStore
     from vla.model import build_model
