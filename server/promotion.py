@@ -182,10 +182,6 @@ class CanaryGate:
                 self._assigned.popitem(last=False)
             return version
 
-    def assigned(self, robot_id: str, episode_id: str) -> int | None:
-        found = self._assigned.get((robot_id, episode_id))
-        return None if found is None else found[0]
-
     def record_label(self, robot_id: str, episode_id: str, outcome: str) -> str | None:
         """Count a label for the arm that served the episode; returns "canary"/"promoted" or None
         (not an episode of the running canary's window, or a discard)."""
