@@ -156,3 +156,27 @@ def test_pin_serves_one_version_to_all_and_pauses_the_gate(run):
         assert {act(robot, "r0", f"u{i}", 0)[0] for i in range(20)} == {1, v2}  # the canary share again
         robot.close()
         operator.close()
+
+
+def test_a_restart_resumes_the_canary_with_its_tallies(run):
+    run_dir, model, registry = run
+    with server_for(run_dir) as srv:
+        srv.wait_ready()
+        robot, operator = clients(srv)
+        wait_for(lambda: registry.promoted() == 1, what="v1 promoted")
+        v2 = publish_head(model, registry, mark=mark(2))
+        wait_for(lambda: srv.app.state.holder.promotion_status()["canary"] is not None, what="canary started")
+        for i in range(6):  # below min_episodes on at least one arm: undecided
+            episode(robot, operator, registry, "r0", f"c{i}", lambda v: "failure" if v == v2 else "success")
+        status = srv.app.state.holder.promotion_status()["canary"]
+        counted = (status["canary"]["failures"], status["promoted"]["successes"])
+        assert sum(counted) == 6 and not registry.is_refused(v2)
+        wait_for(lambda: (registry.read_canary() or {}).get("canary", {}).get("failures") == counted[0],
+                 what="the tallies saved")
+        robot.close()
+        operator.close()
+    with server_for(run_dir) as srv:  # as after a crash: the canary goes on where it was
+        srv.wait_ready()
+        wait_for(lambda: srv.app.state.holder.promotion_status()["canary"] is not None, what="canary resumed")
+        status = srv.app.state.holder.promotion_status()["canary"]
+        assert status["version"] == v2 and (status["canary"]["failures"], status["promoted"]["successes"]) == counted
