@@ -347,9 +347,18 @@ class PolicyHolder:
         decision = self.gate.decision()
         if decision is not None and decision.action != "continue":
             changed = self._conclude(decision)
-        if self.gate.canary is None and latest is not None and latest > int(self._policy.version):
-            self._start_canary(latest)
+        if self.gate.canary is None and latest is not None and latest > promoted:
+            self._start_canary(self._next_candidate(latest, promoted))
         return changed
+
+    def _next_candidate(self, latest: int, promoted: int) -> int:
+        """The newest version, unless a canary was running when the server stopped (canary.json
+        exists only while one runs): that one is finished first."""
+        saved = self.registry.read_canary() or {}
+        version = saved.get("version")
+        if isinstance(version, int) and promoted < version <= latest and saved.get("control") == promoted:
+            return version
+        return latest
 
     def _promote_first(self, latest: int | None) -> bool:
         """No version promoted yet: the newest servable one is, with nothing to compare it against."""

@@ -175,6 +175,7 @@ def test_a_restart_resumes_the_canary_with_its_tallies(run):
                  what="the tallies saved")
         robot.close()
         operator.close()
+    publish_head(model, registry, mark=mark(3))  # the learner moved on meanwhile: v2 is finished first
     with server_for(run_dir) as srv:  # as after a crash: the canary goes on where it was
         srv.wait_ready()
         wait_for(lambda: srv.app.state.holder.promotion_status()["canary"] is not None, what="canary resumed")
