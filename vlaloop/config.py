@@ -17,6 +17,7 @@ from learner.config import LearnerConfig
 from robot_client.config import RobotConfig
 from server.config import ServerConfig
 from vla.config import ModelConfig
+from vla.success_classifier import RewardModelConfig
 
 ENV_PREFIX = "VLALOOP_"
 
@@ -32,6 +33,7 @@ class DeploymentConfig(BaseModel):
     server: ServerConfig = Field(default_factory=ServerConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     robot: RobotConfig = Field(default_factory=RobotConfig)
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
 
     def config_hash(self) -> str:
         """Hash of what must agree between robot and learner (model I/O), sent in `hello`."""
