@@ -15,10 +15,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from episodes.status import StatusBoard
+from episodes.store import EpisodeStore
 from learner.ingest import Ingest
 from learner.loop import PhaseLoop, Shutdown, ShutdownRequested
-from learner.status import StatusBoard
-from learner.store import EpisodeStore
 
 log = logging.getLogger("learner")
 
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace, config) -> int:
     shutdown = Shutdown()
     shutdown.install()
     store = EpisodeStore(run_dir / "episodes")
-    status = StatusBoard(run_dir / "status.json", interval_s=config.learner.status_interval_s)
+    status = StatusBoard(run_dir / "status.json", interval_s=config.episodes.status_interval_s)
     status.record_episodes(store.list_episodes(), write=False)
 
     if args.bootstrap:

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from learner.store import EpisodeStore, StoreError
+from episodes.store import EpisodeStore, StoreError
 from protocol.messages import EpisodeId, RobotId
 
 log = logging.getLogger("learner.inbox")

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import zmq
 
+from episodes.status import StatusBoard
+from episodes.store import EpisodeStore, StoreError
 from learner.inbox import Inbox
-from learner.status import StatusBoard
-from learner.store import EpisodeStore, StoreError
 from protocol.codec import CodecError
 from protocol.messages import (
     SCHEMA_VERSION,

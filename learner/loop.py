@@ -28,8 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from learner.status import StatusBoard
-from learner.store import EpisodeStore, write_json_atomic
+from episodes.status import StatusBoard
+from episodes.store import EpisodeStore, write_json_atomic
 
 log = logging.getLogger("learner.loop")
 
@@ -181,8 +181,9 @@ class PhaseLoop:
         self.reward_model = None
         if config.reward_model.mode != "off":
             from learner.reward_model import RewardModelTrainer  # numpy + the feature cache (torch)
+            from vla.success_classifier import classifier_config
 
-            self.reward_model = RewardModelTrainer(self.run_dir, config.reward_model.classifier())
+            self.reward_model = RewardModelTrainer(self.run_dir, classifier_config(config.reward_model))
             self.status.set_reward_model({"mode": config.reward_model.mode, **self.reward_model.report})
         if ingest is not None:
             ingest.on_episode = self.episode_changed

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from episodes.store import EpisodeStore, write_json_atomic
 from learner.dataset import load_decisions
 from learner.features import FeatureCache, trunk_key
-from learner.store import EpisodeStore, write_json_atomic
 from vla.policy import Policy
 from vla.success_classifier import (
     SuccessClassifierConfig,

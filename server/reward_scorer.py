@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from vla.success_classifier import RewardModelConfig, SuccessClassifier, episode_input
+from deployment.reward_model import RewardModelConfig
+from vla.success_classifier import SuccessClassifier, episode_input
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ hundred numbers per episode, cheap enough to refit from scratch whenever a label
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+
+from deployment.reward_model import RewardModelConfig
 
 
 @dataclass
@@ -49,25 +49,10 @@ class SuccessClassifierConfig:
             raise ValueError("cv_folds >= 2, n_bins >= 1 and l2 > 0 are required")
 
 
-class RewardModelConfig(BaseModel):
-    """Deployment section `reward_model`: read by the learner (fits) and the server (scores)."""
-
-    model_config = ConfigDict(extra="forbid")
-    mode: Literal["off", "shadow", "auto"] = Field(
-        default="off",
-        description="off: no reward model; shadow: fitted and applied, every episode still waits for the "
-                    "operator (the disagreement monitor fills up); auto: confident episodes are labelled by "
-                    "the model (label_source reward_model) and only uncertain ones wait; RL trains on "
-                    "reward-model labels only in this mode")
-    auto_threshold: float = Field(default=0.9, gt=0.5, le=1.0,
-                                  description="auto-label when max(p, 1 - p) >= this")
-    last_k: int = Field(default=2, ge=1, description="decision frames at the episode end pooled")
-    min_labels: int = Field(default=8, ge=2, description="operator labels (both outcomes) before a first fit")
-    l2: float = Field(default=10.0, gt=0, description="ridge penalty on the standardised weights")
-
-    def classifier(self) -> SuccessClassifierConfig:
-        return SuccessClassifierConfig(last_k=self.last_k, auto_threshold=self.auto_threshold,
-                                       min_labels=self.min_labels, l2=self.l2)
+def classifier_config(section: RewardModelConfig) -> SuccessClassifierConfig:
+    """The classifier's hyperparameters from the deployment's `reward_model` section."""
+    return SuccessClassifierConfig(last_k=section.last_k, auto_threshold=section.auto_threshold,
+                                   min_labels=section.min_labels, l2=section.l2)
 
 
 def episode_input(features: np.ndarray, states: np.ndarray, cfg: SuccessClassifierConfig) -> np.ndarray:
