@@ -34,7 +34,7 @@ from vla.success_classifier import classifier_config
 torch.set_num_threads(1)
 ROBOT, OPERATOR = "robot-secret", "operator-secret"
 STATE = [0.5, 0.0, 0.2, 0.0, 0.0, 0.0, 1.0]
-STEPS = 3  # decisions per episode
+STEPS = 2  # decisions per episode (= last_k: the mixed episode pools one dark, one bright frame)
 
 
 def _image(brightness: float, rng: np.random.Generator) -> np.ndarray:
@@ -60,12 +60,12 @@ def _store_episode(store: EpisodeStore, episode_id: str, images: list[np.ndarray
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    """A run with a tiny policy and 16 operator-labelled episodes, and the reward model fitted on them."""
+    """A run with a tiny policy and 12 operator-labelled episodes, and the reward model fitted on them."""
     run = tmp_path_factory.mktemp("run")
     publish_tiny(run)
     store = EpisodeStore(run / "episodes")
     rng = np.random.default_rng(0)
-    for i in range(16):
+    for i in range(12):
         success = i % 2 == 0
         images = [_image(200 if success else 40, rng) for _ in range(STEPS)]
         _store_episode(store, f"lab{i:02d}", images, "success" if success else "failure", "operator")
@@ -79,9 +79,9 @@ def fitted(tmp_path_factory):
 
 def test_fit_publishes_a_calibrated_classifier_and_refits_only_on_new_labels(fitted):
     run, store, report, trainer, policy = fitted
-    assert report["state"] == "fitted" and report["n_labels"] == 16 and report["n_success"] == 8
+    assert report["state"] == "fitted" and report["n_labels"] == 12 and report["n_success"] == 6
     assert report["cv_accuracy"] == 1.0
-    assert sum(b["n"] for b in report["calibration"]["bins"]) == 16 and report["ece"] is not None
+    assert sum(b["n"] for b in report["calibration"]["bins"]) == 12 and report["ece"] is not None
     published = json.loads((run / MODEL_FILE).read_text())
     assert published["report"]["trunk_key"] == published["classifier"]["trunk_key"]
     cache = FeatureCache(run / "features")
