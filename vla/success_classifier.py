@@ -35,7 +35,7 @@ class SuccessClassifierConfig:
     """Folds of the cross-validation that gives the held-out probabilities behind the calibration."""
     n_bins: int = 10
     """Equal-width probability bins of the reliability diagram and the ECE."""
-    min_labels: int = 8
+    min_labels: int = 20
     """Fewest operator labels (with both outcomes present) before a classifier is fitted at all."""
     auto_threshold: float = 0.9
     """Auto-label an episode only when max(p, 1 - p) >= this; anything less waits for the operator."""

@@ -72,7 +72,7 @@ def fitted(tmp_path_factory):
     # the simulator's and the model's own labels are never training labels: a wrong one changes nothing
     _store_episode(store, "simlabel", [_image(200, rng)] * STEPS, "failure", "auto")
     policy = Policy.load(CheckpointRegistry(run / "checkpoints"))
-    trainer = RewardModelTrainer(run, classifier_config(RewardModelConfig(mode="auto")))
+    trainer = RewardModelTrainer(run, classifier_config(RewardModelConfig(mode="auto", min_labels=8)))
     report = trainer.refit_if_needed(store.list_episodes(), store, FeatureCache(run / "features"), policy)
     return run, store, report, trainer, policy
 
