@@ -166,6 +166,7 @@ def plot(rows: list[dict], cfg: RewardBenchConfig, path: Path) -> None:
     axes[1].set_ylabel("error rate among auto-labels")
     for ax in axes:
         ax.set_xscale("log", base=2)
+        ax.set_xticks(list(cfg.sizes), [str(n) for n in cfg.sizes])
         ax.set_xlabel("operator-labelled episodes")
         ax.grid(alpha=0.3)
         ax.set_ylim(-0.02, 1.02)
