@@ -20,5 +20,8 @@ class RewardModelConfig(BaseModel):
     auto_threshold: float = Field(default=0.9, gt=0.5, le=1.0,
                                   description="auto-label when max(p, 1 - p) >= this")
     last_k: int = Field(default=2, ge=1, description="decision frames at the episode end pooled")
-    min_labels: int = Field(default=20, ge=2, description="operator labels (both outcomes) before a first fit; with 10 the mock bench measured 14 % wrong auto-labels, with 20 about 1.5 % (docs/reward_model.md)")
+    min_labels: int = Field(
+        default=20, ge=2,
+        description="operator labels (both outcomes) before a first fit; with 10 the mock bench measured "
+                    "14 % wrong auto-labels, with 20 about 1.5 % (docs/reward_model.md)")
     l2: float = Field(default=10.0, gt=0, description="ridge penalty on the standardised weights")
