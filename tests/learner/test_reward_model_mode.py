@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from bench.harness import ServerThread, publish_tiny
+from deployment.config import DeploymentConfig
 from deployment.reward_model import RewardModelConfig
 from deployment.server import ServerConfig
 from episodes.status import StatusBoard
@@ -21,15 +22,12 @@ from episodes.store import EpisodeStore
 from learner.evaluate import _NOT_IN_RECORD
 from learner.features import FeatureCache
 from learner.ingest import episode_meta
-from learner.loop import is_rl_candidate
+from learner.loop import PhaseLoop, is_rl_candidate
 from learner.reward_model import MODEL_FILE, RewardModelTrainer
 from protocol.codec import packb, unpackb
 from protocol.images import encode_jpeg
 from protocol.messages import ActRequest, EpisodeEnd, StepMsg
 from robot_client.server_client import ServerClient
-from vla.policy import Policy
-from vla.registry import CheckpointRegistry
-from vla.success_classifier import classifier_config
 
 torch.set_num_threads(1)
 ROBOT, OPERATOR = "robot-secret", "operator-secret"
@@ -60,7 +58,8 @@ def _store_episode(store: EpisodeStore, episode_id: str, images: list[np.ndarray
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    """A run with a tiny policy and 12 operator-labelled episodes, and the reward model fitted on them."""
+    """A run with a tiny policy and 12 operator-labelled episodes, and the reward model the learner's
+    phase loop fitted on them (status.json's report)."""
     run = tmp_path_factory.mktemp("run")
     publish_tiny(run)
     store = EpisodeStore(run / "episodes")
@@ -71,20 +70,26 @@ def fitted(tmp_path_factory):
         _store_episode(store, f"lab{i:02d}", images, "success" if success else "failure", "operator")
     # the simulator's and the model's own labels are never training labels: a wrong one changes nothing
     _store_episode(store, "simlabel", [_image(200, rng)] * STEPS, "failure", "auto")
-    policy = Policy.load(CheckpointRegistry(run / "checkpoints"))
-    trainer = RewardModelTrainer(run, classifier_config(RewardModelConfig(mode="auto", min_labels=8)))
-    report = trainer.refit_if_needed(store.list_episodes(), store, FeatureCache(run / "features"), policy)
+    # the learner's own path: its phase loop refits with the Trainer's feature cache and model
+    config = DeploymentConfig(run_dir=str(run), reward_model=RewardModelConfig(mode="auto", min_labels=8))
+    loop = PhaseLoop(config, run)
+    loop.trainer.resume()
+    loop._rescan()
+    loop.refit_reward_model()
+    report = json.loads((run / "status.json").read_text())["reward_model"]
+    trainer, policy = loop.reward_model, loop.trainer.policy
     return run, store, report, trainer, policy
 
 
 def test_fit_publishes_a_calibrated_classifier_and_refits_only_on_new_labels(fitted):
     run, store, report, trainer, policy = fitted
-    assert report["state"] == "fitted" and report["n_labels"] == 12 and report["n_success"] == 6
+    assert report["mode"] == "auto" and report["state"] == "fitted" and report["n_labels"] == 12 and report["n_success"] == 6
     assert report["cv_accuracy"] == 1.0
     assert sum(b["n"] for b in report["calibration"]["bins"]) == 12 and report["ece"] is not None
     published = json.loads((run / MODEL_FILE).read_text())
     assert published["report"]["trunk_key"] == published["classifier"]["trunk_key"]
     cache = FeatureCache(run / "features")
+    assert isinstance(trainer, RewardModelTrainer)
     assert trainer.refit_if_needed(store.list_episodes(), store, cache, policy) is None  # nothing new
 
 
@@ -99,8 +104,6 @@ def _act(robot, robot_id: str, episode_id: str, step: int, image: np.ndarray) ->
 
 def test_auto_mode_labels_confident_episodes_and_leaves_uncertain_ones_to_the_operator(fitted):
     run, store, _, _, _ = fitted
-    from deployment.config import DeploymentConfig
-
     config = DeploymentConfig(run_dir=str(run), server=ServerConfig(robot_token=ROBOT, operator_token=OPERATOR),
                               reward_model=RewardModelConfig(mode="auto", auto_threshold=0.9))
     rng = np.random.default_rng(1)
