@@ -34,7 +34,7 @@ from protocol.messages import ActRequest
 from vla.success_classifier import SuccessClassifierConfig, fit
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 IMG_DIR = (REPO / "docs" / "img" if os.environ.get("VLALOOP_UPDATE_SCREENSHOTS") == "1"
            else Path(tempfile.gettempdir()) / "vlaloop-screenshots")
 OPERATOR, ROBOT = "operator-token-rm", "robot-token-rm"
