@@ -6,7 +6,9 @@ Ingestion counters change with every step, so they alone are flushed at most eve
 ``interval_s``; phase changes, rounds, publishes and episode ends are written at once.
 
 Fields (see docs/learner.md): phase, iteration, round, progress, losses, success_rate,
-episodes_per_phase, policy_version, ingest, history, updated (unix seconds), started, pid, detail.
+episodes_per_phase, policy_version, ingest, history, updated (unix seconds), started, pid, detail,
+and reward_model (only with a reward model: its last fit and the disagreement monitor,
+docs/reward_model.md).
 """
 
 from __future__ import annotations

@@ -154,7 +154,8 @@ def test_auto_label_answers_at_once(run_dir):
             t0 = time.monotonic()
             r = robot.get("/v1/robots/auto0/label", params={"episode_id": "ep1", "timeout_s": 10})
             assert r.status_code == 200 and time.monotonic() - t0 < 2
-            assert r.json() == {"episode_id": "ep1", "outcome": "success", "label_source": "auto"}
+            assert r.json() == {"episode_id": "ep1", "outcome": "success", "label_source": "auto",
+                                "reward_model_p": None}  # reward model off
             # no auto outcome: the operator must decide, even in auto mode
             robot.post("/v1/robots/auto0/episodes/ep2/awaiting", json={"auto_outcome": None, "n_steps": 3})
             r = robot.get("/v1/robots/auto0/label", params={"episode_id": "ep2", "timeout_s": 0.2})
