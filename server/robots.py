@@ -5,9 +5,10 @@ it is fed by every /v1/act request (frames, step, episode, instruction, policy v
 robots' status reports. It queues operator commands per robot and hands them out in the next
 /v1/act response (``pause`` persists until ``resume``; ``end_episode`` is delivered once, and only
 to the episode it was pressed for), keeps the episodes waiting for a label, and answers the
-robots' label long-polls (with ``reward_model.mode`` on, an episode is scored as it ends and, in mode
-"auto", labelled at once when the model is confident: ``server.reward_scorer``) (a later correction goes through the operator page's relabel, which
+robots' label long-polls (a later correction goes through the operator page's relabel, which
 drops a file in the learner's inbox: ``server.ui``). ``subscribe()`` gives the operator page a stream of change events.
+With ``reward_model.mode`` on, an episode is scored as it ends and, in mode "auto", labelled at
+once when the model is confident (``server.reward_scorer``).
 
 All methods run on the server's event loop (the routes are ``async def``); nothing here blocks.
 """
