@@ -37,7 +37,7 @@ def run(args: argparse.Namespace, config) -> int:
     shutdown = Shutdown()
     shutdown.install()
     store = EpisodeStore(run_dir / "episodes")
-    status = StatusBoard(run_dir / "status.json", interval_s=config.episodes.status_interval_s)
+    status = StatusBoard(run_dir / "status.json", interval_s=config.learner.status_interval_s)
     status.record_episodes(store.list_episodes(), write=False)
 
     if args.bootstrap:

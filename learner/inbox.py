@@ -1,4 +1,4 @@
-"""Relabel files dropped by the server into ``runs/<run>/inbox/`` (channels contract).
+"""Relabel files dropped by the server into ``runs/<run>/inbox/`` (docs/architecture.md, "Wire protocol").
 
 The operator corrects a label on the page; the server writes ``relabel-<uuid>.json``
 ``{"robot_id", "episode_id", "outcome"}`` atomically. The learner applies it to the episode store
