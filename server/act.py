@@ -79,6 +79,7 @@ async def act(request: Request) -> Response:
                       instruction=req.instruction)
     result = await app.state.batcher.submit(obs, req.mode, req.robot_id, req.episode_id)
 
+    app.state.reward_scorer.observe(req.robot_id, req.episode_id, obs)
     robots = app.state.robots
     command = robots.command_for(req.robot_id, req.episode_id)
     robots.observe_act(req.robot_id, req.episode_id, req.step, req.instruction, decoded.raw_images,

@@ -25,6 +25,7 @@ from server.batcher import InferenceFailed, MicroBatcher
 from server.decode import InputError
 from server.metrics import ServerMetrics
 from server.policy_holder import NoPolicyLoaded, PolicyHolder, PolicyLoader, RegistryLoader
+from server.reward_scorer import RewardScorer
 from server.robots import RobotRegistry
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,8 @@ def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, wit
     app.state.metrics = metrics
     app.state.holder = holder
     app.state.batcher = batcher
+    app.state.worker = worker  # the inference thread: reward-model features run there too
+    app.state.reward_scorer = RewardScorer(run_dir, config.reward_model)
     app.state.robots = RobotRegistry(auto_label=config.server.auto_label, stale_s=config.server.robot_stale_s)
     app.state.robots.label_listeners.append(holder.record_label)
     app.state.decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")

@@ -252,7 +252,12 @@ function updateCard(card, r) {
   bar.hidden = !waiting;
   if (waiting) {
     const info = ui.awaiting.get(r.robot_id + "/" + waiting);
-    const hint = info && info.auto_outcome ? ` (success check: ${info.auto_outcome})` : "";
+    const hints = [];
+    if (info && info.auto_outcome) hints.push(`success check: ${info.auto_outcome}`);
+    if (info && info.reward_model_p !== null && info.reward_model_p !== undefined) {
+      hints.push(`reward model: P(success) ${info.reward_model_p.toFixed(2)}`);
+    }
+    const hint = hints.length ? ` (${hints.join(" · ")})` : "";
     setField(root, "awaiting", `Episode over — your label?${hint}`);
     bar.dataset.episode = waiting;
   }
@@ -569,8 +574,36 @@ function renderLearning(view) {
     ? shown.map(([k, v]) => el("tr", {}, el("td", { text: k }), el("td", { text: fmtValue(v) })))
     : [el("tr", {}, el("td", { class: "muted none", text: "no losses reported yet" }))]));
   renderLearnerDetails(st);
+  renderRewardModel(st.reward_model);
   drawEpisodeChart($("#chart-episodes"), view.curve, view.window, view.curve_total);
   drawVersionChart($("#chart-versions"), view.versions);
+}
+
+// The reward model (status.json "reward_model"): its fit, calibration and disagreement with the operator.
+function renderRewardModel(rm) {
+  const card = $("#reward-model");
+  card.hidden = !rm;
+  if (!rm) return;
+  $("#rm-mode").textContent = `· mode ${rm.mode}` + (rm.auto_threshold ? ` · auto-label at max(p, 1−p) ≥ ${rm.auto_threshold}` : "");
+  const d = rm.disagreement || {};
+  $("#rm-disagreement").textContent = d.n ? pct(d.rate) : "–";
+  $("#rm-disagreement").classList.toggle("bad", !!d.n && d.rate > 0.2);
+  $("#rm-disagreement-sub").textContent = d.n
+    ? `${d.disagreements} of ${d.n} episodes both labelled · last ${d.recent_n}: ${pct(d.recent_rate)} · ` +
+      `${d.auto_labels} auto-labelled, ${d.auto_labels_corrected} corrected by the operator`
+    : `no episode labelled by both yet · ${d.auto_labels || 0} auto-labelled`;
+  $("#rm-state").textContent = rm.state || "–";
+  $("#rm-fit-sub").textContent = rm.state === "fitted"
+    ? `${rm.n_labels} operator labels (${rm.n_success} success) · CV accuracy ${pct(rm.cv_accuracy)} · ` +
+      `would auto-label ${pct(rm.cv_auto_fraction)}, error ${rm.cv_auto_error === null ? "–" : pct(rm.cv_auto_error)}`
+    : "";
+  $("#rm-ece").textContent = rm.ece === null || rm.ece === undefined ? "–" : rm.ece.toFixed(3);
+  const bins = (rm.calibration && rm.calibration.bins) || [];
+  $("#rm-bins tbody").replaceChildren(...(bins.length
+    ? [el("tr", {}, el("td", { class: "muted", text: "predicted" }), el("td", { class: "muted", text: "observed (n)" })),
+       ...bins.map((b) => el("tr", { class: "rm-bin" }, el("td", { text: `${b.lo.toFixed(1)}–${b.hi.toFixed(1)}: ${b.mean_p.toFixed(2)}` }),
+         el("td", { text: `${b.observed.toFixed(2)} (${b.n})` })))]
+    : [el("tr", {}, el("td", { class: "muted none", text: "no fit yet" }))]));
 }
 
 function fmtValue(v) {
