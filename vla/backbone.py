@@ -115,9 +115,9 @@ def load_backbone(path: str | os.PathLike, trust_remote_code: bool = False, devi
 
 
 def load_processor(path: str | os.PathLike, trust_remote_code: bool = False):
-    """AutoProcessor, or -- where it fails only because the family's video processor needs
-    torchvision (Qwen2-VL, SmolVLM) -- the same processor class built from the dir's image
-    processor (its PIL version), tokenizer, chat template and settings, without the video part."""
+    """AutoProcessor, or -- where it fails because the family's video processor needs torchvision
+    (Qwen2-VL, SmolVLM) or the dir holds none -- the same processor class built from the dir's image
+    processor, tokenizer, chat template and settings, without the video part."""
     from transformers import AutoProcessor
     from transformers.utils import is_torchvision_available
 
@@ -125,7 +125,9 @@ def load_processor(path: str | os.PathLike, trust_remote_code: bool = False):
         return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (ImportError, AttributeError, ValueError, TypeError, OSError) as e:
         cls = _processor_class(path)
-        if is_torchvision_available() or cls is None or "video_processor" not in cls.get_attributes():
+        saved_video = (Path(path) / "video_preprocessor_config.json").is_file()
+        if cls is None or "video_processor" not in cls.get_attributes() or (is_torchvision_available()
+                                                                            and saved_video):
             raise
         return _image_only_processor(cls, path, trust_remote_code, e)
 
