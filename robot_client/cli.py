@@ -99,7 +99,8 @@ class RobotClient:
         # A reply later than the deadline is dropped by the loop; twice the deadline the request is
         # abandoned, so a hung server cannot keep the link from sending newer observations.
         self.link = ActionLink(ServerClient(cfg.server_url, cfg.token, cfg.robot_id),
-                               request_timeout_s=2 * cfg.reply_deadline_s, probe_interval_s=cfg.probe_interval_s)
+                               request_timeout_s=2 * cfg.reply_deadline_s, probe_interval_s=cfg.probe_interval_s,
+                               silence_s=cfg.server_silence_s)
         self.outbox = Outbox(outbox_dir, cfg.outbox_max_bytes, cfg.outbox_warn_fraction)
         self.streamer = Streamer(self.outbox, cfg.learner_addr, cfg.robot_id, config_hash, token=cfg.token,
                                  ack_timeout_s=cfg.ack_timeout_s)

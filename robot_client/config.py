@@ -47,6 +47,9 @@ class RobotConfig(BaseModel):
                                         "action (a cold server)")
     probe_interval_s: float = Field(default=0.025, gt=0, description="/healthz probe while no request is "
                                     "in flight; bounds how late a dead server is noticed")
+    server_silence_s: float = Field(default=1.0, gt=0, description="a server that answers nothing (probes "
+                                    "time out, no /v1/act reply) this long is taken as gone; a refused "
+                                    "connection counts at once. A busy machine's slow probe alone is not")
     server_retry_s: float = Field(default=0.5, gt=0, description="retry interval while the server is down")
     realtime_priority: int = Field(default=50, ge=0, le=99, description="SCHED_FIFO priority of the control "
                                    "loop thread (Linux, needs CAP_SYS_NICE or root; refused -> a warning and "
