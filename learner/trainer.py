@@ -30,7 +30,7 @@ from torch import nn
 from learner.bootstrap import expert_demos, run_bootstrap
 from learner.dataset import EpisodeDecisions, is_rl_episode, load_decisions, sft_episodes
 from learner.features import FeatureCache, trunk_key
-from learner.rl.ppo import PPOConfig, RolloutBatch, gaussian_logprob, ppo_update
+from learner.rl.ppo import PPOConfig, RolloutBatch, gaussian_logprob, logprob_resolution, ppo_update
 from learner.rl.sac import SACConfig, SACLearner, Transitions
 from learner.sft import SFTConfig, build_sft_data, train_sft
 from learner.store import EpisodeStore
@@ -187,13 +187,15 @@ class Trainer:
 
     @torch.no_grad()
     def _behaviour_logprob(self, d: EpisodeDecisions, features: torch.Tensor, states: torch.Tensor,
-                           actions: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(len(d))
+                           actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log-prob of each decision under the version that acted, and its float resolution."""
+        out, resolution = torch.empty(len(d)), torch.empty(len(d))
         for v in sorted(set(d.versions.tolist())):
             rows = torch.from_numpy(np.flatnonzero(d.versions == v))
             mean, log_std = HeadActor(self._heads_of(int(v)))(features[rows], states[rows])
             out[rows] = gaussian_logprob(mean, log_std, actions[rows])
-        return out
+            resolution[rows] = logprob_resolution(mean, log_std, actions[rows])
+        return out, resolution
 
     # ------------------------------------------------------------------ RL
     def _tensors(self, d: EpisodeDecisions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -229,15 +231,16 @@ class Trainer:
         parts = []
         for d in usable:
             f, s, a = self._tensors(d)
-            parts.append((f, s, a, self._behaviour_logprob(d, f, s, a), d))
+            parts.append((f, s, a, *self._behaviour_logprob(d, f, s, a), d))
         batch = RolloutBatch(
             features=torch.cat([p[0] for p in parts]), states=torch.cat([p[1] for p in parts]),
             actions=torch.cat([p[2] for p in parts]),
-            rewards=torch.cat([torch.from_numpy(p[4].rewards) for p in parts]).float(),
-            dones=torch.cat([torch.from_numpy(p[4].dones) for p in parts]).float(),
+            rewards=torch.cat([torch.from_numpy(p[5].rewards) for p in parts]).float(),
+            dones=torch.cat([torch.from_numpy(p[5].dones) for p in parts]).float(),
             behaviour_logprob=torch.cat([p[3] for p in parts]),
-            server_logprob=torch.cat([torch.from_numpy(p[4].server_logprob) for p in parts]).float(),
-            same_version=torch.cat([torch.from_numpy(p[4].versions == self.version) for p in parts]))
+            server_logprob=torch.cat([torch.from_numpy(p[5].server_logprob) for p in parts]).float(),
+            same_version=torch.cat([torch.from_numpy(p[5].versions == self.version) for p in parts]),
+            logprob_resolution=torch.cat([p[4] for p in parts]))
         actor, critic = HeadActor(self.model.heads), HeadCritic(self.model.heads)
         if self._ppo_opt is None:
             self._ppo_opt = torch.optim.Adam([*actor.parameters(), *critic.parameters()], lr=self.ppo_cfg.learning_rate,
@@ -270,7 +273,7 @@ class Trainer:
                 self._sac_buffers[f"{d.meta['robot_id']}/{d.meta['episode_id']}"] = self._transitions(d)
                 if self._on_trunk(d):
                     f, s, a = self._tensors(d)
-                    checks.append((self._behaviour_logprob(d, f, s, a), torch.from_numpy(d.server_logprob).float(),
+                    checks.append((*self._behaviour_logprob(d, f, s, a), torch.from_numpy(d.server_logprob).float(),
                                    torch.from_numpy(d.versions == self.version)))
         if getattr(self, "_sac_demo", None) is None:
             demos = [load_decisions(self.store, m, self.model.config.chunk, self.lc.step_penalty,
@@ -291,7 +294,8 @@ class Trainer:
             metrics.update(check_logprobs(RolloutBatch(
                 features=torch.zeros(n, 0), states=torch.zeros(n, 0), actions=torch.zeros(n, 0),
                 rewards=torch.zeros(n), dones=torch.zeros(n), behaviour_logprob=torch.cat([c[0] for c in checks]),
-                server_logprob=torch.cat([c[1] for c in checks]), same_version=torch.cat([c[2] for c in checks])),
+                server_logprob=torch.cat([c[2] for c in checks]), same_version=torch.cat([c[3] for c in checks]),
+                logprob_resolution=torch.cat([c[1] for c in checks])),
                 self.ppo_cfg.logprob_tolerance))
         metrics["n_transitions"] = sum(len(d) for d in decisions)
         return metrics
