@@ -1,4 +1,4 @@
-"""From stored episodes (learner.store) to what the algorithms train on.
+"""From stored episodes (episodes.store) to what the algorithms train on.
 
 * Online episodes (robots running a policy): a step that carries ``action_chunk`` is the first to
   execute it; the chunk is a DECISION made on the observation (frames + state + instruction) of
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from learner.store import Episode, EpisodeStore
-from vla.policy import Observation
+from episodes.store import Episode, EpisodeStore
+from interface.policy import Observation
 
 TRAINABLE_OUTCOMES = ("success", "failure")
 
