@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -134,9 +135,9 @@ class Trainer:
         self._ppo_opt, self._sac = None, None
         self._version_heads.clear()
 
-    def bootstrap(self, progress: bool = True) -> int:
+    def bootstrap(self, progress: bool = True, on_progress: Callable[[float], None] | None = None) -> int:
         result = run_bootstrap(self.config, self.registry, self.store, progress=progress,
-                               on_step=self._tb_step("bootstrap"))
+                               on_step=self._on_step("bootstrap", on_progress))
         self._adopt(result.model, result.norm, result.version)
         self.cache.invalidate(keep=trunk_key(self.policy))
         self._scalars("bootstrap", result.metrics, result.version)
@@ -301,7 +302,15 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------ SFT
-    def sft_phase(self, progress: bool = True) -> dict:
+    def has_sft_data(self) -> bool:
+        """SFT has something to train on: an expert demo or a successful episode with steps."""
+        return any(m.get("n_steps", m.get("n_stored_steps", 1)) for m in sft_episodes(self.store))
+
+    def has_demos(self) -> bool:
+        """Stage 0 can run: demos in the store, or the mock, whose scripted expert records them."""
+        return bool(expert_demos(self.store)) or self.config.robot.backend == "mock"
+
+    def sft_phase(self, progress: bool = True, on_progress: Callable[[float], None] | None = None) -> dict:
         if self.model is None:
             raise RuntimeError("no model: call bootstrap() or resume() first")
         metas = sft_episodes(self.store)
@@ -314,7 +323,7 @@ class Trainer:
             log.warning("SFT skipped: no expert demos or successful episodes in the store")
             return {"skipped": 1.0, "n_online_successes": 0.0, "n_expert": 0.0}
         metrics = train_sft(self.model, self.norm, data, cfg, mode="lora", progress=progress,
-                            on_step=self._tb_step("sft"), desc="sft")
+                            on_step=self._on_step("sft", on_progress), desc="sft")
         self.sft_phases += 1
         self.cache.invalidate()  # the trunk changed: every cached feature is stale
         self._version_heads.clear()
@@ -333,13 +342,14 @@ class Trainer:
             self.writer.add_scalar(f"trainer/{prefix}/{k}", v, step)
         self.writer.flush()
 
-    def _tb_step(self, prefix: str):
-        if self.writer is None:
-            return None
-        counter = {"base": self.sft_phases * 100_000}
+    def _on_step(self, prefix: str, on_progress: Callable[[float], None] | None):
+        """train_sft's per-step callback: the loss to TensorBoard, the fraction done to the caller."""
+        base = self.sft_phases * 100_000
 
         def on_step(step: int, values: dict) -> None:
-            if step % 10 == 0:
-                self.writer.add_scalar(f"trainer/{prefix}/loss_step", values["loss"], counter["base"] + step)
+            if self.writer is not None and step % 10 == 0:
+                self.writer.add_scalar(f"trainer/{prefix}/loss_step", values["loss"], base + step)
+            if on_progress is not None:
+                on_progress(float(values["progress"]))
 
         return on_step
