@@ -31,6 +31,7 @@ from deployment.robot import RobotConfig
 from interface.robot import Arm, ArmError, ArmState, Camera
 from protocol.images import encode_jpeg
 from protocol.messages import ActRequest, ActResponse, StepMsg
+from robot_client.journal import ExecutionJournal
 from robot_client.safety import SafeAction, SafetyFilter
 from robot_client.server_client import ActionLink, Reply
 from robot_client.watchdog import Watchdog
@@ -183,6 +184,7 @@ class ControlLoop:
         # Armed per episode once the chunk length is known; until the first reply, a startup grace.
         self.watchdog = Watchdog(deadline_s=max(cfg.reply_deadline_s, 2 * self.period))
         self.stop_requested = False
+        self.journal: ExecutionJournal | None = None  # set by the runner: executed steps survive a kill
         self.episode: _EpisodeState | None = None
         self._scheduling: str | None = None
         # A thread waking from sleep waits for the GIL up to the switch interval (5 ms by default)
@@ -348,6 +350,8 @@ class ControlLoop:
         planned.safe = self.safety.filter(planned.raw, obs.state.position, obs.state.gripper)
         for k, v in planned.safe.counters.items():
             ep.count(k, v)
+        if self.journal is not None:  # before the move: a kill right after it still counts this step
+            self.journal.executed(ep.n_steps)
         try:
             if planned.safe.hold:
                 self._hold(ep)
