@@ -64,6 +64,8 @@ class RobotConfig(BaseModel):
     eval_every: int = Field(default=0, ge=0, description="every Nth episode is a greedy evaluation episode "
                             "(purpose 'eval', never trained on); 0 = never")
     instruction: str = Field(default="", description="franka: the task instruction given to the policy")
+    dry_run: bool = Field(default=False, description="everything but motion: the arm holds where it would "
+                          "move and never homes; episodes end aborted (stored, never trained on)")
 
     # --- streaming to the learner
     outbox_dir: str | None = Field(default=None, description="default: <run_dir>/outbox/<robot_id>")

@@ -222,6 +222,8 @@ class EpisodeRunner:
                                step=result.n_steps, detail=f"aborted: {result.end_reason} {result.detail}")
             self._stop_if_unrecoverable(result)
             return self._end(result, "aborted", "auto", auto_outcome=None)
+        if self.cfg.dry_run:  # the arm never moved: nothing to label or learn from
+            return self._end(result, "aborted", "auto", auto_outcome=None)
         auto = None
         if self.rig.success is not None:
             auto = "success" if self.rig.success() else "failure"
@@ -276,6 +278,7 @@ class EpisodeRunner:
                                 "auto_outcome": auto_outcome, "counters": result.counters,
                                 "timing": result.timing_summary(self.loop.period), "mode": self._mode,
                                 "purpose": "eval" if self._mode == "greedy" else "train",
+                                **({"dry_run": True} if self.cfg.dry_run else {}),
                                 **({"calibration": self.calibration} if self.calibration else {})})
         self.emit(end)
         if self.marker is not None:
