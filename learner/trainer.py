@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from episodes.store import EpisodeStore
 from learner.bootstrap import expert_demos, run_bootstrap
 from learner.dataset import EpisodeDecisions, is_rl_episode, load_decisions, sft_episodes
 from learner.features import FeatureCache, trunk_key
-from learner.rl.ppo import PPOConfig, RolloutBatch, gaussian_logprob, ppo_update
+from learner.rl.ppo import PPOConfig, RolloutBatch, gaussian_logprob, logprob_resolution, ppo_update
 from learner.rl.sac import SACConfig, SACLearner, Transitions
 from learner.sft import SFTConfig, build_sft_data, train_sft
 from vla.model import VLAModel
@@ -103,6 +104,8 @@ class Trainer:
         self.version: int | None = None
         self.rl_rounds_total = 0  # drives the critic warm-up; restored from the latest version's metrics
         self.sft_phases = 0
+        # RL and SFT train on reward-model labels only in reward_model mode "auto"
+        self.reward_model_labels = config.reward_model.mode == "auto"
         self.generator = torch.Generator().manual_seed(self.lc.seed)
         self.ppo_cfg = PPOConfig(learning_rate=self.lc.ppo_lr, update_epochs=self.lc.ppo_epochs,
                                  minibatch_size=self.lc.ppo_minibatch_size, target_kl=self.lc.ppo_target_kl,
@@ -134,24 +137,44 @@ class Trainer:
         self._ppo_opt, self._sac = None, None
         self._version_heads.clear()
 
-    def bootstrap(self, progress: bool = True) -> int:
+    def bootstrap(self, progress: bool = True, on_progress: Callable[[float], None] | None = None) -> int:
         result = run_bootstrap(self.config, self.registry, self.store, progress=progress,
-                               on_step=self._tb_step("bootstrap"))
+                               on_step=self._on_step("bootstrap", on_progress))
         self._adopt(result.model, result.norm, result.version)
         self.cache.invalidate(keep=trunk_key(self.policy))
         self._scalars("bootstrap", result.metrics, result.version)
         return result.version
 
-    def resume(self) -> int | None:
-        latest = self.registry.latest()
-        if latest is None:
+    def resume(self, version: int | None = None) -> int | None:
+        """Load ``version`` (default: the registry's resume version -- LATEST, or the promoted
+        version when the server's promotion gate refused LATEST or one of its ancestors)."""
+        if version is None:
+            version = self.registry.resume_version()
+        if version is None:
             return None
-        model, norm, meta = load_model(self.registry, latest, self.device)
-        self._adopt(model, norm, latest)
-        self.rl_rounds_total = int(meta.get("metrics", {}).get("rl_rounds_total", 0))
-        self.sft_phases = int(meta.get("metrics", {}).get("sft_phases", 0))
-        log.info("trainer resumed v%d (%d RL rounds so far)", latest, self.rl_rounds_total)
-        return latest
+        model, norm, meta = load_model(self.registry, version, self.device)
+        self._adopt(model, norm, version)
+        self.rl_rounds_total = max(self.rl_rounds_total, int(meta.get("metrics", {}).get("rl_rounds_total", 0)))
+        self.sft_phases = max(self.sft_phases, int(meta.get("metrics", {}).get("sft_phases", 0)))
+        log.info("trainer resumed v%d (%d RL rounds so far)", version, self.rl_rounds_total)
+        return version
+
+    def follow_promotion(self) -> int | None:
+        """If the server's promotion gate refused the version being trained (or an ancestor of it),
+        go back to the version to continue from (the promoted one); returns it, or None if nothing
+        changed. Training on from a refused version would only publish its descendants, which the
+        gate refuses too."""
+        if self.version is None:
+            return None
+        refused = self.registry.refused_ancestor(self.version)
+        if refused is None:
+            return None
+        target = self.registry.resume_version()
+        if target is None or target == self.version:
+            return None
+        log.warning("v%d was refused by the promotion gate (refused ancestor v%d): continuing from v%d",
+                    self.version, refused, target)
+        return self.resume(target)
 
     def publish(self, kind: str, phase: str, metrics: dict) -> int:
         summary = _numbers(metrics)
@@ -187,13 +210,15 @@ class Trainer:
 
     @torch.no_grad()
     def _behaviour_logprob(self, d: EpisodeDecisions, features: torch.Tensor, states: torch.Tensor,
-                           actions: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(len(d))
+                           actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log-prob of each decision under the version that acted, and its float resolution."""
+        out, resolution = torch.empty(len(d)), torch.empty(len(d))
         for v in sorted(set(d.versions.tolist())):
             rows = torch.from_numpy(np.flatnonzero(d.versions == v))
             mean, log_std = HeadActor(self._heads_of(int(v)))(features[rows], states[rows])
             out[rows] = gaussian_logprob(mean, log_std, actions[rows])
-        return out
+            resolution[rows] = logprob_resolution(mean, log_std, actions[rows])
+        return out, resolution
 
     # ------------------------------------------------------------------ RL
     def _tensors(self, d: EpisodeDecisions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -205,7 +230,7 @@ class Trainer:
     def rl_round(self, episodes: list[dict]) -> dict:
         if self.model is None:
             raise RuntimeError("no model: call bootstrap() or resume() first")
-        metas = [m for m in episodes if is_rl_episode(m)]
+        metas = [m for m in episodes if is_rl_episode(m, self.reward_model_labels)]
         decisions = [load_decisions(self.store, m, self.model.config.chunk, self.lc.step_penalty) for m in metas]
         base = {"n_episodes": len(metas), "n_skipped_not_rl": len(episodes) - len(metas),
                 "success_rate": float(np.mean([m["outcome"] == "success" for m in metas])) if metas else float("nan")}
@@ -229,15 +254,16 @@ class Trainer:
         parts = []
         for d in usable:
             f, s, a = self._tensors(d)
-            parts.append((f, s, a, self._behaviour_logprob(d, f, s, a), d))
+            parts.append((f, s, a, *self._behaviour_logprob(d, f, s, a), d))
         batch = RolloutBatch(
             features=torch.cat([p[0] for p in parts]), states=torch.cat([p[1] for p in parts]),
             actions=torch.cat([p[2] for p in parts]),
-            rewards=torch.cat([torch.from_numpy(p[4].rewards) for p in parts]).float(),
-            dones=torch.cat([torch.from_numpy(p[4].dones) for p in parts]).float(),
+            rewards=torch.cat([torch.from_numpy(p[5].rewards) for p in parts]).float(),
+            dones=torch.cat([torch.from_numpy(p[5].dones) for p in parts]).float(),
             behaviour_logprob=torch.cat([p[3] for p in parts]),
-            server_logprob=torch.cat([torch.from_numpy(p[4].server_logprob) for p in parts]).float(),
-            same_version=torch.cat([torch.from_numpy(p[4].versions == self.version) for p in parts]))
+            server_logprob=torch.cat([torch.from_numpy(p[5].server_logprob) for p in parts]).float(),
+            same_version=torch.cat([torch.from_numpy(p[5].versions == self.version) for p in parts]),
+            logprob_resolution=torch.cat([p[4] for p in parts]))
         actor, critic = HeadActor(self.model.heads), HeadCritic(self.model.heads)
         if self._ppo_opt is None:
             self._ppo_opt = torch.optim.Adam([*actor.parameters(), *critic.parameters()], lr=self.ppo_cfg.learning_rate,
@@ -258,7 +284,7 @@ class Trainer:
         if key != self._sac_trunk:  # new backbone: every buffered feature is stale, rebuild from the store
             self._sac_buffers.clear()
             self._sac_trunk = key
-            old = [m for m in self.store.list_episodes(source="online") if is_rl_episode(m)]
+            old = [m for m in self.store.list_episodes(source="online") if is_rl_episode(m, self.reward_model_labels)]
             for meta in old:
                 d = load_decisions(self.store, meta, self.model.config.chunk, self.lc.step_penalty)
                 if len(d):
@@ -270,7 +296,7 @@ class Trainer:
                 self._sac_buffers[f"{d.meta['robot_id']}/{d.meta['episode_id']}"] = self._transitions(d)
                 if self._on_trunk(d):
                     f, s, a = self._tensors(d)
-                    checks.append((self._behaviour_logprob(d, f, s, a), torch.from_numpy(d.server_logprob).float(),
+                    checks.append((*self._behaviour_logprob(d, f, s, a), torch.from_numpy(d.server_logprob).float(),
                                    torch.from_numpy(d.versions == self.version)))
         if getattr(self, "_sac_demo", None) is None:
             demos = [load_decisions(self.store, m, self.model.config.chunk, self.lc.step_penalty,
@@ -291,16 +317,25 @@ class Trainer:
             metrics.update(check_logprobs(RolloutBatch(
                 features=torch.zeros(n, 0), states=torch.zeros(n, 0), actions=torch.zeros(n, 0),
                 rewards=torch.zeros(n), dones=torch.zeros(n), behaviour_logprob=torch.cat([c[0] for c in checks]),
-                server_logprob=torch.cat([c[1] for c in checks]), same_version=torch.cat([c[2] for c in checks])),
+                server_logprob=torch.cat([c[2] for c in checks]), same_version=torch.cat([c[3] for c in checks]),
+                logprob_resolution=torch.cat([c[1] for c in checks])),
                 self.ppo_cfg.logprob_tolerance))
         metrics["n_transitions"] = sum(len(d) for d in decisions)
         return metrics
 
     # ------------------------------------------------------------------ SFT
-    def sft_phase(self, progress: bool = True) -> dict:
+    def has_sft_data(self) -> bool:
+        """SFT has something to train on: an expert demo or a successful episode with steps."""
+        return any(m.get("n_steps", m.get("n_stored_steps", 1)) for m in sft_episodes(self.store))
+
+    def has_demos(self) -> bool:
+        """Stage 0 can run: demos in the store, or the mock, whose scripted expert records them."""
+        return bool(expert_demos(self.store)) or self.config.robot.backend == "mock"
+
+    def sft_phase(self, progress: bool = True, on_progress: Callable[[float], None] | None = None) -> dict:
         if self.model is None:
             raise RuntimeError("no model: call bootstrap() or resume() first")
-        metas = sft_episodes(self.store)
+        metas = sft_episodes(self.store, reward_model_labels=self.reward_model_labels)
         lc = self.lc
         cfg = SFTConfig(steps=lc.sft_steps, batch_size=lc.sft_batch_size, lr=lc.sft_lr, loss=lc.sft_loss,
                         eval_fraction=lc.sft_eval_fraction, eval_every=max(1, lc.sft_steps // 4),
@@ -310,7 +345,7 @@ class Trainer:
             log.warning("SFT skipped: no expert demos or successful episodes in the store")
             return {"skipped": 1.0, "n_online_successes": 0.0, "n_expert": 0.0}
         metrics = train_sft(self.model, self.norm, data, cfg, mode="lora", progress=progress,
-                            on_step=self._tb_step("sft"), desc="sft")
+                            on_step=self._on_step("sft", on_progress), desc="sft")
         self.sft_phases += 1
         self.cache.invalidate()  # the trunk changed: every cached feature is stale
         self._version_heads.clear()
@@ -329,13 +364,14 @@ class Trainer:
             self.writer.add_scalar(f"trainer/{prefix}/{k}", v, step)
         self.writer.flush()
 
-    def _tb_step(self, prefix: str):
-        if self.writer is None:
-            return None
-        counter = {"base": self.sft_phases * 100_000}
+    def _on_step(self, prefix: str, on_progress: Callable[[float], None] | None):
+        """train_sft's per-step callback: the loss to TensorBoard, the fraction done to the caller."""
+        base = self.sft_phases * 100_000
 
         def on_step(step: int, values: dict) -> None:
-            if step % 10 == 0:
-                self.writer.add_scalar(f"trainer/{prefix}/loss_step", values["loss"], counter["base"] + step)
+            if self.writer is not None and step % 10 == 0:
+                self.writer.add_scalar(f"trainer/{prefix}/loss_step", values["loss"], base + step)
+            if on_progress is not None:
+                on_progress(float(values["progress"]))
 
         return on_step

@@ -22,6 +22,7 @@ from pathlib import Path
 from deployment.robot import RobotConfig
 from interface.robot import Arm, ArmError, Camera
 from protocol.messages import EpisodeEnd
+from robot_client.journal import ExecutionJournal
 from robot_client.loop import ControlLoop, EpisodeResult
 from robot_client.server_client import ServerClient, ServerRefused, ServerUnavailable
 
@@ -108,9 +109,13 @@ class EpisodeRunner:
         self.calibration = calibration  # copied into every episode's metadata
         # names the episode in progress; left behind by a crash, it is closed as aborted on restart
         self.marker = marker
+        self.journal_path = marker.with_name(marker.name + ".executed") if marker is not None else None
+        if self.journal_path is not None:
+            loop.journal = ExecutionJournal(self.journal_path)
         self.results: list[tuple[EpisodeResult, EpisodeEnd]] = []
         self._stop = threading.Event()
         self._mode = "sample" if cfg.mode == "auto" else cfg.mode
+        self._reward_model_p: float | None = None  # the server's reward-model score of the last label
 
     def stop(self) -> None:
         self._stop.set()
@@ -147,15 +152,19 @@ class EpisodeRunner:
             return
         try:
             info = json.loads(self.marker.read_text())
+            journaled, executed = ExecutionJournal.read(self.journal_path)
+            executed = executed if journaled == info["episode_id"] else 0
             end = EpisodeEnd(robot_id=self.cfg.robot_id, episode_id=info["episode_id"], outcome="aborted",
-                             label_source="auto", n_steps=0, instruction=info.get("instruction") or "-",
-                             task=info.get("task", ""), extra={"end_reason": "client_crashed", "purpose": "train"})
+                             label_source="auto", n_steps=executed, instruction=info.get("instruction") or "-",
+                             task=info.get("task", ""), extra={"end_reason": "client_crashed", "purpose": "train",
+                                                               "executed_steps": executed})
         except (ValueError, KeyError, TypeError) as e:
             log.error("unreadable episode marker %s (%s); ignoring it", self.marker, e)
         else:
             log.warning("closing episode %s, left open by a crash, as aborted", info["episode_id"])
             self.emit(end)
         self.marker.unlink(missing_ok=True)
+        self.journal_path.unlink(missing_ok=True)
 
     def _mark(self, episode_id: str, instruction: str) -> None:
         if self.marker is not None:
@@ -165,6 +174,7 @@ class EpisodeRunner:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.marker)
+            self.loop.journal.begin(episode_id)
 
     def wait_for_server(self) -> bool:
         """Hold the arm and retry until the server answers (and the action link sees it too)."""
@@ -213,12 +223,14 @@ class EpisodeRunner:
                                step=result.n_steps, detail=f"aborted: {result.end_reason} {result.detail}")
             self._stop_if_unrecoverable(result)
             return self._end(result, "aborted", "auto", auto_outcome=None)
+        if self.cfg.dry_run:  # the arm never moved: nothing to label or learn from
+            return self._end(result, "aborted", "auto", auto_outcome=None)
         auto = None
         if self.rig.success is not None:
             auto = "success" if self.rig.success() else "failure"
         self.rig.arm.hold()
         outcome, source = self.wait_for_label(result, auto)
-        return self._end(result, outcome, source, auto_outcome=auto)
+        return self._end(result, outcome, source, auto_outcome=auto, reward_model_p=self._reward_model_p)
 
     def _stop_if_unrecoverable(self, result: EpisodeResult) -> None:
         """An arm that cannot recover (user stop pressed, hardware fault) needs a human: stop."""
@@ -232,6 +244,7 @@ class EpisodeRunner:
         self.status.report("waiting_label", step=result.n_steps, detail=f"auto outcome: {auto}")
         deadline = time.monotonic() + self.cfg.label_timeout_s
         posted = False
+        self._reward_model_p = None
         while not self._stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
@@ -251,26 +264,32 @@ class EpisodeRunner:
                 break
             if label is None:
                 continue
+            p = label.get("reward_model_p")
+            self._reward_model_p = float(p) if isinstance(p, (int, float)) else None
             if label.get("outcome") == "discard":
                 return "aborted", "operator"
             if label.get("outcome") in ("success", "failure"):
                 src = label.get("label_source", "operator")
-                return label["outcome"], src if src in ("operator", "auto") else "operator"
+                return label["outcome"], src if src in ("operator", "auto", "reward_model") else "operator"
             log.error("label with an unknown outcome %r ignored", label.get("outcome"))
         return "aborted", "timeout"
 
-    def _end(self, result: EpisodeResult, outcome: str, source: str, auto_outcome: str | None):
+    def _end(self, result: EpisodeResult, outcome: str, source: str, auto_outcome: str | None,
+             reward_model_p: float | None = None):
         end = EpisodeEnd(robot_id=self.cfg.robot_id, episode_id=result.episode_id, outcome=outcome,
                          label_source=source, n_steps=result.n_steps, instruction=result.instruction or "-",
                          task=self.rig.task,
                          extra={"end_reason": result.end_reason, "detail": result.detail[:500],
-                                "auto_outcome": auto_outcome, "counters": result.counters,
+                                "auto_outcome": auto_outcome, "reward_model_p": reward_model_p,
+                                "counters": result.counters,
                                 "timing": result.timing_summary(self.loop.period), "mode": self._mode,
                                 "purpose": "eval" if self._mode == "greedy" else "train",
+                                **({"dry_run": True} if self.cfg.dry_run else {}),
                                 **({"calibration": self.calibration} if self.calibration else {})})
         self.emit(end)
         if self.marker is not None:
             self.marker.unlink(missing_ok=True)
+            self.loop.journal.end()
         self.results.append((result, end))
         if len(self.results) > KEEP_RESULTS:  # a robot running for days: keep memory flat (~8 KB each)
             del self.results[:-KEEP_RESULTS]
