@@ -1,0 +1,1 @@
+"""Simulators behind the robot client's Arm / Camera interfaces and the learner's batched rollouts."""

@@ -1,0 +1,159 @@
+"""One MetaWorld scene for vlaloop: per-seed layouts, a fast offscreen renderer, 7-D actions.
+
+``MetaWorldScene`` holds one goal-observable MetaWorld env per task it has met (creating one costs
+~0.3 s; switching task between episodes reuses it) and a ``mujoco.Renderer`` per env.
+
+* Layouts: ``reset(task, seed)`` seeds the env's generator and draws a fresh layout from it
+  (``_freeze_rand_vec = False``, ``seeded_rand_vec = True``): every seed its own layout, the same
+  seed the same layout. (``gym.make('Meta-World/MT1', seed=s)`` instead picks one of 50 frozen
+  layouts and ignores ``reset(seed=...)``.)
+* Rendering: gymnasium's ``env.render()`` draws with a 4096 shadow map and 4x multisampling
+  (~100 ms a frame on CPU). Here a separate ``mujoco.Renderer`` at the model's image size, with
+  ``model.vis.quality.offsamples = 0`` set before it is created and the shadow and reflection
+  flags off (a few ms at 96 px). The corner cameras come out of MuJoCo rotated by 180 degrees:
+  they are flipped (``img[::-1, ::-1]``) so the table is at the bottom of the image.
+* Success: MetaWorld's own ``info["success"]`` after each step is the auto label.
+* Steps: per-task limits (tasks.MAX_STEPS); MetaWorld's own 500-step truncation is lifted.
+
+``MUJOCO_GL`` defaults to ``egl`` (Mesa's llvmpipe on a machine without a GPU); set
+``MUJOCO_GL=osmesa`` where only libosmesa6 is installed.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+
+from sim.metaworld.actions import HOME_RPY, to_metaworld  # noqa: E402
+from sim.metaworld.expert import add_noise, expert_action, scripted_policy  # noqa: E402
+from sim.metaworld.tasks import LANGUAGE, TaskSpec, sample_task  # noqa: E402
+
+# vlaloop camera name -> (MuJoCo camera, flip 180 degrees)
+CAMERAS = {"front": ("corner", True), "side": ("corner2", True), "top": ("topview", False),
+           "wrist": ("gripperPOV", False)}
+CAMERA_NAMES = tuple(CAMERAS)
+
+
+def make_env(task: str):
+    """The goal-observable MetaWorld env of ``task``, set up for seeded per-episode layouts."""
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
+
+    if task not in LANGUAGE:
+        raise ValueError(f"unknown MetaWorld task {task!r} (one of {tuple(LANGUAGE)})")
+    env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{task}-v3-goal-observable"]()
+    env._freeze_rand_vec = False  # a new layout at every reset ...
+    env.seeded_rand_vec = True  # ... drawn from env.np_random, which reset() seeds
+    env.max_path_length = 1_000_000  # our own per-task limits apply
+    return env
+
+
+class FastRenderer:
+    """Offscreen frames of one MetaWorld env: no multisampling, no shadows, no reflections."""
+
+    def __init__(self, env, size: int):
+        import mujoco
+
+        self._mujoco = mujoco
+        env.model.vis.quality.offsamples = 0  # must be set before the renderer's context exists
+        self.size = int(size)
+        self.renderer = mujoco.Renderer(env.model, self.size, self.size)
+        self.env = env
+
+    def render(self, camera: str) -> np.ndarray:
+        if camera not in CAMERAS:
+            raise ValueError(f"unknown MetaWorld camera {camera!r} (one of {CAMERA_NAMES})")
+        name, flip = CAMERAS[camera]
+        flags = self._mujoco.mjtRndFlag
+        self.renderer.update_scene(self.env.data, camera=name)
+        self.renderer.scene.flags[flags.mjRND_SHADOW] = False
+        self.renderer.scene.flags[flags.mjRND_REFLECTION] = False
+        img = self.renderer.render()
+        return np.ascontiguousarray(img[::-1, ::-1] if flip else img)
+
+    def close(self) -> None:
+        self.renderer.close()
+
+
+class MetaWorldScene:
+    """One MetaWorld episode at a time, in vlaloop's conventions (see the module docstring)."""
+
+    def __init__(self, image_size: int = 96):
+        self.image_size = int(image_size)
+        self._envs: dict[str, object] = {}
+        self._renderers: dict[str, FastRenderer] = {}
+        self._experts: dict[str, object] = {}
+        self.task: TaskSpec | None = None
+        self.obs: np.ndarray | None = None
+        self.steps = 0
+        self.last_success = False
+
+    def _env(self, name: str):
+        if name not in self._envs:
+            self._envs[name] = make_env(name)
+        return self._envs[name]
+
+    @property
+    def env(self):
+        if self.task is None:
+            raise RuntimeError("no episode: call reset() first")
+        return self._env(self.task.name)
+
+    def reset(self, task: str, seed: int, split: str = "train") -> TaskSpec:
+        """Start an episode of ``task`` (a task or a task set) with the layout of ``seed``."""
+        spec = sample_task(int(seed), task, split)
+        env = self._env(spec.name)
+        env.seed(int(seed) % 2**32)
+        self.obs, _ = env.reset()
+        self.task, self.steps, self.last_success = spec, 0, False
+        return spec
+
+    def step(self, action: np.ndarray) -> bool:
+        """Execute one 7-D action (see actions.py); returns MetaWorld's success after the step.
+        A non-finite action is rejected: nothing moves and False is returned."""
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (7,):
+            raise ValueError(f"a vlaloop action has 7 values, got shape {np.shape(action)}")
+        if not np.all(np.isfinite(a)):
+            return False
+        self.obs, _, _, _, info = self.env.step(to_metaworld(a))
+        self.steps += 1
+        self.last_success = bool(info["success"])
+        return True
+
+    def render(self, camera: str = "front") -> np.ndarray:
+        name = self.task.name if self.task is not None else None
+        if name is None:
+            raise RuntimeError("no episode: call reset() first")
+        if name not in self._renderers:
+            self._renderers[name] = FastRenderer(self.env, self.image_size)
+        return self._renderers[name].render(camera)
+
+    def state_vector(self) -> np.ndarray:
+        """[7] float32: hand x, y, z (m, MetaWorld's world frame), the fixed roll, pitch, yaw,
+        gripper opening (0 closed .. 1 open, MetaWorld's normalised finger distance)."""
+        o = self.obs
+        return np.concatenate([o[:3], HOME_RPY, [np.clip(o[3], 0.0, 1.0)]]).astype(np.float32)
+
+    def success(self) -> bool:
+        return self.last_success
+
+    def expert_action(self) -> np.ndarray:
+        """The scripted expert's clean action [7] for the current observation."""
+        name = self.task.name
+        if name not in self._experts:
+            self._experts[name] = scripted_policy(name)
+        return expert_action(self._experts[name], self.obs)
+
+    def close(self) -> None:
+        for r in self._renderers.values():
+            r.close()
+        for env in self._envs.values():
+            env.close()
+        self._renderers.clear()
+        self._envs.clear()
+
+
+__all__ = ["CAMERAS", "CAMERA_NAMES", "FastRenderer", "MetaWorldScene", "add_noise", "make_env"]
