@@ -72,11 +72,15 @@ def _frames(vec, cameras: Sequence[str], size: int) -> dict[str, list[bytes]]:
 def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str = "greedy",
             generator: torch.Generator | None = None, store: EpisodeStore | None = None,
             robot_id: str = "sim0", split: str = "train", image_size: int | None = None,
-            learner_phase: str = "rl", backend: str = "mock", workers: int = 0) -> RolloutResult:
-    """Run one episode per seed, all in parallel; optionally store them like the ingest does."""
+            learner_phase: str = "rl", backend: str = "mock", workers: int = 0,
+            max_steps: int | None = None) -> RolloutResult:
+    """Run one episode per seed, all in parallel; optionally store them like the ingest does.
+    ``max_steps`` caps the tasks' own step limits (smoke tests)."""
     seeds = [int(s) for s in seeds]
     size = image_size or policy.spec.image_size
     vec = make_scenes(backend, seeds, task, split, size, workers)
+    if max_steps:
+        vec.max_steps = np.minimum(vec.max_steps, int(max_steps))
     try:
         if backend == "metaworld":
             from sim.metaworld.actions import executed_action as executed
@@ -146,11 +150,12 @@ def _rollout(policy: Policy, vec, seeds: list[int], task: str, mode: str, genera
 
 
 def success_rate(policy: Policy, n: int = 50, task: str = "reach", seed: int = 10_000,
-                 split: str = "train", backend: str = "mock", workers: int = 0) -> float:
+                 split: str = "train", backend: str = "mock", workers: int = 0,
+                 max_steps: int | None = None) -> float:
     """Greedy success on `n` seeded simulated episodes (seeds seed..seed+n-1; the default range
     is disjoint from the demo seeds, which start at 0)."""
     return rollout(policy, range(seed, seed + n), task, "greedy", split=split, backend=backend,
-                   workers=workers).success_rate
+                   workers=workers, max_steps=max_steps).success_rate
 
 
 def collect_episodes(policy: Policy, store: EpisodeStore, n: int, task: str = "reach", seed: int = 0,

@@ -77,42 +77,69 @@ class FastRenderer:
         self.renderer.close()
 
 
+class _Sim:
+    """A MetaWorld env of one task with its renderer (made at the first frame) and expert."""
+
+    def __init__(self, task: str, image_size: int):
+        self.task = task
+        self.env = make_env(task)
+        self.image_size = image_size
+        self.renderer: FastRenderer | None = None
+        self.expert = None
+
+    def render(self, camera: str) -> np.ndarray:
+        if self.renderer is None:
+            self.renderer = FastRenderer(self.env, self.image_size)
+        return self.renderer.render(camera)
+
+
+# Idle envs by (task, image size): making an env and its GL context costs ~0.5 s, so scenes hand
+# theirs back here when they switch task or close, and the next scene of that task reuses one.
+_IDLE: dict[tuple[str, int], list[_Sim]] = {}
+
+
+def _acquire(task: str, image_size: int) -> _Sim:
+    idle = _IDLE.get((task, image_size))
+    return idle.pop() if idle else _Sim(task, image_size)
+
+
+def _release(sim: _Sim) -> None:
+    _IDLE.setdefault((sim.task, sim.image_size), []).append(sim)
+
+
 class MetaWorldScene:
     """One MetaWorld episode at a time, in vlaloop's conventions (see the module docstring)."""
 
     def __init__(self, image_size: int = 96):
         self.image_size = int(image_size)
-        self._envs: dict[str, object] = {}
-        self._renderers: dict[str, FastRenderer] = {}
-        self._experts: dict[str, object] = {}
+        self._sim: _Sim | None = None
         self.task: TaskSpec | None = None
         self.obs: np.ndarray | None = None
         self.steps = 0
         self.last_success = False
 
-    def _env(self, name: str):
-        if name not in self._envs:
-            self._envs[name] = make_env(name)
-        return self._envs[name]
-
     @property
     def env(self):
-        if self.task is None:
+        if self._sim is None:
             raise RuntimeError("no episode: call reset() first")
-        return self._env(self.task.name)
+        return self._sim.env
 
     def reset(self, task: str, seed: int, split: str = "train") -> TaskSpec:
         """Start an episode of ``task`` (a task or a task set) with the layout of ``seed``."""
         spec = sample_task(int(seed), task, split)
-        env = self._env(spec.name)
+        if self._sim is None or self._sim.task != spec.name:
+            if self._sim is not None:
+                _release(self._sim)
+            self._sim = _acquire(spec.name, self.image_size)
+        env = self._sim.env
         env.seed(int(seed) % 2**32)
         self.obs, _ = env.reset()
         self.task, self.steps, self.last_success = spec, 0, False
         return spec
 
     def step(self, action: np.ndarray) -> bool:
-        """Execute one 7-D action (see actions.py); returns MetaWorld's success after the step.
-        A non-finite action is rejected: nothing moves and False is returned."""
+        """Execute one 7-D action (see actions.py); returns False (nothing moved) for a
+        non-finite action. ``success()`` is MetaWorld's success after the step."""
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         if a.shape != (7,):
             raise ValueError(f"a vlaloop action has 7 values, got shape {np.shape(action)}")
@@ -124,12 +151,9 @@ class MetaWorldScene:
         return True
 
     def render(self, camera: str = "front") -> np.ndarray:
-        name = self.task.name if self.task is not None else None
-        if name is None:
+        if self._sim is None:
             raise RuntimeError("no episode: call reset() first")
-        if name not in self._renderers:
-            self._renderers[name] = FastRenderer(self.env, self.image_size)
-        return self._renderers[name].render(camera)
+        return self._sim.render(camera)
 
     def state_vector(self) -> np.ndarray:
         """[7] float32: hand x, y, z (m, MetaWorld's world frame), the fixed roll, pitch, yaw,
@@ -142,18 +166,15 @@ class MetaWorldScene:
 
     def expert_action(self) -> np.ndarray:
         """The scripted expert's clean action [7] for the current observation."""
-        name = self.task.name
-        if name not in self._experts:
-            self._experts[name] = scripted_policy(name)
-        return expert_action(self._experts[name], self.obs)
+        if self._sim.expert is None:
+            self._sim.expert = scripted_policy(self._sim.task)
+        return expert_action(self._sim.expert, self.obs)
 
     def close(self) -> None:
-        for r in self._renderers.values():
-            r.close()
-        for env in self._envs.values():
-            env.close()
-        self._renderers.clear()
-        self._envs.clear()
+        """Hand the env back to the idle pool (this process reuses it for the next scene)."""
+        if self._sim is not None:
+            _release(self._sim)
+            self._sim = None
 
 
 __all__ = ["CAMERAS", "CAMERA_NAMES", "FastRenderer", "MetaWorldScene", "add_noise", "make_env"]
