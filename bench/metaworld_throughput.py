@@ -57,7 +57,7 @@ class Timings:
 def _policy():
     import torch
 
-    from server.harness import publish_tiny
+    from bench.harness import publish_tiny
     from vla.policy import Policy
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))

@@ -1,4 +1,4 @@
-"""From stored episodes (learner.store) to what the algorithms train on.
+"""From stored episodes (episodes.store) to what the algorithms train on.
 
 * Online episodes (robots running a policy): a step with ``chunk_index == 0`` is a DECISION -- its
   observation (frames + state + instruction) produced ``action_chunk`` (robot units, [H][7]) with the
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from learner.store import Episode, EpisodeStore
-from vla.policy import Observation
+from episodes.store import Episode, EpisodeStore
+from interface.policy import Observation
 
 TRAINABLE_OUTCOMES = ("success", "failure")
 

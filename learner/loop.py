@@ -28,8 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from learner.status import StatusBoard
-from learner.store import EpisodeStore, write_json_atomic
+from episodes.status import StatusBoard
+from episodes.store import EpisodeStore, write_json_atomic
 
 log = logging.getLogger("learner.loop")
 

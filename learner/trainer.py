@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from episodes.store import EpisodeStore
 from learner.bootstrap import expert_demos, run_bootstrap
 from learner.dataset import EpisodeDecisions, is_rl_episode, load_decisions, sft_episodes
 from learner.features import FeatureCache, trunk_key
 from learner.rl.ppo import PPOConfig, RolloutBatch, gaussian_logprob, ppo_update
 from learner.rl.sac import SACConfig, SACLearner, Transitions
 from learner.sft import SFTConfig, build_sft_data, train_sft
-from learner.store import EpisodeStore
 from vla.model import VLAModel
 from vla.normalization import Normalizer
 from vla.policy import Policy

@@ -9,33 +9,19 @@ arm (translation scaled by 1/k), arm errors (a reflex until ``recover()``), a fa
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 
 import numpy as np
 
-from calibration.schema import CalibrationFile, Home, Limits, Workspace
-from robot_client.backends.base import Arm, ArmError, ArmState, Camera, Frame
-from robot_client.backends.mock.backend import FaultConfig
-from sim.metaworld.actions import HOME_RPY, MAX_TRANSLATION
+from interface.robot import Arm, ArmError, ArmState, Camera, Frame
+from sim.metaworld.actions import HOME_RPY
 from sim.metaworld.env import CAMERA_NAMES, MetaWorldScene
 from sim.metaworld.expert import add_noise
 from sim.metaworld.tasks import TASK_NAMES, TaskSpec
+from sim.mock.backend import FaultConfig
 
-__all__ = ["FaultConfig", "MetaWorldArm", "MetaWorldCamera", "MetaWorldRobot", "metaworld_calibration"]
-
-
-def metaworld_calibration() -> CalibrationFile:
-    """The safety box for MetaWorld's Sawyer: its hand limits (the widest over the tasks) and a
-    per-step translation of up to 1 cm on every axis (the action mapping clips per axis)."""
-    return CalibrationFile(
-        workspace=Workspace(min=[-0.525, 0.348, -0.0525], max=[0.525, 1.025, 0.7]),
-        home=Home(position=[0.0, 0.6, 0.2], rpy=[math.pi, 0.0, 0.0]),
-        limits=Limits(max_translation_per_step=float(MAX_TRANSLATION * math.sqrt(3)) + 1e-6,
-                      max_rotation_per_step=0.15),
-        notes=["MetaWorld defaults (sim.metaworld.backend.metaworld_calibration)"],
-    )
+__all__ = ["FaultConfig", "MetaWorldArm", "MetaWorldCamera", "MetaWorldRobot"]
 
 
 class MetaWorldArm(Arm):

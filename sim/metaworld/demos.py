@@ -15,7 +15,7 @@ import time
 
 from tqdm import tqdm
 
-from learner.store import EpisodeStore
+from episodes.store import EpisodeStore
 from protocol.images import encode_jpeg
 from sim.metaworld.actions import executed_action
 from sim.metaworld.backend import MetaWorldRobot
