@@ -21,7 +21,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import weakref
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -60,6 +62,10 @@ class FastRenderer:
         env.model.vis.quality.offsamples = 0  # must be set before the renderer's context exists
         self.size = int(size)
         self.renderer = mujoco.Renderer(env.model, self.size, self.size)
+        global _EXIT_HOOK
+        if not _EXIT_HOOK:  # after the first context (and mujoco's EGL exit hook): runs before that hook
+            atexit.register(_close_renderers)
+            _EXIT_HOOK = True
         self.env = env
 
     def render(self, camera: str) -> np.ndarray:
@@ -86,11 +92,24 @@ class _Sim:
         self.image_size = image_size
         self.renderer: FastRenderer | None = None
         self.expert = None
+        _ALL.add(self)
 
     def render(self, camera: str) -> np.ndarray:
         if self.renderer is None:
             self.renderer = FastRenderer(self.env, self.image_size)
         return self.renderer.render(camera)
+
+
+_ALL: weakref.WeakSet[_Sim] = weakref.WeakSet()
+_EXIT_HOOK = False
+
+
+def _close_renderers() -> None:
+    """Free the GL contexts while EGL is still up (freeing them during interpreter teardown raises)."""
+    for sim in list(_ALL):
+        if sim.renderer is not None:
+            sim.renderer.close()
+            sim.renderer = None
 
 
 # Idle envs by (task, image size): making an env and its GL context costs ~0.5 s, so scenes hand
