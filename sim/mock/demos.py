@@ -7,6 +7,7 @@ Episodes go to ``<run_dir>/episodes/expert/<task>-s<seed>/`` in the learner's st
 Only successful episodes are kept unless ``--keep-failures``; recording continues with the next
 seeds until ``n`` episodes are kept. Episodes already in the store are not recorded again. Only
 ``train``-split tasks are used unless ``--split`` says otherwise (held-out combinations stay unseen).
+``--backend metaworld`` records MetaWorld's scripted experts instead (sim.metaworld.demos).
 """
 
 from __future__ import annotations
