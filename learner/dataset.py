@@ -26,13 +26,17 @@ from interface.policy import Observation
 TRAINABLE_OUTCOMES = ("success", "failure")
 
 
-def is_trainable(meta: dict) -> bool:
+def is_trainable(meta: dict, reward_model_labels: bool = False) -> bool:
+    """Labelled success or failure. A label the reward model gave counts only with
+    `reward_model_labels` (the deployment's reward_model.mode is "auto")."""
+    if meta.get("label_source") == "reward_model" and not reward_model_labels:
+        return False
     return meta.get("outcome") in TRAINABLE_OUTCOMES and not meta.get("incomplete")
 
 
-def is_rl_episode(meta: dict) -> bool:
+def is_rl_episode(meta: dict, reward_model_labels: bool = False) -> bool:
     """An online episode whose actions were SAMPLED by the policy (RL data)."""
-    return (is_trainable(meta) and meta.get("source", "online") == "online"
+    return (is_trainable(meta, reward_model_labels) and meta.get("source", "online") == "online"
             and meta.get("purpose", "train") != "eval" and meta.get("mode") != "greedy")
 
 
@@ -132,12 +136,13 @@ def load_decisions(store: EpisodeStore, meta: dict, chunk: int, step_penalty: fl
     return expert_decisions(meta, episode, chunk, expert_stride, step_penalty)
 
 
-def sft_episodes(store: EpisodeStore, include_online: bool = True) -> list[dict]:
+def sft_episodes(store: EpisodeStore, include_online: bool = True, reward_model_labels: bool = False) -> list[dict]:
     """Expert demos ∪ successful online/eval episodes (iRe-VLA Stage 2): the expert data keeps the
     model from forgetting, the successes carry what RL found into the backbone."""
     out = []
     for meta in store.list_episodes():
-        if is_expert(meta) or (include_online and meta.get("outcome") == "success"
+        if is_expert(meta) or (include_online and is_trainable(meta, reward_model_labels)
+                               and meta.get("outcome") == "success"
                                and meta.get("source") in ("online", "eval")):
             out.append(meta)
     return out

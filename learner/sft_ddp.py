@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                         seed=lc.seed if args.seed is None else args.seed, warmup_steps=min(20, max(1, steps // 10)))
         if cfg.batch_size % world:
             raise SystemExit(f"global batch {cfg.batch_size} must divide by the {world} ranks")
-        data = build_sft_data(store, sft_episodes(store), config.model.chunk, cfg.eval_fraction, lc.seed)
+        data = build_sft_data(store, sft_episodes(store, reward_model_labels=config.reward_model.mode == "auto"), config.model.chunk, cfg.eval_fraction, lc.seed)
 
         def wrap(module: torch.nn.Module) -> torch.nn.Module:
             # a backbone holds parameters this loss never reaches (the LM head, SigLIP's pooling head

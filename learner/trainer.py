@@ -103,6 +103,8 @@ class Trainer:
         self.version: int | None = None
         self.rl_rounds_total = 0  # drives the critic warm-up; restored from the latest version's metrics
         self.sft_phases = 0
+        # RL and SFT train on reward-model labels only in reward_model mode "auto"
+        self.reward_model_labels = config.reward_model.mode == "auto"
         self.generator = torch.Generator().manual_seed(self.lc.seed)
         self.ppo_cfg = PPOConfig(learning_rate=self.lc.ppo_lr, update_epochs=self.lc.ppo_epochs,
                                  minibatch_size=self.lc.ppo_minibatch_size, target_kl=self.lc.ppo_target_kl,
@@ -142,16 +144,36 @@ class Trainer:
         self._scalars("bootstrap", result.metrics, result.version)
         return result.version
 
-    def resume(self) -> int | None:
-        latest = self.registry.latest()
-        if latest is None:
+    def resume(self, version: int | None = None) -> int | None:
+        """Load ``version`` (default: the registry's resume version -- LATEST, or the promoted
+        version when the server's promotion gate refused LATEST or one of its ancestors)."""
+        if version is None:
+            version = self.registry.resume_version()
+        if version is None:
             return None
-        model, norm, meta = load_model(self.registry, latest, self.device)
-        self._adopt(model, norm, latest)
-        self.rl_rounds_total = int(meta.get("metrics", {}).get("rl_rounds_total", 0))
-        self.sft_phases = int(meta.get("metrics", {}).get("sft_phases", 0))
-        log.info("trainer resumed v%d (%d RL rounds so far)", latest, self.rl_rounds_total)
-        return latest
+        model, norm, meta = load_model(self.registry, version, self.device)
+        self._adopt(model, norm, version)
+        self.rl_rounds_total = max(self.rl_rounds_total, int(meta.get("metrics", {}).get("rl_rounds_total", 0)))
+        self.sft_phases = max(self.sft_phases, int(meta.get("metrics", {}).get("sft_phases", 0)))
+        log.info("trainer resumed v%d (%d RL rounds so far)", version, self.rl_rounds_total)
+        return version
+
+    def follow_promotion(self) -> int | None:
+        """If the server's promotion gate refused the version being trained (or an ancestor of it),
+        go back to the version to continue from (the promoted one); returns it, or None if nothing
+        changed. Training on from a refused version would only publish its descendants, which the
+        gate refuses too."""
+        if self.version is None:
+            return None
+        refused = self.registry.refused_ancestor(self.version)
+        if refused is None:
+            return None
+        target = self.registry.resume_version()
+        if target is None or target == self.version:
+            return None
+        log.warning("v%d was refused by the promotion gate (refused ancestor v%d): continuing from v%d",
+                    self.version, refused, target)
+        return self.resume(target)
 
     def publish(self, kind: str, phase: str, metrics: dict) -> int:
         summary = _numbers(metrics)
@@ -205,7 +227,7 @@ class Trainer:
     def rl_round(self, episodes: list[dict]) -> dict:
         if self.model is None:
             raise RuntimeError("no model: call bootstrap() or resume() first")
-        metas = [m for m in episodes if is_rl_episode(m)]
+        metas = [m for m in episodes if is_rl_episode(m, self.reward_model_labels)]
         decisions = [load_decisions(self.store, m, self.model.config.chunk, self.lc.step_penalty) for m in metas]
         base = {"n_episodes": len(metas), "n_skipped_not_rl": len(episodes) - len(metas),
                 "success_rate": float(np.mean([m["outcome"] == "success" for m in metas])) if metas else float("nan")}
@@ -258,7 +280,7 @@ class Trainer:
         if key != self._sac_trunk:  # new backbone: every buffered feature is stale, rebuild from the store
             self._sac_buffers.clear()
             self._sac_trunk = key
-            old = [m for m in self.store.list_episodes(source="online") if is_rl_episode(m)]
+            old = [m for m in self.store.list_episodes(source="online") if is_rl_episode(m, self.reward_model_labels)]
             for meta in old:
                 d = load_decisions(self.store, meta, self.model.config.chunk, self.lc.step_penalty)
                 if len(d):
@@ -300,7 +322,7 @@ class Trainer:
     def sft_phase(self, progress: bool = True) -> dict:
         if self.model is None:
             raise RuntimeError("no model: call bootstrap() or resume() first")
-        metas = sft_episodes(self.store)
+        metas = sft_episodes(self.store, reward_model_labels=self.reward_model_labels)
         lc = self.lc
         cfg = SFTConfig(steps=lc.sft_steps, batch_size=lc.sft_batch_size, lr=lc.sft_lr, loss=lc.sft_loss,
                         eval_fraction=lc.sft_eval_fraction, eval_every=max(1, lc.sft_steps // 4),
