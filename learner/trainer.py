@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from episodes.store import EpisodeStore
 from learner.bootstrap import expert_demos, run_bootstrap
 from learner.dataset import EpisodeDecisions, is_rl_episode, load_decisions, sft_episodes
 from learner.features import FeatureCache, trunk_key
-from learner.rl.ppo import PPOConfig, RolloutBatch, gaussian_logprob, ppo_update
+from learner.rl.ppo import PPOConfig, RolloutBatch, gaussian_logprob, logprob_resolution, ppo_update
 from learner.rl.sac import SACConfig, SACLearner, Transitions
 from learner.sft import SFTConfig, build_sft_data, train_sft
 from vla.model import VLAModel
@@ -136,9 +137,9 @@ class Trainer:
         self._ppo_opt, self._sac = None, None
         self._version_heads.clear()
 
-    def bootstrap(self, progress: bool = True) -> int:
+    def bootstrap(self, progress: bool = True, on_progress: Callable[[float], None] | None = None) -> int:
         result = run_bootstrap(self.config, self.registry, self.store, progress=progress,
-                               on_step=self._tb_step("bootstrap"))
+                               on_step=self._on_step("bootstrap", on_progress))
         self._adopt(result.model, result.norm, result.version)
         self.cache.invalidate(keep=trunk_key(self.policy))
         self._scalars("bootstrap", result.metrics, result.version)
@@ -209,13 +210,15 @@ class Trainer:
 
     @torch.no_grad()
     def _behaviour_logprob(self, d: EpisodeDecisions, features: torch.Tensor, states: torch.Tensor,
-                           actions: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(len(d))
+                           actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log-prob of each decision under the version that acted, and its float resolution."""
+        out, resolution = torch.empty(len(d)), torch.empty(len(d))
         for v in sorted(set(d.versions.tolist())):
             rows = torch.from_numpy(np.flatnonzero(d.versions == v))
             mean, log_std = HeadActor(self._heads_of(int(v)))(features[rows], states[rows])
             out[rows] = gaussian_logprob(mean, log_std, actions[rows])
-        return out
+            resolution[rows] = logprob_resolution(mean, log_std, actions[rows])
+        return out, resolution
 
     # ------------------------------------------------------------------ RL
     def _tensors(self, d: EpisodeDecisions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -251,15 +254,16 @@ class Trainer:
         parts = []
         for d in usable:
             f, s, a = self._tensors(d)
-            parts.append((f, s, a, self._behaviour_logprob(d, f, s, a), d))
+            parts.append((f, s, a, *self._behaviour_logprob(d, f, s, a), d))
         batch = RolloutBatch(
             features=torch.cat([p[0] for p in parts]), states=torch.cat([p[1] for p in parts]),
             actions=torch.cat([p[2] for p in parts]),
-            rewards=torch.cat([torch.from_numpy(p[4].rewards) for p in parts]).float(),
-            dones=torch.cat([torch.from_numpy(p[4].dones) for p in parts]).float(),
+            rewards=torch.cat([torch.from_numpy(p[5].rewards) for p in parts]).float(),
+            dones=torch.cat([torch.from_numpy(p[5].dones) for p in parts]).float(),
             behaviour_logprob=torch.cat([p[3] for p in parts]),
-            server_logprob=torch.cat([torch.from_numpy(p[4].server_logprob) for p in parts]).float(),
-            same_version=torch.cat([torch.from_numpy(p[4].versions == self.version) for p in parts]))
+            server_logprob=torch.cat([torch.from_numpy(p[5].server_logprob) for p in parts]).float(),
+            same_version=torch.cat([torch.from_numpy(p[5].versions == self.version) for p in parts]),
+            logprob_resolution=torch.cat([p[4] for p in parts]))
         actor, critic = HeadActor(self.model.heads), HeadCritic(self.model.heads)
         if self._ppo_opt is None:
             self._ppo_opt = torch.optim.Adam([*actor.parameters(), *critic.parameters()], lr=self.ppo_cfg.learning_rate,
@@ -292,7 +296,7 @@ class Trainer:
                 self._sac_buffers[f"{d.meta['robot_id']}/{d.meta['episode_id']}"] = self._transitions(d)
                 if self._on_trunk(d):
                     f, s, a = self._tensors(d)
-                    checks.append((self._behaviour_logprob(d, f, s, a), torch.from_numpy(d.server_logprob).float(),
+                    checks.append((*self._behaviour_logprob(d, f, s, a), torch.from_numpy(d.server_logprob).float(),
                                    torch.from_numpy(d.versions == self.version)))
         if getattr(self, "_sac_demo", None) is None:
             demos = [load_decisions(self.store, m, self.model.config.chunk, self.lc.step_penalty,
@@ -313,13 +317,22 @@ class Trainer:
             metrics.update(check_logprobs(RolloutBatch(
                 features=torch.zeros(n, 0), states=torch.zeros(n, 0), actions=torch.zeros(n, 0),
                 rewards=torch.zeros(n), dones=torch.zeros(n), behaviour_logprob=torch.cat([c[0] for c in checks]),
-                server_logprob=torch.cat([c[1] for c in checks]), same_version=torch.cat([c[2] for c in checks])),
+                server_logprob=torch.cat([c[2] for c in checks]), same_version=torch.cat([c[3] for c in checks]),
+                logprob_resolution=torch.cat([c[1] for c in checks])),
                 self.ppo_cfg.logprob_tolerance))
         metrics["n_transitions"] = sum(len(d) for d in decisions)
         return metrics
 
     # ------------------------------------------------------------------ SFT
-    def sft_phase(self, progress: bool = True) -> dict:
+    def has_sft_data(self) -> bool:
+        """SFT has something to train on: an expert demo or a successful episode with steps."""
+        return any(m.get("n_steps", m.get("n_stored_steps", 1)) for m in sft_episodes(self.store))
+
+    def has_demos(self) -> bool:
+        """Stage 0 can run: demos in the store, or the mock, whose scripted expert records them."""
+        return bool(expert_demos(self.store)) or self.config.robot.backend == "mock"
+
+    def sft_phase(self, progress: bool = True, on_progress: Callable[[float], None] | None = None) -> dict:
         if self.model is None:
             raise RuntimeError("no model: call bootstrap() or resume() first")
         metas = sft_episodes(self.store, reward_model_labels=self.reward_model_labels)
@@ -332,7 +345,7 @@ class Trainer:
             log.warning("SFT skipped: no expert demos or successful episodes in the store")
             return {"skipped": 1.0, "n_online_successes": 0.0, "n_expert": 0.0}
         metrics = train_sft(self.model, self.norm, data, cfg, mode="lora", progress=progress,
-                            on_step=self._tb_step("sft"), desc="sft")
+                            on_step=self._on_step("sft", on_progress), desc="sft")
         self.sft_phases += 1
         self.cache.invalidate()  # the trunk changed: every cached feature is stale
         self._version_heads.clear()
@@ -351,13 +364,14 @@ class Trainer:
             self.writer.add_scalar(f"trainer/{prefix}/{k}", v, step)
         self.writer.flush()
 
-    def _tb_step(self, prefix: str):
-        if self.writer is None:
-            return None
-        counter = {"base": self.sft_phases * 100_000}
+    def _on_step(self, prefix: str, on_progress: Callable[[float], None] | None):
+        """train_sft's per-step callback: the loss to TensorBoard, the fraction done to the caller."""
+        base = self.sft_phases * 100_000
 
         def on_step(step: int, values: dict) -> None:
-            if step % 10 == 0:
-                self.writer.add_scalar(f"trainer/{prefix}/loss_step", values["loss"], counter["base"] + step)
+            if self.writer is not None and step % 10 == 0:
+                self.writer.add_scalar(f"trainer/{prefix}/loss_step", values["loss"], base + step)
+            if on_progress is not None:
+                on_progress(float(values["progress"]))
 
         return on_step
