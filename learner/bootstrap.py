@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from learner.dataset import is_expert
+from learner.episode_rules import is_expert
 from learner.sft import SFTConfig, build_sft_data, train_sft
 from learner.store import EpisodeStore
 from vla.model import VLAModel, build_model

@@ -10,8 +10,7 @@
   SFT / bootstrap train on every step; the SAC demo buffer uses every H-th step as a decision (the
   same rhythm as an open-loop chunk executed by the robot).
 
-Aborted episodes (robot error, operator discard, label timeout) are never trained on; greedy
-evaluation episodes are never RL data (they are not samples of the behaviour policy).
+Which episodes each phase trains on is learner/episode_rules.py.
 """
 
 from __future__ import annotations
@@ -20,24 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from learner.episode_rules import is_sft_episode
 from learner.store import Episode, EpisodeStore
 from vla.policy import Observation
-
-TRAINABLE_OUTCOMES = ("success", "failure")
-
-
-def is_trainable(meta: dict) -> bool:
-    return meta.get("outcome") in TRAINABLE_OUTCOMES and not meta.get("incomplete")
-
-
-def is_rl_episode(meta: dict) -> bool:
-    """An online episode whose actions were SAMPLED by the policy (RL data)."""
-    return (is_trainable(meta) and meta.get("source", "online") == "online"
-            and meta.get("purpose", "train") != "eval" and meta.get("mode") != "greedy")
-
-
-def is_expert(meta: dict) -> bool:
-    return meta.get("source") == "expert" and meta.get("outcome") == "success"
 
 
 @dataclass
@@ -135,10 +119,4 @@ def load_decisions(store: EpisodeStore, meta: dict, chunk: int, step_penalty: fl
 def sft_episodes(store: EpisodeStore, include_online: bool = True) -> list[dict]:
     """Expert demos ∪ successful online/eval episodes (iRe-VLA Stage 2): the expert data keeps the
     model from forgetting, the successes carry what RL found into the backbone."""
-    out = []
-    for meta in store.list_episodes():
-        if is_expert(meta) or (include_online and meta.get("outcome") == "success"
-                               and meta.get("source") in ("online", "eval")):
-            out.append(meta)
-    return out
-
+    return [meta for meta in store.list_episodes() if is_sft_episode(meta, include_online)]

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from learner.episode_rules import is_rl_episode
+from learner.metrics import scalar_metrics
 from learner.status import StatusBoard
 from learner.store import EpisodeStore, write_json_atomic
 
@@ -41,14 +43,6 @@ MAX_FAILED_ROUNDS = 3  # RL rounds failing in a row before the learner stops wit
 
 def episode_key(meta: dict) -> str:
     return f"{meta['robot_id']}/{meta['episode_id']}"
-
-
-def is_rl_candidate(meta: dict) -> bool:
-    """A labelled online episode whose actions were sampled by the policy: eval/greedy and
-    aborted/discarded ones never feed RL (same rule as learner.dataset.is_rl_episode); an episode
-    still waiting for its end has no meta.json and is not listed at all."""
-    return (meta.get("source") == "online" and meta.get("purpose", "train") != "eval"
-            and meta.get("mode") != "greedy" and meta.get("outcome") in ("success", "failure"))
 
 
 class LearnerState:
@@ -149,10 +143,6 @@ class Shutdown:
             raise ShutdownRequested()
 
 
-def _numbers(d: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
 class PhaseLoop:
     def __init__(self, config, run_dir: str | Path, status: StatusBoard | None = None, shutdown=None,
                  ingest=None, trainer_factory: Callable | None = None, poll_s: float = 0.5):
@@ -211,7 +201,7 @@ class PhaseLoop:
         consumed = self.state.consumed
         rejected = self.state.data["rejected"]
         fresh = [m for m in metas if episode_key(m) not in consumed and episode_key(m) not in rejected
-                 and is_rl_candidate(m)]
+                 and is_rl_episode(m)]
         return sorted(fresh, key=lambda m: (m.get("finished", 0), episode_key(m)))
 
     def _interruptible(self, fn: Callable, *args, **kw):
@@ -251,7 +241,7 @@ class PhaseLoop:
         latest, meta = self._latest()
         after = p["after_version"] if p["after_version"] is not None else 0
         if latest is not None and latest > after and meta.get("phase") == p["phase"]:
-            entry = self.state.commit(latest, _numbers(meta.get("metrics") or {}))
+            entry = self.state.commit(latest, scalar_metrics(meta.get("metrics") or {}))
             log.info("resume: %s round %d of iteration %d was published as v%d before the restart; "
                      "committed %d episodes", p["phase"], p["round"], p["iteration"], latest, len(p["episodes"]))
             self.status.add_history(self._history_entry(entry))
@@ -328,7 +318,7 @@ class PhaseLoop:
             return False
         # re-read the metas: a relabel may have landed since they were indexed
         metas = [m for m in (self.store.read_meta(e["robot_id"], e["episode_id"]) for e in episodes) if m]
-        metas = [m for m in metas if is_rl_candidate(m)]
+        metas = [m for m in metas if is_rl_episode(m)]
         if len(metas) < n:
             return True  # a label changed under us: wait again
         keys = [episode_key(m) for m in metas]
@@ -345,8 +335,8 @@ class PhaseLoop:
             return True
         self._failures = 0
         version = self.trainer.publish("head", "rl", metrics)
-        entry = self.state.commit(version, _numbers(metrics))
-        losses = _numbers(metrics)
+        entry = self.state.commit(version, scalar_metrics(metrics))
+        losses = scalar_metrics(metrics)
         step = len(self.state.data["rounds"])
         for k, v in losses.items():
             self._tb(f"loop/rl/{k}", v, step)
@@ -394,8 +384,8 @@ class PhaseLoop:
         log.info("SFT phase of iteration %d", it)
         metrics = self._interruptible(self.trainer.sft_phase, progress=True)  # tqdm on stderr
         version = self.trainer.publish("full", "sft", metrics)
-        entry = self.state.commit(version, _numbers(metrics))
-        losses = _numbers(metrics)
+        entry = self.state.commit(version, scalar_metrics(metrics))
+        losses = scalar_metrics(metrics)
         for k, v in losses.items():
             self._tb(f"loop/sft/{k}", v, it)
         self.status.set(phase="sft", iteration=it + 1, round=0, progress=1.0, policy_version=version,

@@ -42,8 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from learner.bootstrap import normalizer_from_demos
-    from learner.dataset import is_expert, sft_episodes
+    from learner.bootstrap import expert_demos, normalizer_from_demos
+    from learner.dataset import sft_episodes
     from learner.sft import SFTConfig, build_sft_data, train_sft
     from learner.store import EpisodeStore
     from vla.model import build_model
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             parent = meta["version"]
         else:  # nothing published yet: the fresh model, normalization from the demos
             model = build_model(config.model).to(device)
-            norm = normalizer_from_demos(store, [m for m in store.list_episodes(source="expert") if is_expert(m)],
-                                         config)
+            norm = normalizer_from_demos(store, expert_demos(store), config)
             parent = None
         steps = args.steps or lc.sft_steps
         cfg = SFTConfig(steps=steps, batch_size=args.batch_size or lc.sft_batch_size, lr=args.lr or lc.sft_lr,

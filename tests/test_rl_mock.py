@@ -16,8 +16,9 @@ from learner.dataset import load_decisions
 from learner.evaluate import rollout
 from learner.rl.ppo import gaussian_logprob
 from learner.store import EpisodeStore
-from learner.trainer import HeadActor, Trainer
+from learner.trainer import Trainer
 from robot_client.backends.mock.cli import record_demos
+from vla.model import HeadActor
 from vlaloop.config import load_config
 
 torch.set_num_threads(1)

@@ -37,7 +37,7 @@ from learner.rl.ppo import (
     policy_loss,
     value_loss,
 )
-from vla.model import VLAModel
+from vla.model import HeadActor, HeadCritic, VLAModel
 from vla.normalization import Normalizer
 
 
@@ -47,9 +47,8 @@ def _forward(model: VLAModel, obs: list, states: torch.Tensor, features: torch.T
     unless `features` are given."""
     if features is None:
         features = model.features(model.collate(obs))
-    mean = model.heads.mean(torch.cat([features, states.to(features.dtype)], -1))
-    log_std = model.heads.log_std.clamp(-5.0, 2.0)  # the clamp the server's head_dist applies
-    return mean, log_std, model.value(features, states).reshape(-1), features
+    mean, log_std = HeadActor(model.heads)(features, states)
+    return mean, log_std, HeadCritic(model.heads)(features, states).reshape(-1), features
 
 
 def whole_model_ppo_round(model: VLAModel, norm: Normalizer, decisions: list[EpisodeDecisions],
