@@ -149,9 +149,20 @@ class SACLearner:
 
     def update(self, batch: Transitions, generator: torch.Generator | None = None, n_demo: int = 0,
                update_actor: bool = True) -> dict:
-        cfg = self.cfg
+        """One gradient step: critic, then (every `policy_frequency` steps) actor and temperature, then
+        the target critics. The first `n_demo` rows of `batch` are demonstrations."""
         alpha = self.log_alpha.exp().detach()
-        # --- critic: soft Bellman target from the target twins at the next decision
+        out = self._critic_step(batch, alpha, generator)
+        if update_actor and self.n_updates % self.cfg.policy_frequency == 0:
+            out.update(self._actor_step(batch, alpha, n_demo, generator))
+        self._polyak()
+        self.n_updates += 1
+        out["alpha"] = float(self.log_alpha.detach().exp())
+        return out
+
+    def _critic_step(self, batch: Transitions, alpha: torch.Tensor, generator) -> dict:
+        """Soft Bellman target from the target twins at the next decision; both Qs regress on it."""
+        cfg = self.cfg
         with torch.no_grad():
             next_a, next_logp, _, _ = self._policy_sample(batch.next_features, batch.next_states, generator)
             tq1, tq2 = self.target(batch.next_features, batch.next_states, self._bounded(next_a))
@@ -165,34 +176,33 @@ class SACLearner:
         q_loss.backward()
         nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
         self.critic_opt.step()
-        out = {"loss_q": float(q_loss.detach()), "q_mean": float(q1.detach().mean()), "q_target_mean": float(y.mean())}
+        return {"loss_q": float(q_loss.detach()), "q_mean": float(q1.detach().mean()), "q_target_mean": float(y.mean())}
 
-        # --- actor and temperature (delayed)
-        if update_actor and self.n_updates % cfg.policy_frequency == 0:
-            action, logp, mean, log_std = self._policy_sample(batch.features, batch.states, generator)
-            pq1, pq2 = self.critic(batch.features, batch.states, self._bounded(action))
-            actor_loss = (alpha * logp - torch.min(pq1, pq2)).mean()
-            if cfg.bc_coef and n_demo:
-                actor_loss = actor_loss + cfg.bc_coef * (mean[:n_demo] - batch.actions[:n_demo]).pow(2).mean()
-            self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            nn.utils.clip_grad_norm_(self.actor_params, cfg.max_grad_norm)
-            self.actor_opt.step()
-            self.critic_opt.zero_grad(set_to_none=True)  # the actor loss left grads on the critic
-            alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
-            self.alpha_opt.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_opt.step()
-            out.update(loss_actor=float(actor_loss.detach()), loss_alpha=float(alpha_loss.detach()),
-                       entropy=float(gaussian_entropy(mean, log_std).detach().mean()))
+    def _actor_step(self, batch: Transitions, alpha: torch.Tensor, n_demo: int, generator) -> dict:
+        """The actor climbs min(Q1, Q2) - alpha * log-prob (+ optional BC on the demo rows); alpha is
+        tuned towards the target entropy."""
+        cfg = self.cfg
+        action, logp, mean, log_std = self._policy_sample(batch.features, batch.states, generator)
+        pq1, pq2 = self.critic(batch.features, batch.states, self._bounded(action))
+        actor_loss = (alpha * logp - torch.min(pq1, pq2)).mean()
+        if cfg.bc_coef and n_demo:
+            actor_loss = actor_loss + cfg.bc_coef * (mean[:n_demo] - batch.actions[:n_demo]).pow(2).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        nn.utils.clip_grad_norm_(self.actor_params, cfg.max_grad_norm)
+        self.actor_opt.step()
+        self.critic_opt.zero_grad(set_to_none=True)  # the actor loss left grads on the critic
+        alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+        return {"loss_actor": float(actor_loss.detach()), "loss_alpha": float(alpha_loss.detach()),
+                "entropy": float(gaussian_entropy(mean, log_std).detach().mean())}
 
-        # --- polyak-average the target critics
+    def _polyak(self) -> None:
         with torch.no_grad():
             for p, tp in zip(self.critic.parameters(), self.target.parameters(), strict=True):
-                tp.mul_(1.0 - cfg.tau).add_(p, alpha=cfg.tau)
-        self.n_updates += 1
-        out["alpha"] = float(self.log_alpha.detach().exp())
-        return out
+                tp.mul_(1.0 - self.cfg.tau).add_(p, alpha=self.cfg.tau)
 
     def train(self, demo: Transitions | None, online: Transitions | None, n_updates: int,
               generator: torch.Generator | None = None, update_actor: bool = True) -> dict:
