@@ -12,9 +12,10 @@ order below. What is specific to a deployed VLA:
 * VLA-RL: GAE(gamma=0.99, lambda=0.95), clip 0.2, no KL penalty, log-prob = sum over all dims of
   the action chunk, critic warm-up rounds (value-only) before the policy moves.
 
-Interfaces (duck-typed, so the real vla heads and a tiny test head run the same code):
+Interfaces of `ppo_update` (duck-typed, so the real vla heads and a tiny test head run the same code):
   actor(features [B,F], states [B,S]) -> (mean [B,A], log_std [A] or [B,A])   (normalized actions)
   critic(features [B,F], states [B,S]) -> value [B]
+The Trainer runs it as `PPO` (the end of this file), learner/rl/base.py's RLAlgorithm.
 """
 
 from __future__ import annotations

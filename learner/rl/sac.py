@@ -13,9 +13,11 @@ CleanRL style: hyperparameters in one dataclass at the top, the update written o
   expert data anchors the head), and many updates run per collected episode: robot time is the
   expensive resource, head updates on cached features are not.
 
-Interfaces (duck-typed, shared with ppo.py):
+Interfaces of `SACLearner` (duck-typed, shared with ppo.py):
   actor(features, states) -> (mean [B,A], log_std [A] or [B,A])
   critic(features, states, actions) -> (q1 [B], q2 [B])
+The Trainer runs it as `SAC` (the end of this file: buffers, demos, log-prob check), learner/rl/base.py's
+RLAlgorithm.
 """
 
 from __future__ import annotations
