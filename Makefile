@@ -1,14 +1,23 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
-# Both create .venv if missing and install the project into it (CPU torch pinned by constraints-cpu.txt).
+# Both install what they need first: the Debian packages (as root through apt-get; otherwise one line
+# with the exact command to run), then .venv with the project (CPU torch pinned by constraints-cpu.txt).
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install test demo lint bench clean
+# Debian packages the test suite needs: the RealSense driver's libusb, a headless browser for the
+# operator-page tests, docker-compose to validate the compose file (no engine needed).
+TEST_DEBS := libusb-1.0-0 chromium chromium-driver docker-compose
+
+.PHONY: install system-deps test demo lint bench clean
+
+system-deps:
+	@DEBS="$(TEST_DEBS)" sh install/debian-packages.sh
 
 $(STAMP): pyproject.toml constraints-cpu.txt
+	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || DEBS=python3-venv sh install/debian-packages.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev,robot,calib]'
@@ -16,8 +25,9 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: system-deps $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
@@ -25,6 +35,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/vlaloop bench all

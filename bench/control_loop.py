@@ -77,11 +77,11 @@ def _stats(starts: list[float], t0: float, period: float, ticks: list[int] | Non
 def run_vlaloop(rate: float, seconds: float, server_url: str, learner_addr: str, outbox: Path,
                 prefetch_steps: int = 0, realtime_priority: int = 0) -> dict:  # rows without it: explicit 0
     from calibration.schema import default_mock_calibration
-    from robot_client.backends.mock import MockRobot
+    from deployment.config import DeploymentConfig
+    from deployment.robot import RobotConfig
     from robot_client.cli import RobotClient
-    from robot_client.config import RobotConfig
     from robot_client.episode import Rig
-    from vlaloop.config import DeploymentConfig
+    from sim.mock import MockRobot
 
     robot = MockRobot(task="reach", image_size=96, cameras=("front",), seed=int(rate))
     rig = Rig(arm=robot.arm, cameras=dict(robot.cameras), task="reach", new_episode=robot.new_episode)
@@ -115,9 +115,9 @@ def run_naive(rate: float, seconds: float, server_url: str) -> dict:
     from calibration.schema import default_mock_calibration
     from protocol.images import encode_jpeg
     from protocol.messages import ActRequest
-    from robot_client.backends.mock import MockRobot
     from robot_client.safety import SafetyFilter
     from robot_client.server_client import ServerClient
+    from sim.mock import MockRobot
 
     robot = MockRobot(task="reach", image_size=96, cameras=("front",))
     robot.new_episode(0)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-control-loop-"))
     py = sys.executable
     # publish in a subprocess: this process stays as lean as a robot client (no torch in its heap)
-    subprocess.run([py, "-c", "import sys, torch; torch.set_num_threads(1); from server.harness import "
+    subprocess.run([py, "-c", "import sys, torch; torch.set_num_threads(1); from bench.harness import "
                     "publish_tiny; publish_tiny(sys.argv[1])", str(tmp)], cwd=ROOT, check=True,
                    env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     sport, lport = _free_port(), _free_port()

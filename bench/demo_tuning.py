@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
+from deployment.config import load_config
+from episodes.store import EpisodeStore
 from learner.evaluate import collect_episodes, success_rate
-from learner.store import EpisodeStore
 from learner.trainer import Trainer
-from robot_client.backends.mock.cli import record_demos
-from vlaloop.config import load_config
+from sim.mock.demos import record_demos
 
 
 def _config(args, run_dir: Path):

@@ -294,7 +294,7 @@ class Rig:
                        for i in range(opt.robots)]
 
     def _write_config(self) -> Path:
-        from vlaloop.config import DeploymentConfig
+        from deployment.config import DeploymentConfig
 
         data = DeploymentConfig().model_dump()
         data["run_dir"] = str(self.run_dir)
@@ -338,7 +338,7 @@ class Rig:
         raise RuntimeError("learner not bound")
 
     def start(self) -> None:
-        from server.harness import publish_tiny
+        from bench.harness import publish_tiny
 
         if not (self.run_dir / "checkpoints" / "LATEST").exists():
             publish_tiny(self.run_dir)
@@ -423,9 +423,9 @@ class Rig:
         """A robot stopped by SIGTERM flushes for 3 s only; what it could not send stays in its outbox
         and goes out on its next start. Do that start's streaming part here (the real Streamer on
         the real outbox), so the audit sees everything. Returns how many messages were pending."""
+        from deployment.config import load_config
         from robot_client.outbox import Outbox
         from robot_client.streamer import Streamer
-        from vlaloop.config import load_config
 
         config_hash = load_config(self.cfg_path, environ={}).config_hash()
         pending = 0
@@ -468,7 +468,7 @@ def disk_used_fraction(path: Path) -> float:
 
 # ------------------------------------------------------------------ the audit
 def audit(run_dir: Path, act_log: list[dict], opt: Options, events: list[dict]) -> dict:
-    from learner.store import STEPS, EpisodeStore, _read_records
+    from episodes.store import STEPS, EpisodeStore, _read_records
 
     store = EpisodeStore(run_dir / "episodes")
     replies: dict[tuple, dict] = {}
@@ -572,9 +572,9 @@ def run(opt: Options) -> dict:
             print("cannot mount a tmpfs (not root?): disk-full phase skipped", flush=True)
             tmpfs = None
     if opt.full_learner_cycles:  # SFT needs expert demos (the demo records them the same way)
-        from learner.store import EpisodeStore
-        from robot_client.backends.mock.cli import record_demos
-        from vla.config import ModelConfig
+        from deployment.model import ModelConfig
+        from episodes.store import EpisodeStore
+        from sim.mock.demos import record_demos
 
         m = ModelConfig()
         record_demos(EpisodeStore(opt.run_dir / "episodes"), task="reach", n=4, seed=0, image_size=m.image_size,

@@ -21,7 +21,7 @@ def create_baseline_app(policy: Any):
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
-    from vla.policy import Observation
+    from interface.policy import Observation
 
     app = FastAPI(title="JSON-lists baseline (OpenVLA deploy.py shape)")
 

@@ -28,8 +28,8 @@ from vla.model import HeadActor, HeadCritic
 
 
 def mock_observations(n: int, size: int, seed: int = 0):
-    from robot_client.backends.mock.vec import VecScene
-    from vla.policy import Observation
+    from interface.policy import Observation
+    from sim.mock.vec import VecScene
 
     vec = VecScene(n)
     instructions = vec.reset(range(seed, seed + n), "reach")
@@ -104,7 +104,7 @@ def bench_full_ppo(model, norm, obs, batch: int, n_batches: int) -> float:
 
 
 def run(samples: int, full_batch: int, full_batches: int, ingest_seconds: float) -> dict:
-    from vla.config import ModelConfig
+    from deployment.model import ModelConfig
     from vla.model import build_model
     from vla.normalization import Normalizer
     from vla.policy import Policy

@@ -122,8 +122,8 @@ def ingest_benchmark(n_clients: int = 4, cameras: int = 2, seconds: float = 5.0,
                      episode_len: int = 50, root: str | Path | None = None, group_commit: bool = True) -> dict:
     """An in-process Ingest (real ROUTER on loopback TCP, real fsyncing store) against ``n_clients``
     robot processes streaming for ``seconds``; returns throughput and ack latency (send -> ack)."""
+    from episodes.store import EpisodeStore
     from learner.ingest import Ingest
-    from learner.store import EpisodeStore
 
     mp = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(dir=root) as tmp:

@@ -15,7 +15,7 @@ demos), with an SFT phase after each iteration where the method has one.
     ppo_whole         PPO on the whole model (backbone unfrozen, learner/rl/ppo_whole.py), no SFT
     rl_only           head-only PPO rounds only, no SFT consolidation
 
-Task split (mock `reach_slots`, robot_client/backends/mock/tasks.py): `demo` colours (red, green)
+Task split (mock `reach_slots`, sim/mock/tasks.py): `demo` colours (red, green)
 have `demos` expert demos; the `rl` colour (blue) has only `rl_task_demos` (default 4; 0 = none) and
 is otherwise met only in online episodes (online episodes sample demo + rl colours: split `train`);
 the `held_out` colour (yellow) is never trained on. Greedy
@@ -89,7 +89,7 @@ SMOKE = dict(seeds=(0,), demos=6, rl_task_demos=2, bootstrap_steps=8, iterations
 
 # ---------------------------------------------------------------------------------------------- jobs
 def _learner_config(cfg: LearningBenchConfig, run_dir: Path, seed: int):
-    from vlaloop.config import load_config
+    from deployment.config import load_config
 
     config = load_config(None, environ={}, run_dir=str(run_dir))
     lc = config.learner
@@ -104,9 +104,9 @@ def stage0(cfg: LearningBenchConfig, out: Path, seed: int) -> Path:
     """Demos on the `demo` split + Stage 0 for one seed (skipped if already done)."""
     import torch
 
-    from learner.store import EpisodeStore
+    from episodes.store import EpisodeStore
     from learner.trainer import Trainer
-    from robot_client.backends.mock.cli import record_demos
+    from sim.mock.demos import record_demos
 
     boot = out / "stage0" / f"s{seed}"
     if (boot / "done.json").exists():
@@ -142,7 +142,7 @@ def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict
     from learner.evaluate import rollout
     from learner.rl.ppo_whole import whole_model_ppo_round
     from learner.trainer import Trainer
-    from robot_client.backends.mock.cli import record_demos
+    from sim.mock.demos import record_demos
 
     torch.set_num_threads(1)
     run_dir = out / "runs" / f"{method}-s{seed}"
@@ -219,7 +219,7 @@ def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict
 
 def _job(args) -> dict:
     cfg, out, method, seed = args
-    from vlaloop.durable import write_json_atomic
+    from episodes.durable import write_json_atomic
 
     result = run_job(cfg, out, method, seed)
     write_json_atomic(out / "results" / f"{method}-s{seed}.json", result)
@@ -230,8 +230,8 @@ def _job(args) -> dict:
 def online_episode_stats(run_dir: Path, task: str) -> dict | None:
     """A run's sampled online episodes, read back from its episode store: episodes and successes per
     split (by the colour word of the instruction) and mean steps per episode. None: no episodes."""
-    from learner.store import EpisodeStore
-    from robot_client.backends.mock.tasks import FAMILIES, LAYOUT_TASKS, split_colors
+    from episodes.store import EpisodeStore
+    from sim.mock.tasks import FAMILIES, LAYOUT_TASKS, split_colors
 
     family = LAYOUT_TASKS.get(task, task)
     metas = EpisodeStore(run_dir / "episodes").list_episodes(source="online") if run_dir.exists() else []

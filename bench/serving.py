@@ -241,7 +241,8 @@ def batch_counts(url: str) -> tuple[float, float]:
 
 def load_bare(run_dir: str, frame: np.ndarray):
     """The same policy in this process, and a call of bare ``policy.act`` (greedy) on ``frame``."""
-    from vla.policy import Observation, Policy
+    from interface.policy import Observation
+    from vla.policy import Policy
     from vla.registry import CheckpointRegistry
 
     policy = Policy.load(CheckpointRegistry(Path(run_dir) / "checkpoints"))
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         args.n, args.duration = 30, 1.0
     import torch
 
-    from server.harness import publish_tiny
+    from bench.harness import publish_tiny
 
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]

@@ -54,7 +54,7 @@ def cpu_seconds(pid: int) -> float | None:
 def write_config(run_dir: Path, server_port: int, learner_port: int, rate: float, max_steps: int) -> Path:
     import yaml
 
-    from vlaloop.config import DeploymentConfig
+    from deployment.config import DeploymentConfig
 
     data = DeploymentConfig().model_dump()
     data["run_dir"] = str(run_dir)
@@ -102,8 +102,8 @@ def slope_mb_per_min(samples: list[tuple[float, float]], warmup_s: float) -> tup
 
 def run(robots: int, rate: float, minutes: float, run_dir: Path, max_steps: int = 60,
         sample_s: float = 5.0) -> dict:
-    from learner.store import EpisodeStore
-    from server.harness import publish_tiny
+    from bench.harness import publish_tiny
+    from episodes.store import EpisodeStore
 
     if run_dir.exists():
         shutil.rmtree(run_dir)

@@ -170,7 +170,7 @@ def _note(cal: CalibrationFile, text: str) -> None:
 def _open_arm(config, home: Home):
     """The franka arm of the robot client's backend (franky imported only there)."""
     try:
-        from robot_client.backends.franka import FrankaArm
+        from hardware.franka import FrankaArm
     except ImportError as e:
         raise CalibrationError(f"the franka backend is not available ({e}); install the `robot` extra or use "
                                f"--backend mock") from None
@@ -182,7 +182,7 @@ def _open_arm(config, home: Home):
 
 def _open_camera(config, name: str, serial: str):
     try:
-        from robot_client.backends.realsense import RealSenseCamera
+        from hardware.realsense import RealSenseCamera
     except ImportError as e:
         raise CalibrationError(f"the realsense backend is not available ({e})") from None
     if not serial:

@@ -34,7 +34,7 @@ from calibration.transforms import (
     rotvec_to_matrix,
     rpy_to_matrix,
 )
-from robot_client.backends.base import Arm, Camera
+from interface.robot import Arm, Camera
 
 log = logging.getLogger(__name__)
 

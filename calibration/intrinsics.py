@@ -12,7 +12,7 @@ import numpy as np
 
 from calibration.board import BoardSpec, detect_corners
 from calibration.schema import CalibrationError, Intrinsics
-from robot_client.backends.base import Camera
+from interface.robot import Camera
 
 log = logging.getLogger(__name__)
 

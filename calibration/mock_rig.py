@@ -30,7 +30,7 @@ from calibration.transforms import (
     rot_z,
     rpy_to_matrix,
 )
-from robot_client.backends.base import Arm, ArmError, ArmState, Camera, Frame
+from interface.robot import Arm, ArmError, ArmState, Camera, Frame
 
 
 class KinematicArm(Arm):

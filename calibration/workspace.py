@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from calibration.schema import CalibrationError, Workspace
-from robot_client.backends.base import Arm
+from interface.robot import Arm
 
 
 def box_with_margin(points: np.ndarray, margin_m: float) -> Workspace:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from episodes.store import EpisodeStore
 from learner.episode_rules import is_expert
 from learner.sft import SFTConfig, build_sft_data, train_sft
-from learner.store import EpisodeStore
 from vla.model import VLAModel, build_model
 from vla.normalization import Normalizer
 from vla.registry import CheckpointRegistry, publish
@@ -46,7 +46,7 @@ def ensure_demos(store: EpisodeStore, config, progress: bool = False) -> list[di
     demos = expert_demos(store)
     want = config.learner.bootstrap_demos
     if len(demos) < want and config.robot.backend == "mock":
-        from robot_client.backends.mock.cli import record_demos
+        from sim.mock.demos import record_demos
 
         log.info("recording %d mock %s demos for the bootstrap", want - len(demos), config.robot.task)
         record_demos(store, task=config.robot.task, n=want, seed=0, image_size=config.model.image_size,

@@ -15,10 +15,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from episodes.status import StatusBoard
+from episodes.store import EpisodeStore
 from learner.ingest import Ingest
 from learner.loop import PhaseLoop, Shutdown, ShutdownRequested
-from learner.status import StatusBoard
-from learner.store import EpisodeStore
 
 log = logging.getLogger("learner")
 

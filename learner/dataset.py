@@ -1,4 +1,4 @@
-"""From stored episodes (learner.store) to what the algorithms train on.
+"""From stored episodes (episodes.store) to what the algorithms train on.
 
 * Online episodes (robots running a policy): a step with ``chunk_index == 0`` is a DECISION -- its
   observation (frames + state + instruction) produced ``action_chunk`` (robot units, [H][7]) with the
@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from episodes.store import Episode, EpisodeStore
+from interface.action import ACTION_DIM
+from interface.policy import Observation
 from learner.episode_rules import is_sft_episode
-from learner.store import Episode, EpisodeStore
-from vla.policy import Observation
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _instruction(meta: dict, steps: list[dict]) -> str:
 
 def online_decisions(meta: dict, episode: Episode, chunk: int, step_penalty: float = 0.0) -> EpisodeDecisions:
     rows = [s for s in episode.steps if int(s.get("chunk_index", 0)) == 0 and s.get("action_chunk") is not None]
-    chunks = np.asarray([r["action_chunk"] for r in rows], np.float32).reshape(len(rows), -1, 7)
+    chunks = np.asarray([r["action_chunk"] for r in rows], np.float32).reshape(len(rows), -1, ACTION_DIM)
     if len(rows) and chunks.shape[1] != chunk:
         raise ValueError(f"episode {meta.get('robot_id')}/{meta.get('episode_id')}: chunk length "
                          f"{chunks.shape[1]} != model chunk {chunk}")
@@ -93,7 +94,7 @@ def expert_decisions(meta: dict, episode: Episode, chunk: int, stride: int | Non
     """Demo steps as decisions: every step (stride 1, SFT) or every H-th step (SAC demo buffer)."""
     steps = episode.steps
     actions = np.asarray([s["action"] for s in steps], np.float32).reshape(len(steps), -1)
-    all_chunks = expert_chunks(actions, chunk) if len(steps) else np.zeros((0, chunk, 7), np.float32)
+    all_chunks = expert_chunks(actions, chunk) if len(steps) else np.zeros((0, chunk, ACTION_DIM), np.float32)
     keep = list(range(0, len(steps), stride or 1))
     rewards, dones = sparse_rewards(len(keep), meta.get("outcome") == "success", step_penalty)
     n = len(keep)

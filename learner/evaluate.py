@@ -1,7 +1,7 @@
 """In-process evaluation and data collection on the mock simulator (tests, benchmarks, bootstrap
 tuning): no servers, no network -- a Policy drives N mock scenes at once.
 
-The scenes are `robot_client.backends.mock.vec.VecScene`, the batched twin of `MockRobot` (same
+The scenes are `sim.mock.vec.VecScene`, the batched twin of `MockRobot` (same
 layouts, physics, success predicates; the mock's tests check they agree step by step). Each
 decision renders every camera, round-trips the frames through JPEG exactly like the robot client
 and the server do, asks the policy for one chunk per scene in ONE batched forward pass, and executes
@@ -22,14 +22,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from learner.store import EpisodeStore
+from episodes.store import EpisodeStore
+from interface.policy import Observation
 from protocol.images import decode_jpeg, encode_jpeg
 from protocol.messages import EpisodeEnd, StepMsg
-from robot_client.backends.mock.cli import executed_action
-from robot_client.backends.mock.vec import VecScene
-from vla.policy import Observation, Policy
+from sim.mock.demos import executed_action
+from sim.mock.vec import VecScene
 
 # StepMsg fields that are not part of the stored step record (as in learner.ingest)
+from vla.policy import Policy
+
 _NOT_IN_RECORD = {"images", "type", "schema_version", "robot_id", "episode_id", "step"}
 
 

@@ -1,4 +1,4 @@
-"""Relabel files dropped by the server into ``runs/<run>/inbox/`` (channels contract).
+"""Relabel files dropped by the server into ``runs/<run>/inbox/`` (docs/architecture.md, "Wire protocol").
 
 The operator corrects a label on the page; the server writes ``relabel-<uuid>.json``
 ``{"robot_id", "episode_id", "outcome"}`` atomically. The learner applies it to the episode store
@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from learner.store import EpisodeStore, StoreError
+from episodes.store import EpisodeStore, StoreError
 from protocol.messages import EpisodeId, RobotId
 
 log = logging.getLogger("learner.inbox")

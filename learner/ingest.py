@@ -1,7 +1,7 @@
 """ZeroMQ ingestion: robots' DEALERs -> this ROUTER -> the durable episode store.
 
-Framing (channels contract): a robot sends ``[seq, payload]`` (``seq`` = 8-byte little-endian
-unsigned, ``payload`` = ``protocol.messages.encode_message``). The learner answers
+Framing (docs/architecture.md, "Wire protocol"): a robot sends ``[seq, payload]`` (``seq`` = 8-byte
+little-endian unsigned, ``payload`` = ``protocol.messages.encode_message``). The learner answers
 ``[seq, Ack]`` only after the message is durable in the store (or was a duplicate), so a robot that
 keeps unacked messages in its outbox and resends them loses nothing and duplicates nothing.
 
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import zmq
 
+from episodes.status import StatusBoard
+from episodes.store import EpisodeStore, StoreError
 from learner.inbox import Inbox
-from learner.status import StatusBoard
-from learner.store import EpisodeStore, StoreError
 from protocol.codec import CodecError
 from protocol.messages import (
     SCHEMA_VERSION,

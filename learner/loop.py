@@ -28,10 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from episodes.status import StatusBoard
+from episodes.store import EpisodeStore, write_json_atomic
 from learner.episode_rules import is_rl_episode
 from learner.metrics import scalar_metrics
-from learner.status import StatusBoard
-from learner.store import EpisodeStore, write_json_atomic
 
 log = logging.getLogger("learner.loop")
 

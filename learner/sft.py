@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from episodes.store import Episode, EpisodeStore
+from interface.policy import Observation
 from learner.dataset import load_decisions
-from learner.store import Episode, EpisodeStore
 from vla.model import VLAModel
 from vla.normalization import Normalizer
-from vla.policy import Observation
 
 
 @dataclass

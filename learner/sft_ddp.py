@@ -42,13 +42,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from deployment.config import load_config
+    from episodes.store import EpisodeStore
     from learner.bootstrap import expert_demos, normalizer_from_demos
     from learner.dataset import sft_episodes
     from learner.sft import SFTConfig, build_sft_data, train_sft
-    from learner.store import EpisodeStore
     from vla.model import build_model
     from vla.registry import CheckpointRegistry, load_model, publish
-    from vlaloop.config import load_config
 
     config = load_config(args.config, run_dir=args.run_dir)
     use_cuda = torch.cuda.is_available() and config.model.device.startswith("cuda")

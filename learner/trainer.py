@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from episodes.store import EpisodeStore
 from learner.bootstrap import expert_demos, run_bootstrap
 from learner.dataset import EpisodeDecisions, load_decisions, sft_episodes
 from learner.episode_rules import is_rl_episode
@@ -35,7 +36,6 @@ from learner.rl.algorithms import algorithm_config, make_algorithm
 from learner.rl.base import EpisodeTensors, RLAlgorithm
 from learner.rl.ppo import gaussian_logprob
 from learner.sft import SFTConfig, build_sft_data, train_sft
-from learner.store import EpisodeStore
 from vla.model import HeadActor, VLAModel
 from vla.normalization import Normalizer
 from vla.policy import Policy

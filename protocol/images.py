@@ -34,7 +34,7 @@ def decode_jpeg(data: bytes) -> np.ndarray:
 
 
 def as_image(value: object) -> np.ndarray:
-    """Accept JPEG/PNG bytes or a raw uint8 HxWx3 array (the two encodings of DESIGN.md)."""
+    """Accept JPEG/PNG bytes or a raw uint8 HxWx3 array (the two encodings the wire protocol allows)."""
     if isinstance(value, (bytes, bytearray)):
         return decode_jpeg(bytes(value))
     if isinstance(value, np.ndarray):

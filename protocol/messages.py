@@ -1,4 +1,4 @@
-"""Typed messages at every process boundary (DESIGN.md, "Wire protocol").
+"""Typed messages at every process boundary (docs/architecture.md, "Wire protocol").
 
 HTTP (robot -> server): ``ActRequest`` / ``ActResponse``.
 ZeroMQ (robot -> learner): ``Hello``, ``StepMsg``, ``EpisodeEnd``; learner -> robot: ``Ack``.
@@ -13,10 +13,10 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from interface.action import ACTION_DIM
 from protocol.codec import CodecError, packb, unpackb
 
 SCHEMA_VERSION = 1
-ACTION_DIM = 7  # dx, dy, dz (m), droll, dpitch, dyaw (rad), gripper (0 closed .. 1 open)
 
 # robot_id and episode_id become directory names in the episode store: a strict pattern keeps
 # them from escaping the run directory ("..", "/", NUL are impossible).

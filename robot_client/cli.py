@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from calibration.schema import CalibrationError, CalibrationFile, default_mock_calibration, load_calibration
-from robot_client.config import RobotConfig
+from deployment.robot import RobotConfig
 from robot_client.episode import EpisodeRunner, Rig, StatusReporter
 from robot_client.loop import ControlLoop
 from robot_client.outbox import Outbox
@@ -59,14 +59,14 @@ def calibration_for(cfg: RobotConfig) -> CalibrationFile:
 
 def build_rig(cfg: RobotConfig, model_cameras: list[str], image_size: int, cal: CalibrationFile) -> Rig:
     if cfg.backend == "mock":
-        from robot_client.backends.mock import MockRobot
+        from sim.mock import MockRobot
 
         robot = MockRobot(task=cfg.task, image_size=image_size, cameras=tuple(model_cameras), seed=cfg.seed)
         return Rig(arm=robot.arm, cameras=dict(robot.cameras), task=cfg.task,
                    new_episode=lambda seed: robot.new_episode(seed), success=robot.success,
                    max_steps=lambda: robot.max_steps, close=robot.close)
-    from robot_client.backends.franka import FrankaArm
-    from robot_client.backends.realsense import RealSenseCamera
+    from hardware.franka import FrankaArm
+    from hardware.realsense import RealSenseCamera
 
     if len(cfg.camera_serials) != len(model_cameras):
         raise ValueError(f"robot.camera_serials lists {len(cfg.camera_serials)} serials but the model "

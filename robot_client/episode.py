@@ -1,4 +1,4 @@
-"""Episodes, one after another: reset -> control loop -> label -> EpisodeEnd (DESIGN.md, "Episode").
+"""Episodes, one after another: reset -> control loop -> label -> EpisodeEnd (docs/architecture.md, "Robot client").
 
 An episode that ends normally (max steps, auto-success, the operator's end button) waits for the
 operator's label through the server; the mock's success predicate is offered as the auto outcome.
@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deployment.robot import RobotConfig
+from interface.robot import Arm, ArmError, Camera
 from protocol.messages import EpisodeEnd
-from robot_client.backends.base import Arm, ArmError, Camera
-from robot_client.config import RobotConfig
 from robot_client.loop import ControlLoop, EpisodeResult
 from robot_client.server_client import ServerClient, ServerRefused, ServerUnavailable
 
@@ -133,7 +133,7 @@ class EpisodeRunner:
 
     def episode_mode(self, n: int) -> str:
         """sample (exploration) or greedy (evaluation) for the n-th episode. In mode `auto` the
-        robot evaluates while the learner consolidates (SFT), as DESIGN.md asks: those greedy
+        robot evaluates while the learner consolidates (SFT), as the iRe-VLA recipe does: those greedy
         episodes give the success curve and are never used for RL."""
         if self.cfg.eval_every > 0 and (n + 1) % self.cfg.eval_every == 0:
             return "greedy"

@@ -1,4 +1,4 @@
-"""The fixed-rate control loop of one episode (DESIGN.md, "Robot client").
+"""The fixed-rate control loop of one episode (docs/architecture.md, "Robot client").
 
 Every tick, at an absolute deadline ``t0 + k * period`` (never ``sleep(period)``, which drifts):
 
@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from deployment.robot import RobotConfig
+from interface.robot import Arm, ArmError, Camera
 from protocol.images import encode_jpeg
 from protocol.messages import ActRequest, StepMsg
-from robot_client.backends.base import Arm, ArmError, Camera
-from robot_client.config import RobotConfig
 from robot_client.safety import SafetyFilter
 from robot_client.server_client import ActionLink, Reply
 from robot_client.watchdog import Watchdog

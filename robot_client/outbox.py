@@ -1,5 +1,5 @@
 """The on-disk outbox: every robot->learner message is durable here BEFORE it is sent, and stays
-until the learner acks it (DESIGN.md, "Wire protocol").
+until the learner acks it (docs/architecture.md, "Wire protocol").
 
 Layout of the outbox directory:
   ``<seq:020d>.msg``  one message each: ``[u32 length][u32 crc32][payload]``, written to a temp
@@ -24,7 +24,7 @@ import threading
 import zlib
 from pathlib import Path
 
-from vlaloop.durable import write_atomic
+from episodes.durable import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from robot_client.backends.base import ACTION_DIM
+from interface.robot import ACTION_DIM
 
 # Counter names (also the keys in StepMsg.safety).
 HOLD_NONFINITE = "hold_nonfinite"

@@ -1,4 +1,4 @@
-"""HTTP to the inference server (/tmp/channels.md, "HTTP").
+"""HTTP to the inference server (docs/architecture.md, "Wire protocol").
 
 ``ServerClient``: keep-alive httpx calls (msgpack for /v1/act, JSON for status and labels).
 ``ActionLink``: the background request thread. The control loop hands it the newest

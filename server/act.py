@@ -13,6 +13,7 @@ import time
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 
+from interface.policy import Observation
 from protocol.codec import packb
 from protocol.messages import ActRequest, ActResponse, Timing
 from server.auth import require_robot
@@ -73,7 +74,6 @@ async def act(request: Request) -> Response:
     req = decoded.request
     decode_s = time.perf_counter() - t0
 
-    from vla.policy import Observation  # imported once the first policy is loaded, so already cached
 
     obs = Observation(images=decoded.images, state=np.asarray(req.state, dtype=np.float32),
                       instruction=req.instruction)

@@ -19,13 +19,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployment.config import DeploymentConfig
 from server import act, health, openpi_ws, openvla_rest, robots, ui
 from server.batcher import InferenceFailed, MicroBatcher
 from server.decode import InputError
 from server.metrics import ServerMetrics
 from server.policy_holder import NoPolicyLoaded, PolicyHolder, PolicyLoader, RegistryLoader
 from server.robots import RobotRegistry
-from vlaloop.config import DeploymentConfig
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Literal
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from server.config import ServerConfig
+from deployment.server import ServerConfig
 
 Role = Literal["robot", "operator"]
 _bearer = HTTPBearer(auto_error=False)

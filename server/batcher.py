@@ -21,10 +21,10 @@ import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from interface.policy import ActOutput, BasePolicy, Observation
 from server.metrics import ServerMetrics
 from server.policy_holder import NoPolicyLoaded, PolicyHolder
 
@@ -40,7 +40,7 @@ class InferenceFailed(RuntimeError):
 
 @dataclass
 class BatchResult:
-    output: Any            # vla.policy.ActOutput
+    output: ActOutput
     version: int
     queue_s: float
     infer_s: float
@@ -62,7 +62,7 @@ class _RobotTiming:
 
 @dataclass
 class _Pending:
-    obs: Any
+    obs: Observation
     mode: str
     robot_id: str
     future: asyncio.Future
@@ -98,7 +98,7 @@ class MicroBatcher:
             if not item.future.done():
                 item.future.set_exception(NoPolicyLoaded("server is shutting down"))
 
-    async def submit(self, obs: Any, mode: str, robot_id: str) -> BatchResult:
+    async def submit(self, obs: Observation, mode: str, robot_id: str) -> BatchResult:
         self.holder.require()
         assert self._queue is not None, "batcher not started"
         item = _Pending(obs, mode, robot_id, asyncio.get_running_loop().create_future())
@@ -182,11 +182,11 @@ class MicroBatcher:
 
     # ------------------------------------------------------------------ worker thread
 
-    def _run_batch(self, policy: Any, batch: list[_Pending]) -> list[BatchResult | Exception]:
+    def _run_batch(self, policy: BasePolicy, batch: list[_Pending]) -> list[BatchResult | Exception]:
         t0 = time.perf_counter()
         version = int(policy.version)
         try:
-            outputs: list[Any] = list(policy.act_batch([p.obs for p in batch], [p.mode for p in batch]))
+            outputs: list[ActOutput] = list(policy.act_batch([p.obs for p in batch], [p.mode for p in batch]))
         except Exception as e:
             # One bad observation must not fail the others: retry one by one to find it.
             log.warning("batch of %d failed (%s); retrying one by one", len(batch), e)

@@ -7,8 +7,8 @@ import logging
 import socket
 import sys
 
+from deployment.config import DeploymentConfig
 from server.auth import UnsafeBindError, check_bind_allowed
-from vlaloop.config import DeploymentConfig
 
 log = logging.getLogger("server")
 

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI
 
+from deployment.dropin import DropinConfig
+from interface.policy import Observation
 from server.batcher import BatchResult
 from server.decode import InputError
-from server.dropin_config import DropinConfig
 
 NUMERIC_KINDS = "biuf"
 MAX_DIMS = 8
@@ -114,7 +115,6 @@ async def serve_observation(app: FastAPI, t0: float, decode_s: float, *, images:
                             state: np.ndarray, instruction: str, mode: str, robot_id: str,
                             episode_id: str | None, step: int | None, encoding: str) -> Served:
     """Run one checked observation through the shared batcher; feed the operator page; count it."""
-    from vla.policy import Observation  # cached once the first policy is loaded
 
     obs = Observation(images=images, state=state, instruction=instruction)
     result = await app.state.batcher.submit(obs, mode, robot_id)

@@ -34,6 +34,7 @@ import msgpack
 import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from deployment.dropin import OpenpiKeys
 from protocol.messages import ID_PATTERN
 from server.batcher import InferenceFailed
 from server.decode import InputError
@@ -46,7 +47,6 @@ from server.dropin import (
     numeric_dtype,
     serve_observation,
 )
-from server.dropin_config import OpenpiKeys
 from server.policy_holder import NoPolicyLoaded
 
 log = logging.getLogger(__name__)

@@ -17,10 +17,11 @@ import time
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
+from interface.policy import BasePolicy, Observation
 from server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class PolicyLoader(Protocol):
     """Where versions come from. The default reads the run directory through ``vla.registry``."""
 
     def latest(self) -> int | None: ...
-    def load(self, version: int, base: Any | None) -> Any: ...
+    def load(self, version: int, base: BasePolicy | None) -> BasePolicy: ...
 
 
 class RegistryLoader:
@@ -51,7 +52,7 @@ class RegistryLoader:
             return None
         return self.registry.latest()
 
-    def load(self, version: int, base: Any | None) -> Any:
+    def load(self, version: int, base: BasePolicy | None) -> BasePolicy:
         from vla.policy import Policy
 
         return Policy.load(self.registry, version, device=self.device, base=base)
@@ -65,10 +66,9 @@ class ValidationFailed(Exception):
     """A loaded version produced something unusable on the test observation."""
 
 
-def validate_policy(policy: Any) -> None:
+def validate_policy(policy: BasePolicy) -> None:
     """One greedy and one sampled forward pass on a dummy observation; everything must be finite
     and shaped [chunk, action_dim]. Raises ValidationFailed."""
-    from vla.policy import Observation
 
     spec = policy.spec
     size = spec.image_size
@@ -105,7 +105,7 @@ class PolicyHolder:
         self.interval_s = interval_s
         self._worker = worker          # the inference thread: validation never runs beside a batch
         self._validate = validate
-        self._policy: Any | None = None
+        self._policy: BasePolicy | None = None
         self._loaded_at: float | None = None
         self._refused: dict[int, str] = {}
         self._attempts: dict[int, int] = {}
@@ -121,11 +121,11 @@ class PolicyHolder:
     # ------------------------------------------------------------------ serving side
 
     @property
-    def policy(self) -> Any | None:
+    def policy(self) -> BasePolicy | None:
         """The version to use for the next batch (None until the first checkpoint loaded)."""
         return self._policy
 
-    def require(self) -> Any:
+    def require(self) -> BasePolicy:
         """The current policy, or NoPolicyLoaded (the HTTP layer answers 503)."""
         policy = self._policy
         if policy is None:
@@ -181,7 +181,7 @@ class PolicyHolder:
             return False
         return self._try_swap(latest, current)
 
-    def _try_swap(self, version: int, current: Any | None) -> bool:
+    def _try_swap(self, version: int, current: BasePolicy | None) -> bool:
         t0 = time.perf_counter()
         load_ms = validate_ms = 0.0
         try:

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from deployment.model import ModelConfig
 from vla.backbone import Preprocessor, backbone_hash, hidden_size, last_hidden_states, load_backbone
-from vla.config import ModelConfig
 from vla.tiny import TINY_ID, default_tiny_dir, ensure_tiny_backbone
 
 if TYPE_CHECKING:
-    from vla.policy import Observation
+    from interface.policy import Observation
 
 MODES = ("head_only", "lora", "full")
 

@@ -11,45 +11,20 @@ so no lock is needed. Inference runs under `torch.inference_mode`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
+from interface.policy import ACT_MODES, ActOutput, Observation, PolicySpec
 from vla.model import VLAModel
 from vla.normalization import Normalizer
 from vla.registry import CheckpointError, CheckpointRegistry, load_model
 
-ACT_MODES = ("greedy", "sample")
-
-
-@dataclass
-class Observation:
-    images: dict[str, np.ndarray]  # camera name -> uint8 H x W x 3 RGB (any size; resized to spec.image_size)
-    state: np.ndarray  # float32 [state_dim]: x, y, z, roll, pitch, yaw, gripper (robot units)
-    instruction: str
-
-
-@dataclass
-class ActOutput:
-    actions: np.ndarray  # [H, action_dim] float32, robot units (un-normalized): what the robot executes
-    log_prob: float  # log-prob of the whole chunk in normalized space (sum over H*action_dim dims)
-    value: float  # PPO critic V(features, state)
-
-
-@dataclass
-class PolicySpec:
-    cameras: list[str]
-    image_size: int
-    chunk: int
-    action_dim: int
-    state_dim: int
-    backbone_id: str
-    backbone_hash: str
-    feature_dim: int
-
 
 class Policy:
+    """A checkpoint version as a `interface.policy.BasePolicy`."""
+
     def __init__(self, model: VLAModel, norm: Normalizer, version: int = -1, meta: dict | None = None):
         """Wrap a model (e.g. the learner's, for evaluation before publishing). version -1 = unpublished."""
         c = model.config

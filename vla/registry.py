@@ -38,11 +38,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from deployment.model import ModelConfig
+from episodes.durable import fsync_dir, fsync_path
 from vla.backbone import backbone_hash, quiet_transformers
-from vla.config import ModelConfig
 from vla.normalization import Normalizer
 from vla.tiny import TINY_ID, default_tiny_dir, ensure_tiny_backbone
-from vlaloop.durable import fsync_dir, fsync_path
 
 if TYPE_CHECKING:
     from vla.model import VLAModel

@@ -10,13 +10,13 @@ import importlib
 import logging
 import sys
 
-from vlaloop.config import ConfigError, load_config
+from deployment.config import ConfigError, load_config
 
 SUBCOMMANDS = {
     "serve": ("server.cli", "run the inference server (FastAPI/uvicorn) and operator page"),
     "learn": ("learner.cli", "run the learner: ingest, RL and SFT phases, publish checkpoints"),
     "robot": ("robot_client.cli", "run the robot control client (mock or franka backend)"),
-    "demos": ("robot_client.backends.mock.cli", "record scripted expert demonstrations on the mock"),
+    "demos": ("sim.mock.demos", "record scripted expert demonstrations on the mock"),
     "calibrate": ("calibration.cli", "camera intrinsics, hand-eye and workspace calibration"),
     "demo": ("vlaloop.demo", "end-to-end demo: server, learner and mock robots learning"),
     "bench": ("bench.cli", "benchmarks (serving, control loop, learner, learning)"),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from vlaloop.config import DeploymentConfig
+from deployment.config import DeploymentConfig
 
 # Learner settings of the demo where the config (YAML/env) does not set them (bench/demo_tuning.py,
 # docs/demo.md): a short Stage 0 (on reach_slots 80+ steps already reach the ~60 % plateau that the
@@ -139,7 +139,7 @@ def _raise_on_sigterm(signum, frame):
 
 
 def run(args, config: DeploymentConfig) -> int:
-    from learner.store import EpisodeStore
+    from episodes.store import EpisodeStore
 
     signal.signal(signal.SIGTERM, _raise_on_sigterm)  # `finally` below stops every child process
     run_dir = Path(config.run_dir)
@@ -155,7 +155,7 @@ def run(args, config: DeploymentConfig) -> int:
     print(f"vlaloop demo: run dir {run_dir}, config {cfg_path}", flush=True)
     try:
         # 1. scripted demonstrations (the mock's expert), 2. Stage 0 bootstrap
-        from robot_client.backends.mock.cli import record_demos
+        from sim.mock.demos import record_demos
 
         n_demos = args.demos or config.learner.bootstrap_demos
         print(f"\n[1/5] recording {n_demos} scripted '{args.task}' demonstrations", flush=True)

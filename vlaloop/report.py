@@ -2,7 +2,7 @@
 
 Phases are read off the episode store in time order: a run of online (sampled) episodes is an RL
 phase; the run of eval (greedy) episodes that follows is the SFT phase of the same iteration
-(DESIGN.md: during SFT the robots run greedy evaluation episodes with the last policy).
+(During SFT the robots run greedy evaluation episodes with the last policy).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from learner.store import EpisodeStore
+from episodes.store import EpisodeStore
 
 
 def _is_success(meta: dict) -> bool:

@@ -79,7 +79,7 @@ class PPOConfig:
 
     @classmethod
     def from_learner(cls, lc) -> PPOConfig:
-        """The hyperparameters `vlaloop.config`'s learner section sets."""
+        """The hyperparameters `deployment.learner.LearnerConfig` sets."""
         return cls(learning_rate=lc.ppo_lr, update_epochs=lc.ppo_epochs, minibatch_size=lc.ppo_minibatch_size,
                    target_kl=lc.ppo_target_kl, critic_warmup_rounds=lc.critic_warmup_rounds)
 

@@ -80,7 +80,7 @@ class SACConfig:
 
     @classmethod
     def from_learner(cls, lc) -> SACConfig:
-        """The hyperparameters `vlaloop.config`'s learner section sets. Sparse reward: +1 once at a
+        """The hyperparameters `deployment.learner.LearnerConfig` sets. Sparse reward: +1 once at a
         success, -step_penalty per decision, so every return lies in [-penalty / (1 - gamma), 1]."""
         cfg = cls(updates_per_episode=lc.sac_updates_per_episode, batch_size=lc.sac_batch_size,
                   bc_coef=lc.sac_bc_coef, actor_lr=lc.sac_actor_lr, init_alpha=lc.sac_init_alpha)

@@ -1,4 +1,4 @@
-"""The operator web page and the read-side JSON behind it (issue 7).
+"""The operator web page and the read-side JSON behind it.
 
 The page itself (``/`` and ``/ui/static/*``) is public: it holds no data. Every JSON endpoint here
 requires the operator token (``Authorization: Bearer <operator_token>``, ``server.auth``): camera
@@ -36,7 +36,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
-from learner.store import EpisodeStore, StoreError, write_json_atomic
+from episodes.store import EpisodeStore, StoreError, write_json_atomic
 from protocol.messages import ID_PATTERN
 from server.auth import require_operator
 

@@ -1,0 +1,31 @@
+"""Server configuration (section `server`)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployment.dropin import DropinConfig
+
+
+class ServerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key in the YAML or env is an error
+    host: str = "127.0.0.1"
+    port: int = 8000
+    robot_token: str = Field(default="", description="bearer token for robots and the learner")
+    operator_token: str = Field(default="", description="bearer token for the operator page")
+    max_batch: int = Field(default=8, ge=1, description="most observations run in one forward pass")
+    max_wait_ms: float = Field(
+        default=5.0, ge=0.0,
+        description="longest a batch waits (after the worker is free) for robots expected back "
+                    "within this window; robots not expected that soon are never waited for")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, description="larger /v1/act bodies get 413")
+    max_image_side: int = Field(default=4096, description="images wider or taller than this are refused")
+    watch_interval_s: float = Field(default=0.5, gt=0.0, description="how often checkpoints/LATEST is polled")
+    auto_label: bool = Field(
+        default=False,
+        description="demo/test mode: answer a robot's label wait with its own auto outcome "
+                    "(the mock's success predicate stands in for the operator)")
+    label_poll_max_s: float = Field(default=60.0, gt=0.0, description="longest single label long-poll")
+    robot_stale_s: float = Field(default=10.0, description="a robot not seen for this long is shown as stale")
+    dropin: DropinConfig = Field(default_factory=DropinConfig,
+                                 description="key mapping of the drop-in openpi/OpenVLA protocols (docs/dropin.md)")

@@ -1,0 +1,157 @@
+"""``runs/<run>/status.json``: what the learner is doing, for the operator page and the demo.
+
+One ``StatusBoard`` per learner process. The phase loop and the ingest thread both report into it;
+every report rewrites the file atomically (temp + fsync + rename, readers never see half a file).
+Ingestion counters change with every step, so they alone are flushed at most every
+``interval_s``; phase changes, rounds, publishes and episode ends are written at once.
+
+Fields (see docs/learner.md): phase, iteration, round, progress, losses, success_rate,
+episodes_per_phase, policy_version, ingest, history, updated (unix seconds), started, pid, detail.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from episodes.store import write_json_atomic
+
+PHASES = ("bootstrap", "rl", "sft", "idle")
+RECENT_WINDOW = 20  # episodes in the "recent" success rate
+HISTORY_LEN = 200  # rounds/phases kept in status.json for the success curve
+
+
+def finite_json(value: Any) -> Any:
+    """NaN/inf become null: status.json must be strict JSON (browsers' JSON.parse rejects NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def episode_summary(meta: dict) -> dict:
+    """The few fields of an episode's meta.json the status needs (kept in memory per episode)."""
+    return {
+        "source": meta.get("source", "online"),
+        "outcome": meta.get("outcome"),
+        "policy_version": meta.get("policy_version"),
+        "learner_phase": meta.get("learner_phase") or ("expert" if meta.get("source") == "expert" else "unknown"),
+        "finished": float(meta.get("finished", 0.0)),
+    }
+
+
+def _rate(summaries: list[dict]) -> dict | None:
+    """Success rate over labelled episodes; aborted/discarded ones carry no label."""
+    labelled = [s for s in summaries if s["outcome"] in ("success", "failure")]
+    if not labelled:
+        return None
+    wins = sum(s["outcome"] == "success" for s in labelled)
+    return {"rate": wins / len(labelled), "n": len(labelled)}
+
+
+def _rates_by(summaries: list[dict], key: str) -> dict[str, dict]:
+    groups: dict[str, list[dict]] = {}
+    for s in summaries:
+        groups.setdefault(str(s[key]), []).append(s)
+    out = {k: _rate(v) for k, v in groups.items()}
+    return {k: v for k, v in sorted(out.items()) if v is not None}
+
+
+class StatusBoard:
+    def __init__(self, path: str | os.PathLike, interval_s: float = 1.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._fields: dict[str, Any] = {
+            "phase": "idle", "iteration": 0, "round": 0, "progress": 0.0, "losses": {},
+            "policy_version": None, "detail": "", "started": time.time(), "pid": os.getpid(),
+        }
+        self._episodes: dict[tuple[str, str], dict] = {}
+        self._ingest: dict[str, Any] = {}
+        self._history: list[dict] = []
+        self._last_write = 0.0
+
+    # ------------------------------------------------------------------ reports
+    @property
+    def phase(self) -> str:
+        return self._fields["phase"]
+
+    def set(self, **fields: Any) -> None:
+        """Phase-loop event (phase change, progress, losses, publish): written at once."""
+        unknown = set(fields) - {"phase", "iteration", "round", "progress", "losses", "policy_version", "detail"}
+        if unknown:
+            raise KeyError(f"unknown status fields {sorted(unknown)}")
+        if "phase" in fields and fields["phase"] not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {fields['phase']!r}")
+        with self._lock:
+            self._fields.update(fields)
+        self.write()
+
+    def add_history(self, entry: dict) -> None:
+        with self._lock:
+            self._history = (self._history + [{**entry, "time": time.time()}])[-HISTORY_LEN:]
+        self.write()
+
+    def load_history(self, entries: list[dict]) -> None:
+        with self._lock:
+            self._history = list(entries)[-HISTORY_LEN:]
+
+    def record_episodes(self, metas: list[dict], write: bool = True) -> None:
+        """An episode ended or was relabelled (or the store was scanned at start-up)."""
+        with self._lock:
+            for m in metas:
+                self._episodes[(m["robot_id"], m["episode_id"])] = episode_summary(m)
+        if write:
+            self.write()
+
+    def set_ingest(self, counters: dict) -> None:
+        """Ingestion counters: flushed at most every interval_s."""
+        with self._lock:
+            self._ingest = dict(counters)
+            due = time.time() - self._last_write >= self.interval_s
+        if due:
+            self.write()
+
+    # ------------------------------------------------------------------ output
+    def snapshot(self) -> dict:
+        with self._lock:
+            eps = sorted(self._episodes.values(), key=lambda s: s["finished"])
+            fields = dict(self._fields)
+            ingest = dict(self._ingest)
+            history = list(self._history)
+        robot_eps = [s for s in eps if s["source"] in ("online", "eval")]
+        recent = _rate(robot_eps[-RECENT_WINDOW:]) if robot_eps else None
+        success = {
+            "recent": recent["rate"] if recent else None,
+            "recent_n": recent["n"] if recent else 0,
+            "online_by_version": _rates_by([s for s in robot_eps if s["source"] == "online"], "policy_version"),
+            "eval_by_version": _rates_by([s for s in robot_eps if s["source"] == "eval"], "policy_version"),
+            "by_phase": _rates_by(robot_eps, "learner_phase"),
+        }
+        per_phase = Counter(s["learner_phase"] for s in eps)
+        per_source = Counter(s["source"] for s in eps)
+        return finite_json({
+            **fields,
+            "success_rate": success,
+            "episodes_per_phase": dict(sorted(per_phase.items())),
+            "episodes_per_source": dict(sorted(per_source.items())),
+            "ingest": ingest,
+            "history": history,
+            "updated": time.time(),
+        })
+
+    def write(self) -> None:
+        # One writer at a time, snapshot taken inside: a slow writer never overwrites a newer file.
+        with self._write_lock:
+            write_json_atomic(self.path, self.snapshot())
+            self._last_write = time.time()

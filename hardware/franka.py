@@ -1,0 +1,171 @@
+"""Franka arm through franky-control (``pip install franky-control``; imported only here).
+
+Actions are end-effector deltas in the robot BASE frame. franky's
+``ReferenceType.Relative`` targets are expressed in the END-EFFECTOR frame
+(``new_target = previous_target * relative``), so a base-frame delta (dp, dR) at the current
+orientation R becomes the relative transform ``(R^T dp, R^T dR R)``. Each motion is issued with
+``asynchronous=True``: it replaces the running one, so the arm always heads for the newest command
+and a stop is one call away.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+
+from interface.robot import Arm, ArmError, ArmState
+
+log = logging.getLogger(__name__)
+
+
+def rpy_to_matrix(rpy) -> np.ndarray:
+    """R = Rz(yaw) @ Ry(pitch) @ Rx(roll), the convention of calibration.transforms."""
+    r, p, y = (float(v) for v in rpy)
+    cr, sr, cp, sp, cy, sy = math.cos(r), math.sin(r), math.cos(p), math.sin(p), math.cos(y), math.sin(y)
+    return np.array([[cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
+                     [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
+                     [-sp, cp * sr, cp * cr]])
+
+
+def matrix_to_rpy(R: np.ndarray) -> np.ndarray:
+    pitch = math.atan2(-R[2, 0], math.hypot(R[0, 0], R[1, 0]))
+    if math.cos(pitch) < 1e-9:  # gimbal lock: put everything into yaw
+        return np.array([0.0, pitch, math.atan2(-R[0, 1], R[1, 1])])
+    return np.array([math.atan2(R[2, 1], R[2, 2]), pitch, math.atan2(R[1, 0], R[0, 0])])
+
+
+def matrix_to_quat_xyzw(R: np.ndarray) -> np.ndarray:
+    """Rotation matrix -> unit quaternion [x, y, z, w] (franky's order)."""
+    m = np.asarray(R, dtype=float)
+    tr = m[0, 0] + m[1, 1] + m[2, 2]
+    if tr > 0:
+        s = math.sqrt(tr + 1.0) * 2
+        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s]
+    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
+        s = math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2]) * 2
+        q = [0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s]
+    elif m[1, 1] > m[2, 2]:
+        s = math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2]) * 2
+        q = [(m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s]
+    else:
+        s = math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
+        q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s]
+    q = np.asarray(q)
+    return q / np.linalg.norm(q)
+
+
+def quat_xyzw_to_matrix(q) -> np.ndarray:
+    x, y, z, w = (float(v) for v in np.asarray(q) / np.linalg.norm(q))
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def base_delta_to_relative(R: np.ndarray, dp, drpy) -> tuple[np.ndarray, np.ndarray]:
+    """A base-frame delta at orientation R -> (translation, quaternion xyzw) in the EE frame."""
+    dR = rpy_to_matrix(drpy)
+    return R.T @ np.asarray(dp, dtype=float), matrix_to_quat_xyzw(R.T @ dR @ R)
+
+
+class FrankaArm(Arm):
+    """``robot``/``gripper`` are ``franky.Robot``/``franky.Gripper`` (or stand-ins with their API)."""
+
+    def __init__(self, robot, gripper, home_position, home_rpy, relative_dynamics_factor: float = 0.15,
+                 gripper_speed: float = 0.05, gripper_force: float = 20.0):
+        import franky
+
+        self._franky = franky
+        self.robot = robot
+        self.gripper = gripper
+        self.home_position = np.asarray(home_position, dtype=float)
+        self.home_rpy = np.asarray(home_rpy, dtype=float)
+        self.dynamics = franky.RelativeDynamicsFactor(relative_dynamics_factor)
+        self.gripper_speed = gripper_speed
+        self.gripper_force = gripper_force
+        self._gripper_open: bool | None = None  # last commanded; None = unknown
+        self._max_width = float(gripper.max_width) if gripper is not None else 0.08
+
+    @classmethod
+    def connect(cls, host: str, **kw) -> FrankaArm:
+        import franky
+
+        robot = franky.Robot(host)
+        robot.relative_dynamics_factor = franky.RelativeDynamicsFactor(kw.get("relative_dynamics_factor", 0.15))
+        robot.recover_from_errors()
+        gripper = franky.Gripper(host)
+        return cls(robot, gripper, **kw)
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        """Every franky error becomes ArmError (the control loop then recovers and aborts)."""
+        try:
+            return fn(*args, **kwargs)
+        except (self._franky.Exception, self._franky.GripperException, RuntimeError) as e:
+            raise ArmError(f"franka {what}: {type(e).__name__}: {e}") from None
+
+    # ---------------------------------------------------------------- Arm
+    def reset_home(self) -> None:
+        f = self._franky
+        target = f.Affine(self.home_position, matrix_to_quat_xyzw(rpy_to_matrix(self.home_rpy)))
+        motion = f.CartesianMotion(target, f.ReferenceType.Absolute, relative_dynamics_factor=self.dynamics)
+        self._call("reset_home", self.robot.move, motion)  # blocking: returns at home
+        self._set_gripper(True, wait=True)
+
+    def state(self) -> ArmState:
+        cs = self._call("state", lambda: self.robot.current_cartesian_state)
+        pose = cs.pose.end_effector_pose
+        R = quat_xyzw_to_matrix(pose.quaternion)
+        error = "robot reports errors" if self._call("state", lambda: self.robot.has_errors) else None
+        # The gripper is binary (open / grasp): report what was last commanded. Reading
+        # ``gripper.width`` waits for the gripper's next state message, too slow for every tick.
+        gripper = 1.0 if self._gripper_open in (True, None) else 0.0
+        return ArmState(position=np.asarray(pose.translation, dtype=float), rpy=matrix_to_rpy(R),
+                        gripper=gripper, t=time.time(), error=error)
+
+    def move_delta(self, action: np.ndarray) -> None:
+        f = self._franky
+        a = np.asarray(action, dtype=float)
+        if self._call("state", lambda: self.robot.has_errors):
+            raise ArmError("franka has errors; recover() first")
+        pose = self._call("pose", lambda: self.robot.current_pose).end_effector_pose
+        R = quat_xyzw_to_matrix(pose.quaternion)
+        dp, dq = base_delta_to_relative(R, a[:3], a[3:6])
+        motion = f.CartesianMotion(f.Affine(dp, dq), f.ReferenceType.Relative,
+                                   relative_dynamics_factor=self.dynamics)
+        self._call("move", self.robot.move, motion, asynchronous=True)
+        self._set_gripper(a[6] >= 0.5)
+
+    def _set_gripper(self, open_: bool, wait: bool = False) -> None:
+        if self.gripper is None or open_ == self._gripper_open:
+            return  # the gripper is binary; only a change is a command
+        if open_:
+            fut = self._call("gripper", self.gripper.move_async, self._max_width, self.gripper_speed)
+        else:  # grasp whatever is between the fingers, any width
+            fut = self._call("gripper", self.gripper.grasp_async, 0.0, self.gripper_speed, self.gripper_force,
+                             epsilon_inner=0.005, epsilon_outer=self._max_width)
+        self._gripper_open = open_
+        if wait:
+            fut.wait(10.0)
+
+    def hold(self) -> None:
+        """Replace whatever runs by a stop motion; if even that fails, stop the robot outright."""
+        try:
+            if self.robot.is_in_control:
+                self.robot.move(self._franky.CartesianStopMotion(self.dynamics), asynchronous=True)
+        except Exception as e:  # noqa: BLE001 - hold must never raise
+            log.error("stop motion failed (%s); robot.stop()", e)
+            try:
+                self.robot.stop()
+            except Exception as e2:  # noqa: BLE001
+                log.error("robot.stop() failed: %s", e2)
+
+    def recover(self) -> None:
+        ok = self._call("recover", self.robot.recover_from_errors)
+        if not ok:
+            raise ArmError("franka recover_from_errors() failed; check the robot (user stop pressed?)")
+        self._gripper_open = None
+
+    def close(self) -> None:
+        self.hold()

@@ -1,1 +1,0 @@
-"""Hardware backends behind the `Arm` and `Camera` interfaces (franka, realsense, mock)."""

@@ -1,7 +1,0 @@
-"""Mock hardware: a small deterministic table-top simulator with language tasks (docs/mock.md)."""
-
-from robot_client.backends.mock.backend import FaultConfig, MockArm, MockCamera, MockRobot
-from robot_client.backends.mock.tasks import FAMILIES, HELD_OUT, TASK_NAMES, is_held_out, split_colors
-
-__all__ = ["FAMILIES", "HELD_OUT", "TASK_NAMES", "FaultConfig", "MockArm", "MockCamera", "MockRobot",
-           "is_held_out", "split_colors"]
