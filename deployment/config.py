@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deployment.learner import LearnerConfig
 from deployment.model import ModelConfig
+from deployment.reward_model import RewardModelConfig
 from deployment.robot import RobotConfig
 from deployment.server import ServerConfig
 
@@ -32,6 +33,7 @@ class DeploymentConfig(BaseModel):
     server: ServerConfig = Field(default_factory=ServerConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     robot: RobotConfig = Field(default_factory=RobotConfig)
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
 
     def config_hash(self) -> str:
         """Hash of what must agree between robot and learner (model I/O), sent in `hello`."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -16,7 +18,13 @@ class ModelConfig(BaseModel):
     action_dim: int = 7
     state_dim: int = 7
     device: str = "cpu"
-    backbone_dtype: str = Field(default="float32", description="float32 | bfloat16 | float16 (GPU backbones)")
+    backbone_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto | float32 | bfloat16 | float16; auto = bfloat16 on a CUDA device "
+                                    "that supports it, else float32")
+    image_splitting: bool = Field(
+        default=False, description="let the processor split a camera image into crops (Idefics3/SmolVLM, "
+                                   "Gemma3 pan-and-scan); off: one image per camera (a 96 px camera "
+                                   "becomes 17 images of 364 px at Idefics3's library defaults)")
     seed: int = 0
     # --- added by the VLA model (vla/model.py); defaults describe the embedded tiny model ---
     tiny_cache_dir: str | None = Field(

@@ -21,6 +21,9 @@ class RobotConfig(BaseModel):
         default="auto", description="sample: exploration episodes; greedy: evaluation episodes; auto: "
                                     "greedy evaluation while the learner is in its SFT phase, else sample")
     task: str = "reach"
+    split: Literal["train", "held_out", "all", "demo", "rl"] = Field(
+        default="train", description="mock: the (task, colour) split episodes are drawn from "
+                                     "(robot_client/backends/mock/tasks.py)")
     calibration: str | None = Field(default=None, description="path to calibration.yaml")
     label_timeout_s: float = 120.0
     franka_host: str = "172.16.0.2"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployment.dropin import DropinConfig
+from deployment.promotion import PromotionConfig
 
 
 class ServerConfig(BaseModel):
@@ -29,3 +30,6 @@ class ServerConfig(BaseModel):
     robot_stale_s: float = Field(default=10.0, description="a robot not seen for this long is shown as stale")
     dropin: DropinConfig = Field(default_factory=DropinConfig,
                                  description="key mapping of the drop-in openpi/OpenVLA protocols (docs/dropin.md)")
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig,
+                                       description="canary gating of new versions and automatic rollback "
+                                                   "(docs/promotion.md)")

@@ -6,7 +6,9 @@ Ingestion counters change with every step, so they alone are flushed at most eve
 ``interval_s``; phase changes, rounds, publishes and episode ends are written at once.
 
 Fields (see docs/learner.md): phase, iteration, round, progress, losses, success_rate,
-episodes_per_phase, policy_version, ingest, history, updated (unix seconds), started, pid, detail.
+episodes_per_phase, policy_version, ingest, history, updated (unix seconds), started, pid, detail,
+and reward_model (only with a reward model: its last fit and the disagreement monitor,
+docs/reward_model.md).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def episode_summary(meta: dict) -> dict:
         "policy_version": meta.get("policy_version"),
         "learner_phase": meta.get("learner_phase") or ("expert" if meta.get("source") == "expert" else "unknown"),
         "finished": float(meta.get("finished", 0.0)),
+        "label_source": meta.get("label_source"),
+        "reward_model_p": (meta.get("extra") or {}).get("reward_model_p"),
+        "original_outcome": meta.get("original_outcome"),
     }
 
 
@@ -65,6 +70,23 @@ def _rates_by(summaries: list[dict], key: str) -> dict[str, dict]:
     return {k: v for k, v in sorted(out.items()) if v is not None}
 
 
+def reward_model_disagreement(summaries: list[dict], recent: int = RECENT_WINDOW) -> dict:
+    """Model vs operator on the episodes both labelled: the model's P(success) was recorded when the
+    episode ended (before the operator's label could train it, so it is a held-out prediction) and
+    the operator's label is the final one (also an auto-label the operator later corrected)."""
+    both = [s for s in summaries if s.get("label_source") == "operator" and s.get("reward_model_p") is not None
+            and s["outcome"] in ("success", "failure")]
+    disagree = [(s["reward_model_p"] >= 0.5) != (s["outcome"] == "success") for s in both]
+    corrected = [s for s in summaries if s.get("label_source") == "operator" and s.get("original_outcome")
+                 and s.get("reward_model_p") is not None and s["original_outcome"] != s["outcome"]]
+    tail = disagree[-recent:]
+    return {"n": len(both), "disagreements": int(sum(disagree)),
+            "rate": sum(disagree) / len(both) if both else None,
+            "recent_rate": sum(tail) / len(tail) if tail else None, "recent_n": len(tail),
+            "auto_labels": sum(1 for s in summaries if s.get("label_source") == "reward_model"),
+            "auto_labels_corrected": len(corrected)}
+
+
 class StatusBoard:
     def __init__(self, path: str | os.PathLike, interval_s: float = 1.0):
         self.path = Path(path)
@@ -79,6 +101,7 @@ class StatusBoard:
         self._episodes: dict[tuple[str, str], dict] = {}
         self._ingest: dict[str, Any] = {}
         self._history: list[dict] = []
+        self._reward_model: dict | None = None
         self._last_write = 0.0
 
     # ------------------------------------------------------------------ reports
@@ -114,6 +137,12 @@ class StatusBoard:
         if write:
             self.write()
 
+    def set_reward_model(self, report: dict) -> None:
+        """The reward model's latest fit (learner.reward_model): written at once."""
+        with self._lock:
+            self._reward_model = dict(report)
+        self.write()
+
     def set_ingest(self, counters: dict) -> None:
         """Ingestion counters: flushed at most every interval_s."""
         with self._lock:
@@ -129,6 +158,7 @@ class StatusBoard:
             fields = dict(self._fields)
             ingest = dict(self._ingest)
             history = list(self._history)
+            reward_model = None if self._reward_model is None else dict(self._reward_model)
         robot_eps = [s for s in eps if s["source"] in ("online", "eval")]
         recent = _rate(robot_eps[-RECENT_WINDOW:]) if robot_eps else None
         success = {
@@ -147,6 +177,8 @@ class StatusBoard:
             "episodes_per_source": dict(sorted(per_source.items())),
             "ingest": ingest,
             "history": history,
+            **({} if reward_model is None else {"reward_model": {
+                **reward_model, "disagreement": reward_model_disagreement(robot_eps)}}),
             "updated": time.time(),
         })
 

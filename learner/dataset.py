@@ -117,7 +117,7 @@ def load_decisions(store: EpisodeStore, meta: dict, chunk: int, step_penalty: fl
     return expert_decisions(meta, episode, chunk, expert_stride, step_penalty)
 
 
-def sft_episodes(store: EpisodeStore, include_online: bool = True) -> list[dict]:
+def sft_episodes(store: EpisodeStore, include_online: bool = True, reward_model_labels: bool = False) -> list[dict]:
     """Expert demos ∪ successful online/eval episodes (iRe-VLA Stage 2): the expert data keeps the
     model from forgetting, the successes carry what RL found into the backbone."""
-    return [meta for meta in store.list_episodes() if is_sft_episode(meta, include_online)]
+    return [meta for meta in store.list_episodes() if is_sft_episode(meta, include_online, reward_model_labels)]

@@ -21,14 +21,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from learner.dataset import EpisodeDecisions
-from vla.policy import Policy
+from vla.policy import Policy, trunk_key
+
+__all__ = ["FeatureCache", "trunk_key"]
 
 
-def trunk_key(policy: Policy) -> str:
-    m = policy.model
-    version = "unpublished" if m.trunk_version is None else f"v{m.trunk_version:06d}"
-    fingerprint = m.trunk_fingerprint or m.compute_trunk_fingerprint()
-    return f"{version}-{fingerprint[:12]}-{m.backbone_hash.replace(':', '')[-12:]}"
 
 
 class FeatureCache:

@@ -15,6 +15,12 @@ written as ``pending``; the round is committed (episodes -> consumed) only once 
 published. On restart a pending round counts as done only if LATEST names a version newer than the
 one it started from and of its phase (the publish finished); otherwise it is redone (its episodes
 are still the oldest unconsumed ones). Everything complete in the store that is not consumed is new.
+
+Promotion gate (server, docs/promotion.md): LATEST always names the learner's newest version, so the
+rule above is unaffected by a refusal. Before each round and each SFT phase the trainer checks the
+registry: if the version it trains was refused (or descends from a refused one), it reloads the
+promoted version and continues from there (``Trainer.follow_promotion``); a restart resumes from
+``registry.resume_version()`` for the same reason.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any
 
 from episodes.status import StatusBoard
 from episodes.store import EpisodeStore, write_json_atomic
-from learner.episode_rules import is_rl_episode
+from learner.episode_rules import is_rl_episode, reward_model_labels_trusted
 from learner.metrics import scalar_metrics
 
 log = logging.getLogger("learner.loop")
@@ -163,6 +169,15 @@ class PhaseLoop:
         self._last_scan = 0.0
         self._failures = 0  # RL rounds failed in a row
         self._ingest = ingest
+        # RL trains on reward-model labels only in reward_model mode "auto"; off = no reward model at all
+        self.reward_model_labels = reward_model_labels_trusted(config)
+        self.reward_model = None
+        if config.reward_model.mode != "off":
+            from learner.reward_model import RewardModelTrainer  # numpy + the feature cache (torch)
+            from vla.success_classifier import classifier_config
+
+            self.reward_model = RewardModelTrainer(self.run_dir, classifier_config(config.reward_model))
+            self.status.set_reward_model({"mode": config.reward_model.mode, **self.reward_model.report})
         if ingest is not None:
             ingest.on_episode = self.episode_changed
 
@@ -201,7 +216,7 @@ class PhaseLoop:
         consumed = self.state.consumed
         rejected = self.state.data["rejected"]
         fresh = [m for m in metas if episode_key(m) not in consumed and episode_key(m) not in rejected
-                 and is_rl_episode(m)]
+                 and is_rl_episode(m, self.reward_model_labels)]
         return sorted(fresh, key=lambda m: (m.get("finished", 0), episode_key(m)))
 
     def _interruptible(self, fn: Callable, *args, **kw):
@@ -297,6 +312,7 @@ class PhaseLoop:
         while not self.shutdown.event.is_set():
             if self._ingest is not None and not self._ingest.alive:
                 raise RuntimeError("the ingest thread died: no episodes can arrive (see the log above)")
+            self.refit_reward_model()
             found = self.candidates()
             if len(found) >= n:
                 return found[:n]
@@ -310,6 +326,20 @@ class PhaseLoop:
             self._new_data.clear()
         return None
 
+    def refit_reward_model(self) -> None:
+        """Refit the reward model if the operator's labels (or the trunk) changed since the last fit."""
+        if self.reward_model is None:
+            return
+        with self._index_lock:
+            metas = list(self._index.values())
+        try:
+            report = self.reward_model.refit_if_needed(metas, self.store, self.trainer.cache, self.trainer.policy)
+        except Exception as e:  # noqa: BLE001 - a bad episode must not stop RL; the page shows the error
+            log.exception("reward model refit failed")
+            report = {"state": f"refit failed: {type(e).__name__}: {e}", "n_labels": None}
+        if report is not None:
+            self.status.set_reward_model({"mode": self.config.reward_model.mode, **report})
+
     def rl_round(self) -> bool:
         """One RL round; False when shutting down before it could start."""
         n = self.lc.episodes_per_round
@@ -318,11 +348,12 @@ class PhaseLoop:
             return False
         # re-read the metas: a relabel may have landed since they were indexed
         metas = [m for m in (self.store.read_meta(e["robot_id"], e["episode_id"]) for e in episodes) if m]
-        metas = [m for m in metas if is_rl_episode(m)]
+        metas = [m for m in metas if is_rl_episode(m, self.reward_model_labels)]
         if len(metas) < n:
             return True  # a label changed under us: wait again
         keys = [episode_key(m) for m in metas]
         it, rnd = self.state.iteration, self.state.round
+        self.follow_promotion()
         self.state.begin("rl", keys, self._newest_version())
         self.status.set(phase="rl", iteration=it, round=rnd, detail=f"RL round {rnd} on {n} episodes")
         log.info("RL round %d of iteration %d on %d episodes", rnd, it, n)
@@ -377,8 +408,17 @@ class PhaseLoop:
     def rl_phase_done(self) -> bool:
         return self.state.round >= self.lc.rl_rounds_per_phase or self.plateau()
 
+    def follow_promotion(self) -> None:
+        """Before training: if the server's promotion gate refused the version the trainer holds
+        (or one it descends from), continue from the promoted version instead."""
+        version = self.trainer.follow_promotion()
+        if version is not None:
+            self.status.set(policy_version=version, detail=f"the server refused the trained version; "
+                                                           f"continuing from promoted v{version}")
+
     def sft(self) -> None:
         it = self.state.iteration
+        self.follow_promotion()
         self.state.begin("sft", [], self._newest_version())
         self.status.set(phase="sft", iteration=it, progress=0.0, detail="SFT: LoRA + head on expert and successes")
         log.info("SFT phase of iteration %d", it)

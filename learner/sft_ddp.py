@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from episodes.store import EpisodeStore
     from learner.bootstrap import expert_demos, normalizer_from_demos
     from learner.dataset import sft_episodes
+    from learner.episode_rules import reward_model_labels_trusted
     from learner.sft import SFTConfig, build_sft_data, train_sft
     from vla.model import build_model
     from vla.registry import CheckpointRegistry, load_model, publish
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                         seed=lc.seed if args.seed is None else args.seed, warmup_steps=min(20, max(1, steps // 10)))
         if cfg.batch_size % world:
             raise SystemExit(f"global batch {cfg.batch_size} must divide by the {world} ranks")
-        data = build_sft_data(store, sft_episodes(store), config.model.chunk, cfg.eval_fraction, lc.seed)
+        data = build_sft_data(store, sft_episodes(store, reward_model_labels=reward_model_labels_trusted(config)), config.model.chunk, cfg.eval_fraction, lc.seed)
 
         def wrap(module: torch.nn.Module) -> torch.nn.Module:
             # a backbone holds parameters this loss never reaches (the LM head, SigLIP's pooling head

@@ -29,7 +29,7 @@ from torch import nn
 from episodes.store import EpisodeStore
 from learner.bootstrap import expert_demos, run_bootstrap
 from learner.dataset import EpisodeDecisions, load_decisions, sft_episodes
-from learner.episode_rules import is_rl_episode
+from learner.episode_rules import is_rl_episode, reward_model_labels_trusted
 from learner.features import FeatureCache, trunk_key
 from learner.metrics import scalar_metrics
 from learner.rl.algorithms import algorithm_config, make_algorithm
@@ -59,6 +59,8 @@ class Trainer:
         self.version: int | None = None
         self.rl_rounds_total = 0  # drives the critic warm-up; restored from the latest version's metrics
         self.sft_phases = 0
+        # RL and SFT train on reward-model labels only in reward_model mode "auto"
+        self.reward_model_labels = reward_model_labels_trusted(config)
         self.generator = torch.Generator().manual_seed(self.lc.seed)
         self.rl_config = algorithm_config(self.lc)  # the chosen algorithm's hyperparameters
         self.algorithm: RLAlgorithm | None = None  # built on the first RL round, on the current heads
@@ -88,16 +90,36 @@ class Trainer:
         self._scalars("bootstrap", result.metrics, result.version)
         return result.version
 
-    def resume(self) -> int | None:
-        latest = self.registry.latest()
-        if latest is None:
+    def resume(self, version: int | None = None) -> int | None:
+        """Load ``version`` (default: the registry's resume version -- LATEST, or the promoted
+        version when the server's promotion gate refused LATEST or one of its ancestors)."""
+        if version is None:
+            version = self.registry.resume_version()
+        if version is None:
             return None
-        model, norm, meta = load_model(self.registry, latest, self.device)
-        self._adopt(model, norm, latest)
-        self.rl_rounds_total = int(meta.get("metrics", {}).get("rl_rounds_total", 0))
-        self.sft_phases = int(meta.get("metrics", {}).get("sft_phases", 0))
-        log.info("trainer resumed v%d (%d RL rounds so far)", latest, self.rl_rounds_total)
-        return latest
+        model, norm, meta = load_model(self.registry, version, self.device)
+        self._adopt(model, norm, version)
+        self.rl_rounds_total = max(self.rl_rounds_total, int(meta.get("metrics", {}).get("rl_rounds_total", 0)))
+        self.sft_phases = max(self.sft_phases, int(meta.get("metrics", {}).get("sft_phases", 0)))
+        log.info("trainer resumed v%d (%d RL rounds so far)", version, self.rl_rounds_total)
+        return version
+
+    def follow_promotion(self) -> int | None:
+        """If the server's promotion gate refused the version being trained (or an ancestor of it),
+        go back to the version to continue from (the promoted one); returns it, or None if nothing
+        changed. Training on from a refused version would only publish its descendants, which the
+        gate refuses too."""
+        if self.version is None:
+            return None
+        refused = self.registry.refused_ancestor(self.version)
+        if refused is None:
+            return None
+        target = self.registry.resume_version()
+        if target is None or target == self.version:
+            return None
+        log.warning("v%d was refused by the promotion gate (refused ancestor v%d): continuing from v%d",
+                    self.version, refused, target)
+        return self.resume(target)
 
     def publish(self, kind: str, phase: str, metrics: dict) -> int:
         summary = scalar_metrics(metrics)
@@ -164,7 +186,7 @@ class Trainer:
         """One round of the configured algorithm on `episodes` (metas; non-RL ones are skipped)."""
         if self.model is None:
             raise RuntimeError("no model: call bootstrap() or resume() first")
-        metas = [m for m in episodes if is_rl_episode(m)]
+        metas = [m for m in episodes if is_rl_episode(m, self.reward_model_labels)]
         if self.algorithm is None:
             self.algorithm = make_algorithm(self.lc.algorithm, self.rl_config, self.model.heads, self.generator)
         data = TrainerRound(self, self._decisions(metas))
@@ -182,7 +204,7 @@ class Trainer:
     def sft_phase(self, progress: bool = True) -> dict:
         if self.model is None:
             raise RuntimeError("no model: call bootstrap() or resume() first")
-        metas = sft_episodes(self.store)
+        metas = sft_episodes(self.store, reward_model_labels=self.reward_model_labels)
         lc = self.lc
         cfg = SFTConfig(steps=lc.sft_steps, batch_size=lc.sft_batch_size, lr=lc.sft_lr, loss=lc.sft_loss,
                         eval_fraction=lc.sft_eval_fraction, eval_every=max(1, lc.sft_steps // 4),
@@ -245,7 +267,8 @@ class TrainerRound:
 
     def stored_online(self) -> list[EpisodeDecisions]:
         trainer = self._trainer
-        return trainer._decisions([m for m in trainer.store.list_episodes(source="online") if is_rl_episode(m)])
+        return trainer._decisions([m for m in trainer.store.list_episodes(source="online")
+                                   if is_rl_episode(m, trainer.reward_model_labels)])
 
     def demos(self) -> list[EpisodeDecisions]:
         trainer = self._trainer

@@ -27,7 +27,7 @@ EpisodeId = Annotated[str, Field(pattern=ID_PATTERN)]
 Mode = Literal["sample", "greedy"]
 Command = Literal["run", "end_episode", "pause"]
 Outcome = Literal["success", "failure", "aborted"]
-LabelSource = Literal["operator", "auto", "timeout"]
+LabelSource = Literal["operator", "auto", "timeout", "reward_model"]
 
 
 class SchemaError(CodecError):

@@ -61,7 +61,8 @@ def build_rig(cfg: RobotConfig, model_cameras: list[str], image_size: int, cal: 
     if cfg.backend == "mock":
         from sim.mock import MockRobot
 
-        robot = MockRobot(task=cfg.task, image_size=image_size, cameras=tuple(model_cameras), seed=cfg.seed)
+        robot = MockRobot(task=cfg.task, image_size=image_size, cameras=tuple(model_cameras), seed=cfg.seed,
+                          split=cfg.split)
         return Rig(arm=robot.arm, cameras=dict(robot.cameras), task=cfg.task,
                    new_episode=lambda seed: robot.new_episode(seed), success=robot.success,
                    max_steps=lambda: robot.max_steps, close=robot.close)

@@ -111,6 +111,7 @@ class EpisodeRunner:
         self.results: list[tuple[EpisodeResult, EpisodeEnd]] = []
         self._stop = threading.Event()
         self._mode = "sample" if cfg.mode == "auto" else cfg.mode
+        self._reward_model_p: float | None = None  # the server's reward-model score of the last label
 
     def stop(self) -> None:
         self._stop.set()
@@ -218,7 +219,7 @@ class EpisodeRunner:
             auto = "success" if self.rig.success() else "failure"
         self.rig.arm.hold()
         outcome, source = self.wait_for_label(result, auto)
-        return self._end(result, outcome, source, auto_outcome=auto)
+        return self._end(result, outcome, source, auto_outcome=auto, reward_model_p=self._reward_model_p)
 
     def _stop_if_unrecoverable(self, result: EpisodeResult) -> None:
         """An arm that cannot recover (user stop pressed, hardware fault) needs a human: stop."""
@@ -232,6 +233,7 @@ class EpisodeRunner:
         self.status.report("waiting_label", step=result.n_steps, detail=f"auto outcome: {auto}")
         deadline = time.monotonic() + self.cfg.label_timeout_s
         posted = False
+        self._reward_model_p = None
         while not self._stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
@@ -251,20 +253,24 @@ class EpisodeRunner:
                 break
             if label is None:
                 continue
+            p = label.get("reward_model_p")
+            self._reward_model_p = float(p) if isinstance(p, (int, float)) else None
             if label.get("outcome") == "discard":
                 return "aborted", "operator"
             if label.get("outcome") in ("success", "failure"):
                 src = label.get("label_source", "operator")
-                return label["outcome"], src if src in ("operator", "auto") else "operator"
+                return label["outcome"], src if src in ("operator", "auto", "reward_model") else "operator"
             log.error("label with an unknown outcome %r ignored", label.get("outcome"))
         return "aborted", "timeout"
 
-    def _end(self, result: EpisodeResult, outcome: str, source: str, auto_outcome: str | None):
+    def _end(self, result: EpisodeResult, outcome: str, source: str, auto_outcome: str | None,
+             reward_model_p: float | None = None):
         end = EpisodeEnd(robot_id=self.cfg.robot_id, episode_id=result.episode_id, outcome=outcome,
                          label_source=source, n_steps=result.n_steps, instruction=result.instruction or "-",
                          task=self.rig.task,
                          extra={"end_reason": result.end_reason, "detail": result.detail[:500],
-                                "auto_outcome": auto_outcome, "counters": result.counters,
+                                "auto_outcome": auto_outcome, "reward_model_p": reward_model_p,
+                                "counters": result.counters,
                                 "timing": result.timing_summary(self.loop.period), "mode": self._mode,
                                 "purpose": "eval" if self._mode == "greedy" else "train",
                                 **({"calibration": self.calibration} if self.calibration else {})})

@@ -77,8 +77,9 @@ async def act(request: Request) -> Response:
 
     obs = Observation(images=decoded.images, state=np.asarray(req.state, dtype=np.float32),
                       instruction=req.instruction)
-    result = await app.state.batcher.submit(obs, req.mode, req.robot_id)
+    result = await app.state.batcher.submit(obs, req.mode, req.robot_id, req.episode_id)
 
+    app.state.reward_scorer.observe(req.robot_id, req.episode_id, obs)
     robots = app.state.robots
     command = robots.command_for(req.robot_id, req.episode_id)
     robots.observe_act(req.robot_id, req.episode_id, req.step, req.instruction, decoded.raw_images,

@@ -2,7 +2,7 @@
 
 Wires the pieces onto ``app.state`` — ``config``, ``metrics``, ``holder`` (PolicyHolder: serving
 version + hot swap), ``batcher`` (MicroBatcher), ``robots`` (RobotRegistry: the operator page's
-live picture) — and the routers: act, health/metrics, robots. The lifespan starts the checkpoint
+live picture; its labels feed the holder's promotion gate) — and the routers: act, health/metrics, robots. The lifespan starts the checkpoint
 watcher and the batcher and stops them (and the inference thread) on shutdown.
 """
 
@@ -20,11 +20,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployment.config import DeploymentConfig
-from server import act, health, openpi_ws, openvla_rest, robots, ui
+from server import act, health, openpi_ws, openvla_rest, promotion_routes, robots, ui
 from server.batcher import InferenceFailed, MicroBatcher
 from server.decode import InputError
 from server.metrics import ServerMetrics
 from server.policy_holder import NoPolicyLoaded, PolicyHolder, PolicyLoader, RegistryLoader
+from server.reward_scorer import RewardScorer
 from server.robots import RobotRegistry
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, wit
         loader = RegistryLoader(run_dir / "checkpoints", device=config.model.device)
     metrics = ServerMetrics()
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-    holder = PolicyHolder(loader, worker, metrics, interval_s=config.server.watch_interval_s)
+    holder = PolicyHolder(loader, worker, metrics, interval_s=config.server.watch_interval_s,
+                          promotion=config.server.promotion)
     batcher = MicroBatcher(holder, worker, metrics, config.server.max_batch, config.server.max_wait_ms)
 
     @asynccontextmanager
@@ -129,7 +131,10 @@ def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, wit
     app.state.metrics = metrics
     app.state.holder = holder
     app.state.batcher = batcher
+    app.state.worker = worker  # the inference thread: reward-model features run there too
+    app.state.reward_scorer = RewardScorer(run_dir, config.reward_model)
     app.state.robots = RobotRegistry(auto_label=config.server.auto_label, stale_s=config.server.robot_stale_s)
+    app.state.robots.label_listeners.append(holder.record_label)
     app.state.decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
     app.state.metadata_cache = {}
     _install_error_handlers(app)
@@ -137,6 +142,7 @@ def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, wit
     app.include_router(act.router)
     app.include_router(health.router)
     app.include_router(robots.router)
+    app.include_router(promotion_routes.router)
     app.include_router(openpi_ws.router)     # drop-in: openpi's websocket client at ws://host:port/
     app.include_router(openvla_rest.router)  # drop-in: OpenVLA deploy.py's POST /act
     if with_ui:

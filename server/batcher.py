@@ -9,8 +9,9 @@ within a few milliseconds of each other shares one forward pass. The window open
 is free, not when the first request arrived: otherwise requests that queued behind a batch run as
 a small batch of their own and the fleet splits into groups that alternate forever.
 
-Inference runs in ONE worker thread (off the event loop, never two batches at once); the batch
-takes the serving policy reference once, so the whole batch is produced by one version, and a hot
+Inference runs in ONE worker thread (off the event loop, never two batches at once); each request's
+version is resolved once when its batch forms (``PolicyHolder.policy_for``: the promoted version, or
+the canary for the canary's episodes), the batch runs one forward pass per version in it, and a hot
 swap lands between batches.
 """
 
@@ -66,6 +67,7 @@ class _Pending:
     mode: str
     robot_id: str
     future: asyncio.Future
+    episode_id: str | None = None
     t_enqueue: float = field(default_factory=time.perf_counter)
 
 
@@ -98,10 +100,11 @@ class MicroBatcher:
             if not item.future.done():
                 item.future.set_exception(NoPolicyLoaded("server is shutting down"))
 
-    async def submit(self, obs: Observation, mode: str, robot_id: str) -> BatchResult:
+    async def submit(self, obs: Observation, mode: str, robot_id: str, episode_id: str | None = None) -> BatchResult:
+        """Run one observation; with ``episode_id`` the episode's own version (canary or promoted) answers."""
         self.holder.require()
         assert self._queue is not None, "batcher not started"
-        item = _Pending(obs, mode, robot_id, asyncio.get_running_loop().create_future())
+        item = _Pending(obs, mode, robot_id, asyncio.get_running_loop().create_future(), episode_id)
         self._note_request(robot_id, item.t_enqueue)
         self._queue.put_nowait(item)
         self.metrics.queue_depth.set(self._queue.qsize())
@@ -161,13 +164,15 @@ class MicroBatcher:
             batch = await self._next_batch()
             if not batch:
                 continue
-            policy = self.holder.policy  # taken ONCE: the whole batch is one version
-            if policy is None:
+            try:  # each request's version, taken ONCE here
+                groups = self._by_version(batch)
+            except NoPolicyLoaded as e:
                 for p in batch:
-                    p.future.set_exception(NoPolicyLoaded("no policy loaded yet"))
+                    p.future.set_exception(e)
                 continue
+            batch = [p for _, items in groups for p in items]  # the order results come back in
             try:
-                results = await loop.run_in_executor(self.worker, self._run_batch, policy, batch)
+                results = await loop.run_in_executor(self.worker, self._run_groups, groups)
             except Exception as e:  # executor shut down etc.: fail this batch, keep collecting
                 results = [InferenceFailed(f"{type(e).__name__}: {e}")] * len(batch)
             for p, r in zip(batch, results, strict=True):
@@ -180,7 +185,17 @@ class MicroBatcher:
             self._worker_free_since = time.perf_counter()
             self._note_replies(batch, self._worker_free_since)
 
+    def _by_version(self, batch: list[_Pending]) -> list[tuple[BasePolicy, list[_Pending]]]:
+        groups: dict[int, tuple[BasePolicy, list[_Pending]]] = {}
+        for p in batch:
+            policy = self.holder.policy_for(p.robot_id, p.episode_id)
+            groups.setdefault(id(policy), (policy, []))[1].append(p)
+        return list(groups.values())
+
     # ------------------------------------------------------------------ worker thread
+
+    def _run_groups(self, groups: list[tuple[BasePolicy, list[_Pending]]]) -> list[BatchResult | Exception]:
+        return [r for policy, items in groups for r in self._run_batch(policy, items)]
 
     def _run_batch(self, policy: BasePolicy, batch: list[_Pending]) -> list[BatchResult | Exception]:
         t0 = time.perf_counter()

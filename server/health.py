@@ -47,6 +47,11 @@ class PolicyInfo(BaseModel):
     last_swap: SwapInfo | None = None
     last_swap_error: SwapInfo | None = None
     refused_versions: list[int] = []
+    refused: dict[str, str] = Field(default_factory=dict, description="refused version -> why (load failure, "
+                                    "or rolled back by the promotion gate: never served again)")
+    promotion: dict[str, Any] = Field(
+        default_factory=dict, description="the promotion gate (docs/promotion.md): enabled, promoted, pinned, "
+                                          "the running canary with its tallies, recent decisions, config")
     batching: dict[str, float] = {}
     metadata: dict[str, Any] = Field(default_factory=dict, description="Policy.metadata() verbatim")
     learner_phase: str | None = Field(
@@ -98,6 +103,7 @@ async def policy_info(request: Request) -> PolicyInfo:
         loaded=holder.policy is not None, version=status["version"], loaded_at=status["loaded_at"],
         swaps=status["swaps"], swap_failures=status["swap_failures"], last_swap=status["last_swap"],
         last_swap_error=status["last_swap_error"], refused_versions=status["refused_versions"],
+        refused=status["refused"], promotion=status["promotion"],
         batching={"max_batch": server.max_batch, "max_wait_ms": server.max_wait_ms},
         learner_phase=learner_phase(Path(app.state.config.run_dir)),
         image_policy=f"JPEG/PNG or uint8 HxWx3, 3-channel RGB, any size up to {server.max_image_side} px "

@@ -32,6 +32,10 @@ class ServerMetrics:
         self.swaps = Counter("vlaloop_policy_swaps_total", "Policy versions swapped in", registry=r)
         self.swap_failures = Counter("vlaloop_policy_swap_failures_total",
                                      "Policy versions refused (load or validation failed)", registry=r)
+        self.promotion_decisions = Counter("vlaloop_promotion_decisions_total",
+                                           "Canary decisions of the promotion gate", ["action"], registry=r)
+        self.canary_version = Gauge("vlaloop_canary_version", "Version in canary (-1 = none)", registry=r)
+        self.canary_version.set(-1)
         self.policy_version = Gauge("vlaloop_policy_version", "Version now serving (-1 = none)",
                                     registry=r)
         self.policy_version.set(-1)

@@ -7,6 +7,8 @@ robots' status reports. It queues operator commands per robot and hands them out
 to the episode it was pressed for), keeps the episodes waiting for a label, and answers the
 robots' label long-polls (a later correction goes through the operator page's relabel, which
 drops a file in the learner's inbox: ``server.ui``). ``subscribe()`` gives the operator page a stream of change events.
+With ``reward_model.mode`` on, an episode is scored as it ends and, in mode "auto", labelled at
+once when the model is confident (``server.reward_scorer``).
 
 All methods run on the server's event loop (the routes are ``async def``); nothing here blocks.
 """
@@ -17,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from protocol.images import encode_jpeg
 from protocol.messages import ID_PATTERN, Command, EpisodeId
 from server.auth import require_operator, require_robot
+from server.reward_scorer import Score
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +77,17 @@ class AwaitingIn(_In):
 class LabelOut(BaseModel):
     episode_id: str
     outcome: LabelOutcome
-    label_source: Literal["operator", "auto"]
+    label_source: Literal["operator", "auto", "reward_model"] = Field(
+        description="operator; auto = the simulator's success predicate; reward_model = the learnt classifier")
+    reward_model_p: float | None = Field(
+        default=None, description="the reward model's P(success) for this episode, whoever labelled it")
 
 
 class AwaitingView(BaseModel):
     robot_id: str
     episode_id: str
     auto_outcome: str | None
+    reward_model_p: float | None = Field(default=None, description="the reward model's P(success), if scored")
     n_steps: int
     instruction: str
     task: str
@@ -139,6 +147,8 @@ class RobotRegistry:
         self._delivered: set[tuple[str, str]] = set()
         self._label_events: dict[tuple[str, str], asyncio.Event] = {}
         self._subscribers: set[asyncio.Queue] = set()
+        # called with (robot_id, episode_id, outcome) for every label (the promotion gate counts them)
+        self.label_listeners: list[Callable[[str, str, str], None]] = []
 
     # ---- publisher for the operator page
 
@@ -212,17 +222,25 @@ class RobotRegistry:
             # pressed for an episode that is already over: dropping it keeps a new episode alive
         return "pause" if r.paused else "run"
 
-    def mark_awaiting(self, robot_id: str, episode_id: str, body: AwaitingIn) -> LabelOut | None:
+    def mark_awaiting(self, robot_id: str, episode_id: str, body: AwaitingIn,
+                      score: Score | None = None) -> LabelOut | None:
+        """The episode ended: label it at once (the simulator's outcome in auto_label mode, the
+        reward model's when it is confident) or queue it for the operator."""
         r = self._robot(robot_id)
         self._new_episode(r, episode_id)
         key = (robot_id, episode_id)
+        p = None if score is None else score.p
         if self.auto_label and body.auto_outcome is not None:
-            label = LabelOut(episode_id=episode_id, outcome=body.auto_outcome, label_source="auto")
+            label = LabelOut(episode_id=episode_id, outcome=body.auto_outcome, label_source="auto", reward_model_p=p)
+            self._store_label(key, label)
+            return label
+        if score is not None and score.label is not None and key not in self._labels:
+            label = LabelOut(episode_id=episode_id, outcome=score.label, label_source="reward_model", reward_model_p=p)
             self._store_label(key, label)
             return label
         if key not in self._labels:
             self.awaiting[key] = AwaitingView(robot_id=robot_id, episode_id=episode_id,
-                                              auto_outcome=body.auto_outcome, n_steps=body.n_steps,
+                                              auto_outcome=body.auto_outcome, reward_model_p=p, n_steps=body.n_steps,
                                               instruction=r.instruction, task=r.task, since=time.time())
             self._publish({"type": "awaiting", **self.awaiting[key].model_dump()})
         return self._labels.get(key)
@@ -261,7 +279,9 @@ class RobotRegistry:
         key = (robot_id, episode_id)
         if key in self._delivered:
             raise LookupError("already labelled and delivered to the robot")
-        label = LabelOut(episode_id=episode_id, outcome=outcome, label_source="operator")
+        waiting = self.awaiting.get(key)
+        label = LabelOut(episode_id=episode_id, outcome=outcome, label_source="operator",
+                         reward_model_p=None if waiting is None else waiting.reward_model_p)
         self._store_label(key, label)
         return label
 
@@ -275,6 +295,11 @@ class RobotRegistry:
         event = self._label_events.pop(key, None)
         if event is not None:
             event.set()
+        for listener in self.label_listeners:
+            try:
+                listener(key[0], key[1], label.outcome)
+            except Exception:  # a listener's bug must not lose the label
+                log.exception("label listener failed")
         self._publish({"type": "label", "robot_id": key[0], **label.model_dump()})
 
     def frame_jpeg(self, robot_id: str, camera: str) -> bytes | None:
@@ -317,10 +342,12 @@ async def post_status(status: StatusIn, robot_id: str = RobotIdParam,
 
 
 @router.post("/robots/{robot_id}/episodes/{episode_id}/awaiting", dependencies=[Depends(require_robot)])
-async def post_awaiting(body: AwaitingIn = Body(default_factory=AwaitingIn), robot_id: str = RobotIdParam,
-                        episode_id: str = PathParam(pattern=ID_PATTERN),
+async def post_awaiting(request: Request, body: AwaitingIn = Body(default_factory=AwaitingIn),
+                        robot_id: str = RobotIdParam, episode_id: str = PathParam(pattern=ID_PATTERN),
                         robots: RobotRegistry = Depends(registry_of)) -> dict:
-    label = robots.mark_awaiting(robot_id, episode_id, body)
+    state = request.app.state
+    score = await state.reward_scorer.score(robot_id, episode_id, state.holder.policy, state.worker)
+    label = robots.mark_awaiting(robot_id, episode_id, body, score)
     return {"ok": True, "label": None if label is None else label.model_dump()}
 
 

@@ -136,7 +136,7 @@ class VLAModel(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = backbone
-        self.preprocessor = Preprocessor(processor, config.cameras, config.image_size)
+        self.preprocessor = Preprocessor(processor, config.cameras, config.image_size, config.image_splitting)
         self.backbone_dir = str(backbone_dir)
         self.backbone_id = backbone_id
         self.backbone_hash = backbone_hash_

@@ -22,6 +22,15 @@ from vla.normalization import Normalizer
 from vla.registry import CheckpointError, CheckpointRegistry, load_model
 
 
+def trunk_key(policy: Policy) -> str:
+    """Names the frozen part (backbone + adapters + pooler) that computes features: equal keys, equal
+    features. The learner's feature cache and the reward model are keyed by it."""
+    m = policy.model
+    version = "unpublished" if m.trunk_version is None else f"v{m.trunk_version:06d}"
+    fingerprint = m.trunk_fingerprint or m.compute_trunk_fingerprint()
+    return f"{version}-{fingerprint[:12]}-{m.backbone_hash.replace(':', '')[-12:]}"
+
+
 class Policy:
     """A checkpoint version as a `interface.policy.BasePolicy`."""
 

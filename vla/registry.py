@@ -12,6 +12,10 @@
         backbone/                (kind "full", if the backbone's own weights were trained, e.g. Stage 0)
                                  a save_pretrained model dir; meta.backbone_dir = "backbone"
       .tmp-v000018-<pid>-<rand>/ a publish in progress (ignored; removed once its writer is dead)
+      PROMOTED                   "15\\n" -- the version the promotion gate serves to everyone (server)
+      PINNED                     "12\\n" -- the operator's pin: served to all, gating paused (absent: none)
+      refused/v000017.json       a version the gate rolled back (or a descendant of one): never served again
+      canary.json                the running canary's tallies, so a server restart does not start it over
 
 kind "full" carries the whole trainable trunk (pooler, adapter, maybe backbone); kind "head" carries
 only head.safetensors + norm.json and names in `base_version` the full version its trunk comes from,
@@ -20,6 +24,11 @@ so an RL update publishes ~1 MB and a server holding the base loads it in millis
 Publishing writes into the temp dir, fsyncs every file and the dir, renames it to v%06d, fsyncs
 checkpoints/, then replaces LATEST (temp file + fsync + os.replace). A crash at any point leaves
 LATEST on the previous complete version.
+
+The learner writes the versions and LATEST; the server's promotion gate (server/promotion.py) writes
+PROMOTED, PINNED, refused/ and canary.json, each atomically (temp file + fsync + rename + fsync of the
+directory). LATEST stays "the newest the learner published" so the learner's resume rule is unaffected
+by a refusal; `resume_version()` is where the learner continues from.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from deployment.model import ModelConfig
-from episodes.durable import fsync_dir, fsync_path
+from episodes.durable import fsync_dir, fsync_path, write_json_atomic
 from vla.backbone import backbone_hash, quiet_transformers
 from vla.normalization import Normalizer
 from vla.tiny import TINY_ID, default_tiny_dir, ensure_tiny_backbone
@@ -48,6 +57,8 @@ if TYPE_CHECKING:
     from vla.model import VLAModel
 
 VERSION_RE = re.compile(r"^v(\d{6})$")
+REFUSED_RE = re.compile(r"^v(\d{6})\.json$")
+PROMOTED_FILE, PINNED_FILE, REFUSED_DIR, CANARY_FILE = "PROMOTED", "PINNED", "refused", "canary.json"
 TMP_PREFIX = ".tmp-"
 KINDS = ("full", "head")
 META_FIELDS = ("version", "kind", "parent", "base_version", "backbone_id", "backbone_hash", "created",
@@ -149,13 +160,129 @@ class CheckpointRegistry:
         return removed
 
     def _write_latest(self, version: int) -> None:
-        tmp = self.root / f"{TMP_PREFIX}LATEST-{os.getpid()}-{os.urandom(4).hex()}"
+        self._write_pointer("LATEST", version)
+
+    def _write_pointer(self, name: str, version: int | None, into: Path | None = None) -> None:
+        """Replace (or, for None, remove) a one-number file atomically and durably."""
+        directory = into or self.root
+        if version is None:
+            (directory / name).unlink(missing_ok=True)
+        else:
+            tmp = self.root / f"{TMP_PREFIX}{name}-{os.getpid()}-{os.urandom(4).hex()}"
+            with open(tmp, "w") as f:
+                f.write(f"{version}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, directory / name)
+        fsync_dir(directory)
+
+    def _read_pointer(self, name: str) -> int | None:
+        try:
+            text = (self.root / name).read_text().strip()
+        except FileNotFoundError:
+            return None
+        if not text.isdigit():
+            raise CheckpointError(f"{self.root / name}: not a version number: {text!r}")
+        return int(text)
+
+    # ---- promotion markers (written by the server's promotion gate)
+
+    def promoted(self) -> int | None:
+        """The version the promotion gate serves to everyone (None: nothing promoted yet)."""
+        return self._read_pointer(PROMOTED_FILE)
+
+    def set_promoted(self, version: int) -> None:
+        self._write_pointer(PROMOTED_FILE, version)
+
+    def pinned(self) -> int | None:
+        """The version the operator pinned (None: no pin)."""
+        return self._read_pointer(PINNED_FILE)
+
+    def set_pinned(self, version: int | None) -> None:
+        self._write_pointer(PINNED_FILE, version)
+
+    def refused(self) -> dict[int, dict]:
+        """Refused versions and why: {version: {"reason": ..., "at": ..., ...}}."""
+        out: dict[int, dict] = {}
+        directory = self.root / REFUSED_DIR
+        if not directory.is_dir():
+            return out
+        for p in directory.iterdir():
+            m = REFUSED_RE.match(p.name)
+            if not m:
+                continue
+            try:
+                out[int(m.group(1))] = json.loads(p.read_text())
+            except (OSError, ValueError):
+                out[int(m.group(1))] = {"reason": "refused (marker unreadable)"}
+        return out
+
+    def is_refused(self, version: int) -> bool:
+        return (self.root / REFUSED_DIR / f"{vname(version)}.json").is_file()
+
+    def mark_refused(self, version: int, reason: str, **detail) -> None:
+        """Mark a version refused, durably; it is never served again. Idempotent."""
+        directory = self.root / REFUSED_DIR
+        if not directory.is_dir():
+            directory.mkdir(exist_ok=True)
+            fsync_dir(self.root)
+        record = {"version": version, "reason": reason, "at": time.time(), **detail}
+        tmp = self.root / f"{TMP_PREFIX}refused-{os.getpid()}-{os.urandom(4).hex()}"
         with open(tmp, "w") as f:
-            f.write(f"{version}\n")
+            f.write(json.dumps(record, indent=1, sort_keys=True))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self.root / "LATEST")
-        fsync_dir(self.root)
+        os.replace(tmp, directory / f"{vname(version)}.json")
+        fsync_dir(directory)
+
+    def read_canary(self) -> dict | None:
+        """The running canary's saved tallies (None: none saved, or unreadable)."""
+        try:
+            data = json.loads((self.root / CANARY_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_canary(self, data: dict | None) -> None:
+        path = self.root / CANARY_FILE
+        if data is None:
+            path.unlink(missing_ok=True)
+            fsync_dir(self.root)
+        else:
+            write_json_atomic(path, data)
+
+    def refused_ancestor(self, version: int) -> int | None:
+        """The first refused version on `version`'s parent chain (itself included), or None. The
+        walk stops at the promoted version (everything it descends from was accepted)."""
+        refused, stop = set(self.refused()), self.promoted()
+        seen: set[int] = set()
+        current: int | None = version
+        while current is not None and current not in seen:
+            if current in refused:
+                return current
+            if current == stop:
+                return None
+            seen.add(current)
+            try:
+                current = self.read_meta(current).get("parent")
+            except CheckpointError:
+                return None
+        return None
+
+    def resume_version(self) -> int | None:
+        """Where a learner continues from: LATEST, unless LATEST is refused or descends from a
+        refused version; then the promoted version (or, before any promotion, the newest version
+        not descending from a refused one)."""
+        latest = self.latest()
+        if latest is None or self.refused_ancestor(latest) is None:
+            return latest
+        promoted = self.promoted()
+        if promoted is not None:
+            return promoted
+        for v in reversed(self.versions()):
+            if self.refused_ancestor(v) is None:
+                return v
+        return None
 
 
 # ---- publish -------------------------------------------------------------------------------

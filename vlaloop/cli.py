@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "calibrate": ("calibration.cli", "camera intrinsics, hand-eye and workspace calibration"),
     "demo": ("vlaloop.demo", "end-to-end demo: server, learner and mock robots learning"),
     "bench": ("bench.cli", "benchmarks (serving, control loop, learner, learning)"),
+    "model": ("vla.cli", "check a model dir as the loop's backbone (vlaloop model check DIR)"),
 }
 
 

@@ -110,7 +110,8 @@ def test_label_long_poll_gets_the_operator_label(served):
     assert r.status_code == 200
     thread.join(10)
     assert result["status"] == 200 and result["waited"] < 5
-    assert result["body"] == {"episode_id": "ep7", "outcome": "failure", "label_source": "operator"}
+    assert result["body"] == {"episode_id": "ep7", "outcome": "failure", "label_source": "operator",
+                              "reward_model_p": None}
     assert operator.get("/v1/labels/awaiting").json() == []
     # asking again (a retry after a dropped connection) gets the same label at once
     again = robot.get("/v1/robots/lab0/label", params={"episode_id": "ep7", "timeout_s": 5})
@@ -153,7 +154,8 @@ def test_auto_label_answers_at_once(run_dir):
             t0 = time.monotonic()
             r = robot.get("/v1/robots/auto0/label", params={"episode_id": "ep1", "timeout_s": 10})
             assert r.status_code == 200 and time.monotonic() - t0 < 2
-            assert r.json() == {"episode_id": "ep1", "outcome": "success", "label_source": "auto"}
+            assert r.json() == {"episode_id": "ep1", "outcome": "success", "label_source": "auto",
+                                "reward_model_p": None}  # reward model off
             # no auto outcome: the operator must decide, even in auto mode
             robot.post("/v1/robots/auto0/episodes/ep2/awaiting", json={"auto_outcome": None, "n_steps": 3})
             r = robot.get("/v1/robots/auto0/label", params={"episode_id": "ep2", "timeout_s": 0.2})

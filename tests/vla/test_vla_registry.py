@@ -140,7 +140,7 @@ def test_head_only_version_loads_fast_with_base_and_acts_with_the_new_head(train
     head_ms = (time.perf_counter() - t0) * 1e3
     print(f"\nload full version: {full_ms:.1f} ms; head-only version with base=: {head_ms:.1f} ms")
     assert new.version == v and new.model.backbone is base.model.backbone and new.model.pooler is base.model.pooler
-    assert head_ms < 100 and head_ms < full_ms
+    assert head_ms < full_ms  # a ratio, not a wall-clock bound: the machine may be busy
     assert_same_actions(Policy(trained, norm), new)
     a, b = base.act(OBS[0]), new.act(OBS[0])
     assert not np.allclose(a.actions, b.actions)  # the new head acts, the old one is untouched

@@ -21,6 +21,7 @@ const ui = {
   cards: new Map(),         // robot_id -> {el, imgs: Map(camera -> img), busy: Set(camera)}
   selectedRobot: null,
   learning: null,
+  promotion: null,          // GET /v1/policy .promotion (+ refused)
   episodes: [],
   episodesSig: "",
   thumbs: new Map(),        // "robot/episode/step/cam" -> blob URL (stored frames never change)
@@ -233,7 +234,9 @@ function updateCard(card, r) {
   const badge = setField(root, "state", r.stale ? "stale · " + (STATE_NAMES[r.state] || r.state)
     : (r.paused && r.state !== "paused" ? "Pausing…" : (STATE_NAMES[r.state] || r.state)));
   badge.className = "badge state-" + r.state + (r.stale ? " stale" : "");
-  setField(root, "version", r.policy_version === null ? "policy –" : "policy v" + r.policy_version);
+  const canary = ui.promotion && ui.promotion.canary ? ui.promotion.canary.version : null;
+  setField(root, "version", r.policy_version === null ? "policy –"
+    : "policy v" + r.policy_version + (r.policy_version === canary ? " (canary)" : ""));
   setField(root, "instruction", r.instruction || "–");
   setField(root, "step", r.step === null ? "–" : String(r.step));
   const hz = r.loop_hz !== null ? r.loop_hz : r.act_hz;
@@ -249,7 +252,12 @@ function updateCard(card, r) {
   bar.hidden = !waiting;
   if (waiting) {
     const info = ui.awaiting.get(r.robot_id + "/" + waiting);
-    const hint = info && info.auto_outcome ? ` (success check: ${info.auto_outcome})` : "";
+    const hints = [];
+    if (info && info.auto_outcome) hints.push(`success check: ${info.auto_outcome}`);
+    if (info && info.reward_model_p !== null && info.reward_model_p !== undefined) {
+      hints.push(`reward model: P(success) ${info.reward_model_p.toFixed(2)}`);
+    }
+    const hint = hints.length ? ` (${hints.join(" · ")})` : "";
     setField(root, "awaiting", `Episode over — your label?${hint}`);
     bar.dataset.episode = waiting;
   }
@@ -566,8 +574,36 @@ function renderLearning(view) {
     ? shown.map(([k, v]) => el("tr", {}, el("td", { text: k }), el("td", { text: fmtValue(v) })))
     : [el("tr", {}, el("td", { class: "muted none", text: "no losses reported yet" }))]));
   renderLearnerDetails(st);
+  renderRewardModel(st.reward_model);
   drawEpisodeChart($("#chart-episodes"), view.curve, view.window, view.curve_total);
   drawVersionChart($("#chart-versions"), view.versions);
+}
+
+// The reward model (status.json "reward_model"): its fit, calibration and disagreement with the operator.
+function renderRewardModel(rm) {
+  const card = $("#reward-model");
+  card.hidden = !rm;
+  if (!rm) return;
+  $("#rm-mode").textContent = `· mode ${rm.mode}` + (rm.auto_threshold ? ` · auto-label at max(p, 1−p) ≥ ${rm.auto_threshold}` : "");
+  const d = rm.disagreement || {};
+  $("#rm-disagreement").textContent = d.n ? pct(d.rate) : "–";
+  $("#rm-disagreement").classList.toggle("bad", !!d.n && d.rate > 0.2);
+  $("#rm-disagreement-sub").textContent = d.n
+    ? `${d.disagreements} of ${d.n} episodes both labelled · last ${d.recent_n}: ${pct(d.recent_rate)} · ` +
+      `${d.auto_labels} auto-labelled, ${d.auto_labels_corrected} corrected by the operator`
+    : `no episode labelled by both yet · ${d.auto_labels || 0} auto-labelled`;
+  $("#rm-state").textContent = rm.state || "–";
+  $("#rm-fit-sub").textContent = rm.state === "fitted"
+    ? `${rm.n_labels} operator labels (${rm.n_success} success) · CV accuracy ${pct(rm.cv_accuracy)} · ` +
+      `would auto-label ${pct(rm.cv_auto_fraction)}, error ${rm.cv_auto_error === null ? "–" : pct(rm.cv_auto_error)}`
+    : "";
+  $("#rm-ece").textContent = rm.ece === null || rm.ece === undefined ? "–" : rm.ece.toFixed(3);
+  const bins = (rm.calibration && rm.calibration.bins) || [];
+  $("#rm-bins tbody").replaceChildren(...(bins.length
+    ? [el("tr", {}, el("td", { class: "muted", text: "predicted" }), el("td", { class: "muted", text: "observed (n)" })),
+       ...bins.map((b) => el("tr", { class: "rm-bin" }, el("td", { text: `${b.lo.toFixed(1)}–${b.hi.toFixed(1)}: ${b.mean_p.toFixed(2)}` }),
+         el("td", { text: `${b.observed.toFixed(2)} (${b.n})` })))]
+    : [el("tr", {}, el("td", { class: "muted none", text: "no fit yet" }))]));
 }
 
 function fmtValue(v) {
@@ -739,6 +775,68 @@ function drawVersionChart(canvas, versions) {
   });
 }
 
+// ------------------------------------------------------------------ promotion gate
+
+function renderPromotion(info) {
+  const p = info.promotion || {};
+  const box = $("#promotion");
+  box.dataset.enabled = String(!!p.enabled);
+  box.dataset.pinned = String(p.pinned !== null && p.pinned !== undefined);
+  box.dataset.canary = p.canary ? String(p.canary.version) : "";
+  const parts = [p.enabled ? "gate on" : "gate off (every new version serves at once)",
+    p.promoted ? "promoted v" + p.promoted : null, "serving v" + (info.version === null ? "–" : info.version),
+    p.pinned ? "pinned v" + p.pinned + " (gating paused)" : null];
+  $("#promotion-summary").textContent = "· " + parts.filter(Boolean).join(" · ");
+  $("#unpin").hidden = !p.pinned;
+  const c = p.canary;
+  const tally = (t) => `${t.successes}/${t.successes + t.failures}`;
+  $("#promotion-canary").textContent = c
+    ? `Canary v${c.version} (${pct(p.config.canary_fraction)} of new episodes) vs v${c.control}: canary ${tally(c.canary)}, ` +
+      `promoted ${tally(c.promoted)} successes` +
+      (c.prob_not_worse === null ? "" : `, P(not worse by ${p.config.margin}) = ${c.prob_not_worse.toFixed(2)}`) + ` — ${c.state}`
+    : (p.enabled ? "No canary running: the promoted version serves every robot." : "");
+  const refused = Object.entries(info.refused || {}).sort((a, b) => Number(b[0]) - Number(a[0]));
+  $("#promotion-refused").replaceChildren(...(refused.length
+    ? refused.map(([v, why]) => el("tr", { "data-version": v }, el("td", { text: "v" + v }), el("td", { text: why })))
+    : [el("tr", {}, el("td", { class: "muted", text: "none" }))]));
+  const decisions = (p.decisions || []).slice().reverse();
+  $("#promotion-decisions").replaceChildren(...(decisions.length
+    ? decisions.map((d) => el("tr", {}, el("td", { class: d.action, text: `${d.action === "promote" ? "promoted" : "rolled back"} v${d.version}` }),
+      el("td", { text: fmtTime(d.at) + " · " + d.reason })))
+    : [el("tr", {}, el("td", { class: "muted", text: "none yet" }))]));
+}
+
+async function pollPromotion() {
+  try {
+    const info = await getJSON("/v1/policy");
+    ui.promotion = Object.assign({}, info.promotion || {}, { refused: info.refused });
+    if (ui.view === "learning") renderPromotion(info);
+  } catch (_) { /* connection indicator */ }
+}
+
+async function pinVersion(ev) {
+  ev.preventDefault();
+  const version = parseInt($("#pin-version").value, 10);
+  if (!(version >= 1)) { toast("Enter a version number to pin", true); return; }
+  try {
+    await postJSON("/v1/policy/pin", { version });
+    toast(`v${version} pinned: served to every robot, gating paused`);
+    pollPromotion();
+  } catch (err) {
+    if (!(err instanceof AuthError)) toast("Pin failed: " + err.message, true);
+  }
+}
+
+async function unpinVersion() {
+  try {
+    await api("/v1/policy/pin", { method: "DELETE" });
+    toast("Unpinned: gating resumes");
+    pollPromotion();
+  } catch (err) {
+    if (!(err instanceof AuthError)) toast("Unpin failed: " + err.message, true);
+  }
+}
+
 let learningBusy = false;
 async function pollLearning() {
   if (learningBusy || ui.loginOpen || document.hidden) return;
@@ -748,6 +846,7 @@ async function pollLearning() {
     ui.learning = view;
     renderLearnerChip(view);
     if (ui.view === "learning") renderLearning(view);
+    await pollPromotion();
   } catch (_) { /* connection indicator */ } finally { learningBusy = false; }
 }
 
@@ -765,6 +864,8 @@ document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll(".tab").forEach((t) => t.addEventListener("click", () => showView(t.dataset.view)));
   $("#login-form").addEventListener("submit", submitLogin);
   $("#logout").addEventListener("click", logout);
+  $("#pin-form").addEventListener("submit", pinVersion);
+  $("#unpin").addEventListener("click", unpinVersion);
   $("#logout").hidden = !token();
   $("#episode-filter").addEventListener("change", () => { ui.episodesSig = ""; pollEpisodes(); });
   document.addEventListener("keydown", onKey);

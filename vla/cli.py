@@ -1,0 +1,53 @@
+"""`vlaloop model check DIR`: is this model dir usable as the loop's backbone? (vla/check.py)"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vla.check import check_model_dir
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="model_command", required=True)
+    check = sub.add_parser("check", help="load a Hugging Face image-text-to-text model dir and report "
+                                         "what the loop needs to know, and every problem with its fix")
+    check.add_argument("model_dir", nargs="?", default=None,
+                       help="a dir written by save_pretrained (model + processor); default: the embedded tiny "
+                            "PaliGemma (built on first use)")
+    check.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the config's model.device)")
+    check.add_argument("--cameras", default=None, help="comma-separated camera names (default: the config's)")
+    check.add_argument("--batch-sizes", default="1,4,8", help="forward latency is measured at these")
+    check.add_argument("--repeats", type=int, default=3, help="timed forwards per batch size (median)")
+    check.add_argument("--trust-remote-code", action="store_true", help="the model dir ships its own code")
+    check.add_argument("--dtype", default=None, help="auto | float32 | bfloat16 | float16")
+
+
+def run(args: argparse.Namespace, config) -> int:
+    model_dir = args.model_dir
+    if model_dir is None:
+        from vla.tiny import default_tiny_dir, ensure_tiny_backbone
+
+        c = config.model
+        model_dir = str(ensure_tiny_backbone(c.tiny_cache_dir or default_tiny_dir(c.seed), seed=c.seed))
+    updates = {"backbone_dir": model_dir}
+    if args.device:
+        updates["device"] = args.device
+    if args.cameras:
+        updates["cameras"] = [c.strip() for c in args.cameras.split(",") if c.strip()]
+    if args.trust_remote_code:
+        updates["trust_remote_code"] = True
+    if args.dtype:
+        updates["backbone_dtype"] = args.dtype
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+        if any(b < 1 for b in batch_sizes):
+            raise ValueError
+    except ValueError:
+        print(f"vlaloop model check: --batch-sizes must be positive integers, got {args.batch_sizes!r}",
+              file=sys.stderr)
+        return 2
+    model_config = config.model.model_copy(update=updates)
+    report = check_model_dir(model_dir, model_config, batch_sizes, max(1, args.repeats))
+    print(report.render())
+    return 0 if report.ok else 1
