@@ -496,6 +496,8 @@ def audit(run_dir: Path, act_log: list[dict], opt: Options, events: list[dict]) 
                 out["step_gaps"] += max(steps) + 1 - len(set(steps))
             if meta is not None and _end_reason(meta) != "client_crashed" and meta.get("n_steps") != len(steps):
                 out["episodes_short"] += 1
+            if meta is not None:
+                out["executed_not_stored"] += executed_not_stored(meta, len(set(steps)))
             chunk, chunk_reply = None, None
             for r in raw:
                 if r.get("action_chunk") is not None:  # first use of a chunk: find the reply that carried it
@@ -532,12 +534,22 @@ def audit(run_dir: Path, act_log: list[dict], opt: Options, events: list[dict]) 
         "duplicated_steps": out["duplicated_steps"], "step_gaps": out["step_gaps"],
         "episodes_short": out["episodes_short"], "steps_stored": out["steps_stored"], "moves": out["moves"],
         "moved_on_stale": out["moved_on_stale"], "moved_on_missing": out["moved_on_missing"],
+        "executed_not_stored": out["executed_not_stored"],
         "moves_while_server_dead": out["moves_while_server_dead"], "moves_while_server_dead_detail": dead_moves,
         "chunk_age_at_move_p99_s": float(np.percentile(ages, 99)) if ages else None,
         "chunk_age_at_move_max_s": float(max(ages)) if ages else None,
         "end_reasons": dict(by_reason), "act_requests": len(act_log),
         "act_replies_delayed": sum(1 for e in act_log if e["delay_s"] > 0),
     }
+
+
+def executed_not_stored(meta: dict, n_stored: int) -> int:
+    """Steps a robot executed but never stored: a client killed mid-episode reports, on its next
+    start, how many steps its execution journal counted (``executed_steps``); the stored ones are
+    subtracted. The journal is written before each move, so it may count one step too many."""
+    extra = meta.get("extra") or {}
+    executed = extra.get("executed_steps", meta.get("executed_steps"))
+    return max(0, int(executed) - n_stored) if executed is not None else 0
 
 
 def _end_reason(meta: dict) -> str:

@@ -27,7 +27,6 @@ from calibration.transforms import (
     invert,
     make_T,
     matrix_to_rotvec,
-    matrix_to_rpy,
     mean_rotation,
     pose_to_T,
     rotation_angle,
@@ -164,10 +163,10 @@ def move_to(arm: Arm, T_target: np.ndarray, plan: MotionPlan, tol_m: float = 5e-
             tol_rad: float = 2e-3, max_rounds: int = 4) -> None:
     """Reach T_target by a sequence of small deltas, re-reading the state after each round.
 
-    A delta is a base-frame translation and a base-frame rotation ``rpy_to_matrix(drpy)`` applied
-    on the left (the franka backend's reading of the action); an arm that instead adds drpy to
-    its rpy (the mock simulator) agrees to first order near the start pose and the correction
-    rounds close the rest. An arm that does not converge is held and reported."""
+    A delta follows interface/action.py: a base-frame translation and a base-frame rotation
+    vector applied on the left, so n equal steps of rotvec / n compose exactly to rotvec; the
+    correction rounds close what the arm's own tracking leaves. An arm that does not converge is
+    held and reported."""
     last = math.inf
     for _ in range(max_rounds):
         dp, rotvec, gripper = _pose_error(arm, T_target)
@@ -181,7 +180,7 @@ def move_to(arm: Arm, T_target: np.ndarray, plan: MotionPlan, tol_m: float = 5e-
         last = err
         n = max(1, math.ceil(max(np.linalg.norm(dp) / plan.step_translation_m,
                                  np.linalg.norm(rotvec) / plan.step_rotation_rad)))
-        step = np.concatenate([dp / n, matrix_to_rpy(rotvec_to_matrix(rotvec / n)), [gripper]])
+        step = np.concatenate([dp / n, rotvec / n, [gripper]])
         for _ in range(n):
             arm.move_delta(step)
             if plan.step_period_s:

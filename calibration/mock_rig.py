@@ -24,18 +24,17 @@ from calibration.transforms import (
     invert,
     look_at,
     make_T,
-    matrix_to_rpy,
     pose_to_T,
     rot_x,
     rot_z,
-    rpy_to_matrix,
 )
+from interface.action import apply_action
 from interface.robot import Arm, ArmError, ArmState, Camera, Frame
 
 
 class KinematicArm(Arm):
-    """Pose integrates the commanded deltas exactly, read as the franka backend reads them:
-    base-frame translation d[:3], base-frame rotation ``rpy_to_matrix(d[3:6])`` on the left."""
+    """Pose integrates the commanded deltas exactly, by the action convention (interface/action.py):
+    base-frame translation d[:3], base-frame rotation vector d[3:6] applied on the left."""
 
     def __init__(self, home_position, home_rpy, state_noise_m: float = 0.0, rng: np.random.Generator | None = None):
         self.home_position = np.asarray(home_position, dtype=float)
@@ -58,8 +57,7 @@ class KinematicArm(Arm):
         a = np.asarray(action, dtype=float)
         if a.shape != (7,) or not np.all(np.isfinite(a)):
             raise ArmError(f"refused non-finite or mis-shaped action {a!r}")
-        self.position = self.position + a[:3]
-        self.rpy = matrix_to_rpy(rpy_to_matrix(a[3:6]) @ rpy_to_matrix(self.rpy))
+        self.position, self.rpy, _ = apply_action(self.position, self.rpy, a)  # interface/action.py
         self.gripper = float(np.clip(a[6], 0.0, 1.0))
         self.n_moves += 1
 

@@ -50,6 +50,9 @@ class RobotConfig(BaseModel):
                                         "action (a cold server)")
     probe_interval_s: float = Field(default=0.025, gt=0, description="/healthz probe while no request is "
                                     "in flight; bounds how late a dead server is noticed")
+    server_silence_s: float = Field(default=1.0, gt=0, description="a server that answers nothing (probes "
+                                    "time out, no /v1/act reply) this long is taken as gone; a refused "
+                                    "connection counts at once. A busy machine's slow probe alone is not")
     server_retry_s: float = Field(default=0.5, gt=0, description="retry interval while the server is down")
     realtime_priority: int = Field(default=50, ge=0, le=99, description="SCHED_FIFO priority of the control "
                                    "loop thread (Linux, needs CAP_SYS_NICE or root; refused -> a warning and "
@@ -64,6 +67,8 @@ class RobotConfig(BaseModel):
     eval_every: int = Field(default=0, ge=0, description="every Nth episode is a greedy evaluation episode "
                             "(purpose 'eval', never trained on); 0 = never")
     instruction: str = Field(default="", description="franka: the task instruction given to the policy")
+    dry_run: bool = Field(default=False, description="everything but motion: the arm holds where it would "
+                          "move and never homes; episodes end aborted (stored, never trained on)")
 
     # --- streaming to the learner
     outbox_dir: str | None = Field(default=None, description="default: <run_dir>/outbox/<robot_id>")

@@ -7,7 +7,8 @@ Ingestion counters change with every step, so they alone are flushed at most eve
 
 Fields (see docs/learner.md): phase, iteration, round, progress, losses, success_rate,
 episodes_per_phase, policy_version, ingest, history, updated (unix seconds), started, pid, detail,
-and reward_model (only with a reward model: its last fit and the disagreement monitor,
+waiting_for (null, or what the learner waits for before it can train: "demonstrations"), and
+reward_model (only with a reward model: its last fit and the disagreement monitor,
 docs/reward_model.md).
 """
 
@@ -96,7 +97,7 @@ class StatusBoard:
         self._write_lock = threading.Lock()
         self._fields: dict[str, Any] = {
             "phase": "idle", "iteration": 0, "round": 0, "progress": 0.0, "losses": {},
-            "policy_version": None, "detail": "", "started": time.time(), "pid": os.getpid(),
+            "policy_version": None, "detail": "", "waiting_for": None, "started": time.time(), "pid": os.getpid(),
         }
         self._episodes: dict[tuple[str, str], dict] = {}
         self._ingest: dict[str, Any] = {}
@@ -111,7 +112,8 @@ class StatusBoard:
 
     def set(self, **fields: Any) -> None:
         """Phase-loop event (phase change, progress, losses, publish): written at once."""
-        unknown = set(fields) - {"phase", "iteration", "round", "progress", "losses", "policy_version", "detail"}
+        unknown = set(fields) - {"phase", "iteration", "round", "progress", "losses", "policy_version", "detail",
+                                 "waiting_for"}
         if unknown:
             raise KeyError(f"unknown status fields {sorted(unknown)}")
         if "phase" in fields and fields["phase"] not in PHASES:

@@ -1,9 +1,10 @@
 """Franka arm through franky-control (``pip install franky-control``; imported only here).
 
-Actions are end-effector deltas in the robot BASE frame. franky's
-``ReferenceType.Relative`` targets are expressed in the END-EFFECTOR frame
-(``new_target = previous_target * relative``), so a base-frame delta (dp, dR) at the current
-orientation R becomes the relative transform ``(R^T dp, R^T dR R)``. Each motion is issued with
+Actions follow interface/action.py: a translation in the robot BASE frame and a base-frame
+rotation vector w applied on the left (R_new = exp([w]x) R). franky's ``ReferenceType.Relative``
+targets are expressed in the END-EFFECTOR frame (``new_target = previous_target * relative``), so
+the backend builds the absolute target pose and lets franky's own Affine math turn it into the
+relative motion: ``relative = current.inverse * target``. Each motion is issued with
 ``asynchronous=True``: it replaces the running one, so the arm always heads for the newest command
 and a stop is one call away.
 """
@@ -16,25 +17,18 @@ import time
 
 import numpy as np
 
+from interface.action import (
+    GRIPPER_INDEX,
+    GRIPPER_OPEN_THRESHOLD,
+    ROTATION,
+    TRANSLATION,
+    matrix_to_rpy,
+    rotvec_to_matrix,
+    rpy_to_matrix,
+)
 from interface.robot import Arm, ArmError, ArmState
 
 log = logging.getLogger(__name__)
-
-
-def rpy_to_matrix(rpy) -> np.ndarray:
-    """R = Rz(yaw) @ Ry(pitch) @ Rx(roll), the convention of calibration.transforms."""
-    r, p, y = (float(v) for v in rpy)
-    cr, sr, cp, sp, cy, sy = math.cos(r), math.sin(r), math.cos(p), math.sin(p), math.cos(y), math.sin(y)
-    return np.array([[cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
-                     [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
-                     [-sp, cp * sr, cp * cr]])
-
-
-def matrix_to_rpy(R: np.ndarray) -> np.ndarray:
-    pitch = math.atan2(-R[2, 0], math.hypot(R[0, 0], R[1, 0]))
-    if math.cos(pitch) < 1e-9:  # gimbal lock: put everything into yaw
-        return np.array([0.0, pitch, math.atan2(-R[0, 1], R[1, 1])])
-    return np.array([math.atan2(R[2, 1], R[2, 2]), pitch, math.atan2(R[1, 0], R[0, 0])])
 
 
 def matrix_to_quat_xyzw(R: np.ndarray) -> np.ndarray:
@@ -64,10 +58,15 @@ def quat_xyzw_to_matrix(q) -> np.ndarray:
                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
-def base_delta_to_relative(R: np.ndarray, dp, drpy) -> tuple[np.ndarray, np.ndarray]:
-    """A base-frame delta at orientation R -> (translation, quaternion xyzw) in the EE frame."""
-    dR = rpy_to_matrix(drpy)
-    return R.T @ np.asarray(dp, dtype=float), matrix_to_quat_xyzw(R.T @ dR @ R)
+def base_delta_to_relative(pose, dp, w):
+    """The action's (dp, w) at the current pose (a franky.Affine) -> the franky.Affine of the
+    relative motion in the end-effector frame, by franky's own Affine algebra."""
+    import franky
+
+    R = quat_xyzw_to_matrix(pose.quaternion)
+    target = franky.Affine(np.asarray(pose.translation, dtype=float) + np.asarray(dp, dtype=float),
+                           matrix_to_quat_xyzw(rotvec_to_matrix(w) @ R))
+    return pose.inverse * target
 
 
 class FrankaArm(Arm):
@@ -130,12 +129,10 @@ class FrankaArm(Arm):
         if self._call("state", lambda: self.robot.has_errors):
             raise ArmError("franka has errors; recover() first")
         pose = self._call("pose", lambda: self.robot.current_pose).end_effector_pose
-        R = quat_xyzw_to_matrix(pose.quaternion)
-        dp, dq = base_delta_to_relative(R, a[:3], a[3:6])
-        motion = f.CartesianMotion(f.Affine(dp, dq), f.ReferenceType.Relative,
-                                   relative_dynamics_factor=self.dynamics)
+        relative = base_delta_to_relative(pose, a[TRANSLATION], a[ROTATION])
+        motion = f.CartesianMotion(relative, f.ReferenceType.Relative, relative_dynamics_factor=self.dynamics)
         self._call("move", self.robot.move, motion, asynchronous=True)
-        self._set_gripper(a[6] >= 0.5)
+        self._set_gripper(a[GRIPPER_INDEX] >= GRIPPER_OPEN_THRESHOLD)
 
     def _set_gripper(self, open_: bool, wait: bool = False) -> None:
         if self.gripper is None or open_ == self._gripper_open:

@@ -1,10 +1,13 @@
 """From stored episodes (episodes.store) to what the algorithms train on.
 
-* Online episodes (robots running a policy): a step with ``chunk_index == 0`` is a DECISION -- its
-  observation (frames + state + instruction) produced ``action_chunk`` (robot units, [H][7]) with the
-  server's ``log_prob`` / ``value`` under ``policy_version``; the following steps only execute the
-  rest of that chunk. RL transitions are decision to decision. Reward: +1 on the last decision of a
-  success, 0 otherwise, plus an optional per-decision penalty; ``done`` on the last decision.
+* Online episodes (robots running a policy): a step that carries ``action_chunk`` is the first to
+  execute it; the chunk is a DECISION made on the observation (frames + state + instruction) of
+  step ``obs_step`` (itself when the chunk starts at index 0; an earlier step when the reply came
+  while the arm kept moving; records without ``obs_step`` count only at ``chunk_index == 0``), with
+  the server's ``log_prob`` / ``value`` under ``policy_version``. Steps recorded ``on_policy:
+  false`` (an ensemble average was executed, not the chunk) are no decision. RL transitions are
+  decision to decision. Reward: +1 on the last decision of a success, 0 otherwise, plus an
+  optional per-decision penalty; ``done`` on the last decision.
 * Expert demonstrations (``action_chunk`` None, one executed action per step): the chunk target at
   step t is the next H executed actions t..t+H-1, padded with the last action at the episode end.
   SFT / bootstrap train on every step; the SAC demo buffer uses every H-th step as a decision (the
@@ -71,8 +74,13 @@ def _instruction(meta: dict, steps: list[dict]) -> str:
 
 
 def online_decisions(meta: dict, episode: Episode, chunk: int, step_penalty: float = 0.0) -> EpisodeDecisions:
-    rows = [s for s in episode.steps if int(s.get("chunk_index", 0)) == 0 and s.get("action_chunk") is not None]
-    chunks = np.asarray([r["action_chunk"] for r in rows], np.float32).reshape(len(rows), -1, ACTION_DIM)
+    by_step = {int(s["step"]): s for s in episode.steps}
+    decisions = [(by_step.get(_obs_step(s)), s) for s in episode.steps
+                 if s.get("action_chunk") is not None and s.get("on_policy", True) and _obs_step(s) is not None]
+    decisions = [(seen, s) for seen, s in decisions if seen is not None]
+    rows = [s for _, s in decisions]
+    chunks = (np.asarray([r["action_chunk"] for r in rows], np.float32).reshape(len(rows), -1, ACTION_DIM) if rows
+              else np.zeros((0, chunk, ACTION_DIM), np.float32))
     if len(rows) and chunks.shape[1] != chunk:
         raise ValueError(f"episode {meta.get('robot_id')}/{meta.get('episode_id')}: chunk length "
                          f"{chunks.shape[1]} != model chunk {chunk}")
@@ -82,11 +90,19 @@ def online_decisions(meta: dict, episode: Episode, chunk: int, step_penalty: flo
         return np.asarray([default if r.get(name) is None else r[name] for r in rows], np.float64)
 
     return EpisodeDecisions(
-        meta=meta, episode=episode, steps=[int(r["step"]) for r in rows],
-        states=np.asarray([r["state"] for r in rows], np.float32).reshape(len(rows), -1),
+        meta=meta, episode=episode, steps=[int(seen["step"]) for seen, _ in decisions],
+        states=np.asarray([seen["state"] for seen, _ in decisions], np.float32).reshape(len(rows), -1) if rows
+        else np.zeros((0, len(episode.steps[0]["state"]) if episode.steps else 7), np.float32),
         chunks=chunks, server_logprob=col("log_prob", np.nan), server_value=col("value", np.nan),
         versions=col("policy_version", -1).astype(np.int64), rewards=rewards, dones=dones,
         instruction=_instruction(meta, episode.steps))
+
+
+def _obs_step(step: dict) -> int | None:
+    """The step whose observation produced this step's chunk (None: unknown, not a decision)."""
+    if step.get("obs_step") is not None:
+        return int(step["obs_step"])
+    return int(step["step"]) if int(step.get("chunk_index", 0)) == 0 else None
 
 
 def expert_decisions(meta: dict, episode: Episode, chunk: int, stride: int | None = None,

@@ -287,9 +287,12 @@ class PhaseLoop:
 
     # ------------------------------------------------------------------ phases
     def bootstrap(self) -> int:
+        if not self._wait_for_training_data("bootstrap", self.trainer.has_demos):
+            raise ShutdownRequested()
         self.status.set(phase="bootstrap", progress=0.0, detail="Stage 0: SFT on expert demonstrations")
         log.info("bootstrap: training from expert demonstrations")
-        version = self._interruptible(self.trainer.bootstrap, progress=True)  # tqdm on stderr
+        version = self._interruptible(self.trainer.bootstrap, progress=True,  # tqdm on stderr
+                                      on_progress=self._progress_reporter("bootstrap"))
         self.status.set(phase="bootstrap", progress=1.0, policy_version=version, detail="bootstrapped")
         self.status.add_history({"iteration": 0, "round": 0, "phase": "bootstrap", "version": version,
                                  "n_episodes": len(self.store.list_episodes(source="expert")),
@@ -408,6 +411,41 @@ class PhaseLoop:
     def rl_phase_done(self) -> bool:
         return self.state.round >= self.lc.rl_rounds_per_phase or self.plateau()
 
+    def _wait_for_training_data(self, phase: str, ready: Callable[[], bool]) -> bool:
+        """Block (holding no lock, publishing nothing) until `ready()`; say so in status.json, which
+        the operator page shows. False on shutdown. A learner with nothing to train on must wait for
+        demonstrations, not crash and be restarted into the same crash."""
+        waiting = False
+        while not self.shutdown.event.is_set():
+            if ready():
+                if waiting:
+                    self.status.set(waiting_for=None, detail="training data arrived")
+                    log.info("%s: training data arrived", phase)
+                return True
+            if not waiting:
+                waiting = True
+                detail = (f"waiting for demonstrations: no expert demos or successful episodes in "
+                          f"{self.store.root} to train {phase} on (record demos: `vlaloop demos` on the "
+                          f"mock, teleoperation on a robot)")
+                log.warning("%s", detail)
+                self.status.set(phase=phase, waiting_for="demonstrations", detail=detail)
+            self._new_data.wait(max(self.poll_s, 1.0))
+            self._new_data.clear()
+        return False
+
+    def _progress_reporter(self, phase: str) -> Callable[[float], None]:
+        """status.json progress during a long training call: every percent, at most once per the
+        status board's interval."""
+        last = {"progress": 0.0, "t": 0.0}
+
+        def report(progress: float) -> None:
+            now = time.monotonic()
+            if progress >= 1.0 or (progress - last["progress"] >= 0.01 and now - last["t"] >= self.status.interval_s):
+                last.update(progress=progress, t=now)
+                self.status.set(phase=phase, progress=min(progress, 1.0))
+
+        return report
+
     def follow_promotion(self) -> None:
         """Before training: if the server's promotion gate refused the version the trainer holds
         (or one it descends from), continue from the promoted version instead."""
@@ -418,11 +456,14 @@ class PhaseLoop:
 
     def sft(self) -> None:
         it = self.state.iteration
+        if not self._wait_for_training_data("sft", self.trainer.has_sft_data):
+            return
         self.follow_promotion()
         self.state.begin("sft", [], self._newest_version())
         self.status.set(phase="sft", iteration=it, progress=0.0, detail="SFT: LoRA + head on expert and successes")
         log.info("SFT phase of iteration %d", it)
-        metrics = self._interruptible(self.trainer.sft_phase, progress=True)  # tqdm on stderr
+        metrics = self._interruptible(self.trainer.sft_phase, progress=True,  # tqdm on stderr
+                                      on_progress=self._progress_reporter("sft"))
         version = self.trainer.publish("full", "sft", metrics)
         entry = self.state.commit(version, scalar_metrics(metrics))
         losses = scalar_metrics(metrics)

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from learner.features import FeatureCache, trunk_key
 from learner.metrics import scalar_metrics
 from learner.rl.algorithms import algorithm_config, make_algorithm
 from learner.rl.base import EpisodeTensors, RLAlgorithm
-from learner.rl.ppo import gaussian_logprob
+from learner.rl.ppo import gaussian_logprob, logprob_resolution
 from learner.sft import SFTConfig, build_sft_data, train_sft
 from vla.model import HeadActor, VLAModel
 from vla.normalization import Normalizer
@@ -82,9 +83,9 @@ class Trainer:
         self.algorithm = None
         self._version_heads.clear()
 
-    def bootstrap(self, progress: bool = True) -> int:
+    def bootstrap(self, progress: bool = True, on_progress: Callable[[float], None] | None = None) -> int:
         result = run_bootstrap(self.config, self.registry, self.store, progress=progress,
-                               on_step=self._tb_step("bootstrap"))
+                               on_step=self._on_step("bootstrap", on_progress))
         self._adopt(result.model, result.norm, result.version)
         self.cache.invalidate(keep=trunk_key(self.policy))
         self._scalars("bootstrap", result.metrics, result.version)
@@ -154,13 +155,15 @@ class Trainer:
         return len(d) > 0 and all(v >= 0 and self._heads_of(int(v)) is not None for v in set(d.versions.tolist()))
 
     @torch.no_grad()
-    def _behaviour_logprob(self, d: EpisodeDecisions, t: EpisodeTensors) -> torch.Tensor:
-        out = torch.empty(len(d))
+    def _behaviour_logprob(self, d: EpisodeDecisions, t: EpisodeTensors) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log-prob of each decision under the version that acted, and its float resolution."""
+        out, resolution = torch.empty(len(d)), torch.empty(len(d))
         for v in sorted(set(d.versions.tolist())):
             rows = torch.from_numpy(np.flatnonzero(d.versions == v))
             mean, log_std = HeadActor(self._heads_of(int(v)))(t.features[rows], t.states[rows])
             out[rows] = gaussian_logprob(mean, log_std, t.actions[rows])
-        return out
+            resolution[rows] = logprob_resolution(mean, log_std, t.actions[rows])
+        return out, resolution
 
     # ------------------------------------------------------------------ RL
     def _tensors(self, d: EpisodeDecisions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -201,7 +204,15 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------ SFT
-    def sft_phase(self, progress: bool = True) -> dict:
+    def has_sft_data(self) -> bool:
+        """SFT has something to train on: an expert demo or a successful episode with steps."""
+        return any(m.get("n_steps", m.get("n_stored_steps", 1)) for m in sft_episodes(self.store))
+
+    def has_demos(self) -> bool:
+        """Stage 0 can run: demos in the store, or the mock, whose scripted expert records them."""
+        return bool(expert_demos(self.store)) or self.config.robot.backend == "mock"
+
+    def sft_phase(self, progress: bool = True, on_progress: Callable[[float], None] | None = None) -> dict:
         if self.model is None:
             raise RuntimeError("no model: call bootstrap() or resume() first")
         metas = sft_episodes(self.store, reward_model_labels=self.reward_model_labels)
@@ -214,7 +225,7 @@ class Trainer:
             log.warning("SFT skipped: no expert demos or successful episodes in the store")
             return {"skipped": 1.0, "n_online_successes": 0.0, "n_expert": 0.0}
         metrics = train_sft(self.model, self.norm, data, cfg, mode="lora", progress=progress,
-                            on_step=self._tb_step("sft"), desc="sft")
+                            on_step=self._on_step("sft", on_progress), desc="sft")
         self.sft_phases += 1
         self.cache.invalidate()  # the trunk changed: every cached feature is stale
         self._version_heads.clear()
@@ -232,14 +243,15 @@ class Trainer:
             self.writer.add_scalar(f"trainer/{prefix}/{k}", v, step)
         self.writer.flush()
 
-    def _tb_step(self, prefix: str):
-        if self.writer is None:
-            return None
-        counter = {"base": self.sft_phases * 100_000}
+    def _on_step(self, prefix: str, on_progress: Callable[[float], None] | None):
+        """train_sft's per-step callback: the loss to TensorBoard, the fraction done to the caller."""
+        base = self.sft_phases * 100_000
 
         def on_step(step: int, values: dict) -> None:
-            if step % 10 == 0:
-                self.writer.add_scalar(f"trainer/{prefix}/loss_step", values["loss"], counter["base"] + step)
+            if self.writer is not None and step % 10 == 0:
+                self.writer.add_scalar(f"trainer/{prefix}/loss_step", values["loss"], base + step)
+            if on_progress is not None:
+                on_progress(float(values["progress"]))
 
         return on_step
 
@@ -262,7 +274,7 @@ class TrainerRound:
     def tensors(self, d: EpisodeDecisions) -> EpisodeTensors:
         return self._trainer._episode_tensors(d)
 
-    def behaviour_logprob(self, d: EpisodeDecisions, t: EpisodeTensors) -> torch.Tensor:
+    def behaviour_logprob(self, d: EpisodeDecisions, t: EpisodeTensors) -> tuple[torch.Tensor, torch.Tensor]:
         return self._trainer._behaviour_logprob(d, t)
 
     def stored_online(self) -> list[EpisodeDecisions]:

@@ -121,8 +121,11 @@ class Hello(_Msg):
 
 
 class StepMsg(_Msg):
-    """One control step. ``chunk_index == 0`` marks a decision point: this step's observation
-    produced ``action_chunk`` (with ``log_prob``/``value``); later steps execute the rest of it."""
+    """One control step. A step that carries ``action_chunk`` (with ``log_prob``/``value``) is the
+    first to execute that chunk, at ``chunk_index``; ``obs_step`` names the step whose observation
+    produced it (this step itself when ``chunk_index == 0``; an earlier one when the reply came
+    while the arm kept moving). Later steps execute the rest of the chunk. ``on_policy`` is False
+    when the executed action is not the chunk's own (an ensemble average): not a PPO decision."""
 
     type: Literal["step"] = "step"
     robot_id: RobotId
@@ -133,6 +136,9 @@ class StepMsg(_Msg):
     action: list[float] = Field(description="the 7-D action actually executed (after safety)")
     action_chunk: list[list[float]] | None = None
     chunk_index: int = 0
+    obs_step: int | None = Field(default=None, ge=0, description="the step whose observation produced "
+                                 "action_chunk (None: unknown, or no chunk on this step)")
+    on_policy: bool = True
     log_prob: float | None = None
     value: float | None = None
     policy_version: int = -1

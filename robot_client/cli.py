@@ -10,6 +10,7 @@ from pathlib import Path
 
 from calibration.schema import CalibrationError, CalibrationFile, default_mock_calibration, load_calibration
 from deployment.robot import RobotConfig
+from robot_client.dry_run import HoldingArm
 from robot_client.episode import EpisodeRunner, Rig, StatusReporter
 from robot_client.loop import ControlLoop
 from robot_client.outbox import Outbox
@@ -35,6 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["sample", "greedy", "auto"], default=None)
     parser.add_argument("--outbox", dest="outbox_dir", default=None)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--dry-run", action="store_const", const=True, default=None,
+                        help="everything but motion: the arm holds instead of moving (first day on hardware)")
 
 
 def robot_config(args: argparse.Namespace, config) -> RobotConfig:
@@ -58,6 +61,13 @@ def calibration_for(cfg: RobotConfig) -> CalibrationFile:
 
 
 def build_rig(cfg: RobotConfig, model_cameras: list[str], image_size: int, cal: CalibrationFile) -> Rig:
+    rig = _backend_rig(cfg, model_cameras, image_size, cal)
+    if cfg.dry_run:
+        rig.arm = HoldingArm(rig.arm)
+    return rig
+
+
+def _backend_rig(cfg: RobotConfig, model_cameras: list[str], image_size: int, cal: CalibrationFile) -> Rig:
     if cfg.backend == "mock":
         from sim.mock import MockRobot
 
@@ -100,7 +110,8 @@ class RobotClient:
         # A reply later than the deadline is dropped by the loop; twice the deadline the request is
         # abandoned, so a hung server cannot keep the link from sending newer observations.
         self.link = ActionLink(ServerClient(cfg.server_url, cfg.token, cfg.robot_id),
-                               request_timeout_s=2 * cfg.reply_deadline_s, probe_interval_s=cfg.probe_interval_s)
+                               request_timeout_s=2 * cfg.reply_deadline_s, probe_interval_s=cfg.probe_interval_s,
+                               silence_s=cfg.server_silence_s)
         self.outbox = Outbox(outbox_dir, cfg.outbox_max_bytes, cfg.outbox_warn_fraction)
         self.streamer = Streamer(self.outbox, cfg.learner_addr, cfg.robot_id, config_hash, token=cfg.token,
                                  ack_timeout_s=cfg.ack_timeout_s)

@@ -22,6 +22,7 @@ from pathlib import Path
 from deployment.robot import RobotConfig
 from interface.robot import Arm, ArmError, Camera
 from protocol.messages import EpisodeEnd
+from robot_client.journal import ExecutionJournal
 from robot_client.loop import ControlLoop, EpisodeResult
 from robot_client.server_client import ServerClient, ServerRefused, ServerUnavailable
 
@@ -108,6 +109,9 @@ class EpisodeRunner:
         self.calibration = calibration  # copied into every episode's metadata
         # names the episode in progress; left behind by a crash, it is closed as aborted on restart
         self.marker = marker
+        self.journal_path = marker.with_name(marker.name + ".executed") if marker is not None else None
+        if self.journal_path is not None:
+            loop.journal = ExecutionJournal(self.journal_path)
         self.results: list[tuple[EpisodeResult, EpisodeEnd]] = []
         self._stop = threading.Event()
         self._mode = "sample" if cfg.mode == "auto" else cfg.mode
@@ -148,15 +152,19 @@ class EpisodeRunner:
             return
         try:
             info = json.loads(self.marker.read_text())
+            journaled, executed = ExecutionJournal.read(self.journal_path)
+            executed = executed if journaled == info["episode_id"] else 0
             end = EpisodeEnd(robot_id=self.cfg.robot_id, episode_id=info["episode_id"], outcome="aborted",
-                             label_source="auto", n_steps=0, instruction=info.get("instruction") or "-",
-                             task=info.get("task", ""), extra={"end_reason": "client_crashed", "purpose": "train"})
+                             label_source="auto", n_steps=executed, instruction=info.get("instruction") or "-",
+                             task=info.get("task", ""), extra={"end_reason": "client_crashed", "purpose": "train",
+                                                               "executed_steps": executed})
         except (ValueError, KeyError, TypeError) as e:
             log.error("unreadable episode marker %s (%s); ignoring it", self.marker, e)
         else:
             log.warning("closing episode %s, left open by a crash, as aborted", info["episode_id"])
             self.emit(end)
         self.marker.unlink(missing_ok=True)
+        self.journal_path.unlink(missing_ok=True)
 
     def _mark(self, episode_id: str, instruction: str) -> None:
         if self.marker is not None:
@@ -166,6 +174,7 @@ class EpisodeRunner:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.marker)
+            self.loop.journal.begin(episode_id)
 
     def wait_for_server(self) -> bool:
         """Hold the arm and retry until the server answers (and the action link sees it too)."""
@@ -213,6 +222,8 @@ class EpisodeRunner:
             self.status.report("holding" if result.end_reason == "server_lost" else "error",
                                step=result.n_steps, detail=f"aborted: {result.end_reason} {result.detail}")
             self._stop_if_unrecoverable(result)
+            return self._end(result, "aborted", "auto", auto_outcome=None)
+        if self.cfg.dry_run:  # the arm never moved: nothing to label or learn from
             return self._end(result, "aborted", "auto", auto_outcome=None)
         auto = None
         if self.rig.success is not None:
@@ -273,10 +284,12 @@ class EpisodeRunner:
                                 "counters": result.counters,
                                 "timing": result.timing_summary(self.loop.period), "mode": self._mode,
                                 "purpose": "eval" if self._mode == "greedy" else "train",
+                                **({"dry_run": True} if self.cfg.dry_run else {}),
                                 **({"calibration": self.calibration} if self.calibration else {})})
         self.emit(end)
         if self.marker is not None:
             self.marker.unlink(missing_ok=True)
+            self.loop.journal.end()
         self.results.append((result, end))
         if len(self.results) > KEEP_RESULTS:  # a robot running for days: keep memory flat (~8 KB each)
             del self.results[:-KEEP_RESULTS]

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deployment.robot import RobotConfig
-from interface.robot import Arm, ArmError, Camera
+from interface.robot import Arm, ArmError, ArmState, Camera
 from protocol.images import encode_jpeg
-from protocol.messages import ActRequest, StepMsg
-from robot_client.safety import SafetyFilter
+from protocol.messages import ActRequest, ActResponse, StepMsg
+from robot_client.journal import ExecutionJournal
+from robot_client.safety import SafeAction, SafetyFilter
 from robot_client.server_client import ActionLink, Reply
 from robot_client.watchdog import Watchdog
 
@@ -47,6 +48,7 @@ FRAME_REPEATED = "frame_repeated"  # the same frame seq twice (a dropped frame);
 DROP_LATE = "drop_late_reply"
 DROP_STALE = "drop_stale_reply"
 REPLY_ERROR = "reply_error"
+RETIMED_AFTER_HOLD = "chunk_retimed_after_hold"  # a reply after a hold starts at its index 0 (see _adopt)
 
 # Why an episode ended. The first three are normal ends; the rest abort the episode.
 END_MAX_STEPS, END_SUCCESS, END_OPERATOR = "max_steps", "success", "operator"
@@ -56,17 +58,38 @@ ABORTING_ENDS = {END_SERVER_LOST, END_NO_ACTION, END_ARM_ERROR, END_CAMERA, END_
 
 
 @dataclass
+class _Obs:
+    """What one tick captured: the arm state and the cameras' JPEGs."""
+    state: ArmState
+    state_vec: np.ndarray
+    jpegs: dict[str, bytes]
+    t_capture: float
+
+
+@dataclass
 class Chunk:
     actions: np.ndarray  # [H, 7] robot units, as the server sent them (before safety)
-    start_tick: int  # the tick whose observation produced it: actions[i] belongs to start_tick + i
+    start_tick: int  # actions[i] belongs to tick start_tick + i
     request_id: str
     log_prob: float
     value: float
     policy_version: int
+    obs_tick: int  # the tick whose observation produced it (== start_tick unless obs is set)
     recorded: bool = False  # its action_chunk/log_prob went into a step record already
+    obs: _Obs | None = None  # set when it starts later than its observation (the arm held meanwhile)
 
     def covers(self, tick: int) -> bool:
         return 0 <= tick - self.start_tick < len(self.actions)
+
+
+@dataclass
+class _Planned:
+    """This tick's action before safety, where it comes from, and (after _act) what safety made of it."""
+    raw: np.ndarray
+    chunk: Chunk
+    index: int
+    on_policy: bool  # the executed action is this chunk's own action (not an ensemble average)
+    safe: SafeAction | None = None
 
 
 @dataclass
@@ -161,6 +184,7 @@ class ControlLoop:
         # Armed per episode once the chunk length is known; until the first reply, a startup grace.
         self.watchdog = Watchdog(deadline_s=max(cfg.reply_deadline_s, 2 * self.period))
         self.stop_requested = False
+        self.journal: ExecutionJournal | None = None  # set by the runner: executed steps survive a kill
         self.episode: _EpisodeState | None = None
         self._scheduling: str | None = None
         # A thread waking from sleep waits for the GIL up to the switch interval (5 ms by default)
@@ -213,14 +237,33 @@ class ControlLoop:
         return EpisodeResult(ep.episode_id, ep.instruction, ep.n_steps, reason, detail,
                              ep.timings, dict(ep.totals))
 
-    # noqa below: over the complexity limit until this tick is split along its steps (in progress)
-    def _tick(self, ep: _EpisodeState, tick: int, max_steps: int, t_start: float) -> tuple[str, str] | None:  # noqa: C901
+    def _tick(self, ep: _EpisodeState, tick: int, max_steps: int, t_start: float) -> tuple[str, str] | None:
+        """One tick: capture -> ask -> take replies -> decide -> act -> record. Returns why the
+        episode ends, or None to go on."""
         ep.t_issued = t_start
         ep.tick_latency_ms = None
         if self.stop_requested:
             return END_STOPPED, "client stopping"
+        obs = self._capture(ep)
+        if not isinstance(obs, _Obs):
+            return obs  # an arm error, a camera hold (None) or a camera abort
+        self._ask(ep, tick, t_start, obs)
+        self._await_action(ep, tick, t_start)
+        decision = self._decide(ep, tick, t_start)
+        if not isinstance(decision, _Planned):
+            return decision
+        end = self._act(ep, decision, obs)
+        if end is not None:
+            return end
+        self._record(ep, tick, decision, obs)
+        if self.success is not None and self.success():
+            return END_SUCCESS, "success predicate"
+        if ep.n_steps >= max_steps:
+            return END_MAX_STEPS, ""
+        return None
 
-        # 1. capture
+    def _capture(self, ep: _EpisodeState) -> _Obs | tuple[str, str] | None:
+        """The arm state and every camera's frame, JPEG-encoded once for the server and the learner."""
         try:
             state = self.arm.state()
             if state.error:
@@ -240,19 +283,23 @@ class ControlLoop:
                 ep.count(FRAME_REPEATED)
             ep.last_seq[name] = f.seq
         jpegs = {name: encode_jpeg(f.image, self.cfg.jpeg_quality) for name, f in frames.items()}
-        state_vec = state.vector()
+        return _Obs(state, state.vector(), jpegs, t_capture)
 
-        # 2. ask for actions (the link sends in the background)
-        if self._wants_query(ep, tick, t_start):
-            rid = f"{ep.episode_id}-{tick}-{uuid.uuid4().hex[:8]}"
-            ep.outstanding[rid] = (tick, t_start)
-            self.link.submit(ActRequest(
-                request_id=rid, robot_id=self.cfg.robot_id, episode_id=ep.episode_id, step=ep.n_steps,
-                t_capture=t_capture, instruction=ep.instruction, images=jpegs,
-                state=state_vec.tolist(), mode=ep.mode))
-            ep.last_query_tick = tick
+    def _ask(self, ep: _EpisodeState, tick: int, t_start: float, obs: _Obs) -> None:
+        """Hand this tick's observation to the link (it sends in the background) when a query is due."""
+        if not self._wants_query(ep, tick, t_start):
+            return
+        rid = f"{ep.episode_id}-{tick}-{uuid.uuid4().hex[:8]}"
+        ep.outstanding[rid] = (tick, t_start)
+        ep.query_obs[tick] = obs  # what a late chunk was computed from (see _adopt)
+        self.link.submit(ActRequest(
+            request_id=rid, robot_id=self.cfg.robot_id, episode_id=ep.episode_id, step=ep.n_steps,
+            t_capture=obs.t_capture, instruction=ep.instruction, images=obs.jpegs,
+            state=obs.state_vec.tolist(), mode=ep.mode))
+        ep.last_query_tick = tick
 
-        # 3. take replies; wait (bounded by the budget) if this tick has nothing to execute
+    def _await_action(self, ep: _EpisodeState, tick: int, t_start: float) -> None:
+        """Take replies; wait (bounded by the reply budget) while this tick has nothing to execute."""
         budget_end = t_start + self.cfg.reply_budget * self.period
         while True:
             self._take_replies(ep, tick)
@@ -263,7 +310,8 @@ class ControlLoop:
         if self.link.down:  # the server is gone: hold now, do not run out the chunk
             self.watchdog.trip(f"server unreachable: {self.link.down}")
 
-        # 4. decide: hold or move
+    def _decide(self, ep: _EpisodeState, tick: int, t_start: float) -> _Planned | tuple[str, str] | None:
+        """This tick's raw action, or hold (None), or the end of the episode."""
         if ep.ended_by_operator:
             self._hold(ep)
             return END_OPERATOR, "operator pressed end episode"
@@ -277,57 +325,77 @@ class ControlLoop:
             self._hold(ep)
             self.watchdog.feed()  # pausing is not starving; re-armed when the pause ends
             return None
-        if reason is not None:  # starving: hold; abort only if it lasts (a dead server aborted above)
-            ep.count(HOLD_NO_ACTION if reason == "no action yet" else HOLD_WATCHDOG)
-            self._hold(ep)
-            if ep.starving_since is None:
-                ep.starving_since = t_start
-            limit = self.cfg.starve_abort_s + (self.cfg.first_action_grace_s if reason == "no action yet" else 0)
-            if t_start - ep.starving_since > limit:
-                return END_NO_ACTION, reason
-            return None
+        if reason is not None:
+            return self._starving(ep, reason, t_start)
         ep.starving_since = None
-        action_info = self._action_for(ep, tick)
-        if action_info is None:
+        planned = self._action_for(ep, tick)
+        if planned is None:
             ep.count(HOLD_NO_ACTION)
             self._hold(ep)
-            return None
-        raw, chunk, index = action_info
+        return planned
 
-        safe = self.safety.filter(raw, state.position, state.gripper)
-        for k, v in safe.counters.items():
+    def _starving(self, ep: _EpisodeState, reason: str, t_start: float) -> tuple[str, str] | None:
+        """No fresh action: hold; abort only if it lasts (a dead server aborted already)."""
+        ep.count(HOLD_NO_ACTION if reason == "no action yet" else HOLD_WATCHDOG)
+        self._hold(ep)
+        if ep.starving_since is None:
+            ep.starving_since = t_start
+        limit = self.cfg.starve_abort_s + (self.cfg.first_action_grace_s if reason == "no action yet" else 0)
+        if t_start - ep.starving_since > limit:
+            return END_NO_ACTION, reason
+        return None
+
+    def _act(self, ep: _EpisodeState, planned: _Planned, obs: _Obs) -> tuple[str, str] | None:
+        """The SafetyFilter, then move (or hold if it says so)."""
+        planned.safe = self.safety.filter(planned.raw, obs.state.position, obs.state.gripper)
+        for k, v in planned.safe.counters.items():
             ep.count(k, v)
+        if self.journal is not None:  # before the move: a kill right after it still counts this step
+            self.journal.executed(ep.n_steps)
         try:
-            if safe.hold:
+            if planned.safe.hold:
                 self._hold(ep)
             else:
-                self.arm.move_delta(safe.action)
+                self.arm.move_delta(planned.safe.action)
                 ep.holding = False
         except ArmError as e:
             return self._arm_error(ep, e)
         ep.t_issued = time.monotonic()
+        return None
 
-        # 5. record the step (the pending counters cover the ticks since the last record). The chunk
-        #    and its log_prob/value go with the step that first used it; non-finite ones are left
-        #    out (the step's safety counters say why), so no NaN ever reaches the learner.
+    def _record(self, ep: _EpisodeState, tick: int, planned: _Planned, obs: _Obs) -> None:
+        """The step for the learner (the pending counters cover the ticks since the last record).
+
+        A chunk's action_chunk/log_prob/value go with the step that first executes it, with
+        ``obs_step``: the step whose observation produced the chunk. A chunk whose observation was
+        taken while the arm held (no step recorded since) starts at its index 0 now, and its first
+        step records that observation (see _adopt). Non-finite chunks are left out (the safety
+        counters say why), so no NaN ever reaches the learner."""
+        chunk = planned.chunk
         first_use = not chunk.recorded
         chunk.recorded = True
         finite_chunk = first_use and bool(np.all(np.isfinite(chunk.actions)))
+        seen = chunk.obs if (first_use and chunk.obs is not None) else obs
+        obs_step = None
+        if first_use:
+            obs_step = ep.n_steps if chunk.obs is not None else ep.step_of_tick.get(chunk.obs_tick)
         self.emit(StepMsg(
-            robot_id=self.cfg.robot_id, episode_id=ep.episode_id, step=ep.n_steps, images=jpegs,
-            state=state_vec.astype(float).tolist(), action=safe.action.astype(float).tolist(),
+            robot_id=self.cfg.robot_id, episode_id=ep.episode_id, step=ep.n_steps, images=seen.jpegs,
+            state=seen.state_vec.astype(float).tolist(), action=planned.safe.action.astype(float).tolist(),
             action_chunk=chunk.actions.astype(float).tolist() if finite_chunk else None,
-            chunk_index=index, log_prob=_finite_or_none(chunk.log_prob) if first_use else None,
+            chunk_index=planned.index, log_prob=_finite_or_none(chunk.log_prob) if first_use else None,
             value=_finite_or_none(chunk.value) if first_use else None, policy_version=chunk.policy_version,
-            instruction=ep.instruction, t_capture=t_capture, t_act=time.time(),
+            obs_step=obs_step, on_policy=planned.on_policy,
+            instruction=ep.instruction, t_capture=seen.t_capture, t_act=time.time(),
             safety=ep.take_pending()))
+        ep.step_of_tick[tick] = ep.n_steps
         ep.n_steps += 1
+        ep.forget_before(tick - self._chunk_horizon(ep))
 
-        if self.success is not None and self.success():
-            return END_SUCCESS, "success predicate"
-        if ep.n_steps >= max_steps:
-            return END_MAX_STEPS, ""
-        return None
+    def _chunk_horizon(self, ep: _EpisodeState) -> int:
+        """How many ticks back an observation can still matter (a chunk's length, plus slack)."""
+        longest = max([len(c.actions) for c in ep.ensemble] + ([len(ep.chunk.actions)] if ep.chunk else []) + [1])
+        return longest + int(self.cfg.reply_deadline_s / self.period) + 2
 
     # ---------------------------------------------------------------- pieces
     def _camera_trouble(self, ep: _EpisodeState, counter: str, detail: str) -> tuple[str, str] | None:
@@ -357,7 +425,7 @@ class ControlLoop:
 
     def _wants_query(self, ep: _EpisodeState, tick: int, now: float) -> bool:
         for rid in [r for r, (_, t) in ep.outstanding.items() if now - t > self.cfg.reply_deadline_s]:
-            del ep.outstanding[rid]  # never answered in time: if it comes now, it is late
+            ep.query_obs.pop(ep.outstanding.pop(rid)[0], None)  # never answered in time: late if it comes
             ep.expired.add(rid)
         if ep.paused:  # only to learn when the operator resumes; about twice a second
             return tick - ep.last_query_tick >= max(1, int(0.5 / self.period))
@@ -405,19 +473,38 @@ class ControlLoop:
         if actions.ndim != 2 or actions.shape[0] == 0 or actions.shape[1] != 7:
             ep.count("hold_bad_shape")
             return
-        if now - t_obs > self.cfg.reply_deadline_s or tick - obs_tick >= len(actions):
+        obs = ep.query_obs.pop(obs_tick, None)
+        held_since_obs = obs is not None and ep.last_step_tick < obs_tick
+        if now - t_obs > self.cfg.reply_deadline_s or (tick - obs_tick >= len(actions) and not held_since_obs):
             ep.count(DROP_LATE)
             return
         if ep.paused:
             return
-        chunk = Chunk(actions, obs_tick, rid, resp.log_prob, resp.value, resp.policy_version)
+        chunk = self._adopt(ep, tick, obs_tick, obs if held_since_obs else None, actions, rid, resp)
         if self.cfg.execution == "ensemble":
             ep.ensemble = [c for c in ep.ensemble if c.start_tick + len(c.actions) > tick] + [chunk]
-        elif ep.chunk is None or obs_tick >= ep.chunk.start_tick:
+        elif ep.chunk is None or obs_tick >= ep.chunk.obs_tick:
             ep.chunk = chunk
         self.watchdog.deadline_s = (len(actions) + self.cfg.watchdog_periods) * self.period
         self.watchdog.feed(now)
         ep.tick_latency_ms = (reply.t_received - reply.t_sent) * 1e3
+
+    def _adopt(self, ep: _EpisodeState, tick: int, obs_tick: int, held_obs: _Obs | None, actions: np.ndarray,
+               rid: str, resp: ActResponse) -> Chunk:
+        """A fresh reply to the observation of ``obs_tick``, arriving at ``tick``.
+
+        If the arm held still from that observation until now (no step recorded since: the usual
+        case when an open-loop chunk ran out and the next reply took longer than the reply budget),
+        the world the chunk was planned for is still there: the chunk starts now at its index 0,
+        and its first step records the observation it was computed from, a complete decision for
+        the learner. Otherwise the arm kept moving meanwhile: the chunk stays aligned to the time
+        of its observation (actions for past ticks are skipped), and its first step names the step
+        whose observation produced it (``obs_step``)."""
+        if held_obs is not None:
+            if tick != obs_tick:
+                ep.count(RETIMED_AFTER_HOLD)
+            return Chunk(actions, tick, rid, resp.log_prob, resp.value, resp.policy_version, obs_tick, obs=held_obs)
+        return Chunk(actions, obs_tick, rid, resp.log_prob, resp.value, resp.policy_version, obs_tick)
 
     def _apply_command(self, ep: _EpisodeState, command: str) -> None:
         if command == "end_episode":
@@ -430,12 +517,12 @@ class ControlLoop:
             ep.paused = False
             self.on_state("running", {"episode_id": ep.episode_id, "step": ep.n_steps})
 
-    def _action_for(self, ep: _EpisodeState, tick: int) -> tuple[np.ndarray, Chunk, int] | None:
+    def _action_for(self, ep: _EpisodeState, tick: int) -> _Planned | None:
         if self.cfg.execution == "open_loop":
             if ep.chunk is None or not ep.chunk.covers(tick):
                 return None
             i = tick - ep.chunk.start_tick
-            return ep.chunk.actions[i], ep.chunk, i
+            return _Planned(ep.chunk.actions[i], ep.chunk, i, on_policy=True)
         covering = [c for c in ep.ensemble if c.covers(tick)]
         if not covering:
             return None
@@ -445,7 +532,9 @@ class ControlLoop:
         with np.errstate(invalid="ignore"):
             action = (weights[:, None] * stacked).sum(0) / weights.sum()
         newest = covering[-1]
-        return action, newest, tick - newest.start_tick
+        # The executed action is an average of several sampled chunks: no single chunk's log-prob
+        # describes it, so the step is recorded as not on-policy (the learner's PPO skips it).
+        return _Planned(action, newest, tick - newest.start_tick, on_policy=False)
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -475,6 +564,18 @@ class _EpisodeState:
         self._pending: dict[str, int] = {}
         self.t_issued = 0.0
         self.tick_latency_ms: float | None = None
+        self.step_of_tick: dict[int, int] = {}  # tick -> the step recorded in it (recent ticks only)
+        self.query_obs: dict[int, _Obs] = {}  # tick -> the observation sent to the server then
+
+    @property
+    def last_step_tick(self) -> int:
+        return max(self.step_of_tick, default=-(10**9))
+
+    def forget_before(self, tick: int) -> None:
+        """Drop what no chunk can refer to any more (keeps an endless episode's memory flat)."""
+        for d in (self.step_of_tick, self.query_obs):
+            for t in [t for t in d if t < tick]:
+                del d[t]
 
     def count(self, key: str, n: int = 1) -> None:
         self.totals[key] = self.totals.get(key, 0) + n

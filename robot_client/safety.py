@@ -87,7 +87,7 @@ class SafetyFilter:
         if norm > self.max_translation:
             counters[CLAMP_TRANSLATION] = 1
             delta = delta * (self.max_translation / norm)
-        # 4. rotation step limit (small-angle: the rpy delta vector's length).
+        # 4. rotation step limit: the rotation vector's length is the angle turned (interface/action.py).
         rot = a[3:6].copy()
         rnorm = float(np.linalg.norm(rot))
         if rnorm > self.max_rotation:

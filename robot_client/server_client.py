@@ -3,8 +3,14 @@
 ``ServerClient``: keep-alive httpx calls (msgpack for /v1/act, JSON for status and labels).
 ``ActionLink``: the background request thread. The control loop hands it the newest
 observation and never waits on the network itself; the link sends one request at a time, keeps
-the connection alive with cheap /healthz probes while idle, and reports a dead server at once
-(``down``) so the watchdog can hold the arm within a control period.
+the connection alive with cheap /healthz probes while idle, and reports a dead server (``down``)
+so the watchdog can hold the arm within a control period.
+
+Dead or busy? A refused or reset connection (the server process is gone) counts at once. A probe
+that merely times out does not: on a loaded machine a 200 ms probe can miss while the server is
+fine. The server is declared gone only when it has answered nothing -- no probe, no /v1/act
+reply -- for ``silence_s``. Meanwhile the arm is safe anyway: the control loop's watchdog holds
+it as soon as no fresh action arrives, whatever the link thinks.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from protocol.messages import ActRequest, ActResponse
 log = logging.getLogger(__name__)
 
 MSGPACK = "application/msgpack"
+PROBE_OK, PROBE_SLOW, PROBE_GONE = "ok", "slow", "gone"
 
 
 class ServerUnavailable(RuntimeError):
@@ -55,7 +62,7 @@ class ServerClient:
             if timeout is not None:
                 kwargs["timeout"] = httpx.Timeout(timeout, connect=min(timeout, 0.5))
             r = self._http.request(method, path, **kwargs)
-        except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as e:
+        except httpx.TimeoutException as e:  # read, write, pool or connect: slow, not (yet) gone
             raise ServerSlow(f"{method} {path}: {type(e).__name__}: {e}") from None
         except httpx.HTTPError as e:  # refused, reset, timeout, protocol error
             raise ServerUnavailable(f"{method} {path}: {type(e).__name__}: {e}") from None
@@ -78,11 +85,17 @@ class ServerClient:
 
     def healthz(self, timeout: float = 0.5) -> bool:
         """The server process answers (liveness)."""
+        return self.probe(timeout) == PROBE_OK
+
+    def probe(self, timeout: float = 0.5) -> str:
+        """/healthz: PROBE_OK, PROBE_SLOW (no answer in time) or PROBE_GONE (refused, reset, 5xx)."""
         try:
             self._request("GET", "/healthz", timeout=timeout)
-            return True
+            return PROBE_OK
+        except ServerSlow:
+            return PROBE_SLOW
         except (ServerUnavailable, ServerRefused):
-            return False
+            return PROBE_GONE
 
     def ready(self, timeout: float = 1.0) -> bool:
         """The server answers and has a policy loaded (/readyz)."""
@@ -131,10 +144,14 @@ class Reply:
 class ActionLink:
     """One background thread that owns all /v1/act traffic of a control loop."""
 
-    def __init__(self, client: ServerClient, request_timeout_s: float, probe_interval_s: float):
+    def __init__(self, client: ServerClient, request_timeout_s: float, probe_interval_s: float,
+                 silence_s: float = 1.0):
         self.client = client
         self.request_timeout_s = request_timeout_s
         self.probe_interval_s = probe_interval_s
+        self.silence_s = silence_s  # no answer at all for this long (probes timing out): gone
+        self.last_answer = time.monotonic()  # the server last answered anything (probe or /v1/act)
+        self.slow_probes = 0  # probes that timed out without the server being declared gone
         self._cv = threading.Condition()
         self._pending: ActRequest | None = None
         self._replies: collections.deque[Reply] = collections.deque()
@@ -203,7 +220,7 @@ class ActionLink:
         try:
             resp = self.client.act(req, timeout=self.request_timeout_s)
             reply = Reply(req, resp, t0, time.monotonic())
-            self._last_contact = self.last_reply_ok = reply.t_received
+            self._last_contact = self.last_reply_ok = self.last_answer = reply.t_received
             self._set_down(None)
         except ServerSlow as e:  # abandoned so the link is free for a newer observation
             self.failures += 1
@@ -215,7 +232,7 @@ class ActionLink:
             reply = Reply(req, None, t0, time.monotonic(), error=str(e))
         except ServerRefused as e:  # the server is up but refused this request: not a dead link
             self.failures += 1
-            self._last_contact = time.monotonic()
+            self._last_contact = self.last_answer = time.monotonic()
             reply = Reply(req, None, t0, time.monotonic(), error=str(e))
             log.error("server refused /v1/act: %s", e)
         with self._cv:
@@ -224,9 +241,15 @@ class ActionLink:
             self.reply_ready.set()
 
     def _probe(self) -> None:
-        if self.client.healthz(timeout=max(self.probe_interval_s, 0.2)):
-            self._last_contact = time.monotonic()
+        result = self.client.probe(timeout=max(self.probe_interval_s, 0.2))
+        now = time.monotonic()
+        self._last_contact = now  # probe again after one interval, not in a spin
+        if result == PROBE_OK:
+            self.last_answer = now
             self._set_down(None)
+        elif result == PROBE_GONE:
+            self._set_down("server does not answer /healthz (connection refused or server error)")
+        elif now - self.last_answer > self.silence_s:
+            self._set_down(f"server silent for {now - self.last_answer:.1f} s (no /healthz or /v1/act answer)")
         else:
-            self._set_down("server does not answer /healthz")
-            self._last_contact = time.monotonic()  # probe again after one interval, not in a spin
+            self.slow_probes += 1  # busy, not gone: the watchdog holds the arm if actions stop coming

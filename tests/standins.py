@@ -37,7 +37,7 @@ PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python
 
 
 # ------------------------------------------------------------------ the scripted server
-def make_server_app(args):
+def make_server_app(args):  # noqa: C901 -- one scripted route per fault mode, over the limit until split
     app = FastAPI()
     app.state.n = 0
     app.state.log = []  # (request_index, request_id, fault)
@@ -45,7 +45,7 @@ def make_server_app(args):
     app.state.awaiting = {}
     app.state.statuses = []
 
-    def chunk_for(req: ActRequest, fault: str) -> list[list[float]]:
+    def chunk_for(req: ActRequest, fault: str, i: int) -> list[list[float]]:
         # a harmless policy: creep toward +y by 5 mm per step, gripper open
         a = np.tile(np.array([0.0, 0.005, 0.0, 0.0, 0.0, 0.0, 1.0]), (args.chunk, 1))
         if fault == "far":
@@ -55,6 +55,8 @@ def make_server_app(args):
             a[:, 1] = float("nan")
         elif fault == "late":
             a[:, 2] = -0.0042  # a marker: the test checks this chunk is never executed
+        if args.mark:  # which request produced a chunk, readable from any executed action
+            a[:, 3] = 1e-4 * (i + 1)
         return a.tolist()
 
     @app.post("/v1/act")
@@ -63,17 +65,24 @@ def make_server_app(args):
         i = app.state.n
         app.state.n += 1
         fault = ("far" if i in args.far else "nan" if i in args.nan else "late" if i in args.late else "")
-        app.state.log.append([i, req.request_id, fault, req.episode_id, req.step])
+        app.state.log.append([i, req.request_id, fault, req.episode_id, req.step, req.state])
         if fault == "late":
             await asyncio.sleep(args.late_s)
-        resp = ActResponse(request_id=req.request_id, actions=chunk_for(req, fault), log_prob=-1.0, value=0.5,
+        elif args.delay_s:  # every reply later than the robot's reply budget, within its deadline
+            await asyncio.sleep(args.delay_s)
+        resp = ActResponse(request_id=req.request_id, actions=chunk_for(req, fault, i), log_prob=-1.0, value=0.5,
                            policy_version=7, timing=Timing(decode_ms=0, queue_ms=0, infer_ms=0, total_ms=0),
                            command=app.state.command)
         return Response(packb(resp.to_wire()), media_type="application/msgpack")
 
     @app.get("/healthz")
-    @app.get("/readyz")
     async def healthz():
+        if args.slow_healthz_s:  # a machine so busy that liveness probes answer late
+            await asyncio.sleep(args.slow_healthz_s)
+        return {"ok": True}
+
+    @app.get("/readyz")
+    async def readyz():
         return {"ok": True}
 
     @app.post("/v1/robots/{robot_id}/status")
@@ -246,8 +255,10 @@ def wait_http(url: str, timeout: float = 60.0) -> None:
 def standin_server(tmp: Path, port: int = 0, **faults) -> Proc:
     argv = [PY, str(Path(__file__).resolve()), "server", "--port", str(port), "--port-file", str(tmp / "server.port")]
     for key, values in faults.items():
-        if key == "late_s":
-            argv += ["--late-s", str(values)]
+        if key in ("late_s", "delay_s", "slow_healthz_s"):
+            argv += [f"--{key.replace('_', '-')}", str(values)]
+        elif key == "mark":
+            argv += ["--mark"] if values else []
         else:
             argv += [f"--{key}", *[str(v) for v in values]]
     p = Proc(argv, tmp / "server.log", port_file=tmp / "server.port").start()
@@ -293,6 +304,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--nan", type=int, nargs="*", default=[])
     p.add_argument("--late", type=int, nargs="*", default=[])
     p.add_argument("--late-s", type=float, default=1.5)
+    p.add_argument("--delay-s", type=float, default=0.0, help="delay every /v1/act reply this long")
+    p.add_argument("--slow-healthz-s", type=float, default=0.0, help="delay every /healthz answer this long")
+    p.add_argument("--mark", action="store_true", help="droll of every action = 1e-4 x (request index + 1)")
     args = p.parse_args(argv)
     args.far, args.nan, args.late = set(args.far), set(args.nan), set(args.late)
     serve(args) if args.what == "server" else learn(args)

@@ -53,8 +53,9 @@ class RoundData(Protocol):
     def tensors(self, d: EpisodeDecisions) -> EpisodeTensors:
         """`d` under the current trunk (features from the cache)."""
 
-    def behaviour_logprob(self, d: EpisodeDecisions, t: EpisodeTensors) -> torch.Tensor:
-        """[N] log-prob of each recorded chunk under the head version that acted (`acted_on_trunk(d)`)."""
+    def behaviour_logprob(self, d: EpisodeDecisions, t: EpisodeTensors) -> tuple[torch.Tensor, torch.Tensor]:
+        """([N] log-prob of each recorded chunk under the head version that acted, [N] how far float32
+        rounding alone can move it: ppo.logprob_resolution). Only for `acted_on_trunk(d)`."""
 
     def stored_online(self) -> list[EpisodeDecisions]:
         """Every RL episode in the store (an off-policy buffer rebuilt after a trunk change)."""

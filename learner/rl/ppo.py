@@ -7,7 +7,8 @@ order below. What is specific to a deployed VLA:
 * Episodes come from a live server that sampled with some earlier head version. The behaviour
   log-prob in the ratio is RECOMPUTED here under the head version that produced the action (the
   caller passes it in `behaviour_logprob`) and CHECKED against the log-prob the server returned:
-  if they differ beyond `logprob_tolerance`, server and learner preprocess differently, which
+  if they differ beyond what float32 rounding can explain (`logprob_resolution`, scaled to the
+  head's outputs, plus `logprob_tolerance`), server and learner preprocess differently, which
   silently corrupts every ratio -- it is logged as an ERROR and reported as `logprob_mismatch`.
 * VLA-RL: GAE(gamma=0.99, lambda=0.95), clip 0.2, no KL penalty, log-prob = sum over all dims of
   the action chunk, critic warm-up rounds (value-only) before the policy moves.
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-LOGPROB_TOLERANCE = 1e-3  # |server - recomputed| log-prob above this = preprocessing mismatch
+LOGPROB_TOLERANCE = 1e-3  # |server - recomputed| above this plus the float resolution = mismatch
 
 
 @dataclass
@@ -75,7 +76,7 @@ class PPOConfig:
     critic_warmup_epochs: int = 20
     """Epochs per warm-up round (the critic starts from scratch)."""
     logprob_tolerance: float = LOGPROB_TOLERANCE
-    """|server - recomputed| log-prob above this = preprocessing mismatch."""
+    """|server - recomputed| log-prob above this plus the float resolution = preprocessing mismatch."""
 
     @classmethod
     def from_learner(cls, lc) -> PPOConfig:
@@ -95,6 +96,7 @@ class RolloutBatch:
     behaviour_logprob: torch.Tensor  # [N] recomputed under the head version that acted
     server_logprob: torch.Tensor  # [N] what the server returned (NaN = unknown)
     same_version: torch.Tensor  # [N] bool: the acting version is the current head
+    logprob_resolution: torch.Tensor | None = None  # [N] float rounding bound (logprob_resolution())
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -133,24 +135,51 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float("nan") if var == 0 else 1.0 - float((target - pred).var()) / var
 
 
+# float32 rounding of one number, times the operations between the server's sample and the
+# learner's recomputation (unnormalize -> robot units -> float64 JSON -> normalize, two matmul orders)
+FLOAT32_STEPS = 4 * float(torch.finfo(torch.float32).eps)
+SUM_RTOL = 1e-5  # relative noise of a sum over H x action_dim float32 terms in another order
+
+
+def logprob_resolution(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """[B] how far a log-prob recomputed in float32 can drift from the server's by rounding alone.
+
+    Each action dim is known only to ~FLOAT32_STEPS x (|a| + |mean| + 1) after the round trip
+    through robot units; divided by sigma that is an error dz in z = (a - mean) / sigma, and the
+    log-prob term 0.5 z^2 moves by |z| dz + dz^2 / 2. With a sane head this is ~1e-5 nats; with a
+    head whose means blew up (|mean| ~ 1e3 at sigma ~ e^-5) it is tens of nats -- float noise
+    that an absolute tolerance would report as a preprocessing mismatch."""
+    log_std = log_std.expand_as(mean).double()
+    mean, actions = mean.double(), actions.double()
+    dz = FLOAT32_STEPS * (actions.abs() + mean.abs() + 1.0) * torch.exp(-log_std)
+    z = ((actions - mean) * torch.exp(-log_std)).abs()
+    return (z * dz + 0.5 * dz * dz).sum(-1).float()
+
+
 def check_logprobs(batch: RolloutBatch, tolerance: float) -> dict:
     """Compare the learner's recomputed behaviour log-probs with the server's. A mismatch means the
     server and the learner do not see the same inputs (image decode/resize, state normalization,
-    instruction tokens) -- PPO ratios would then be meaningless."""
+    instruction tokens) -- PPO ratios would then be meaningless. The allowed difference scales with
+    the numbers involved: `tolerance` + SUM_RTOL x |log-prob| + the float resolution of each
+    decision (logprob_resolution), so float noise on a head with huge means is not a mismatch."""
     known = ~torch.isnan(batch.server_logprob)
     diff = (batch.behaviour_logprob - batch.server_logprob).abs()
     diff = torch.where(known, diff, torch.zeros_like(diff))
-    bad = diff > tolerance
+    allowed = tolerance + SUM_RTOL * torch.where(known, batch.server_logprob.abs(), torch.zeros_like(diff))
+    if batch.logprob_resolution is not None:
+        allowed = allowed + batch.logprob_resolution
+    bad = diff > allowed
     n_bad, n_known = int(bad.sum()), int(known.sum())
     same = batch.same_version & known
     out = {"logprob_checked": n_known, "logprob_mismatch": n_bad,
            "logprob_max_abs_diff": float(diff.max()) if n_known else 0.0,
+           "logprob_max_allowed": float(allowed[known].max()) if n_known else 0.0,
            "logprob_max_abs_diff_current": float(diff[same].max()) if bool(same.any()) else 0.0}
     if n_bad:
         log.error("PPO LOG-PROB MISMATCH: %d of %d decisions differ from the server's log-prob by more "
-                  "than %.1e (max %.4g). Server and learner preprocess observations differently; "
-                  "the PPO ratio is unreliable until this is fixed.", n_bad, n_known, tolerance,
-                  out["logprob_max_abs_diff"])
+                  "than float rounding explains (tolerance %.1e + scale; max diff %.4g). Server and learner "
+                  "preprocess observations differently; the PPO ratio is unreliable until this is fixed.",
+                  n_bad, n_known, tolerance, out["logprob_max_abs_diff"])
     return out
 
 
@@ -306,13 +335,15 @@ class PPO:
 
 def rollout_batch(data: RoundData, episodes: list[EpisodeDecisions]) -> RolloutBatch:
     """The round's on-trunk episodes, concatenated in order, with their recomputed behaviour log-probs."""
-    parts, behaviour = [], []
+    parts, behaviour, resolution = [], [], []
     for d in episodes:
         parts.append(data.tensors(d))
-        behaviour.append(data.behaviour_logprob(d, parts[-1]))
+        logprob, res = data.behaviour_logprob(d, parts[-1])
+        behaviour.append(logprob)
+        resolution.append(res)
     return RolloutBatch(
         features=torch.cat([t.features for t in parts]), states=torch.cat([t.states for t in parts]),
         actions=torch.cat([t.actions for t in parts]), rewards=torch.cat([t.rewards for t in parts]),
         dones=torch.cat([t.dones for t in parts]), behaviour_logprob=torch.cat(behaviour),
         server_logprob=torch.cat([t.server_logprob for t in parts]),
-        same_version=torch.cat([t.same_version for t in parts]))
+        same_version=torch.cat([t.same_version for t in parts]), logprob_resolution=torch.cat(resolution))

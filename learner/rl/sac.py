@@ -268,7 +268,7 @@ class SAC:
                 self.online[t.key] = transitions(t)
         self.demo = None
 
-    def _add_episodes(self, data: RoundData) -> list[tuple[EpisodeTensors, torch.Tensor]]:
+    def _add_episodes(self, data: RoundData) -> list[tuple[EpisodeTensors, tuple[torch.Tensor, torch.Tensor]]]:
         """The round's episodes into the buffer; returns those whose behaviour log-probs can be checked."""
         checks = []
         for d in data.episodes:
@@ -311,11 +311,12 @@ def transitions(t: EpisodeTensors) -> Transitions:
                        next_features=t.features[nxt], next_states=t.states[nxt], dones=t.dones)
 
 
-def _check_batch(checks: list[tuple[EpisodeTensors, torch.Tensor]]) -> RolloutBatch:
+def _check_batch(checks: list[tuple[EpisodeTensors, tuple[torch.Tensor, torch.Tensor]]]) -> RolloutBatch:
     """Only the fields `check_logprobs` reads (SAC has no ratio, but the contract holds all the same)."""
     n = sum(len(t) for t, _ in checks)
     return RolloutBatch(features=torch.zeros(n, 0), states=torch.zeros(n, 0), actions=torch.zeros(n, 0),
                         rewards=torch.zeros(n), dones=torch.zeros(n),
-                        behaviour_logprob=torch.cat([b for _, b in checks]),
+                        behaviour_logprob=torch.cat([b for _, (b, _) in checks]),
                         server_logprob=torch.cat([t.server_logprob for t, _ in checks]),
-                        same_version=torch.cat([t.same_version for t, _ in checks]))
+                        same_version=torch.cat([t.same_version for t, _ in checks]),
+                        logprob_resolution=torch.cat([r for _, (_, r) in checks]))

@@ -117,6 +117,8 @@ class LearnerStatus(BaseModel):
     success_rate: dict[str, Any] = Field(default_factory=dict)
     episodes_per_phase: dict[str, Any] = Field(default_factory=dict)
     policy_version: int | None = None
+    waiting_for: str | None = Field(default=None, description="what the learner waits for before it can "
+                                    "train (\"demonstrations\"), null while it can")
     updated: float | None = None
 
 

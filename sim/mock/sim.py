@@ -28,7 +28,8 @@ Physics is kinematic and per control step (one ``apply_action`` = one motion):
   the fingers) and drags it along; a hand lowered onto a block otherwise comes to rest on its top;
 * overlapping blocks push each other apart, blocks stay on the table.
 
-Orientation (roll, pitch, yaw) is tracked and limited but is not task-relevant and not drawn.
+Orientation (roll, pitch, yaw) is tracked and limited but is not task-relevant and not drawn. A
+rotation delta follows interface/action.py (base-frame rotation vector, applied on the left).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
+
+from interface.action import matrix_to_rpy, rotvec_to_matrix, rpy_to_matrix
 
 # ---------------------------------------------------------------- geometry and limits
 WORKSPACE_MIN = np.array([0.30, -0.25, 0.0])
@@ -118,6 +121,16 @@ def clamp_action(action: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np
     return d, r, bool(a[6] >= GRIPPER_THRESHOLD)
 
 
+def rotate_rpy(rpy: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The action convention's rotation (interface/action.py): the base-frame rotation vector w
+    applied on the left, R_new = exp([w]x) R, returned as roll/pitch/yaw. The roll is kept near
+    the previous one (+-2 pi), so the pointing-down home (roll = pi) does not wrap to -pi."""
+    new = matrix_to_rpy(rotvec_to_matrix(w) @ rpy_to_matrix(rpy))
+    new[0] += 2 * math.pi * round((rpy[0] - new[0]) / (2 * math.pi))
+    new[2] += 2 * math.pi * round((rpy[2] - new[2]) / (2 * math.pi))
+    return new
+
+
 class Scene:
     """The single-scene simulator (the reference implementation; vec.py batches it)."""
 
@@ -142,7 +155,7 @@ class Scene:
         d, r, want_open = clamped
         s = self.state
         self._move_ee(np.clip(s.ee + d, WORKSPACE_MIN, WORKSPACE_MAX))
-        s.rpy = np.clip(s.rpy + r, RPY_MIN, RPY_MAX)
+        s.rpy = np.clip(rotate_rpy(s.rpy, r), RPY_MIN, RPY_MAX)
         if want_open and not s.gripper_open:
             s.gripper_open = True
             if s.held >= 0:

@@ -36,6 +36,7 @@ from sim.mock.sim import (
     WORKSPACE_MIN,
     SceneState,
     render,
+    rotate_rpy,
 )
 from sim.mock.tasks import FAMILY_ID, MAX_STEPS, TaskSpec, sample_episode, success_batch
 
@@ -127,7 +128,9 @@ class VecScene:
 
         new = np.clip(self.ee + d, WORKSPACE_MIN, WORKSPACE_MAX)
         self._move_ee(np.where(active[:, None], new, self.ee), active)
-        self.rpy = np.where(active[:, None], np.clip(self.rpy + r, RPY_MIN, RPY_MAX), self.rpy)
+        turned = np.array([rotate_rpy(self.rpy[i], r[i]) if active[i] and np.any(r[i]) else self.rpy[i]
+                           for i in range(len(self.rpy))])
+        self.rpy = np.where(active[:, None], np.clip(turned, RPY_MIN, RPY_MAX), self.rpy)
         opening = active & want_open & ~self.gripper_open
         closing = active & ~want_open & self.gripper_open
         self.gripper_open = (self.gripper_open | opening) & ~closing

@@ -11,15 +11,9 @@ import numpy as np
 import pyrealsense2 as rs
 import pytest
 
-from hardware.franka import (
-    FrankaArm,
-    base_delta_to_relative,
-    matrix_to_quat_xyzw,
-    matrix_to_rpy,
-    quat_xyzw_to_matrix,
-    rpy_to_matrix,
-)
+from hardware.franka import FrankaArm, base_delta_to_relative, matrix_to_quat_xyzw, quat_xyzw_to_matrix
 from hardware.realsense import RealSenseCamera
+from interface.action import matrix_to_rpy, rotvec_to_matrix, rpy_to_matrix
 from interface.robot import ArmError
 
 HOME_POS = [0.5, 0.0, 0.2]
@@ -138,7 +132,7 @@ def test_move_delta_is_an_async_relative_cartesian_motion_in_the_base_frame(arm)
     np.testing.assert_allclose(motion.target.pose.end_effector_pose.translation, [0.01, -0.02, 0.03], atol=1e-12)
     # applying it the way franky does moves the EE by the BASE-frame delta
     np.testing.assert_allclose(robot.pose.translation, [0.51, 0.02, 0.17], atol=1e-12)
-    R_new = rpy_to_matrix([0, 0, 0.1]) @ rpy_to_matrix(HOME_RPY)
+    R_new = rotvec_to_matrix([0, 0, 0.1]) @ rpy_to_matrix(HOME_RPY)
     np.testing.assert_allclose(robot.pose.matrix[:3, :3], R_new, atol=1e-12)
     assert gripper.calls == [("move", 0.08, 0.05)]  # open: first command
     a.move_delta(np.array([0, 0, 0, 0, 0, 0, 0.9]))
@@ -153,13 +147,12 @@ def test_relative_matches_base_delta_for_any_orientation():
     rng = np.random.default_rng(1)
     for _ in range(20):
         R = rpy_to_matrix(rng.uniform(-3, 3, 3))
-        dp, drpy = rng.uniform(-0.02, 0.02, 3), rng.uniform(-0.1, 0.1, 3)
-        t, q = base_delta_to_relative(R, dp, drpy)
-        T = np.eye(4)
-        T[:3, :3] = R
-        new = T @ franky.Affine(t, q).matrix
-        np.testing.assert_allclose(new[:3, 3], dp, atol=1e-12)
-        np.testing.assert_allclose(new[:3, :3], rpy_to_matrix(drpy) @ R, atol=1e-12)
+        p = rng.uniform(-0.5, 0.5, 3)
+        dp, w = rng.uniform(-0.02, 0.02, 3), rng.uniform(-0.1, 0.1, 3)
+        pose = franky.Affine(p, matrix_to_quat_xyzw(R))
+        new = (pose * base_delta_to_relative(pose, dp, w)).matrix  # what franky does with a relative target
+        np.testing.assert_allclose(new[:3, 3], p + dp, atol=1e-12)
+        np.testing.assert_allclose(new[:3, :3], rotvec_to_matrix(w) @ R, atol=1e-12)
 
 
 def test_reset_home_hold_and_errors(arm):

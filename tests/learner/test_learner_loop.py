@@ -71,11 +71,11 @@ def make_trainer_class(crash_at: str | None = None, crash_round: int = 0):
             TestTrainer.calls.append(("rl", [e["episode_id"] for e in episodes]))
             return super().rl_round(episodes)
 
-        def sft_phase(self, progress=True):
+        def sft_phase(self, progress=True, on_progress=None):
             if crash_at == "sft_phase":
                 raise Crash("during sft")
             TestTrainer.calls.append(("sft", []))
-            return super().sft_phase(progress=False)
+            return super().sft_phase(progress=False, **({"on_progress": on_progress} if on_progress else {}))
 
         def publish(self, kind, phase, metrics):
             version = super().publish(kind, phase, metrics)
@@ -275,3 +275,57 @@ def test_a_poison_episode_is_set_aside_and_a_broken_trainer_stops(run_dir):
     with pytest.raises(RuntimeError, match="3 RL rounds in a row failed"):
         PhaseLoop(config_for(run_dir, max_iterations=2), run_dir, trainer_factory=PoisonTrainer,
                   poll_s=0.05).run()
+
+
+class RecordingStatus(StatusBoard):
+    """The real status board, remembering every (phase, progress, waiting_for) it was told."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.reports: list[tuple] = []
+
+    def set(self, **fields):
+        super().set(**fields)
+        self.reports.append((self.phase, self._fields["progress"], self._fields.get("waiting_for")))
+
+
+def test_a_learner_with_a_registry_but_no_demos_waits_and_says_so(run_dir, tmp_path):
+    aside = tmp_path / "demos-aside"
+    shutil.move(run_dir / "episodes", aside)  # the registry stays: v1 exists, no demos to train SFT on
+    LearnerState(run_dir / "learner_state.json").to_sft()
+    status = RecordingStatus(run_dir / "status.json", 0.05)
+    loop = PhaseLoop(config_for(run_dir), run_dir, status=status, trainer_factory=make_trainer_class(), poll_s=0.05)
+    t, out = run_in_thread(loop)
+    status_file = run_dir / "status.json"
+
+    def waiting_for():
+        return json.loads(status_file.read_text()).get("waiting_for") if status_file.exists() else None
+
+    assert wait_for(lambda: waiting_for() == "demonstrations" or out, 120)
+    assert waiting_for() == "demonstrations", (out, status.reports)  # the old loop published a skipped SFT
+    st = json.loads(status_file.read_text())
+    assert st["phase"] == "sft" and "waiting for demonstrations" in st["detail"]
+    time.sleep(1.0)
+    assert t.is_alive() and out == []  # waiting, not crashed
+    assert CheckpointRegistry(run_dir / "checkpoints").latest() == 1  # nothing published meanwhile
+    for robot_dir in aside.iterdir():  # demos recorded: the learner goes on by itself
+        shutil.move(robot_dir, run_dir / "episodes" / robot_dir.name)
+    t.join(180)
+    assert out == [0], out
+    reg = CheckpointRegistry(run_dir / "checkpoints")
+    assert reg.latest() == 2 and reg.read_meta(2)["phase"] == "sft"
+    assert json.loads(status_file.read_text())["waiting_for"] is None
+
+
+def test_sft_progress_is_reported_as_it_goes(run_dir):
+    LearnerState(run_dir / "learner_state.json").to_sft()
+    status = RecordingStatus(run_dir / "status.json", 0.0)
+    loop = PhaseLoop(config_for(run_dir, sft_steps=12), run_dir, status=status, trainer_factory=make_trainer_class(),
+                     poll_s=0.05)
+    t, out = run_in_thread(loop)
+    t.join(180)
+    assert out == [0], out
+    during = [p for phase, p, _ in status.reports if phase == "sft"]
+    assert during[0] == 0.0 and during[-1] == 1.0
+    between = [p for p in during if 0.0 < p < 1.0]
+    assert len(between) >= 5 and between == sorted(between), during  # the old loop: 0 then 1

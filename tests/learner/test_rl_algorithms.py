@@ -51,8 +51,8 @@ class Round:
     def tensors(self, d: Episode) -> EpisodeTensors:
         return d.tensors
 
-    def behaviour_logprob(self, d: Episode, t: EpisodeTensors) -> torch.Tensor:
-        return torch.zeros(len(d))  # the server's is unknown (NaN): nothing to compare
+    def behaviour_logprob(self, d: Episode, t: EpisodeTensors) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(len(d)), torch.zeros(len(d))  # the server's is unknown (NaN): nothing to compare
 
     def stored_online(self) -> list[Episode]:
         return self._stored

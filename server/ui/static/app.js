@@ -538,6 +538,11 @@ function renderLearnerChip(view) {
   const chip = $("#learner-chip");
   const st = view.status;
   if (!st || !st.phase) { chip.textContent = "learner: no status"; chip.className = "chip"; return; }
+  if (st.waiting_for) {  // it cannot train yet (e.g. no demonstrations): say what it waits for
+    chip.textContent = `learner: ${st.phase.toUpperCase()} waiting for ${st.waiting_for}`;
+    chip.className = "chip phase-" + st.phase + " waiting";
+    return;
+  }
   const busy = st.phase !== "idle" && st.progress !== null && st.progress !== undefined;
   const progress = busy ? " " + pct(st.progress) : "";
   chip.textContent = `learner: ${st.phase.toUpperCase()}${progress}`;
@@ -551,7 +556,8 @@ function renderLearning(view) {
   const parts = [];
   if (st.iteration !== null && st.iteration !== undefined) parts.push("iteration " + st.iteration);
   if (st.round !== null && st.round !== undefined) parts.push("round " + st.round);
-  if (st.phase !== "idle" && st.progress !== null && st.progress !== undefined) parts.push(pct(st.progress) + " done");
+  if (st.waiting_for) parts.push("waiting for " + st.waiting_for);
+  else if (st.phase !== "idle" && st.progress !== null && st.progress !== undefined) parts.push(pct(st.progress) + " done");
   if (st.detail) parts.push(st.detail);
   $("#phase-detail").textContent = view.status ? parts.join(" · ") || "–" : "the learner has not written status.json yet";
   const serving = view.serving_version;
