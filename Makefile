@@ -10,8 +10,11 @@ export OMP_NUM_THREADS ?= 2
 # Debian packages the test suite needs: the RealSense driver's libusb, a headless browser for the
 # operator-page tests, docker-compose to validate the compose file (no engine needed).
 TEST_DEBS := libusb-1.0-0 chromium chromium-driver docker-compose
+# MetaWorld's offscreen rendering on CPU: Mesa's EGL with the llvmpipe driver (MUJOCO_GL=egl)
+METAWORLD_DEBS := libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0 libgbm1
+METAWORLD_STAMP := $(VENV)/.metaworld-installed
 
-.PHONY: install system-deps test demo lint bench clean
+.PHONY: install install-metaworld system-deps test demo lint bench clean
 
 system-deps:
 	@DEBS="$(TEST_DEBS)" sh install/debian-packages.sh
@@ -25,7 +28,15 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 
 install: $(STAMP)
 
-test: system-deps $(STAMP)
+# the MetaWorld simulator (optional for the product; the test suite uses it)
+$(METAWORLD_STAMP): $(STAMP)
+	@DEBS="$(METAWORLD_DEBS)" sh install/debian-packages.sh
+	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[metaworld]'
+	touch $(METAWORLD_STAMP)
+
+install-metaworld: $(METAWORLD_STAMP)
+
+test: system-deps $(STAMP) $(METAWORLD_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q tests

@@ -11,10 +11,11 @@ BENCHMARKS = {
     "control_loop": "bench.control_loop",
     "learner": "bench.learner",
     "ingest": "bench.learner_ingest",
+    "metaworld_throughput": "bench.metaworld_throughput",  # needs the metaworld extra
     "vlm_gpu": "bench.vlm_gpu",  # full-size backbone on a GPU; prints "skipped" without one
     "learning": "bench.learning",  # ~45 min: the results table (docs/results.md); not part of `all`
 }
-QUICK = [name for name in BENCHMARKS if name != "learning"]
+QUICK = [name for name in BENCHMARKS if name not in ("learning", "metaworld_throughput")]
 
 
 def configure(parser) -> None:

@@ -55,12 +55,21 @@ METHODS = {
 RL_METHODS = {"irevla_ppo", "irevla_sac", "ppo_whole", "rl_only"}
 SFT_METHODS = {"sft_only", "sft_extra_demos", "irevla_ppo", "irevla_sac"}
 SPLITS = ("demo", "rl", "held_out")  # evaluation splits, in table order
+# The iRe-VLA paper's MetaWorld results (its pretrained VLA, its own task split), as ranges over
+# its tasks: SFT start -> after iRe-VLA. Not measured here; shown next to our rows.
+PAPER_METAWORLD = {"method": "iRe-VLA paper, MetaWorld (their VLA; SFT → iRe-VLA)", "demo": "not quoted",
+                   "rl": "0.28–0.56 → **0.80–1.00**", "held_out": "0.51 → **0.80**"}
 EVAL_SEED = 10_000
 
 
 @dataclass
 class LearningBenchConfig:
+    # "mock" (the task below) or "metaworld" (task "bench": the demo / rl / held_out task sets of
+    # sim/metaworld/tasks.py; the paper's protocol on the paper's benchmark, docs/metaworld.md)
+    backend: str = "mock"
     task: str = "reach_slots"
+    workers: int = 0  # metaworld: env worker processes per rollout (0: in the job's own process)
+    max_steps: int = 0  # caps every task's step limit (0: the tasks' own limits); smoke tests only
     seeds: tuple[int, ...] = (0, 1, 2)
     methods: tuple[str, ...] = tuple(METHODS)
     demos: int = 40  # expert demos (split "demo") for Stage 0 and every SFT phase
@@ -83,6 +92,14 @@ class LearningBenchConfig:
         return self.iterations * self.rounds * self.episodes_per_round
 
 
+# the metaworld version of the table: MetaWorld episodes are 3-8x longer than the mock's, so fewer
+# of them per round; the demos are spread over 6 tasks (sim/metaworld/tasks.py, set "bench")
+METAWORLD = dict(backend="metaworld", task="bench", demos=60, rl_task_demos=6, bootstrap_steps=300,
+                 episodes_per_round=24, eval_n=24, sft_steps=150)
+# on MetaWorld the smoke test also caps episodes and runs two methods: full-length episodes of an
+# untrained policy cost minutes on two cores
+METAWORLD_SMOKE = dict(methods=("sft_only", "irevla_ppo"), demos=2, rl_task_demos=1, eval_n=2,
+                       episodes_per_round=2, max_steps=16)
 SMOKE = dict(seeds=(0,), demos=6, rl_task_demos=2, bootstrap_steps=8, iterations=1, rounds=2, episodes_per_round=6, sft_steps=4,
              eval_n=6, sac_updates_per_episode=2, jobs=1)
 
@@ -94,6 +111,7 @@ def _learner_config(cfg: LearningBenchConfig, run_dir: Path, seed: int):
     config = load_config(None, environ={}, run_dir=str(run_dir))
     lc = config.learner
     config.robot.task = cfg.task
+    config.robot.backend = cfg.backend
     lc.seed, lc.bootstrap_demos, lc.bootstrap_steps = seed, cfg.demos + cfg.rl_task_demos, cfg.bootstrap_steps
     lc.sft_steps, lc.ppo_lr, lc.sac_updates_per_episode = cfg.sft_steps, cfg.ppo_lr, cfg.sac_updates_per_episode
     lc.episodes_per_round = cfg.episodes_per_round
@@ -106,8 +124,8 @@ def stage0(cfg: LearningBenchConfig, out: Path, seed: int) -> Path:
 
     from episodes.store import EpisodeStore
     from learner.trainer import Trainer
-    from sim.mock.demos import record_demos
 
+    record_demos = _demo_recorder(cfg)
     boot = out / "stage0" / f"s{seed}"
     if (boot / "done.json").exists():
         return boot
@@ -126,10 +144,19 @@ def stage0(cfg: LearningBenchConfig, out: Path, seed: int) -> Path:
     return boot
 
 
+def _demo_recorder(cfg: LearningBenchConfig):
+    if cfg.backend == "metaworld":
+        from sim.metaworld.demos import record_demos
+    else:
+        from sim.mock.demos import record_demos
+    return record_demos
+
+
 def _evaluate(policy, cfg: LearningBenchConfig) -> dict[str, float]:
     from learner.evaluate import success_rate
 
-    return {split: success_rate(policy, n=cfg.eval_n, task=cfg.task, seed=EVAL_SEED, split=split)
+    return {split: success_rate(policy, n=cfg.eval_n, task=cfg.task, seed=EVAL_SEED, split=split,
+                                backend=cfg.backend, workers=cfg.workers, max_steps=cfg.max_steps)
             for split in SPLITS}
 
 
@@ -142,8 +169,8 @@ def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict
     from learner.evaluate import rollout
     from learner.rl.ppo_whole import whole_model_ppo_round
     from learner.trainer import Trainer
-    from sim.mock.demos import record_demos
 
+    record_demos = _demo_recorder(cfg)
     torch.set_num_threads(1)
     run_dir = out / "runs" / f"{method}-s{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -164,7 +191,8 @@ def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict
     for it in range(cfg.iterations):
         for r in range(cfg.rounds if method in RL_METHODS else 0):
             res = rollout(trainer.policy, range(episode_seed, episode_seed + cfg.episodes_per_round), cfg.task,
-                          "sample", g, store=trainer.store, split="train")
+                          "sample", g, store=trainer.store, split="train", backend=cfg.backend,
+                          workers=cfg.workers, max_steps=cfg.max_steps)
             episode_seed += cfg.episodes_per_round
             t = time.time()
             if method == "ppo_whole":
@@ -227,20 +255,32 @@ def _job(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- report
-def online_episode_stats(run_dir: Path, task: str) -> dict | None:
+def online_episode_stats(run_dir: Path, task: str, backend: str = "mock") -> dict | None:
     """A run's sampled online episodes, read back from its episode store: episodes and successes per
-    split (by the colour word of the instruction) and mean steps per episode. None: no episodes."""
+    split (mock: by the colour word of the instruction; metaworld: by the episode's task) and mean
+    steps per episode. None: no episodes."""
     from episodes.store import EpisodeStore
     from sim.mock.tasks import FAMILIES, LAYOUT_TASKS, split_colors
 
-    family = LAYOUT_TASKS.get(task, task)
     metas = EpisodeStore(run_dir / "episodes").list_episodes(source="online") if run_dir.exists() else []
-    if family not in FAMILIES or not metas:
+    if not metas:
         return None
-    split_of = {c: s for s in SPLITS for c in split_colors(family, s)}
+    if backend == "metaworld":
+        from sim.metaworld.tasks import TASK_SETS
+
+        if task not in TASK_SETS:
+            return None
+        split_of = {t: s for s in SPLITS for t in TASK_SETS[task][s]}
+        word_of = {m["episode_id"]: m["task"] for m in metas}
+    else:
+        family = LAYOUT_TASKS.get(task, task)
+        if family not in FAMILIES:
+            return None
+        split_of = {c: s for s in SPLITS for c in split_colors(family, s)}
+        word_of = {m["episode_id"]: next(w for w in m["instruction"].split() if w in split_of) for m in metas}
     stats = {s: {"episodes": 0, "successes": 0} for s in SPLITS}
     for m in metas:
-        split = next(split_of[w] for w in m["instruction"].split() if w in split_of)
+        split = split_of[word_of[m["episode_id"]]]
         stats[split]["episodes"] += 1
         stats[split]["successes"] += m["outcome"] == "success"
     stats["mean_steps"] = float(np.mean([m["n_steps"] for m in metas]))
@@ -278,7 +318,8 @@ def summarize(results: list[dict], cfg: LearningBenchConfig, out_dir: Path | Non
         row["rl_updates_per_round"] = float(np.mean(rl_steps)) if rl_steps else None
         row["rl_ms_per_update"] = (1000 * row["rl_s_per_round"] / row["rl_updates_per_round"]
                                    if rl_steps and row["rl_updates_per_round"] else None)
-        runs = [online_episode_stats(out_dir / "runs" / f"{method}-s{r['seed']}", cfg.task) for r in rs] if out_dir else []
+        runs = [online_episode_stats(out_dir / "runs" / f"{method}-s{r['seed']}", cfg.task, cfg.backend)
+                for r in rs] if out_dir else []
         runs = [x for x in runs if x is not None]
         if runs:
             row["online"] = {s: {k: float(np.mean([x[s][k] for x in runs])) for k in ("episodes", "successes")}
@@ -289,7 +330,7 @@ def summarize(results: list[dict], cfg: LearningBenchConfig, out_dir: Path | Non
 
 
 def format_table(summary: dict, cfg: LearningBenchConfig) -> str:
-    lines = [f"Greedy success ({cfg.eval_n} episodes per split, mean ± std over {len(cfg.seeds)} seed(s); "
+    lines = [f"Greedy success on {cfg.backend} `{cfg.task}` ({cfg.eval_n} episodes per split, mean ± std over {len(cfg.seeds)} seed(s); "
              f"Stage 0 → final; budget {cfg.budget} online episodes or extra demos)", "",
              "| method | demo tasks | RL-only tasks | held-out tasks | lowest (demo tasks) | RL s / round | "
              "RL updates / round | ms / RL update | SFT s / phase | train s |",
@@ -303,6 +344,9 @@ def format_table(summary: dict, cfg: LearningBenchConfig) -> str:
         lines.append(f"| {METHODS[method]} (`{method}`) | {' | '.join(cells)} | {row['demo']['lowest']:.2f} | "
                      f"{sec(row['rl_s_per_round'])} | {sec(row['rl_updates_per_round'])} | "
                      f"{sec(row['rl_ms_per_update'])} | {sec(row['sft_s_per_phase'])} | {row['train_s']:.0f} |")
+    if cfg.backend == "metaworld":  # the paper's own MetaWorld figures, for comparison (not measured here)
+        lines.append(f"| {PAPER_METAWORLD['method']} | {' | '.join(PAPER_METAWORLD[s] for s in SPLITS)} "
+                     "| – | – | – | – | – | – |")
     online = {m: row["online"] for m, row in summary.items() if "online" in row}
     if online:
         lines += ["", "Online episodes per run (mean over seeds): successes / episodes sampled, per split",
@@ -337,7 +381,7 @@ def plot(results: list[dict], cfg: LearningBenchConfig, path: Path) -> None:
     axes[0].set_ylabel("greedy success")
     axes[0].set_ylim(-0.02, 1.02)
     axes[-1].legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"mock {cfg.task}: mean over {len(cfg.seeds)} seed(s), band = min..max")
+    fig.suptitle(f"{cfg.backend} {cfg.task}: mean over {len(cfg.seeds)} seed(s), band = min..max")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -387,15 +431,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.learning", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/bench-learning")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (one seed, a few episodes): a smoke test")
+    p.add_argument("--metaworld", action="store_true",
+                   help="the table on MetaWorld (task set `bench`, sizes for its longer episodes; docs/metaworld.md)")
     p.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
     p.add_argument("--seeds", nargs="+", type=int, default=None)
     for f in dataclasses.fields(LearningBenchConfig):
-        kind = {"int": int, "float": float}.get(f.type)
+        kind = {"int": int, "float": float, "str": str}.get(f.type)
         if kind is not None:
             p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None)
     args = p.parse_args(argv)
-    values = dict(SMOKE) if args.smoke else {}
+    values = dict(METAWORLD) if args.metaworld else {}
+    if args.smoke:
+        values.update(SMOKE)
+        if args.metaworld:
+            values.update(METAWORLD_SMOKE)
     for f in dataclasses.fields(LearningBenchConfig):
         v = getattr(args, f.name, None)
         if v is not None:

@@ -147,6 +147,17 @@ def default_mock_calibration() -> CalibrationFile:
     )
 
 
+def metaworld_calibration() -> CalibrationFile:
+    """The safety box for MetaWorld's Sawyer (sim.metaworld): its hand limits (the widest over the
+    tasks) and up to 1 cm per step on every axis (the backend clips each axis to 1 cm itself)."""
+    return CalibrationFile(
+        workspace=Workspace(min=[-0.525, 0.348, -0.0525], max=[0.525, 1.025, 0.7]),
+        home=Home(position=[0.0, 0.6, 0.2], rpy=[math.pi, 0.0, 0.0]),
+        limits=Limits(max_translation_per_step=0.01 * math.sqrt(3) + 1e-6, max_rotation_per_step=0.15),
+        notes=["MetaWorld defaults (calibration.schema.metaworld_calibration)"],
+    )
+
+
 def _describe(e: ValidationError) -> str:
     lines = []
     for err in e.errors():

@@ -11,7 +11,7 @@ class RobotConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt key in the YAML or env is an error
     robot_id: str = Field(default="mock0", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
                           description="letters, digits, _ and -: it names directories in the episode store")
-    backend: Literal["mock", "franka"] = "mock"
+    backend: Literal["mock", "metaworld", "franka"] = "mock"
     server_url: str = "http://127.0.0.1:8000"
     learner_addr: str = "tcp://127.0.0.1:5555"
     token: str = ""

@@ -42,13 +42,18 @@ def expert_demos(store: EpisodeStore) -> list[dict]:
 
 
 def ensure_demos(store: EpisodeStore, config, progress: bool = False) -> list[dict]:
-    """The successful expert demos in the store; on the mock, record up to `bootstrap_demos` first."""
+    """The successful expert demos in the store; on a simulator (mock, metaworld), record up to
+    `bootstrap_demos` first."""
     demos = expert_demos(store)
     want = config.learner.bootstrap_demos
-    if len(demos) < want and config.robot.backend == "mock":
-        from sim.mock.demos import record_demos
+    if len(demos) < want and config.robot.backend in ("mock", "metaworld"):
+        if config.robot.backend == "metaworld":
+            from sim.metaworld.demos import record_demos
+        else:
+            from sim.mock.demos import record_demos
 
-        log.info("recording %d mock %s demos for the bootstrap", want - len(demos), config.robot.task)
+        log.info("recording %d %s %s demos for the bootstrap", want - len(demos), config.robot.backend,
+                 config.robot.task)
         record_demos(store, task=config.robot.task, n=want, seed=0, image_size=config.model.image_size,
                      cameras=tuple(config.model.cameras), progress=progress)
         demos = expert_demos(store)

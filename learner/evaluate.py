@@ -1,5 +1,6 @@
-"""In-process evaluation and data collection on the mock simulator (tests, benchmarks, bootstrap
-tuning): no servers, no network -- a Policy drives N mock scenes at once.
+"""In-process evaluation and data collection on a simulator (tests, benchmarks, bootstrap tuning):
+no servers, no network -- a Policy drives N simulated scenes at once (the mock by default;
+``backend="metaworld"``: sim.metaworld.vec.MetaWorldVec, optionally over env worker processes).
 
 The scenes are `sim.mock.vec.VecScene`, the batched twin of `MockRobot` (same
 layouts, physics, success predicates; the mock's tests check they agree step by step). Each
@@ -49,22 +50,60 @@ class RolloutResult:
 
 
 
-def _frames(vec: VecScene, cameras: Sequence[str], size: int) -> dict[str, list[bytes]]:
+BACKENDS = ("mock", "metaworld")
+
+
+def make_scenes(backend: str, seeds: Sequence[int], task: str, split: str, image_size: int, workers: int = 0):
+    """The batched scenes of a simulator backend, reset to one episode per seed: the mock's
+    VecScene or MetaWorld's MetaWorldVec (``workers`` env processes; 0 = in this process)."""
+    if backend == "mock":
+        vec = VecScene(len(seeds), image_size=image_size)
+        vec.reset(seeds, task, split)
+        return vec
+    if backend == "metaworld":
+        from sim.metaworld.vec import MetaWorldVec
+
+        return MetaWorldVec(len(seeds), image_size=image_size, seeds=seeds, task=task, split=split, workers=workers)
+    raise ValueError(f"unknown simulator backend {backend!r} (one of {BACKENDS})")
+
+
+def _frames(vec, cameras: Sequence[str], size: int) -> dict[str, list[bytes]]:
     return {cam: [encode_jpeg(img) for img in vec.render(size, cam)] for cam in cameras}
 
 
 def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str = "greedy",
             generator: torch.Generator | None = None, store: EpisodeStore | None = None,
             robot_id: str = "sim0", split: str = "train", image_size: int | None = None,
-            learner_phase: str = "rl") -> RolloutResult:
-    """Run one episode per seed, all in parallel; optionally store them like the ingest does."""
+            learner_phase: str = "rl", backend: str = "mock", workers: int = 0,
+            max_steps: int | None = None) -> RolloutResult:
+    """Run one episode per seed, all in parallel; optionally store them like the ingest does.
+    ``max_steps`` caps the tasks' own step limits (smoke tests)."""
+    seeds = [int(s) for s in seeds]
+    size = image_size or policy.spec.image_size
+    vec = make_scenes(backend, seeds, task, split, size, workers)
+    if max_steps:
+        vec.max_steps = np.minimum(vec.max_steps, int(max_steps))
+    try:
+        if backend == "metaworld":
+            from sim.metaworld.actions import executed_action as executed
+        else:
+            executed = executed_action
+        return _rollout(policy, vec, seeds, task, mode, generator, store, robot_id, size, learner_phase, executed)
+    finally:
+        close = getattr(vec, "close", None)
+        if close is not None:
+            close()
+
+
+def _rollout(policy: Policy, vec, seeds: list[int], task: str, mode: str, generator: torch.Generator | None,
+             store: EpisodeStore | None, robot_id: str, size: int, learner_phase: str,
+             executed) -> RolloutResult:
     from learner.ingest import episode_meta
 
-    seeds = [int(s) for s in seeds]
-    vec = VecScene(len(seeds))
-    instructions = vec.reset(seeds, task, split)
+    instructions = list(getattr(vec, "instructions", None) or [t.instruction for t in vec.tasks])
+    # the task each episode actually ran (a task set draws one per seed)
+    task_names = list(getattr(vec, "task_names", None) or [task] * len(seeds))
     cams = policy.spec.cameras
-    size = image_size or policy.spec.image_size
     episode_ids = [f"{task}-{uuid.uuid4().hex[:12]}" for _ in seeds]
     recording = store is not None
     chunk = policy.spec.chunk
@@ -91,7 +130,7 @@ def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str
                     first = k == 0
                     msg = StepMsg(robot_id=robot_id, episode_id=episode_ids[i], step=int(vec.steps[i]),
                                   images={c: jpegs[c][i] for c in cams}, state=states[i].tolist(),
-                                  action=executed_action(plan[i, k]),
+                                  action=executed(plan[i, k]),
                                   action_chunk=plan[i].tolist() if first else None, chunk_index=k,
                                   log_prob=outs[j].log_prob if first else None,
                                   value=outs[j].value if first else None, policy_version=policy.version,
@@ -104,7 +143,7 @@ def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str
         for i in range(vec.n):
             end = EpisodeEnd(robot_id=robot_id, episode_id=episode_ids[i],
                              outcome="success" if vec.succeeded[i] else "failure", label_source="auto",
-                             n_steps=int(vec.steps[i]), instruction=instructions[i], task=task,
+                             n_steps=int(vec.steps[i]), instruction=instructions[i], task=task_names[i],
                              extra={"mode": mode, "purpose": "eval" if mode == "greedy" else "train",
                                     "seed": seeds[i]})
             store.finish(robot_id, episode_ids[i], episode_meta(store, end, learner_phase))
@@ -113,10 +152,12 @@ def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str
 
 
 def success_rate(policy: Policy, n: int = 50, task: str = "reach", seed: int = 10_000,
-                 split: str = "train") -> float:
-    """Greedy success on `n` seeded mock episodes (seeds seed..seed+n-1; the default range is
-    disjoint from the demo seeds, which start at 0)."""
-    return rollout(policy, range(seed, seed + n), task, "greedy", split=split).success_rate
+                 split: str = "train", backend: str = "mock", workers: int = 0,
+                 max_steps: int | None = None) -> float:
+    """Greedy success on `n` seeded simulated episodes (seeds seed..seed+n-1; the default range
+    is disjoint from the demo seeds, which start at 0)."""
+    return rollout(policy, range(seed, seed + n), task, "greedy", split=split, backend=backend,
+                   workers=workers, max_steps=max_steps).success_rate
 
 
 def collect_episodes(policy: Policy, store: EpisodeStore, n: int, task: str = "reach", seed: int = 0,
@@ -140,10 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", default="reach")
     p.add_argument("--seed", type=int, default=10_000)
     p.add_argument("--split", default="train")
+    p.add_argument("--backend", default="mock", choices=BACKENDS)
+    p.add_argument("--workers", type=int, default=0, help="metaworld: env processes")
     args = p.parse_args(argv)
     policy = Policy.load(CheckpointRegistry(f"{args.run_dir}/checkpoints"), args.version)
-    rate = success_rate(policy, args.n, args.task, args.seed, args.split)
-    print(f"v{policy.version}: greedy success {rate:.2f} on {args.n} {args.task} episodes "
+    rate = success_rate(policy, args.n, args.task, args.seed, args.split, args.backend, args.workers)
+    print(f"v{policy.version}: greedy success {rate:.2f} on {args.n} {args.backend} {args.task} episodes "
           f"(seeds {args.seed}..{args.seed + args.n - 1}, split {args.split})")
     return 0
 

@@ -1,4 +1,4 @@
-"""`vlaloop robot --backend mock|franka`: run the robot control client."""
+"""`vlaloop robot --backend mock|metaworld|franka`: run the robot control client."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import signal
 import sys
 from pathlib import Path
 
-from calibration.schema import CalibrationError, CalibrationFile, default_mock_calibration, load_calibration
+from calibration.schema import (
+    CalibrationError,
+    CalibrationFile,
+    default_mock_calibration,
+    load_calibration,
+    metaworld_calibration,
+)
 from deployment.robot import RobotConfig
 from robot_client.dry_run import HoldingArm
 from robot_client.episode import EpisodeRunner, Rig, StatusReporter
@@ -22,12 +28,12 @@ log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=["mock", "franka"], default=None)
+    parser.add_argument("--backend", choices=["mock", "metaworld", "franka"], default=None)
     parser.add_argument("--robot-id", default=None)
     parser.add_argument("--server", dest="server_url", default=None, help="inference server URL")
     parser.add_argument("--learner", dest="learner_addr", default=None, help="learner ZeroMQ address")
     parser.add_argument("--calibration", default=None, help="calibration.yaml (required for franka)")
-    parser.add_argument("--task", default=None, help="mock task (reach, push, pick_place)")
+    parser.add_argument("--task", default=None, help="simulated task (mock: reach, push, pick_place; metaworld: e.g. button-press-topdown)")
     parser.add_argument("--instruction", default=None, help="franka: the instruction for the policy")
     parser.add_argument("--rate", dest="rate_hz", type=float, default=None, help="control rate, Hz")
     parser.add_argument("--episodes", type=int, default=None, help="stop after N episodes (0: forever)")
@@ -54,6 +60,8 @@ def calibration_for(cfg: RobotConfig) -> CalibrationFile:
         return load_calibration(cfg.calibration)
     if cfg.backend == "mock":
         return default_mock_calibration()
+    if cfg.backend == "metaworld":
+        return metaworld_calibration()
     raise CalibrationError("the franka backend needs a calibration.yaml with the workspace box "
                            "(--calibration PATH or robot.calibration); make one with "
                            "`vlaloop calibrate workspace --corners x0,y0,z0 x1,y1,z1 --out PATH` "
@@ -74,6 +82,14 @@ def _backend_rig(cfg: RobotConfig, model_cameras: list[str], image_size: int, ca
         robot = MockRobot(task=cfg.task, image_size=image_size, cameras=tuple(model_cameras), seed=cfg.seed,
                           split=cfg.split)
         return Rig(arm=robot.arm, cameras=dict(robot.cameras), task=cfg.task,
+                   new_episode=lambda seed: robot.new_episode(seed), success=robot.success,
+                   max_steps=lambda: robot.max_steps, close=robot.close)
+    if cfg.backend == "metaworld":
+        from sim.metaworld.backend import MetaWorldRobot
+
+        task = cfg.task  # a MetaWorld task or task set (sim/metaworld/tasks.py)
+        robot = MetaWorldRobot(task=task, image_size=image_size, cameras=tuple(model_cameras), seed=cfg.seed)
+        return Rig(arm=robot.arm, cameras=dict(robot.cameras), task=task,
                    new_episode=lambda seed: robot.new_episode(seed), success=robot.success,
                    max_steps=lambda: robot.max_steps, close=robot.close)
     from hardware.franka import FrankaArm

@@ -15,8 +15,8 @@ from deployment.config import ConfigError, load_config
 SUBCOMMANDS = {
     "serve": ("server.cli", "run the inference server (FastAPI/uvicorn) and operator page"),
     "learn": ("learner.cli", "run the learner: ingest, RL and SFT phases, publish checkpoints"),
-    "robot": ("robot_client.cli", "run the robot control client (mock or franka backend)"),
-    "demos": ("sim.mock.demos", "record scripted expert demonstrations on the mock"),
+    "robot": ("robot_client.cli", "run the robot control client (mock, metaworld or franka backend)"),
+    "demos": ("sim.mock.demos", "record scripted expert demonstrations (mock or metaworld)"),
     "calibrate": ("calibration.cli", "camera intrinsics, hand-eye and workspace calibration"),
     "demo": ("vlaloop.demo", "end-to-end demo: server, learner and mock robots learning"),
     "bench": ("bench.cli", "benchmarks (serving, control loop, learner, learning)"),

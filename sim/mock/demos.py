@@ -7,6 +7,7 @@ Episodes go to ``<run_dir>/episodes/expert/<task>-s<seed>/`` in the learner's st
 Only successful episodes are kept unless ``--keep-failures``; recording continues with the next
 seeds until ``n`` episodes are kept. Episodes already in the store are not recorded again. Only
 ``train``-split tasks are used unless ``--split`` says otherwise (held-out combinations stay unseen).
+``--backend metaworld`` records MetaWorld's scripted experts instead (sim.metaworld.demos).
 """
 
 from __future__ import annotations
@@ -106,13 +107,17 @@ def record_demos(store: EpisodeStore, task: str = "reach", n: int = 50, seed: in
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", default="reach", choices=TASK_NAMES)
+    parser.add_argument("--backend", choices=["mock", "metaworld"], default="mock",
+                        help="simulator with scripted experts (metaworld: docs/metaworld.md)")
+    parser.add_argument("--task", default=None,
+                        help=f"mock: one of {', '.join(TASK_NAMES)} (default reach); metaworld: a MetaWorld "
+                             "task or task set (default button-press-topdown)")
     parser.add_argument("--n", type=int, default=50, help="episodes to keep")
     parser.add_argument("--noise", type=float, default=DEFAULT_NOISE, help="expert noise in [0, 1]")
     parser.add_argument("--seed", type=int, default=0, help="first episode seed")
     parser.add_argument("--image-size", type=int, default=None, help="default: model.image_size")
     parser.add_argument("--cameras", default=None, help="comma-separated (front,wrist); default: model.cameras")
-    parser.add_argument("--split", default="train", choices=SPLITS)
+    parser.add_argument("--split", default="train", help=f"mock: one of {SPLITS}; metaworld: of a task set")
     parser.add_argument("--keep-failures", action="store_true")
 
 
@@ -120,14 +125,32 @@ def run(args: argparse.Namespace, config) -> int:
     model = getattr(config, "model", None)
     image_size = args.image_size or getattr(model, "image_size", 96)
     cameras = tuple(args.cameras.split(",")) if args.cameras else tuple(getattr(model, "cameras", ["front"]))
-    unknown = [c for c in cameras if c not in CAMERA_NAMES]
+    backend = getattr(args, "backend", "mock")
+    if backend == "metaworld":
+        from sim.metaworld.demos import record_demos as record
+        from sim.metaworld.env import CAMERA_NAMES as camera_names
+        from sim.metaworld.tasks import SPLITS as splits
+        from sim.metaworld.tasks import TASK_NAMES as task_names
+        task = args.task or "button-press-topdown"
+    else:
+        record, camera_names, splits, task_names, task = record_demos, CAMERA_NAMES, SPLITS, TASK_NAMES, args.task
+        task = task or "reach"
+    if task not in task_names:
+        print(f"vlaloop demos: unknown {backend} task {task!r} (one of {', '.join(task_names)})")
+        return 2
+    if args.split not in splits:
+        print(f"vlaloop demos: unknown split {args.split!r} (one of {', '.join(splits)})")
+        return 2
+    unknown = [c for c in cameras if c not in camera_names]
     if unknown:
-        print(f"vlaloop demos: unknown mock camera(s) {unknown} (one of {CAMERA_NAMES})")
+        print(f"vlaloop demos: unknown {backend} camera(s) {unknown} (one of {camera_names})")
         return 2
     store = EpisodeStore(Path(config.run_dir) / "episodes")
     t0 = time.time()
-    kept = record_demos(store, args.task, args.n, args.seed, args.noise, image_size, cameras,
-                        keep_failures=args.keep_failures, split=args.split, progress=True)
+    kept = record(store, task, args.n, args.seed, args.noise, image_size, cameras,
+                  keep_failures=args.keep_failures, split=args.split, progress=True)
     steps = sum(m.get("n_steps", 0) for m in kept)
-    print(f"{len(kept)} {args.task} demos ({steps} steps) in {store.root} [{time.time() - t0:.1f} s]")
+    tried = getattr(kept, "attempts", None)
+    rate = f"; expert success {kept.successes}/{tried} episodes run" if tried else ""
+    print(f"{len(kept)} {task} demos ({steps} steps) in {store.root} [{time.time() - t0:.1f} s{rate}]")
     return 0 if len(kept) >= args.n else 1

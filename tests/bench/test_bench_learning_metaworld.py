@@ -1,0 +1,33 @@
+"""The results bench on MetaWorld at smoke size: demos of the `demo` task set, Stage 0, SFT-only and
+iRe-VLA-PPO from it, online episodes on the demo and RL tasks only, the table with the paper's
+figures (real MuJoCo; episodes capped at a few steps)."""
+
+import json
+
+import pytest
+
+import sim.metaworld  # noqa: F401  (sets MUJOCO_GL before mujoco is imported)
+
+pytest.importorskip("metaworld")
+
+from bench.learning import METAWORLD, METAWORLD_SMOKE, SMOKE, SPLITS, LearningBenchConfig, format_table, run  # noqa: E402
+from episodes.store import EpisodeStore  # noqa: E402
+from sim.metaworld.tasks import TASK_SETS  # noqa: E402
+
+
+@pytest.mark.slow
+def test_metaworld_smoke_runs_the_protocol(tmp_path):
+    cfg = LearningBenchConfig(**{**METAWORLD, **SMOKE, **METAWORLD_SMOKE})
+    summary = run(cfg, tmp_path)
+    assert set(summary) == {"sft_only", "irevla_ppo"}
+    sets = TASK_SETS["bench"]
+    demos = EpisodeStore(tmp_path / "stage0" / "s0" / "episodes").list_episodes(source="expert")
+    assert len(demos) == cfg.demos + cfg.rl_task_demos
+    assert {m["task"] for m in demos} <= set(sets["train"]) and all(m["backend"] == "metaworld" for m in demos)
+    online = EpisodeStore(tmp_path / "runs" / "irevla_ppo-s0" / "episodes").list_episodes(source="online")
+    assert len(online) == cfg.budget and {m["task"] for m in online} <= set(sets["train"])
+    assert all(m["n_steps"] <= cfg.max_steps for m in online)
+    r = json.loads((tmp_path / "results" / "irevla_ppo-s0.json").read_text())
+    assert all(0.0 <= p[s] <= 1.0 for p in r["curve"] for s in SPLITS)
+    table = format_table(summary, cfg)
+    assert "iRe-VLA paper" in table and "metaworld" in table
