@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             (run_dir / "boot_seconds.json").write_text(json.dumps({"seconds": boot_s}))
             shutil.copytree(run_dir, boot, dirs_exist_ok=True)
     if args.sac_raw_q:
-        trainer.sac_cfg.q_action_bound, trainer.sac_cfg.q_target_bounds = None, None
+        trainer.rl_config.q_action_bound, trainer.rl_config.q_target_bounds = None, None
     te = time.time()
     rate = success_rate(trainer.policy, n=args.eval_n, task=args.task)
     rows.append({"phase": "bootstrap", "version": trainer.version, "greedy": rate, "seconds": boot_s,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from learner.rl.ppo import PPOConfig, RolloutBatch, gaussian_logprob, ppo_update
-from learner.trainer import HeadActor, HeadCritic
+from vla.model import HeadActor, HeadCritic
 
 
 def mock_observations(n: int, size: int, seed: int = 0):

@@ -164,7 +164,8 @@ def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict
     """One method from the seed's Stage 0; returns the curve, timings and update counts."""
     import torch
 
-    from learner.dataset import is_rl_episode, load_decisions
+    from learner.dataset import load_decisions
+    from learner.episode_rules import is_rl_episode
     from learner.evaluate import rollout
     from learner.rl.ppo_whole import whole_model_ppo_round
     from learner.trainer import Trainer
@@ -199,8 +200,8 @@ def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict
                 decisions = [load_decisions(trainer.store, m, trainer.model.config.chunk) for m in metas]
                 if whole_opt is None:
                     whole_opt = torch.optim.Adam(list(trainer.model.parameters()), lr=cfg.ppo_lr, eps=1e-5)
-                warmup = trainer.rl_rounds_total < trainer.ppo_cfg.critic_warmup_rounds
-                m = whole_model_ppo_round(trainer.model, trainer.norm, decisions, whole_opt, trainer.ppo_cfg,
+                warmup = trainer.rl_rounds_total < config.learner.critic_warmup_rounds
+                m = whole_model_ppo_round(trainer.model, trainer.norm, decisions, whole_opt, trainer.rl_config,
                                           warmup, g)
                 trainer.rl_rounds_total += 1
                 trainer.publish("full", "rl", m)

@@ -122,7 +122,7 @@ def lora_sft_row(model, family: str, batch: int, repeats: int) -> dict:
 
 def head_update_row(model, family: str, n: int, repeats: int) -> dict:
     from learner.rl.ppo import PPOConfig, RolloutBatch, gaussian_logprob, ppo_update
-    from learner.trainer import HeadActor, HeadCritic
+    from vla.model import HeadActor, HeadCritic
 
     device = torch.device(model.config.device)
     g = torch.Generator(device=device).manual_seed(0)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from episodes.store import EpisodeStore
-from learner.dataset import is_expert
+from learner.episode_rules import is_expert
 from learner.sft import SFTConfig, build_sft_data, train_sft
 from vla.model import VLAModel, build_model
 from vla.normalization import Normalizer

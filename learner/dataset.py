@@ -13,8 +13,7 @@
   SFT / bootstrap train on every step; the SAC demo buffer uses every H-th step as a decision (the
   same rhythm as an open-loop chunk executed by the robot).
 
-Aborted episodes (robot error, operator discard, label timeout) are never trained on; greedy
-evaluation episodes are never RL data (they are not samples of the behaviour policy).
+Which episodes each phase trains on is learner/episode_rules.py.
 """
 
 from __future__ import annotations
@@ -24,27 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from episodes.store import Episode, EpisodeStore
+from interface.action import ACTION_DIM
 from interface.policy import Observation
-
-TRAINABLE_OUTCOMES = ("success", "failure")
-
-
-def is_trainable(meta: dict, reward_model_labels: bool = False) -> bool:
-    """Labelled success or failure. A label the reward model gave counts only with
-    `reward_model_labels` (the deployment's reward_model.mode is "auto")."""
-    if meta.get("label_source") == "reward_model" and not reward_model_labels:
-        return False
-    return meta.get("outcome") in TRAINABLE_OUTCOMES and not meta.get("incomplete")
-
-
-def is_rl_episode(meta: dict, reward_model_labels: bool = False) -> bool:
-    """An online episode whose actions were SAMPLED by the policy (RL data)."""
-    return (is_trainable(meta, reward_model_labels) and meta.get("source", "online") == "online"
-            and meta.get("purpose", "train") != "eval" and meta.get("mode") != "greedy")
-
-
-def is_expert(meta: dict) -> bool:
-    return meta.get("source") == "expert" and meta.get("outcome") == "success"
+from learner.episode_rules import is_sft_episode
 
 
 @dataclass
@@ -98,8 +79,8 @@ def online_decisions(meta: dict, episode: Episode, chunk: int, step_penalty: flo
                  if s.get("action_chunk") is not None and s.get("on_policy", True) and _obs_step(s) is not None]
     decisions = [(seen, s) for seen, s in decisions if seen is not None]
     rows = [s for _, s in decisions]
-    chunks = (np.asarray([r["action_chunk"] for r in rows], np.float32).reshape(len(rows), -1, 7) if rows
-              else np.zeros((0, chunk, 7), np.float32))
+    chunks = (np.asarray([r["action_chunk"] for r in rows], np.float32).reshape(len(rows), -1, ACTION_DIM) if rows
+              else np.zeros((0, chunk, ACTION_DIM), np.float32))
     if len(rows) and chunks.shape[1] != chunk:
         raise ValueError(f"episode {meta.get('robot_id')}/{meta.get('episode_id')}: chunk length "
                          f"{chunks.shape[1]} != model chunk {chunk}")
@@ -129,7 +110,7 @@ def expert_decisions(meta: dict, episode: Episode, chunk: int, stride: int | Non
     """Demo steps as decisions: every step (stride 1, SFT) or every H-th step (SAC demo buffer)."""
     steps = episode.steps
     actions = np.asarray([s["action"] for s in steps], np.float32).reshape(len(steps), -1)
-    all_chunks = expert_chunks(actions, chunk) if len(steps) else np.zeros((0, chunk, 7), np.float32)
+    all_chunks = expert_chunks(actions, chunk) if len(steps) else np.zeros((0, chunk, ACTION_DIM), np.float32)
     keep = list(range(0, len(steps), stride or 1))
     rewards, dones = sparse_rewards(len(keep), meta.get("outcome") == "success", step_penalty)
     n = len(keep)
@@ -155,11 +136,4 @@ def load_decisions(store: EpisodeStore, meta: dict, chunk: int, step_penalty: fl
 def sft_episodes(store: EpisodeStore, include_online: bool = True, reward_model_labels: bool = False) -> list[dict]:
     """Expert demos ∪ successful online/eval episodes (iRe-VLA Stage 2): the expert data keeps the
     model from forgetting, the successes carry what RL found into the backbone."""
-    out = []
-    for meta in store.list_episodes():
-        if is_expert(meta) or (include_online and is_trainable(meta, reward_model_labels)
-                               and meta.get("outcome") == "success"
-                               and meta.get("source") in ("online", "eval")):
-            out.append(meta)
-    return out
-
+    return [meta for meta in store.list_episodes() if is_sft_episode(meta, include_online, reward_model_labels)]

@@ -157,6 +157,8 @@ class Ingest:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._next_inbox = 0.0  # housekeeping schedule (see _housekeeping)
+        self._next_log, self._logged_messages = 0.0, 0
 
     @classmethod
     def from_config(cls, config, run_dir: str | Path, store: EpisodeStore | None = None,
@@ -379,8 +381,22 @@ class Ingest:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
-        ctx = zmq.Context.instance()
-        sock = ctx.socket(zmq.ROUTER)
+        sock = self._bind()
+        if sock is None:
+            return
+        self._next_log = time.time() + LOG_EVERY_S
+        try:
+            while not self._stop.is_set():
+                if sock.poll(POLL_MS, zmq.POLLIN):
+                    self._serve(sock)
+                self._housekeeping()
+        finally:
+            sock.close()
+            log.info("ingest stopped: %s", self.counters.as_dict())
+
+    def _bind(self) -> zmq.Socket | None:
+        """The ROUTER socket, bound; None (with `_error` set) if the address cannot be bound."""
+        sock = zmq.Context.instance().socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)  # bigger inbound messages drop the peer
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a robot reconnecting with the same identity takes over
@@ -391,51 +407,51 @@ class Ingest:
             self._error = e
             sock.close(0)
             self._ready.set()
-            return
+            return None
         log.info("ingest listening on %s (schema %d, config hash %s, token %s)", self.endpoint,
                  SCHEMA_VERSION, self.config_hash, "required" if self.token else "not required")
         self._ready.set()
-        next_inbox = 0.0
-        next_log, logged_messages = time.time() + LOG_EVERY_S, 0
-        try:
-            while not self._stop.is_set():
-                if sock.poll(POLL_MS, zmq.POLLIN):
-                    batch = []  # whatever has arrived (up to DRAIN_MAX) is committed together
-                    for _ in range(DRAIN_MAX):
-                        try:
-                            identity, *frames = sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        batch.append((identity, frames))
-                    if self.group_commit:
-                        replies = self.handle_batch(batch)
-                    else:
-                        replies = [(identity, self.handle(identity, frames)) for identity, frames in batch]
-                    for identity, reply in replies:
-                        if reply is None:
-                            continue
-                        sock.send_multipart([identity, *reply])
-                now = time.time()
-                if self.inbox is not None and now >= next_inbox:
-                    next_inbox = now + INBOX_EVERY_S
-                    try:
-                        self.inbox.scan()
-                    except Exception:
-                        log.exception("inbox scan failed")
-                self.counters.sample()
-                if now >= next_log and self.counters.totals["messages"] != logged_messages:
-                    next_log, logged_messages = now + LOG_EVERY_S, self.counters.totals["messages"]
-                    c = self.counters.as_dict()
-                    log.info("ingest: %d steps (%.1f/s), %d episodes, %d duplicates, %d refused, robots %s",
-                             c["steps"], c["steps_per_s"], c["episodes"], c["duplicates"], c["refused"],
-                             sorted({x.robot_id for x in self.connections.values()}))
-                if self.status is not None:
-                    try:  # a status write failing (disk full) must not stop ingestion
-                        self.status.set_ingest({**self.counters.as_dict(), "endpoint": self.endpoint,
-                                                "robots": sorted({c.robot_id for c in self.connections.values()}),
-                                                "inbox_applied": self.inbox.applied if self.inbox else 0})
-                    except OSError:
-                        log.exception("status.json write failed")
-        finally:
-            sock.close()
-            log.info("ingest stopped: %s", self.counters.as_dict())
+        return sock
+
+    def _serve(self, sock: zmq.Socket) -> None:
+        """Whatever has arrived (up to DRAIN_MAX messages) is committed together, then acked."""
+        batch = []
+        for _ in range(DRAIN_MAX):
+            try:
+                identity, *frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            batch.append((identity, frames))
+        if self.group_commit:
+            replies = self.handle_batch(batch)
+        else:
+            replies = [(identity, self.handle(identity, frames)) for identity, frames in batch]
+        for identity, reply in replies:
+            if reply is not None:
+                sock.send_multipart([identity, *reply])
+
+    def _housekeeping(self) -> None:
+        """Between wake-ups: operator relabels from the inbox, the steps/s rate, a log line, status.json."""
+        now = time.time()
+        if self.inbox is not None and now >= self._next_inbox:
+            self._next_inbox = now + INBOX_EVERY_S
+            try:
+                self.inbox.scan()
+            except Exception:
+                log.exception("inbox scan failed")
+        self.counters.sample()
+        if now >= self._next_log and self.counters.totals["messages"] != self._logged_messages:
+            self._next_log, self._logged_messages = now + LOG_EVERY_S, self.counters.totals["messages"]
+            c = self.counters.as_dict()
+            log.info("ingest: %d steps (%.1f/s), %d episodes, %d duplicates, %d refused, robots %s",
+                     c["steps"], c["steps_per_s"], c["episodes"], c["duplicates"], c["refused"], self._robots())
+        if self.status is not None:
+            try:  # a status write failing (disk full) must not stop ingestion
+                self.status.set_ingest({**self.counters.as_dict(), "endpoint": self.endpoint,
+                                        "robots": self._robots(),
+                                        "inbox_applied": self.inbox.applied if self.inbox else 0})
+            except OSError:
+                log.exception("status.json write failed")
+
+    def _robots(self) -> list[str]:
+        return sorted({c.robot_id for c in self.connections.values()})

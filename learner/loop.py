@@ -41,6 +41,8 @@ from typing import Any
 
 from episodes.status import PHASE_LOG, PhaseLog, StatusBoard, phase_key
 from episodes.store import EpisodeStore, write_json_atomic
+from learner.episode_rules import is_rl_episode, reward_model_labels_trusted
+from learner.metrics import scalar_metrics
 
 log = logging.getLogger("learner.loop")
 
@@ -52,17 +54,6 @@ MAX_FAILED_ROUNDS = 3  # RL rounds failing in a row before the learner stops wit
 
 def episode_key(meta: dict) -> str:
     return f"{meta['robot_id']}/{meta['episode_id']}"
-
-
-def is_rl_candidate(meta: dict, reward_model_labels: bool = False) -> bool:
-    """A labelled online episode whose actions were sampled by the policy: eval/greedy and
-    aborted/discarded ones never feed RL (same rule as learner.dataset.is_rl_episode); an episode
-    still waiting for its end has no meta.json and is not listed at all. A reward-model label
-    counts only with `reward_model_labels` (reward_model.mode "auto")."""
-    if meta.get("label_source") == "reward_model" and not reward_model_labels:
-        return False
-    return (meta.get("source") == "online" and meta.get("purpose", "train") != "eval"
-            and meta.get("mode") != "greedy" and meta.get("outcome") in ("success", "failure"))
 
 
 class LearnerState:
@@ -163,10 +154,6 @@ class Shutdown:
             raise ShutdownRequested()
 
 
-def _numbers(d: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
 class PhaseLoop:
     def __init__(self, config, run_dir: str | Path, status: StatusBoard | None = None, shutdown=None,
                  ingest=None, trainer_factory: Callable | None = None, poll_s: float = 0.5):
@@ -192,7 +179,7 @@ class PhaseLoop:
         self._collected: list[str] = []  # robot episodes that arrived since the last phase-log line
         self._logged = {k for r in self.phase_log.records() for k in r.get("collected") or []}
         # RL trains on reward-model labels only in reward_model mode "auto"; off = no reward model at all
-        self.reward_model_labels = config.reward_model.mode == "auto"
+        self.reward_model_labels = reward_model_labels_trusted(config)
         self.reward_model = None
         if config.reward_model.mode != "off":
             from learner.reward_model import RewardModelTrainer  # numpy + the feature cache (torch)
@@ -242,7 +229,7 @@ class PhaseLoop:
         consumed = self.state.consumed
         rejected = self.state.data["rejected"]
         fresh = [m for m in metas if episode_key(m) not in consumed and episode_key(m) not in rejected
-                 and is_rl_candidate(m, self.reward_model_labels)]
+                 and is_rl_episode(m, self.reward_model_labels)]
         return sorted(fresh, key=lambda m: (m.get("finished", 0), episode_key(m)))
 
     def _interruptible(self, fn: Callable, *args, **kw):
@@ -330,7 +317,7 @@ class PhaseLoop:
         latest, meta = self._latest()
         after = p["after_version"] if p["after_version"] is not None else 0
         if latest is not None and latest > after and meta.get("phase") == p["phase"]:
-            entry = self.state.commit(latest, _numbers(meta.get("metrics") or {}))
+            entry = self.state.commit(latest, scalar_metrics(meta.get("metrics") or {}))
             log.info("resume: %s round %d of iteration %d was published as v%d before the restart; "
                      "committed %d episodes", p["phase"], p["round"], p["iteration"], latest, len(p["episodes"]))
             self.status.add_history(self._history_entry(entry))
@@ -428,7 +415,7 @@ class PhaseLoop:
             return False
         # re-read the metas: a relabel may have landed since they were indexed
         metas = [m for m in (self.store.read_meta(e["robot_id"], e["episode_id"]) for e in episodes) if m]
-        metas = [m for m in metas if is_rl_candidate(m, self.reward_model_labels)]
+        metas = [m for m in metas if is_rl_episode(m, self.reward_model_labels)]
         if len(metas) < n:
             return True  # a label changed under us: wait again
         keys = [episode_key(m) for m in metas]
@@ -446,9 +433,9 @@ class PhaseLoop:
             return True
         self._failures = 0
         version = self.trainer.publish("head", "rl", metrics)
-        entry = self.state.commit(version, _numbers(metrics))
+        entry = self.state.commit(version, scalar_metrics(metrics))
         self._log_end(entry)
-        losses = _numbers(metrics)
+        losses = scalar_metrics(metrics)
         step = len(self.state.data["rounds"])
         for k, v in losses.items():
             self._tb(f"loop/rl/{k}", v, step)
@@ -544,9 +531,9 @@ class PhaseLoop:
         metrics = self._interruptible(self.trainer.sft_phase, progress=True,  # tqdm on stderr
                                       on_progress=self._progress_reporter("sft"))
         version = self.trainer.publish("full", "sft", metrics)
-        entry = self.state.commit(version, _numbers(metrics))
+        entry = self.state.commit(version, scalar_metrics(metrics))
         self._log_end(entry)
-        losses = _numbers(metrics)
+        losses = scalar_metrics(metrics)
         for k, v in losses.items():
             self._tb(f"loop/sft/{k}", v, it)
         self.status.set(phase="sft", iteration=it + 1, round=0, progress=1.0, policy_version=version,

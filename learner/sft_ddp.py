@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from deployment.config import load_config
     from episodes.store import EpisodeStore
-    from learner.bootstrap import normalizer_from_demos
-    from learner.dataset import is_expert, sft_episodes
+    from learner.bootstrap import expert_demos, normalizer_from_demos
+    from learner.dataset import sft_episodes
+    from learner.episode_rules import reward_model_labels_trusted
     from learner.sft import SFTConfig, build_sft_data, train_sft
     from vla.model import build_model
     from vla.registry import CheckpointRegistry, load_model, publish
@@ -67,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             parent = meta["version"]
         else:  # nothing published yet: the fresh model, normalization from the demos
             model = build_model(config.model).to(device)
-            norm = normalizer_from_demos(store, [m for m in store.list_episodes(source="expert") if is_expert(m)],
-                                         config)
+            norm = normalizer_from_demos(store, expert_demos(store), config)
             parent = None
         steps = args.steps or lc.sft_steps
         cfg = SFTConfig(steps=steps, batch_size=args.batch_size or lc.sft_batch_size, lr=args.lr or lc.sft_lr,
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                         seed=lc.seed if args.seed is None else args.seed, warmup_steps=min(20, max(1, steps // 10)))
         if cfg.batch_size % world:
             raise SystemExit(f"global batch {cfg.batch_size} must divide by the {world} ranks")
-        data = build_sft_data(store, sft_episodes(store, reward_model_labels=config.reward_model.mode == "auto"), config.model.chunk, cfg.eval_fraction, lc.seed)
+        data = build_sft_data(store, sft_episodes(store, reward_model_labels=reward_model_labels_trusted(config)), config.model.chunk, cfg.eval_fraction, lc.seed)
 
         def wrap(module: torch.nn.Module) -> torch.nn.Module:
             # a backbone holds parameters this loss never reaches (the LM head, SigLIP's pooling head

@@ -64,9 +64,17 @@ def mlp(in_dim: int, hidden: int, out_dim: int, last_gain: float = 1.0) -> nn.Se
     return net
 
 
+LOG_STD_BOUNDS = (-5.0, 2.0)  # the policy's log-std is clamped here wherever it is used
+
+
+def head_input(features: torch.Tensor, norm_states: torch.Tensor) -> torch.Tensor:
+    """What every head reads: the pooled feature next to the normalized state."""
+    return torch.cat([features, norm_states.to(features.dtype)], dim=-1)
+
+
 class ActionHeads(nn.Module):
     """Everything the RL phase trains: Gaussian chunk head, log-std, value, twin Q.
-    Saved as head.safetensors."""
+    Saved as head.safetensors. The math of each head is in HeadActor / HeadCritic / HeadTwinQ."""
 
     def __init__(self, feature_dim: int, state_dim: int, chunk: int, action_dim: int, hidden: int,
                  init_log_std: float):
@@ -78,6 +86,48 @@ class ActionHeads(nn.Module):
         self.value = mlp(inp, hidden, 1, last_gain=1.0)
         self.q1 = mlp(inp + out, hidden, 1, last_gain=1.0)
         self.q2 = mlp(inp + out, hidden, 1, last_gain=1.0)
+
+
+# Views of ActionHeads for the RL algorithms: each holds only its own parameters (an optimizer or a
+# deepcopy of a view touches nothing else) and is the one definition of its head's math, used by the
+# server's sampling (VLAModel.head_dist), the learner's recomputed log-probs and the updates alike.
+
+class HeadActor(nn.Module):
+    """(features, normalized states) -> (mean [B, A], log_std [A]) of the Gaussian over the
+    flattened normalized chunk (A = H * action_dim)."""
+
+    def __init__(self, heads: ActionHeads):
+        super().__init__()
+        self.mean, self.log_std = heads.mean, heads.log_std
+
+    def forward(self, features: torch.Tensor, norm_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mean(head_input(features, norm_states)), self.log_std.clamp(*LOG_STD_BOUNDS)
+
+
+class HeadCritic(nn.Module):
+    """(features, normalized states) -> V [B] (PPO's value)."""
+
+    def __init__(self, heads: ActionHeads):
+        super().__init__()
+        self.value = heads.value
+
+    def forward(self, features: torch.Tensor, norm_states: torch.Tensor) -> torch.Tensor:
+        return self.value(head_input(features, norm_states)).squeeze(-1)
+
+
+class HeadTwinQ(nn.Module):
+    """(features, normalized states, normalized chunk [B, A] or [B, H, action_dim]) -> (Q1 [B], Q2 [B])
+    (SAC's twin critics). Holds only the two Q MLPs, so a deepcopy (the target critics) copies
+    nothing else."""
+
+    def __init__(self, heads: ActionHeads):
+        super().__init__()
+        self.q1, self.q2 = heads.q1, heads.q2
+
+    def forward(self, features: torch.Tensor, norm_states: torch.Tensor,
+                norm_actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([head_input(features, norm_states), norm_actions.flatten(1).to(features.dtype)], -1)
+        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
 
 
 class VLAModel(nn.Module):
@@ -215,15 +265,11 @@ class VLAModel(nn.Module):
             tokens = last_hidden_states(self.backbone, inputs)
             return self.pooler(tokens.float(), inputs.get("attention_mask"))
 
-    def _head_input(self, features: torch.Tensor, norm_states: torch.Tensor) -> torch.Tensor:
-        return torch.cat([features, norm_states.to(features.dtype)], dim=-1)
-
     def head_dist(self, features: torch.Tensor, norm_states: torch.Tensor) -> torch.distributions.Normal:
         """Gaussian over the flattened normalized chunk [B, H*action_dim]; log-prob of a chunk =
         `dist.log_prob(a).sum(-1)`."""
-        mean = self.heads.mean(self._head_input(features, norm_states))
-        std = self.heads.log_std.clamp(-5.0, 2.0).exp().expand_as(mean)
-        return torch.distributions.Normal(mean, std)
+        mean, log_std = HeadActor(self.heads)(features, norm_states)
+        return torch.distributions.Normal(mean, log_std.exp().expand_as(mean))
 
     def log_prob(self, features: torch.Tensor, norm_states: torch.Tensor, norm_actions: torch.Tensor) -> torch.Tensor:
         """[B] log-prob of whole chunks (sum over H*action_dim dims, normalized space) -- PPO's ratio."""
@@ -235,13 +281,12 @@ class VLAModel(nn.Module):
         return f"{self.backbone_hash}:{self.compute_trunk_fingerprint()}"
 
     def value(self, features: torch.Tensor, norm_states: torch.Tensor) -> torch.Tensor:
-        return self.heads.value(self._head_input(features, norm_states)).squeeze(-1)
+        return HeadCritic(self.heads)(features, norm_states)
 
     def q(self, features: torch.Tensor, norm_states: torch.Tensor,
           norm_actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Twin Q; norm_actions [B, H*action_dim] (or [B, H, action_dim])."""
-        x = torch.cat([self._head_input(features, norm_states), norm_actions.flatten(1).to(features.dtype)], -1)
-        return self.heads.q1(x).squeeze(-1), self.heads.q2(x).squeeze(-1)
+        return HeadTwinQ(self.heads)(features, norm_states, norm_actions)
 
     @classmethod
     def sharing_trunk(cls, base: VLAModel, config: ModelConfig) -> VLAModel:

@@ -13,9 +13,10 @@ order below. What is specific to a deployed VLA:
 * VLA-RL: GAE(gamma=0.99, lambda=0.95), clip 0.2, no KL penalty, log-prob = sum over all dims of
   the action chunk, critic warm-up rounds (value-only) before the policy moves.
 
-Interfaces (duck-typed, so the real vla heads and a tiny test head run the same code):
+Interfaces of `ppo_update` (duck-typed, so the real vla heads and a tiny test head run the same code):
   actor(features [B,F], states [B,S]) -> (mean [B,A], log_std [A] or [B,A])   (normalized actions)
   critic(features [B,F], states [B,S]) -> value [B]
+The Trainer runs it as `PPO` (the end of this file), learner/rl/base.py's RLAlgorithm.
 """
 
 from __future__ import annotations
@@ -23,32 +24,65 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
+from vla.model import HeadActor, HeadCritic
+
+if TYPE_CHECKING:
+    from learner.dataset import EpisodeDecisions
+    from learner.rl.base import RoundData
+
 log = logging.getLogger(__name__)
+
+
+LOGPROB_TOLERANCE = 1e-3  # |server - recomputed| above this plus the float resolution = mismatch
 
 
 @dataclass
 class PPOConfig:
     gamma: float = 0.99
+    """Discount per decision (one decision = one executed chunk)."""
     gae_lambda: float = 0.95
+    """GAE's lambda (VLA-RL)."""
     clip_coef: float = 0.2
+    """The surrogate's ratio clip."""
     clip_vloss: bool = True
-    vf_clip: float = 0.2  # value clipping range (returns are O(1): sparse 0/1 rewards)
+    """Clip the value loss around the values the rollout was scored with."""
+    vf_clip: float = 0.2
+    """Value clipping range (returns are O(1): sparse 0/1 rewards)."""
     vf_coef: float = 0.5
+    """Weight of the value loss."""
     ent_coef: float = 0.0
+    """Weight of the entropy bonus (VLA-RL uses none)."""
     learning_rate: float = 3e-4
+    """Adam's learning rate for the actor and the critic."""
     update_epochs: int = 4
+    """Passes over a round's decisions."""
     minibatch_size: int = 64
+    """Decisions per gradient step."""
     max_grad_norm: float = 0.5
+    """Gradient norm clip."""
     norm_adv: bool = True
-    target_kl: float | None = None  # early stop on approx KL (None = off; VLA-RL uses no KL term)
-    critic_warmup_rounds: int = 1  # value-only rounds before the policy is updated
-    critic_warmup_epochs: int = 20  # epochs per warm-up round (the critic starts from scratch)
-    logprob_tolerance: float = 1e-3  # |server - recomputed| above this plus the float resolution = mismatch
+    """Normalize advantages per minibatch."""
+    target_kl: float | None = None
+    """Early stop on approx KL (None = off; VLA-RL uses no KL term)."""
+    critic_warmup_rounds: int = 1
+    """Value-only rounds before the policy is updated, for callers that run rounds themselves (the
+    Trainer counts them with `learner.critic_warmup_rounds`)."""
+    critic_warmup_epochs: int = 20
+    """Epochs per warm-up round (the critic starts from scratch)."""
+    logprob_tolerance: float = LOGPROB_TOLERANCE
+    """|server - recomputed| log-prob above this plus the float resolution = preprocessing mismatch."""
+
+    @classmethod
+    def from_learner(cls, lc) -> PPOConfig:
+        """The hyperparameters `deployment.learner.LearnerConfig` sets."""
+        return cls(learning_rate=lc.ppo_lr, update_epochs=lc.ppo_epochs, minibatch_size=lc.ppo_minibatch_size,
+                   target_kl=lc.ppo_target_kl, critic_warmup_rounds=lc.critic_warmup_rounds)
 
 
 @dataclass
@@ -257,3 +291,59 @@ def ppo_update(actor: nn.Module, critic: nn.Module, optimizer: torch.optim.Optim
         "critic_warmup": bool(warmup),
     })
     return metrics
+
+
+class PPO:
+    """Head-only PPO as the Trainer runs it (learner/rl/base.py's RLAlgorithm). Episodes that acted
+    on another trunk (before the last SFT) are skipped: their features under the current backbone
+    are not what the acting policy saw, so their ratios would be wrong."""
+
+    def __init__(self, cfg: PPOConfig, heads: nn.Module, generator: torch.Generator):
+        self.cfg, self.generator = cfg, generator
+        self.actor, self.critic = HeadActor(heads), HeadCritic(heads)
+        self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()],
+                                          lr=cfg.learning_rate, eps=1e-5)
+
+    def warm_up(self, data: RoundData) -> dict:
+        return self._round(data, warmup=True)
+
+    def update(self, data: RoundData) -> dict:
+        return self._round(data, warmup=False)
+
+    def _round(self, data: RoundData, warmup: bool) -> dict:
+        usable = [d for d in data.episodes if data.acted_on_trunk(d)]
+        skipped = len(data.episodes) - len(usable)
+        if skipped:
+            log.warning("PPO: %d episode(s) acted with a version of another trunk (before the last SFT) "
+                        "or an unknown version; skipped", skipped)
+        if not usable:
+            return {"n_transitions": 0, "n_skipped_stale": skipped, "logprob_mismatch": 0}
+        batch = rollout_batch(data, usable)
+        metrics = ppo_update(self.actor, self.critic, self.optimizer, batch, self.cfg, warmup, self.generator)
+        metrics["n_skipped_stale"] = skipped
+        return metrics
+
+    def actor_head(self) -> nn.Module:
+        return self.actor
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def rollout_batch(data: RoundData, episodes: list[EpisodeDecisions]) -> RolloutBatch:
+    """The round's on-trunk episodes, concatenated in order, with their recomputed behaviour log-probs."""
+    parts, behaviour, resolution = [], [], []
+    for d in episodes:
+        parts.append(data.tensors(d))
+        logprob, res = data.behaviour_logprob(d, parts[-1])
+        behaviour.append(logprob)
+        resolution.append(res)
+    return RolloutBatch(
+        features=torch.cat([t.features for t in parts]), states=torch.cat([t.states for t in parts]),
+        actions=torch.cat([t.actions for t in parts]), rewards=torch.cat([t.rewards for t in parts]),
+        dones=torch.cat([t.dones for t in parts]), behaviour_logprob=torch.cat(behaviour),
+        server_logprob=torch.cat([t.server_logprob for t in parts]),
+        same_version=torch.cat([t.same_version for t in parts]), logprob_resolution=torch.cat(resolution))

@@ -37,7 +37,7 @@ from learner.rl.ppo import (
     policy_loss,
     value_loss,
 )
-from vla.model import VLAModel
+from vla.model import HeadActor, HeadCritic, VLAModel
 from vla.normalization import Normalizer
 
 
@@ -47,22 +47,26 @@ def _forward(model: VLAModel, obs: list, states: torch.Tensor, features: torch.T
     unless `features` are given."""
     if features is None:
         features = model.features(model.collate(obs))
-    mean = model.heads.mean(torch.cat([features, states.to(features.dtype)], -1))
-    log_std = model.heads.log_std.clamp(-5.0, 2.0)  # the clamp the server's head_dist applies
-    return mean, log_std, model.value(features, states).reshape(-1), features
+    mean, log_std = HeadActor(model.heads)(features, states)
+    return mean, log_std, HeadCritic(model.heads)(features, states).reshape(-1), features
 
 
-def whole_model_ppo_round(model: VLAModel, norm: Normalizer, decisions: list[EpisodeDecisions],
-                          optimizer: torch.optim.Optimizer, cfg: PPOConfig, warmup: bool,
-                          generator: torch.Generator | None = None, forward_batch: int = 64) -> dict:
-    """One PPO round on every parameter. `warmup=True`: value loss only (the actor does not move)."""
-    # 1. decision points
+def _decision_points(model: VLAModel, norm: Normalizer, decisions: list[EpisodeDecisions]) -> tuple:
+    """Step 1: (observations, normalized states, normalized flattened chunks, rewards, dones)."""
     cameras = list(model.config.cameras)
     obs = [d.observation(i, cameras) for d in decisions for i in range(len(d))]
     states = norm.normalize_states(torch.from_numpy(np.concatenate([d.states for d in decisions])).float())
     actions = norm.normalize_actions(torch.from_numpy(np.concatenate([d.chunks for d in decisions])).float()).flatten(1)
     rewards = torch.from_numpy(np.concatenate([d.rewards for d in decisions])).float()
     dones = torch.from_numpy(np.concatenate([d.dones for d in decisions])).float()
+    return obs, states, actions, rewards, dones
+
+
+def whole_model_ppo_round(model: VLAModel, norm: Normalizer, decisions: list[EpisodeDecisions],
+                          optimizer: torch.optim.Optimizer, cfg: PPOConfig, warmup: bool,
+                          generator: torch.Generator | None = None, forward_batch: int = 64) -> dict:
+    """One PPO round on every parameter. `warmup=True`: value loss only (the actor does not move)."""
+    obs, states, actions, rewards, dones = _decision_points(model, norm, decisions)  # 1.
     n = len(obs)
 
     # 2. behaviour log-probs and values under the model that acted (this one: on-policy)

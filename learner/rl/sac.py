@@ -13,49 +13,79 @@ CleanRL style: hyperparameters in one dataclass at the top, the update written o
   expert data anchors the head), and many updates run per collected episode: robot time is the
   expensive resource, head updates on cached features are not.
 
-Interfaces (duck-typed, shared with ppo.py):
+Interfaces of `SACLearner` (duck-typed, shared with ppo.py):
   actor(features, states) -> (mean [B,A], log_std [A] or [B,A])
   critic(features, states, actions) -> (q1 [B], q2 [B])
+The Trainer runs it as `SAC` (the end of this file: buffers, demos, log-prob check), learner/rl/base.py's
+RLAlgorithm.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from learner.rl.ppo import gaussian_entropy, gaussian_logprob
+from learner.rl.ppo import LOGPROB_TOLERANCE, RolloutBatch, check_logprobs, gaussian_entropy, gaussian_logprob
+from vla.model import HeadActor, HeadTwinQ
+
+if TYPE_CHECKING:
+    from learner.dataset import EpisodeDecisions
+    from learner.rl.base import EpisodeTensors, RoundData
 
 
 @dataclass
 class SACConfig:
     gamma: float = 0.99
-    tau: float = 0.005  # polyak factor of the target critics
+    """Discount per decision (one decision = one executed chunk)."""
+    tau: float = 0.005
+    """Polyak factor of the target critics."""
     actor_lr: float = 3e-4
+    """Adam's learning rate for the Gaussian head."""
     critic_lr: float = 3e-4
+    """Adam's learning rate for the twin Q."""
     alpha_lr: float = 3e-4
+    """Adam's learning rate for log(alpha)."""
     init_alpha: float = 0.05
-    target_entropy_scale: float = 1.0  # target entropy = -scale * A
+    """The entropy temperature at the start."""
+    target_entropy_scale: float = 1.0
+    """Target entropy = -scale * A."""
     batch_size: int = 128
-    demo_fraction: float = 0.5  # share of every batch drawn from the demonstrations
-    updates_per_episode: int = 50  # gradient steps per newly collected episode
-    policy_frequency: int = 2  # actor/alpha update every N critic updates (TD3-style delay)
+    """Transitions per gradient step."""
+    demo_fraction: float = 0.5
+    """Share of every batch drawn from the demonstrations."""
+    updates_per_episode: int = 50
+    """Gradient steps per newly collected episode."""
+    policy_frequency: int = 2
+    """Actor/alpha update every N critic updates (TD3-style delay)."""
     max_grad_norm: float = 10.0
-    bc_coef: float = 0.0  # optional behaviour cloning on the demo half: + coef * MSE(mean, demo action)
-    # The Gaussian is not tanh-squashed (the server samples from it unchanged), so nothing bounds the
-    # actions the actor proposes to Q: on the mock, Q extrapolated linearly and the actor's mean ran to
-    # 1e4 (normalized units) within one round while Q diverged. Q therefore sees actions clamped to
-    # this box (normalized units; the demos lie within about +-3), so its gradient cannot pull the mean
-    # out of the data's range.
+    """Gradient norm clip."""
+    bc_coef: float = 0.0
+    """Optional behaviour cloning on the demo half: + coef * MSE(mean, demo action)."""
     q_action_bound: float | None = 3.0
-    # The returns an episode can reach (the trainer passes [-step_penalty / (1 - gamma), 1] for the
-    # sparse success reward). The soft Bellman target is clipped to it: without this, Q on the mock
-    # crept from 0.5 to 50-330 over 8 rounds (bootstrapping on its own overestimates) and greedy
-    # success fell with it. None = no clipping.
+    """Q sees actions clamped to this box (normalized units; the demos lie within about +-3). The
+    Gaussian is not tanh-squashed (the server samples from it unchanged), so nothing else bounds the
+    actions the actor proposes to Q: on the mock, Q extrapolated linearly and the actor's mean ran to
+    1e4 within one round while Q diverged. None = no clamp."""
     q_target_bounds: tuple[float, float] | None = None
+    """The returns an episode can reach; the soft Bellman target is clipped to it. Without this, Q on
+    the mock crept from 0.5 to 50-330 over 8 rounds (bootstrapping on its own overestimates) and
+    greedy success fell with it. None = no clipping."""
+    logprob_tolerance: float = LOGPROB_TOLERANCE
+    """|server - recomputed| log-prob above this = preprocessing mismatch (checked, not trained on)."""
+
+    @classmethod
+    def from_learner(cls, lc) -> SACConfig:
+        """The hyperparameters `deployment.learner.LearnerConfig` sets. Sparse reward: +1 once at a
+        success, -step_penalty per decision, so every return lies in [-penalty / (1 - gamma), 1]."""
+        cfg = cls(updates_per_episode=lc.sac_updates_per_episode, batch_size=lc.sac_batch_size,
+                  bc_coef=lc.sac_bc_coef, actor_lr=lc.sac_actor_lr, init_alpha=lc.sac_init_alpha)
+        cfg.q_target_bounds = (-lc.step_penalty / (1.0 - cfg.gamma), 1.0)
+        return cfg
 
 
 @dataclass
@@ -121,9 +151,20 @@ class SACLearner:
 
     def update(self, batch: Transitions, generator: torch.Generator | None = None, n_demo: int = 0,
                update_actor: bool = True) -> dict:
-        cfg = self.cfg
+        """One gradient step: critic, then (every `policy_frequency` steps) actor and temperature, then
+        the target critics. The first `n_demo` rows of `batch` are demonstrations."""
         alpha = self.log_alpha.exp().detach()
-        # --- critic: soft Bellman target from the target twins at the next decision
+        out = self._critic_step(batch, alpha, generator)
+        if update_actor and self.n_updates % self.cfg.policy_frequency == 0:
+            out.update(self._actor_step(batch, alpha, n_demo, generator))
+        self._polyak()
+        self.n_updates += 1
+        out["alpha"] = float(self.log_alpha.detach().exp())
+        return out
+
+    def _critic_step(self, batch: Transitions, alpha: torch.Tensor, generator) -> dict:
+        """Soft Bellman target from the target twins at the next decision; both Qs regress on it."""
+        cfg = self.cfg
         with torch.no_grad():
             next_a, next_logp, _, _ = self._policy_sample(batch.next_features, batch.next_states, generator)
             tq1, tq2 = self.target(batch.next_features, batch.next_states, self._bounded(next_a))
@@ -137,34 +178,33 @@ class SACLearner:
         q_loss.backward()
         nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
         self.critic_opt.step()
-        out = {"loss_q": float(q_loss.detach()), "q_mean": float(q1.detach().mean()), "q_target_mean": float(y.mean())}
+        return {"loss_q": float(q_loss.detach()), "q_mean": float(q1.detach().mean()), "q_target_mean": float(y.mean())}
 
-        # --- actor and temperature (delayed)
-        if update_actor and self.n_updates % cfg.policy_frequency == 0:
-            action, logp, mean, log_std = self._policy_sample(batch.features, batch.states, generator)
-            pq1, pq2 = self.critic(batch.features, batch.states, self._bounded(action))
-            actor_loss = (alpha * logp - torch.min(pq1, pq2)).mean()
-            if cfg.bc_coef and n_demo:
-                actor_loss = actor_loss + cfg.bc_coef * (mean[:n_demo] - batch.actions[:n_demo]).pow(2).mean()
-            self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            nn.utils.clip_grad_norm_(self.actor_params, cfg.max_grad_norm)
-            self.actor_opt.step()
-            self.critic_opt.zero_grad(set_to_none=True)  # the actor loss left grads on the critic
-            alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
-            self.alpha_opt.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_opt.step()
-            out.update(loss_actor=float(actor_loss.detach()), loss_alpha=float(alpha_loss.detach()),
-                       entropy=float(gaussian_entropy(mean, log_std).detach().mean()))
+    def _actor_step(self, batch: Transitions, alpha: torch.Tensor, n_demo: int, generator) -> dict:
+        """The actor climbs min(Q1, Q2) - alpha * log-prob (+ optional BC on the demo rows); alpha is
+        tuned towards the target entropy."""
+        cfg = self.cfg
+        action, logp, mean, log_std = self._policy_sample(batch.features, batch.states, generator)
+        pq1, pq2 = self.critic(batch.features, batch.states, self._bounded(action))
+        actor_loss = (alpha * logp - torch.min(pq1, pq2)).mean()
+        if cfg.bc_coef and n_demo:
+            actor_loss = actor_loss + cfg.bc_coef * (mean[:n_demo] - batch.actions[:n_demo]).pow(2).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        nn.utils.clip_grad_norm_(self.actor_params, cfg.max_grad_norm)
+        self.actor_opt.step()
+        self.critic_opt.zero_grad(set_to_none=True)  # the actor loss left grads on the critic
+        alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+        return {"loss_actor": float(actor_loss.detach()), "loss_alpha": float(alpha_loss.detach()),
+                "entropy": float(gaussian_entropy(mean, log_std).detach().mean())}
 
-        # --- polyak-average the target critics
+    def _polyak(self) -> None:
         with torch.no_grad():
             for p, tp in zip(self.critic.parameters(), self.target.parameters(), strict=True):
-                tp.mul_(1.0 - cfg.tau).add_(p, alpha=cfg.tau)
-        self.n_updates += 1
-        out["alpha"] = float(self.log_alpha.detach().exp())
-        return out
+                tp.mul_(1.0 - self.cfg.tau).add_(p, alpha=self.cfg.tau)
 
     def train(self, demo: Transitions | None, online: Transitions | None, n_updates: int,
               generator: torch.Generator | None = None, update_actor: bool = True) -> dict:
@@ -181,3 +221,102 @@ class SACLearner:
         metrics["n_demo"] = len(demo) if demo is not None else 0
         metrics["n_online"] = len(online) if online is not None else 0
         return metrics
+
+
+class SAC:
+    """SAC from demonstrations as the Trainer runs it (learner/rl/base.py's RLAlgorithm).
+
+    Off-policy, so every stored RL episode stays in the replay buffer, re-featurized under the current
+    trunk: after an SFT phase (a new trunk) the buffers are rebuilt from the episode store. Episodes
+    that acted on the current trunk also get their behaviour log-probs checked against the server's.
+    """
+
+    def __init__(self, cfg: SACConfig, heads: nn.Module, generator: torch.Generator):
+        self.cfg, self.generator = cfg, generator
+        self.learner = SACLearner(HeadActor(heads), HeadTwinQ(heads), heads.log_std.numel(), cfg)
+        self.online: dict[str, Transitions] = {}  # episode key -> its transitions on `self.trunk`
+        self.demo: Transitions | None = None
+        self.trunk: str | None = None
+
+    def warm_up(self, data: RoundData) -> dict:
+        return self._round(data, update_actor=False)
+
+    def update(self, data: RoundData) -> dict:
+        return self._round(data, update_actor=True)
+
+    def _round(self, data: RoundData, update_actor: bool) -> dict:
+        if data.trunk != self.trunk:  # every buffered feature is stale
+            self._rebuild(data)
+        checks = self._add_episodes(data)
+        if self.demo is None:
+            self.demo = self._transitions_of(data, data.demos())
+        online = Transitions.cat(list(self.online.values())) if self.online else None
+        n_updates = self.cfg.updates_per_episode * max(1, len(data.episodes))
+        metrics = self.learner.train(self.demo, online, n_updates, self.generator, update_actor=update_actor)
+        metrics["critic_warmup"] = not update_actor
+        if checks:
+            metrics.update(check_logprobs(_check_batch(checks), self.cfg.logprob_tolerance))
+        metrics["n_transitions"] = sum(len(d) for d in data.episodes)
+        return metrics
+
+    def _rebuild(self, data: RoundData) -> None:
+        self.online.clear()
+        self.trunk = data.trunk
+        for d in data.stored_online():
+            if len(d):
+                t = data.tensors(d)
+                self.online[t.key] = transitions(t)
+        self.demo = None
+
+    def _add_episodes(self, data: RoundData) -> list[tuple[EpisodeTensors, tuple[torch.Tensor, torch.Tensor]]]:
+        """The round's episodes into the buffer; returns those whose behaviour log-probs can be checked."""
+        checks = []
+        for d in data.episodes:
+            if len(d):
+                t = data.tensors(d)
+                self.online[t.key] = transitions(t)
+                if data.acted_on_trunk(d):
+                    checks.append((t, data.behaviour_logprob(d, t)))
+        return checks
+
+    @staticmethod
+    def _transitions_of(data: RoundData, episodes: list[EpisodeDecisions]) -> Transitions | None:
+        parts = [transitions(data.tensors(d)) for d in episodes if len(d)]
+        return Transitions.cat(parts) if parts else None
+
+    def actor_head(self) -> nn.Module:
+        return self.learner.actor
+
+    def state_dict(self) -> dict:
+        sac = self.learner
+        return {"actor_opt": sac.actor_opt.state_dict(), "critic_opt": sac.critic_opt.state_dict(),
+                "alpha_opt": sac.alpha_opt.state_dict(), "log_alpha": sac.log_alpha.detach().clone(),
+                "target": sac.target.state_dict(), "n_updates": sac.n_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        sac = self.learner
+        sac.actor_opt.load_state_dict(state["actor_opt"])
+        sac.critic_opt.load_state_dict(state["critic_opt"])
+        sac.alpha_opt.load_state_dict(state["alpha_opt"])
+        with torch.no_grad():
+            sac.log_alpha.copy_(state["log_alpha"])
+        sac.target.load_state_dict(state["target"])
+        sac.n_updates = int(state["n_updates"])
+
+
+def transitions(t: EpisodeTensors) -> Transitions:
+    """Decision to next decision; the last one's next state is itself (done, so never bootstrapped)."""
+    nxt = torch.clamp(torch.arange(len(t)) + 1, max=len(t) - 1)
+    return Transitions(features=t.features, states=t.states, actions=t.actions, rewards=t.rewards,
+                       next_features=t.features[nxt], next_states=t.states[nxt], dones=t.dones)
+
+
+def _check_batch(checks: list[tuple[EpisodeTensors, tuple[torch.Tensor, torch.Tensor]]]) -> RolloutBatch:
+    """Only the fields `check_logprobs` reads (SAC has no ratio, but the contract holds all the same)."""
+    n = sum(len(t) for t, _ in checks)
+    return RolloutBatch(features=torch.zeros(n, 0), states=torch.zeros(n, 0), actions=torch.zeros(n, 0),
+                        rewards=torch.zeros(n), dones=torch.zeros(n),
+                        behaviour_logprob=torch.cat([b for _, (b, _) in checks]),
+                        server_logprob=torch.cat([t.server_logprob for t, _ in checks]),
+                        same_version=torch.cat([t.same_version for t, _ in checks]),
+                        logprob_resolution=torch.cat([r for _, (_, r) in checks]))

@@ -19,10 +19,11 @@ from deployment.reward_model import RewardModelConfig
 from deployment.server import ServerConfig
 from episodes.status import StatusBoard
 from episodes.store import EpisodeStore
+from learner.episode_rules import is_rl_episode
 from learner.evaluate import _NOT_IN_RECORD
 from learner.features import FeatureCache
 from learner.ingest import episode_meta
-from learner.loop import PhaseLoop, is_rl_candidate
+from learner.loop import PhaseLoop
 from learner.reward_model import MODEL_FILE, RewardModelTrainer
 from protocol.codec import packb, unpackb
 from protocol.images import encode_jpeg
@@ -145,9 +146,9 @@ def test_auto_mode_labels_confident_episodes_and_leaves_uncertain_ones_to_the_op
                                            label["label_source"], {"reward_model_p": label["reward_model_p"]})
     assert metas["bright"]["label_source"] == "reward_model"
     # RL: reward-model labels only where the mode allows it; the operator's always
-    assert is_rl_candidate(metas["bright"], reward_model_labels=True)
-    assert not is_rl_candidate(metas["bright"], reward_model_labels=False)
-    assert is_rl_candidate(metas["mixed"], reward_model_labels=False)
+    assert is_rl_episode(metas["bright"], reward_model_labels=True)
+    assert not is_rl_episode(metas["bright"], reward_model_labels=False)
+    assert is_rl_episode(metas["mixed"], reward_model_labels=False)
 
     # the operator corrects the dark episode's auto label: a disagreement the monitor counts
     store.relabel("sim0", "dark", "success")

@@ -10,8 +10,7 @@ import torch
 
 from learner.rl.ppo import PPOConfig, RolloutBatch, compute_gae, gaussian_logprob, ppo_update
 from learner.rl.sac import SACConfig, SACLearner, Transitions
-from learner.trainer import HeadActor, HeadCritic, HeadTwinQ
-from vla.model import ActionHeads
+from vla.model import ActionHeads, HeadActor, HeadCritic, HeadTwinQ
 
 torch.set_num_threads(1)
 F, S, H, D, K = 32, 7, 4, 7, 8

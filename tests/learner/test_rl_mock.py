@@ -17,8 +17,9 @@ from episodes.store import EpisodeStore
 from learner.dataset import load_decisions
 from learner.evaluate import rollout
 from learner.rl.ppo import gaussian_logprob
-from learner.trainer import HeadActor, Trainer
+from learner.trainer import Trainer
 from sim.mock.demos import record_demos
+from vla.model import HeadActor
 
 torch.set_num_threads(1)
 LAYOUTS = list(range(8))

@@ -20,11 +20,10 @@ from deployment.server import ServerConfig
 from interface.policy import Observation
 from learner.rl.ppo import PPOConfig, RolloutBatch, gaussian_logprob, ppo_update
 from learner.sft import SFTConfig, prepare_sft_mode, sft_loss, sft_parameters
-from learner.trainer import HeadActor, HeadCritic
 from protocol.codec import packb, unpackb
 from protocol.images import decode_jpeg, encode_jpeg
 from protocol.messages import ActRequest
-from vla.model import build_model
+from vla.model import HeadActor, HeadCritic, build_model
 from vla.normalization import Normalizer
 from vla.policy import Policy
 from vla.random_vlm import FAMILIES, build_random_vlm, save_random_vlm

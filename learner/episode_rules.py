@@ -1,0 +1,44 @@
+"""Which stored episodes each phase trains on: the one place for these rules.
+
+Torch-free, so the phase loop can pick a round's episodes with the same rule the Trainer filters by.
+
+* Aborted episodes (robot error, operator discard, label timeout) and ones still waiting for their
+  end are never trained on; nor are reward-model labels unless the deployment trusts them
+  (reward_model.mode "auto").
+* RL data is an online episode whose actions were SAMPLED by the policy: greedy evaluation episodes
+  are not samples of the behaviour policy.
+* SFT data is the expert demos and the successful online/eval episodes.
+"""
+
+from __future__ import annotations
+
+TRAINABLE_OUTCOMES = ("success", "failure")
+
+
+def reward_model_labels_trusted(config) -> bool:
+    """Whether RL and SFT train on labels the reward model gave (reward_model.mode "auto")."""
+    return config.reward_model.mode == "auto"
+
+
+def is_trainable(meta: dict, reward_model_labels: bool = False) -> bool:
+    """Labelled success or failure. A label the reward model gave counts only with
+    `reward_model_labels` (the deployment's reward_model.mode is "auto")."""
+    if meta.get("label_source") == "reward_model" and not reward_model_labels:
+        return False
+    return meta.get("outcome") in TRAINABLE_OUTCOMES and not meta.get("incomplete")
+
+
+def is_rl_episode(meta: dict, reward_model_labels: bool = False) -> bool:
+    """An online episode whose actions were SAMPLED by the policy (RL data)."""
+    return (is_trainable(meta, reward_model_labels) and meta.get("source", "online") == "online"
+            and meta.get("purpose", "train") != "eval" and meta.get("mode") != "greedy")
+
+
+def is_expert(meta: dict) -> bool:
+    return meta.get("source") == "expert" and meta.get("outcome") == "success"
+
+
+def is_sft_episode(meta: dict, include_online: bool = True, reward_model_labels: bool = False) -> bool:
+    """Expert demos ∪ (optionally) successful online/eval episodes (iRe-VLA Stage 2)."""
+    return is_expert(meta) or (include_online and is_trainable(meta, reward_model_labels)
+                               and meta.get("outcome") == "success" and meta.get("source") in ("online", "eval"))
