@@ -13,21 +13,18 @@ seeds until ``n`` episodes are kept. Episodes already in the store are not recor
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from episodes.store import EpisodeStore
-from protocol.images import encode_jpeg
+from sim.demos import record_expert_demos, record_expert_episode
 from sim.mock.backend import CAMERA_NAMES, MockRobot
 from sim.mock.expert import DEFAULT_NOISE
 from sim.mock.sim import clamp_action
 from sim.mock.tasks import SPLITS, TASK_NAMES
 
-log = logging.getLogger(__name__)
 ROBOT_ID = "expert"
 
 
@@ -42,26 +39,7 @@ def executed_action(action: np.ndarray) -> list[float]:
 
 def record_episode(robot: MockRobot, seed: int, task: str, split: str = "train") -> tuple[list, bool]:
     """Run the expert for one episode; returns ([(record, frames)], success) without storing."""
-    instruction = robot.new_episode(seed=seed, task=task, split=split)
-    robot.arm.reset_home()
-    steps = []
-    for _ in range(robot.max_steps):
-        frames = {name: cam.read() for name, cam in robot.cameras.items()}
-        state = robot.arm.state()
-        clean, action = robot.expert_action_pair()
-        robot.arm.move_delta(action)
-        record = {
-            "state": state.vector().tolist(),
-            "action": executed_action(action),
-            "expert_action": [float(x) for x in clean],  # the expert's intent, before its noise
-            "action_chunk": None, "chunk_index": 0, "log_prob": None, "value": None,
-            "policy_version": -1, "instruction": instruction,
-            "t_capture": min(f.t_capture for f in frames.values()), "t_act": time.time(), "safety": {},
-        }
-        steps.append((record, frames))
-        if robot.success():
-            break
-    return steps, robot.success()
+    return record_expert_episode(robot, seed, task, split, executed_action)
 
 
 def record_demos(store: EpisodeStore, task: str = "reach", n: int = 50, seed: int = 0,
@@ -72,38 +50,11 @@ def record_demos(store: EpisodeStore, task: str = "reach", n: int = 50, seed: in
     ``max_attempts``, default 2n+10, tried). Returns the metadata of the kept episodes, including
     ones that were already in the store from an earlier identical call."""
     robot = MockRobot(task=task, image_size=image_size, cameras=cameras, expert_noise=noise, split=split)
-    kept: list[dict] = []
-    attempts = max_attempts if max_attempts is not None else 2 * n + 10
-    bar = tqdm(total=n, desc=f"demos {task}", unit="ep", disable=not progress)
-    for s in range(seed, seed + attempts):
-        if len(kept) >= n:
-            break
-        episode_id = f"{task}-s{s}"
-        existing = store.read_meta(robot_id, episode_id)
-        if existing is not None:
-            if existing.get("outcome") == "success" or keep_failures:
-                kept.append(existing)
-                bar.update(1)
-            continue
-        steps, ok = record_episode(robot, s, task, split)
-        if not ok and not keep_failures:
-            continue
-        for i, (record, frames) in enumerate(steps):
-            store.append_step(robot_id, episode_id, i, record,
-                              {name: encode_jpeg(f.image) for name, f in frames.items()})
-        meta = {
-            "source": "expert", "outcome": "success" if ok else "failure", "label_source": "auto",
-            "n_steps": len(steps), "instruction": robot.instruction, "task": robot.task_name,
-            "task_spec": robot.task.to_dict(), "split": split, "seed": s, "noise": noise,
-            "image_size": image_size, "cameras": list(cameras), "backend": "mock",
-        }
-        store.finish(robot_id, episode_id, meta)
-        kept.append(store.read_meta(robot_id, episode_id))
-        bar.update(1)
-    bar.close()
-    if len(kept) < n:
-        log.warning("kept %d of %d requested %s demos after %d attempts", len(kept), n, task, attempts)
-    return kept
+    kept = record_expert_demos(robot, store, executed_action, backend="mock", task=task, n=n, seed=seed,
+                               noise=noise, image_size=image_size, cameras=cameras,
+                               keep_failures=keep_failures, split=split, robot_id=robot_id,
+                               progress=progress, max_attempts=max_attempts)
+    return list(kept)  # a plain list: the demos command reports the expert's success rate for MetaWorld only
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
