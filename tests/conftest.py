@@ -44,3 +44,21 @@ def learner_factory(tmp_path):
         if lr.proc is not None and lr.proc.poll() is None:
             os.killpg(lr.proc.pid, signal.SIGKILL)
             lr.proc.wait(10)
+
+
+@pytest.fixture
+def procs():
+    """Processes a test started (``standins.Proc``): append them; each is stopped after the test."""
+    started = []
+    yield started
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless Chromium per test module (tests/browser.py)."""
+    from browser import chromium
+
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
+        yield driver

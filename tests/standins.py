@@ -175,6 +175,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for(pred, timeout: float, what: str, interval: float = 0.1):
+    """``pred()``'s first truthy value, polled every ``interval`` s; AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
 class Proc:
     """A subprocess that is ready when ``ready()`` says so (default: it wrote its port to
     ``port_file``); killed and reaped by ``stop``/``kill``."""

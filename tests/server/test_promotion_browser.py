@@ -6,19 +6,15 @@ test; their episodes are labelled through the API. Screenshot: docs/img/ui_promo
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import torch
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
+from browser import IMG_DIR, js_errors
 from selenium.webdriver.common.by import By
+from standins import wait_for
 
 from bench.harness import ServerThread, publish_head, publish_tiny
 from deployment.config import DeploymentConfig
@@ -28,24 +24,10 @@ from protocol.codec import packb, unpackb
 from protocol.images import encode_jpeg
 from protocol.messages import ActRequest
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-REPO = Path(__file__).resolve().parents[2]
-IMG_DIR = (REPO / "docs" / "img" if os.environ.get("VLALOOP_UPDATE_SCREENSHOTS") == "1"
-           else Path(tempfile.gettempdir()) / "vlaloop-screenshots")
 ROBOT, OPERATOR = "robot-token-ui", "operator-token-ui"
 GATE = PromotionConfig(enabled=True, canary_fraction=0.5, min_episodes=4, max_canary_episodes=12, seed=5)
 pytestmark = [pytest.mark.timeout(240)]
 torch.set_num_threads(1)
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Fleet:
@@ -72,22 +54,6 @@ class Fleet:
         self.operator.post(f"/v1/robots/{robot_id}/label",
                            json={"episode_id": episode_id, "outcome": "failure" if version == bad else "success"})
         return version
-
-
-@pytest.fixture
-def browser(tmp_path):
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1400,1050", "--force-device-scale-factor=1", "--no-first-run",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def text(driver, css: str) -> str:
@@ -154,6 +120,4 @@ def test_promotion_panel_shows_the_rollback_and_pins_from_the_page(tmp_path, bro
         wait_for(lambda: driver.find_element(By.ID, "promotion").get_attribute("data-pinned") == "false", 10,
                  "the page to show no pin")
         assert not driver.find_element(By.ID, "unpin").is_displayed()
-        errors = [e["message"] for e in driver.get_log("browser")
-                  if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
-        assert errors == []
+        assert js_errors(driver) == []

@@ -15,50 +15,23 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
+from browser import IMG_DIR, REPO, js_errors
+from selenium.webdriver.common.by import By
+from standins import free_port, wait_for
 
 from episodes.store import EpisodeStore  # noqa: E402
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-REPO = Path(__file__).resolve().parents[2]
-# The README's screenshots are taken by this test. They are written into docs/img only when asked
-# (VLALOOP_UPDATE_SCREENSHOTS=1), so an ordinary test run leaves the tree clean.
-IMG_DIR = (REPO / "docs" / "img" if os.environ.get("VLALOOP_UPDATE_SCREENSHOTS") == "1"
-           else Path(tempfile.gettempdir()) / "vlaloop-screenshots")
 OPERATOR, ROBOT_TOKEN = "operator-token-for-test", "robot-token-for-test"
 ROBOT_ID = "mock0"
 
-# No skip when the browser is missing: .ci/run installs Debian's chromium + chromium-driver, and a
-# silently skipped browser test would hide a broken operator page.
 pytestmark = [pytest.mark.timeout(240)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _publish_tiny(run_dir: Path, model=None):
@@ -118,7 +91,7 @@ def pipeline(tmp_path_factory):
     config = load_config(environ={}, run_dir=str(run_dir))
     config.server.operator_token, config.server.robot_token = OPERATOR, ROBOT_TOKEN
     config.server.watch_interval_s = 0.2
-    learner_addr = f"tcp://127.0.0.1:{_free_port()}"
+    learner_addr = f"tcp://127.0.0.1:{free_port()}"
     procs = _Procs()
     with ServerThread(config) as server:
         server.wait_ready(60)
@@ -140,24 +113,6 @@ def pipeline(tmp_path_factory):
             procs.stop()
             for name in ("robot.log", "learner.log"):
                 print(f"---- {name}\n" + (tmp / name).read_text()[-3000:])
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-dev-shm-usage", "--window-size=1400,1050", "--force-device-scale-factor=1",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to fail on JavaScript errors
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_script_timeout(10)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _robot(server) -> dict:
@@ -190,14 +145,8 @@ def _press(driver, key: str) -> None:
     driver.find_element(By.TAG_NAME, "body").send_keys(key)
 
 
-def _js_errors(driver) -> list[str]:
-    """JavaScript errors logged by the page; refused requests (the 401s before sign-in) are expected."""
-    return [e["message"] for e in driver.get_log("browser")
-            if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
-
-
 def _no_toast(driver) -> None:
-    _wait(lambda: not driver.find_element(By.ID, "toast").is_displayed(), 5, "the toast to fade")
+    wait_for(lambda: not driver.find_element(By.ID, "toast").is_displayed(), 5, "the toast to fade")
 
 
 def _label_next_episode(driver, server, store: EpisodeStore, done: list[str], key: str | None = None,
@@ -213,13 +162,13 @@ def _label_next_episode(driver, server, store: EpisodeStore, done: list[str], ke
         r = _robot(server)
         return r.get("state") == "running" and (r.get("step") or 0) >= min_steps
 
-    _wait(lambda: running() or label_bar(), 20, "a running episode")
+    wait_for(lambda: running() or label_bar(), 20, "a running episode")
     if label_bar() is None:
         if click_end:
             driver.find_element(By.CSS_SELECTOR, f'article[data-robot="{ROBOT_ID}"] [data-action="end-episode"]').click()
         else:
             _press(driver, "e")
-    bar = _wait(label_bar, 30, "the label bar of an episode awaiting a label")
+    bar = wait_for(label_bar, 30, "the label bar of an episode awaiting a label")
     episode = bar.get_attribute("data-episode")
     if key is None:  # follow the mock's success check, as a careful operator would
         waiting = httpx.get(server.url + "/v1/labels/awaiting", timeout=5,
@@ -231,7 +180,7 @@ def _label_next_episode(driver, server, store: EpisodeStore, done: list[str], ke
         driver.save_screenshot(str(screenshot))
     _press(driver, key)
     outcome = {"s": "success", "f": "failure", "d": "aborted"}[key]
-    meta = _wait(lambda: store.read_meta(ROBOT_ID, episode), 20, f"episode {episode} stored by the learner")
+    meta = wait_for(lambda: store.read_meta(ROBOT_ID, episode), 20, f"episode {episode} stored by the learner")
     assert (meta["outcome"], meta["label_source"]) == (outcome, "operator"), meta
     return episode
 
@@ -244,19 +193,19 @@ def test_operator_page_drives_a_real_robot(pipeline, browser):
 
     # ---- login: the page asks for the token and keeps it in sessionStorage
     driver.get(server.url + "/")
-    login = _wait(lambda: driver.find_element(By.ID, "login").is_displayed(), 10, "the login dialog")
+    login = wait_for(lambda: driver.find_element(By.ID, "login").is_displayed(), 10, "the login dialog")
     assert login
     driver.find_element(By.ID, "token").send_keys("wrong-token\n")
-    _wait(lambda: driver.find_element(By.ID, "login-error").is_displayed(), 10, "the wrong-token error")
+    wait_for(lambda: driver.find_element(By.ID, "login-error").is_displayed(), 10, "the wrong-token error")
     token_input = driver.find_element(By.ID, "token")
     token_input.clear()
     token_input.send_keys(OPERATOR + "\n")
-    _wait(lambda: not driver.find_element(By.ID, "login").is_displayed(), 10, "the login dialog to close")
+    wait_for(lambda: not driver.find_element(By.ID, "login").is_displayed(), 10, "the login dialog to close")
     assert driver.execute_script("return sessionStorage.getItem('vlaloop.operatorToken')") == OPERATOR
 
     # ---- live view: the robot appears and its camera frame changes as it moves
-    _wait(lambda: _card_attr(driver, "data-step"), 60, "the robot card with a step")
-    _wait(lambda: driver.execute_script(FRAME_HASH_JS, ROBOT_ID) is not None, 20, "the first camera frame")
+    wait_for(lambda: _card_attr(driver, "data-step"), 60, "the robot card with a step")
+    wait_for(lambda: driver.execute_script(FRAME_HASH_JS, ROBOT_ID) is not None, 20, "the first camera frame")
     hashes = {driver.execute_script(FRAME_HASH_JS, ROBOT_ID)}
 
     def frame_changed() -> bool:
@@ -270,7 +219,7 @@ def test_operator_page_drives_a_real_robot(pipeline, browser):
         hashes.add(driver.execute_script(FRAME_HASH_JS, ROBOT_ID))
         return len(hashes) >= 3
 
-    _wait(frame_changed, 30, "the live frame to change")
+    wait_for(frame_changed, 30, "the live frame to change")
     frames_before = int(_card_attr(driver, "data-frames"))
     time.sleep(1.0)
     assert int(_card_attr(driver, "data-frames")) >= frames_before + 2  # polled at ~3 Hz
@@ -279,21 +228,21 @@ def test_operator_page_drives_a_real_robot(pipeline, browser):
     first = _label_next_episode(driver, server, store, [], key="s", click_end=True)
 
     # ---- Pause stops the robot's step counter; Resume starts it again
-    _wait(lambda: _robot(server).get("state") == "running" and _robot(server).get("episode_id") != first,
+    wait_for(lambda: _robot(server).get("state") == "running" and _robot(server).get("episode_id") != first,
           20, "the next episode to run")
     _card(driver).find_element(By.CSS_SELECTOR, '[data-action="pause"]').click()
-    _wait(lambda: _card_attr(driver, "data-state") == "paused", 10, "the page to show the robot paused")
+    wait_for(lambda: _card_attr(driver, "data-state") == "paused", 10, "the page to show the robot paused")
     paused_at = _robot(server)["step"]
     time.sleep(1.5)
     assert _robot(server)["step"] == paused_at, "the robot kept stepping while paused"
     assert _card_attr(driver, "data-step") == str(paused_at)
     assert _card(driver).find_element(By.CSS_SELECTOR, '[data-action="pause"]').text.startswith("Resume")
     _press(driver, "p")  # the keyboard shortcut resumes
-    _wait(lambda: (_robot(server).get("step") or 0) > paused_at, 10, "the step counter to advance again")
+    wait_for(lambda: (_robot(server).get("step") or 0) > paused_at, 10, "the step counter to advance again")
 
     # ---- a new policy version goes live and the next episodes are labelled through the page
     _, v2 = _publish_tiny(run_dir, pipeline["model"])
-    _wait(lambda: _card(driver).find_element(By.CSS_SELECTOR, '[data-field="version"]').text == f"policy v{v2}",
+    wait_for(lambda: _card(driver).find_element(By.CSS_SELECTOR, '[data-field="version"]').text == f"policy v{v2}",
           20, "the page to show the hot-swapped version")
     labelled = [first]
     for i in range(4):
@@ -303,7 +252,7 @@ def test_operator_page_drives_a_real_robot(pipeline, browser):
     # ---- learning view: the chart has a point per labelled episode, per version bars
     driver.find_element(By.CSS_SELECTOR, '.tab[data-view="learning"]').click()
     chart = driver.find_element(By.ID, "chart-episodes")
-    _wait(lambda: int(chart.get_attribute("data-points")) == len(labelled), 10,
+    wait_for(lambda: int(chart.get_attribute("data-points")) == len(labelled), 10,
           f"{len(labelled)} points on the success chart")
     versions = driver.find_element(By.ID, "chart-versions")
     assert int(versions.get_attribute("data-points")) == 2
@@ -311,7 +260,7 @@ def test_operator_page_drives_a_real_robot(pipeline, browser):
     before = drawn
     # one more labelled episode: the chart redraws with the new point
     labelled.append(_label_next_episode(driver, server, store, labelled, key="s"))
-    _wait(lambda: int(chart.get_attribute("data-points")) == len(labelled), 10, "the new point on the chart")
+    wait_for(lambda: int(chart.get_attribute("data-points")) == len(labelled), 10, "the new point on the chart")
     assert driver.execute_script("return arguments[0].toDataURL()", chart) != before
     assert driver.find_element(By.ID, "phase").text != "–"  # status.json from the learner
     _no_toast(driver)
@@ -319,15 +268,15 @@ def test_operator_page_drives_a_real_robot(pipeline, browser):
 
     # ---- episodes: the list shows the stored episodes; a replay plays stored frames
     driver.find_element(By.CSS_SELECTOR, '.tab[data-view="episodes"]').click()
-    item = _wait(lambda: next(iter(driver.find_elements(
+    item = wait_for(lambda: next(iter(driver.find_elements(
         By.CSS_SELECTOR, f'.episode[data-episode="{first}"]')), None), 10, "the episode list")
     item.click()
-    slider = _wait(lambda: next(iter(driver.find_elements(By.CSS_SELECTOR, '#replay input[type=range]')), None),
+    slider = wait_for(lambda: next(iter(driver.find_elements(By.CSS_SELECTOR, '#replay input[type=range]')), None),
                    10, "the replay slider")
     n_steps = len(store.load(ROBOT_ID, first).steps)
     assert int(slider.get_attribute("max")) == n_steps - 1
     driver.find_element(By.CSS_SELECTOR, '#replay [data-action="play"]').click()
-    _wait(lambda: int(slider.get_attribute("value")) >= min(4, n_steps - 1), 10, "the replay to play")
+    wait_for(lambda: int(slider.get_attribute("value")) >= min(4, n_steps - 1), 10, "the replay to play")
     img_ok = driver.execute_script(
         "const i = document.querySelector('#replay img'); return i && i.complete && i.naturalWidth > 0")
     assert img_ok
@@ -339,11 +288,11 @@ def test_operator_page_drives_a_real_robot(pipeline, browser):
 
     # ---- relabel from the list: an inbox file, applied by the learner
     driver.find_element(By.CSS_SELECTOR, '#replay [data-relabel="failure"]').click()
-    _wait(lambda: (store.read_meta(ROBOT_ID, first) or {}).get("outcome") == "failure", 20,
+    wait_for(lambda: (store.read_meta(ROBOT_ID, first) or {}).get("outcome") == "failure", 20,
           "the learner to apply the relabel from the inbox")
-    _wait(lambda: not list((run_dir / "inbox").glob("relabel-*.json")), 10,
+    wait_for(lambda: not list((run_dir / "inbox").glob("relabel-*.json")), 10,
           "the learner to delete the applied inbox file")
-    assert _js_errors(driver) == []
+    assert js_errors(driver) == []
 
 
 def test_fault_state_and_second_robot(pipeline, browser):
@@ -354,14 +303,14 @@ def test_fault_state_and_second_robot(pipeline, browser):
                          "task": "push", "loop_hz": 9.5, "detail": "arm error: cartesian reflex"})
     assert r.status_code == 200, r.text
     driver.get(server.url + "/")
-    card = _wait(lambda: next(iter(driver.find_elements(By.CSS_SELECTOR, 'article[data-robot="arm1"]')), None),
+    card = wait_for(lambda: next(iter(driver.find_elements(By.CSS_SELECTOR, 'article[data-robot="arm1"]')), None),
                  10, "the second robot's card")
     assert card.find_element(By.CSS_SELECTOR, '[data-field="state"]').text.lower() == "holding (fault)"
     detail = card.find_element(By.CSS_SELECTOR, '[data-field="detail"]')
     assert detail.text == "arm error: cartesian reflex" and "fault" in detail.get_attribute("class")
     assert card.find_element(By.CSS_SELECTOR, '[data-field="step"]').text == "17"
     assert len(driver.find_elements(By.CSS_SELECTOR, "article.robot")) == 2
-    assert _js_errors(driver) == []
+    assert js_errors(driver) == []
 
 
 def test_page_without_token_shows_only_the_login(pipeline, browser):
@@ -369,7 +318,7 @@ def test_page_without_token_shows_only_the_login(pipeline, browser):
     driver = browser
     driver.execute_script("sessionStorage.clear()")
     driver.get(pipeline["server"].url + "/")
-    _wait(lambda: driver.find_element(By.ID, "login").is_displayed(), 10, "the login dialog")
+    wait_for(lambda: driver.find_element(By.ID, "login").is_displayed(), 10, "the login dialog")
     time.sleep(0.8)
     assert driver.find_elements(By.CSS_SELECTOR, "article.robot") == []
 

@@ -12,18 +12,14 @@ screenshot goes to docs/img/ui_reward_model.png with VLALOOP_UPDATE_SCREENSHOTS=
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
+from browser import IMG_DIR, js_errors
 from selenium.webdriver.common.by import By
+from standins import wait_for
 
 from bench.harness import ServerThread, publish_tiny
 from deployment.reward_model import RewardModelConfig
@@ -33,22 +29,8 @@ from protocol.images import encode_jpeg
 from protocol.messages import ActRequest
 from vla.success_classifier import SuccessClassifierConfig, fit
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-REPO = Path(__file__).resolve().parents[2]
-IMG_DIR = (REPO / "docs" / "img" if os.environ.get("VLALOOP_UPDATE_SCREENSHOTS") == "1"
-           else Path(tempfile.gettempdir()) / "vlaloop-screenshots")
 OPERATOR, ROBOT = "operator-token-rm", "robot-token-rm"
 pytestmark = [pytest.mark.timeout(180)]
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _episode(i: int, outcome: str, source: str, p: float | None, original: str | None = None) -> dict:
@@ -92,23 +74,6 @@ def run_dir(tmp_path_factory):
     return run
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--window-size=1400,1050", "--force-device-scale-factor=1",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
 def _act(robot: httpx.Client, episode_id: str, step: int) -> None:
     image = np.random.default_rng(step).integers(0, 255, (96, 96, 3), dtype=np.uint8)
     req = ActRequest(request_id=f"{episode_id}-{step}", robot_id="sim0", episode_id=episode_id, step=step,
@@ -135,15 +100,15 @@ def test_reward_model_card_and_awaiting_hint(run_dir, browser):
 
         driver = browser
         driver.get(server.url + "/")
-        _wait(lambda: driver.find_element(By.ID, "login").is_displayed(), 10, "the login dialog")
+        wait_for(lambda: driver.find_element(By.ID, "login").is_displayed(), 10, "the login dialog")
         driver.find_element(By.ID, "token").send_keys(OPERATOR + "\n")
-        awaiting = _wait(lambda: next((e for e in driver.find_elements(
+        awaiting = wait_for(lambda: next((e for e in driver.find_elements(
             By.CSS_SELECTOR, 'article[data-robot="sim0"] [data-field="awaiting"]') if "reward model" in e.text),
             None), 20, "the awaiting label with the model's probability")
         assert "reward model: P(success) 0." in awaiting.text or "reward model: P(success) 1." in awaiting.text
 
         driver.find_element(By.CSS_SELECTOR, '.tab[data-view="learning"]').click()
-        card = _wait(lambda: (c := driver.find_element(By.ID, "reward-model")).is_displayed() and c, 15,
+        card = wait_for(lambda: (c := driver.find_element(By.ID, "reward-model")).is_displayed() and c, 15,
                      "the reward-model card")
         # 5 episodes labelled by both (e5 was auto-labelled... by p=0.04 -> failure, corrected to success)
         assert driver.find_element(By.ID, "rm-disagreement").text == "40%"  # e2 and e5 of 5
@@ -153,9 +118,7 @@ def test_reward_model_card_and_awaiting_hint(run_dir, browser):
         assert len(card.find_elements(By.CSS_SELECTOR, "#rm-bins tr.rm-bin")) == 3
         assert "40 operator labels" in driver.find_element(By.ID, "rm-fit-sub").text
         assert "mode shadow" in driver.find_element(By.ID, "rm-mode").text
-        errors = [e["message"] for e in driver.get_log("browser")
-                  if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
-        assert errors == []
+        assert js_errors(driver) == []
         IMG_DIR.mkdir(parents=True, exist_ok=True)
         driver.execute_script("arguments[0].scrollIntoView()", card)
         driver.save_screenshot(str(IMG_DIR / "ui_reward_model.png"))

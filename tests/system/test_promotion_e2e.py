@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import httpx
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from standins import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 ROBOT_TOKEN, OPERATOR = "robot-token-e2e", "operator-token-e2e"
@@ -86,22 +86,6 @@ def publish_edited_head(registry, source: int, edit) -> int:
     os.rename(tmp, registry.path(version))
     registry._write_latest(version)
     return version
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Procs:
