@@ -99,14 +99,6 @@ def stored_episodes(store_dir: Path, complete: bool = True) -> dict[str, dict]:
     return out
 
 
-@pytest.fixture
-def procs(tmp_path):
-    started = []
-    yield started
-    for p in started:
-        p.stop()
-
-
 class Stack:
     """The real `vlaloop serve` (tiny model, auto-label) and `vlaloop learn --no-train`, sharing a run dir."""
 

@@ -6,20 +6,11 @@ from __future__ import annotations
 
 import httpx
 import numpy as np
-import pytest
 from standins import standin_learner, standin_server
 from test_robot_client import make_client, run_in_thread, stored_episodes
 
 from episodes.store import EpisodeStore
 from learner.dataset import online_decisions
-
-
-@pytest.fixture
-def procs():
-    started = []
-    yield started
-    for p in started:
-        p.stop()
 
 
 def _run(tmp_path, procs, **overrides):

@@ -7,19 +7,10 @@ from __future__ import annotations
 import socket
 import time
 
-import pytest
 from standins import free_port, standin_learner, standin_server
 from test_robot_client import make_client, run_in_thread
 
 from robot_client.server_client import ActionLink, ServerClient
-
-
-@pytest.fixture
-def procs():
-    started = []
-    yield started
-    for p in started:
-        p.stop()
 
 
 def test_slow_healthz_on_a_busy_machine_does_not_abort_a_healthy_episode(tmp_path, procs):
