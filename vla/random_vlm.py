@@ -102,6 +102,21 @@ def _vocab(tokenizer, dims: Dims) -> int:
 
 # ---- families -----------------------------------------------------------------------------------
 
+def _text_sizes(tokenizer, dims: Dims) -> dict:
+    """A Gemma / Llama decoder's config arguments: its shapes from ``dims``, its special tokens."""
+    return dict(vocab_size=_vocab(tokenizer, dims), hidden_size=dims.hidden, intermediate_size=dims.intermediate,
+                num_hidden_layers=dims.layers, num_attention_heads=dims.heads, num_key_value_heads=dims.kv_heads,
+                head_dim=dims.head_dim, max_position_embeddings=8192, pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+
+
+def _vision_sizes(dims: Dims) -> dict:
+    """A ViT's (SigLIP, CLIP, Idefics3) config arguments: its shapes from ``dims``."""
+    return dict(hidden_size=dims.vision_hidden, intermediate_size=dims.vision_intermediate,
+                num_hidden_layers=dims.vision_layers, num_attention_heads=dims.vision_heads,
+                image_size=dims.image, patch_size=dims.patch)
+
+
 def _paligemma(dims: Dims, gemma2: bool):
     from transformers import (
         Gemma2Config,
@@ -119,13 +134,8 @@ def _paligemma(dims: Dims, gemma2: bool):
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=train_tokenizer(["<image>"]))
     tok = processor.tokenizer
     text_cls = Gemma2Config if gemma2 else GemmaConfig
-    text = text_cls(vocab_size=_vocab(tok, dims), hidden_size=dims.hidden, intermediate_size=dims.intermediate,
-                    num_hidden_layers=dims.layers, num_attention_heads=dims.heads,
-                    num_key_value_heads=dims.kv_heads, head_dim=dims.head_dim, max_position_embeddings=8192,
-                    pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    vision = SiglipVisionConfig(hidden_size=dims.vision_hidden, intermediate_size=dims.vision_intermediate,
-                                num_hidden_layers=dims.vision_layers, num_attention_heads=dims.vision_heads,
-                                image_size=dims.image, patch_size=dims.patch)
+    text = text_cls(**_text_sizes(tok, dims))
+    vision = SiglipVisionConfig(**_vision_sizes(dims))
     config = PaliGemmaConfig(vision_config=vision, text_config=text, image_token_id=processor.image_token_id,
                              projection_dim=dims.hidden)
     return PaliGemmaForConditionalGeneration(config), processor
@@ -157,13 +167,8 @@ def _idefics3(dims: Dims, smolvlm: bool):
                                       image_seq_len=seq_len, chat_template=IDEFICS3_TEMPLATE)
         config_cls, model_cls = Idefics3Config, Idefics3ForConditionalGeneration
     tok = processor.tokenizer
-    text = LlamaConfig(vocab_size=_vocab(tok, dims), hidden_size=dims.hidden, intermediate_size=dims.intermediate,
-                       num_hidden_layers=dims.layers, num_attention_heads=dims.heads,
-                       num_key_value_heads=dims.kv_heads, head_dim=dims.head_dim, max_position_embeddings=8192,
-                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    vision = dict(hidden_size=dims.vision_hidden, intermediate_size=dims.vision_intermediate,
-                  num_hidden_layers=dims.vision_layers, num_attention_heads=dims.vision_heads,
-                  image_size=dims.image, patch_size=dims.patch)
+    text = LlamaConfig(**_text_sizes(tok, dims))
+    vision = _vision_sizes(dims)
     config = config_cls(vision_config=vision, text_config=text.to_dict(), scale_factor=scale,
                         image_token_id=processor.image_token_id, pad_token_id=tok.pad_token_id)
     return model_cls(config), processor
@@ -242,13 +247,10 @@ def _llava(dims: Dims):
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=dims.patch,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                chat_template=LLAVA_TEMPLATE)
-    text = LlamaConfig(vocab_size=_vocab(tok, dims), hidden_size=dims.hidden, intermediate_size=dims.intermediate,
-                       num_hidden_layers=dims.layers, num_attention_heads=dims.heads,
-                       num_key_value_heads=dims.kv_heads, head_dim=dims.head_dim, max_position_embeddings=8192,
-                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    vision = CLIPVisionConfig(hidden_size=dims.vision_hidden, intermediate_size=dims.vision_intermediate,
-                              num_hidden_layers=dims.vision_layers + 1, num_attention_heads=dims.vision_heads,
-                              image_size=dims.image, patch_size=dims.patch, projection_dim=dims.hidden)
+    text = LlamaConfig(**_text_sizes(tok, dims))
+    # one layer more: LLaVA takes the features of the second-to-last layer (vision_feature_layer=-2)
+    vision = CLIPVisionConfig(**{**_vision_sizes(dims), "num_hidden_layers": dims.vision_layers + 1},
+                              projection_dim=dims.hidden)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=processor.image_token_id,
                          vision_feature_select_strategy="default", vision_feature_layer=-2)
     return LlavaForConditionalGeneration(config), processor
@@ -271,15 +273,8 @@ def _gemma3(dims: Dims):
                                               image_mean=[0.5] * 3, image_std=[0.5] * 3)
     processor = Gemma3Processor(image_processor=image_processor, tokenizer=tok, chat_template=GEMMA3_TEMPLATE,
                                 image_seq_length=tokens_per_image)
-    text = Gemma3TextConfig(vocab_size=_vocab(tok, dims), hidden_size=dims.hidden,
-                            intermediate_size=dims.intermediate, num_hidden_layers=dims.layers,
-                            num_attention_heads=dims.heads, num_key_value_heads=dims.kv_heads,
-                            head_dim=dims.head_dim, query_pre_attn_scalar=dims.head_dim,
-                            max_position_embeddings=8192, sliding_window=512, pad_token_id=tok.pad_token_id,
-                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    vision = SiglipVisionConfig(hidden_size=dims.vision_hidden, intermediate_size=dims.vision_intermediate,
-                                num_hidden_layers=dims.vision_layers, num_attention_heads=dims.vision_heads,
-                                image_size=dims.image, patch_size=dims.patch, vision_use_head=False)
+    text = Gemma3TextConfig(**_text_sizes(tok, dims), query_pre_attn_scalar=dims.head_dim, sliding_window=512)
+    vision = SiglipVisionConfig(**_vision_sizes(dims), vision_use_head=False)
     ids = _token_ids(tok, boi_token_index=specials["boi_token"], eoi_token_index=specials["eoi_token"],
                      image_token_index=specials["image_token"])
     config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=tokens_per_image, **ids)
