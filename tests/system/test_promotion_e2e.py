@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from standins import free_port, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROBOT_TOKEN, OPERATOR = "robot-token-e2e", "operator-token-e2e"
 BLUE_SLOT = (0.60, 0.12, 0.02)  # the mock's reach_slots home of the blue block (tasks.COLOR_SLOTS), low
 OFFSET = 5.0  # GELU(x) = x * Phi(x) equals x to 1e-6 for x > 4.5: the controller's hidden units ride on it
