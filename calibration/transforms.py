@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
+
+# the rotation conversions of the action convention, one implementation for every package
+from interface.action import matrix_to_rotvec, matrix_to_rpy, rotvec_to_matrix, rpy_to_matrix  # noqa: F401
 
 
 def rot_x(a: float) -> np.ndarray:
@@ -23,18 +25,6 @@ def rot_y(a: float) -> np.ndarray:
 def rot_z(a: float) -> np.ndarray:
     c, s = math.cos(a), math.sin(a)
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-
-
-def rpy_to_matrix(rpy) -> np.ndarray:
-    r, p, y = (float(v) for v in rpy)
-    return rot_z(y) @ rot_y(p) @ rot_x(r)
-
-
-def matrix_to_rpy(R: np.ndarray) -> np.ndarray:
-    pitch = math.atan2(-R[2, 0], math.hypot(R[0, 0], R[1, 0]))
-    if math.cos(pitch) < 1e-9:  # gimbal lock: put everything into yaw
-        return np.array([0.0, pitch, math.atan2(-R[0, 1], R[1, 1])])
-    return np.array([math.atan2(R[2, 1], R[2, 2]), pitch, math.atan2(R[1, 0], R[0, 0])])
 
 
 def make_T(R: np.ndarray, t) -> np.ndarray:
@@ -55,14 +45,6 @@ def T_to_pose(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def invert(T: np.ndarray) -> np.ndarray:
     R, t = T[:3, :3], T[:3, 3]
     return make_T(R.T, -R.T @ t)
-
-
-def rotvec_to_matrix(rotvec) -> np.ndarray:
-    return cv2.Rodrigues(np.asarray(rotvec, dtype=float).reshape(3, 1))[0]
-
-
-def matrix_to_rotvec(R: np.ndarray) -> np.ndarray:
-    return cv2.Rodrigues(np.asarray(R, dtype=float))[0].reshape(3)
 
 
 def rotation_angle(R: np.ndarray) -> float:

@@ -40,6 +40,11 @@ META = "meta.json"
 STEPS = "steps.log"
 
 
+def episode_key(meta: dict) -> str:
+    """``robot_id/episode_id``: how the learner, its phase log and the demo report name an episode."""
+    return f"{meta['robot_id']}/{meta['episode_id']}"
+
+
 class StoreError(RuntimeError):
     pass
 

@@ -28,6 +28,12 @@ def is_trainable(meta: dict, reward_model_labels: bool = False) -> bool:
     return meta.get("outcome") in TRAINABLE_OUTCOMES and not meta.get("incomplete")
 
 
+def is_operator_labelled(meta: dict) -> bool:
+    """An online episode the operator labelled success or failure: what the reward model learns from."""
+    return (meta.get("source", "online") == "online" and meta.get("label_source") == "operator"
+            and is_trainable(meta))
+
+
 def is_rl_episode(meta: dict, reward_model_labels: bool = False) -> bool:
     """An online episode whose actions were SAMPLED by the policy (RL data)."""
     return (is_trainable(meta, reward_model_labels) and meta.get("source", "online") == "online"

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from episodes.status import PHASE_LOG, PhaseLog, StatusBoard, phase_key
-from episodes.store import EpisodeStore, write_json_atomic
+from episodes.store import EpisodeStore, episode_key, write_json_atomic
 from learner.episode_rules import is_rl_episode, reward_model_labels_trusted
 from learner.metrics import scalar_metrics
 
@@ -50,10 +50,6 @@ STATE_FILE = "learner_state.json"
 STATE_VERSION = 1
 RESCAN_S = 5.0  # safety net: rescan the store this often even without an ingest notification
 MAX_FAILED_ROUNDS = 3  # RL rounds failing in a row before the learner stops with the error
-
-
-def episode_key(meta: dict) -> str:
-    return f"{meta['robot_id']}/{meta['episode_id']}"
 
 
 class LearnerState:

@@ -22,6 +22,7 @@ import numpy as np
 
 from episodes.store import EpisodeStore, write_json_atomic
 from learner.dataset import load_decisions
+from learner.episode_rules import is_operator_labelled
 from learner.features import FeatureCache, trunk_key
 from vla.policy import Policy
 from vla.success_classifier import (
@@ -35,11 +36,6 @@ from vla.success_classifier import (
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "reward_model.json"
-
-
-def is_operator_labelled(meta: dict) -> bool:
-    return (meta.get("source", "online") == "online" and meta.get("label_source") == "operator"
-            and meta.get("outcome") in ("success", "failure") and not meta.get("incomplete"))
 
 
 def episode_inputs(store: EpisodeStore, cache: FeatureCache, policy: Policy, metas: list[dict],

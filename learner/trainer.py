@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from episodes.store import EpisodeStore
+from episodes.store import EpisodeStore, episode_key
 from learner.bootstrap import expert_demos, run_bootstrap
 from learner.dataset import EpisodeDecisions, load_decisions, sft_episodes
 from learner.episode_rules import is_rl_episode, reward_model_labels_trusted
@@ -176,7 +176,7 @@ class Trainer:
     def _episode_tensors(self, d: EpisodeDecisions) -> EpisodeTensors:
         features, states, actions = self._tensors(d)
         return EpisodeTensors(
-            key=f"{d.meta['robot_id']}/{d.meta['episode_id']}", features=features, states=states, actions=actions,
+            key=episode_key(d.meta), features=features, states=states, actions=actions,
             rewards=torch.from_numpy(d.rewards).float(), dones=torch.from_numpy(d.dones).float(),
             server_logprob=torch.from_numpy(d.server_logprob).float(),
             same_version=torch.from_numpy(d.versions == self.version))
@@ -206,7 +206,8 @@ class Trainer:
     # ------------------------------------------------------------------ SFT
     def has_sft_data(self) -> bool:
         """SFT has something to train on: an expert demo or a successful episode with steps."""
-        return any(m.get("n_steps", m.get("n_stored_steps", 1)) for m in sft_episodes(self.store))
+        return any(m.get("n_steps", m.get("n_stored_steps", 1))
+                   for m in sft_episodes(self.store, reward_model_labels=self.reward_model_labels))
 
     def has_demos(self) -> bool:
         """Stage 0 can run: demos in the store, or the mock, whose scripted expert records them."""
@@ -277,10 +278,14 @@ class TrainerRound:
     def behaviour_logprob(self, d: EpisodeDecisions, t: EpisodeTensors) -> tuple[torch.Tensor, torch.Tensor]:
         return self._trainer._behaviour_logprob(d, t)
 
-    def stored_online(self) -> list[EpisodeDecisions]:
+    def key(self, d: EpisodeDecisions) -> str:
+        return episode_key(d.meta)
+
+    def stored_online(self, exclude: frozenset[str] = frozenset()) -> list[EpisodeDecisions]:
+        """Every stored RL episode but those named in `exclude` (e.g. this round's, already loaded)."""
         trainer = self._trainer
         return trainer._decisions([m for m in trainer.store.list_episodes(source="online")
-                                   if is_rl_episode(m, trainer.reward_model_labels)])
+                                   if is_rl_episode(m, trainer.reward_model_labels) and episode_key(m) not in exclude])
 
     def demos(self) -> list[EpisodeDecisions]:
         trainer = self._trainer

@@ -22,10 +22,18 @@ class HoldingArm(Arm):
         self.inner = inner
         self.would_move = 0  # move_delta calls turned into holds
         self.last_action: np.ndarray | None = None
+        # The inner arm is already holding: a real arm (Franka) would otherwise get a fresh stop
+        # motion every tick. Cleared by recover(), after which the next move holds again.
+        self._held = False
+
+    def _hold_once(self) -> None:
+        if not self._held:
+            self.inner.hold()
+            self._held = True
 
     def reset_home(self) -> None:
         log.info("dry run: not moving home; holding where the arm is")
-        self.inner.hold()
+        self._hold_once()
 
     def state(self) -> ArmState:
         return self.inner.state()
@@ -35,13 +43,15 @@ class HoldingArm(Arm):
         self.last_action = np.asarray(action, dtype=float).copy()
         if self.would_move % 10 == 1:
             log.info("dry run: would move by %s (holding)", np.round(self.last_action, 4).tolist())
-        self.inner.hold()
+        self._hold_once()
 
     def hold(self) -> None:
-        self.inner.hold()
+        self.inner.hold()  # an explicit hold (watchdog, episode end) always reaches the arm
+        self._held = True
 
     def recover(self) -> None:
         self.inner.recover()
+        self._held = False
 
     def close(self) -> None:
         self.inner.close()

@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 
 from interface.policy import Observation
 from protocol.codec import packb
 from protocol.messages import ActRequest, ActResponse, Timing
 from server.auth import require_robot
+from server.batcher import BatchResult
 from server.decode import InputError, decode_act, encoding_of
 
 router = APIRouter(tags=["act"])
@@ -55,6 +57,36 @@ def encode_response(resp: ActResponse, encoding: str) -> Response:
     return Response(json.dumps(wire), media_type="application/json")
 
 
+@dataclass
+class Served:
+    result: BatchResult
+    command: str
+    decode_s: float
+    total_s: float
+
+
+async def serve_observation(app: FastAPI, t0: float, decode_s: float, *, images: dict[str, np.ndarray],
+                            state: np.ndarray, instruction: str, mode: str, robot_id: str,
+                            episode_id: str | None, step: int | None, encoding: str,
+                            frames: dict | None = None) -> Served:
+    """Run one checked observation through the shared batcher (the version gate sees its episode);
+    keep it for the reward model; feed the operator page (`frames`: what to show, default the
+    images); count it. /v1/act and both drop-ins go through here."""
+    obs = Observation(images=images, state=state, instruction=instruction)
+    result = await app.state.batcher.submit(obs, mode, robot_id, episode_id)
+    if episode_id:
+        app.state.reward_scorer.observe(robot_id, episode_id, obs)
+    robots = app.state.robots
+    command = robots.command_for(robot_id, episode_id or "")
+    robots.observe_act(robot_id, episode_id, step, instruction, frames if frames is not None else dict(images),
+                       result.version)
+    total_s = time.perf_counter() - t0
+    metrics = app.state.metrics
+    metrics.observe_stages(decode_s, result.queue_s, result.infer_s, total_s)
+    metrics.requests.labels(encoding=encoding).inc()
+    return Served(result, command, decode_s, total_s)
+
+
 @router.post("/v1/act", dependencies=[Depends(require_robot)], response_model=ActResponse,
              openapi_extra=_OPENAPI_BODY,
              responses={400: {"description": "malformed body"}, 413: {"description": "body too large"},
@@ -74,27 +106,18 @@ async def act(request: Request) -> Response:
     req = decoded.request
     decode_s = time.perf_counter() - t0
 
-
-    obs = Observation(images=decoded.images, state=np.asarray(req.state, dtype=np.float32),
-                      instruction=req.instruction)
-    result = await app.state.batcher.submit(obs, req.mode, req.robot_id, req.episode_id)
-
-    app.state.reward_scorer.observe(req.robot_id, req.episode_id, obs)
-    robots = app.state.robots
-    command = robots.command_for(req.robot_id, req.episode_id)
-    robots.observe_act(req.robot_id, req.episode_id, req.step, req.instruction, decoded.raw_images,
-                       result.version)
-    total_s = time.perf_counter() - t0
+    served = await serve_observation(
+        app, t0, decode_s, images=decoded.images, state=np.asarray(req.state, dtype=np.float32),
+        instruction=req.instruction, mode=req.mode, robot_id=req.robot_id, episode_id=req.episode_id,
+        step=req.step, encoding=encoding, frames=decoded.raw_images)
+    result = served.result
     resp = ActResponse(
         request_id=req.request_id,
         actions=np.asarray(result.output.actions, dtype=np.float64).tolist(),
         log_prob=float(result.output.log_prob), value=float(result.output.value),
         policy_version=result.version,
         timing=Timing(decode_ms=decode_s * 1e3, queue_ms=result.queue_s * 1e3,
-                      infer_ms=result.infer_s * 1e3, total_ms=total_s * 1e3),
-        command=command)
-    metrics = app.state.metrics
-    metrics.observe_stages(decode_s, result.queue_s, result.infer_s, total_s)
-    metrics.requests.labels(encoding=encoding).inc()
+                      infer_ms=result.infer_s * 1e3, total_ms=served.total_s * 1e3),
+        command=served.command)
     return encode_response(resp, encoding)
 

@@ -1,6 +1,6 @@
 """What the drop-in protocols (openpi websocket, OpenVLA REST) share: safe array decoding, image and
-state checks, and ``serve_observation`` — the same batcher, policy holder and robot registry as
-``/v1/act``, so a drop-in client gets the serving version, shares forward passes with vlaloop robots,
+state checks. Requests then go through ``server.act.serve_observation``, the path of ``/v1/act``:
+the same batcher, policy holder and robot registry, so a drop-in client gets the serving version, shares forward passes with vlaloop robots,
 and shows up on the operator page.
 
 Arrays arrive as (dtype string, shape, raw bytes) in both protocols. Only numeric dtypes are built
@@ -11,16 +11,12 @@ array exists, so nothing is ever unpickled.
 from __future__ import annotations
 
 import re
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
 
 from deployment.dropin import DropinConfig
-from interface.policy import Observation
-from server.batcher import BatchResult
 from server.decode import InputError
 
 NUMERIC_KINDS = "biuf"
@@ -101,28 +97,3 @@ def client_robot_id(prefix: str, host: str | None, port: int | None = None) -> s
     """A robot id for a client that did not name itself: protocol + address (fits protocol.ID_PATTERN)."""
     parts = [prefix, host or "unknown"] + ([str(port)] if port is not None else [])
     return re.sub(r"[^A-Za-z0-9_-]", "-", "-".join(parts))[:64]
-
-
-@dataclass
-class Served:
-    result: BatchResult
-    command: str
-    decode_s: float
-    total_s: float
-
-
-async def serve_observation(app: FastAPI, t0: float, decode_s: float, *, images: dict[str, np.ndarray],
-                            state: np.ndarray, instruction: str, mode: str, robot_id: str,
-                            episode_id: str | None, step: int | None, encoding: str) -> Served:
-    """Run one checked observation through the shared batcher; feed the operator page; count it."""
-
-    obs = Observation(images=images, state=state, instruction=instruction)
-    result = await app.state.batcher.submit(obs, mode, robot_id)
-    robots = app.state.robots
-    command = robots.command_for(robot_id, episode_id or "")
-    robots.observe_act(robot_id, episode_id, step, instruction, dict(images), result.version)
-    total_s = time.perf_counter() - t0
-    metrics = app.state.metrics
-    metrics.observe_stages(decode_s, result.queue_s, result.infer_s, total_s)
-    metrics.requests.labels(encoding=encoding).inc()
-    return Served(result, command, decode_s, total_s)

@@ -36,6 +36,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from deployment.dropin import OpenpiKeys
 from protocol.messages import ID_PATTERN
+from server.act import serve_observation
 from server.batcher import InferenceFailed
 from server.decode import InputError
 from server.dropin import (
@@ -45,7 +46,6 @@ from server.dropin import (
     dropin_config,
     numeric_array,
     numeric_dtype,
-    serve_observation,
 )
 from server.policy_holder import NoPolicyLoaded
 

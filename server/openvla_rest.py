@@ -34,10 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deployment.dropin import OpenvlaConfig
 from protocol.messages import EpisodeId, RobotId
-from server.act import read_body
+from server.act import read_body, serve_observation
 from server.auth import require_robot
 from server.decode import InputError
-from server.dropin import as_image, as_state, client_robot_id, dropin_config, numeric_array, serve_observation
+from server.dropin import as_image, as_state, client_robot_id, dropin_config, numeric_array
 
 router = APIRouter(tags=["drop-in"])
 

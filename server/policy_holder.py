@@ -394,9 +394,9 @@ class PolicyHolder:
                  100 * self.promotion.canary_fraction, control, canary.canary.n, canary.promoted.n)
 
     def _conclude(self, decision: Decision) -> bool:
-        canary, policy = self.gate.snapshot(), self._canary
+        policy = self._canary
         self._canary = None               # first: no batch picks the canary up from here on
-        self.gate.end()
+        canary = self.gate.end()
         stats = {"canary": asdict(canary.canary), "promoted": asdict(canary.promoted),
                  "prob_not_worse": decision.prob_not_worse, "control": canary.control}
         if decision.action == "promote":

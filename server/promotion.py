@@ -21,7 +21,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -154,10 +154,11 @@ class CanaryGate:
                 self._window += 1
 
     def decision(self) -> Decision | None:
-        with self._lock:
+        with self._lock:  # copy the tallies; the integral runs without the lock assign() needs
             if self.canary is None or self._paused:
                 return None
-            return decide(self.canary.canary, self.canary.promoted, self.config)
+            canary, promoted = replace(self.canary.canary), replace(self.canary.promoted)
+        return decide(canary, promoted, self.config)
 
     def snapshot(self) -> Canary | None:
         with self._lock:

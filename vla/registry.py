@@ -48,7 +48,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from deployment.model import ModelConfig
-from episodes.durable import fsync_dir, fsync_path, write_json_atomic
+from episodes.durable import fsync_dir, fsync_path, write_atomic, write_json_atomic
 from vla.backbone import backbone_hash, quiet_transformers
 from vla.normalization import Normalizer
 from vla.tiny import TINY_ID, default_tiny_dir, ensure_tiny_backbone
@@ -162,19 +162,13 @@ class CheckpointRegistry:
     def _write_latest(self, version: int) -> None:
         self._write_pointer("LATEST", version)
 
-    def _write_pointer(self, name: str, version: int | None, into: Path | None = None) -> None:
+    def _write_pointer(self, name: str, version: int | None) -> None:
         """Replace (or, for None, remove) a one-number file atomically and durably."""
-        directory = into or self.root
         if version is None:
-            (directory / name).unlink(missing_ok=True)
+            (self.root / name).unlink(missing_ok=True)
+            fsync_dir(self.root)
         else:
-            tmp = self.root / f"{TMP_PREFIX}{name}-{os.getpid()}-{os.urandom(4).hex()}"
-            with open(tmp, "w") as f:
-                f.write(f"{version}\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, directory / name)
-        fsync_dir(directory)
+            write_atomic(self.root / name, f"{version}\n".encode())
 
     def _read_pointer(self, name: str) -> int | None:
         try:
@@ -227,13 +221,7 @@ class CheckpointRegistry:
             directory.mkdir(exist_ok=True)
             fsync_dir(self.root)
         record = {"version": version, "reason": reason, "at": time.time(), **detail}
-        tmp = self.root / f"{TMP_PREFIX}refused-{os.getpid()}-{os.urandom(4).hex()}"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(record, indent=1, sort_keys=True))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / f"{vname(version)}.json")
-        fsync_dir(directory)
+        write_json_atomic(directory / f"{vname(version)}.json", record)
 
     def read_canary(self) -> dict | None:
         """The running canary's saved tallies (None: none saved, or unreadable)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from episodes.status import PHASE_LOG, read_phase_log
-from episodes.store import EpisodeStore
+from episodes.store import EpisodeStore, episode_key
 
 LABELS = ("success", "failure")
 MIN_EPISODES_FOR_A_RATE = 5  # fewer sampled (or greedy) episodes in a phase are drawn as points only
@@ -32,10 +32,6 @@ MIN_EPISODES_FOR_A_RATE = 5  # fewer sampled (or greedy) episodes in a phase are
 
 def _is_success(meta: dict) -> bool:
     return meta.get("outcome") == "success"
-
-
-def episode_key(meta: dict) -> str:
-    return f"{meta['robot_id']}/{meta['episode_id']}"
 
 
 def first_version(meta: dict) -> int | None:

@@ -57,8 +57,12 @@ class RoundData(Protocol):
         """([N] log-prob of each recorded chunk under the head version that acted, [N] how far float32
         rounding alone can move it: ppo.logprob_resolution). Only for `acted_on_trunk(d)`."""
 
-    def stored_online(self) -> list[EpisodeDecisions]:
-        """Every RL episode in the store (an off-policy buffer rebuilt after a trunk change)."""
+    def key(self, d: EpisodeDecisions) -> str:
+        """The episode's ``robot_id/episode_id`` (what `stored_online(exclude=...)` takes)."""
+
+    def stored_online(self, exclude: frozenset[str] = frozenset()) -> list[EpisodeDecisions]:
+        """Every RL episode in the store but the keys in `exclude` (an off-policy buffer rebuilt
+        after a trunk change)."""
 
     def demos(self) -> list[EpisodeDecisions]:
         """The expert demos, one decision every H steps (the rhythm of an executed chunk)."""

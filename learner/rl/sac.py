@@ -262,7 +262,8 @@ class SAC:
     def _rebuild(self, data: RoundData) -> None:
         self.online.clear()
         self.trunk = data.trunk
-        for d in data.stored_online():
+        this_round = frozenset(data.key(d) for d in data.episodes)  # _add_episodes adds those
+        for d in data.stored_online(exclude=this_round):
             if len(d):
                 t = data.tensors(d)
                 self.online[t.key] = transitions(t)

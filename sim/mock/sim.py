@@ -40,7 +40,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from interface.action import matrix_to_rpy, rotvec_to_matrix, rpy_to_matrix
+from interface.action import GRIPPER_OPEN_THRESHOLD, matrix_to_rpy, rotvec_to_matrix, rpy_to_matrix
 
 # ---------------------------------------------------------------- geometry and limits
 WORKSPACE_MIN = np.array([0.30, -0.25, 0.0])
@@ -51,7 +51,7 @@ RPY_MIN = np.array([math.pi - 0.6, -0.6, -math.pi / 2])
 RPY_MAX = np.array([math.pi + 0.6, 0.6, math.pi / 2])
 MAX_TRANSLATION = 0.03  # m per step
 MAX_ROTATION = 0.15  # rad per step
-GRIPPER_THRESHOLD = 0.5
+GRIPPER_THRESHOLD = GRIPPER_OPEN_THRESHOLD  # interface.action's, under the name the mock uses
 
 TABLE_MIN = np.array([0.27, -0.28])  # where block centres may be (the table's usable area)
 TABLE_MAX = np.array([0.74, 0.28])

@@ -54,8 +54,11 @@ class Round:
     def behaviour_logprob(self, d: Episode, t: EpisodeTensors) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.zeros(len(d)), torch.zeros(len(d))  # the server's is unknown (NaN): nothing to compare
 
-    def stored_online(self) -> list[Episode]:
-        return self._stored
+    def key(self, d: Episode) -> str:
+        return d.key
+
+    def stored_online(self, exclude: frozenset[str] = frozenset()) -> list[Episode]:
+        return [d for d in self._stored if d.key not in exclude]
 
     def demos(self) -> list[Episode]:
         return self._demos
