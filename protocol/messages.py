@@ -125,7 +125,10 @@ class StepMsg(_Msg):
     first to execute that chunk, at ``chunk_index``; ``obs_step`` names the step whose observation
     produced it (this step itself when ``chunk_index == 0``; an earlier one when the reply came
     while the arm kept moving). Later steps execute the rest of the chunk. ``on_policy`` is False
-    when the executed action is not the chunk's own (an ensemble average): not a PPO decision."""
+    when the executed action is not the chunk's own (an ensemble average, or an operator's
+    action): not a PPO decision. ``intervention`` is True when a human (or, in a simulator, the
+    scripted intervener) drove this step: ``action`` is then the operator's action as executed and
+    ``proposed_action`` what the policy would have done (None if it had nothing for this tick)."""
 
     type: Literal["step"] = "step"
     robot_id: RobotId
@@ -139,6 +142,11 @@ class StepMsg(_Msg):
     obs_step: int | None = Field(default=None, ge=0, description="the step whose observation produced "
                                  "action_chunk (None: unknown, or no chunk on this step)")
     on_policy: bool = True
+    intervention: bool = False
+    intervention_source: str | None = Field(default=None, description="who drove an intervention step: "
+                                            "'page' (operator page keyboard), 'gamepad', 'scripted'")
+    proposed_action: list[float] | None = Field(default=None, description="intervention steps: the "
+                                                "policy's 7-D action for this tick, not executed")
     log_prob: float | None = None
     value: float | None = None
     policy_version: int = -1
@@ -155,6 +163,11 @@ class StepMsg(_Msg):
         if not all(math.isfinite(x) for x in v):
             raise ValueError("action contains NaN or inf")
         return v
+
+    @field_validator("proposed_action")
+    @classmethod
+    def _proposed_shape(cls, v: list[float] | None) -> list[float] | None:
+        return None if v is None else cls._action_shape(v)
 
 
 class EpisodeEnd(_Msg):
