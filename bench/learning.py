@@ -85,6 +85,9 @@ class LearningBenchConfig:
     ppo_lr: float = 1e-4
     sac_updates_per_episode: int = 10
     eval_n: int = 100  # greedy episodes per split per evaluation
+    # evaluate after every RL round (False: only at the end of each RL phase and after each SFT
+    # phase; on MetaWorld an evaluation costs about as much as a round)
+    eval_every_round: bool = True
     jobs: int = 2
 
     @property
@@ -92,10 +95,13 @@ class LearningBenchConfig:
         return self.iterations * self.rounds * self.episodes_per_round
 
 
-# the metaworld version of the table: MetaWorld episodes are 3-8x longer than the mock's, so fewer
-# of them per round; the demos are spread over 6 tasks (sim/metaworld/tasks.py, set "bench")
-METAWORLD = dict(backend="metaworld", task="bench", demos=60, rl_task_demos=6, bootstrap_steps=300,
-                 episodes_per_round=24, eval_n=24, sft_steps=150)
+# the metaworld version of the table, sized for one CPU core in about an hour (docs/metaworld.md):
+# MetaWorld episodes are 3-8x longer than the mock's, so far fewer of them; 20 demos for each of the
+# 5 demo tasks and 600 Stage 0 steps (at 300 steps or fewer most tasks stay at 0 from pixels), 3
+# demos per RL task (sim/metaworld/tasks.py, set "bench")
+METAWORLD = dict(backend="metaworld", task="bench", demos=100, rl_task_demos=9, bootstrap_steps=600,
+                 iterations=2, rounds=2, episodes_per_round=16, eval_n=12, sft_steps=150,
+                 eval_every_round=False, jobs=1)
 # on MetaWorld the smoke test also caps episodes and runs two methods: full-length episodes of an
 # untrained policy cost minutes on two cores
 METAWORLD_SMOKE = dict(methods=("sft_only", "irevla_ppo"), demos=2, rl_task_demos=1, eval_n=2,
@@ -139,8 +145,14 @@ def stage0(cfg: LearningBenchConfig, out: Path, seed: int) -> Path:
     if cfg.rl_task_demos:  # other seeds than the demo split's, so the episode ids differ
         record_demos(store, task=cfg.task, n=cfg.rl_task_demos, seed=1000 * seed + 700, split="rl",
                      image_size=config.model.image_size, cameras=tuple(config.model.cameras))
-    Trainer(config, boot).bootstrap(progress=False)
-    (boot / "done.json").write_text(json.dumps({"seconds": time.time() - t}))
+    trainer = Trainer(config, boot)
+    trainer.bootstrap(progress=False)
+    seconds = time.time() - t
+    # Stage 0's greedy success is the same for every method of this seed (same model, same
+    # evaluation seeds): measured once here instead of once per job
+    stage0_eval = _evaluate(trainer.policy, cfg)
+    (boot / "done.json").write_text(json.dumps({"seconds": seconds, "eval": stage0_eval,
+                                                "eval_s": time.time() - t - seconds}))
     return boot
 
 
@@ -182,7 +194,9 @@ def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict
     trainer.resume()
     t_job = time.time()
     rl_s, sft_s, n_updates, episodes = 0.0, 0.0, 0, 0
-    curve = [{"episodes": 0, "phase": "stage0", "version": trainer.version, **_evaluate(trainer.policy, cfg)}]
+    stage0_eval = json.loads((out / "stage0" / f"s{seed}" / "done.json").read_text()).get("eval")
+    curve = [{"episodes": 0, "phase": "stage0", "version": trainer.version,
+              **(stage0_eval or _evaluate(trainer.policy, cfg))}]
     rounds_log = []
     g = torch.Generator().manual_seed(seed)
     whole_opt = None
@@ -213,9 +227,10 @@ def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict
             episodes += cfg.episodes_per_round
             rounds_log.append({k: m.get(k) for k in ("approx_kl", "clipfrac", "logprob_mismatch", "critic_warmup",
                                                      "q_mean", "alpha") if k in m} | {"sampled": res.success_rate})
-            curve.append({"episodes": episodes, "phase": f"it{it} rl{r}", "version": trainer.version,
-                          "sampled": res.success_rate, **_evaluate(trainer.policy, cfg)})
-            print(f"[{method} s{seed}] {curve[-1]}", flush=True)
+            if cfg.eval_every_round or r == cfg.rounds - 1:
+                curve.append({"episodes": episodes, "phase": f"it{it} rl{r}", "version": trainer.version,
+                              "sampled": res.success_rate, **_evaluate(trainer.policy, cfg)})
+                print(f"[{method} s{seed}] {curve[-1]}", flush=True)
         if method not in SFT_METHODS:
             continue
         if method in ("sft_only", "sft_extra_demos"):
@@ -330,7 +345,8 @@ def summarize(results: list[dict], cfg: LearningBenchConfig, out_dir: Path | Non
 
 
 def format_table(summary: dict, cfg: LearningBenchConfig) -> str:
-    lines = [f"Greedy success on {cfg.backend} `{cfg.task}` ({cfg.eval_n} episodes per split, mean ± std over {len(cfg.seeds)} seed(s); "
+    lines = [f"Greedy success on {cfg.backend} `{cfg.task}` ({cfg.eval_n} episodes per split, mean ± std over "
+             f"{', '.join(sorted({str(r['n_seeds']) for r in summary.values()}))} seed(s); "
              f"Stage 0 → final; budget {cfg.budget} online episodes or extra demos)", "",
              "| method | demo tasks | RL-only tasks | held-out tasks | lowest (demo tasks) | RL s / round | "
              "RL updates / round | ms / RL update | SFT s / phase | train s |",
@@ -405,9 +421,10 @@ def run(cfg: LearningBenchConfig, out: Path, fresh: bool = False) -> dict:
         for f in as_completed([pool.submit(stage0, cfg, out, s) for s in cfg.seeds]):
             f.result()
         print(f"stage 0 ready for seeds {list(cfg.seeds)} ({time.time() - t0:.0f} s)", flush=True)
+        # seed by seed (a run cut short has every method on its first seeds), within a seed the
         # longest first, so the workers finish together
         order = ["irevla_sac", "ppo_whole", "irevla_ppo", "sft_extra_demos", "sft_only", "rl_only"]
-        todo = [(cfg, out, m, s) for m in sorted(cfg.methods, key=order.index) for s in cfg.seeds
+        todo = [(cfg, out, m, s) for s in cfg.seeds for m in sorted(cfg.methods, key=order.index)
                 if not (out / "results" / f"{m}-s{s}.json").exists()]
         futures = {pool.submit(_job, job): job for job in todo}
         for i, f in enumerate(as_completed(futures), 1):
@@ -415,15 +432,26 @@ def run(cfg: LearningBenchConfig, out: Path, fresh: bool = False) -> dict:
             final = ", ".join(f"{s} {r['curve'][-1][s]:.2f}" for s in SPLITS)
             print(f"done {i}/{len(todo)}: {r['method']} seed {r['seed']} in {r['wall_s']:.0f} s "
                   f"(final {final}; {time.time() - t0:.0f} s total)", flush=True)
-    results = [json.loads((out / "results" / f"{m}-s{s}.json").read_text()) for m in cfg.methods for s in cfg.seeds]
+    return report(cfg, out, t0)
+
+
+def report(cfg: LearningBenchConfig, out: Path, t0: float | None = None) -> dict:
+    """The table, curves and summary from the results in OUT/results (those there: a run cut
+    short reports the jobs it finished, each row with its seed count)."""
+    paths = [out / "results" / f"{m}-s{s}.json" for m in cfg.methods for s in cfg.seeds]
+    missing = [p.stem for p in paths if not p.exists()]
+    if missing:
+        print(f"not run (no result): {', '.join(missing)}", flush=True)
+    results = [json.loads(p.read_text()) for p in paths if p.exists()]
     summary = summarize(results, cfg, out)
     table = format_table(summary, cfg)
     (out / "table.md").write_text(table + "\n")
+    total = None if t0 is None else time.time() - t0
     (out / "summary.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "methods": summary,
-                                                  "total_s": time.time() - t0}, indent=1))
+                                                  "total_s": total, "not_run": missing}, indent=1))
     plot(results, cfg, out / "learning_curves.png")
     print("\n" + table)
-    print(f"\ncurves: {out / 'learning_curves.png'}; total {time.time() - t0:.0f} s")
+    print(f"\ncurves: {out / 'learning_curves.png'}" + ("" if total is None else f"; total {total:.0f} s"))
     return summary
 
 
@@ -434,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metaworld", action="store_true",
                    help="the table on MetaWorld (task set `bench`, sizes for its longer episodes; docs/metaworld.md)")
     p.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
+    p.add_argument("--report", action="store_true", help="only the table and curves from the results in --out")
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
     p.add_argument("--seeds", nargs="+", type=int, default=None)
     for f in dataclasses.fields(LearningBenchConfig):
@@ -451,7 +480,10 @@ def main(argv: list[str] | None = None) -> int:
         if v is not None:
             values[f.name] = tuple(v) if isinstance(v, list) else v
     cfg = LearningBenchConfig(**values)
-    run(cfg, Path(args.out), fresh=args.fresh)
+    if args.report:
+        report(cfg, Path(args.out))
+    else:
+        run(cfg, Path(args.out), fresh=args.fresh)
     return 0
 
 
