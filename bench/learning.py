@@ -97,9 +97,9 @@ class LearningBenchConfig:
 
 # the metaworld version of the table, sized for one CPU core in about an hour (docs/metaworld.md):
 # MetaWorld episodes are 3-8x longer than the mock's, so far fewer of them; 20 demos for each of the
-# 5 demo tasks and 600 Stage 0 steps (at 300 steps or fewer most tasks stay at 0 from pixels), 3
-# demos per RL task (sim/metaworld/tasks.py, set "bench")
-METAWORLD = dict(backend="metaworld", task="bench", demos=100, rl_task_demos=9, bootstrap_steps=600,
+# 5 demo tasks and 600 Stage 0 steps (at 200 steps most tasks stay at 0 from pixels); ~15 demos per
+# RL task (sim/metaworld/tasks.py, set "bench"): with ~3 or ~8 they start at exactly 0 (measured)
+METAWORLD = dict(backend="metaworld", task="bench", demos=100, rl_task_demos=45, bootstrap_steps=600,
                  iterations=2, rounds=2, episodes_per_round=16, eval_n=12, sft_steps=150,
                  eval_every_round=False, jobs=1)
 # on MetaWorld the smoke test also caps episodes and runs two methods: full-length episodes of an
@@ -417,21 +417,24 @@ def run(cfg: LearningBenchConfig, out: Path, fresh: bool = False) -> dict:
     saved.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     t0 = time.time()
     ctx = multiprocessing.get_context("spawn")
+    # longest first within a seed, so parallel workers finish together
+    order = ["irevla_sac", "ppo_whole", "irevla_ppo", "sft_extra_demos", "sft_only", "rl_only"]
+    todo = [(cfg, out, m, s) for s in cfg.seeds for m in sorted(cfg.methods, key=order.index)
+            if not (out / "results" / f"{m}-s{s}.json").exists()]
+    # with one worker, seed by seed (Stage 0, then its jobs): a run cut short has every method on
+    # its first seeds and no Stage 0 it did not use; with more, every Stage 0 first
+    groups = [[s] for s in cfg.seeds] if cfg.jobs == 1 else [list(cfg.seeds)]
+    done = 0
     with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=ctx) as pool:
-        for f in as_completed([pool.submit(stage0, cfg, out, s) for s in cfg.seeds]):
-            f.result()
-        print(f"stage 0 ready for seeds {list(cfg.seeds)} ({time.time() - t0:.0f} s)", flush=True)
-        # seed by seed (a run cut short has every method on its first seeds), within a seed the
-        # longest first, so the workers finish together
-        order = ["irevla_sac", "ppo_whole", "irevla_ppo", "sft_extra_demos", "sft_only", "rl_only"]
-        todo = [(cfg, out, m, s) for s in cfg.seeds for m in sorted(cfg.methods, key=order.index)
-                if not (out / "results" / f"{m}-s{s}.json").exists()]
-        futures = {pool.submit(_job, job): job for job in todo}
-        for i, f in enumerate(as_completed(futures), 1):
-            r = f.result()
-            final = ", ".join(f"{s} {r['curve'][-1][s]:.2f}" for s in SPLITS)
-            print(f"done {i}/{len(todo)}: {r['method']} seed {r['seed']} in {r['wall_s']:.0f} s "
-                  f"(final {final}; {time.time() - t0:.0f} s total)", flush=True)
+        for seeds in groups:
+            for f in as_completed([pool.submit(stage0, cfg, out, s) for s in seeds]):
+                f.result()
+            print(f"stage 0 ready for seeds {seeds} ({time.time() - t0:.0f} s)", flush=True)
+            for f in as_completed([pool.submit(_job, job) for job in todo if job[3] in seeds]):
+                r, done = f.result(), done + 1
+                final = ", ".join(f"{s} {r['curve'][-1][s]:.2f}" for s in SPLITS)
+                print(f"done {done}/{len(todo)}: {r['method']} seed {r['seed']} in {r['wall_s']:.0f} s "
+                      f"(final {final}; {time.time() - t0:.0f} s total)", flush=True)
     return report(cfg, out, t0)
 
 
