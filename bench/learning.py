@@ -85,9 +85,10 @@ class LearningBenchConfig:
     ppo_lr: float = 1e-4
     sac_updates_per_episode: int = 10
     eval_n: int = 100  # greedy episodes per split per evaluation
-    # evaluate after every RL round (False: only at the end of each RL phase and after each SFT
-    # phase; on MetaWorld an evaluation costs about as much as a round)
-    eval_every_round: bool = True
+    # when to evaluate: "round" (after every RL round and SFT phase), "phase" (at the end of each
+    # RL phase and after each SFT phase) or "iteration" (once per iteration, after its last phase);
+    # on MetaWorld one evaluation costs about as much as two RL rounds
+    evaluate_at: str = "round"
     jobs: int = 2
 
     @property
@@ -100,8 +101,8 @@ class LearningBenchConfig:
 # 5 demo tasks and 600 Stage 0 steps (at 200 steps most tasks stay at 0 from pixels); ~15 demos per
 # RL task (sim/metaworld/tasks.py, set "bench"): with ~3 or ~8 they start at exactly 0 (measured)
 METAWORLD = dict(backend="metaworld", task="bench", demos=100, rl_task_demos=45, bootstrap_steps=600,
-                 iterations=2, rounds=2, episodes_per_round=16, eval_n=12, sft_steps=150,
-                 eval_every_round=False, jobs=1)
+                 iterations=1, rounds=3, episodes_per_round=12, eval_n=12, sft_steps=150,
+                 evaluate_at="iteration", jobs=1)
 # on MetaWorld the smoke test also caps episodes and runs two methods: full-length episodes of an
 # untrained policy cost minutes on two cores
 METAWORLD_SMOKE = dict(methods=("sft_only", "irevla_ppo"), demos=2, rl_task_demos=1, eval_n=2,
@@ -227,7 +228,8 @@ def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict
             episodes += cfg.episodes_per_round
             rounds_log.append({k: m.get(k) for k in ("approx_kl", "clipfrac", "logprob_mismatch", "critic_warmup",
                                                      "q_mean", "alpha") if k in m} | {"sampled": res.success_rate})
-            if cfg.eval_every_round or r == cfg.rounds - 1:
+            last = r == cfg.rounds - 1
+            if cfg.evaluate_at == "round" or (last and (cfg.evaluate_at == "phase" or method not in SFT_METHODS)):
                 curve.append({"episodes": episodes, "phase": f"it{it} rl{r}", "version": trainer.version,
                               "sampled": res.success_rate, **_evaluate(trainer.policy, cfg)})
                 print(f"[{method} s{seed}] {curve[-1]}", flush=True)
@@ -405,6 +407,8 @@ def plot(results: list[dict], cfg: LearningBenchConfig, path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- main
 def run(cfg: LearningBenchConfig, out: Path, fresh: bool = False) -> dict:
+    if cfg.evaluate_at not in ("round", "phase", "iteration"):
+        raise ValueError(f"evaluate_at {cfg.evaluate_at!r}: one of round, phase, iteration")
     unknown = set(cfg.methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {list(METHODS)}")
