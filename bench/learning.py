@@ -27,6 +27,7 @@ stopped. Output: a table (markdown, also OUT/table.md), OUT/learning_curves.png,
 
     python -m bench.learning                      # the full table: 6 methods x 3 seeds (~45 min, 2 cores)
     python -m bench.learning --smoke              # seconds-sized version (the test suite runs it)
+    python -m bench.learning --metaworld          # on MetaWorld, one core (docs/metaworld.md)
 """
 
 from __future__ import annotations
