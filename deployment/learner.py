@@ -40,6 +40,8 @@ class LearnerConfig(BaseModel):
     ppo_target_kl: float | None = Field(default=0.05, gt=0, description="PPO: stop a round's epochs once approx KL exceeds this")
     critic_warmup_rounds: int = Field(default=1, ge=0, description="PPO and SAC: critic-only rounds before the policy moves")
     step_penalty: float = Field(default=0.0, ge=0, description="reward per decision (sparse +1 on success minus this)")
+    takeover_reward: float = Field(default=0.0, le=0, description="reward of the policy's last decision before an "
+                                   "operator takeover, which also ends that segment (0: like a failure)")
     sac_updates_per_episode: int = Field(default=10, ge=1)
     sac_batch_size: int = Field(default=128, ge=2)
     # SAC defaults measured on the mock (docs/learning.md): the old ones (alpha 0.05, no BC, actor lr

@@ -1,7 +1,7 @@
 """Supervised fine-tuning of the VLA on demonstrations (iRe-VLA Stage 0 and Stage 2).
 
 * Stage 2 (``mode="lora"``): peft LoRA adapters on the backbone + pooler + the action head, on
-  expert demos ∪ successful online episodes. The expert data keeps the model from forgetting; the
+  expert demos ∪ successful online episodes ∪ intervention segments (HG-DAgger, also of failed episodes). The expert data keeps the model from forgetting; the
   successes consolidate what RL found into the backbone.
 * Stage 0 (``mode="full"``, learner/bootstrap.py): everything trains, from the tiny random init.
 
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from episodes.store import Episode, EpisodeStore
 from interface.policy import Observation
-from learner.dataset import load_decisions
+from learner.dataset import sft_decisions
 from vla.model import VLAModel
 from vla.normalization import Normalizer
 
@@ -71,7 +71,8 @@ class SFTData:
 
 def build_sft_data(store: EpisodeStore, metas: list[dict], chunk: int, eval_fraction: float,
                    seed: int = 0) -> SFTData:
-    """Every step of every episode is a sample (target: the next H executed actions). Held-out
+    """Every SFT step of every episode is a sample (target: the next H executed actions of its run;
+    learner.dataset.sft_step_spans: an episode with interventions gives its operator segments). Held-out
     episodes are picked among the EXPERT demos by a seeded shuffle (the eval loss stays comparable
     across SFT phases while online successes accumulate)."""
     metas = sorted(metas, key=lambda m: (m["robot_id"], m["episode_id"]))
@@ -81,8 +82,8 @@ def build_sft_data(store: EpisodeStore, metas: list[dict], chunk: int, eval_frac
     eval_ids = {(m["robot_id"], m["episode_id"]) for m in rng.permutation(np.array(experts, dtype=object))[:n_eval]}
     data = SFTData(train=[], eval=[])
     for meta in metas:
-        d = load_decisions(store, meta, chunk, as_demo=True)
-        samples = [SFTSample(d.episode, d.steps[i], d.states[i], d.chunks[i], d.instruction) for i in range(len(d))]
+        samples = [SFTSample(d.episode, d.steps[i], d.states[i], d.chunks[i], d.instruction)
+                   for d in sft_decisions(store, meta, chunk) for i in range(len(d))]
         if (meta["robot_id"], meta["episode_id"]) in eval_ids:
             data.eval += samples
             data.episodes_eval += 1

@@ -29,8 +29,8 @@ from torch import nn
 
 from episodes.store import EpisodeStore, episode_key
 from learner.bootstrap import expert_demos, run_bootstrap
-from learner.dataset import EpisodeDecisions, load_decisions, sft_episodes
-from learner.episode_rules import is_rl_episode, reward_model_labels_trusted
+from learner.dataset import EpisodeDecisions, intervention_decisions, load_decisions, sft_episodes
+from learner.episode_rules import has_interventions, is_rl_episode, reward_model_labels_trusted
 from learner.features import FeatureCache, trunk_key
 from learner.metrics import scalar_metrics
 from learner.rl.algorithms import algorithm_config, make_algorithm
@@ -183,7 +183,7 @@ class Trainer:
 
     def _decisions(self, metas: list[dict], expert_stride: int | None = None) -> list[EpisodeDecisions]:
         return [load_decisions(self.store, m, self.model.config.chunk, self.lc.step_penalty,
-                               expert_stride=expert_stride) for m in metas]
+                               expert_stride=expert_stride, takeover_reward=self.lc.takeover_reward) for m in metas]
 
     def rl_round(self, episodes: list[dict]) -> dict:
         """One round of the configured algorithm on `episodes` (metas; non-RL ones are skipped)."""
@@ -231,7 +231,10 @@ class Trainer:
         self.cache.invalidate()  # the trunk changed: every cached feature is stale
         self._version_heads.clear()
         metrics = {k: v for k, v in metrics.items() if k != "loss_curve"}
-        metrics["n_online_successes"] = sum(1 for m in metas if m.get("source") != "expert")
+        metrics["n_online_successes"] = sum(1 for m in metas if m.get("source") != "expert"
+                                            and m.get("outcome") == "success")
+        metrics["n_intervention_episodes"] = sum(1 for m in metas if has_interventions(m))
+        metrics["n_intervention_steps"] = sum(int(m.get("intervention_steps") or 0) for m in metas)
         metrics["n_expert"] = sum(1 for m in metas if m.get("source") == "expert")
         self._scalars("sft", metrics, self.sft_phases)
         return metrics
@@ -290,3 +293,6 @@ class TrainerRound:
     def demos(self) -> list[EpisodeDecisions]:
         trainer = self._trainer
         return trainer._decisions(expert_demos(trainer.store), expert_stride=trainer.model.config.chunk)
+
+    def interventions(self, d: EpisodeDecisions) -> list[EpisodeDecisions]:
+        return intervention_decisions(d, stride=self._trainer.model.config.chunk)
