@@ -14,8 +14,9 @@ BENCHMARKS = {
     "metaworld_throughput": "bench.metaworld_throughput",  # needs the metaworld extra
     "vlm_gpu": "bench.vlm_gpu",  # full-size backbone on a GPU; prints "skipped" without one
     "learning": "bench.learning",  # ~45 min: the results table (docs/results.md); not part of `all`
+    "interventions": "bench.interventions",  # long: interventions vs demos (docs/interventions.md); not in `all`
 }
-QUICK = [name for name in BENCHMARKS if name not in ("learning", "metaworld_throughput")]
+QUICK = [name for name in BENCHMARKS if name not in ("learning", "interventions", "metaworld_throughput")]
 
 
 def configure(parser) -> None:
