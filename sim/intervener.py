@@ -9,7 +9,8 @@ be measured where the true outcome is known. Per scene, every control step:
   the expert's for ``deviation_steps`` steps in a row (counted only while the expert wants to move)
   -- the policy is leaving the path the expert would take;
 
-either one starts a TAKEOVER, if the budget allows it: the expert drives for ``segment_steps``
+either one starts a TAKEOVER, if the budget allows it (when it cannot cover every scene that
+triggered at once, the worst go first: stalls, then the widest angle off the expert): the expert drives for ``segment_steps``
 steps, then hands back at the next decision boundary (the policy then plans a fresh chunk from
 where the expert left the arm). The budget: at most ``max_takeovers`` per episode, no takeover
 before the policy has had ``grace_steps``, and intervention steps stay within ``budget_fraction``
@@ -37,7 +38,7 @@ class InterventionConfig:
     """Intervention steps may be at most this share of all steps this intervener has seen."""
     max_takeovers: int = 2
     """Takeovers per episode at most."""
-    grace_steps: int = 4
+    grace_steps: int = 2
     """Steps the policy drives before the first takeover of an episode can happen."""
     stall_window: int = 4
     """Steps over which end-effector progress is measured for the stall trigger."""
@@ -109,8 +110,8 @@ class ScriptedIntervener:
         done_segment = self.driving & (self.remaining <= 0) & decision_boundary
         self.driving &= ~done_segment
         expert_moves = np.linalg.norm(expert[:, :3], axis=1) > c.min_expert_move
-        off = (_angle_deg(np.asarray(proposed, np.float64)[:, :3], np.asarray(expert, np.float64)[:, :3])
-               > c.max_angle_deg) & expert_moves
+        angle = _angle_deg(np.asarray(proposed, np.float64)[:, :3], np.asarray(expert, np.float64)[:, :3])
+        off = (angle > c.max_angle_deg) & expert_moves
         self.deviating = np.where(off & ~self.driving, self.deviating + 1, 0)
         stalled = np.zeros(self.n, bool)
         if len(self.history) > c.stall_window:
@@ -118,7 +119,8 @@ class ScriptedIntervener:
             stalled = (travel < c.stall_distance) & (self.episode_steps >= c.stall_window)
         trigger = (live & ~self.driving & (stalled | (self.deviating >= c.deviation_steps))
                    & (self.episode_steps >= c.grace_steps) & (self.episode_takeovers < c.max_takeovers))
-        for i in np.flatnonzero(trigger):
+        # when the budget cannot cover them all, the worst first: stalls, then the widest angle off
+        for i in sorted(np.flatnonzero(trigger), key=lambda i: (not stalled[i], -angle[i])):
             if not self._fits_budget():
                 break
             self.driving[i] = True
