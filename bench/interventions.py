@@ -28,6 +28,7 @@ HIL job's result of their seed, so they run after it.
 
     python -m bench.interventions --out runs/bench-interventions        # 3 seeds (docs/interventions.md)
     python -m bench.interventions --smoke --out /tmp/bi                  # seconds (tests/bench)
+    python -m bench.interventions --metaworld --out runs/bench-interventions-mw   # MetaWorld, hours
 """
 
 from __future__ import annotations
@@ -43,7 +44,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.learning import EVAL_SEED, LearningBenchConfig, _demo_recorder, _learner_config, stage0
+from bench.learning import (
+    EVAL_SEED,
+    METAWORLD,
+    METAWORLD_SMOKE,
+    LearningBenchConfig,
+    _demo_recorder,
+    _learner_config,
+    online_episode_stats,
+    stage0,
+)
 from sim.intervener import InterventionConfig
 
 METHODS = {
@@ -88,6 +98,8 @@ class InterventionBenchConfig(LearningBenchConfig):
         return self.iterations * self.rounds * self.episodes_per_round
 
 
+# MetaWorld (bench task set; Stage 0 alone takes ~10 min per seed on one core): fewer, longer episodes
+METAWORLD_HIL = {**METAWORLD, "rl_task_demos": 0, "rounds": 2, "episodes_per_round": 24}
 SMOKE = dict(seeds=(0,), demos=6, bootstrap_steps=8, iterations=1, rounds=2, episodes_per_round=6,
              sft_steps=4, eval_n=6, sac_updates_per_episode=2,
              methods=("irevla_ppo_hil", "irevla_sac_hil", "irevla_ppo", "demos_same_time", "demos_same_teleop"))
@@ -132,7 +144,7 @@ def run_online(cfg: InterventionBenchConfig, out: Path, method: str, seed: int) 
     cost = cfg.cost
     g = torch.Generator().manual_seed(seed)
     ops = {"teleop_s": 0.0, "label_s": 0.0, "intervention_steps": 0, "takeovers": 0, "steps": 0,
-           "episodes": 0, "episodes_with_takeover": 0, "successes": 0, "rl_successes_sampled": 0}
+           "episodes": 0, "episodes_with_takeover": 0, "successes": 0}
     curve = [{"episodes": 0, "phase": "stage0", **_evaluate(trainer.policy, cfg), **_op_point(ops)}]
     print(f"[{method} s{seed}] start: {curve[0]}", flush=True)
     t_job, episode_seed = time.time(), 200_000 + 100_000 * seed  # bench/learning.py's episode seeds
@@ -150,8 +162,6 @@ def run_online(cfg: InterventionBenchConfig, out: Path, method: str, seed: int) 
             ops["steps"] += int(res.steps.sum())
             ops["successes"] += int(res.success.sum())
             ops["episodes_with_takeover"] += int((res.intervention_steps > 0).sum())
-            ops["rl_successes_sampled"] += sum(m["outcome"] == "success" and "blue" in m["instruction"]
-                                               for m in res.metas)
             ops["teleop_s"] = ops["intervention_steps"] * cost.control_period_s + ops["takeovers"] * cost.takeover_s
             ops["label_s"] = ops["episodes"] * cost.label_s
             m = trainer.rl_round(res.metas)
@@ -166,8 +176,11 @@ def run_online(cfg: InterventionBenchConfig, out: Path, method: str, seed: int) 
                       "n_online_successes": m.get("n_online_successes"),
                       **_evaluate(trainer.policy, cfg), **_op_point(ops)})
         print(f"[{method} s{seed}] {curve[-1]}", flush=True)
-    return {"method": method, "seed": seed, "curve": curve, "ops": ops, "wall_s": time.time() - t_job,
-            "intervener": intervener.stats() if intervener else None, "config": _asdict(cfg)}
+    # the sampled episodes per split, read back from the store (RL-only task: its successes in sampling)
+    online = online_episode_stats(trainer.run_dir, cfg.task, cfg.backend)
+    return {"method": method, "seed": seed, "curve": curve, "ops": ops, "online": online,
+            "wall_s": time.time() - t_job, "intervener": intervener.stats() if intervener else None,
+            "config": _asdict(cfg)}
 
 
 def _op_point(ops: dict) -> dict:
@@ -180,8 +193,6 @@ def run_demos(cfg: InterventionBenchConfig, out: Path, method: str, seed: int) -
     """SFT phases on the Stage 0 demos + expert demos of the RL task, recorded before each phase
     until they cost the operator seconds the HIL run of this seed had spent by its phase."""
     import torch
-
-    from episodes.store import EpisodeStore
 
     torch.set_num_threads(1)
     hil = json.loads((out / "results" / f"irevla_ppo_hil-s{seed}.json").read_text())
@@ -208,9 +219,8 @@ def run_demos(cfg: InterventionBenchConfig, out: Path, method: str, seed: int) -
                 break
         m = trainer.sft_phase(progress=False)
         trainer.publish("full", "sft", m)
-        blue = sum("blue" in mm["instruction"] for mm in EpisodeStore(trainer.store.root).list_episodes(source="expert"))
         curve.append({"episodes": 0, "phase": f"it{it} sft", **_evaluate(trainer.policy, cfg),
-                      "operator_s": spent, "target_s": target, "demos": n_demos, "rl_task_demos": blue})
+                      "operator_s": spent, "target_s": target, "demos": n_demos})
         print(f"[{method} s{seed}] {curve[-1]}", flush=True)
     return {"method": method, "seed": seed, "curve": curve, "wall_s": time.time() - t_job,
             "ops": {"operator_s": spent, "demos": n_demos}, "config": _asdict(cfg)}
@@ -231,7 +241,10 @@ def _job(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- report
-def summarize(results: list[dict], cfg: InterventionBenchConfig) -> dict:
+def summarize(results: list[dict], cfg: InterventionBenchConfig, out_dir: Path | None = None) -> dict:
+    for r in results:  # results saved without the store's per-split counts: read them back
+        if "online" not in r and r["method"] not in DEMO_METHODS and out_dir is not None:
+            r["online"] = online_episode_stats(out_dir / "runs" / f"{r['method']}-s{r['seed']}", cfg.task, cfg.backend)
     out = {}
     for method in cfg.methods:
         rs = [r for r in results if r["method"] == method]
@@ -250,8 +263,12 @@ def summarize(results: list[dict], cfg: InterventionBenchConfig) -> dict:
         else:
             ops = [r["ops"] for r in rs]
             for k in ("teleop_s", "label_s", "takeovers", "intervention_steps", "steps", "episodes",
-                      "episodes_with_takeover", "rl_successes_sampled"):
+                      "episodes_with_takeover"):
                 row[k] = float(np.mean([o[k] for o in ops]))
+            online = [r["online"] for r in rs if r.get("online")]
+            if online:  # sampled episodes of the RL-only task and how many succeeded (operator included)
+                row["rl_sampled"] = float(np.mean([o["rl"]["episodes"] for o in online]))
+                row["rl_sampled_successes"] = float(np.mean([o["rl"]["successes"] for o in online]))
             row["intervention_fraction"] = row["intervention_steps"] / row["steps"] if row["steps"] else 0.0
         out[method] = row
     return out
@@ -275,6 +292,8 @@ def format_table(summary: dict, cfg: InterventionBenchConfig) -> str:
                    f"({100 * row['intervention_fraction']:.1f} % of {row['steps']:.0f}) in "
                    f"{row['episodes_with_takeover']:.0f} of {row['episodes']:.0f} episodes; "
                    f"{row['episodes']:.0f} labels") if row["takeovers"] else f"{row['episodes']:.0f} labels"
+            if "rl_sampled" in row:
+                did += f"; RL-only task sampled {row['rl_sampled_successes']:.0f} / {row['rl_sampled']:.0f} successes"
             secs = f"{row['teleop_s']:.0f} + {row['label_s']:.0f}"
         lines.append(f"| {METHODS[method]} (`{method}`) | {rl['start']:.2f} → **{rl['final']:.2f}** ± "
                      f"{rl['final_std']:.2f} ({per_seed}) | {demo['start']:.2f} → {demo['final']:.2f} ± "
@@ -309,7 +328,7 @@ def run(cfg: InterventionBenchConfig, out: Path, fresh: bool = False) -> dict:
             if not (out / "results" / f"{m}-s{s}.json").exists()]
     _run_jobs(todo, cfg.jobs, t0)
     results = [json.loads((out / "results" / f"{m}-s{s}.json").read_text()) for m in cfg.methods for s in cfg.seeds]
-    summary = summarize(results, cfg)
+    summary = summarize(results, cfg, out)
     table = format_table(summary, cfg)
     (out / "table.md").write_text(table + "\n")
     (out / "summary.json").write_text(json.dumps({"config": _asdict(cfg), "methods": summary,
@@ -345,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.interventions", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/bench-interventions")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (one seed, a few episodes): a smoke test")
+    p.add_argument("--metaworld", action="store_true", help="on MetaWorld (task set `bench`, docs/metaworld.md)")
     p.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
     p.add_argument("--seeds", nargs="+", type=int, default=None)
@@ -356,7 +376,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--iv-" + f.name.replace("_", "-"), dest="iv_" + f.name, type=type(f.default), default=None,
                        help=f"intervener: {f.name}")
     args = p.parse_args(argv)
-    values: dict = dict(SMOKE) if args.smoke else {}
+    values: dict = dict(METAWORLD_HIL) if args.metaworld else {}
+    if args.smoke:
+        values.update(SMOKE)
+        if args.metaworld:
+            values.update({**METAWORLD_SMOKE, "rl_task_demos": 0,
+                           "methods": ("irevla_ppo_hil", "irevla_ppo", "demos_same_time")})
     iv = dict(SMOKE_INTERVENTION) if args.smoke else {}
     for f in dataclasses.fields(InterventionBenchConfig):
         v = getattr(args, f.name, None)
