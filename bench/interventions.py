@@ -317,7 +317,7 @@ def run(cfg: InterventionBenchConfig, out: Path, fresh: bool = False) -> dict:
         shutil.rmtree(out, ignore_errors=True)
     (out / "results").mkdir(parents=True, exist_ok=True)
     saved = out / "config.json"
-    if saved.exists() and json.loads(saved.read_text()) != _asdict(cfg):
+    if saved.exists() and _job_settings(json.loads(saved.read_text())) != _job_settings(_asdict(cfg)):
         raise SystemExit(f"{out} holds results of another configuration ({saved}); use --fresh or another --out")
     saved.write_text(json.dumps(_asdict(cfg), indent=1))
     t0 = time.time()
@@ -335,6 +335,11 @@ def run(cfg: InterventionBenchConfig, out: Path, fresh: bool = False) -> dict:
                                                   "total_s": time.time() - t0}, indent=1))
     print("\n" + table + f"\n\ntotal {time.time() - t0:.0f} s")
     return summary
+
+
+def _job_settings(config: dict) -> dict:
+    """What a job's result depends on: not which methods or seeds run (more can be added to an OUT)."""
+    return {k: v for k, v in config.items() if k not in ("methods", "seeds", "jobs")}
 
 
 def _run_jobs(todo: list, jobs: int, t0: float) -> None:
