@@ -260,6 +260,7 @@ def summarize(results: list[dict], cfg: InterventionBenchConfig, out_dir: Path |
         row["wall_s"] = float(np.mean([r["wall_s"] for r in rs]))
         if method in DEMO_METHODS:
             row["demos"] = float(np.mean([p["demos"] for p in last]))
+            row["target_s"] = float(np.mean([p["target_s"] for p in last]))
         else:
             ops = [r["ops"] for r in rs]
             for k in ("teleop_s", "label_s", "takeovers", "intervention_steps", "steps", "episodes",
@@ -285,7 +286,7 @@ def format_table(summary: dict, cfg: InterventionBenchConfig) -> str:
         rl, demo = row["rl"], row["demo"]
         per_seed = " / ".join(f"{v:.2f}" for v in rl["per_seed"])
         if method in DEMO_METHODS:
-            did = f"{row['demos']:.0f} demos of the RL task"
+            did = f"{row['demos']:.0f} demos of the RL task (matched to {row['target_s']:.0f} s)"
             secs = f"{row['operator_s']:.0f}"
         else:
             did = (f"{row['takeovers']:.0f} takeovers, {row['intervention_steps']:.0f} steps "
