@@ -169,7 +169,7 @@ def _rollout(policy: Policy, vec, seeds: list[int], task: str, mode: str, genera
                              outcome="success" if vec.succeeded[i] else "failure", label_source="auto",
                              n_steps=int(vec.steps[i]), instruction=instructions[i], task=task_names[i],
                              extra={"mode": mode, "purpose": "eval" if mode == "greedy" else "train",
-                                    "seed": seeds[i], "intervention_steps": int(driven_steps[i])})
+                                    "seed": seeds[i]})
             store.finish(robot_id, episode_ids[i], episode_meta(store, end, learner_phase))
             result.metas.append(store.read_meta(robot_id, episode_ids[i]))
     return result
