@@ -307,6 +307,35 @@ def format_table(summary: dict, cfg: InterventionBenchConfig) -> str:
     return "\n".join(lines)
 
 
+def plot(results: list[dict], cfg: InterventionBenchConfig, path: Path) -> None:
+    """Greedy success against operator seconds spent (teleop + labels), one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(SPLITS), figsize=(6 * len(SPLITS), 4), sharey=True)
+    colours = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    for method in cfg.methods:
+        for i, r in enumerate(x for x in results if x["method"] == method):
+            xs = [p["operator_s"] for p in r["curve"]]
+            for ax, split in zip(axes, SPLITS, strict=True):
+                ax.plot(xs, [p[split] for p in r["curve"]], marker="o", ms=3, color=colours[method],
+                        alpha=0.8, label=METHODS[method] if i == 0 else None)
+    titles = {"demo": "tasks with demos", "rl": "RL-only task (no demos)"}
+    for ax, split in zip(axes, SPLITS, strict=True):
+        ax.set_title(titles[split])
+        ax.set_xlabel("operator seconds spent (teleop + labels, or demos)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("greedy success")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[-1].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"{cfg.backend} {cfg.task}: one line per seed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------------------------------------- main
 def run(cfg: InterventionBenchConfig, out: Path, fresh: bool = False) -> dict:
     unknown = set(cfg.methods) - set(METHODS)
@@ -334,7 +363,8 @@ def run(cfg: InterventionBenchConfig, out: Path, fresh: bool = False) -> dict:
     (out / "table.md").write_text(table + "\n")
     (out / "summary.json").write_text(json.dumps({"config": _asdict(cfg), "methods": summary,
                                                   "total_s": time.time() - t0}, indent=1))
-    print("\n" + table + f"\n\ntotal {time.time() - t0:.0f} s")
+    plot(results, cfg, out / "curves.png")
+    print("\n" + table + f"\n\ncurves: {out / 'curves.png'}; total {time.time() - t0:.0f} s")
     return summary
 
 

@@ -10,6 +10,8 @@ from bench.interventions import METHODS, SMOKE, SMOKE_INTERVENTION, Intervention
 from episodes.store import EpisodeStore
 from sim.intervener import InterventionConfig
 
+pytestmark = pytest.mark.slow  # ~1 min on two loaded cores (5 methods from one Stage 0)
+
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
@@ -41,6 +43,8 @@ def test_methods_and_operator_time(smoke):
 
 def test_table_and_resume(smoke):
     cfg, out, summary = smoke
+    png = (out / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "table.md").read_text()
     assert table.strip() == format_table(summary, cfg)
     assert all(f"`{m}`" in table for m in METHODS) and "Costing:" in table
