@@ -63,6 +63,7 @@ METHODS = {
     "demos_same_time": "demos only, same operator s (teleop + labels)",
     "demos_same_teleop": "demos only, same teleop s (labels free)",
 }
+LATER_SETTINGS = ("sft_intervention_repeat",)  # added after the first published run
 HIL_METHODS = {"irevla_ppo_hil", "irevla_sac_hil"}
 DEMO_METHODS = {"demos_same_time": "operator_s", "demos_same_teleop": "teleop_s"}
 SPLITS = ("demo", "rl")  # held-out colours stay at 0.00 for every method (docs/results.md): not evaluated
@@ -90,6 +91,8 @@ class InterventionBenchConfig(LearningBenchConfig):
     episodes_per_round: int = 96
     eval_n: int = 100
     jobs: int = 1
+    # learner.sft_intervention_repeat of the HIL runs: each intervention sample counts this many times in SFT
+    sft_intervention_repeat: int = 1
     intervention: InterventionConfig = field(default_factory=InterventionConfig)
     cost: OperatorCost = field(default_factory=OperatorCost)
 
@@ -125,6 +128,7 @@ def _trainer(cfg: InterventionBenchConfig, out: Path, method: str, seed: int):
     config = _learner_config(cfg, run_dir, seed)
     if method == "irevla_sac_hil":
         config.learner.algorithm = "sac"
+    config.learner.sft_intervention_repeat = cfg.sft_intervention_repeat
     trainer = Trainer(config, run_dir)
     trainer.resume()
     return trainer, config
@@ -279,7 +283,9 @@ def format_table(summary: dict, cfg: InterventionBenchConfig) -> str:
     c, iv = cfg.cost, cfg.intervention
     lines = [f"Greedy success on {cfg.backend} `{cfg.task}`, RL-only task with {cfg.rl_task_demos} demos "
              f"({cfg.eval_n} episodes per split, mean ± std over seeds {list(cfg.seeds)}; Stage 0 → final after "
-             f"{cfg.iterations} × ({cfg.rounds} rounds × {cfg.episodes_per_round} episodes + SFT))", "",
+             f"{cfg.iterations} × ({cfg.rounds} rounds × {cfg.episodes_per_round} episodes + SFT)"
+             + (f"; SFT repeats each intervention sample {cfg.sft_intervention_repeat}×" if cfg.sft_intervention_repeat > 1
+                else "") + ")", "",
              "| method | RL-only task (per seed) | demo tasks | operator s (teleop + labels) | what the operator did |",
              "|---|---|---|---|---|"]
     for method, row in summary.items():
@@ -369,8 +375,11 @@ def run(cfg: InterventionBenchConfig, out: Path, fresh: bool = False) -> dict:
 
 
 def _job_settings(config: dict) -> dict:
-    """What a job's result depends on: not which methods or seeds run (more can be added to an OUT)."""
-    return {k: v for k, v in config.items() if k not in ("methods", "seeds", "jobs")}
+    """What a job's result depends on: not which methods or seeds run (more can be added to an OUT),
+    nor settings added later that are at their default (older results did not have them)."""
+    defaults = _asdict(InterventionBenchConfig())
+    return {k: v for k, v in config.items()
+            if k not in ("methods", "seeds", "jobs") and not (k in LATER_SETTINGS and v == defaults[k])}
 
 
 def _run_jobs(todo: list, jobs: int, t0: float) -> None:

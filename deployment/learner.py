@@ -34,6 +34,8 @@ class LearnerConfig(BaseModel):
     sft_lr: float = Field(default=3e-4, gt=0, description="SFT phase: LoRA adapters + pooler + head")
     sft_loss: Literal["nll", "mse"] = "nll"
     sft_eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="expert episodes held out for the eval loss")
+    sft_intervention_repeat: int = Field(default=1, ge=1, description="SFT: every sample from an operator's "
+                                         "intervention segment counts this many times (upsampling)")
     ppo_lr: float = Field(default=1e-4, gt=0, description="PPO Adam lr (3e-4 learnt slower on the mock, 1e-3 collapsed)")
     ppo_epochs: int = Field(default=4, ge=1)
     ppo_minibatch_size: int = Field(default=64, ge=1)

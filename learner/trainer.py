@@ -221,7 +221,8 @@ class Trainer:
         cfg = SFTConfig(steps=lc.sft_steps, batch_size=lc.sft_batch_size, lr=lc.sft_lr, loss=lc.sft_loss,
                         eval_fraction=lc.sft_eval_fraction, eval_every=max(1, lc.sft_steps // 4),
                         seed=lc.seed + self.sft_phases + 1, warmup_steps=min(20, max(1, lc.sft_steps // 10)))
-        data = build_sft_data(self.store, metas, self.model.config.chunk, cfg.eval_fraction, lc.seed)
+        data = build_sft_data(self.store, metas, self.model.config.chunk, cfg.eval_fraction, lc.seed,
+                              lc.sft_intervention_repeat)
         if not data.train:  # nothing to consolidate (no demos, no successes): keep the model as it is
             log.warning("SFT skipped: no expert demos or successful episodes in the store")
             return {"skipped": 1.0, "n_online_successes": 0.0, "n_expert": 0.0}

@@ -113,3 +113,11 @@ def test_sac_demo_segments_are_the_operator_steps(store):
     np.testing.assert_allclose(segment.chunks[1], [operator_action(t) for t in (10, 11, 11, 11)], atol=1e-6)
     assert segment.dones.tolist() == [0.0, 0.0]  # the episode went on after the segment
     assert segment.rewards.tolist() == [0.0, 0.0] and np.isnan(segment.server_logprob).all()
+
+
+def test_sft_can_upsample_the_operator_segments(store):
+    meta = store_episode(store, "failed", "failure")
+    own = store_episode(store, "own", "success", teleop=())
+    data = build_sft_data(store, [meta, own], H, eval_fraction=0.0, intervention_repeat=3)
+    steps = [s.step for s in data.train]
+    assert sorted(steps) == sorted([*TELEOP] * 3 + list(range(N)))  # the policy's own success once
