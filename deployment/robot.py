@@ -81,6 +81,8 @@ class RobotConfig(BaseModel):
     teleop_linear_speed: float = Field(default=0.1, gt=0, le=1, description="m/s at full intent (a held key, "
                                        "a stick at its end); the SafetyFilter's step limit still applies")
     teleop_angular_speed: float = Field(default=0.5, gt=0, le=5, description="rad/s at full intent")
+    teleop_wait_reply: bool = Field(default=True, description="while the page drives, wait (within the reply "
+                                    "budget) for the reply to this tick's query, which carries the newest command")
     gamepad_index: int = Field(default=0, ge=0, description="which joystick (pygame numbering) to use")
     gamepad_mapping: dict = Field(default_factory=dict, description="overrides of "
                                   "robot_client.teleop.GamepadMapping fields (axes, buttons, dead zone)")

@@ -558,6 +558,10 @@ class ControlLoop:
                                   and ep.last_query_tick <= ep.chunk.start_tick)
 
     def _has_action(self, ep: _EpisodeState, tick: int) -> bool:
+        if ep.driving == self.page_teleop.name and self.cfg.teleop_wait_reply:
+            # the page's newest command rides on the reply to this tick's query: waiting for it (within
+            # the reply budget) executes a command up to a period earlier than taking the last reply's
+            return not any(t == tick for t, _ in ep.outstanding.values())
         if self.cfg.execution == "ensemble":  # give this tick's own observation its chance
             return any(c.start_tick == tick for c in ep.ensemble)
         return ep.chunk is not None and ep.chunk.covers(tick)

@@ -480,12 +480,15 @@ function updateTeleop(root, r) {
   root.dataset.teleop = pageDrives ? "page" : (deviceDrives ? "device" : "");
   const banner = setField(root, "teleop", pageDrives
     ? `OPERATOR DRIVING${t.robot === r.robot_id ? " — you, from this page" : " — from another page"}`
-    : (deviceDrives ? `OPERATOR DRIVING — ${r.detail || "a device at the robot"}` : ""));
+    : (deviceDrives ? `OPERATOR DRIVING — at the robot (${((r.detail || "").match(/\((\w+)\)/) || [, "device"])[1]})` : ""));
   banner.hidden = !(pageDrives || deviceDrives);
   root.querySelector(".teleop-keys").hidden = t.robot !== r.robot_id;
   const button = root.querySelector('[data-action="take-over"]');
   button.firstChild.textContent = pageDrives || mine ? "Hand back " : "Take over ";
   button.classList.toggle("active", pageDrives || mine);
+  // the person at the robot has priority over the page (the robot asks its device first)
+  button.disabled = deviceDrives && !mine;
+  button.title = button.disabled ? "a device at the robot drives it; it has priority" : "";
   // page -> server (half this page's POST round trip) + server -> the arm told to move (the robot's report)
   const exec = r.teleop ? r.teleop.server_to_exec_ms : null;
   const latency = root.querySelector('[data-field="latency"]');
