@@ -200,18 +200,25 @@ class GamepadTeleop:
                 continue
             with self._lock:
                 self._reading, self._t_read = reading, time.monotonic()
+                self._latch_gripper(reading)
             self.error = None
             self._stop.wait(self.poll_s)
 
-    def command(self, state: ArmState) -> TeleopAction | None:
-        with self._lock:
-            reading, t_read = self._reading, self._t_read
-        if reading is None or not self.mapping.engaged(reading):
+    def _latch_gripper(self, reading: GamepadReading) -> None:
+        """A gripper button tap between two control ticks still counts: latched at the device's rate."""
+        if not self.mapping.engaged(reading):
             self._gripper = None  # the next take-over starts from the gripper as it is
-            return None
-        translation, rotation, gripper = self.mapping.intent(reading)
+            return
+        gripper = self.mapping.intent(reading)[2]
         if gripper is not None:
             self._gripper = gripper
-        action = intent_to_action(translation, rotation, self._gripper, state, self.speeds.period_s,
+
+    def command(self, state: ArmState) -> TeleopAction | None:
+        with self._lock:
+            reading, t_read, gripper = self._reading, self._t_read, self._gripper
+        if reading is None or not self.mapping.engaged(reading):
+            return None
+        translation, rotation, _ = self.mapping.intent(reading)
+        action = intent_to_action(translation, rotation, gripper, state, self.speeds.period_s,
                                   self.speeds.linear_speed, self.speeds.angular_speed)
         return TeleopAction(action, SOURCE_GAMEPAD, t_read)
