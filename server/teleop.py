@@ -1,10 +1,12 @@
 """Keyboard teleop from the operator page: take over a robot mid-episode, drive it, hand it back.
 
-The page posts its commands here (operator token); the server keeps the latest per robot with the
+The page posts its commands to ``server.teleop_routes`` (operator token); the server keeps the latest per robot with the
 time it arrived, and the robot's next ``/v1/act`` reply carries it (``ActResponse.teleop``). While
 the operator drives, the robot asks every tick, so a command waits at most one round trip; it
 executes the command through its SafetyFilter and holds the arm when the command is older than its
 teleop deadline (a closed page, a dead link). docs/teleop.md.
+
+The routes (``server/teleop_routes.py``):
 
 * ``POST /v1/robots/{id}/teleop/take_over``  the operator drives from the next reply on (409: no
   episode running; 404: unknown robot)
@@ -22,12 +24,9 @@ import math
 import time
 from dataclasses import dataclass
 
-from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from protocol.messages import ID_PATTERN, TeleopAck, TeleopCommand, intent_axes
-from server.auth import require_operator
+from protocol.messages import TeleopAck, TeleopCommand, intent_axes
 
 # Robot states in which an episode runs and can be taken over.
 DRIVABLE_STATES = ("running", "paused", "teleop")
@@ -124,40 +123,3 @@ class TeleopLive:
                           rotation=[0.0, 0.0, 0.0] if c is None else c.rotation,
                           gripper=None if c is None else c.gripper, executed_seq=self.executed_seq,
                           server_to_exec_ms=self.server_to_exec_ms, commands=self.commands)
-
-
-# ---------------------------------------------------------------- routes (the registry is app.state.robots)
-
-router = APIRouter(prefix="/v1", tags=["teleop"])
-RobotIdParam = PathParam(pattern=ID_PATTERN)
-_errors = {404: {"description": "unknown robot"}, 409: {"description": "no episode running / not taken over"},
-           422: {"description": "a field is wrong (NaN, wrong length, out of [-1, 1])"}}
-
-
-def _call(request: Request, method: str, robot_id: str, *args):
-    robots = request.app.state.robots
-    try:
-        return getattr(robots, method)(robot_id, *args)
-    except KeyError:
-        raise HTTPException(404, f"robot_id: unknown robot {robot_id!r} (not seen yet)") from None
-    except TeleopRefused as e:
-        raise HTTPException(409, str(e)) from None
-
-
-@router.post("/robots/{robot_id}/teleop/take_over", dependencies=[Depends(require_operator)], responses=_errors)
-async def take_over(request: Request, robot_id: str = RobotIdParam):
-    """The operator drives this robot from its next /v1/act reply on, until hand back or the episode ends."""
-    return request.app.state.robots.view(_call(request, "take_over", robot_id))
-
-
-@router.post("/robots/{robot_id}/teleop/hand_back", dependencies=[Depends(require_operator)], responses=_errors)
-async def hand_back(request: Request, robot_id: str = RobotIdParam):
-    """The policy drives again (the robot asks it afresh; nothing planned before is executed)."""
-    return request.app.state.robots.view(_call(request, "hand_back", robot_id))
-
-
-@router.post("/robots/{robot_id}/teleop", dependencies=[Depends(require_operator)], responses=_errors)
-async def teleop_command(body: TeleopIn, request: Request, robot_id: str = RobotIdParam) -> TeleopAccepted:
-    """One command: the page sends one on every key change and every 50 ms while driving."""
-    accepted = _call(request, "teleop_command", robot_id, body)
-    return TeleopAccepted(seq=body.seq, accepted=accepted, received=time.time())
