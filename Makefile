@@ -39,7 +39,7 @@ install-metaworld: $(METAWORLD_STAMP)
 test: system-deps $(STAMP) $(METAWORLD_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 demo: $(STAMP)
 	$(BIN)/vlaloop demo
