@@ -160,7 +160,7 @@ def test_cli_teleop_gamepad_without_a_pad_exits_2(tmp_path):
 
     r = subprocess.run([PY, "-m", "vlaloop.cli", "--run-dir", str(tmp_path), "robot", "--backend", "mock",
                         "--teleop", "gamepad"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "cannot start --teleop gamepad" in r.stderr and "no gamepad" in r.stderr
+    assert r.returncode == 2 and "cannot start --teleop gamepad" in r.stderr and "no gamepad" in r.stderr, r.stderr[-2000:]
 
 
 def test_a_source_that_raises_is_held_like_a_stale_command():
