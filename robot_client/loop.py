@@ -340,11 +340,12 @@ class ControlLoop:
             try:
                 teleop = source.command(obs.state)
             except Exception as e:  # noqa: BLE001 - a broken source must hold the arm, not crash the loop
-                log.exception("intervention source %s failed", getattr(source, "name", source))
+                name = str(getattr(source, "name", "unknown"))
+                if not ep.teleop_error:  # once per episode, not at the control rate
+                    log.exception("intervention source %s failed; holding the arm", name)
                 ep.count(TELEOP_ERROR)
-                teleop = TeleopAction(np.zeros(7), str(getattr(source, "name", "unknown")), -math.inf)
-                detail = f"{type(e).__name__}: {e}"
-                ep.teleop_error = detail
+                ep.teleop_error = f"intervention source {name}: {type(e).__name__}: {e}"
+                teleop = TeleopAction(np.zeros(7), name, -math.inf)
             if teleop is not None:
                 break
         driving = None if teleop is None else teleop.source
