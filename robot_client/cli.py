@@ -93,20 +93,15 @@ def build_rig(cfg: RobotConfig, model_cameras: list[str], image_size: int, cal: 
 
 
 def _backend_rig(cfg: RobotConfig, model_cameras: list[str], image_size: int, cal: CalibrationFile) -> Rig:
-    if cfg.backend == "mock":
-        from sim.mock import MockRobot
-
-        robot = MockRobot(task=cfg.task, image_size=image_size, cameras=tuple(model_cameras), seed=cfg.seed,
-                          split=cfg.split)
+    if cfg.backend in ("mock", "metaworld"):
+        if cfg.backend == "mock":
+            from sim.mock import MockRobot as SimRobot
+        else:
+            from sim.metaworld.backend import MetaWorldRobot as SimRobot
+        # a task or (metaworld) a task set; the split picks which of a set's tasks episodes draw
+        robot = SimRobot(task=cfg.task, image_size=image_size, cameras=tuple(model_cameras), seed=cfg.seed,
+                         split=cfg.split)
         return Rig(arm=robot.arm, cameras=dict(robot.cameras), task=cfg.task,
-                   new_episode=lambda seed: robot.new_episode(seed), success=robot.success,
-                   max_steps=lambda: robot.max_steps, close=robot.close)
-    if cfg.backend == "metaworld":
-        from sim.metaworld.backend import MetaWorldRobot
-
-        task = cfg.task  # a MetaWorld task or task set (sim/metaworld/tasks.py)
-        robot = MetaWorldRobot(task=task, image_size=image_size, cameras=tuple(model_cameras), seed=cfg.seed)
-        return Rig(arm=robot.arm, cameras=dict(robot.cameras), task=task,
                    new_episode=lambda seed: robot.new_episode(seed), success=robot.success,
                    max_steps=lambda: robot.max_steps, close=robot.close)
     from hardware.franka import FrankaArm
