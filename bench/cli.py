@@ -9,6 +9,7 @@ import importlib
 BENCHMARKS = {
     "serving": "bench.serving",
     "control_loop": "bench.control_loop",
+    "teleop": "bench.teleop_latency",
     "learner": "bench.learner",
     "ingest": "bench.learner_ingest",
     "metaworld_throughput": "bench.metaworld_throughput",  # needs the metaworld extra

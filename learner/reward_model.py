@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deployment.reward_model import REWARD_MODEL_FILE
 from episodes.store import EpisodeStore, write_json_atomic
 from learner.dataset import load_decisions
 from learner.episode_rules import is_operator_labelled
@@ -35,7 +36,7 @@ from vla.success_classifier import (
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "reward_model.json"
+MODEL_FILE = REWARD_MODEL_FILE  # the deployment section names it: the server reads the same file
 
 
 def episode_inputs(store: EpisodeStore, cache: FeatureCache, policy: Policy, metas: list[dict],
