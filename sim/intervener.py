@@ -9,13 +9,13 @@ be measured where the true outcome is known. Per scene, every control step:
   the expert's for ``deviation_steps`` steps in a row (counted only while the expert wants to move)
   -- the policy is leaving the path the expert would take;
 
-either one starts a TAKEOVER, if the budget allows it (when it cannot cover every scene that
-triggered at once, the worst go first: stalls, then the widest angle off the expert): the expert drives for ``segment_steps``
-steps, then hands back at the next decision boundary (the policy then plans a fresh chunk from
-where the expert left the arm). The budget: at most ``max_takeovers`` per episode, no takeover
-before the policy has had ``grace_steps``, and intervention steps stay within ``budget_fraction``
-of every step this intervener has seen (across all its episodes; a takeover starts only if its
-whole segment fits).
+either one starts a TAKEOVER if the budget allows it: the expert drives for ``segment_steps`` steps,
+then hands back at the next decision boundary (the policy then plans a fresh chunk from where the
+expert left the arm). The budget: at most ``max_takeovers`` per episode, no takeover before the
+policy has had ``grace_steps``, and intervention steps stay within ``budget_fraction`` of every step
+this intervener has seen (across all its episodes; a takeover starts only if its whole segment
+fits). When it cannot cover every scene that triggered at once, the worst go first: stalls, then
+the widest angle off the expert.
 
 Backend-agnostic: it reads positions (the first 3 state values) and compares 7-D actions; the
 mock's ``VecScene`` and MetaWorld's ``MetaWorldVec`` both give those and ``expert_actions``.
