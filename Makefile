@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || DEBS=python3-venv sh install/debian-packages.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev,robot,calib,vlm]'
+	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev,robot,calib,vlm,teleop]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -39,7 +39,7 @@ install-metaworld: $(METAWORLD_STAMP)
 test: system-deps $(STAMP) $(METAWORLD_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 demo: $(STAMP)
 	$(BIN)/vlaloop demo

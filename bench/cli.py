@@ -9,13 +9,15 @@ import importlib
 BENCHMARKS = {
     "serving": "bench.serving",
     "control_loop": "bench.control_loop",
+    "teleop": "bench.teleop_latency",
     "learner": "bench.learner",
     "ingest": "bench.learner_ingest",
     "metaworld_throughput": "bench.metaworld_throughput",  # needs the metaworld extra
     "vlm_gpu": "bench.vlm_gpu",  # full-size backbone on a GPU; prints "skipped" without one
     "learning": "bench.learning",  # ~45 min: the results table (docs/results.md); not part of `all`
+    "interventions": "bench.interventions",  # long: interventions vs demos (docs/interventions.md); not in `all`
 }
-QUICK = [name for name in BENCHMARKS if name not in ("learning", "metaworld_throughput")]
+QUICK = [name for name in BENCHMARKS if name not in ("learning", "interventions", "metaworld_throughput")]
 
 
 def configure(parser) -> None:

@@ -34,12 +34,16 @@ class LearnerConfig(BaseModel):
     sft_lr: float = Field(default=3e-4, gt=0, description="SFT phase: LoRA adapters + pooler + head")
     sft_loss: Literal["nll", "mse"] = "nll"
     sft_eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="expert episodes held out for the eval loss")
+    sft_intervention_repeat: int = Field(default=1, ge=1, description="SFT: every sample from an operator's "
+                                         "intervention segment counts this many times (upsampling)")
     ppo_lr: float = Field(default=1e-4, gt=0, description="PPO Adam lr (3e-4 learnt slower on the mock, 1e-3 collapsed)")
     ppo_epochs: int = Field(default=4, ge=1)
     ppo_minibatch_size: int = Field(default=64, ge=1)
     ppo_target_kl: float | None = Field(default=0.05, gt=0, description="PPO: stop a round's epochs once approx KL exceeds this")
     critic_warmup_rounds: int = Field(default=1, ge=0, description="PPO and SAC: critic-only rounds before the policy moves")
     step_penalty: float = Field(default=0.0, ge=0, description="reward per decision (sparse +1 on success minus this)")
+    takeover_reward: float = Field(default=0.0, le=0, description="reward of the policy's last decision before an "
+                                   "operator takeover, which also ends that segment (0: like a failure)")
     sac_updates_per_episode: int = Field(default=10, ge=1)
     sac_batch_size: int = Field(default=128, ge=2)
     # SAC defaults measured on the mock (docs/learning.md): the old ones (alpha 0.05, no BC, actor lr

@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# the fitted model, in the run dir: the learner publishes it (atomically), the server reads it
+REWARD_MODEL_FILE = "reward_model.json"
+
 
 class RewardModelConfig(BaseModel):
     """Deployment section `reward_model`: read by the learner (fits) and the server (scores)."""

@@ -70,6 +70,23 @@ class RobotConfig(BaseModel):
     dry_run: bool = Field(default=False, description="everything but motion: the arm holds where it would "
                           "move and never homes; episodes end aborted (stored, never trained on)")
 
+    # --- interventions (docs/teleop.md)
+    teleop: Literal["none", "gamepad"] = Field(
+        default="none", description="a device at the robot the operator can take over with (a dead-man "
+        "button: released, the policy drives); the operator page can always take over through the server")
+    teleop_deadline_s: float = Field(default=0.5, gt=0, le=5, description="an operator's command older than "
+                                     "this holds the arm (a closed page, a dead link, an unplugged device)")
+    teleop_lost_abort_s: float = Field(default=3.0, gt=0, description="holding on a stale operator command "
+                                       "this long aborts the episode")
+    teleop_linear_speed: float = Field(default=0.1, gt=0, le=1, description="m/s at full intent (a held key, "
+                                       "a stick at its end); the SafetyFilter's step limit still applies")
+    teleop_angular_speed: float = Field(default=0.5, gt=0, le=5, description="rad/s at full intent")
+    teleop_wait_reply: bool = Field(default=True, description="while the page drives, wait (within the reply "
+                                    "budget) for the reply to this tick's query, which carries the newest command")
+    gamepad_index: int = Field(default=0, ge=0, description="which joystick (pygame numbering) to use")
+    gamepad_mapping: dict = Field(default_factory=dict, description="overrides of "
+                                  "robot_client.teleop.GamepadMapping fields (axes, buttons, dead zone)")
+
     # --- streaming to the learner
     outbox_dir: str | None = Field(default=None, description="default: <run_dir>/outbox/<robot_id>")
     outbox_max_bytes: int = Field(default=2 * 1024**3, gt=0)

@@ -7,7 +7,9 @@ Torch-free, so the phase loop can pick a round's episodes with the same rule the
   (reward_model.mode "auto").
 * RL data is an online episode whose actions were SAMPLED by the policy: greedy evaluation episodes
   are not samples of the behaviour policy.
-* SFT data is the expert demos and the successful online/eval episodes.
+* SFT data is the expert demos, the successful online/eval episodes and the operator's
+  intervention segments of any trainable online episode, failed ones too (HG-DAgger): which steps of
+  an online episode SFT trains on is ``learner.dataset.sft_step_spans``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,15 @@ def is_expert(meta: dict) -> bool:
     return meta.get("source") == "expert" and meta.get("outcome") == "success"
 
 
+def has_interventions(meta: dict) -> bool:
+    """An operator (or the scripted intervener) drove some of the episode's steps."""
+    return int(meta.get("intervention_steps") or 0) > 0
+
+
 def is_sft_episode(meta: dict, include_online: bool = True, reward_model_labels: bool = False) -> bool:
-    """Expert demos ∪ (optionally) successful online/eval episodes (iRe-VLA Stage 2)."""
+    """Expert demos ∪ (optionally) successful online/eval episodes (iRe-VLA Stage 2) ∪ online
+    episodes with interventions, whatever their outcome (HG-DAgger: the operator's segments are
+    demonstrations; of a failed episode only those segments are used)."""
     return is_expert(meta) or (include_online and is_trainable(meta, reward_model_labels)
-                               and meta.get("outcome") == "success" and meta.get("source") in ("online", "eval"))
+                               and meta.get("source") in ("online", "eval")
+                               and (meta.get("outcome") == "success" or has_interventions(meta)))

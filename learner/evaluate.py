@@ -27,6 +27,7 @@ from episodes.store import EpisodeStore
 from interface.policy import Observation
 from protocol.images import decode_jpeg, encode_jpeg
 from protocol.messages import EpisodeEnd, StepMsg
+from sim.intervener import ScriptedIntervener
 from sim.mock.demos import executed_action
 from sim.mock.vec import VecScene
 
@@ -42,6 +43,7 @@ class RolloutResult:
     steps: np.ndarray  # [N] int
     seeds: list[int]
     metas: list[dict] = field(default_factory=list)  # stored episodes (collect_episodes)
+    intervention_steps: np.ndarray | None = None  # [N] steps the scripted intervener drove
 
     @property
     def success_rate(self) -> float:
@@ -75,9 +77,14 @@ def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str
             generator: torch.Generator | None = None, store: EpisodeStore | None = None,
             robot_id: str = "sim0", split: str = "train", image_size: int | None = None,
             learner_phase: str = "rl", backend: str = "mock", workers: int = 0,
-            max_steps: int | None = None) -> RolloutResult:
+            max_steps: int | None = None, intervener: ScriptedIntervener | None = None) -> RolloutResult:
     """Run one episode per seed, all in parallel; optionally store them like the ingest does.
-    ``max_steps`` caps the tasks' own step limits (smoke tests)."""
+    ``max_steps`` caps the tasks' own step limits (smoke tests). ``intervener`` (sampled rollouts
+    only): the scene's expert drives where it takes over; those steps are stored as interventions
+    (``intervention``, ``intervention_source: "scripted"``, the policy's ``proposed_action``,
+    ``on_policy: false``)."""
+    if intervener is not None and mode == "greedy":
+        raise ValueError("greedy evaluation never intervenes: pass intervener only to sampled rollouts")
     seeds = [int(s) for s in seeds]
     size = image_size or policy.spec.image_size
     vec = make_scenes(backend, seeds, task, split, size, workers)
@@ -88,7 +95,8 @@ def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str
             from sim.metaworld.actions import executed_action as executed
         else:
             executed = executed_action
-        return _rollout(policy, vec, seeds, task, mode, generator, store, robot_id, size, learner_phase, executed)
+        return _rollout(policy, vec, seeds, task, mode, generator, store, robot_id, size, learner_phase, executed,
+                        intervener)
     finally:
         close = getattr(vec, "close", None)
         if close is not None:
@@ -97,7 +105,7 @@ def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str
 
 def _rollout(policy: Policy, vec, seeds: list[int], task: str, mode: str, generator: torch.Generator | None,
              store: EpisodeStore | None, robot_id: str, size: int, learner_phase: str,
-             executed) -> RolloutResult:
+             executed, intervener: ScriptedIntervener | None = None) -> RolloutResult:
     from learner.ingest import episode_meta
 
     instructions = list(getattr(vec, "instructions", None) or [t.instruction for t in vec.tasks])
@@ -107,6 +115,9 @@ def _rollout(policy: Policy, vec, seeds: list[int], task: str, mode: str, genera
     episode_ids = [f"{task}-{uuid.uuid4().hex[:12]}" for _ in seeds]
     recording = store is not None
     chunk = policy.spec.chunk
+    if intervener is not None:
+        intervener.start(vec.n)
+    driven_steps = np.zeros(vec.n, int)
     while not vec.done.all():
         active = np.flatnonzero(~vec.done)
         jpegs = _frames(vec, cams, size)
@@ -121,24 +132,37 @@ def _rollout(policy: Policy, vec, seeds: list[int], task: str, mode: str, genera
                 break
             if recording and k > 0:
                 jpegs = _frames(vec, cams, size)
+            if k > 0 and (recording or intervener is not None):
                 states = vec.states()
             live = ~vec.done
+            act = plan[:, k]
+            driven = np.zeros(vec.n, bool)
+            if intervener is not None:
+                expert = vec.expert_actions(intervener.cfg.expert_noise)
+                driven = intervener.decide(plan[:, k], expert, states, live, decision_boundary=k == 0)
+                act = np.where(driven[:, None], expert, plan[:, k]).astype(np.float32)
+                driven_steps += driven
             if recording:
                 for j, i in enumerate(active):
                     if not live[i]:
                         continue
                     first = k == 0
+                    teleop = bool(driven[i])
                     msg = StepMsg(robot_id=robot_id, episode_id=episode_ids[i], step=int(vec.steps[i]),
                                   images={c: jpegs[c][i] for c in cams}, state=states[i].tolist(),
-                                  action=executed(plan[i, k]),
+                                  action=executed(act[i]),
                                   action_chunk=plan[i].tolist() if first else None, chunk_index=k,
                                   log_prob=outs[j].log_prob if first else None,
                                   value=outs[j].value if first else None, policy_version=policy.version,
-                                  instruction=instructions[i], t_capture=time.time(), t_act=time.time())
+                                  instruction=instructions[i], t_capture=time.time(), t_act=time.time(),
+                                  on_policy=not teleop, intervention=teleop,
+                                  intervention_source="scripted" if teleop else None,
+                                  proposed_action=[float(x) for x in plan[i, k]] if teleop else None)
                     record = msg.model_dump(exclude=_NOT_IN_RECORD)
                     store.append_step(robot_id, episode_ids[i], msg.step, record, msg.images)
-            vec.step(plan[:, k])
-    result = RolloutResult(success=vec.succeeded.copy(), steps=vec.steps.copy(), seeds=seeds)
+            vec.step(act)
+    result = RolloutResult(success=vec.succeeded.copy(), steps=vec.steps.copy(), seeds=seeds,
+                           intervention_steps=driven_steps)
     if recording:
         for i in range(vec.n):
             end = EpisodeEnd(robot_id=robot_id, episode_id=episode_ids[i],

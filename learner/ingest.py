@@ -122,6 +122,8 @@ def episode_meta(store: EpisodeStore, msg: EpisodeEnd, learner_phase: str) -> di
         "mode": extra.get("mode"),
         "learner_phase": learner_phase,
         "missing_steps": max(0, msg.n_steps - len(steps)),
+        # steps an operator (or the scripted intervener) drove: their segments are demonstrations
+        "intervention_steps": sum(1 for s in steps if s.get("intervention")),
         "extra": extra,
     }
     if calibration is not None:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from deployment.reward_model import REWARD_MODEL_FILE
 from episodes.store import EpisodeStore, write_json_atomic
 from learner.dataset import load_decisions
-from learner.episode_rules import is_operator_labelled
+from learner.episode_rules import has_interventions, is_operator_labelled
 from learner.features import FeatureCache, trunk_key
 from vla.policy import Policy
 from vla.success_classifier import (
@@ -35,7 +36,7 @@ from vla.success_classifier import (
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "reward_model.json"
+MODEL_FILE = REWARD_MODEL_FILE  # the deployment section names it: the server reads the same file
 
 
 def episode_inputs(store: EpisodeStore, cache: FeatureCache, policy: Policy, metas: list[dict],
@@ -85,7 +86,9 @@ class RewardModelTrainer:
                         policy: Policy) -> dict | None:
         """The new report after a refit (or after a change that still leaves too few labels);
         None when neither the operator-labelled episodes of `metas` nor the trunk changed."""
-        metas = sorted((m for m in metas if is_operator_labelled(m)),
+        # an episode an operator took over is left out: its label is about the operator's work, and
+        # the policy's decisions in it end at the takeover, not at the outcome the label describes
+        metas = sorted((m for m in metas if is_operator_labelled(m) and not has_interventions(m)),
                        key=lambda m: (m.get("finished", 0), m["robot_id"], m["episode_id"]))
         key = trunk_key(policy)
         labelled = frozenset(f"{m['robot_id']}/{m['episode_id']}:{m['outcome']}" for m in metas)

@@ -1,7 +1,7 @@
 """Supervised fine-tuning of the VLA on demonstrations (iRe-VLA Stage 0 and Stage 2).
 
 * Stage 2 (``mode="lora"``): peft LoRA adapters on the backbone + pooler + the action head, on
-  expert demos ∪ successful online episodes. The expert data keeps the model from forgetting; the
+  expert demos ∪ successful online episodes ∪ intervention segments (HG-DAgger, also of failed episodes). The expert data keeps the model from forgetting; the
   successes consolidate what RL found into the backbone.
 * Stage 0 (``mode="full"``, learner/bootstrap.py): everything trains, from the tiny random init.
 
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from episodes.store import Episode, EpisodeStore
 from interface.policy import Observation
-from learner.dataset import load_decisions
+from learner.dataset import sft_decisions
 from vla.model import VLAModel
 from vla.normalization import Normalizer
 
@@ -70,10 +70,12 @@ class SFTData:
 
 
 def build_sft_data(store: EpisodeStore, metas: list[dict], chunk: int, eval_fraction: float,
-                   seed: int = 0) -> SFTData:
-    """Every step of every episode is a sample (target: the next H executed actions). Held-out
+                   seed: int = 0, intervention_repeat: int = 1) -> SFTData:
+    """Every SFT step of every episode is a sample (target: the next H executed actions of its run;
+    learner.dataset.sft_step_spans: an episode with interventions gives its operator segments). Held-out
     episodes are picked among the EXPERT demos by a seeded shuffle (the eval loss stays comparable
-    across SFT phases while online successes accumulate)."""
+    across SFT phases while online successes accumulate). ``intervention_repeat``: each sample of an
+    operator's segment is repeated (the policy's own successes otherwise outnumber those few steps)."""
     metas = sorted(metas, key=lambda m: (m["robot_id"], m["episode_id"]))
     experts = [m for m in metas if m.get("source") == "expert"]
     rng = np.random.default_rng(seed)
@@ -81,8 +83,11 @@ def build_sft_data(store: EpisodeStore, metas: list[dict], chunk: int, eval_frac
     eval_ids = {(m["robot_id"], m["episode_id"]) for m in rng.permutation(np.array(experts, dtype=object))[:n_eval]}
     data = SFTData(train=[], eval=[])
     for meta in metas:
-        d = load_decisions(store, meta, chunk, as_demo=True)
-        samples = [SFTSample(d.episode, d.steps[i], d.states[i], d.chunks[i], d.instruction) for i in range(len(d))]
+        samples = []
+        for d in sft_decisions(store, meta, chunk):
+            teleop = bool(d.steps) and bool(d.episode.steps[_index_of(d, d.steps[0])].get("intervention"))
+            samples += [SFTSample(d.episode, d.steps[i], d.states[i], d.chunks[i], d.instruction)
+                        for i in range(len(d))] * (intervention_repeat if teleop else 1)
         if (meta["robot_id"], meta["episode_id"]) in eval_ids:
             data.eval += samples
             data.episodes_eval += 1
@@ -90,6 +95,11 @@ def build_sft_data(store: EpisodeStore, metas: list[dict], chunk: int, eval_frac
             data.train += samples
             data.episodes_train += 1
     return data
+
+
+def _index_of(d, step: int) -> int:
+    """Index of step number `step` in the episode's step list."""
+    return next(i for i, s in enumerate(d.episode.steps) if int(s["step"]) == step)
 
 
 def _frame(data: SFTData, sample: SFTSample, cam: str, limit: int = 50_000) -> np.ndarray:

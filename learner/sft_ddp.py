@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                         seed=lc.seed if args.seed is None else args.seed, warmup_steps=min(20, max(1, steps // 10)))
         if cfg.batch_size % world:
             raise SystemExit(f"global batch {cfg.batch_size} must divide by the {world} ranks")
-        data = build_sft_data(store, sft_episodes(store, reward_model_labels=reward_model_labels_trusted(config)), config.model.chunk, cfg.eval_fraction, lc.seed)
+        data = build_sft_data(store, sft_episodes(store, reward_model_labels=reward_model_labels_trusted(config)), config.model.chunk, cfg.eval_fraction, lc.seed,
+                              lc.sft_intervention_repeat)
 
         def wrap(module: torch.nn.Module) -> torch.nn.Module:
             # a backbone holds parameters this loss never reaches (the LM head, SigLIP's pooling head

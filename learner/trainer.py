@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable
 from functools import cached_property
@@ -27,10 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from episodes.durable import write_atomic
 from episodes.store import EpisodeStore, episode_key
 from learner.bootstrap import expert_demos, run_bootstrap
-from learner.dataset import EpisodeDecisions, load_decisions, sft_episodes
-from learner.episode_rules import is_rl_episode, reward_model_labels_trusted
+from learner.dataset import EpisodeDecisions, intervention_decisions, load_decisions, sft_episodes
+from learner.episode_rules import has_interventions, is_rl_episode, reward_model_labels_trusted
 from learner.features import FeatureCache, trunk_key
 from learner.metrics import scalar_metrics
 from learner.rl.algorithms import algorithm_config, make_algorithm
@@ -43,6 +45,8 @@ from vla.policy import Policy
 from vla.registry import CheckpointError, CheckpointRegistry, load_model, publish, trunk_meta
 
 log = logging.getLogger(__name__)
+
+RL_STATE_FILE = "rl_state.pt"
 
 
 class Trainer:
@@ -65,6 +69,10 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(self.lc.seed)
         self.rl_config = algorithm_config(self.lc)  # the chosen algorithm's hyperparameters
         self.algorithm: RLAlgorithm | None = None  # built on the first RL round, on the current heads
+        # the algorithm's own state (optimizer moments, SAC's target critics and temperature) saved at
+        # every publish, so a restarted learner continues the algorithm, not only the weights
+        self.rl_state_path = self.run_dir / RL_STATE_FILE
+        self._rl_state_to_restore: dict | None = None
         self._version_heads: dict[int, nn.Module] = {}
 
     # ------------------------------------------------------------------ model lifecycle
@@ -81,6 +89,7 @@ class Trainer:
     def _adopt(self, model: VLAModel, norm: Normalizer, version: int) -> None:
         self.model, self.norm, self.version = model, norm, version
         self.algorithm = None
+        self._rl_state_to_restore = None
         self._version_heads.clear()
 
     def bootstrap(self, progress: bool = True, on_progress: Callable[[float], None] | None = None) -> int:
@@ -100,6 +109,7 @@ class Trainer:
             return None
         model, norm, meta = load_model(self.registry, version, self.device)
         self._adopt(model, norm, version)
+        self._rl_state_to_restore = self._read_rl_state(version)
         self.rl_rounds_total = max(self.rl_rounds_total, int(meta.get("metrics", {}).get("rl_rounds_total", 0)))
         self.sft_phases = max(self.sft_phases, int(meta.get("metrics", {}).get("sft_phases", 0)))
         log.info("trainer resumed v%d (%d RL rounds so far)", version, self.rl_rounds_total)
@@ -128,10 +138,32 @@ class Trainer:
         version = publish(self.registry, self.model, self.norm, kind=kind, parent=self.version, phase=phase,
                           metrics=summary)
         self.version = version
+        if self.algorithm is not None:
+            self._write_rl_state(version)
         if kind == "full":
             self.cache.invalidate(keep=trunk_key(self.policy))
             self._version_heads.clear()
         return version
+
+    def _write_rl_state(self, version: int) -> None:
+        buf = io.BytesIO()
+        torch.save({"version": version, "algorithm": self.lc.algorithm, "state": self.algorithm.state_dict()}, buf)
+        write_atomic(self.rl_state_path, buf.getvalue())
+
+    def _read_rl_state(self, version: int) -> dict | None:
+        """The saved algorithm state if it was saved with `version` (a rollback to an older version,
+        or another algorithm, starts the algorithm afresh)."""
+        if not self.rl_state_path.exists():
+            return None
+        try:
+            saved = torch.load(self.rl_state_path, map_location=self.device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a damaged file costs the optimizer state, not the run
+            log.warning("ignoring %s: %s", self.rl_state_path, e)
+            return None
+        if saved.get("version") != version or saved.get("algorithm") != self.lc.algorithm:
+            return None
+        log.info("restoring the %s state saved with v%d", self.lc.algorithm, version)
+        return saved["state"]
 
     # ------------------------------------------------------------------ behaviour log-probs
     def _heads_of(self, version: int) -> nn.Module | None:
@@ -183,7 +215,7 @@ class Trainer:
 
     def _decisions(self, metas: list[dict], expert_stride: int | None = None) -> list[EpisodeDecisions]:
         return [load_decisions(self.store, m, self.model.config.chunk, self.lc.step_penalty,
-                               expert_stride=expert_stride) for m in metas]
+                               expert_stride=expert_stride, takeover_reward=self.lc.takeover_reward) for m in metas]
 
     def rl_round(self, episodes: list[dict]) -> dict:
         """One round of the configured algorithm on `episodes` (metas; non-RL ones are skipped)."""
@@ -192,6 +224,9 @@ class Trainer:
         metas = [m for m in episodes if is_rl_episode(m, self.reward_model_labels)]
         if self.algorithm is None:
             self.algorithm = make_algorithm(self.lc.algorithm, self.rl_config, self.model.heads, self.generator)
+            if self._rl_state_to_restore is not None:
+                self.algorithm.load_state_dict(self._rl_state_to_restore)
+                self._rl_state_to_restore = None
         data = TrainerRound(self, self._decisions(metas))
         warmup = self.rl_rounds_total < self.lc.critic_warmup_rounds
         stats = self.algorithm.warm_up(data) if warmup else self.algorithm.update(data)
@@ -221,7 +256,8 @@ class Trainer:
         cfg = SFTConfig(steps=lc.sft_steps, batch_size=lc.sft_batch_size, lr=lc.sft_lr, loss=lc.sft_loss,
                         eval_fraction=lc.sft_eval_fraction, eval_every=max(1, lc.sft_steps // 4),
                         seed=lc.seed + self.sft_phases + 1, warmup_steps=min(20, max(1, lc.sft_steps // 10)))
-        data = build_sft_data(self.store, metas, self.model.config.chunk, cfg.eval_fraction, lc.seed)
+        data = build_sft_data(self.store, metas, self.model.config.chunk, cfg.eval_fraction, lc.seed,
+                              lc.sft_intervention_repeat)
         if not data.train:  # nothing to consolidate (no demos, no successes): keep the model as it is
             log.warning("SFT skipped: no expert demos or successful episodes in the store")
             return {"skipped": 1.0, "n_online_successes": 0.0, "n_expert": 0.0}
@@ -231,7 +267,10 @@ class Trainer:
         self.cache.invalidate()  # the trunk changed: every cached feature is stale
         self._version_heads.clear()
         metrics = {k: v for k, v in metrics.items() if k != "loss_curve"}
-        metrics["n_online_successes"] = sum(1 for m in metas if m.get("source") != "expert")
+        metrics["n_online_successes"] = sum(1 for m in metas if m.get("source") != "expert"
+                                            and m.get("outcome") == "success")
+        metrics["n_intervention_episodes"] = sum(1 for m in metas if has_interventions(m))
+        metrics["n_intervention_steps"] = sum(int(m.get("intervention_steps") or 0) for m in metas)
         metrics["n_expert"] = sum(1 for m in metas if m.get("source") == "expert")
         self._scalars("sft", metrics, self.sft_phases)
         return metrics
@@ -290,3 +329,6 @@ class TrainerRound:
     def demos(self) -> list[EpisodeDecisions]:
         trainer = self._trainer
         return trainer._decisions(expert_demos(trainer.store), expert_stride=trainer.model.config.chunk)
+
+    def interventions(self, d: EpisodeDecisions) -> list[EpisodeDecisions]:
+        return intervention_decisions(d, stride=self._trainer.model.config.chunk)

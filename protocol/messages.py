@@ -64,6 +64,42 @@ def _finite_list(values: Any, name: str) -> list[float]:
 # ---------------------------------------------------------------- HTTP: /v1/act
 
 
+def intent_axes(values: Any, name: str) -> list[float]:
+    """A teleop intent: 3 finite numbers, each in [-1, 1]."""
+    out = _finite_list(values, name)
+    if len(out) != 3 or any(abs(x) > 1.0 for x in out):
+        raise ValueError(f"{name} must be 3 numbers in [-1, 1], got {out}")
+    return out
+
+
+class TeleopAck(BaseModel):
+    """The robot executed the operator page's teleop command ``seq``; how long after the server got it."""
+
+    model_config = ConfigDict(extra="forbid")
+    seq: int = Field(ge=0)
+    server_to_exec_ms: float = Field(ge=0, le=1e6, description="server received the command -> the arm "
+                                     "was told to move (estimated on the robot's clock)")
+
+
+class TeleopCommand(BaseModel):
+    """The operator page's latest teleop command for this robot (in ``ActResponse.teleop`` while the
+    operator drives it). A velocity intent, each axis in [-1, 1]; the robot turns it into one tick's
+    action with its own speeds and rate, then the SafetyFilter has the last word."""
+
+    model_config = ConfigDict(extra="forbid")
+    seq: int = Field(ge=-1, description="the page's sequence number; -1: taken over, no command yet")
+    translation: list[float] = Field(description="x, y, z intent in the base frame, each in [-1, 1]")
+    rotation: list[float] = Field(description="rotation intent about x, y, z (base frame), each in [-1, 1]")
+    gripper: float | None = Field(default=None, ge=0, le=1, description="0 close .. 1 open; None: keep")
+    age_s: float = Field(ge=0, description="seconds since the server received it, when this reply was built")
+    source: str = "page"
+
+    @field_validator("translation", "rotation", mode="before")
+    @classmethod
+    def _axes(cls, v: Any, info) -> list[float]:
+        return intent_axes(v, info.field_name)
+
+
 class ActRequest(_Msg):
     """One observation from a robot; the server answers with an action chunk."""
 
@@ -76,11 +112,17 @@ class ActRequest(_Msg):
     images: dict[str, Any] = Field(description="camera name -> JPEG bytes or uint8 HxWx3 array")
     state: list[float] = Field(description="proprioceptive state in robot units")
     mode: Mode = "greedy"
+    teleop_ack: TeleopAck | None = Field(default=None, description="the last operator-page teleop command "
+                                         "this robot executed (only while the page drives it)")
 
     @field_validator("state", mode="before")
     @classmethod
     def _state_finite(cls, v: Any) -> list[float]:
         return _finite_list(v, "state")
+
+    def to_wire(self) -> dict:
+        # teleop_ack only while a page drives, which only a server that knows the field offers
+        return self.model_dump(by_alias=True, exclude={"teleop_ack"} if self.teleop_ack is None else None)
 
     @field_validator("images")
     @classmethod
@@ -108,6 +150,13 @@ class ActResponse(_Msg):
     policy_version: int
     timing: Timing
     command: Command = "run"
+    teleop: TeleopCommand | None = Field(default=None, description="set while the operator drives this robot "
+                                         "from the page: the latest command; absent otherwise")
+
+    def to_wire(self) -> dict:
+        # Without an operator driving, the reply is byte-for-byte what older robot clients expect
+        # (their ActResponse forbids unknown keys).
+        return self.model_dump(by_alias=True, exclude={"teleop"} if self.teleop is None else None)
 
 
 # ---------------------------------------------------------------- ZeroMQ: robot -> learner

@@ -16,6 +16,7 @@ from calibration.schema import (
     metaworld_calibration,
 )
 from deployment.robot import RobotConfig
+from interface.teleop import InterventionSource
 from robot_client.dry_run import HoldingArm
 from robot_client.episode import EpisodeRunner, Rig, StatusReporter
 from robot_client.loop import ControlLoop
@@ -23,6 +24,7 @@ from robot_client.outbox import Outbox
 from robot_client.safety import SafetyFilter
 from robot_client.server_client import ActionLink, ServerClient
 from robot_client.streamer import Streamer
+from robot_client.teleop import GamepadMapping, GamepadTeleop, TeleopSpeeds
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--dry-run", action="store_const", const=True, default=None,
                         help="everything but motion: the arm holds instead of moving (first day on hardware)")
+    parser.add_argument("--teleop", choices=["none", "gamepad"], default=None,
+                        help="a gamepad at the robot can take over while its dead-man button (LB) is held "
+                             "(docs/teleop.md); the operator page can always take over")
 
 
 def robot_config(args: argparse.Namespace, config) -> RobotConfig:
@@ -68,6 +73,18 @@ def calibration_for(cfg: RobotConfig) -> CalibrationFile:
                            "or by guiding the arm: `vlaloop calibrate workspace --guide --out PATH`")
 
 
+def build_interventions(cfg: RobotConfig) -> list[InterventionSource]:
+    """The device at the robot the operator can take over with (the page needs none: it comes
+    through the server). Raises RuntimeError (no device) or ImportError (library missing)."""
+    if cfg.teleop == "none":
+        return []
+    from hardware.gamepad import PygameGamepad
+
+    mapping = GamepadMapping.from_overrides(cfg.gamepad_mapping)
+    speeds = TeleopSpeeds(1.0 / cfg.rate_hz, cfg.teleop_linear_speed, cfg.teleop_angular_speed)
+    return [GamepadTeleop(PygameGamepad(cfg.gamepad_index), speeds, mapping)]
+
+
 def build_rig(cfg: RobotConfig, model_cameras: list[str], image_size: int, cal: CalibrationFile) -> Rig:
     rig = _backend_rig(cfg, model_cameras, image_size, cal)
     if cfg.dry_run:
@@ -76,20 +93,15 @@ def build_rig(cfg: RobotConfig, model_cameras: list[str], image_size: int, cal: 
 
 
 def _backend_rig(cfg: RobotConfig, model_cameras: list[str], image_size: int, cal: CalibrationFile) -> Rig:
-    if cfg.backend == "mock":
-        from sim.mock import MockRobot
-
-        robot = MockRobot(task=cfg.task, image_size=image_size, cameras=tuple(model_cameras), seed=cfg.seed,
-                          split=cfg.split)
+    if cfg.backend in ("mock", "metaworld"):
+        if cfg.backend == "mock":
+            from sim.mock import MockRobot as SimRobot
+        else:
+            from sim.metaworld.backend import MetaWorldRobot as SimRobot
+        # a task or (metaworld) a task set; the split picks which of a set's tasks episodes draw
+        robot = SimRobot(task=cfg.task, image_size=image_size, cameras=tuple(model_cameras), seed=cfg.seed,
+                         split=cfg.split)
         return Rig(arm=robot.arm, cameras=dict(robot.cameras), task=cfg.task,
-                   new_episode=lambda seed: robot.new_episode(seed), success=robot.success,
-                   max_steps=lambda: robot.max_steps, close=robot.close)
-    if cfg.backend == "metaworld":
-        from sim.metaworld.backend import MetaWorldRobot
-
-        task = cfg.task  # a MetaWorld task or task set (sim/metaworld/tasks.py)
-        robot = MetaWorldRobot(task=task, image_size=image_size, cameras=tuple(model_cameras), seed=cfg.seed)
-        return Rig(arm=robot.arm, cameras=dict(robot.cameras), task=task,
                    new_episode=lambda seed: robot.new_episode(seed), success=robot.success,
                    max_steps=lambda: robot.max_steps, close=robot.close)
     from hardware.franka import FrankaArm
@@ -119,9 +131,10 @@ class RobotClient:
     """Everything one robot runs, wired together; ``run()`` blocks until stopped."""
 
     def __init__(self, cfg: RobotConfig, rig: Rig, cal: CalibrationFile, outbox_dir: str | Path,
-                 config_hash: str):
+                 config_hash: str, interventions: list[InterventionSource] | None = None):
         self.cfg = cfg
         self.rig = rig
+        self.interventions = list(interventions or [])
         self.client = ServerClient(cfg.server_url, cfg.token, cfg.robot_id, timeout_s=cfg.reply_deadline_s)
         # A reply later than the deadline is dropped by the loop; twice the deadline the request is
         # abandoned, so a hung server cannot keep the link from sending newer observations.
@@ -135,7 +148,7 @@ class RobotClient:
         self.loop = ControlLoop(rig.arm, rig.cameras, SafetyFilter.from_calibration(cal), self.link, cfg,
                                 emit=self.streamer.submit,
                                 on_state=lambda state, info: self.status.report(state, **info),
-                                success=rig.success)
+                                success=rig.success, interventions=self.interventions)
         self.runner = EpisodeRunner(rig, self.loop, self.client, self.streamer.submit, cfg, self.status,
                                     calibration=cal.model_dump(mode="json"),
                                     marker=Path(outbox_dir) / "episode_in_progress.json")
@@ -156,10 +169,16 @@ class RobotClient:
         self.streamer.start()
         self.link.start()
         self.status.start()
+        for source in self.interventions:
+            if hasattr(source, "start"):
+                source.start()
         try:
             return self.runner.run(episodes)
         finally:
             self.rig.arm.hold()
+            for source in self.interventions:
+                if hasattr(source, "stop"):
+                    source.stop()
             self.link.stop()
             self.status.stop()
 
@@ -183,11 +202,16 @@ def run(args: argparse.Namespace, config) -> int:
         return 2
     outbox_dir = cfg.outbox_dir or str(Path(config.run_dir) / "outbox" / cfg.robot_id)
     try:
+        interventions = build_interventions(cfg)
+    except (ValueError, ImportError, RuntimeError) as e:
+        print(f"vlaloop robot: cannot start --teleop {cfg.teleop}: {e}", file=sys.stderr)
+        return 2
+    try:
         rig = build_rig(cfg, config.model.cameras, config.model.image_size, cal)
     except (ValueError, ImportError, RuntimeError) as e:
         print(f"vlaloop robot: cannot start the {cfg.backend} backend: {e}", file=sys.stderr)
         return 2
-    client = RobotClient(cfg, rig, cal, outbox_dir, config.config_hash())
+    client = RobotClient(cfg, rig, cal, outbox_dir, config.config_hash(), interventions)
 
     def on_signal(signum, frame):  # hold, finish the step, close the episode, flush the outbox
         log.info("signal %d: stopping", signum)

@@ -219,7 +219,7 @@ class EpisodeRunner:
                  result.end_reason, result.n_steps, summary.get("jitter_p99_ms", float("nan")),
                  result.counters)
         if result.aborted:
-            self.status.report("holding" if result.end_reason == "server_lost" else "error",
+            self.status.report("holding" if result.end_reason in ("server_lost", "teleop_lost") else "error",
                                step=result.n_steps, detail=f"aborted: {result.end_reason} {result.detail}")
             self._stop_if_unrecoverable(result)
             return self._end(result, "aborted", "auto", auto_outcome=None)

@@ -29,11 +29,13 @@ import numpy as np
 
 from deployment.robot import RobotConfig
 from interface.robot import Arm, ArmError, ArmState, Camera
+from interface.teleop import InterventionSource, TeleopAction
 from protocol.images import encode_jpeg
-from protocol.messages import ActRequest, ActResponse, StepMsg
+from protocol.messages import ActRequest, ActResponse, StepMsg, TeleopAck
 from robot_client.journal import ExecutionJournal
 from robot_client.safety import SafeAction, SafetyFilter
 from robot_client.server_client import ActionLink, Reply
+from robot_client.teleop import PageTeleop, TeleopSpeeds
 from robot_client.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -49,12 +51,16 @@ DROP_LATE = "drop_late_reply"
 DROP_STALE = "drop_stale_reply"
 REPLY_ERROR = "reply_error"
 RETIMED_AFTER_HOLD = "chunk_retimed_after_hold"  # a reply after a hold starts at its index 0 (see _adopt)
+HOLD_TELEOP_STALE = "hold_teleop_stale"  # the operator drives, but the latest command is too old
+TELEOP_ERROR = "teleop_error"  # an intervention source raised: held like a stale command
+DROP_SUPERSEDED = "drop_superseded_reply"  # asked while the operator drove, answered after the hand-back
+INTERVENTION_STEPS = "intervention_steps"  # episode total only (EpisodeResult.counters)
 
 # Why an episode ended. The first three are normal ends; the rest abort the episode.
 END_MAX_STEPS, END_SUCCESS, END_OPERATOR = "max_steps", "success", "operator"
-END_SERVER_LOST, END_NO_ACTION, END_ARM_ERROR, END_CAMERA, END_STOPPED = (
-    "server_lost", "no_action", "arm_error", "camera_lost", "stopped")
-ABORTING_ENDS = {END_SERVER_LOST, END_NO_ACTION, END_ARM_ERROR, END_CAMERA, END_STOPPED}
+END_SERVER_LOST, END_NO_ACTION, END_ARM_ERROR, END_CAMERA, END_STOPPED, END_TELEOP_LOST = (
+    "server_lost", "no_action", "arm_error", "camera_lost", "stopped", "teleop_lost")
+ABORTING_ENDS = {END_SERVER_LOST, END_NO_ACTION, END_ARM_ERROR, END_CAMERA, END_STOPPED, END_TELEOP_LOST}
 
 
 @dataclass
@@ -86,10 +92,12 @@ class Chunk:
 class _Planned:
     """This tick's action before safety, where it comes from, and (after _act) what safety made of it."""
     raw: np.ndarray
-    chunk: Chunk
+    chunk: Chunk | None  # None only for an operator's step while the policy had nothing for the tick
     index: int
     on_policy: bool  # the executed action is this chunk's own action (not an ensemble average)
     safe: SafeAction | None = None
+    teleop: TeleopAction | None = None  # an operator's action (then raw is teleop.action)
+    proposed: np.ndarray | None = None  # with teleop: what the policy would have done this tick
 
 
 @dataclass
@@ -109,22 +117,27 @@ class EpisodeResult:
     detail: str = ""
     timings: list[TickTiming] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)  # totals over the episode
+    teleop_latency_ms: list[float] = field(default_factory=list)  # page command at the server -> executed
 
     @property
     def aborted(self) -> bool:
         return self.end_reason in ABORTING_ENDS
 
     def timing_summary(self, period_s: float) -> dict:
-        return summarize_timings(self.timings, period_s)
+        return summarize_timings(self.timings, period_s, self.teleop_latency_ms)
 
 
-def summarize_timings(timings: list[TickTiming], period_s: float) -> dict:
+def summarize_timings(timings: list[TickTiming], period_s: float, teleop_ms: list[float] | None = None) -> dict:
     if not timings:
         return {}
     jit = np.array([abs(t.jitter_ms) for t in timings])
     work = np.array([t.work_ms for t in timings])
     lat = np.array([t.latency_ms for t in timings if t.latency_ms is not None])
-    return {
+    teleop = {}
+    if teleop_ms:
+        teleop = {"teleop_commands": len(teleop_ms), "teleop_latency_p50_ms": float(np.percentile(teleop_ms, 50)),
+                  "teleop_latency_p99_ms": float(np.percentile(teleop_ms, 99))}
+    return {**teleop,
         "ticks": len(timings), "period_ms": period_s * 1e3,
         "jitter_p50_ms": float(np.percentile(jit, 50)), "jitter_p99_ms": float(np.percentile(jit, 99)),
         "jitter_max_ms": float(jit.max()), "work_p50_ms": float(np.percentile(work, 50)),
@@ -171,7 +184,8 @@ class ControlLoop:
     def __init__(self, arm: Arm, cameras: dict[str, Camera], safety: SafetyFilter, link: ActionLink,
                  cfg: RobotConfig, emit: Callable[[StepMsg], None],
                  on_state: Callable[[str, dict], None] | None = None,
-                 success: Callable[[], bool] | None = None):
+                 success: Callable[[], bool] | None = None,
+                 interventions: list[InterventionSource] | None = None):
         self.arm = arm
         self.cameras = cameras
         self.safety = safety
@@ -183,6 +197,10 @@ class ControlLoop:
         self.period = 1.0 / cfg.rate_hz
         # Armed per episode once the chunk length is known; until the first reply, a startup grace.
         self.watchdog = Watchdog(deadline_s=max(cfg.reply_deadline_s, 2 * self.period))
+        # Who may take the arm from the policy, asked in this order every tick: devices at the robot
+        # first (the person next to the arm wins), then the operator page through the server.
+        self.page_teleop = PageTeleop(TeleopSpeeds(self.period, cfg.teleop_linear_speed, cfg.teleop_angular_speed))
+        self.interventions: list[InterventionSource] = [*(interventions or []), self.page_teleop]
         self.stop_requested = False
         self.journal: ExecutionJournal | None = None  # set by the runner: executed steps survive a kill
         self.episode: _EpisodeState | None = None
@@ -204,6 +222,7 @@ class ControlLoop:
             self._scheduling = set_realtime(self.cfg.realtime_priority)
             log.info("control loop at %.1f Hz, %s", self.cfg.rate_hz, self._scheduling)
         self.watchdog.reset()
+        self.page_teleop.reset()
         self.link.take_replies()  # anything still arriving belongs to an earlier episode
         t0 = time.monotonic()
         tick = 0
@@ -235,7 +254,7 @@ class ControlLoop:
             self._hold(ep)
             log.warning("episode %s aborted: %s %s", ep.episode_id, reason, detail)
         return EpisodeResult(ep.episode_id, ep.instruction, ep.n_steps, reason, detail,
-                             ep.timings, dict(ep.totals))
+                             ep.timings, dict(ep.totals), ep.teleop_latency_ms)
 
     def _tick(self, ep: _EpisodeState, tick: int, max_steps: int, t_start: float) -> tuple[str, str] | None:
         """One tick: capture -> ask -> take replies -> decide -> act -> record. Returns why the
@@ -249,7 +268,8 @@ class ControlLoop:
             return obs  # an arm error, a camera hold (None) or a camera abort
         self._ask(ep, tick, t_start, obs)
         self._await_action(ep, tick, t_start)
-        decision = self._decide(ep, tick, t_start)
+        teleop = self._intervention(ep, tick, t_start, obs)
+        decision = self._decide(ep, tick, t_start, teleop)
         if not isinstance(decision, _Planned):
             return decision
         end = self._act(ep, decision, obs)
@@ -287,15 +307,17 @@ class ControlLoop:
 
     def _ask(self, ep: _EpisodeState, tick: int, t_start: float, obs: _Obs) -> None:
         """Hand this tick's observation to the link (it sends in the background) when a query is due."""
-        if not self._wants_query(ep, tick, t_start):
-            return
+        if self._wants_query(ep, tick, t_start):
+            self._submit(ep, tick, t_start, obs)
+
+    def _submit(self, ep: _EpisodeState, tick: int, t_start: float, obs: _Obs) -> None:
         rid = f"{ep.episode_id}-{tick}-{uuid.uuid4().hex[:8]}"
         ep.outstanding[rid] = (tick, t_start)
         ep.query_obs[tick] = obs  # what a late chunk was computed from (see _adopt)
         self.link.submit(ActRequest(
             request_id=rid, robot_id=self.cfg.robot_id, episode_id=ep.episode_id, step=ep.n_steps,
             t_capture=obs.t_capture, instruction=ep.instruction, images=obs.jpegs,
-            state=obs.state_vec.tolist(), mode=ep.mode))
+            state=obs.state_vec.tolist(), mode=ep.mode, teleop_ack=ep.teleop_ack))
         ep.last_query_tick = tick
 
     def _await_action(self, ep: _EpisodeState, tick: int, t_start: float) -> None:
@@ -310,7 +332,72 @@ class ControlLoop:
         if self.link.down:  # the server is gone: hold now, do not run out the chunk
             self.watchdog.trip(f"server unreachable: {self.link.down}")
 
-    def _decide(self, ep: _EpisodeState, tick: int, t_start: float) -> _Planned | tuple[str, str] | None:
+    def _intervention(self, ep: _EpisodeState, tick: int, t_start: float, obs: _Obs) -> TeleopAction | None:
+        """Does an operator drive this tick? The first source that answers wins. Notes the take-over
+        and the hand-back (state for the page, a log line, a fresh start for the policy)."""
+        teleop = None
+        for source in self.interventions:
+            try:
+                teleop = source.command(obs.state)
+            except Exception as e:  # noqa: BLE001 - a broken source must hold the arm, not crash the loop
+                name = str(getattr(source, "name", "unknown"))
+                if not ep.teleop_error:  # once per episode, not at the control rate
+                    log.exception("intervention source %s failed; holding the arm", name)
+                ep.count(TELEOP_ERROR)
+                ep.teleop_error = f"intervention source {name}: {type(e).__name__}: {e}"
+                teleop = TeleopAction(np.zeros(7), name, -math.inf)
+            if teleop is not None:
+                break
+        driving = None if teleop is None else teleop.source
+        if driving != ep.driving:
+            if driving is None:
+                self._hand_back(ep, tick, t_start, obs)
+            else:
+                log.warning("episode %s step %d: OPERATOR DRIVING (%s)", ep.episode_id, ep.n_steps, driving)
+                self.on_state("teleop", {"episode_id": ep.episode_id, "step": ep.n_steps,
+                                         "detail": f"operator driving ({driving})"})
+            ep.driving = driving
+        return teleop
+
+    def _hand_back(self, ep: _EpisodeState, tick: int, t_start: float, obs: _Obs) -> None:
+        """The policy drives again from a fresh query: nothing planned while the operator drove is
+        executed (chunks dropped, earlier requests' replies superseded); this tick's observation,
+        taken before any policy motion, is the one the policy answers."""
+        log.warning("episode %s step %d: operator handed back (%s); the policy drives", ep.episode_id,
+                    ep.n_steps, ep.driving)
+        ep.chunk, ep.ensemble = None, []
+        ep.teleop_ack, ep.teleop_stale_since = None, None
+        for rid, (t, _) in list(ep.outstanding.items()):
+            if t < tick:
+                del ep.outstanding[rid]
+                ep.query_obs.pop(t, None)
+                ep.superseded.add(rid)
+        if not any(t == tick for t, _ in ep.outstanding.values()):
+            self._submit(ep, tick, t_start, obs)
+        self.on_state("running", {"episode_id": ep.episode_id, "step": ep.n_steps, "detail": ""})
+
+    def _teleop_step(self, ep: _EpisodeState, tick: int, t_start: float,
+                     teleop: TeleopAction) -> _Planned | tuple[str, str] | None:
+        """The operator's action for this tick, or hold when it is older than the teleop deadline
+        (the episode is aborted when that lasts). The policy's action for the tick goes with it."""
+        age = time.monotonic() - teleop.t_command
+        if age > self.cfg.teleop_deadline_s:
+            ep.count(HOLD_TELEOP_STALE)
+            self._hold(ep)
+            if ep.teleop_stale_since is None:
+                ep.teleop_stale_since = t_start
+                log.warning("operator command (%s) %.2f s old: holding", teleop.source, age)
+            if t_start - ep.teleop_stale_since > self.cfg.teleop_lost_abort_s:
+                return END_TELEOP_LOST, ep.teleop_error or f"no fresh {teleop.source} command for {age:.1f} s"
+            return None
+        ep.teleop_stale_since = None
+        ep.starving_since = None
+        proposed = self._action_for(ep, tick)
+        return _Planned(teleop.action, None if proposed is None else proposed.chunk, 0, on_policy=False,
+                        teleop=teleop, proposed=None if proposed is None else proposed.raw)
+
+    def _decide(self, ep: _EpisodeState, tick: int, t_start: float,
+                teleop: TeleopAction | None = None) -> _Planned | tuple[str, str] | None:
         """This tick's raw action, or hold (None), or the end of the episode."""
         if ep.ended_by_operator:
             self._hold(ep)
@@ -325,6 +412,8 @@ class ControlLoop:
             self._hold(ep)
             self.watchdog.feed()  # pausing is not starving; re-armed when the pause ends
             return None
+        if teleop is not None:  # the operator's command has its own freshness rule
+            return self._teleop_step(ep, tick, t_start, teleop)
         if reason is not None:
             return self._starving(ep, reason, t_start)
         ep.starving_since = None
@@ -361,6 +450,12 @@ class ControlLoop:
         except ArmError as e:
             return self._arm_error(ep, e)
         ep.t_issued = time.monotonic()
+        t = planned.teleop
+        if t is not None and t.source == self.page_teleop.name and t.seq >= 0 and t.seq != ep.teleop_ack_seq:
+            # the first execution of a page command: its latency goes back to the page with the next query
+            latency_ms = max(0.0, (ep.t_issued - t.t_command) * 1e3)
+            ep.teleop_ack, ep.teleop_ack_seq = TeleopAck(seq=t.seq, server_to_exec_ms=latency_ms), t.seq
+            ep.teleop_latency_ms.append(latency_ms)
         return None
 
     def _record(self, ep: _EpisodeState, tick: int, planned: _Planned, obs: _Obs) -> None:
@@ -370,7 +465,10 @@ class ControlLoop:
         ``obs_step``: the step whose observation produced the chunk. A chunk whose observation was
         taken while the arm held (no step recorded since) starts at its index 0 now, and its first
         step records that observation (see _adopt). Non-finite chunks are left out (the safety
-        counters say why), so no NaN ever reaches the learner."""
+        counters say why), so no NaN ever reaches the learner. An operator's step is never a
+        policy decision: no chunk, no log-prob, on_policy False (see _record_intervention)."""
+        if planned.teleop is not None:
+            return self._record_intervention(ep, tick, planned, obs)
         chunk = planned.chunk
         first_use = not chunk.recorded
         chunk.recorded = True
@@ -388,6 +486,24 @@ class ControlLoop:
             obs_step=obs_step, on_policy=planned.on_policy,
             instruction=ep.instruction, t_capture=seen.t_capture, t_act=time.time(),
             safety=ep.take_pending()))
+        ep.step_of_tick[tick] = ep.n_steps
+        ep.n_steps += 1
+        ep.forget_before(tick - self._chunk_horizon(ep))
+
+    def _record_intervention(self, ep: _EpisodeState, tick: int, planned: _Planned, obs: _Obs) -> None:
+        """An operator's step: the executed action (after safety), who drove, and what the policy
+        proposed for this tick (None if it had nothing, or nothing finite)."""
+        proposed = planned.proposed
+        if proposed is not None and not np.all(np.isfinite(proposed)):
+            proposed = None
+        self.emit(StepMsg(
+            robot_id=self.cfg.robot_id, episode_id=ep.episode_id, step=ep.n_steps, images=obs.jpegs,
+            state=obs.state_vec.astype(float).tolist(), action=planned.safe.action.astype(float).tolist(),
+            policy_version=planned.chunk.policy_version if planned.chunk is not None else -1,
+            on_policy=False, intervention=True, intervention_source=planned.teleop.source,
+            proposed_action=None if proposed is None else np.asarray(proposed, dtype=float).tolist(),
+            instruction=ep.instruction, t_capture=obs.t_capture, t_act=time.time(), safety=ep.take_pending()))
+        ep.totals[INTERVENTION_STEPS] = ep.totals.get(INTERVENTION_STEPS, 0) + 1
         ep.step_of_tick[tick] = ep.n_steps
         ep.n_steps += 1
         ep.forget_before(tick - self._chunk_horizon(ep))
@@ -429,6 +545,9 @@ class ControlLoop:
             ep.expired.add(rid)
         if ep.paused:  # only to learn when the operator resumes; about twice a second
             return tick - ep.last_query_tick >= max(1, int(0.5 / self.period))
+        if ep.driving is not None:
+            # every tick: the page's commands ride on the replies, and the policy's proposal stays current
+            return True
         if self.cfg.execution == "ensemble":
             return True  # the link sends the newest one as soon as the last reply is in
         if ep.outstanding:
@@ -440,6 +559,10 @@ class ControlLoop:
                                   and ep.last_query_tick <= ep.chunk.start_tick)
 
     def _has_action(self, ep: _EpisodeState, tick: int) -> bool:
+        if ep.driving == self.page_teleop.name and self.cfg.teleop_wait_reply:
+            # the page's newest command rides on the reply to this tick's query: waiting for it (within
+            # the reply budget) executes a command up to a period earlier than taking the last reply's
+            return not any(t == tick for t, _ in ep.outstanding.values())
         if self.cfg.execution == "ensemble":  # give this tick's own observation its chance
             return any(c.start_tick == tick for c in ep.ensemble)
         return ep.chunk is not None and ep.chunk.covers(tick)
@@ -453,9 +576,11 @@ class ControlLoop:
         rid = reply.request.request_id
         sent = ep.outstanding.pop(rid, None)
         expired = sent is None and rid in ep.expired
-        if sent is None and not expired:  # of another episode, or answered already: never executed
+        superseded = sent is None and rid in ep.superseded
+        if sent is None and not expired and not superseded:  # another episode's, or answered: never executed
             ep.count(DROP_STALE)
             return
+        ep.superseded.discard(rid)
         if reply.response is None:
             ep.count(DROP_LATE if reply.late or expired else REPLY_ERROR)
             return
@@ -464,6 +589,11 @@ class ControlLoop:
             ep.count(DROP_STALE)
             return
         self._apply_command(ep, resp.command)  # the operator's buttons count even in a late reply
+        # the page's teleop too: its own age decides whether it may move the arm
+        self.page_teleop.receive(resp.teleop, reply.t_sent, reply.t_received, resp.timing.total_ms / 1e3)
+        if superseded:  # computed from an observation taken while the operator drove
+            ep.count(DROP_SUPERSEDED)
+            return
         if expired:  # its deadline passed while it was in flight: never executed
             ep.expired.discard(rid)
             ep.count(DROP_LATE)
@@ -566,6 +696,14 @@ class _EpisodeState:
         self.tick_latency_ms: float | None = None
         self.step_of_tick: dict[int, int] = {}  # tick -> the step recorded in it (recent ticks only)
         self.query_obs: dict[int, _Obs] = {}  # tick -> the observation sent to the server then
+        # interventions
+        self.driving: str | None = None  # the source that drives now (None: the policy)
+        self.superseded: set[str] = set()  # request_ids asked while the operator drove, before the hand-back
+        self.teleop_stale_since: float | None = None  # monotonic start of a hold on a stale command
+        self.teleop_error: str = ""  # why an intervention source last failed
+        self.teleop_ack: TeleopAck | None = None  # the last page command executed, for the next query
+        self.teleop_ack_seq: int | None = None
+        self.teleop_latency_ms: list[float] = []  # per page command: server received -> executed
 
     @property
     def last_step_tick(self) -> int:

@@ -118,6 +118,7 @@ async def act(request: Request) -> Response:
         policy_version=result.version,
         timing=Timing(decode_ms=decode_s * 1e3, queue_ms=result.queue_s * 1e3,
                       infer_ms=result.infer_s * 1e3, total_ms=served.total_s * 1e3),
-        command=served.command)
+        command=served.command,
+        teleop=app.state.robots.teleop_for(req.robot_id, req.episode_id, req.teleop_ack))
     return encode_response(resp, encoding)
 

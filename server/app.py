@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployment.config import DeploymentConfig
-from server import act, health, openpi_ws, openvla_rest, promotion_routes, robots, ui
+from server import act, health, openpi_ws, openvla_rest, promotion_routes, robots, teleop_routes, ui
 from server.batcher import InferenceFailed, MicroBatcher
 from server.decode import InputError
 from server.metrics import ServerMetrics
@@ -142,6 +142,7 @@ def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, wit
     app.include_router(act.router)
     app.include_router(health.router)
     app.include_router(robots.router)
+    app.include_router(teleop_routes.router)
     app.include_router(promotion_routes.router)
     app.include_router(openpi_ws.router)     # drop-in: openpi's websocket client at ws://host:port/
     app.include_router(openvla_rest.router)  # drop-in: OpenVLA deploy.py's POST /act

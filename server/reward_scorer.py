@@ -21,12 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from deployment.reward_model import RewardModelConfig
+from deployment.reward_model import REWARD_MODEL_FILE, RewardModelConfig
 from vla.success_classifier import SuccessClassifier, episode_input
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "reward_model.json"  # written by the learner (learner.reward_model)
 KEEP_OBSERVATIONS = 16  # per robot; more than any sensible last_k
 
 
@@ -40,7 +39,7 @@ class Score:
 class RewardScorer:
     def __init__(self, run_dir: str | Path, config: RewardModelConfig):
         self.config = config
-        self.path = Path(run_dir) / MODEL_FILE
+        self.path = Path(run_dir) / REWARD_MODEL_FILE
         self._recent: dict[str, tuple[str, deque]] = {}  # robot -> (episode, last observations)
         self._model: SuccessClassifier | None = None
         self._signature: tuple[int, int] | None = None

@@ -29,13 +29,15 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.images import encode_jpeg
-from protocol.messages import ID_PATTERN, Command, EpisodeId
+from protocol.messages import ID_PATTERN, Command, EpisodeId, TeleopAck, TeleopCommand
 from server.auth import require_operator, require_robot
 from server.reward_scorer import Score
+from server.teleop import DRIVABLE_STATES, TeleopIn, TeleopLive, TeleopRefused, TeleopView
 
 log = logging.getLogger(__name__)
 
-RobotState = Literal["running", "waiting_label", "paused", "holding", "resetting", "error"]
+# "teleop": an operator drives the running episode (from the page or a device at the robot)
+RobotState = Literal["running", "teleop", "waiting_label", "paused", "holding", "resetting", "error"]
 OperatorCommand = Literal["end_episode", "pause", "resume"]
 LabelOutcome = Literal["success", "failure", "discard"]
 MAX_KEPT_LABELS = 4096
@@ -112,6 +114,8 @@ class RobotView(BaseModel):
     paused: bool
     pending_command: str | None
     awaiting_label: list[str]
+    teleop: TeleopView | None = Field(default=None, description="the operator drives it from the page; "
+                                      "null while the policy (or a device at the robot) drives")
 
 
 # ---------------------------------------------------------------- state
@@ -135,6 +139,7 @@ class RobotLive:
     paused: bool = False
     end_requested_for: str | None = None   # episode the operator pressed "end episode" for
     end_requested: bool = False
+    teleop: TeleopLive | None = None  # the operator drives it from the page (server.teleop)
 
 
 class RobotRegistry:
@@ -221,6 +226,51 @@ class RobotRegistry:
                 return "end_episode"
             # pressed for an episode that is already over: dropping it keeps a new episode alive
         return "pause" if r.paused else "run"
+
+    # ---- teleop from the page (server.teleop)
+
+    def take_over(self, robot_id: str) -> RobotLive:
+        r = self.robots.get(robot_id)
+        if r is None:
+            raise KeyError(robot_id)
+        if r.episode_id is None or r.state not in DRIVABLE_STATES or time.time() - r.last_seen > self.stale_s:
+            raise TeleopRefused(f"robot {robot_id!r} has no episode running (state {r.state!r}"
+                                f"{', stale' if time.time() - r.last_seen > self.stale_s else ''}); "
+                                f"take over while an episode runs")
+        if r.teleop is None or r.teleop.episode_id != r.episode_id:
+            r.teleop = TeleopLive(episode_id=r.episode_id, since=time.time(), received=time.monotonic())
+            self._publish({"type": "teleop", "robot_id": robot_id, "driving": True, "episode_id": r.episode_id})
+        return r
+
+    def hand_back(self, robot_id: str, reason: str = "operator") -> RobotLive:
+        r = self.robots.get(robot_id)
+        if r is None:
+            raise KeyError(robot_id)
+        if r.teleop is not None:
+            r.teleop = None
+            self._publish({"type": "teleop", "robot_id": robot_id, "driving": False, "reason": reason})
+        return r
+
+    def teleop_command(self, robot_id: str, body: TeleopIn) -> bool:
+        r = self.robots.get(robot_id)
+        if r is None:
+            raise KeyError(robot_id)
+        if r.teleop is None:
+            raise TeleopRefused(f"robot {robot_id!r} is not taken over: POST /v1/robots/{robot_id}/teleop/"
+                                f"take_over first")
+        return r.teleop.accept(body)
+
+    def teleop_for(self, robot_id: str, episode_id: str, ack: TeleopAck | None) -> TeleopCommand | None:
+        """The teleop field of this /v1/act reply: the latest command while the operator drives
+        this episode; a take-over of an earlier episode ends here."""
+        r = self.robots.get(robot_id)
+        if r is None or r.teleop is None:
+            return None
+        if r.teleop.episode_id != episode_id:
+            self.hand_back(robot_id, reason="episode ended")
+            return None
+        r.teleop.note_ack(ack)
+        return r.teleop.for_reply()
 
     def mark_awaiting(self, robot_id: str, episode_id: str, body: AwaitingIn,
                       score: Score | None = None) -> LabelOut | None:
@@ -318,7 +368,8 @@ class RobotRegistry:
             loop_hz=r.loop_hz, act_hz=r.act_hz, detail=r.detail, last_seen=r.last_seen,
             seconds_since_seen=age, stale=age > self.stale_s, cameras=sorted(r.frames),
             paused=r.paused, pending_command=pending,
-            awaiting_label=[ep for (rid, ep) in self.awaiting if rid == r.robot_id])
+            awaiting_label=[ep for (rid, ep) in self.awaiting if rid == r.robot_id],
+            teleop=None if r.teleop is None else r.teleop.view())
 
     def views(self) -> list[RobotView]:
         return [self.view(r) for r in sorted(self.robots.values(), key=lambda r: r.robot_id)]

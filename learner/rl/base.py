@@ -67,6 +67,10 @@ class RoundData(Protocol):
     def demos(self) -> list[EpisodeDecisions]:
         """The expert demos, one decision every H steps (the rhythm of an executed chunk)."""
 
+    def interventions(self, d: EpisodeDecisions) -> list[EpisodeDecisions]:
+        """The operator's intervention segments of `d` as demo decisions, one every H steps (empty
+        when nobody took over)."""
+
 
 class RLAlgorithm(Protocol):
     """A head-only RL algorithm as the Trainer drives it. Both calls train the heads in place and

@@ -10,6 +10,10 @@ order below. What is specific to a deployed VLA:
   if they differ beyond what float32 rounding can explain (`logprob_resolution`, scaled to the
   head's outputs, plus `logprob_tolerance`), server and learner preprocess differently, which
   silently corrupts every ratio -- it is logged as an ERROR and reported as `logprob_mismatch`.
+* Operator interventions are no samples of the policy: a decision any of whose executed steps an
+  operator drove is not in the batch, and the decision before a takeover ends its segment with
+  reward ``takeover_reward`` (learner/dataset.py builds the decisions that way; GAE does not
+  bootstrap across a takeover). The operator's actions teach through SFT and SAC's demo half.
 * VLA-RL: GAE(gamma=0.99, lambda=0.95), clip 0.2, no KL penalty, log-prob = sum over all dims of
   the action chunk, critic warm-up rounds (value-only) before the policy moves.
 
@@ -311,8 +315,10 @@ class PPO:
         return self._round(data, warmup=False)
 
     def _round(self, data: RoundData, warmup: bool) -> dict:
-        usable = [d for d in data.episodes if data.acted_on_trunk(d)]
-        skipped = len(data.episodes) - len(usable)
+        # an episode can have no decision left: every chunk of it was cut by an operator takeover
+        episodes = [d for d in data.episodes if len(d)]
+        usable = [d for d in episodes if data.acted_on_trunk(d)]
+        skipped = len(episodes) - len(usable)
         if skipped:
             log.warning("PPO: %d episode(s) acted with a version of another trunk (before the last SFT) "
                         "or an unknown version; skipped", skipped)

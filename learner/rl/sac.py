@@ -10,8 +10,11 @@ CleanRL style: hyperparameters in one dataclass at the top, the update written o
   the actor trained here is exactly the policy that acts (no tanh correction to keep in sync).
 * Entropy temperature alpha is tuned towards a target entropy (-A * target_entropy_scale).
 * Every batch is half demonstrations, half online transitions (the demo buffer never shrinks, so the
-  expert data anchors the head), and many updates run per collected episode: robot time is the
-  expensive resource, head updates on cached features are not.
+  expert data anchors the head). Operator interventions join the demo half (HIL-SERL): each
+  intervention segment of a stored RL episode, one decision every H steps, like an expert demo;
+  the policy's own decisions of that episode stay online transitions (learner/dataset.py).
+* Many updates run per collected episode: robot time is the expensive resource, head updates on
+  cached features are not.
 
 Interfaces of `SACLearner` (duck-typed, shared with ppo.py):
   actor(features, states) -> (mean [B,A], log_std [A] or [B,A])
@@ -81,10 +84,11 @@ class SACConfig:
     @classmethod
     def from_learner(cls, lc) -> SACConfig:
         """The hyperparameters `deployment.learner.LearnerConfig` sets. Sparse reward: +1 once at a
-        success, -step_penalty per decision, so every return lies in [-penalty / (1 - gamma), 1]."""
+        success, -step_penalty per decision, takeover_reward (<= 0) once where an operator took over,
+        so every return lies in [takeover_reward - penalty / (1 - gamma), 1]."""
         cfg = cls(updates_per_episode=lc.sac_updates_per_episode, batch_size=lc.sac_batch_size,
                   bc_coef=lc.sac_bc_coef, actor_lr=lc.sac_actor_lr, init_alpha=lc.sac_init_alpha)
-        cfg.q_target_bounds = (-lc.step_penalty / (1.0 - cfg.gamma), 1.0)
+        cfg.q_target_bounds = (min(0.0, lc.takeover_reward) - lc.step_penalty / (1.0 - cfg.gamma), 1.0)
         return cfg
 
 
@@ -235,6 +239,8 @@ class SAC:
         self.cfg, self.generator = cfg, generator
         self.learner = SACLearner(HeadActor(heads), HeadTwinQ(heads), heads.log_std.numel(), cfg)
         self.online: dict[str, Transitions] = {}  # episode key -> its transitions on `self.trunk`
+        # episode key -> its intervention segments' transitions: demonstrations, in the demo half
+        self.interventions: dict[str, Transitions] = {}
         self.demo: Transitions | None = None
         self.trunk: str | None = None
 
@@ -251,8 +257,11 @@ class SAC:
         if self.demo is None:
             self.demo = self._transitions_of(data, data.demos())
         online = Transitions.cat(list(self.online.values())) if self.online else None
+        demo_parts = [t for t in [self.demo, *self.interventions.values()] if t is not None]
+        demo = Transitions.cat(demo_parts) if demo_parts else None
         n_updates = self.cfg.updates_per_episode * max(1, len(data.episodes))
-        metrics = self.learner.train(self.demo, online, n_updates, self.generator, update_actor=update_actor)
+        metrics = self.learner.train(demo, online, n_updates, self.generator, update_actor=update_actor)
+        metrics["n_intervention_transitions"] = sum(len(t) for t in self.interventions.values())
         metrics["critic_warmup"] = not update_actor
         if checks:
             metrics.update(check_logprobs(_check_batch(checks), self.cfg.logprob_tolerance))
@@ -261,18 +270,27 @@ class SAC:
 
     def _rebuild(self, data: RoundData) -> None:
         self.online.clear()
+        self.interventions.clear()
         self.trunk = data.trunk
         this_round = frozenset(data.key(d) for d in data.episodes)  # _add_episodes adds those
         for d in data.stored_online(exclude=this_round):
             if len(d):
                 t = data.tensors(d)
                 self.online[t.key] = transitions(t)
+            self._add_interventions(data, d)
         self.demo = None
+
+    def _add_interventions(self, data: RoundData, d: EpisodeDecisions) -> None:
+        """The episode's intervention segments (decisions every H steps) into the demo half."""
+        segments = self._transitions_of(data, data.interventions(d))
+        if segments is not None:
+            self.interventions[data.key(d)] = segments
 
     def _add_episodes(self, data: RoundData) -> list[tuple[EpisodeTensors, tuple[torch.Tensor, torch.Tensor]]]:
         """The round's episodes into the buffer; returns those whose behaviour log-probs can be checked."""
         checks = []
         for d in data.episodes:
+            self._add_interventions(data, d)
             if len(d):
                 t = data.tensors(d)
                 self.online[t.key] = transitions(t)

@@ -43,12 +43,16 @@ def _image(brightness: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def _store_episode(store: EpisodeStore, episode_id: str, images: list[np.ndarray], outcome: str,
-                   label_source: str, extra: dict | None = None) -> dict:
-    """An online episode written as the ingest writes one: steps with decisions, then meta.json."""
+                   label_source: str, extra: dict | None = None, operator_finished: bool = False) -> dict:
+    """An online episode written as the ingest writes one: steps with decisions, then meta.json.
+    `operator_finished`: an operator drove the last step (an intervention, no decision)."""
     for step, img in enumerate(images):
+        teleop = operator_finished and step == len(images) - 1
+        decision = {} if teleop else {"action_chunk": [[0.0] * 7] * 4, "log_prob": 0.0, "value": 0.0}
         msg = StepMsg(robot_id="sim0", episode_id=episode_id, step=step, images={"front": encode_jpeg(img)},
-                      state=STATE, action=[0.0] * 7, action_chunk=[[0.0] * 7] * 4, chunk_index=0,
-                      log_prob=0.0, value=0.0, policy_version=1, instruction="reach the block")
+                      state=STATE, action=[0.0] * 7, chunk_index=0, policy_version=1,
+                      instruction="reach the block", intervention=teleop, on_policy=not teleop,
+                      intervention_source="page" if teleop else None, **decision)
         store.append_step("sim0", episode_id, step, msg.model_dump(exclude=_NOT_IN_RECORD), msg.images)
     end = EpisodeEnd(robot_id="sim0", episode_id=episode_id, outcome=outcome, label_source=label_source,
                      n_steps=len(images), instruction="reach the block", task="reach",
@@ -71,6 +75,8 @@ def fitted(tmp_path_factory):
         _store_episode(store, f"lab{i:02d}", images, "success" if success else "failure", "operator")
     # the simulator's and the model's own labels are never training labels: a wrong one changes nothing
     _store_episode(store, "simlabel", [_image(200, rng)] * STEPS, "failure", "auto")
+    # an operator took over and finished: the label is about the operator's work, not a training label
+    _store_episode(store, "operated", [_image(40, rng)] * (STEPS + 1), "success", "operator", operator_finished=True)
     # the learner's own path: its phase loop refits with the Trainer's feature cache and model
     config = DeploymentConfig(run_dir=str(run), reward_model=RewardModelConfig(mode="auto", min_labels=8))
     loop = PhaseLoop(config, run)

@@ -63,6 +63,9 @@ class Round:
     def demos(self) -> list[Episode]:
         return self._demos
 
+    def interventions(self, d: Episode) -> list[Episode]:
+        return []
+
 
 def heads() -> ActionHeads:
     torch.manual_seed(0)

@@ -140,6 +140,31 @@ def test_sac_round_and_resume(tmp_path, trained):
     assert {"trainer/rl/q_mean", "trainer/rl/success_rate", "trainer/rl/entropy"} <= tags
 
 
+def test_a_restarted_learner_continues_the_algorithm_not_only_the_weights(trained):
+    """SAC's target critics, temperature, optimizer moments and update count are saved with every
+    publish and restored on resume when the resumed version is the one they were saved with; a
+    resume onto another version (a rollback) starts the algorithm afresh."""
+    trainer, _ = trained
+    cfg = make_config(trainer.run_dir, algorithm="sac", sac_updates_per_episode=3, sac_batch_size=8)
+    store = EpisodeStore(trainer.run_dir / "episodes")
+    first = Trainer(cfg, trainer.run_dir)
+    before = first.resume()
+    first.rl_round(collect_episodes(served_policy(first), store, 2, seed=900, robot_id="simD").metas)
+    version = first.publish("head", "rl", {})
+    saved = first.algorithm.state_dict()
+    assert (trainer.run_dir / "rl_state.pt").exists()
+
+    restarted = Trainer(cfg, trainer.run_dir)
+    assert restarted.resume() == version
+    more = collect_episodes(served_policy(restarted), store, 2, seed=910, robot_id="simD").metas
+    restarted.rl_round(more)
+    assert restarted.algorithm.learner.n_updates == saved["n_updates"] + 6
+    older = Trainer(cfg, trainer.run_dir)
+    assert older.resume(before) == before
+    older.rl_round(more)
+    assert older.algorithm.learner.n_updates == 6
+
+
 def test_sft_with_nothing_to_learn_from_is_skipped_not_a_crash(trained, tmp_path):
     """A learner restarted on a registry whose store has no demos must not crash-loop in SFT."""
     from episodes.store import EpisodeStore

@@ -9,8 +9,14 @@ const LEARNING_POLL_MS = 2000;        // on the Learning tab
 const LEARNING_IDLE_POLL_MS = 10000;  // elsewhere: only the learner chip in the top bar needs it
 const EPISODE_POLL_MS = 3000;
 const REPLAY_FPS = 8;
+// Teleop: a command on every key change and every 50 ms while driving (the robot holds the arm when
+// the latest command is older than its deadline, 0.5 s by default, so a closed tab stops the arm).
+const TELEOP_SEND_MS = 50;
+// key -> [axis, sign]; axes 0-2 translation x, y, z (robot base frame), 3-5 rotation about x, y, z
+const TELEOP_KEYS = { w: [0, 1], s: [0, -1], a: [1, 1], d: [1, -1], r: [2, 1], f: [2, -1],
+                      u: [3, 1], o: [3, -1], i: [4, 1], k: [4, -1], j: [5, 1], l: [5, -1] };
 const STATE_NAMES = {
-  running: "Running", waiting_label: "Waiting for label", paused: "Paused",
+  running: "Running", teleop: "Operator driving", waiting_label: "Waiting for label", paused: "Paused",
   holding: "Holding (fault)", resetting: "Resetting", error: "Error",
 };
 
@@ -27,6 +33,10 @@ const ui = {
   thumbs: new Map(),        // "robot/episode/step/cam" -> blob URL (stored frames never change)
   replay: null,             // {summary, steps, index, timer, urls: Map}
   loginOpen: false,
+  // the robot this page drives (null: none), the keys held, the gripper command (null: keep as is),
+  // the page's sequence numbers (start at the clock: a reloaded page never goes back), the POST round trip
+  teleop: { robot: null, since: 0, keys: new Set(), gripper: null, seq: Date.now(), timer: null, busy: false,
+            again: false, rttMs: null },
 };
 
 // ------------------------------------------------------------------ http
@@ -184,7 +194,17 @@ function buildCard(robotId) {
             action("Discard", "btn-discard", "D", () => labelAwaiting(robotId, "discard")))),
         el("div", { class: "controls" },
           action("End episode", "btn-secondary", "E", () => sendCommand(robotId, "end_episode")),
-          action("Pause", "btn-warn", "P", () => togglePause(robotId)))),
+          action("Pause", "btn-warn", "P", () => togglePause(robotId))),
+        el("div", { class: "teleop" },
+          el("p", { class: "teleop-banner", "data-field": "teleop", hidden: "" }),
+          el("div", { class: "teleop-row" },
+            action("Take over", "btn-teleop", "T", () => toggleTeleop(robotId)),
+            el("span", { class: "teleop-latency", "data-field": "latency" })),
+          el("p", { class: "teleop-keys", hidden: "" }, "Drive: ", el("kbd", { text: "W" }), el("kbd", { text: "S" }),
+            " x · ", el("kbd", { text: "A" }), el("kbd", { text: "D" }), " y · ", el("kbd", { text: "R" }),
+            el("kbd", { text: "F" }), " z · ", el("kbd", { text: "U" }), el("kbd", { text: "O" }), " roll · ",
+            el("kbd", { text: "I" }), el("kbd", { text: "K" }), " pitch · ", el("kbd", { text: "J" }),
+            el("kbd", { text: "L" }), " yaw · ", el("kbd", { text: "G" }), " gripper"))),
       el("div", { class: "about" },
         el("dl", { class: "facts" },
           el("div", {}, el("dt", { text: "Step" }), el("dd", { "data-field": "step" })),
@@ -261,6 +281,7 @@ function updateCard(card, r) {
     setField(root, "awaiting", `Episode over — your label?${hint}`);
     bar.dataset.episode = waiting;
   }
+  updateTeleop(root, r);
   const pause = root.querySelector('[data-action="pause"]');
   pause.firstChild.textContent = r.paused ? "Resume " : "Pause ";
   pause.classList.toggle("btn-warn", !r.paused);
@@ -336,10 +357,21 @@ function togglePause(robotId) {
 }
 
 // Keys act on the selected robot; S/F/D fall back to any robot with an episode awaiting a label.
+// While this page drives a robot, the driving keys are for driving (S, F, D label nothing then).
 function onKey(ev) {
   if (ui.loginOpen || ev.ctrlKey || ev.metaKey || ev.altKey) return;
   if (/^(INPUT|SELECT|TEXTAREA)$/.test(ev.target.tagName)) return;
   const key = ev.key.toLowerCase();
+  if (key === "t" && ui.selectedRobot) { if (!ev.repeat) toggleTeleop(ui.selectedRobot); ev.preventDefault(); return; }
+  if (ui.teleop.robot && (key in TELEOP_KEYS || key === "g")) {
+    if (!ev.repeat) {
+      if (key === "g") ui.teleop.gripper = ui.teleop.gripper === 0 ? 1 : 0;  // first press closes
+      else ui.teleop.keys.add(key);
+      sendTeleop();
+    }
+    ev.preventDefault();
+    return;
+  }
   const outcome = { s: "success", f: "failure", d: "discard" }[key];
   if (outcome) {
     let robot = robotById(ui.selectedRobot);
@@ -349,6 +381,124 @@ function onKey(ev) {
   } else if ((key === "e" || key === "p") && ui.selectedRobot) {
     if (key === "e") sendCommand(ui.selectedRobot, "end_episode"); else togglePause(ui.selectedRobot);
     ev.preventDefault();
+  }
+}
+
+// ------------------------------------------------------------------ teleop (docs/teleop.md)
+
+function teleopIntent() {
+  const v = [0, 0, 0, 0, 0, 0];
+  for (const key of ui.teleop.keys) { const [axis, sign] = TELEOP_KEYS[key]; v[axis] += sign; }
+  return v.map((x) => Math.max(-1, Math.min(1, x)));
+}
+
+function onKeyUp(ev) {
+  const key = ev.key.toLowerCase();
+  if (ui.teleop.keys.delete(key)) sendTeleop();
+}
+
+// A key held while the window loses focus would never see its keyup: stop everything instead.
+function releaseAllKeys() {
+  if (ui.teleop.keys.size) { ui.teleop.keys.clear(); sendTeleop(); }
+}
+
+async function sendTeleop() {
+  const t = ui.teleop;
+  if (!t.robot) return;
+  if (t.busy) { t.again = true; return; }   // one request at a time; the newest state goes next
+  t.busy = true;
+  const v = teleopIntent();
+  const body = { seq: ++t.seq, t_sent: Date.now() / 1000, translation: v.slice(0, 3), rotation: v.slice(3),
+                 gripper: t.gripper };
+  const t0 = performance.now();
+  try {
+    await postJSON(`/v1/robots/${enc(t.robot)}/teleop`, body);
+    const rtt = performance.now() - t0;
+    t.rttMs = t.rttMs === null ? rtt : 0.8 * t.rttMs + 0.2 * rtt;
+  } catch (err) {
+    if (!(err instanceof AuthError)) { toast("Teleop: " + err.message, true); stopDriving(); }
+  } finally {
+    t.busy = false;
+    if (t.again) { t.again = false; sendTeleop(); }
+  }
+}
+
+function startDriving(robotId) {
+  const t = ui.teleop;
+  t.robot = robotId;
+  t.since = Date.now();
+  t.keys.clear();
+  t.gripper = null;
+  t.rttMs = null;
+  clearInterval(t.timer);
+  t.timer = setInterval(sendTeleop, TELEOP_SEND_MS);
+  sendTeleop();
+}
+
+function stopDriving() {
+  const t = ui.teleop;
+  clearInterval(t.timer);
+  t.timer = null;
+  t.robot = null;
+  t.keys.clear();
+}
+
+async function toggleTeleop(robotId) {
+  const robot = robotById(robotId);
+  const driving = ui.teleop.robot === robotId || (robot && robot.teleop);
+  try {
+    if (driving) {
+      stopDriving();
+      await postJSON(`/v1/robots/${enc(robotId)}/teleop/hand_back`, {});
+      toast(`${robotId}: handed back to the policy`);
+    } else {
+      if (ui.teleop.robot) await toggleTeleop(ui.teleop.robot);   // one robot at a time
+      const view = await postJSON(`/v1/robots/${enc(robotId)}/teleop/take_over`, {});
+      selectRobot(robotId);
+      startDriving(robotId);
+      const i = ui.robots.findIndex((r) => r.robot_id === robotId);
+      if (i >= 0 && view && view.robot_id) ui.robots[i] = view;
+      toast(`${robotId}: you drive — W/S A/D R/F, G gripper, T hands back`);
+    }
+    renderRobots(ui.robots);
+  } catch (err) {
+    if (!(err instanceof AuthError)) toast(`Take over failed: ${err.message}`, true);
+  }
+}
+
+function updateTeleop(root, r) {
+  const t = ui.teleop;
+  const mine = t.robot === r.robot_id;
+  if (mine && !r.teleop && Date.now() - t.since > 2000) {   // (a poll answered before the take-over is not it)
+    // the server handed it back by itself (the episode ended) or another page did
+    stopDriving();
+    toast(`${r.robot_id}: control back with the policy (episode over or handed back elsewhere)`);
+  }
+  const pageDrives = !!r.teleop;
+  const deviceDrives = !pageDrives && r.state === "teleop";
+  root.classList.toggle("driving", pageDrives || deviceDrives);
+  root.dataset.teleop = pageDrives ? "page" : (deviceDrives ? "device" : "");
+  const banner = setField(root, "teleop", pageDrives
+    ? `OPERATOR DRIVING${t.robot === r.robot_id ? " — you, from this page" : " — from another page"}`
+    : (deviceDrives ? `OPERATOR DRIVING — at the robot (${((r.detail || "").match(/\((\w+)\)/) || [, "device"])[1]})` : ""));
+  banner.hidden = !(pageDrives || deviceDrives);
+  root.querySelector(".teleop-keys").hidden = t.robot !== r.robot_id;
+  const button = root.querySelector('[data-action="take-over"]');
+  button.firstChild.textContent = pageDrives || mine ? "Hand back " : "Take over ";
+  button.classList.toggle("active", pageDrives || mine);
+  // the person at the robot has priority over the page (the robot asks its device first)
+  button.disabled = deviceDrives && !mine;
+  button.title = button.disabled ? "a device at the robot drives it; it has priority" : "";
+  // page -> server (half this page's POST round trip) + server -> the arm told to move (the robot's report)
+  const exec = r.teleop ? r.teleop.server_to_exec_ms : null;
+  const latency = root.querySelector('[data-field="latency"]');
+  if (mine && exec !== null && exec !== undefined && t.rttMs !== null) {
+    const total = t.rttMs / 2 + exec;
+    latency.textContent = `latency ${Math.round(total)} ms (page→server ${Math.round(t.rttMs / 2)} + server→arm ${Math.round(exec)})`;
+    latency.dataset.ms = String(Math.round(total));
+  } else {
+    latency.textContent = mine ? "latency –" : "";
+    latency.dataset.ms = "";
   }
 }
 
@@ -875,6 +1025,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#logout").hidden = !token();
   $("#episode-filter").addEventListener("change", () => { ui.episodesSig = ""; pollEpisodes(); });
   document.addEventListener("keydown", onKey);
+  document.addEventListener("keyup", onKeyUp);
+  window.addEventListener("blur", releaseAllKeys);
   document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshAll(); });
   window.addEventListener("resize", () => { if (ui.view === "learning" && ui.learning) renderLearning(ui.learning); });
   every(ROBOT_POLL_MS, pollRobots);

@@ -1,0 +1,47 @@
+"""The operator page's teleop routes (operator token); the state and models are in ``server.teleop``."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import Path as PathParam
+
+from protocol.messages import ID_PATTERN
+from server.auth import require_operator
+from server.robots import RobotView
+from server.teleop import TeleopAccepted, TeleopIn, TeleopRefused
+
+router = APIRouter(prefix="/v1", tags=["teleop"])
+RobotIdParam = PathParam(pattern=ID_PATTERN)
+_errors = {404: {"description": "unknown robot"}, 409: {"description": "no episode running / not taken over"},
+           422: {"description": "a field is wrong (NaN, wrong length, out of [-1, 1])"}}
+
+
+def _call(request: Request, method: str, robot_id: str, *args):
+    robots = request.app.state.robots
+    try:
+        return getattr(robots, method)(robot_id, *args)
+    except KeyError:
+        raise HTTPException(404, f"robot_id: unknown robot {robot_id!r} (not seen yet)") from None
+    except TeleopRefused as e:
+        raise HTTPException(409, str(e)) from None
+
+
+@router.post("/robots/{robot_id}/teleop/take_over", dependencies=[Depends(require_operator)], responses=_errors)
+async def take_over(request: Request, robot_id: str = RobotIdParam) -> RobotView:
+    """The operator drives this robot from its next /v1/act reply on, until hand back or the episode ends."""
+    return request.app.state.robots.view(_call(request, "take_over", robot_id))
+
+
+@router.post("/robots/{robot_id}/teleop/hand_back", dependencies=[Depends(require_operator)], responses=_errors)
+async def hand_back(request: Request, robot_id: str = RobotIdParam) -> RobotView:
+    """The policy drives again (the robot asks it afresh; nothing planned before is executed)."""
+    return request.app.state.robots.view(_call(request, "hand_back", robot_id))
+
+
+@router.post("/robots/{robot_id}/teleop", dependencies=[Depends(require_operator)], responses=_errors)
+async def teleop_command(body: TeleopIn, request: Request, robot_id: str = RobotIdParam) -> TeleopAccepted:
+    """One command: the page sends one on every key change and every 50 ms while driving."""
+    accepted = _call(request, "teleop_command", robot_id, body)
+    return TeleopAccepted(seq=body.seq, accepted=accepted, received=time.time())
