@@ -39,7 +39,11 @@ install-metaworld: $(METAWORLD_STAMP)
 test: system-deps $(STAMP) $(METAWORLD_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q --durations=15 tests
+	# most of the suite waits on processes and sockets: two workers, one test file each at a time;
+	# the robot client's and the whole-system tests (hold within one period of a kill, loop timing)
+	# run afterwards on their own, on a machine nothing else loads
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests --ignore=tests/robot_client --ignore=tests/system
+	$(BIN)/python -m pytest -q --durations=5 tests/robot_client tests/system
 
 demo: $(STAMP)
 	$(BIN)/vlaloop demo
