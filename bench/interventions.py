@@ -51,6 +51,7 @@ from bench.learning import (
     LearningBenchConfig,
     _demo_recorder,
     _learner_config,
+    finish_split_figure,
     online_episode_stats,
     stage0,
 )
@@ -329,17 +330,8 @@ def plot(results: list[dict], cfg: InterventionBenchConfig, path: Path) -> None:
                 ax.plot(xs, [p[split] for p in r["curve"]], marker="o", ms=3, color=colours[method],
                         alpha=0.8, label=METHODS[method] if i == 0 else None)
     titles = {"demo": "tasks with demos", "rl": "RL-only task (no demos)"}
-    for ax, split in zip(axes, SPLITS, strict=True):
-        ax.set_title(titles[split])
-        ax.set_xlabel("operator seconds spent (teleop + labels, or demos)")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("greedy success")
-    axes[0].set_ylim(-0.02, 1.02)
-    axes[-1].legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"{cfg.backend} {cfg.task}: one line per seed")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish_split_figure(fig, axes, [titles[s] for s in SPLITS], "operator seconds spent (teleop + labels, or demos)",
+                        f"{cfg.backend} {cfg.task}: one line per seed", path)
 
 
 # ---------------------------------------------------------------------------------------------- main

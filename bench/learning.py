@@ -393,14 +393,22 @@ def plot(results: list[dict], cfg: LearningBenchConfig, path: Path) -> None:
             ys = np.array([[p[split] for p in r["curve"]] for r in rs if len(r["curve"]) == len(xs)])
             line, = ax.plot(xs, ys.mean(0), marker="o", ms=3, label=METHODS[method])
             ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
-    for ax, split in zip(axes, SPLITS, strict=True):
-        ax.set_title(titles[split])
-        ax.set_xlabel("online episodes (or extra demos) spent")
+    finish_split_figure(fig, axes, [titles[s] for s in SPLITS], "online episodes (or extra demos) spent",
+                        f"{cfg.backend} {cfg.task}: mean over {len(cfg.seeds)} seed(s), band = min..max", path)
+
+
+def finish_split_figure(fig, axes, titles: list[str], xlabel: str, suptitle: str, path: Path) -> None:
+    """Greedy success per split, one panel each (titles in the panels' order): labels, limits, save."""
+    import matplotlib.pyplot as plt
+
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("greedy success")
     axes[0].set_ylim(-0.02, 1.02)
     axes[-1].legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"{cfg.backend} {cfg.task}: mean over {len(cfg.seeds)} seed(s), band = min..max")
+    fig.suptitle(suptitle)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
