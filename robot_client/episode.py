@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from deployment.robot import RobotConfig
 from interface.robot import Arm, ArmError, Camera
 from protocol.messages import EpisodeEnd
@@ -41,6 +43,7 @@ class Rig:
     success: Callable[[], bool] | None = None  # auto outcome (mock); None on real hardware
     max_steps: int | Callable[[], int] | None = None  # the task's limit (callable: read per episode)
     close: Callable[[], None] = field(default=lambda: None)
+    expert: Callable[[float], np.ndarray] | None = None  # noise -> a simulator's expert action now (scripted operator)
 
 
 def new_episode_id() -> str:
@@ -115,6 +118,7 @@ class EpisodeRunner:
         self.results: list[tuple[EpisodeResult, EpisodeEnd]] = []
         self._stop = threading.Event()
         self._mode = "sample" if cfg.mode == "auto" else cfg.mode
+        self._seed: int | None = None  # the running episode's seed
         self._reward_model_p: float | None = None  # the server's reward-model score of the last label
 
     def stop(self) -> None:
@@ -194,6 +198,7 @@ class EpisodeRunner:
     def run_one(self, seed: int, mode: str | None = None) -> tuple[EpisodeResult, EpisodeEnd]:
         episode_id = new_episode_id()
         self._mode = mode or ("sample" if self.cfg.mode == "auto" else self.cfg.mode)
+        self._seed = seed  # a simulator's episode is replayable from it
         self.status.report("resetting", episode_id=episode_id, step=0, task=self.rig.task)
         try:
             instruction = self.rig.new_episode(seed)
@@ -283,7 +288,7 @@ class EpisodeRunner:
                                 "auto_outcome": auto_outcome, "reward_model_p": reward_model_p,
                                 "counters": result.counters,
                                 "timing": result.timing_summary(self.loop.period), "mode": self._mode,
-                                "purpose": "eval" if self._mode == "greedy" else "train",
+                                "purpose": "eval" if self._mode == "greedy" else "train", "seed": self._seed,
                                 **({"dry_run": True} if self.cfg.dry_run else {}),
                                 **({"calibration": self.calibration} if self.calibration else {})})
         self.emit(end)
