@@ -185,21 +185,23 @@ def operator_rows(rows: list[dict], metas: list[dict], new_task: tuple[str, ...]
                     "intervention_fraction": driven / steps if steps else None,
                     "operator_s": seconds, "operator_s_total": cumulative,
                     "new_task_episodes": len(new), "new_task_successes": sum(map(_is_success, new)),
-                    "new_task_driven": sum(bool(m.get("intervention_steps")) for m in new)})
+                    "new_task_driven": sum(bool(m.get("intervention_steps")) for m in new),
+                    # the policy's own successes: no operator step in the episode
+                    "new_task_alone": sum(_is_success(m) and not m.get("intervention_steps") for m in new)})
     return out
 
 
 def operator_table(ops: list[dict], rl_rounds: int | None) -> str:
     lines = ["| iteration | RL round | sampled episodes | takeovers (per episode) | operator steps (% of steps) | "
-             "operator s (total) | new-task episodes: succeeded (operator helped) |",
+             "operator s (total) | new task: episodes, taken over, successes (by the policy alone) |",
              "|---|---|---|---|---|---|---|"]
     of = f"/{rl_rounds}" if rl_rounds else ""
     for o in ops:
         per = f"{o['takeovers']} ({o['takeovers_per_episode']:.2f})" if o["episodes"] else "-"
         frac = f"{o['intervention_steps']} ({o['intervention_fraction']:.1%})" if o["steps"] else "-"
         lines.append(f"| {o['iteration'] + 1} | {o['round'] + 1}{of} | {o['episodes']} | {per} | {frac} | "
-                     f"{o['operator_s']:.0f} ({o['operator_s_total']:.0f}) | {o['new_task_episodes']}: "
-                     f"{o['new_task_successes']} ({o['new_task_driven']}) |")
+                     f"{o['operator_s']:.0f} ({o['operator_s_total']:.0f}) | {o['new_task_episodes']}, "
+                     f"{o['new_task_driven']}, {o['new_task_successes']} ({o['new_task_alone']}) |")
     return "\n".join(lines)
 
 
@@ -246,7 +248,7 @@ def headline(curve: list[dict], control: dict | None, ops: list[dict], new_task:
     else:
         who = "with no operator"
     line = (f"**The new task ({task} block, no demos): greedy success {first['rl']:.0%} -> {last['rl']:.0%} "
-            f"after {episodes} sampled robot episodes {who}")
+            f"after {last['episodes']} sampled robot episodes ({episodes} collected) {who}")
     if control is not None:
         c = control["curve"][-1]
         line += (f"; the control (the same {control['phases']} SFT phases on the demos alone, no online data, no "
@@ -290,7 +292,8 @@ def write_report(run_dir: Path, curve: list[dict], control: dict | None, rl_roun
 
 def plot_curve(path: Path, curve: list[dict], control: dict | None, ops: list[dict], new_task: tuple[str, ...],
                complete: bool = True) -> None:
-    """Left: greedy success per task against sampled episodes, the loop solid, the control dashed.
+    """Left: greedy success per task at each checkpoint (with the sampled episodes trained on by then),
+    the loop solid, the control dashed.
     Right: the operator's takeovers per episode per RL round and its cumulative seconds."""
     import matplotlib
 
@@ -299,19 +302,23 @@ def plot_curve(path: Path, curve: list[dict], control: dict | None, ops: list[di
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
     colours = {"rl": "#d62728", "demo": "#1f77b4"}
-    xs = [p["episodes"] for p in curve]
+    xs = list(range(len(curve)))  # checkpoints in the learner's order; the ticks say the episodes
     for split, name in TASKS.items():
         ax.plot(xs, [p[split] for p in curve], marker="o", color=colours[split], lw=2, label=f"loop: {name}")
     if control is not None:
-        sft_x = [p["episodes"] for p in curve if p["phase"] == "sft"][:len(control["curve"])]
+        sft_x = [x for x, p in zip(xs, curve, strict=True) if p["phase"] == "sft"][:len(control["curve"])]
         for split, name in TASKS.items():
             ax.plot([0, *sft_x], [curve[0][split], *[c[split] for c in control["curve"][:len(sft_x)]]],
                     marker="s", ls="--", color=colours[split], alpha=0.7,
                     label=f"control (SFT on demos only): {name}")
-    for p in curve:
-        if p["phase"] == "sft":
-            ax.axvline(p["episodes"], color="#999999", lw=0.6, ls=":")
-    ax.set(xlabel="sampled robot episodes trained on (dotted: SFT phases)", ylabel="greedy success",
+
+    def tick(p: dict) -> str:
+        if p["phase"] == "bootstrap":
+            return "Stage 0\n0 ep."
+        return f"{p['iteration'] + 1}: {'RL' if p['phase'] == 'rl' else 'SFT'}\n{p['episodes']} ep."
+
+    ax.set_xticks(xs, [tick(p) for p in curve], fontsize=8)
+    ax.set(xlabel="checkpoint (sampled robot episodes trained on)", ylabel="greedy success",
            ylim=(-0.03, 1.03), title=f"greedy success, {curve[0]['n']} fixed seeds per task")
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)

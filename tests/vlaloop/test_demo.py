@@ -73,13 +73,14 @@ def test_operator_work_per_round_and_the_headline_on_the_new_task():
                                                                                                     (2, 1, 8, 19)]
     assert ops[0]["takeovers_per_episode"] == 1.0 and ops[1]["takeovers_per_episode"] == 0.5
     assert abs(ops[0]["operator_s"] - (2.4 + 3 * 2.0)) < 1e-9 and abs(ops[1]["operator_s_total"] - 11.2) < 1e-9
-    assert (ops[0]["new_task_episodes"], ops[0]["new_task_successes"], ops[0]["new_task_driven"]) == (2, 1, 1)
+    assert [(o["new_task_episodes"], o["new_task_driven"], o["new_task_successes"], o["new_task_alone"])
+            for o in ops] == [(2, 1, 1, 1), (1, 1, 1, 0)]
     curve = [{"phase": "bootstrap", "iteration": None, "episodes": 0, "version": 1, "n": 50, "demo": 0.3, "rl": 0.0},
              {"phase": "rl", "iteration": 0, "episodes": 3, "version": 4, "n": 50, "demo": 0.2, "rl": 0.1},
              {"phase": "sft", "iteration": 0, "episodes": 3, "version": 5, "n": 50, "demo": 0.5, "rl": 0.62}]
     control = {"curve": [{"phase": 1, "n": 50, "demo": 0.48, "rl": 0.0}], "phases": 1, "n": 50}
     text = headline(curve, control, ops, ("blue",), "scripted")
-    assert text.startswith("**The new task (blue block, no demos): greedy success 0% -> 62% after 5 sampled")
+    assert text.startswith("**The new task (blue block, no demos): greedy success 0% -> 62% after 3 sampled robot episodes (5 collected)")
     assert "stepping in 4 times (32 of 99 steps, 32.3%; 11 operator-seconds)" in text and "operator) 0%.**" in text
     table = success_table(curve, control, 3)
     assert "| iteration 1, after SFT (v5) | 3 | 62% | 50% | 0% | 48% |" in table
