@@ -5,6 +5,7 @@ learning: docs/demo.md has the measured runs.)"""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -87,7 +88,7 @@ def test_operator_work_per_round_and_the_headline_on_the_new_task():
     assert "| Stage 0 (v1) | 0 | 0% | 30% | 0% | 30% |" in table
 
 
-@pytest.mark.slow  # ~2-3 min on a loaded 2-core machine: four processes importing torch, then the control
+@pytest.mark.slow  # 196 s at load 12 on 2 cores: five processes importing torch, the control, 9 evaluations
 @pytest.mark.timeout(900)
 def test_toy_demo_report_matches_the_learners_history(tmp_path, tiny_dir):
     run_dir = tmp_path / "demo"
@@ -138,6 +139,6 @@ def test_toy_demo_report_matches_the_learners_history(tmp_path, tiny_dir):
     assert all(m["extra"]["counters"].get("takeovers", 0) <= 2 for m in robot)
     assert not [m for m in robot if m.get("mode") == "greedy" and m["intervention_steps"]]
     md = (run_dir / "report.md").read_text()
-    assert md.count("| RL round") == iterations * rounds and md.count("| SFT |") == iterations
+    assert len(re.findall(r"\| RL round \d+/", md)) == iterations * rounds and md.count("| SFT |") == iterations
     assert "**The new task (blue block, no demos): greedy success" in md and "the control (the same" in md
     assert sorted(p.name for p in Path(run_dir, "logs").iterdir()) == ["learner.log", "robot0.log", "server.log"]
