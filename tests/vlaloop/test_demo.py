@@ -98,6 +98,7 @@ def test_toy_demo_report_matches_the_learners_history(tmp_path, tiny_dir):
     env = {**os.environ, "VLALOOP_LEARNER__EPISODES_PER_ROUND": "2", "VLALOOP_LEARNER__RL_ROUNDS_PER_PHASE": str(rounds),
            "VLALOOP_LEARNER__SFT_STEPS": "3", "VLALOOP_LEARNER__SAC_UPDATES_PER_EPISODE": "2",
            "VLALOOP_MODEL__TINY_CACHE_DIR": str(tiny_dir), "VLALOOP_ROBOT__RATE_HZ": "5",
+           "VLALOOP_ROBOT__MAX_STEPS": "12",  # short episodes: 2.4 s at 5 Hz
            "VLALOOP_ROBOT__SCRIPTED_OPERATOR": "{budget_fraction: 0.5, grace_steps: 1}"}
     out = subprocess.run([sys.executable, "-m", "vlaloop.cli", "--run-dir", str(run_dir), "demo", "--robots", "1",
                           "--iterations", str(iterations), "--demos", "4", "--bootstrap-steps", "5",
