@@ -62,8 +62,9 @@ def configure(parser) -> None:
     parser.add_argument("--demos", type=int, default=None, help="scripted demonstrations to record (demo tasks)")
     parser.add_argument("--rate-hz", type=float, default=None, help="control rate of the mock robots")
     parser.add_argument("--seed", type=int, default=0,
-                        help="seeds the demos, Stage 0, the learner and the robots' episodes (the greedy "
-                             "evaluation seeds stay fixed)")
+                        help="seeds the demos, the learner (Stage 0's, SAC's and SFT's sampling) and the robots' "
+                             "episodes; the model's initial weights (model.seed) and the greedy evaluation seeds "
+                             "stay fixed")
     parser.add_argument("--operator", choices=["scripted", "none"], default="scripted",
                         help="scripted: the mock's expert takes over when the policy goes wrong (<= 10 %% of "
                              "steps, <= 2 takeovers per episode); none: the loop without an operator")
