@@ -48,7 +48,7 @@ def tight_calibration(path) -> SafetyFilter:
     return SafetyFilter.from_calibration(cal)
 
 
-@pytest.mark.slow  # ~35 s at load 4: three real processes (server and learner import torch) and 2 episodes
+@pytest.mark.slow  # 35-43 s at load 4-7.5: three real processes (server and learner import torch) and 2 episodes
 def test_scripted_operator_drives_through_the_safety_filter_and_its_steps_reach_the_learner(tmp_path, procs):
     import torch
 

@@ -88,7 +88,7 @@ def test_operator_work_per_round_and_the_headline_on_the_new_task():
     assert "| Stage 0 (v1) | 0 | 0% | 30% | 0% | 30% |" in table
 
 
-@pytest.mark.slow  # 196 s at load 12 on 2 cores: five processes importing torch, the control, 9 evaluations
+@pytest.mark.slow  # 95 s at load 7.5 on 2 cores: five processes importing torch, the control, 9 evaluations
 @pytest.mark.timeout(900)
 def test_toy_demo_report_matches_the_learners_history(tmp_path, tiny_dir):
     run_dir = tmp_path / "demo"
