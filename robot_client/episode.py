@@ -115,6 +115,7 @@ class EpisodeRunner:
         self.results: list[tuple[EpisodeResult, EpisodeEnd]] = []
         self._stop = threading.Event()
         self._mode = "sample" if cfg.mode == "auto" else cfg.mode
+        self._seed = cfg.seed
         self._reward_model_p: float | None = None  # the server's reward-model score of the last label
 
     def stop(self) -> None:
@@ -194,6 +195,7 @@ class EpisodeRunner:
     def run_one(self, seed: int, mode: str | None = None) -> tuple[EpisodeResult, EpisodeEnd]:
         episode_id = new_episode_id()
         self._mode = mode or ("sample" if self.cfg.mode == "auto" else self.cfg.mode)
+        self._seed = seed
         self.status.report("resetting", episode_id=episode_id, step=0, task=self.rig.task)
         try:
             instruction = self.rig.new_episode(seed)
@@ -284,6 +286,8 @@ class EpisodeRunner:
                                 "counters": result.counters,
                                 "timing": result.timing_summary(self.loop.period), "mode": self._mode,
                                 "purpose": "eval" if self._mode == "greedy" else "train",
+                                # the scene's seed: a simulator replays the episode's layout from it
+                                "seed": self._seed,
                                 **({"dry_run": True} if self.cfg.dry_run else {}),
                                 **({"calibration": self.calibration} if self.calibration else {})})
         self.emit(end)
