@@ -135,11 +135,13 @@ def episodes(store) -> list[dict]:
 
 
 def started_after(store, t: float) -> list[dict]:
-    """Labelled episodes whose first action was executed after time ``t``."""
+    """Labelled episodes whose first observation was captured after time ``t`` (so every request
+    of theirs reached the server after ``t``; the first action's execution time is not enough: on a
+    loaded machine a reply asked for before a rollback can be executed seconds after it)."""
     out = []
     for m in episodes(store):
         steps = store.load(m["robot_id"], m["episode_id"]).steps
-        if steps and steps[0].get("t_act", 0) > t:
+        if steps and steps[0].get("t_capture", 0) > t:
             out.append(m)
     return out
 
