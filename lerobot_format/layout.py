@@ -35,6 +35,10 @@ EPISODES_PATH = f"{EPISODES_DIR}/{CHUNK_FILE}.parquet"
 DATA_PATH = f"data/{CHUNK_FILE}.parquet"
 VIDEO_PATH = "videos/{video_key}/" + CHUNK_FILE + ".mp4"
 
+# v2.1, read by the importer: a data file and a video per episode, episodes and tasks as JSON lines
+LEGACY_EPISODES_PATH = "meta/episodes.jsonl"
+LEGACY_TASKS_PATH = "meta/tasks.jsonl"
+
 IMAGE_PREFIX = "observation.images."
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
