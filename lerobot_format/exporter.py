@@ -76,15 +76,16 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Expo
     metas = _select(run_dir, out_dir, cfg)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     t0 = time.time()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    writer = DatasetWriter(tmp, cfg)
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        writer = DatasetWriter(tmp, cfg)
         store = EpisodeStore(run_dir / "episodes")
         for meta in tqdm(metas, desc="export", unit="ep", disable=not cfg.progress):
             writer.add_episode(load_checked(store, meta))
         summary = writer.finish()
         os.rename(tmp, out_dir)
     except BaseException:
+        writer.close_files()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {**summary, "seconds": time.time() - t0, "out_dir": str(out_dir)}
@@ -102,6 +103,8 @@ def _select(run_dir: Path, out_dir: Path, cfg: ExportConfig) -> list[dict]:
         refuse_if_live(run_dir, "an export", " or pass --live to export the episodes complete now")
     complete, incomplete = episode_dirs(root)
     metas = [m for m in (read_meta(d) for d in complete) if selected(m, cfg.filter)]
+    # the store's own order (EpisodeStore.list_episodes: by end time), so an import lists them alike
+    metas.sort(key=lambda m: (m.get("finished", 0), m.get("robot_id", ""), m.get("episode_id", "")))
     if incomplete:
         print(f"vlaloop export: {len(incomplete)} episode(s) without meta.json (still being recorded, or "
               f"cut off by a crash) are left out", file=sys.stderr)
@@ -216,11 +219,16 @@ class DatasetWriter:
         return {**where, **video.end_episode()}
 
     # ---------------------------------------------------------------- meta/
-    def finish(self) -> dict:
+    def close_files(self) -> None:
+        """Finish the open video and parquet files (also on the way out of a failed export)."""
         for video in self.videos.values():
             video.close()
         if self._data is not None:
             self._data.close()
+            self._data = None
+
+    def finish(self) -> dict:
+        self.close_files()
         for cam in self.cameras:
             first = self.root / layout.VIDEO_PATH.format(video_key=layout.IMAGE_PREFIX + cam, **layout.chunk_and_file(0))
             self.features[layout.IMAGE_PREFIX + cam]["info"] = video_info(first)

@@ -10,7 +10,8 @@ Nothing partial: every episode is read, checked and written into a staging store
 (``RUN_DIR/.import-<pid>/``) first; only when all of them are there does each move into
 ``RUN_DIR/episodes/<robot_id>/`` with one rename (so an episode appears whole, meta.json
 included, or not at all). On bad input the store is not touched. Episodes already imported (same
-dataset directory name and index) are skipped.
+robot and episode id) are skipped. A dataset vlaloop exported comes back under its episodes' own
+robot and episode ids; any other under ``<robot_id>/<dataset dir name>-<episode index>``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from lerobot_format.mapping import Mapping, MappingError
 from lerobot_format.reader import EpisodeRef, LeRobotReader
 from lerobot_format.run_dir import StoreBusy, refuse_if_live
 from protocol.images import encode_jpeg
+from protocol.messages import ID_PATTERN
 
 SOURCE = "expert"  # imported episodes are demonstrations
 # meta.json fields of an exported vlaloop episode that describe the store, not the episode
@@ -69,7 +71,7 @@ def import_dataset(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, c
     staging = run_dir / f".import-{os.getpid()}"
     t0 = time.time()
     try:
-        metas = _stage(reader, mapping, EpisodeStore(staging), cfg.progress)
+        metas = _stage(reader, mapping, EpisodeStore(staging), cfg.progress, own_ids=cfg.mapping is None)
         imported, skipped = _move_into_store(staging, run_dir / "episodes", metas)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -78,7 +80,7 @@ def import_dataset(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, c
         raise
     shutil.rmtree(staging, ignore_errors=True)
     return {"imported": imported, "skipped": skipped, "frames": sum(m["n_steps"] for m in metas),
-            "seconds": time.time() - t0, "robot_id": mapping.robot_id}
+            "seconds": time.time() - t0, "robots": sorted({m["robot_id"] for m in metas})}
 
 
 def _mapping(reader: LeRobotReader, given: Mapping | None) -> Mapping:
@@ -91,17 +93,26 @@ def _mapping(reader: LeRobotReader, given: Mapping | None) -> Mapping:
     return m
 
 
-def _stage(reader: LeRobotReader, m: Mapping, store: EpisodeStore, progress: bool) -> list[dict]:
-    prefix = _slug(reader.root.name)
+def _stage(reader: LeRobotReader, m: Mapping, store: EpisodeStore, progress: bool, own_ids: bool) -> list[dict]:
     metas = []
     for ep in tqdm(reader.episodes, desc="import", unit="ep", disable=not progress):
-        episode_id = f"{prefix}-{ep.index:06d}"
+        robot_id, episode_id = _episode_key(reader, m, ep, own_ids)
         records, frames, meta = _episode(reader, m, ep)
-        store.append_steps([(m.robot_id, episode_id, i, rec, imgs) for i, (rec, imgs) in enumerate(zip(records, frames,
-                                                                                                       strict=True))])
-        store.finish(m.robot_id, episode_id, meta)
-        metas.append(store.read_meta(m.robot_id, episode_id))
+        store.append_steps([(robot_id, episode_id, i, rec, imgs)
+                            for i, (rec, imgs) in enumerate(zip(records, frames, strict=True))])
+        store.finish(robot_id, episode_id, meta)
+        metas.append(store.read_meta(robot_id, episode_id))
     return metas
+
+
+def _episode_key(reader: LeRobotReader, m: Mapping, ep: EpisodeRef, own_ids: bool) -> tuple[str, str]:
+    """Where an episode goes: a vlaloop export imported without a mapping comes back under its own
+    robot and episode ids (so the learner sorts and splits the demos as it did the originals);
+    anything else under the mapping's robot_id as <dataset dir>-<episode index>."""
+    robot_id, episode_id = ep.row.get("vlaloop/robot_id"), ep.row.get("vlaloop/episode_id")
+    if own_ids and robot_id and episode_id and re.match(ID_PATTERN, robot_id) and re.match(ID_PATTERN, episode_id):
+        return robot_id, episode_id
+    return m.robot_id, f"{_slug(reader.root.name)}-{ep.index:06d}"
 
 
 def _episode(reader: LeRobotReader, m: Mapping, ep: EpisodeRef) -> tuple[list[dict], list[dict], dict]:
@@ -204,6 +215,7 @@ def run(args: argparse.Namespace, config) -> int:
         print(f"vlaloop import: {e}", file=sys.stderr)
         return 2
     already = f", {summary['skipped']} were already there" if summary["skipped"] else ""
+    robots = ", ".join(summary["robots"])
     print(f"imported {summary['imported']} demonstrations ({summary['frames']} frames{already}) into "
-          f"{Path(args.run_dir) / 'episodes' / summary['robot_id']} in {summary['seconds']:.1f} s")
+          f"{Path(args.run_dir) / 'episodes'} (robot {robots}) in {summary['seconds']:.1f} s")
     return 0

@@ -77,7 +77,8 @@ def read_meta(ep_dir: Path) -> dict:
         raise StoreCorrupt(f"{ep_dir / META} is not valid JSON ({e}): the store is corrupt") from None
     if not isinstance(meta, dict):
         raise StoreCorrupt(f"{ep_dir / META} is not a JSON object: the store is corrupt")
-    return meta
+    # the directory is where the episode is: what store.load needs, whatever meta.json says
+    return {**meta, "robot_id": ep_dir.parent.name, "episode_id": ep_dir.name}
 
 
 def selected(meta: dict, which: str) -> bool:

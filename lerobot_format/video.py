@@ -91,8 +91,7 @@ def video_info(path: Path) -> dict:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         return {"video.height": stream.height, "video.width": stream.width,
-                "video.codec": stream.codec_context.codec.canonical_name if hasattr(stream.codec_context, "codec")
-                else stream.codec_context.name,
+                "video.codec": stream.codec_context.codec.canonical_name,
                 "video.pix_fmt": stream.codec_context.pix_fmt, "video.is_depth_map": False,
                 "video.fps": int(stream.base_rate), "video.channels": 3, "has_audio": False}
 
