@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -60,6 +61,12 @@ class ExportConfig:
     """yuv420p (LeRobot's default, colour at half resolution) or yuv444p (full-resolution colour)"""
     live: bool = False
     """export the episodes complete now although a learner is writing the store"""
+    data_file_mb: float = layout.DATA_FILE_SIZE_MB
+    """a data parquet file is closed past this size (LeRobot: 100 MB; 0: a file per episode)"""
+    video_file_mb: float = layout.VIDEO_FILE_SIZE_MB
+    """a video file is closed past this size (LeRobot: 200 MB; 0: a file per episode). The size counted
+    is what the encoder has emitted; it holds back a few dozen frames (lookahead), so a file can end
+    that much past the limit"""
     robot_type: str | None = None
     """info.json's robot_type; default vlaloop-<backend> of the episodes"""
     progress: bool = True
@@ -167,7 +174,7 @@ class DatasetWriter:
         self.features = layout.vlaloop_features(self.cameras, h, w)
         for cam in self.cameras:
             self.videos[cam] = CameraVideos(self.root, layout.IMAGE_PREFIX + cam, self.cfg.fps, h, w, self.cfg.vcodec,
-                                            self.cfg.crf, self.cfg.pix_fmt, layout.VIDEO_FILE_SIZE_MB * MB)
+                                            self.cfg.crf, self.cfg.pix_fmt, int(self.cfg.video_file_mb * MB))
 
     def _frame_columns(self, ep: Episode, episode_index: int) -> dict[str, np.ndarray]:
         steps, meta, n = ep.steps, ep.meta, len(ep.steps)
@@ -196,7 +203,7 @@ class DatasetWriter:
         schema = layout.data_schema(self.features)
         arrays = [_arrow_column(columns[f.name], f.type) for f in schema]
         table = pa.Table.from_arrays(arrays, schema=schema)
-        if self._data is not None and self._data_bytes >= layout.DATA_FILE_SIZE_MB * MB:
+        if self._data is not None and self._data_bytes >= self.cfg.data_file_mb * MB:
             self._data.close()
             self._data = None
         if self._data is None:
@@ -239,6 +246,8 @@ class DatasetWriter:
         layout.write_json(self.root / layout.STATS_PATH, stats.as_json(self._dataset_stats()))
         info = layout.info_json(self.cfg.fps, self.features, len(self.episode_rows), self.n_frames, len(self.tasks),
                                 self.cfg.robot_type or _robot_type(self.backends))
+        info["data_files_size_in_mb"] = max(1, math.ceil(self.cfg.data_file_mb))  # LeRobot wants whole MB
+        info["video_files_size_in_mb"] = max(1, math.ceil(self.cfg.video_file_mb))
         layout.write_json(self.root / layout.INFO_PATH, info)
         return {"episodes": len(self.episode_rows), "frames": self.n_frames, "tasks": len(self.tasks),
                 "cameras": list(self.cameras)}

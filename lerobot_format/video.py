@@ -38,11 +38,11 @@ class CameraVideos:
         self.codec, self.crf, self.pix_fmt, self.max_bytes = codec, crf, pix_fmt, max_bytes
         self.n_files = 0
         self._container = self._stream = self._path = None
-        self._frames_in_file = 0
+        self._frames_in_file = self._bytes_in_file = 0
 
     def start_episode(self) -> dict:
         """Where the next episode goes: its chunk and file index and its from_timestamp."""
-        if self._container is not None and self._path.exists() and self._path.stat().st_size >= self.max_bytes:
+        if self._container is not None and self._bytes_in_file >= self.max_bytes:
             self._close_file()
         if self._container is None:
             self._open_file()
@@ -58,8 +58,7 @@ class CameraVideos:
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         frame.pts = self._frames_in_file
         self._frames_in_file += 1
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
+        self._mux(self._stream.encode(frame))
 
     def end_episode(self) -> dict:
         return {f"videos/{self.video_key}/to_timestamp": self._frames_in_file / self.fps}
@@ -76,12 +75,16 @@ class CameraVideos:
         self._stream = self._container.add_stream(self.codec, rate=Fraction(self.fps), options=options)
         self._stream.pix_fmt = self.pix_fmt
         self._stream.width, self._stream.height = self.width, self.height
-        self._frames_in_file = 0
+        self._frames_in_file = self._bytes_in_file = 0
         self.n_files += 1
 
-    def _close_file(self) -> None:
-        for packet in self._stream.encode(None):
+    def _mux(self, packets) -> None:
+        for packet in packets:
+            self._bytes_in_file += packet.size  # what the file will hold (the muxer buffers its writes)
             self._container.mux(packet)
+
+    def _close_file(self) -> None:
+        self._mux(self._stream.encode(None))
         self._container.close()
         self._container = self._stream = None
 

@@ -21,6 +21,7 @@ from episodes.store import EpisodeStore
 from learner.bootstrap import expert_demos, normalizer_from_demos
 from learner.sft import build_sft_data
 from lerobot_format import layout
+from lerobot_format.exporter import ExportConfig, export_run
 from lerobot_format.importer import ImportConfig, import_dataset
 from lerobot_format.layout import FormatError
 from lerobot_format.mapping import MappingError, parse
@@ -93,6 +94,22 @@ def test_stage0_sees_the_same_demos(source_run, exported, tmp_path):
         assert (x.step, x.instruction) == (y.step, y.instruction)
         np.testing.assert_allclose(y.chunk, x.chunk, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(y.state, x.state, rtol=1e-6, atol=1e-7)
+
+
+def test_episodes_spread_over_many_files_come_back(source_run, tmp_path):
+    """File limits 0: every episode starts a new data and video file (file-001, ...), so an episode
+    is found by its own chunk/file index and from_timestamp 0."""
+    ds = tmp_path / "ds"
+    export_run(source_run, ds, ExportConfig(data_file_mb=0, video_file_mb=0, progress=False))
+    assert len(list((ds / "data/chunk-000").iterdir())) == N_DEMOS + 1
+    assert len(list((ds / "videos/observation.images.front/chunk-000").iterdir())) == N_DEMOS + 1
+    run, summary = imported_run(ds, tmp_path)
+    a, b = EpisodeStore(source_run / "episodes"), EpisodeStore(run / "episodes")
+    for m in a.list_episodes():
+        ea, eb = a.load(m["robot_id"], m["episode_id"]), b.load(m["robot_id"], m["episode_id"])
+        np.testing.assert_allclose([s["action"] for s in eb.steps], [s["action"] for s in ea.steps], rtol=1e-6, atol=1e-7)
+        err = np.abs(ea.frame(ea.steps[-1]["step"], "wrist").astype(int) - eb.frame(eb.steps[-1]["step"], "wrist"))
+        assert err.mean() <= MEAN_TOLERANCE
 
 
 def test_importing_again_skips_what_is_there(exported, tmp_path, capsys):
