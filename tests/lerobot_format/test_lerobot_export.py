@@ -149,3 +149,12 @@ def test_nothing_to_export_and_no_store_are_clear_errors(tmp_path, source_run):
         shutil.rmtree(d)
     with pytest.raises(ExportError, match="no episode .* matches --filter demos"):
         export_run(run, tmp_path / "ds", ExportConfig(filter="demos", progress=False))
+
+
+def test_long_work_shows_progress(source_run, tmp_path, capsys):
+    from lerobot_format.importer import ImportConfig, import_dataset
+
+    export_run(source_run, tmp_path / "ds", ExportConfig(filter="demos", progress=True))
+    import_dataset(tmp_path / "ds", tmp_path / "run", ImportConfig(progress=True))
+    err = capsys.readouterr().err
+    assert "export: 100%" in err and f"{N_DEMOS}/{N_DEMOS}" in err and "import: 100%" in err
