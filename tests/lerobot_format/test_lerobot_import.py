@@ -34,9 +34,10 @@ from sim.mock.demos import record_demos
 from vlaloop.cli import main as vlaloop_main
 
 # The video round trip (AV1, yuv420p, crf 30: LeRobot's defaults; then JPEG again in the store) changes
-# pixels. Measured on 20 mock demos, 266 frames per camera (docs/lerobot.md): per frame, mean |original -
-# imported| 2.4 (front) / 2.7 (wrist) grey levels on average, worst 4.75; worst 99th percentile 27;
-# single pixels on colour edges up to ~110 (yuv420p halves the colour resolution). The bounds:
+# pixels. Measured on 20 mock demos, 133 frames per camera (`python -m bench.lerobot_roundtrip --frames-only
+# --cameras front,wrist --seeds 0 --demos 20`, docs/lerobot.md): mean |original - imported| 2.4 (front) /
+# 2.7 (wrist) grey levels, worst frame's mean 4.75, worst frame's 99th percentile 27; single pixels on
+# colour edges up to ~110 (yuv420p halves the colour resolution). The bounds:
 MEAN_TOLERANCE = 6.0  # per frame, mean absolute difference
 P99_TOLERANCE = 40  # per frame, 99th percentile of the absolute difference
 
