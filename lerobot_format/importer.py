@@ -71,7 +71,8 @@ def import_dataset(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, c
     staging = run_dir / f".import-{os.getpid()}"
     t0 = time.time()
     try:
-        metas = _stage(reader, mapping, EpisodeStore(staging), cfg.progress, own_ids=cfg.mapping is None)
+        metas, already, robots = _stage(reader, mapping, EpisodeStore(staging), cfg.progress, own_ids=cfg.mapping is None,
+                                target=run_dir / "episodes")
         imported, skipped = _move_into_store(staging, run_dir / "episodes", metas)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -79,8 +80,8 @@ def import_dataset(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, c
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     shutil.rmtree(staging, ignore_errors=True)
-    return {"imported": imported, "skipped": skipped, "frames": sum(m["n_steps"] for m in metas),
-            "seconds": time.time() - t0, "robots": sorted({m["robot_id"] for m in metas})}
+    return {"imported": imported, "skipped": skipped + already, "frames": sum(m["n_steps"] for m in metas),
+            "seconds": time.time() - t0, "robots": sorted(robots)}
 
 
 def _mapping(reader: LeRobotReader, given: Mapping | None) -> Mapping:
@@ -93,16 +94,23 @@ def _mapping(reader: LeRobotReader, given: Mapping | None) -> Mapping:
     return m
 
 
-def _stage(reader: LeRobotReader, m: Mapping, store: EpisodeStore, progress: bool, own_ids: bool) -> list[dict]:
-    metas = []
+def _stage(reader: LeRobotReader, m: Mapping, store: EpisodeStore, progress: bool, own_ids: bool,
+           target: Path) -> tuple[list[dict], int, set[str]]:
+    """Write every episode not yet in the `target` store into the staging `store`; returns their
+    metas, how many were already there and the robot ids of all."""
+    metas, already, robots = [], 0, set()
     for ep in tqdm(reader.episodes, desc="import", unit="ep", disable=not progress):
         robot_id, episode_id = _episode_key(reader, m, ep, own_ids)
+        robots.add(robot_id)
+        if (target / robot_id / episode_id / META).exists():
+            already += 1
+            continue
         records, frames, meta = _episode(reader, m, ep)
         store.append_steps([(robot_id, episode_id, i, rec, imgs)
                             for i, (rec, imgs) in enumerate(zip(records, frames, strict=True))])
         store.finish(robot_id, episode_id, meta)
         metas.append(store.read_meta(robot_id, episode_id))
-    return metas
+    return metas, already, robots
 
 
 def _episode_key(reader: LeRobotReader, m: Mapping, ep: EpisodeRef, own_ids: bool) -> tuple[str, str]:
