@@ -54,8 +54,8 @@ class ImportConfig:
     """show a progress bar"""
 
 
-class ImportError_(RuntimeError):  # noqa: N801 (ImportError is Python's own)
-    pass
+class ImportRefused(RuntimeError):
+    """The import would clash with what the store holds."""
 
 
 def import_dataset(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: ImportConfig) -> dict:
@@ -186,7 +186,7 @@ def _move_into_store(staging: Path, root: Path, metas: list[dict]) -> tuple[int,
         if (dest / META).exists():
             skipped += 1
         elif dest.exists():
-            raise ImportError_(f"{dest} exists without meta.json (an unfinished episode): remove it, or import "
+            raise ImportRefused(f"{dest} exists without meta.json (an unfinished episode): remove it, or import "
                                f"under another robot_id")
         else:
             todo.append((staging / meta["robot_id"] / meta["episode_id"], dest))
@@ -219,7 +219,7 @@ def run(args: argparse.Namespace, config) -> int:
         mapping = mapping_mod.load(Path(args.mapping)) if args.mapping else None
         summary = import_dataset(args.dataset_dir, args.run_dir,
                                  ImportConfig(mapping=mapping, progress=sys.stderr.isatty()))
-    except (MappingError, FormatError, StoreBusy, ImportError_) as e:
+    except (MappingError, FormatError, StoreBusy, ImportRefused) as e:
         print(f"vlaloop import: {e}", file=sys.stderr)
         return 2
     already = f", {summary['skipped']} were already there" if summary["skipped"] else ""

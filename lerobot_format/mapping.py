@@ -184,7 +184,7 @@ def identity(features: dict[str, dict]) -> Mapping | None:
     if state.get("names") != layout.STATE_NAMES or action.get("names") != layout.ACTION_NAMES:
         return None
     cams = {k.removeprefix(layout.IMAGE_PREFIX): k for k, f in features.items()
-            if f.get("dtype") == "video" and k.startswith(layout.IMAGE_PREFIX)}
+            if f.get("dtype") in ("video", "image") and k.startswith(layout.IMAGE_PREFIX)}
     return Mapping(state=VectorMap(layout.STATE_KEY, list(range(7))),
                    action=VectorMap(layout.ACTION_KEY, list(range(7))), cameras=cams)
 

@@ -64,7 +64,7 @@ class LeRobotReader:
         if rows.num_rows != ep.length:
             raise FormatError(f"episode {ep.index}: {rows.num_rows} rows in {ep.data_path.name}, the episode table "
                               f"says {ep.length}")
-        out = {c: _numpy(rows.column(c)) for c in wanted if self.features.get(c, {}).get("dtype") != "image"}
+        out = {c: _numpy(rows.column(c), c, ep) for c in wanted if self.features.get(c, {}).get("dtype") != "image"}
         out.update({c: rows.column(c).to_pylist() for c in wanted if self.features.get(c, {}).get("dtype") == "image"})
         self._check_times(ep, out["frame_index"], out["timestamp"])
         return out
@@ -134,10 +134,10 @@ class LeRobotReader:
         return EpisodeRef(index=index, length=int(row["length"]), data_path=data, videos=videos, row=row)
 
 
-def _numpy(column) -> np.ndarray:
+def _numpy(column, name: str, ep: EpisodeRef) -> np.ndarray:
     values = column.to_pylist()
-    if values and any(v is None for v in values):
-        raise FormatError(f"column {column} has empty cells")
+    if any(v is None for v in values):
+        raise FormatError(f"episode {ep.index}: column {name} has empty cells in {ep.data_path.name}")
     return np.asarray(values)
 
 

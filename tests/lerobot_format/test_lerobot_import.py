@@ -6,6 +6,7 @@ clear error and the store untouched."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import CAMERAS, N_DEMOS, tree_digest
+from PIL import Image
 
 from deployment.config import load_config
 from episodes.store import EpisodeStore
@@ -274,3 +276,36 @@ def test_a_v21_dataset_imports_too(source_run, exported, tmp_path):
         # decoded and encoded twice: a little further off than one round trip
         err = np.abs(ea.frame(ea.steps[-1]["step"], "front").astype(int) - eb.frame(eb.steps[-1]["step"], "front"))
         assert err.mean() <= 2 * MEAN_TOLERANCE
+
+
+def as_image_dataset(v3: Path, out: Path) -> Path:
+    """The same dataset with its frames as PNG images inside the parquet rows (LeRobot's `image`
+    dtype: a struct of bytes and path) instead of videos."""
+    reader = LeRobotReader(v3)
+    shutil.copytree(v3, out, ignore=shutil.ignore_patterns("videos"))
+    table = pq.read_table(v3 / "data/chunk-000/file-000.parquet")
+    info = json.loads((v3 / layout.INFO_PATH).read_text())
+    for key in [k for k, f in reader.features.items() if f["dtype"] == "video"]:
+        cells = []
+        for ep in reader.episodes:
+            for img in reader.images(ep, key):
+                buf = io.BytesIO()
+                Image.fromarray(img).save(buf, format="PNG")
+                cells.append({"bytes": buf.getvalue(), "path": None})
+        table = table.append_column(key, pa.array(cells, pa.struct([("bytes", pa.binary()), ("path", pa.string())])))
+        info["features"][key] = {"dtype": "image", "shape": [96, 96, 3], "names": ["height", "width", "channel"]}
+    pq.write_table(table, out / "data/chunk-000/file-000.parquet")
+    layout.write_json(out / layout.INFO_PATH, info)
+    return out
+
+
+def test_images_stored_in_the_rows_import_too(source_run, exported, tmp_path):
+    ds = as_image_dataset(exported, tmp_path / "images")
+    run, summary = imported_run(ds, tmp_path)
+    assert summary["imported"] == N_DEMOS + 1
+    a, b = EpisodeStore(source_run / "episodes"), EpisodeStore(run / "episodes")
+    for m in a.list_episodes():
+        ea, eb = a.load(m["robot_id"], m["episode_id"]), b.load(m["robot_id"], m["episode_id"])
+        for cam in CAMERAS:
+            err = np.abs(ea.frame(ea.steps[0]["step"], cam).astype(int) - eb.frame(eb.steps[0]["step"], cam))
+            assert err.mean() <= MEAN_TOLERANCE
