@@ -149,8 +149,9 @@ class DatasetWriter:
                               f"the first exported one {self.cameras}: a dataset has one set of cameras")
         index = len(self.episode_rows)
         columns = self._frame_columns(ep, index)
+        task_of = {i: task for task, i in self.tasks.items()}
         row = {"episode_index": index, "length": len(ep.steps),
-               "tasks": sorted({t for t, i in self.tasks.items() if i in set(columns["task_index"])}),
+               "tasks": [task_of[i] for i in sorted(set(columns["task_index"].tolist()))],
                **self._write_rows(columns)}
         ep_stats = {key: stats.vector_stats(v) for key, v in columns.items()}
         for cam in self.cameras:
