@@ -171,9 +171,9 @@ class DatasetWriter:
         self.cameras = ep.cameras
         if not self.cameras:
             raise ExportError(f"episode {ep.meta['robot_id']}/{ep.meta['episode_id']} has no camera frames")
-        h, w = frame(ep, ep.steps[0], self.cameras[0]).shape[:2]
-        self.features = layout.vlaloop_features(self.cameras, h, w)
-        for cam in self.cameras:
+        sizes = {cam: frame(ep, ep.steps[0], cam).shape[:2] for cam in self.cameras}  # cameras may differ
+        self.features = layout.vlaloop_features(sizes)
+        for cam, (h, w) in sizes.items():
             self.videos[cam] = CameraVideos(self.root, layout.IMAGE_PREFIX + cam, self.cfg.fps, h, w, self.cfg.vcodec,
                                             self.cfg.crf, self.cfg.pix_fmt, int(self.cfg.video_file_mb * MB))
 

@@ -81,13 +81,14 @@ def chunk_and_file(n: int) -> dict[str, int]:
     return {"chunk_index": n // CHUNKS_SIZE, "file_index": n % CHUNKS_SIZE}
 
 
-def vlaloop_features(cameras: list[str], height: int, width: int) -> dict[str, dict]:
-    """The features of an exported store, in info.json's form (video info added after encoding)."""
+def vlaloop_features(camera_sizes: dict[str, tuple[int, int]]) -> dict[str, dict]:
+    """The features of an exported store, in info.json's form (video info added after encoding);
+    `camera_sizes`: each camera's (height, width)."""
     features: dict[str, dict] = {
         STATE_KEY: {"dtype": "float32", "shape": [len(STATE_NAMES)], "names": list(STATE_NAMES)},
         ACTION_KEY: {"dtype": "float32", "shape": [len(ACTION_NAMES)], "names": list(ACTION_NAMES)},
     }
-    for cam in cameras:
+    for cam, (height, width) in camera_sizes.items():
         features[IMAGE_PREFIX + cam] = {"dtype": "video", "shape": [height, width, 3],
                                         "names": ["height", "width", "channels"]}
     return {**features, **EXTRA_FEATURES, **DEFAULT_FEATURES}

@@ -158,3 +158,25 @@ def test_long_work_shows_progress(source_run, tmp_path, capsys):
     import_dataset(tmp_path / "ds", tmp_path / "run", ImportConfig(progress=True))
     err = capsys.readouterr().err
     assert "export: 100%" in err and f"{N_DEMOS}/{N_DEMOS}" in err and "import: 100%" in err
+
+
+def test_cameras_of_different_sizes(tmp_path):
+    from episodes.store import EpisodeStore
+    from lerobot_format.importer import ImportConfig, import_dataset
+    from protocol.images import encode_jpeg
+
+    store = EpisodeStore(tmp_path / "run/episodes")
+    rng = np.random.default_rng(0)
+    base = {"front": rng.integers(0, 255, (48, 64, 3), np.uint8), "wrist": rng.integers(0, 255, (32, 32, 3), np.uint8)}
+    for i in range(5):
+        frames = {cam: encode_jpeg(np.roll(img, 4 * i, axis=1)) for cam, img in base.items()}
+        store.append_step("arm1", "ep1", i, {"state": [0.1 * i] * 7, "action": [0.01] * 7, "instruction": "pick"},
+                          frames)
+    store.finish("arm1", "ep1", {"source": "expert", "outcome": "success", "instruction": "pick", "n_steps": 5})
+    export_run(tmp_path / "run", tmp_path / "ds", ExportConfig(progress=False))
+    feats = json.loads((tmp_path / "ds" / layout.INFO_PATH).read_text())["features"]
+    assert feats["observation.images.front"]["shape"] == [48, 64, 3]
+    assert feats["observation.images.wrist"]["shape"] == [32, 32, 3]
+    import_dataset(tmp_path / "ds", tmp_path / "back", ImportConfig(progress=False))
+    ep = EpisodeStore(tmp_path / "back/episodes").load("arm1", "ep1")
+    assert ep.frame(4, "front").shape == (48, 64, 3) and ep.frame(4, "wrist").shape == (32, 32, 3)
