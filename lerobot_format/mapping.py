@@ -144,6 +144,11 @@ def check_against(mapping: Mapping, features: dict[str, dict]) -> None:
         if ft is None:
             raise MappingError(f"{name}.key: {vm.key!r} is not in the dataset; its float vectors are {vectors}")
         width = int(ft["shape"][0])
+        if width < 7:
+            wanted = " ".join(layout.STATE_NAMES if name == "state" else layout.ACTION_NAMES)
+            raise MappingError(f"{name}.key: {vm.key} has {width} entries (names {ft.get('names')}), vlaloop's {name} "
+                               f"is 7 end-effector numbers ({wanted}, docs/action_convention.md): joint-space "
+                               f"data cannot be mapped by indices and units; convert it to the end effector first")
         bad = [i for i in vm.indices if not 0 <= i < width]
         if bad or len(ft["shape"]) != 1:
             raise MappingError(f"{name}.indices {vm.indices}: {vm.key} has {width} entries "

@@ -174,13 +174,19 @@ def test_a_foreign_dataset_needs_a_mapping_and_the_error_says_what_to_write(expo
     ({"action": {"key": "action", "indices": [0, 1, 2, 3, 4, 5, 9]}}, "each index must be in 0..6"),
     ({"state": {"key": "observation.joints", "indices": list(range(7))}}, "is not in the dataset"),
     ({"fps": 30}, "recorded at 10 fps, the mapping says fps: 30"),
+    ({"action": {"key": "joints", "indices": list(range(7))}}, "joints has 6 entries .* joint-space data cannot"),
 ])
 def test_a_mapping_that_does_not_fit_is_refused(exported, tmp_path, change, says):
     base = {"cameras": {"front": "observation.images.front"},
             "state": {"key": "observation.state", "indices": list(range(7))},
             "action": {"key": "action", "indices": list(range(7))}}
+    ds = tmp_path / "ds"
+    shutil.copytree(exported, ds)  # with a 6-joint vector beside the end-effector ones
+    info = json.loads((ds / layout.INFO_PATH).read_text())
+    info["features"]["joints"] = {"dtype": "float32", "shape": [6], "names": [f"joint{i}" for i in range(6)]}
+    (ds / layout.INFO_PATH).write_text(json.dumps(info))
     with pytest.raises(MappingError, match=says):
-        import_dataset(exported, tmp_path / "run", ImportConfig(mapping=parse({**base, **change}), progress=False))
+        import_dataset(ds, tmp_path / "run", ImportConfig(mapping=parse({**base, **change}), progress=False))
     assert not (tmp_path / "run").exists()
 
 
