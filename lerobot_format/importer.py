@@ -59,7 +59,8 @@ class ImportRefused(RuntimeError):
 
 
 def import_dataset(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: ImportConfig) -> dict:
-    """Import every episode; returns a summary (imported, skipped, frames, seconds, robot_id)."""
+    """Import every episode; returns a summary (imported, skipped: already in the store, frames
+    imported, seconds, robots)."""
     dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
     reader = LeRobotReader(dataset_dir)
     mapping = _mapping(reader, cfg.mapping)
@@ -71,8 +72,8 @@ def import_dataset(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, c
     staging = run_dir / f".import-{os.getpid()}"
     t0 = time.time()
     try:
-        metas, already, robots = _stage(reader, mapping, EpisodeStore(staging), cfg.progress, own_ids=cfg.mapping is None,
-                                target=run_dir / "episodes")
+        metas, already, robots = _stage(reader, mapping, EpisodeStore(staging), cfg.progress,
+                                        own_ids=cfg.mapping is None, target=run_dir / "episodes")
         imported, skipped = _move_into_store(staging, run_dir / "episodes", metas)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
