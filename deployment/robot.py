@@ -71,9 +71,11 @@ class RobotConfig(BaseModel):
                           "move and never homes; episodes end aborted (stored, never trained on)")
 
     # --- interventions (docs/teleop.md)
-    teleop: Literal["none", "gamepad"] = Field(
+    teleop: Literal["none", "gamepad", "scripted"] = Field(
         default="none", description="a device at the robot the operator can take over with (a dead-man "
-        "button: released, the policy drives); the operator page can always take over through the server")
+        "button: released, the policy drives); the operator page can always take over through the server. "
+        "scripted (simulators only): the simulator's expert takes over when the policy leaves its path "
+        "(robot_client/scripted_operator.py, settings in scripted_operator)")
     teleop_deadline_s: float = Field(default=0.5, gt=0, le=5, description="an operator's command older than "
                                      "this holds the arm (a closed page, a dead link, an unplugged device)")
     teleop_lost_abort_s: float = Field(default=3.0, gt=0, description="holding on a stale operator command "
@@ -86,6 +88,9 @@ class RobotConfig(BaseModel):
     gamepad_index: int = Field(default=0, ge=0, description="which joystick (pygame numbering) to use")
     gamepad_mapping: dict = Field(default_factory=dict, description="overrides of "
                                   "robot_client.teleop.GamepadMapping fields (axes, buttons, dead zone)")
+    scripted_operator: dict = Field(default_factory=dict, description="teleop scripted: overrides of "
+                                    "sim.intervener.InterventionConfig fields (budget_fraction, max_takeovers, "
+                                    "segment_steps, ...)")
 
     # --- streaming to the learner
     outbox_dir: str | None = Field(default=None, description="default: <run_dir>/outbox/<robot_id>")

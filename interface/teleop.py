@@ -1,7 +1,8 @@
 """Interventions: a person (or, in a simulator, a scripted expert) drives the arm instead of the policy.
 
 An ``InterventionSource`` is asked by the control loop once per tick, with the arm state it just
-read. It answers ``None`` while it does not want the arm (the policy drives), or a ``TeleopAction``
+read and the action the policy proposes for this tick (a scripted operator compares the two; a
+person's device ignores it). It answers ``None`` while it does not want the arm (the policy drives), or a ``TeleopAction``
 while it does. The loop executes that action through the same SafetyFilter as a policy action, and
 holds the arm instead when the action is older than its teleop deadline: a source whose link dies
 (a closed page, an unplugged gamepad, a hung reader thread) keeps returning its last action with
@@ -43,11 +44,13 @@ class TeleopAction:
 @runtime_checkable
 class InterventionSource(Protocol):
     """Asked every control tick. ``None``: not driving (the policy drives). A ``TeleopAction``:
-    the operator drives this tick (an old one makes the arm hold)."""
+    the operator drives this tick (an old one makes the arm hold). ``proposed``: the policy's
+    action for this tick before safety ([7], robot units), None while it has none (waiting for a
+    reply); it is what a scripted operator judges, and what is stored as ``proposed_action``."""
 
     name: str
 
-    def command(self, state: ArmState) -> TeleopAction | None: ...
+    def command(self, state: ArmState, proposed: np.ndarray | None = None) -> TeleopAction | None: ...
 
 
 def intent_to_action(translation, rotation, gripper: float | None, state: ArmState, period_s: float,

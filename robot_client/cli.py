@@ -22,6 +22,7 @@ from robot_client.episode import EpisodeRunner, Rig, StatusReporter
 from robot_client.loop import ControlLoop
 from robot_client.outbox import Outbox
 from robot_client.safety import SafetyFilter
+from robot_client.scripted_operator import ScriptedOperator, intervention_config
 from robot_client.server_client import ActionLink, ServerClient
 from robot_client.streamer import Streamer
 from robot_client.teleop import GamepadMapping, GamepadTeleop, TeleopSpeeds
@@ -46,9 +47,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--dry-run", action="store_const", const=True, default=None,
                         help="everything but motion: the arm holds instead of moving (first day on hardware)")
-    parser.add_argument("--teleop", choices=["none", "gamepad"], default=None,
+    parser.add_argument("--teleop", choices=["none", "gamepad", "scripted"], default=None,
                         help="a gamepad at the robot can take over while its dead-man button (LB) is held "
-                             "(docs/teleop.md); the operator page can always take over")
+                             "(docs/teleop.md); scripted: the simulator's expert takes over when the policy "
+                             "goes wrong (docs/interventions.md); the operator page can always take over")
 
 
 def robot_config(args: argparse.Namespace, config) -> RobotConfig:
@@ -73,11 +75,16 @@ def calibration_for(cfg: RobotConfig) -> CalibrationFile:
                            "or by guiding the arm: `vlaloop calibrate workspace --guide --out PATH`")
 
 
-def build_interventions(cfg: RobotConfig) -> list[InterventionSource]:
-    """The device at the robot the operator can take over with (the page needs none: it comes
-    through the server). Raises RuntimeError (no device) or ImportError (library missing)."""
+def build_interventions(cfg: RobotConfig, rig: Rig | None) -> list[InterventionSource]:
+    """The device at the robot the operator can take over with, or the simulator's scripted
+    operator (the page needs none: it comes through the server). Raises RuntimeError (no device, no
+    expert), ImportError (library missing) or ValueError (a bad setting)."""
     if cfg.teleop == "none":
         return []
+    if cfg.teleop == "scripted":
+        if rig is None or rig.expert is None:
+            raise RuntimeError(f"the {cfg.backend} backend has no expert to drive (simulators only)")
+        return [ScriptedOperator(rig.expert, intervention_config(cfg.scripted_operator))]
     from hardware.gamepad import PygameGamepad
 
     mapping = GamepadMapping.from_overrides(cfg.gamepad_mapping)
@@ -103,7 +110,8 @@ def _backend_rig(cfg: RobotConfig, model_cameras: list[str], image_size: int, ca
                          split=cfg.split)
         return Rig(arm=robot.arm, cameras=dict(robot.cameras), task=cfg.task,
                    new_episode=lambda seed: robot.new_episode(seed), success=robot.success,
-                   max_steps=lambda: robot.max_steps, close=robot.close)
+                   max_steps=lambda: robot.max_steps, close=robot.close,
+                   expert=lambda noise: robot.expert_action_pair(noise)[1])
     from hardware.franka import FrankaArm
     from hardware.realsense import RealSenseCamera
 
@@ -202,16 +210,24 @@ def run(args: argparse.Namespace, config) -> int:
         print(f"vlaloop robot: {e}", file=sys.stderr)
         return 2
     outbox_dir = cfg.outbox_dir or str(Path(config.run_dir) / "outbox" / cfg.robot_id)
-    try:
-        interventions = build_interventions(cfg)
-    except (ValueError, ImportError, RuntimeError) as e:
-        print(f"vlaloop robot: cannot start --teleop {cfg.teleop}: {e}", file=sys.stderr)
-        return 2
+    if cfg.teleop == "gamepad":  # the device first: no pad, no need to start the arm
+        try:
+            interventions = build_interventions(cfg, None)
+        except (ValueError, ImportError, RuntimeError) as e:
+            print(f"vlaloop robot: cannot start --teleop {cfg.teleop}: {e}", file=sys.stderr)
+            return 2
     try:
         rig = build_rig(cfg, config.model.cameras, config.model.image_size, cal)
     except (ValueError, ImportError, RuntimeError) as e:
         print(f"vlaloop robot: cannot start the {cfg.backend} backend: {e}", file=sys.stderr)
         return 2
+    if cfg.teleop != "gamepad":
+        try:
+            interventions = build_interventions(cfg, rig)
+        except (ValueError, RuntimeError) as e:
+            rig.close()
+            print(f"vlaloop robot: cannot start --teleop {cfg.teleop}: {e}", file=sys.stderr)
+            return 2
     client = RobotClient(cfg, rig, cal, outbox_dir, config.config_hash(), interventions)
 
     def on_signal(signum, frame):  # hold, finish the step, close the episode, flush the outbox

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from deployment.robot import RobotConfig
 from interface.robot import Arm, ArmError, Camera
 from protocol.messages import EpisodeEnd
@@ -41,6 +43,7 @@ class Rig:
     success: Callable[[], bool] | None = None  # auto outcome (mock); None on real hardware
     max_steps: int | Callable[[], int] | None = None  # the task's limit (callable: read per episode)
     close: Callable[[], None] = field(default=lambda: None)
+    expert: Callable[[float], np.ndarray] | None = None  # noise -> a simulator's expert action now (scripted operator)
 
 
 def new_episode_id() -> str:
@@ -119,7 +122,7 @@ class EpisodeRunner:
         self.results: list[tuple[EpisodeResult, EpisodeEnd]] = []
         self._stop = threading.Event()
         self._mode = "sample" if cfg.mode == "auto" else cfg.mode
-        self._seed = cfg.seed
+        self._seed: int | None = None  # the running episode's seed
         self._reward_model_p: float | None = None  # the server's reward-model score of the last label
 
     def stop(self) -> None:
@@ -199,7 +202,7 @@ class EpisodeRunner:
     def run_one(self, seed: int, mode: str | None = None) -> tuple[EpisodeResult, EpisodeEnd]:
         episode_id = new_episode_id()
         self._mode = mode or ("sample" if self.cfg.mode == "auto" else self.cfg.mode)
-        self._seed = seed
+        self._seed = seed  # a simulator's episode is replayable from it
         self.status.report("resetting", episode_id=episode_id, step=0, task=self.rig.task)
         try:
             instruction = self.rig.new_episode(seed)

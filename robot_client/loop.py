@@ -55,6 +55,7 @@ HOLD_TELEOP_STALE = "hold_teleop_stale"  # the operator drives, but the latest c
 TELEOP_ERROR = "teleop_error"  # an intervention source raised: held like a stale command
 DROP_SUPERSEDED = "drop_superseded_reply"  # asked while the operator drove, answered after the hand-back
 INTERVENTION_STEPS = "intervention_steps"  # episode total only (EpisodeResult.counters)
+TAKEOVERS = "takeovers"  # episode total only: times an operator took the arm from the policy
 
 # Why an episode ended. The first three are normal ends; the rest abort the episode.
 END_MAX_STEPS, END_SUCCESS, END_OPERATOR = "max_steps", "success", "operator"
@@ -224,6 +225,10 @@ class ControlLoop:
             log.info("control loop at %.1f Hz, %s", self.cfg.rate_hz, self._scheduling)
         self.watchdog.reset()
         self.page_teleop.reset()
+        for source in self.interventions:  # a scripted operator judges sampled episodes only
+            start = getattr(source, "start_episode", None)
+            if start is not None:
+                start(episode_id, ep.mode)
         self.link.take_replies()  # anything still arriving belongs to an earlier episode
         t0 = time.monotonic()
         tick = 0
@@ -337,9 +342,11 @@ class ControlLoop:
         """Does an operator drive this tick? The first source that answers wins. Notes the take-over
         and the hand-back (state for the page, a log line, a fresh start for the policy)."""
         teleop = None
+        policy = self._action_for(ep, tick)  # what the policy would do this tick, for a scripted judge
+        proposed = None if policy is None else policy.raw
         for source in self.interventions:
             try:
-                teleop = source.command(obs.state)
+                teleop = source.command(obs.state, proposed)
             except Exception as e:  # noqa: BLE001 - a broken source must hold the arm, not crash the loop
                 name = str(getattr(source, "name", "unknown"))
                 if not ep.teleop_error:  # once per episode, not at the control rate
@@ -355,6 +362,8 @@ class ControlLoop:
                 self._hand_back(ep, tick, t_start, obs)
             else:
                 log.warning("episode %s step %d: OPERATOR DRIVING (%s)", ep.episode_id, ep.n_steps, driving)
+                if ep.driving is None:
+                    ep.totals[TAKEOVERS] = ep.totals.get(TAKEOVERS, 0) + 1
                 self.on_state("teleop", {"episode_id": ep.episode_id, "step": ep.n_steps,
                                          "detail": f"operator driving ({driving})"})
             ep.driving = driving

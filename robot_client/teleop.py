@@ -20,6 +20,8 @@ import threading
 import time
 from dataclasses import dataclass, fields
 
+import numpy as np
+
 from interface.robot import ArmState
 from interface.teleop import (
     SOURCE_GAMEPAD,
@@ -74,7 +76,7 @@ class PageTeleop:
     def driving(self) -> bool:
         return self._latest is not None
 
-    def command(self, state: ArmState) -> TeleopAction | None:
+    def command(self, state: ArmState, proposed: np.ndarray | None = None) -> TeleopAction | None:
         c = self._latest
         if c is None:
             return None
@@ -213,7 +215,7 @@ class GamepadTeleop:
         if gripper is not None:
             self._gripper = gripper
 
-    def command(self, state: ArmState) -> TeleopAction | None:
+    def command(self, state: ArmState, proposed: np.ndarray | None = None) -> TeleopAction | None:
         with self._lock:
             reading, t_read, gripper = self._reading, self._t_read, self._gripper
         if reading is None or not self.mapping.engaged(reading):

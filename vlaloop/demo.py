@@ -1,11 +1,21 @@
-"""`vlaloop demo` (`make demo`): the main job on the embedded default.
+"""`vlaloop demo` (`make demo`): a robot learns a new task on the job, with an operator stepping in.
 
-Starts a server, a learner and several mock robots as separate processes with real sockets,
-bootstraps the tiny model from scripted demos, runs a few iRe-VLA iterations (RL phase -> SFT
-phase) with the mock's success predicate standing in for the operator, then measures an SFT-only
-control (the same SFT steps on the demos alone, from the same Stage 0) and ends with a
-success-rate table per learner phase and a PNG curve in the run directory. Nothing here is
-hard-coded: every number printed is what this run measured.
+Starts a server, a learner and two mock robots as separate processes with real sockets. The
+robots' episodes draw from the tasks with expert demos (reach the red or green block) and one new
+task with no demos at all (reach the blue block: the mock's ``rl`` split). Stage 0 learns from the
+demos only, so it never reaches the blue block. Then the iRe-VLA loop runs: head-only SAC rounds
+on the robots' sampled episodes, LoRA SFT on demos + successes + the operator's segments, each
+version hot-swapped into the server. A scripted operator inside each robot client (the mock's
+expert, robot_client/scripted_operator.py) takes the arm when the policy leaves the expert's path,
+within 10 % of steps and 2 takeovers per episode, through the same SafetyFilter as the policy; its
+steps are stored as interventions, which SAC puts in the demo half of its batches.
+
+The control runs in the same run, from the same Stage 0: the same SFT phases on the demos alone
+(no online data, no operator). Every checkpoint is evaluated greedily on the same fixed seeds per
+task. The report (report.md, report.json, success_curve.png in the run directory) shows greedy
+success per task against robot episodes for the loop and the control, the operator's takeovers per
+episode and seconds, and one headline line. Nothing here is hard-coded: every number printed is
+what this run measured.
 
 The learner's phases are counted in episodes, never cut by a clock: a slow or busy machine takes
 longer and still completes every iteration. ``--timeout-min`` is only a safety net against a hung
@@ -21,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,10 +39,16 @@ import yaml
 
 from deployment.config import DeploymentConfig
 
-# Learner settings of the demo where the config (YAML/env) does not set them (bench/demo_tuning.py,
-# docs/demo.md): a short Stage 0 (on reach_slots 80+ steps already reach the ~60 % plateau that the
-# loop ends at, so a longer one leaves nothing to show) and enough episodes per round for PPO.
-DEMO_LEARNER = {"bootstrap_steps": 60, "episodes_per_round": 24}
+# Learner settings of the demo where the config (YAML/env) does not set them (docs/demo.md): the
+# short Stage 0 of bench/demo_tuning.py, and the sizes bench/interventions.py measured for SAC with
+# a scripted operator on the new task (docs/interventions.md), scaled to what 2 robots collect in
+# minutes: 2 iterations of 3 SAC rounds x 48 episodes + 200 SFT steps.
+DEMO_LEARNER = {"bootstrap_steps": 60, "episodes_per_round": 48, "rl_rounds_per_phase": 3, "sft_steps": 200,
+                "algorithm": "sac"}
+DEMO_SPLIT = "demo"  # the tasks Stage 0 has demos of (sim/mock/tasks.py); the new task is split "rl"
+ROBOT_SPLIT = "train"  # what the robots' episodes draw from: the demo tasks and the new task
+EVAL_SEED = 10_000  # greedy evaluation seeds, the same for every checkpoint, the control and every run
+TASK_SPLITS = {"demo": "tasks with demos", "rl": "new task (no demos)"}
 
 
 def configure(parser) -> None:
@@ -42,14 +59,23 @@ def configure(parser) -> None:
                         help=f"Stage 0 steps (demo default {DEMO_LEARNER['bootstrap_steps']}, see docs/demo.md)")
     parser.add_argument("--episodes-per-round", type=int, default=None,
                         help=f"sampled episodes per RL round (demo default {DEMO_LEARNER['episodes_per_round']})")
-    parser.add_argument("--demos", type=int, default=None, help="scripted demonstrations to record")
+    parser.add_argument("--demos", type=int, default=None, help="scripted demonstrations to record (demo tasks)")
     parser.add_argument("--rate-hz", type=float, default=None, help="control rate of the mock robots")
-    parser.add_argument("--eval-episodes", type=int, default=50, help="greedy episodes per before/after eval")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the demos, the learner (Stage 0's, SAC's and SFT's sampling) and the robots' "
+                             "episodes; the model's initial weights (model.seed) and the greedy evaluation seeds "
+                             "stay fixed")
+    parser.add_argument("--operator", choices=["scripted", "none"], default="scripted",
+                        help="scripted: the mock's expert takes over when the policy goes wrong (<= 10 %% of "
+                             "steps, <= 2 takeovers per episode); none: the loop without an operator")
+    parser.add_argument("--eval-episodes", type=int, default=50,
+                        help="greedy episodes per task and checkpoint (fixed seeds)")
     parser.add_argument("--timeout-min", type=float, default=120.0,
                         help="safety net against a hung run: stop and FAIL after this long (phases are "
                              "counted in episodes; a busy machine just takes longer)")
     parser.add_argument("--no-control", action="store_true",
-                        help="skip the SFT-only control (the report then cannot say what the online data added)")
+                        help="skip the control (the same SFT phases on the demos alone; the report then cannot "
+                             "say what the online data and the operator added)")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="intra-op threads per process unless OMP_NUM_THREADS is set (the demo runs a "
                              "learner, a server and robots at once; more threads spin against each other on "
@@ -103,14 +129,17 @@ def _write_config(run_dir: Path, config: DeploymentConfig, args, server_port: in
     data = config.model_dump()
     data["run_dir"] = str(run_dir)
     data["server"].update(host="127.0.0.1", port=server_port, auto_label=True)
-    data["learner"].update(bind=f"tcp://127.0.0.1:{learner_port}", max_iterations=args.iterations)
+    data["learner"].update(bind=f"tcp://127.0.0.1:{learner_port}", max_iterations=args.iterations, seed=args.seed)
+    if args.demos:  # exactly the demos recorded here: the learner's own top-up would draw the new task too
+        data["learner"]["bootstrap_demos"] = args.demos
     for key, value in DEMO_LEARNER.items():
-        if getattr(args, key) is not None:
+        if getattr(args, key, None) is not None:
             data["learner"][key] = getattr(args, key)
         elif key not in config.learner.model_fields_set:
             data["learner"][key] = value
     data["robot"].update(server_url=f"http://127.0.0.1:{server_port}",
-                         learner_addr=f"tcp://127.0.0.1:{learner_port}", task=args.task)
+                         learner_addr=f"tcp://127.0.0.1:{learner_port}", task=args.task, split=ROBOT_SPLIT,
+                         teleop="scripted" if args.operator == "scripted" else config.robot.teleop)
     if args.rate_hz:
         data["robot"]["rate_hz"] = args.rate_hz
     path = run_dir / "demo.yaml"
@@ -175,23 +204,29 @@ def _progress_line(status: dict, n_robot: int, elapsed: float, iterations: int, 
             f" robot episodes={n_robot} recent success={rate} | {_eta(eta_s)}")
 
 
-def evaluate_latest(run_dir: Path, config: DeploymentConfig, task: str, n: int) -> dict:
-    """Greedy success of the registry's LATEST version on n seeded mock episodes (in-process, the
-    same seeds every time, disjoint from the demo seeds)."""
+def evaluate_policy(policy, task: str, n: int) -> dict:
+    """Greedy success of ``policy`` per task split on n seeded mock episodes each (the same seeds for
+    every checkpoint, disjoint from the demo seeds)."""
     from learner.evaluate import success_rate
+
+    return {"version": policy.version, "n": n,
+            **{split: success_rate(policy, n=n, task=task, seed=EVAL_SEED, split=split) for split in TASK_SPLITS}}
+
+
+def evaluate_version(registry_dir: Path, config: DeploymentConfig, version: int | None, task: str, n: int) -> dict:
     from vla.policy import Policy
     from vla.registry import CheckpointRegistry
 
-    policy = Policy.load(CheckpointRegistry(run_dir / "checkpoints"), None, device=config.model.device)
-    return {"version": policy.version, "n": n, "success_rate": success_rate(policy, n=n, task=task)}
+    policy = Policy.load(CheckpointRegistry(registry_dir), version, device=config.model.device)
+    return evaluate_policy(policy, task, n)
 
 
 def sft_only_control(run_dir: Path, config: DeploymentConfig, stage0: int, phases: int, task: str, n: int) -> dict:
     """The control for the loop: from the same Stage 0 version, `phases` SFT phases (the loop's SFT
-    steps, seeds and settings) on the expert demos alone -- no RL round, no online episode -- then
-    greedy success on the same n seeds. Runs in run_dir/control with a copy of the demos."""
+    steps, seeds and settings) on the expert demos alone -- no RL round, no online episode, no
+    operator -- each followed by greedy success per task on the same seeds. Runs in run_dir/control
+    with a copy of the demos."""
     from episodes.store import EpisodeStore
-    from learner.evaluate import success_rate
     from learner.trainer import Trainer
     from vla.registry import CheckpointRegistry, load_model, publish
 
@@ -208,26 +243,50 @@ def sft_only_control(run_dir: Path, config: DeploymentConfig, stage0: int, phase
             phase="bootstrap", metrics=meta.get("metrics") or {})
     trainer = Trainer(config.model_copy(update={"run_dir": str(control_dir)}), control_dir)
     trainer.resume()
-    t0 = time.time()
+    t0, curve = time.time(), []
     for i in range(phases):
-        print(f"      control SFT phase {i + 1}/{phases} ({config.learner.sft_steps} steps, {len(experts)} demos)",
-              flush=True)
         trainer.sft_phase(progress=False)
-    seconds = time.time() - t0
-    return {"version": f"v{stage0}+SFT", "n": n, "success_rate": success_rate(trainer.policy, n=n, task=task),
-            "phases": phases, "sft_steps": config.learner.sft_steps, "demos": len(experts), "seconds": seconds}
+        curve.append({"phase": i + 1, **evaluate_policy(trainer.policy, task, n)})
+        print(f"      control SFT phase {i + 1}/{phases} done ({config.learner.sft_steps} steps on {len(experts)} "
+              f"demos): " + ", ".join(f"{TASK_SPLITS[k]} {curve[-1][k]:.0%}" for k in TASK_SPLITS), flush=True)
+    return {"curve": curve, "n": n, "phases": phases, "sft_steps": config.learner.sft_steps, "demos": len(experts),
+            "seconds": time.time() - t0}
+
+
+class ControlRun:
+    """The control in a thread of this process, while the online loop runs in the other processes
+    (it needs only Stage 0 and the demos); ``result()`` waits for it."""
+
+    def __init__(self, *args):
+        self._result: dict | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=args, name="control", daemon=True)
+        self._thread.start()
+
+    def _run(self, *args) -> None:
+        try:
+            self._result = sft_only_control(*args)
+        except BaseException as e:  # noqa: BLE001 - reported by result(), in the main thread
+            self._error = e
+
+    def result(self) -> dict:
+        self._thread.join()
+        if self._error is not None:
+            raise RuntimeError(f"the control failed: {self._error}") from self._error
+        return self._result
 
 
 def _raise_on_sigterm(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _start_online(group: ProcessGroup, cfg: list[str], robots: int) -> None:
+def _start_online(group: ProcessGroup, cfg: list[str], robots: int, seed: int) -> None:
     group.start("server", [*cfg, "serve"])
     group.start("learner", [*cfg, "learn"])
     for i in range(robots):
         group.start(f"robot{i}", [*cfg, "robot", "--backend", "mock"],
-                    env={"VLALOOP_ROBOT__ROBOT_ID": f"mock{i}", "VLALOOP_ROBOT__SEED": str(1000 * (i + 1))})
+                    env={"VLALOOP_ROBOT__ROBOT_ID": f"mock{i}",
+                         "VLALOOP_ROBOT__SEED": str(100_000 * seed + 1000 * (i + 1))})
 
 
 def _watch_online(group: ProcessGroup, run_dir: Path, args, lc, deadline: float, t0: float,
@@ -248,8 +307,7 @@ def _watch_online(group: ProcessGroup, run_dir: Path, args, lc, deadline: float,
             status = _read_status(run_dir)  # the learner counts episodes; no rescan of the store
             per_source = status.get("episodes_per_source", {})
             n_robot = per_source.get("online", 0) + per_source.get("eval", 0)
-            eta = estimate_remaining_s(read_phase_log(run_dir / PHASE_LOG), status, lc, args.iterations, after_loop_s,
-                                       0 if args.no_control else args.iterations)
+            eta = estimate_remaining_s(read_phase_log(run_dir / PHASE_LOG), status, lc, args.iterations, after_loop_s)
             print(_progress_line(status, n_robot, time.time() - t0, args.iterations, lc.rl_rounds_per_phase, eta),
                   flush=True)
             last = time.time()
@@ -257,20 +315,14 @@ def _watch_online(group: ProcessGroup, run_dir: Path, args, lc, deadline: float,
     return "safety net"
 
 
-def _stage0_version(run_dir: Path) -> int:
-    from episodes.status import PHASE_LOG, read_phase_log
-
-    boot = [p for p in read_phase_log(run_dir / PHASE_LOG)["phases"] if p["phase"] == "bootstrap" and p["version"]]
-    if not boot:
-        raise RuntimeError(f"{run_dir / PHASE_LOG} records no finished Stage 0")
-    return int(boot[-1]["version"])
-
-
 def run(args, config: DeploymentConfig) -> int:
     from episodes.store import EpisodeStore
 
     signal.signal(signal.SIGTERM, _raise_on_sigterm)  # `finally` below stops every child process
     os.environ.setdefault("OMP_NUM_THREADS", str(args.torch_threads))  # this process and every child
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # the control and the evaluations run here
     run_dir = Path(config.run_dir)
     if run_dir.exists() and not args.keep:
         shutil.rmtree(run_dir)
@@ -283,15 +335,16 @@ def run(args, config: DeploymentConfig) -> int:
     cfg = ["-c", str(cfg_path)]
     store = EpisodeStore(run_dir / "episodes")
     group = ProcessGroup(run_dir / "logs")
-    steps = 6 if args.no_control else 7
-    print(f"vlaloop demo: run dir {run_dir}, config {cfg_path}", flush=True)
+    steps = 6
+    print(f"vlaloop demo: run dir {run_dir}, config {cfg_path}, seed {args.seed}", flush=True)
     try:
-        # 1. scripted demonstrations (the mock's expert), 2. Stage 0 bootstrap
+        # 1. scripted demonstrations of the demo tasks only (the mock's expert), 2. Stage 0 bootstrap
         from sim.mock.demos import record_demos
 
-        n_demos = args.demos or config.learner.bootstrap_demos
-        print(f"\n[1/{steps}] recording {n_demos} scripted '{args.task}' demonstrations", flush=True)
-        record_demos(store, task=args.task, n=n_demos, seed=config.learner.seed,
+        n_demos = lc.bootstrap_demos
+        print(f"\n[1/{steps}] recording {n_demos} scripted '{args.task}' demonstrations of the tasks with demos "
+              f"(none of the new task)", flush=True)
+        record_demos(store, task=args.task, n=n_demos, seed=1000 * lc.seed, split=DEMO_SPLIT,
                      image_size=config.model.image_size, cameras=tuple(config.model.cameras), progress=True)
         print(f"\n[2/{steps}] Stage 0: bootstrapping the tiny model from the demonstrations", flush=True)
         rc = group.start("bootstrap", [*cfg, "learn", "--bootstrap"], to_terminal=True).wait()
@@ -299,24 +352,29 @@ def run(args, config: DeploymentConfig) -> int:
         if rc != 0:
             print(f"bootstrap failed (exit {rc})", file=sys.stderr)
             return rc
-        # 3. greedy evaluation of the bootstrapped policy (same seeds as the final evaluation)
-        print(f"\n[3/{steps}] greedy evaluation of the bootstrapped policy ({args.eval_episodes} episodes)", flush=True)
+        # 3. greedy evaluation of the bootstrapped policy (the seeds of every later evaluation)
+        print(f"\n[3/{steps}] greedy evaluation of Stage 0 ({args.eval_episodes} episodes per task)", flush=True)
         t_eval = time.time()
-        before = evaluate_latest(run_dir, config, args.task, args.eval_episodes)
+        stage0 = evaluate_version(run_dir / "checkpoints", config, None, args.task, args.eval_episodes)
         eval_s = time.time() - t_eval
-        print(f"      bootstrapped policy v{before['version']}: {before['success_rate']:.0%} success", flush=True)
-        # 4. the online loop: server, learner and robots as separate processes, until the learner is done
-        print(f"\n[4/{steps}] online learning, {args.iterations} iterations of {lc.rl_rounds_per_phase} RL rounds "
-              f"x {lc.episodes_per_round} episodes + SFT ({lc.sft_steps} steps): server :{server_port}, learner "
-              f":{learner_port}, {args.robots} mock robots -- operator page: http://127.0.0.1:{server_port}/",
-              flush=True)
-        _start_online(group, cfg, args.robots)
-        after_loop_s = eval_s * (1 if args.no_control else 2)  # final evaluation (+ the control's)
+        print(f"      Stage 0 v{stage0['version']}: " + _rates(stage0), flush=True)
+        # 4. the online loop: server, learner and robots as separate processes, until the learner is done;
+        #    the control trains meanwhile in this process
+        control = None if args.no_control else ControlRun(run_dir, demo_config, stage0["version"], args.iterations,
+                                                          args.task, args.eval_episodes)
+        who = "a scripted operator in each robot client" if args.operator == "scripted" else "no operator"
+        print(f"\n[4/{steps}] online learning, {args.iterations} iterations of {lc.rl_rounds_per_phase} "
+              f"{lc.algorithm.upper()} rounds x {lc.episodes_per_round} episodes + SFT ({lc.sft_steps} steps), "
+              f"{who}: server :{server_port}, learner :{learner_port}, {args.robots} mock robots"
+              + ("" if args.no_control else f"; the control ({args.iterations} SFT phases on the demos alone) "
+                 "trains meanwhile") + f" -- operator page: http://127.0.0.1:{server_port}/", flush=True)
+        _start_online(group, cfg, args.robots, args.seed)
+        after_loop_s = eval_s * 2 * args.iterations  # the checkpoints evaluated after the loop
         outcome = _watch_online(group, run_dir, args, lc, t0 + args.timeout_min * 60, t0, after_loop_s)
         group.stop()
         if outcome == "crashed":
             return 1
-        return _finish(run_dir, demo_config, args, before, outcome, t0, steps)
+        return _finish(run_dir, demo_config, args, stage0, control, outcome, t0, steps)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping server, learner and robots", file=sys.stderr)
         return 130
@@ -324,10 +382,30 @@ def run(args, config: DeploymentConfig) -> int:
         group.stop()
 
 
-def _finish(run_dir: Path, config: DeploymentConfig, args, before: dict, outcome: str, t0: float,
-            steps: int) -> int:
-    """Final evaluation, the SFT-only control and the report. An unfinished loop is reported as a
-    failure: the table of what was done, no headline, exit 1."""
+def _rates(ev: dict) -> str:
+    return ", ".join(f"{TASK_SPLITS[k]} {ev[k]:.0%}" for k in TASK_SPLITS)
+
+
+def loop_checkpoints(run_dir: Path) -> list[dict]:
+    """The loop's versions worth a greedy evaluation: the end of each RL phase and each SFT phase,
+    with the sampled robot episodes the RL rounds had trained on by then (the learner's phase record)."""
+    from episodes.status import PHASE_LOG, read_phase_log
+
+    out, trained = [], 0
+    phases = [p for p in read_phase_log(run_dir / PHASE_LOG)["phases"] if p["version"] is not None]
+    for i, p in enumerate(phases):
+        trained += len(p.get("trained_on") or []) if p["phase"] == "rl" else 0
+        last_rl = p["phase"] == "rl" and (i + 1 == len(phases) or phases[i + 1]["phase"] != "rl")
+        if p["phase"] == "sft" or last_rl:
+            out.append({"version": int(p["version"]), "phase": p["phase"], "iteration": p["iteration"],
+                        "episodes": trained})
+    return out
+
+
+def _finish(run_dir: Path, config: DeploymentConfig, args, stage0: dict, control: ControlRun | None, outcome: str,
+            t0: float, steps: int) -> int:
+    """Greedy evaluation of the loop's checkpoints, the control's result and the report. An
+    unfinished loop is reported as a failure: what was done, no headline, exit 1."""
     from vlaloop.report import write_report
 
     complete = outcome == "done"
@@ -336,23 +414,32 @@ def _finish(run_dir: Path, config: DeploymentConfig, args, before: dict, outcome
               f"min (--timeout-min, a safety net against a hung run); see {run_dir / 'logs'}", file=sys.stderr)
     elif outcome == "learner failed":
         print(f"\nFAILED: the learner exited with an error; see {run_dir / 'logs' / 'learner.log'}", file=sys.stderr)
-    print(f"\n[5/{steps}] greedy evaluation of the final policy ({args.eval_episodes} episodes)", flush=True)
-    after = evaluate_latest(run_dir, config, args.task, args.eval_episodes)
-    print(f"      final policy v{after['version']}: {after['success_rate']:.0%} success", flush=True)
-    control = None
-    if complete and not args.no_control:
-        stage0 = _stage0_version(run_dir)
-        print(f"\n[6/{steps}] control: {args.iterations} SFT phases on the demos alone from Stage 0 v{stage0}, "
-              f"then the same {args.eval_episodes} greedy episodes", flush=True)
-        control = sft_only_control(run_dir, config, stage0, args.iterations, args.task, args.eval_episodes)
-        print(f"      SFT-only control: {control['success_rate']:.0%} success ({control['seconds']:.0f} s of SFT)",
-              flush=True)
+    checkpoints = loop_checkpoints(run_dir)
+    print(f"\n[5/{steps}] greedy evaluation of the loop's {len(checkpoints)} checkpoints "
+          f"({args.eval_episodes} episodes per task, the same seeds as Stage 0)", flush=True)
+    curve = [{"phase": "bootstrap", "iteration": None, "episodes": 0, **stage0}]
+    for c in checkpoints:
+        curve.append({**c, **evaluate_version(run_dir / "checkpoints", config, c["version"], args.task,
+                                              args.eval_episodes)})
+        print(f"      v{c['version']} ({c['phase'].upper()} of iteration {c['iteration'] + 1}, "
+              f"{c['episodes']} sampled episodes trained on): {_rates(curve[-1])}", flush=True)
+    control_result = None
+    if control is not None:
+        print(f"\n[6/{steps}] the control: {args.iterations} SFT phases on the demos alone from Stage 0", flush=True)
+        control_result = control.result()
     print(f"\n[{steps}/{steps}] report", flush=True)
     note = f"The learner did not finish ({outcome}) after {time.time() - t0:.0f} s."
-    report = write_report(run_dir, before=before, after=after, control=control,
-                          rl_rounds=config.learner.rl_rounds_per_phase,
-                          complete=complete, note=note)
+    period_s = 1.0 / config.robot.rate_hz
+    report = write_report(run_dir, curve=curve, control=control_result, rl_rounds=config.learner.rl_rounds_per_phase,
+                          new_task=_new_task_colours(args.task), period_s=period_s, operator=args.operator,
+                          seed=args.seed, wall_s=time.time() - t0, complete=complete, note=note)
     print(report, flush=True)
     print(f"\ndemo {'finished' if complete else 'FAILED'} in {time.time() - t0:.0f} s; report: "
           f"{run_dir / 'report.md'}, curve: {run_dir / 'success_curve.png'}", flush=True)
     return 0 if complete else 1
+
+
+def _new_task_colours(task: str) -> tuple[str, ...]:
+    from sim.mock.tasks import LAYOUT_TASKS, split_colors
+
+    return split_colors(LAYOUT_TASKS.get(task, task), "rl")

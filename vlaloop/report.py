@@ -1,4 +1,9 @@
-"""The demo's report: a success-rate table per learner phase and a PNG curve, from what the run stored.
+"""The demo's report: greedy success per task against episodes for the loop and the control, what
+the operator did, a table per learner phase, and a PNG, from what the run stored.
+
+Greedy success comes from the demo's own evaluations (fixed seeds per task, the same for every
+checkpoint and the control). The operator's work comes from the stored episodes: the takeovers the
+robot client counted (``extra.counters.takeovers``) and the steps it stored as interventions.
 
 The rows are the learner's own record of its phases (``runs/<run>/phases.jsonl``, written by the
 phase loop: each Stage 0, RL round and SFT phase with the policy version it served and the one it
@@ -129,39 +134,6 @@ def phase_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _two_se(p1: float, p2: float, n1: int, n2: int) -> float:
-    return 2 * math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-
-
-def _points(delta: float) -> str:
-    return f"{delta * 100:+.0f} points"
-
-
-def headline(before: dict, after: dict, control: dict | None, loop_summary: str) -> str:
-    """Greedy success on the same seeded episodes: Stage 0, the loop, and SFT alone at equal steps."""
-    b, a = before["success_rate"], after["success_rate"]
-    lines = [f"Greedy success on the same {before['n']} seeded mock episodes (in-process, after the run):", "",
-             "| policy | greedy success | vs Stage 0 |", "|---|---|---|",
-             f"| Stage 0 (v{before['version']}) | {b:.0%} | |",
-             f"| the loop: {loop_summary} -> v{after['version']} | {a:.0%} | {_points(a - b)} |"]
-    if control is None:
-        lines += ["", f"**What the loop did:** {b:.0%} -> {a:.0%} ({_points(a - b)}). No SFT-only control was run "
-                  "(`--no-control`), so this does not say how much of it the online data gave; docs/demo.md "
-                  "has the control measured with bench.demo_tuning."]
-        return "\n".join(lines)
-    c = control["success_rate"]
-    lines.append(f"| control: SFT phases alone ({control['phases']} x {control['sft_steps']} steps on the "
-                 f"{control['demos']} demos, no online data, from the same v{before['version']}) | {c:.0%} | "
-                 f"{_points(c - b)} |")
-    noise = _two_se(a, c, after["n"], control["n"])
-    verdict = ("within noise" if abs(a - c) <= noise else "beyond noise")
-    lines += ["", f"**What the loop did:** {b:.0%} -> {a:.0%} ({_points(a - b)}); the SFT phases alone, at equal "
-              f"SFT steps on the demos only, gave {_points(c - b)}. The online data (RL rounds and online "
-              f"successes in SFT) added **{_points(a - c)}** over the control: {verdict} (2 standard errors of "
-              f"the difference on {after['n']} + {control['n']} episodes: {noise * 100:.0f} points)."]
-    return "\n".join(lines)
-
-
 def _notes(rows: list[dict], unlabelled: int) -> str:
     swapped = sum(r["hot_swapped"] for r in rows)
     late = sum(r["ended_in_a_later_phase"] for r in rows)
@@ -181,84 +153,192 @@ def _collect(run_dir: Path) -> tuple[dict, list[dict], int]:
     return read_phase_log(run_dir / PHASE_LOG), labelled, len(robot) - len(labelled)
 
 
-def _loop_summary(rows: list[dict]) -> str:
-    iterations = len({r["iteration"] for r in rows if r["phase"] == "sft" and r["version"] is not None})
-    rounds = sum(r["phase"] == "rl" and r["version"] is not None for r in rows)
-    sampled = sum(r["sampled"] for r in rows)
-    return (f"{iterations} iteration(s): {rounds} RL rounds, {sampled} sampled episodes collected, "
-            f"{iterations} SFT phase(s)")
+TAKEOVER_S = 2.0  # operator seconds per takeover besides its steps: notice, take the device, hand back
+TASKS = {"demo": "tasks with demos", "rl": "new task (no demos)"}
 
 
-def write_report(run_dir: Path, before: dict, after: dict, control: dict | None = None,
-                 rl_rounds: int | None = None, complete: bool = True, note: str = "") -> str:
+def is_new_task(meta: dict, new_task: tuple[str, ...]) -> bool:
+    words = str(meta.get("instruction", "")).lower().split()
+    return any(colour in words for colour in new_task)
+
+
+def operator_rows(rows: list[dict], metas: list[dict], new_task: tuple[str, ...], period_s: float) -> list[dict]:
+    """Per RL round: its sampled episodes, the operator's takeovers and steps in them, the operator
+    seconds (steps x period + TAKEOVER_S per takeover; cumulative too), the new task's share."""
+    by_key = {episode_key(m): m for m in metas}
+    out, cumulative, episodes = [], 0.0, 0
+    for r in rows:
+        if r["phase"] != "rl":
+            continue
+        sampled = [by_key[k] for k in r["episodes"] if k in by_key and not is_greedy(by_key[k])]
+        takeovers = sum(int((m.get("extra") or {}).get("counters", {}).get("takeovers", 0)) for m in sampled)
+        driven = sum(int(m.get("intervention_steps") or 0) for m in sampled)
+        steps = sum(int(m.get("n_steps") or 0) for m in sampled)
+        new = [m for m in sampled if is_new_task(m, new_task)]
+        seconds = driven * period_s + takeovers * TAKEOVER_S
+        cumulative += seconds
+        episodes += len(sampled)
+        out.append({"iteration": r["iteration"], "round": r["round"], "episodes": len(sampled),
+                    "episodes_total": episodes, "takeovers": takeovers,
+                    "takeovers_per_episode": takeovers / len(sampled) if sampled else None,
+                    "intervention_steps": driven, "steps": steps,
+                    "intervention_fraction": driven / steps if steps else None,
+                    "operator_s": seconds, "operator_s_total": cumulative,
+                    "new_task_episodes": len(new), "new_task_successes": sum(map(_is_success, new)),
+                    "new_task_driven": sum(bool(m.get("intervention_steps")) for m in new),
+                    # the policy's own successes: no operator step in the episode
+                    "new_task_alone": sum(_is_success(m) and not m.get("intervention_steps") for m in new)})
+    return out
+
+
+def operator_table(ops: list[dict], rl_rounds: int | None) -> str:
+    lines = ["| iteration | RL round | sampled episodes | takeovers (per episode) | operator steps (% of steps) | "
+             "operator s (total) | new task: episodes, taken over, successes (by the policy alone) |",
+             "|---|---|---|---|---|---|---|"]
+    of = f"/{rl_rounds}" if rl_rounds else ""
+    for o in ops:
+        per = f"{o['takeovers']} ({o['takeovers_per_episode']:.2f})" if o["episodes"] else "-"
+        frac = f"{o['intervention_steps']} ({o['intervention_fraction']:.1%})" if o["steps"] else "-"
+        lines.append(f"| {o['iteration'] + 1} | {o['round'] + 1}{of} | {o['episodes']} | {per} | {frac} | "
+                     f"{o['operator_s']:.0f} ({o['operator_s_total']:.0f}) | {o['new_task_episodes']}, "
+                     f"{o['new_task_driven']}, {o['new_task_successes']} ({o['new_task_alone']}) |")
+    return "\n".join(lines)
+
+
+def _checkpoint_label(point: dict, rl_rounds: int | None) -> str:
+    if point["phase"] == "bootstrap":
+        return f"Stage 0 (v{point['version']})"
+    what = f"after {rl_rounds or ''} RL rounds".replace("  ", " ") if point["phase"] == "rl" else "after SFT"
+    return f"iteration {point['iteration'] + 1}, {what} (v{point['version']})"
+
+
+def success_table(curve: list[dict], control: dict | None, rl_rounds: int | None) -> str:
+    """Greedy success per task at each evaluated checkpoint; the control next to the SFT checkpoints."""
+    n = curve[0]["n"]
+    lines = [f"Greedy success, {n} fixed-seed episodes per task (the same seeds for every row and the control):", "",
+             "| checkpoint | sampled episodes trained on | new task (no demos) | tasks with demos | "
+             "control: new task | control: tasks with demos |", "|---|---|---|---|---|---|"]
+    sft_i = 0
+    for p in curve:
+        c = ("-", "-")
+        if control is not None and p["phase"] == "bootstrap":
+            c = (f"{p['rl']:.0%}", f"{p['demo']:.0%}")  # the control starts from the same Stage 0
+        elif control is not None and p["phase"] == "sft" and sft_i < len(control["curve"]):
+            cp = control["curve"][sft_i]
+            c = (f"{cp['rl']:.0%}", f"{cp['demo']:.0%}")
+            sft_i += 1
+        lines.append(f"| {_checkpoint_label(p, rl_rounds)} | {p['episodes']} | {p['rl']:.0%} | {p['demo']:.0%} | "
+                     f"{c[0]} | {c[1]} |")
+    return "\n".join(lines)
+
+
+def headline(curve: list[dict], control: dict | None, ops: list[dict], new_task: tuple[str, ...],
+             operator: str) -> str:
+    """One plain line: the new task before and after, what the operator spent, and the control."""
+    first, last = curve[0], curve[-1]
+    task = " / ".join(new_task)
+    episodes = sum(o["episodes"] for o in ops)
+    takeovers = sum(o["takeovers"] for o in ops)
+    driven = sum(o["intervention_steps"] for o in ops)
+    steps = sum(o["steps"] for o in ops)
+    seconds = sum(o["operator_s"] for o in ops)
+    if operator == "scripted":
+        who = (f"with a scripted operator stepping in {takeovers} times ({driven} of {steps} steps, "
+               f"{driven / steps if steps else 0:.1%}; {seconds:.0f} operator-seconds)")
+    else:
+        who = "with no operator"
+    line = (f"**The new task ({task} block, no demos): greedy success {first['rl']:.0%} -> {last['rl']:.0%} "
+            f"after {last['episodes']} sampled robot episodes ({episodes} collected) {who}")
+    if control is not None:
+        c = control["curve"][-1]
+        line += (f"; the control (the same {control['phases']} SFT phases on the demos alone, no online data, no "
+                 f"operator) {c['rl']:.0%}.**")
+        line += (f" Tasks with demos: {first['demo']:.0%} -> {last['demo']:.0%} (control {c['demo']:.0%}). "
+                 f"Each rate is {last['n']} greedy episodes on fixed seeds: 2 standard errors are up to "
+                 f"{200 * math.sqrt(0.25 / last['n']):.0f} points.")
+    else:
+        line += f".** Tasks with demos: {first['demo']:.0%} -> {last['demo']:.0%}. No control was run (`--no-control`)."
+    return line
+
+
+def write_report(run_dir: Path, curve: list[dict], control: dict | None, rl_rounds: int | None,
+                 new_task: tuple[str, ...], period_s: float, operator: str = "scripted", seed: int = 0,
+                 wall_s: float | None = None, complete: bool = True, note: str = "") -> str:
     """report.md, report.json and success_curve.png in run_dir; returns the markdown body."""
     log, metas, unlabelled = _collect(run_dir)
     rows = summarize(attribute(log, metas), rl_rounds)
+    ops = operator_rows(rows, metas, new_task, period_s)
     parts = []
     if not complete:
         parts.append(f"**INCOMPLETE RUN -- not a result.** {note}")
-    parts += [phase_table(rows), _notes(rows, unlabelled)]
-    if complete:
-        parts.append(headline(before, after, control, _loop_summary(rows)))
+    else:
+        parts.append(headline(curve, control, ops, new_task, operator))
+    parts += [success_table(curve, control, rl_rounds),
+              "What the operator did, per RL round (sampled episodes only; greedy evaluation episodes are never "
+              f"driven). Operator seconds = operator steps x {period_s:g} s + {TAKEOVER_S:g} s per takeover:\n\n"
+              + operator_table(ops, rl_rounds),
+              "The learner's phases:\n\n" + phase_table(rows), _notes(rows, unlabelled)]
+    if wall_s is not None:
+        parts.append(f"Seed {seed}; wall time {wall_s:.0f} s.")
     body = "\n\n".join(parts)
-    plot_curve(run_dir / "success_curve.png", rows, metas, before, after, control, complete)
+    plot_curve(run_dir / "success_curve.png", curve, control, ops, new_task, complete)
     (run_dir / "report.md").write_text("# vlaloop demo report\n\n" + body + "\n\n![curve](success_curve.png)\n")
     (run_dir / "report.json").write_text(json.dumps(
-        {"complete": complete, "before": before, "after": after, "control": control, "phases": rows,
-         "unlabelled": unlabelled}, indent=1))
+        {"complete": complete, "seed": seed, "wall_s": wall_s, "operator": operator, "new_task": list(new_task),
+         "curve": curve, "control": control, "operator_rounds": ops, "phases": rows, "unlabelled": unlabelled},
+        indent=1))
     return body
 
 
-def plot_curve(path: Path, rows: list[dict], metas: list[dict], before: dict, after: dict,
-               control: dict | None, complete: bool = True) -> None:
-    """Episodes laid out phase by phase (the learner's order; within a phase, by completion), each
-    phase shaded, its sampled and greedy success rates drawn across it."""
+def plot_curve(path: Path, curve: list[dict], control: dict | None, ops: list[dict], new_task: tuple[str, ...],
+               complete: bool = True) -> None:
+    """Left: greedy success per task at each checkpoint (with the sampled episodes trained on by then),
+    the loop solid, the control dashed.
+    Right: the operator's takeovers per episode per RL round and its cumulative seconds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_key = {episode_key(m): m for m in metas}
-    fig, ax = plt.subplots(figsize=(10, 5.4), dpi=110)
-    x0 = 0
-    for r in rows:
-        eps = sorted((by_key[k] for k in r["episodes"]), key=lambda m: m.get("finished", 0))
-        if not eps:
-            continue
-        x1 = x0 + len(eps)
-        shade = {"rl": "#e8f1fb", "sft": "#f2e6ff"}.get(r["phase"], "#eeeeee")
-        ax.axvspan(x0 + 0.5, x1 + 0.5, color=shade, lw=0)
-        ax.axvline(x1 + 0.5, color="#999999", lw=0.6)
-        tag = f"{r['iteration'] + 1}:{'RL' + str(r['round'] + 1) if r['phase'] == 'rl' else r['phase'].upper()}" \
-            if r["iteration"] is not None else r["phase"]
-        ax.text((x0 + x1) / 2 + 0.5, 1.02, tag, ha="center", va="bottom", fontsize=7)
-        xs = np.arange(x0 + 1, x1 + 1)
-        for greedy, color in ((False, "#1f77b4"), (True, "#7b2cbf")):
-            sel = [i for i, m in enumerate(eps) if is_greedy(m) == greedy]
-            if not sel:
-                continue
-            ys = np.array([_is_success(eps[i]) for i in sel], dtype=float)
-            ax.scatter(xs[sel], ys * 0.96 + 0.02, s=6, color=color, alpha=0.35)
-            if len(sel) < MIN_EPISODES_FOR_A_RATE:  # a straggler or two: points only, no rate across the phase
-                continue
-            ax.hlines(ys.mean(), x0 + 0.5, x1 + 0.5, color=color, lw=2.2,
-                      label="greedy success per phase (eval episodes during SFT)" if greedy
-                      else "sampled success per phase (RL episodes)")
-        x0 = x1
-    final = "final" if complete else "last published (run incomplete)"
-    for value, color, text in ((before, "#d62728", "Stage 0"), (after, "#2ca02c", final),
-                               (control, "#ff7f0e", "SFT-only control")):
-        if value is not None:
-            ax.axhline(value["success_rate"], color=color, ls="--", lw=1.2,
-                       label=f"{text} greedy, {value['n']} seeds: {value['success_rate']:.0%}")
-    handles, labels = ax.get_legend_handles_labels()
-    uniq = dict(zip(labels, handles, strict=False))
-    ax.legend(uniq.values(), uniq.keys(), loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=7)
-    ax.set(xlabel="robot episode (phase by phase, as the learner recorded them; within a phase by completion)",
-           ylabel="success", ylim=(-0.05, 1.12), xlim=(0.5, max(x0, 1) + 0.5))
-    title = "vlaloop demo: iRe-VLA on the mock task (RL rounds on the head, LoRA SFT)"
-    ax.set_title(title if complete else "INCOMPLETE RUN, not a result -- " + title, fontsize=10, pad=14)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
+    colours = {"rl": "#d62728", "demo": "#1f77b4"}
+    xs = list(range(len(curve)))  # checkpoints in the learner's order; the ticks say the episodes
+    for split, name in TASKS.items():
+        ax.plot(xs, [p[split] for p in curve], marker="o", color=colours[split], lw=2, label=f"loop: {name}")
+    if control is not None:
+        sft_x = [x for x, p in zip(xs, curve, strict=True) if p["phase"] == "sft"][:len(control["curve"])]
+        for split, name in TASKS.items():
+            ax.plot([0, *sft_x], [curve[0][split], *[c[split] for c in control["curve"][:len(sft_x)]]],
+                    marker="s", ls="--", color=colours[split], alpha=0.7,
+                    label=f"control (SFT on demos only): {name}")
+
+    def tick(p: dict) -> str:
+        if p["phase"] == "bootstrap":
+            return "Stage 0\n0 ep."
+        return f"{p['iteration'] + 1}: {'RL' if p['phase'] == 'rl' else 'SFT'}\n{p['episodes']} ep."
+
+    ax.set_xticks(xs, [tick(p) for p in curve], fontsize=8)
+    ax.set(xlabel="checkpoint (sampled robot episodes trained on)", ylabel="greedy success",
+           ylim=(-0.03, 1.03), title=f"greedy success, {curve[0]['n']} fixed seeds per task")
+    ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
+    if ops:
+        xo = [o["episodes_total"] for o in ops]
+        width = 0.6 * min(o["episodes"] for o in ops if o["episodes"]) if any(o["episodes"] for o in ops) else 1
+        ax2.bar(xo, [o["takeovers_per_episode"] or 0 for o in ops], width=width, align="center",
+                color="#ff7f0e", alpha=0.8, label="takeovers per sampled episode (per RL round)")
+        ax2.set(xlabel="sampled robot episodes", ylabel="takeovers per episode")
+        twin = ax2.twinx()
+        twin.plot(xo, [o["operator_s_total"] for o in ops], color="#2ca02c", marker="o", label="operator seconds (total)")
+        twin.set_ylabel("operator seconds, cumulative")
+        twin.set_ylim(bottom=0)
+        h1, l1 = ax2.get_legend_handles_labels()
+        h2, l2 = twin.get_legend_handles_labels()
+        ax2.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
+    ax2.set_title("the operator's work")
+    ax2.grid(alpha=0.3)
+    title = f"vlaloop demo: learning a new task ({' / '.join(new_task)}) on the job"
+    fig.suptitle(title if complete else "INCOMPLETE RUN, not a result -- " + title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from deployment.robot import RobotConfig
 from interface.robot import ArmState
 from interface.teleop import GamepadReading, InterventionSource, TeleopAction, intent_to_action
 from protocol.messages import ActResponse, TeleopCommand, Timing
@@ -177,11 +178,11 @@ def test_a_source_that_raises_is_held_like_a_stale_command():
     class Broken:
         name = "scripted"
 
-        def command(self, state):
+        def command(self, state, proposed=None):
             raise ZeroDivisionError("bug")
 
     loop = ControlLoop.__new__(ControlLoop)  # only the intervention step is exercised here
-    loop.interventions, loop.on_state = [Broken()], lambda *a: None
+    loop.interventions, loop.on_state, loop.cfg = [Broken()], lambda *a: None, RobotConfig()
     from robot_client.loop import _EpisodeState, _Obs
 
     ep = _EpisodeState("e", "i")
