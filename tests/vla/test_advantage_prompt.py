@@ -5,6 +5,7 @@ exactly as before, and metadata or a backbone that cannot be served right refuse
 import numpy as np
 import pytest
 import torch
+from recap_prompt import WordPrompt
 
 from deployment.model import ModelConfig
 from interface.policy import Observation
@@ -110,24 +111,6 @@ def test_metadata_the_code_cannot_serve_is_refused(model, bad, match):
         from_meta({META_KEY: bad})
     with pytest.raises(CheckpointError, match=match):
         Policy(model, Normalizer.identity(), 4, meta={META_KEY: bad})
-
-
-class WordPrompt:
-    """A backbone prompt built with a real word-level tokenizer that knows only the task words
-    (as a model whose vocabulary has no "positive"/"negative" would)."""
-
-    def __init__(self):
-        from tokenizers import Tokenizer, models, pre_tokenizers
-        from transformers import PreTrainedTokenizerFast
-
-        vocab = {w: i for i, w in enumerate(["<unk>", "<pad>", "reach", "pick", "up", "the", "red", "block"])}
-        tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-        tok.pre_tokenizer = pre_tokenizers.Whitespace()
-        self.tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>")
-        self.processor = self
-
-    def text_inputs(self, instruction: str) -> dict[str, torch.Tensor]:
-        return {"input_ids": torch.tensor(self.tokenizer(instruction)["input_ids"])}
 
 
 def test_a_backbone_whose_prompt_cannot_take_the_indicator_is_refused(model):
