@@ -10,8 +10,10 @@ through the trainer's feature cache. The labels are written to ``runs/<run>/reca
 with the version whose trunk the value function read (``made_by_version``) before SFT starts; the
 trainer adds the version it published from them (``published_version``).
 
-Threshold groups ("tasks"): the episode's task name and its instruction -- on the mock one task
-name covers every colour, and a colour is what makes a task easy or hard.
+Threshold groups ("tasks"): the episode's task name (its instruction where it has none). The value
+function itself reads the instruction, so within one task name (the mock's ``reach_slots`` covers
+every colour and phrasing) the advantages are already relative to what each instruction can reach;
+a group per instruction would split the robot's few episodes into groups with no success at all.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def labelled_episodes(store) -> list[dict]:
 
 
 def task_of(meta: dict, instruction: str) -> str:
-    return f"{meta.get('task') or ''}: {instruction}"
+    return str(meta.get("task") or instruction)
 
 
 class RecapPhase:
