@@ -14,6 +14,8 @@ demos), with an SFT phase after each iteration where the method has one.
     irevla_sac        iRe-VLA with SAC from demonstrations as the RL phase
     ppo_whole         PPO on the whole model (backbone unfrozen, learner/rl/ppo_whole.py), no SFT
     rl_only           head-only PPO rounds only, no SFT consolidation
+    recap             RECAP (pi*0.6, docs/recap.md): collect rounds x episodes sampled with the
+                      positive indicator, then value function -> labels -> conditioned SFT (recap_job)
 
 Task split (mock `reach_slots`, sim/mock/tasks.py): `demo` colours (red, green)
 have `demos` expert demos; the `rl` colour (blue) has only `rl_task_demos` (default 4; 0 = none) and
@@ -52,6 +54,7 @@ METHODS = {
     "irevla_sac": "iRe-VLA (SAC head + SFT)",
     "ppo_whole": "PPO whole model, no SFT",
     "rl_only": "PPO head only, no SFT",
+    "recap": "RECAP (value fn + advantage-conditioned SFT)",
 }
 RL_METHODS = {"irevla_ppo", "irevla_sac", "ppo_whole", "rl_only"}
 SFT_METHODS = {"sft_only", "sft_extra_demos", "irevla_ppo", "irevla_sac"}
@@ -184,6 +187,8 @@ def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict
     from learner.rl.ppo_whole import whole_model_ppo_round
     from learner.trainer import Trainer
 
+    if method == "recap":
+        return recap_job(cfg, out, seed)
     record_demos = _demo_recorder(cfg)
     torch.set_num_threads(1)
     run_dir = out / "runs" / f"{method}-s{seed}"
@@ -261,6 +266,48 @@ def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict
               "learner": config.learner.model_dump()}
     shutil.rmtree(run_dir / "features", ignore_errors=True)  # caches are the bulk of a run dir
     return result
+
+
+def recap_job(cfg: LearningBenchConfig, out: Path, seed: int) -> dict:
+    """RECAP from the seed's Stage 0, with the budget of the others: per iteration `rounds x
+    episodes_per_round` sampled episodes (the policy asked for "positive"), then one RECAP phase
+    (value function on every stored episode, labels, `sft_steps` of conditioned SFT) and a publish."""
+    import torch
+
+    from learner.evaluate import rollout
+    from learner.trainer import Trainer
+
+    torch.set_num_threads(1)
+    run_dir = out / "runs" / f"recap-s{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.copytree(out / "stage0" / f"s{seed}", run_dir)
+    config = _learner_config(cfg, run_dir, seed)
+    config.learner.algorithm = "recap"
+    trainer = Trainer(config, run_dir)
+    trainer.resume()
+    t_job, sft_s, episodes, rounds_log = time.time(), 0.0, 0, []
+    stage0_eval = json.loads((out / "stage0" / f"s{seed}" / "done.json").read_text()).get("eval")
+    curve = [{"episodes": 0, "phase": "stage0", "version": trainer.version, **(stage0_eval or _evaluate(trainer.policy, cfg))}]
+    g, episode_seed = torch.Generator().manual_seed(seed), 200_000 + 100_000 * seed
+    for it in range(cfg.iterations):
+        n = cfg.rounds * cfg.episodes_per_round
+        res = rollout(trainer.policy, range(episode_seed, episode_seed + n), cfg.task, "sample", g, store=trainer.store,
+                      split="train", backend=cfg.backend, workers=cfg.workers, max_steps=cfg.max_steps)
+        episode_seed, episodes = episode_seed + n, episodes + n
+        t = time.time()
+        m = trainer.recap_phase(it, progress=False)
+        trainer.publish("full", "recap", m)
+        sft_s += time.time() - t
+        rounds_log.append({k: v for k, v in m.items() if k.startswith(("value_", "labels_", "sft_", "n_tasks"))}
+                          | {"sampled": res.success_rate})
+        curve.append({"episodes": episodes, "phase": f"it{it} sft", "version": trainer.version,
+                      "sampled": res.success_rate, **_evaluate(trainer.policy, cfg)})
+        print(f"[recap s{seed}] {curve[-1]}", flush=True)
+    shutil.rmtree(run_dir / "features", ignore_errors=True)
+    return {"method": "recap", "seed": seed, "curve": curve, "rounds": [], "recap": rounds_log, "train_s": sft_s,
+            "rl_s_per_round": None, "sft_s_per_phase": sft_s / cfg.iterations, "wall_s": time.time() - t_job,
+            "n_updates": cfg.iterations * cfg.sft_steps, "updates_per_s": cfg.iterations * cfg.sft_steps / sft_s,
+            "config": dataclasses.asdict(cfg), "learner": config.learner.model_dump()}
 
 
 def _job(args) -> dict:
@@ -431,7 +478,7 @@ def run(cfg: LearningBenchConfig, out: Path, fresh: bool = False) -> dict:
     t0 = time.time()
     ctx = multiprocessing.get_context("spawn")
     # longest first within a seed, so parallel workers finish together
-    order = ["irevla_sac", "ppo_whole", "irevla_ppo", "sft_extra_demos", "sft_only", "rl_only"]
+    order = ["irevla_sac", "ppo_whole", "recap", "irevla_ppo", "sft_extra_demos", "sft_only", "rl_only"]
     todo = [(cfg, out, m, s) for s in cfg.seeds for m in sorted(cfg.methods, key=order.index)
             if not (out / "results" / f"{m}-s{s}.json").exists()]
     # with one worker, seed by seed (Stage 0, then its jobs): a run cut short has every method on

@@ -317,14 +317,19 @@ def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
 
 def publish(registry: CheckpointRegistry, model: VLAModel, norm: Normalizer, kind: str = "full",
             parent: int | None = None, phase: str = "", metrics: dict | None = None,
-            save_backbone: bool | None = None) -> int:
+            save_backbone: bool | None = None, run_time: dict | None = None) -> int:
     """Publish `model` as the next version and point LATEST at it; returns the version number.
 
     kind "full": pooler + adapter (if LoRA) + heads; the backbone itself is saved into the version
     (`backbone/`) when it was trained (full mode, e.g. Stage 0) or `save_backbone=True`.
-    kind "head": heads only; the model's trunk must be unchanged since the full version it came from."""
+    kind "head": heads only; the model's trunk must be unchanged since the full version it came from.
+    `run_time`: extra meta.json keys the serving side must honour (e.g. ``advantage_conditioning``,
+    vla/advantage.py); they may not shadow the registry's own fields."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
+    clash = set(run_time or {}) & {*META_FIELDS, "backbone_dir"}
+    if clash:
+        raise ValueError(f"run_time keys {sorted(clash)} would overwrite the registry's own meta fields")
     if norm.action_dim != model.config.action_dim or norm.state_dim != model.config.state_dim:
         raise ValueError("normalizer dims do not match the model")
     heads = model.heads.state_dict()
@@ -337,6 +342,7 @@ def publish(registry: CheckpointRegistry, model: VLAModel, norm: Normalizer, kin
     tmp.mkdir()
     try:
         meta = _write_version(tmp, model, norm, kind, heads, registry, save_backbone)
+        meta.update(run_time or {})
         meta.update(version=version, kind=kind, parent=parent, phase=phase, metrics=metrics or {},
                     created=datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
         if kind == "full":
