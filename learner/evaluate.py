@@ -53,6 +53,14 @@ class RolloutResult:
 
 
 BACKENDS = ("mock", "metaworld")
+_WORKER_POOLS: dict[tuple[int, int], object] = {}  # (image size, workers) -> MetaWorldVec, kept open
+
+
+def close_worker_pools() -> None:
+    """Stop the MetaWorld env worker processes kept for rollouts (they are daemons: they also end
+    with this process)."""
+    while _WORKER_POOLS:
+        _WORKER_POOLS.popitem()[1].close()
 
 
 def make_scenes(backend: str, seeds: Sequence[int], task: str, split: str, image_size: int, workers: int = 0):
@@ -65,7 +73,17 @@ def make_scenes(backend: str, seeds: Sequence[int], task: str, split: str, image
     if backend == "metaworld":
         from sim.metaworld.vec import MetaWorldVec
 
-        return MetaWorldVec(len(seeds), image_size=image_size, seeds=seeds, task=task, split=split, workers=workers)
+        if workers <= 0:  # in this process: the envs themselves are pooled (sim.metaworld.env)
+            return MetaWorldVec(len(seeds), image_size=image_size, seeds=seeds, task=task, split=split)
+        # worker processes cost seconds to start (imports, envs, GL contexts): one set per
+        # (image size, worker count) serves every rollout of this process
+        vec = _WORKER_POOLS.get((image_size, workers))
+        if vec is None:
+            vec = _WORKER_POOLS[(image_size, workers)] = MetaWorldVec(
+                len(seeds), image_size=image_size, seeds=seeds, task=task, split=split, workers=workers)
+        else:
+            vec.reset(seeds, task, split)
+        return vec
     raise ValueError(f"unknown simulator backend {backend!r} (one of {BACKENDS})")
 
 
@@ -77,8 +95,11 @@ def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str
             generator: torch.Generator | None = None, store: EpisodeStore | None = None,
             robot_id: str = "sim0", split: str = "train", image_size: int | None = None,
             learner_phase: str = "rl", backend: str = "mock", workers: int = 0,
-            max_steps: int | None = None, intervener: ScriptedIntervener | None = None) -> RolloutResult:
-    """Run one episode per seed, all in parallel; optionally store them like the ingest does.
+            max_steps: int | None = None, intervener: ScriptedIntervener | None = None,
+            group_commit: bool = True) -> RolloutResult:
+    """Run one episode per seed, all in parallel; optionally store them like the ingest does
+    (``group_commit``: the steps of all scenes at one time step in one durable commit; False: each
+    step committed alone, as the ingest of one robot does -- the throughput bench's baseline).
     ``max_steps`` caps the tasks' own step limits (smoke tests). ``intervener`` (sampled rollouts
     only): the scene's expert drives where it takes over; those steps are stored as interventions
     (``intervention``, ``intervention_source: "scripted"``, the policy's ``proposed_action``,
@@ -96,16 +117,30 @@ def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str
         else:
             executed = executed_action
         return _rollout(policy, vec, seeds, task, mode, generator, store, robot_id, size, learner_phase, executed,
-                        intervener)
+                        intervener, group_commit)
+    except BaseException:  # a pooled set of workers in an unknown state is not reused
+        for key, pooled in list(_WORKER_POOLS.items()):
+            if pooled is vec:
+                del _WORKER_POOLS[key]
+                vec.close()
+        raise
     finally:
         close = getattr(vec, "close", None)
-        if close is not None:
+        if close is not None and vec not in _WORKER_POOLS.values():
             close()
+
+
+def _commit(store: EpisodeStore, steps: list[tuple], group_commit: bool) -> None:
+    if group_commit:
+        store.append_steps(steps)
+    else:
+        for step in steps:
+            store.append_step(*step)
 
 
 def _rollout(policy: Policy, vec, seeds: list[int], task: str, mode: str, generator: torch.Generator | None,
              store: EpisodeStore | None, robot_id: str, size: int, learner_phase: str,
-             executed, intervener: ScriptedIntervener | None = None) -> RolloutResult:
+             executed, intervener: ScriptedIntervener | None = None, group_commit: bool = True) -> RolloutResult:
     from learner.ingest import episode_meta
 
     instructions = list(getattr(vec, "instructions", None) or [t.instruction for t in vec.tasks])
@@ -143,6 +178,7 @@ def _rollout(policy: Policy, vec, seeds: list[int], task: str, mode: str, genera
                 act = np.where(driven[:, None], expert, plan[:, k]).astype(np.float32)
                 driven_steps += driven
             if recording:
+                batch = []
                 for j, i in enumerate(active):
                     if not live[i]:
                         continue
@@ -158,8 +194,9 @@ def _rollout(policy: Policy, vec, seeds: list[int], task: str, mode: str, genera
                                   on_policy=not teleop, intervention=teleop,
                                   intervention_source="scripted" if teleop else None,
                                   proposed_action=[float(x) for x in plan[i, k]] if teleop else None)
-                    record = msg.model_dump(exclude=_NOT_IN_RECORD)
-                    store.append_step(robot_id, episode_ids[i], msg.step, record, msg.images)
+                    batch.append((robot_id, episode_ids[i], msg.step, msg.model_dump(exclude=_NOT_IN_RECORD),
+                                  msg.images))
+                _commit(store, batch, group_commit)
             vec.step(act)
     result = RolloutResult(success=vec.succeeded.copy(), steps=vec.steps.copy(), seeds=seeds,
                            intervention_steps=driven_steps)

@@ -6,6 +6,8 @@ Same interface as the mock's ``VecScene`` (``reset``, ``done``, ``succeeded``, `
 either. With ``workers`` > 0, scene i lives in worker ``i % workers`` (spawned processes, each
 with its own MuJoCo models and GL context); one ``step`` or ``render`` is one round trip per
 worker, so the policy sees all N observations at once and answers them in one batched call.
+``reset`` may change N: the workers (and their envs and GL contexts) are kept, so one
+``MetaWorldVec`` serves many rollouts (learner.evaluate keeps one per worker count).
 
     vec = MetaWorldVec(8, seeds=range(8), task="mt10", workers=2)
     while not vec.done.all():
@@ -56,6 +58,8 @@ class _Shard:
         return np.stack([s.render(camera) for s in self.scenes]) if self.scenes else np.zeros((0,))
 
     def expert(self, noise: float) -> np.ndarray:
+        if not self.scenes:
+            return np.zeros((0, 7))
         return np.stack([add_noise(s.expert_action(), rng, noise) for s, rng in zip(self.scenes, self.rngs,
                                                                                        strict=True)])
 
@@ -86,7 +90,7 @@ class MetaWorldVec:
                  split: str = "train", workers: int = 0):
         self.n = int(n)
         self.image_size = int(image_size)
-        self.workers = max(0, min(int(workers), self.n))
+        self.workers = max(0, int(workers))
         self._local = _Shard(self.image_size) if self.workers == 0 else None
         self._conns, self._procs = [], []
         ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding torch threads or GL
@@ -126,8 +130,9 @@ class MetaWorldVec:
     # ------------------------------------------------------------ episodes
     def reset(self, seeds: Iterable[int], task: str = "mt10", split: str = "train") -> list[str]:
         seeds = [int(s) for s in seeds]
-        if len(seeds) != self.n:
-            raise ValueError(f"need {self.n} seeds, got {len(seeds)}")
+        if not seeds:
+            raise ValueError("need at least one seed")
+        self.n = len(seeds)  # the worker processes stay; each takes the scenes i % workers
         jobs = [(s, task, split) for s in seeds]
         got = self._scatter(self._call("reset", lambda w: ([jobs[i] for i in self._slots(w)],)))
         self.seeds = seeds

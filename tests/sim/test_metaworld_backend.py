@@ -94,6 +94,20 @@ def test_vec_over_worker_processes_matches_in_process_scenes():
     np.testing.assert_array_equal(i0, i2)
 
 
+def test_vec_workers_serve_a_second_reset_with_another_scene_count():
+    """learner.evaluate keeps one MetaWorldVec per worker count across rollouts of any size."""
+    with MetaWorldVec(3, image_size=32, seeds=[3, 4, 5], task="mt10", workers=2) as vec:
+        vec.reset([7], "mt10")
+        assert vec.n == 1 and vec.render(32).shape == (1, 32, 32, 3)
+        for _ in range(5):
+            vec.step(vec.expert_actions())
+        pooled = vec.states()
+    with MetaWorldVec(1, image_size=32, seeds=[7], task="mt10") as fresh:
+        for _ in range(5):
+            fresh.step(fresh.expert_actions())
+        np.testing.assert_array_equal(pooled, fresh.states())
+
+
 def test_learner_rollout_on_metaworld_stores_episodes(tmp_path):
     import torch
 
