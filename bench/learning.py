@@ -470,7 +470,7 @@ def _progress(cfg: LearningBenchConfig, out: Path, kind: str, method: str, seed:
     left = sum(np.mean(per_method.get(m, [mean_all])) for m, _, _ in todo) / max(1, cfg.jobs)
     print(f"progress: {len(done)}/{len(done) + len(todo)} cells done (last: {method} seed {seed}"
           f"{'' if kind == 'stage0' else f' iteration {it}'}, {seconds:.0f} s); ETA {left / 3600:.1f} h "
-          f"(~{time.strftime('%H:%M', time.localtime(time.time() + left))})", flush=True)
+          f"(~{time.strftime('%H:%M', time.gmtime(time.time() + left))} UTC)", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- report

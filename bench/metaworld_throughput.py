@@ -13,9 +13,12 @@ Set-ups, each in a fresh process (the llvmpipe thread count is fixed when the fi
 made), all in the same run:
 
 * ``before``: the path as it was: scenes in the job's process, llvmpipe's default helper threads
-  (one per CPU), each stored step committed (fsynced) alone;
+  (one per CPU), every step's frame rendered as the step is taken, each stored step committed
+  (fsynced) alone;
 * ``one core``: llvmpipe in the calling thread (``LP_NUM_THREADS=0``, sim.metaworld's default now),
-  the steps of all scenes at one time step in one group commit; still one process;
+  the frames inside a chunk drawn at the episode's end from snapshots and only for successes (a
+  failure keeps its decision frames: learner.evaluate's ``_Recorder``), the steps of all scenes
+  at one time step in one group commit; still one process;
 * ``W workers``: the same with the scenes in W env worker processes (sim.metaworld.vec), kept
   across rollouts, the policy batched over all scenes in the parent.
 
@@ -39,7 +42,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 TASK = "bench"  # the learning bench's task sets (sim/metaworld/tasks.py)
 
 
-def measure(episodes: int, max_steps: int, repeats: int, workers: int, group_commit: bool) -> dict:
+def measure(episodes: int, max_steps: int, repeats: int, workers: int, baseline: bool) -> dict:
     """In this process: warm up, then `repeats` x (one collection round + one evaluation)."""
     import torch
 
@@ -64,7 +67,7 @@ def measure(episodes: int, max_steps: int, repeats: int, workers: int, group_com
     steps = 0
     for _ in range(repeats):
         t = time.perf_counter()
-        res = rollout(policy, seeds, TASK, "sample", g, store=store, split="train", group_commit=group_commit, **kw)
+        res = rollout(policy, seeds, TASK, "sample", g, store=store, split="train", baseline_recording=baseline, **kw)
         collect_s += time.perf_counter() - t
         steps += int(res.steps.sum())
         t = time.perf_counter()
@@ -78,17 +81,17 @@ def measure(episodes: int, max_steps: int, repeats: int, workers: int, group_com
             "ms_per_step": 1000 * (collect_s + eval_s) / steps, "steps": steps}
 
 
-SETUPS = {  # name -> (env overrides, workers, group commit)
-    "before": ({"LP_NUM_THREADS": str(os.cpu_count() or 1)}, 0, False),
-    "one core": ({"LP_NUM_THREADS": "0"}, 0, True),
+SETUPS = {  # name -> (env overrides, workers, baseline recording)
+    "before": ({"LP_NUM_THREADS": str(os.cpu_count() or 1)}, 0, True),
+    "one core": ({"LP_NUM_THREADS": "0"}, 0, False),
 }
 
 
-def run_setup(name: str, env: dict, workers: int, group_commit: bool, args) -> dict:
+def run_setup(name: str, env: dict, workers: int, baseline: bool, args) -> dict:
     """One set-up in a fresh Python process (its own llvmpipe thread count)."""
     cmd = [sys.executable, "-m", "bench.metaworld_throughput", "--child", json.dumps(
         {"episodes": args.episodes, "max_steps": args.max_steps, "repeats": args.repeats, "workers": workers,
-         "group_commit": group_commit})]
+         "baseline": baseline})]
     out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"set-up {name!r} failed:\n{out.stderr[-3000:]}")
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setups = dict(SETUPS)
     for w in args.workers:
-        setups[f"{w} workers"] = ({"LP_NUM_THREADS": "0"}, w, True)
+        setups[f"{w} workers"] = ({"LP_NUM_THREADS": "0"}, w, False)
     rows = [run_setup(name, *spec, args) for name, spec in setups.items()]
     table = format_table(rows)
     print(f"\nMetaWorld `{TASK}`, {args.episodes} episodes per rollout of at most {args.max_steps} steps, "

@@ -57,6 +57,12 @@ class _Shard:
     def render(self, camera: str) -> np.ndarray:
         return np.stack([s.render(camera) for s in self.scenes]) if self.scenes else np.zeros((0,))
 
+    def snapshots(self, active: np.ndarray) -> list[np.ndarray | None]:
+        return [s.snapshot() if on else None for s, on in zip(self.scenes, active, strict=True)]
+
+    def render_snapshots(self, j: int, states: list[np.ndarray], camera: str) -> np.ndarray:
+        return np.stack([self.scenes[j].render_snapshot(st, camera) for st in states])
+
     def expert(self, noise: float) -> np.ndarray:
         if not self.scenes:
             return np.zeros((0, 7))
@@ -157,6 +163,26 @@ class MetaWorldVec:
         if size is not None and int(size) != self.image_size:
             raise ValueError(f"these scenes render {self.image_size} px, not {size}")
         return np.stack(self._scatter([list(x) for x in self._call("render", lambda w: (camera,))]))
+
+    def snapshots(self) -> list[np.ndarray | None]:
+        """Each scene's simulation state now (None for a done scene): what `render_snapshots` needs to
+        draw this instant's frame later, for the episodes whose frames turn out to be needed."""
+        live = ~self.done
+        return self._scatter(self._call("snapshots", lambda w: (live[self._slots(w)],)))
+
+    def render_snapshots(self, i: int, states: list[np.ndarray], camera: str = "front") -> np.ndarray:
+        """[len(states), H, W, 3]: scene ``i``'s frames at its `snapshots` ``states`` (of its current
+        episode), as ``render`` drew them then."""
+        if not states:
+            return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+        if self._local is not None:
+            return self._local.render_snapshots(i, states, camera)
+        conn = self._conns[i % self.workers]
+        conn.send(("render_snapshots", (i // self.workers, states, camera)))
+        status, value = conn.recv()
+        if status != "ok":
+            raise RuntimeError(f"MetaWorld worker failed in render_snapshots: {value}")
+        return value
 
     def expert_actions(self, noise: float = 0.0) -> np.ndarray:
         return np.stack(self._scatter([list(x) for x in self._call("expert", lambda w: (noise,))]))
