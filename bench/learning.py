@@ -669,6 +669,33 @@ def run(cfg: LearningBenchConfig, out: Path, fresh: bool = False) -> dict:
     return report(cfg, out, t0)
 
 
+def format_progress(cfg: LearningBenchConfig, out: Path) -> str:
+    """Per (method, seed) with any finished iteration: its curve so far (Stage 0 → each
+    iteration's evaluation) and the online successes its SFT phases trained on -- the partial
+    results of a table still running. Empty when every job has a result."""
+    rows = []
+    for m in cfg.methods:
+        for s in cfg.seeds:
+            if (out / "results" / f"{m}-s{s}.json").exists():
+                continue
+            saved = out / "runs" / f"{m}-s{s}" / _SAVED / "job.json"
+            if not saved.exists():
+                continue
+            job = json.loads(saved.read_text())
+            curve = job["curve"]
+            cells = [" → ".join(f"{p[split]:.2f}" for p in curve) for split in SPLITS]
+            fed = [str(p.get("n_online_successes")) for p in curve if p.get("n_online_successes") is not None]
+            rows.append(f"| `{m}` | {s} | {job['iterations_done']} / {cfg.iterations} | {job['episodes']} | "
+                        f"{' | '.join(cells)} | {', '.join(fed) or '–'} | {job['wall_s']:.0f} |")
+    if not rows:
+        return ""
+    cells_done = sum(1 for _ in (out / "progress.jsonl").open()) if (out / "progress.jsonl").exists() else 0
+    return "\n".join([f"Jobs still running (PARTIAL: {cells_done} of {len(table_cells(cfg))} cells done; greedy "
+                      f"success at Stage 0 and after each finished iteration, {cfg.eval_n} episodes per split)", "",
+                      "| method | seed | iterations | episodes | demo tasks | RL tasks | held-out tasks | "
+                      "online successes in SFT | wall s |", "|---|---|---|---|---|---|---|---|---|", *rows])
+
+
 def report(cfg: LearningBenchConfig, out: Path, t0: float | None = None) -> dict:
     """The table, curves and summary from the results in OUT/results (those there: a run cut
     short reports the jobs it finished, each row with its seed count)."""
@@ -684,6 +711,10 @@ def report(cfg: LearningBenchConfig, out: Path, t0: float | None = None) -> dict
     (out / "summary.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "methods": summary,
                                                   "total_s": total, "not_run": missing}, indent=1))
     plot(results, cfg, out / "learning_curves.png")
+    progress = format_progress(cfg, out)
+    if progress:
+        table += "\n\n" + progress
+        (out / "table.md").write_text(table + "\n")
     print("\n" + table)
     print(f"\ncurves: {out / 'learning_curves.png'}" + ("" if total is None else f"; total {total:.0f} s"))
     return summary

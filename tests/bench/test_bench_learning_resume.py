@@ -11,6 +11,7 @@ import subprocess
 import pytest
 from standins import PY, ROOT
 
+from bench.learning import SMOKE, LearningBenchConfig, format_progress
 from episodes.store import EpisodeStore
 
 pytestmark = pytest.mark.slow  # ~1 min on two busy cores: two bench processes, Stage 0 and 2 jobs
@@ -40,6 +41,9 @@ def test_a_killed_table_resumes_where_it_stopped(tmp_path):
         proc.wait()
     finished = (out / "results" / "sft_only-s0.json").read_bytes()
     assert not (out / "results" / "irevla_ppo-s0.json").exists()
+    cfg = LearningBenchConfig(**{**SMOKE, "methods": ("sft_only", "irevla_ppo"), "iterations": 2})
+    partial = format_progress(cfg, out)  # what `--report` adds for a table still running
+    assert "PARTIAL: 4 of 5 cells done" in partial and "| `irevla_ppo` | 0 | 1 / 2 |" in partial
     rerun = subprocess.run(_cmd(out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "[irevla_ppo s0] resumed after iteration 1 of 2" in rerun.stdout
