@@ -23,7 +23,10 @@ made), all in the same run:
   across rollouts, the policy batched over all scenes in the parent.
 
 Columns: episodes per minute (collection, evaluation, and both as the bench mixes them: one
-evaluation episode per collected one), ms per env step of one scene, and the ratio to ``before``.
+evaluation episode per collected one; of the fastest of `--repeats` repeats, the least disturbed
+by other jobs on a shared machine), ms per env step of one scene, the ratio to ``before``, and the
+CPU time per episode of the set-ups without workers (all threads of the process, median over the
+repeats: the work itself, whatever the load).
 The untrained policy never succeeds, so the new path draws no frame inside a chunk; the "all
 successes" columns add what drawing every one of them would cost (the frames counted, times the
 measured cost of drawing one from a snapshot): the new path's worst case. Real runs lie between.
@@ -41,6 +44,8 @@ import tempfile
 import time
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
 
 TASK = "bench"  # the learning bench's task sets (sim/metaworld/tasks.py)
 
@@ -66,27 +71,32 @@ def measure(episodes: int, max_steps: int, repeats: int, workers: int, baseline:
     # start-up: every env, GL context and worker process the timed part will use
     rollout(policy, seeds, TASK, "sample", g, split="train", backend="metaworld", workers=workers, max_steps=2)
     rollout(policy, seeds, TASK, "greedy", split="rl", backend="metaworld", workers=workers, max_steps=2)
-    collect_s = eval_s = 0.0
+    collect, evaluate = [], []  # per repeat: (wall s, CPU s of this process: all its threads)
     steps = 0
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         res = rollout(policy, seeds, TASK, "sample", g, store=store, split="train", baseline_recording=baseline, **kw)
-        collect_s += time.perf_counter() - t
+        collect.append((time.perf_counter() - t, time.process_time() - c))
         steps += int(res.steps.sum())
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         res = rollout(policy, seeds, TASK, "greedy", split="rl", **kw)
-        eval_s += time.perf_counter() - t
+        evaluate.append((time.perf_counter() - t, time.process_time() - c))
         steps += int(res.steps.sum())
     close_worker_pools()
-    n = repeats * episodes
+    # on a machine shared with other jobs the least disturbed repeat is the closest to the set-up's
+    # own speed: the fastest one counts; the CPU time is the work itself, whatever the load
+    collect_s, eval_s = min(w for w, _ in collect), min(w for w, _ in evaluate)
+    cpu_s = float(np.median([a[1] + b[1] for a, b in zip(collect, evaluate, strict=True)]))
     # the untrained policy never succeeds, so the new path draws no frame inside a chunk; a success
     # would have each of them drawn from its snapshot: their measured cost, for the bound below
-    deferred = 0 if baseline else repeats * sum(max_steps - -(-max_steps // policy.spec.chunk) for _ in seeds)
+    deferred = 0 if baseline else sum(max_steps - -(-max_steps // policy.spec.chunk) for _ in seeds)
     bound_s = collect_s + deferred * _draw_s()
-    return {"collect_episodes_per_min": 60 * n / collect_s, "eval_episodes_per_min": 60 * n / eval_s,
-            "episodes_per_min": 60 * 2 * n / (collect_s + eval_s),
-            "collect_all_success_per_min": 60 * n / bound_s, "episodes_per_min_all_success": 60 * 2 * n / (bound_s + eval_s),
-            "ms_per_step": 1000 * (collect_s + eval_s) / steps, "steps": steps}
+    return {"collect_episodes_per_min": 60 * episodes / collect_s, "eval_episodes_per_min": 60 * episodes / eval_s,
+            "episodes_per_min": 60 * 2 * episodes / (collect_s + eval_s),
+            "collect_all_success_per_min": 60 * episodes / bound_s,
+            "episodes_per_min_all_success": 60 * 2 * episodes / (bound_s + eval_s),
+            "ms_per_step": 1000 * (collect_s + eval_s) / (steps / repeats),
+            "cpu_ms_per_episode": None if workers else 1000 * cpu_s / (2 * episodes), "steps": steps}
 
 
 def _draw_s(n: int = 40) -> float:
@@ -127,12 +137,15 @@ def run_setup(name: str, env: dict, workers: int, baseline: bool, args) -> dict:
 def format_table(rows: list[dict]) -> str:
     base = rows[0]
     lines = ["| set-up | collection episodes / min | evaluation episodes / min | both, episodes / min | "
-             "× before | ms / env step | collection, all successes (bound) | both, all successes (bound) | × before |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "× before | ms / env step | CPU ms / episode | × before (CPU) | both, all successes (bound) | × before |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    base_cpu = base["cpu_ms_per_episode"]
     for r in rows:
+        cpu = r["cpu_ms_per_episode"]
+        cpu_cells = "– | –" if cpu is None else f"{cpu:.0f} | {base_cpu / cpu:.2f}"
         lines.append(f"| {r['setup']} | {r['collect_episodes_per_min']:.1f} | {r['eval_episodes_per_min']:.1f} | "
                      f"{r['episodes_per_min']:.1f} | {r['episodes_per_min'] / base['episodes_per_min']:.2f} | "
-                     f"{r['ms_per_step']:.2f} | {r['collect_all_success_per_min']:.1f} | "
+                     f"{r['ms_per_step']:.2f} | {cpu_cells} | "
                      f"{r['episodes_per_min_all_success']:.1f} | "
                      f"{r['episodes_per_min_all_success'] / base['episodes_per_min']:.2f} |")
     return "\n".join(lines)
