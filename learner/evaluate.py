@@ -177,9 +177,9 @@ class _Recorder:
 
     def close(self, succeeded: np.ndarray) -> None:
         """Deferred: draw the frames of the successes and commit every episode's steps."""
-        for i, steps in enumerate(self.pending):
-            if succeeded[i]:
-                todo = [n for n, (_, _, _, snap) in enumerate(steps) if snap is not None]
+        for i, steps in enumerate(self.pending):  # empty unless deferred
+            todo = [n for n, (_, _, _, snap) in enumerate(steps) if snap is not None]
+            if succeeded[i] and todo:
                 drawn = {c: self.vec.render_snapshots(i, [steps[n][3] for n in todo], c) for c in self.cams}
                 for j, n in enumerate(todo):
                     steps[n] = (*steps[n][:2], {c: encode_jpeg(drawn[c][j]) for c in self.cams}, None)
