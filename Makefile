@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || DEBS=python3-venv sh install/debian-packages.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev,robot,calib,vlm,teleop]'
+	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev,robot,calib,vlm,teleop,lerobot]'
 	touch $(STAMP)
 
 install: $(STAMP)

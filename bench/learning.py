@@ -14,6 +14,8 @@ demos), with an SFT phase after each iteration where the method has one.
     irevla_sac        iRe-VLA with SAC from demonstrations as the RL phase
     ppo_whole         PPO on the whole model (backbone unfrozen, learner/rl/ppo_whole.py), no SFT
     rl_only           head-only PPO rounds only, no SFT consolidation
+    recap             RECAP (pi*0.6, docs/recap.md): `rounds x episodes` sampled with the positive
+                      indicator, then value function -> advantage labels -> conditioned SFT
 
 Task split (mock `reach_slots`, sim/mock/tasks.py): `demo` colours (red, green)
 have `demos` expert demos; the `rl` colour (blue) has only `rl_task_demos` (default 4; 0 = none) and
@@ -34,27 +36,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import multiprocessing
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-METHODS = {
-    "sft_only": "SFT on the demos only",
-    "sft_extra_demos": "SFT + extra expert demos",
-    "irevla_ppo": "iRe-VLA (PPO head + SFT)",
-    "irevla_sac": "iRe-VLA (SAC head + SFT)",
-    "ppo_whole": "PPO whole model, no SFT",
-    "rl_only": "PPO head only, no SFT",
-}
-RL_METHODS = {"irevla_ppo", "irevla_sac", "ppo_whole", "rl_only"}
-SFT_METHODS = {"sft_only", "sft_extra_demos", "irevla_ppo", "irevla_sac"}
 SPLITS = ("demo", "rl", "held_out")  # evaluation splits, in table order
 # The iRe-VLA paper's MetaWorld results (its pretrained VLA, its own task split), as ranges over
 # its tasks: SFT start -> after iRe-VLA. Not measured here; shown next to our rows.
@@ -72,7 +66,7 @@ class LearningBenchConfig:
     workers: int = 0  # metaworld: env worker processes per rollout (0: in the job's own process)
     max_steps: int = 0  # caps every task's step limit (0: the tasks' own limits); smoke tests only
     seeds: tuple[int, ...] = (0, 1, 2)
-    methods: tuple[str, ...] = tuple(METHODS)
+    methods: tuple[str, ...] = dataclasses.field(default_factory=lambda: tuple(METHODS))
     demos: int = 40  # expert demos (split "demo") for Stage 0 and every SFT phase
     # demos of the RL-only tasks (split "rl"): 0 = none at all. The tiny model has no pretrained
     # language, so with none its success on an unseen colour word is exactly 0 and sparse-reward RL
@@ -82,6 +76,9 @@ class LearningBenchConfig:
     iterations: int = 2  # RL phase + SFT phase, repeated
     rounds: int = 4  # RL rounds per phase (the first round of a run is the PPO critic warm-up)
     episodes_per_round: int = 128
+    # the split the online episodes (and sft_extra_demos' extra demos) are drawn from: "train" (the
+    # demo and RL tasks) or "rl" (the RL tasks only, as the paper's RL stage)
+    collect_split: str = "train"
     sft_steps: int = 200
     ppo_lr: float = 1e-4
     sac_updates_per_episode: int = 10
@@ -108,6 +105,17 @@ METAWORLD = dict(backend="metaworld", task="bench", demos=100, rl_task_demos=45,
 # untrained policy cost minutes on two cores
 METAWORLD_SMOKE = dict(methods=("sft_only", "irevla_ppo"), demos=2, rl_task_demos=1, eval_n=2,
                        episodes_per_round=2, max_steps=16)
+# the budget of issue 25, where the loop has data to learn from: per method and seed 3 iRe-VLA
+# iterations x 15 rounds x 20 online episodes on the RL tasks only (900 episodes, ~300 per RL
+# task), then an SFT phase of 300 steps on the demos + every online success; SFT-only gets the same
+# SFT steps, SFT + extra demos 900 expert demos of the RL tasks; SAC at 20 updates per episode
+# (half of every batch demos, RLPD-style); greedy success on 24 fixed episodes per split after
+# every iteration. Whole-model PPO runs after the other methods' seeds (it may get fewer).
+# rl_only (head-only PPO without SFT) is left out: irevla_ppo's RL phase is the same. Hours on one
+# core: docs/metaworld.md gives the estimate and how to resume.
+METAWORLD_LONG = dict(METAWORLD, methods=("sft_only", "sft_extra_demos", "irevla_ppo", "irevla_sac", "ppo_whole"),
+                      iterations=3, rounds=15, episodes_per_round=20, collect_split="rl", sft_steps=300,
+                      sac_updates_per_episode=20, eval_n=24)
 SMOKE = dict(seeds=(0,), demos=6, rl_task_demos=2, bootstrap_steps=8, iterations=1, rounds=2, episodes_per_round=6, sft_steps=4,
              eval_n=6, sac_updates_per_episode=2, jobs=1)
 
@@ -130,6 +138,7 @@ def stage0(cfg: LearningBenchConfig, out: Path, seed: int) -> Path:
     """Demos on the `demo` split + Stage 0 for one seed (skipped if already done)."""
     import torch
 
+    from episodes.durable import write_json_atomic
     from episodes.store import EpisodeStore
     from learner.trainer import Trainer
 
@@ -153,8 +162,8 @@ def stage0(cfg: LearningBenchConfig, out: Path, seed: int) -> Path:
     # Stage 0's greedy success is the same for every method of this seed (same model, same
     # evaluation seeds): measured once here instead of once per job
     stage0_eval = _evaluate(trainer.policy, cfg)
-    (boot / "done.json").write_text(json.dumps({"seconds": seconds, "eval": stage0_eval,
-                                                "eval_s": time.time() - t - seconds}))
+    write_json_atomic(boot / "done.json", {"seconds": seconds, "eval": stage0_eval, "eval_s": time.time() - t - seconds})
+    _progress(cfg, out, "stage0", "stage0", seed, 0, time.time() - t)
     return boot
 
 
@@ -174,92 +183,275 @@ def _evaluate(policy, cfg: LearningBenchConfig) -> dict[str, float]:
             for split in SPLITS}
 
 
-def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict:
-    """One method from the seed's Stage 0; returns the curve, timings and update counts."""
+@dataclass
+class Job:
+    """One (method, seed) run: its trainer and what the table needs from it. Everything but the
+    trainer is saved at the end of every iteration (`save`); a killed run resumes from there."""
+
+    cfg: LearningBenchConfig
+    out: Path
+    method: str
+    seed: int
+    trainer: object = None
+    g: object = None  # torch.Generator: sampled actions of the online episodes
+    whole_opt: object = None  # ppo_whole's Adam over the whole model (made at its first round)
+    iterations_done: int = 0
+    episodes: int = 0  # online episodes (or extra demos) spent so far: the curve's x
+    episode_seed: int = 0  # seed of the next online episode
+    rl_s: float = 0.0
+    sft_s: float = 0.0
+    wall_s: float = 0.0  # of the finished iterations (and Stage 0's evaluation read back)
+    n_updates: int = 0
+    curve: list = dataclasses.field(default_factory=list)
+    rounds: list = dataclasses.field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / "runs" / f"{self.method}-s{self.seed}"
+
+    @property
+    def tag(self) -> str:
+        return f"[{self.method} s{self.seed}]"
+
+    def point(self, phase: str, **extra) -> None:
+        """A point of the curve: greedy success per split now."""
+        self.curve.append({"episodes": self.episodes, "phase": phase, "version": self.trainer.version, **extra,
+                           **_evaluate(self.trainer.policy, self.cfg)})
+        print(f"{self.tag} {self.curve[-1]}", flush=True)
+
+
+# --- one iteration per method: METHODS maps a method to its function (add a method = one entry + one function)
+def _collect(job: Job):
+    """One RL round's online episodes, stored in the run's episode store."""
+    from learner.evaluate import rollout
+
+    cfg = job.cfg
+    res = rollout(job.trainer.policy, range(job.episode_seed, job.episode_seed + cfg.episodes_per_round), cfg.task,
+                  "sample", job.g, store=job.trainer.store, split=cfg.collect_split, backend=cfg.backend,
+                  workers=cfg.workers, max_steps=cfg.max_steps)
+    job.episode_seed += cfg.episodes_per_round
+    job.episodes += cfg.episodes_per_round
+    return res
+
+
+def _rl_phase(job: Job, it: int, update) -> None:
+    """`rounds` RL rounds: collect, `update(job, metas) -> metrics`, publish, evaluate when asked."""
+    cfg = job.cfg
+    for r in range(cfg.rounds):
+        res = _collect(job)
+        t = time.time()
+        m = update(job, res.metas)
+        job.rl_s += time.time() - t
+        job.n_updates += int(m.get("n_updates", 0))
+        job.rounds.append({k: m.get(k) for k in ("approx_kl", "clipfrac", "logprob_mismatch", "critic_warmup",
+                                                 "q_mean", "alpha") if k in m} | {"sampled": res.success_rate})
+        last = r == cfg.rounds - 1
+        if cfg.evaluate_at == "round" or (last and (cfg.evaluate_at == "phase" or not METHODS[job.method].sft)):
+            job.point(f"it{it} rl{r}", sampled=res.success_rate)
+
+
+def _head_update(job: Job, metas: list[dict]) -> dict:
+    m = job.trainer.rl_round(metas)
+    job.trainer.publish("head", "rl", m)
+    return m
+
+
+def _whole_model_update(job: Job, metas: list[dict]) -> dict:
     import torch
 
     from learner.dataset import load_decisions
     from learner.episode_rules import is_rl_episode
-    from learner.evaluate import rollout
     from learner.rl.ppo_whole import whole_model_ppo_round
+
+    trainer = job.trainer
+    decisions = [load_decisions(trainer.store, m, trainer.model.config.chunk) for m in metas if is_rl_episode(m)]
+    if job.whole_opt is None:
+        job.whole_opt = torch.optim.Adam(list(trainer.model.parameters()), lr=job.cfg.ppo_lr, eps=1e-5)
+    warmup = trainer.rl_rounds_total < trainer.lc.critic_warmup_rounds
+    m = whole_model_ppo_round(trainer.model, trainer.norm, decisions, job.whole_opt, trainer.rl_config, warmup, job.g)
+    trainer.rl_rounds_total += 1
+    trainer.publish("full", "rl", m)
+    return m
+
+
+def _sft_phase(job: Job, it: int) -> None:
+    """The iteration's SFT phase on the demos and every successful online episode in the store."""
+    t = time.time()
+    m = job.trainer.sft_phase(progress=False)
+    job.trainer.publish("full", "sft", m)
+    job.sft_s += time.time() - t
+    job.n_updates += job.cfg.sft_steps
+    job.point(f"it{it} sft", n_online_successes=m.get("n_online_successes"), n_expert=m.get("n_expert"))
+
+
+def sft_only_iteration(job: Job, it: int) -> None:
+    job.episodes += job.cfg.rounds * job.cfg.episodes_per_round  # the budget the other methods spent
+    _sft_phase(job, it)
+
+
+def sft_extra_demos_iteration(job: Job, it: int) -> None:
+    """As many expert demos as the others get online episodes, on the tasks they collect on."""
+    cfg, trainer = job.cfg, job.trainer
+    n = cfg.rounds * cfg.episodes_per_round
+    _demo_recorder(cfg)(trainer.store, task=cfg.task, n=n, seed=500_000 + 100_000 * job.seed + it * 10_000,
+                        split=cfg.collect_split, image_size=trainer.config.model.image_size,
+                        cameras=tuple(trainer.config.model.cameras))
+    job.episodes += n
+    _sft_phase(job, it)
+
+
+def irevla_iteration(job: Job, it: int) -> None:
+    """iRe-VLA: head-only RL rounds (PPO or SAC, the method's `algorithm`), then SFT."""
+    _rl_phase(job, it, _head_update)
+    _sft_phase(job, it)
+
+
+def ppo_whole_iteration(job: Job, it: int) -> None:
+    _rl_phase(job, it, _whole_model_update)
+
+
+def rl_only_iteration(job: Job, it: int) -> None:
+    _rl_phase(job, it, _head_update)
+
+
+def recap_iteration(job: Job, it: int) -> None:
+    """RECAP with the others' budget: `rounds x episodes_per_round` sampled episodes (the policy
+    asked for "positive"), then one RECAP phase (value function on every stored episode, advantage
+    labels, `sft_steps` of conditioned SFT) and a publish."""
+    cfg = job.cfg
+    for _ in range(cfg.rounds):
+        res = _collect(job)
+    t = time.time()
+    m = job.trainer.recap_phase(it, progress=False)
+    job.trainer.publish("full", "recap", m)
+    job.sft_s += time.time() - t
+    job.n_updates += cfg.sft_steps
+    job.rounds.append({k: v for k, v in m.items() if k.startswith(("value_", "labels_", "sft_", "n_tasks"))}
+                      | {"sampled": res.success_rate})
+    job.point(f"it{it} sft", sampled=res.success_rate)
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str
+    iteration: Callable[[Job, int], None]  # runs iteration `it` of the method on the job
+    online: bool  # collects online episodes (an RL method)
+    sft: bool  # has an SFT phase (its RL phase is evaluated once, after the SFT)
+    algorithm: str = "ppo"  # the learner's head RL algorithm (learner.rl)
+
+
+METHODS: dict[str, Method] = {
+    "sft_only": Method("SFT on the demos only", sft_only_iteration, online=False, sft=True),
+    "sft_extra_demos": Method("SFT + extra expert demos", sft_extra_demos_iteration, online=False, sft=True),
+    "irevla_ppo": Method("iRe-VLA (PPO head + SFT)", irevla_iteration, online=True, sft=True),
+    "irevla_sac": Method("iRe-VLA (SAC head + SFT)", irevla_iteration, online=True, sft=True, algorithm="sac"),
+    "ppo_whole": Method("PPO whole model, no SFT", ppo_whole_iteration, online=True, sft=False),
+    "rl_only": Method("PPO head only, no SFT", rl_only_iteration, online=True, sft=False),
+    "recap": Method("RECAP (value fn + advantage-conditioned SFT)", recap_iteration, online=True, sft=True,
+                    algorithm="recap"),
+}
+RL_METHODS = {m for m, spec in METHODS.items() if spec.online}
+SFT_METHODS = {m for m, spec in METHODS.items() if spec.sft}
+
+
+# --- a job: start (or resume), iterate, save after each iteration
+_SAVED = "bench_state"  # in the run dir: the job at the end of its last finished iteration
+_JOB_FIELDS = ("iterations_done", "episodes", "episode_seed", "rl_s", "sft_s", "wall_s", "n_updates", "curve",
+               "rounds")
+
+
+def _save(job: Job) -> None:
+    """The job as it is now (an iteration just ended): counters, curve, the generators, ppo_whole's
+    optimizer, the RL algorithm's state and the episodes and version to go back to."""
+    import torch
+
+    from episodes.durable import write_atomic, write_json_atomic
+    from learner.trainer import RL_STATE_FILE
+
+    d = job.run_dir / _SAVED
+    d.mkdir(exist_ok=True)
+    rl_state = job.run_dir / RL_STATE_FILE
+    buf = io.BytesIO()
+    torch.save({"g": job.g.get_state(), "trainer_g": job.trainer.generator.get_state(),
+                "whole_opt": None if job.whole_opt is None else job.whole_opt.state_dict(),
+                "rl_state": rl_state.read_bytes() if rl_state.exists() else None}, buf)
+    write_atomic(d / "state.pt", buf.getvalue())
+    episodes = sorted(str(p.relative_to(job.run_dir / "episodes"))
+                      for p in (job.run_dir / "episodes").glob("*/*") if (p / "meta.json").exists())
+    write_json_atomic(d / "job.json", {**{k: getattr(job, k) for k in _JOB_FIELDS}, "version": job.trainer.version,
+                                       "episodes_kept": episodes})  # last: the commit point
+
+
+def _restore(job: Job, config) -> bool:
+    """Back to the end of the last finished iteration (False: none, start from Stage 0). Episodes and
+    versions of the iteration that was cut short are dropped: the rerun makes them again."""
+    import torch
+
+    from learner.trainer import RL_STATE_FILE, Trainer
+
+    d = job.run_dir / _SAVED
+    if not (d / "job.json").exists():
+        return False
+    saved = json.loads((d / "job.json").read_text())
+    keep = set(saved["episodes_kept"])
+    for p in (job.run_dir / "episodes").glob("*/*"):
+        if str(p.relative_to(job.run_dir / "episodes")) not in keep:
+            shutil.rmtree(p)
+    shutil.rmtree(job.run_dir / "features", ignore_errors=True)
+    state = torch.load(d / "state.pt", weights_only=False)
+    if state["rl_state"] is not None:
+        (job.run_dir / RL_STATE_FILE).write_bytes(state["rl_state"])
+    job.trainer = Trainer(config, job.run_dir)
+    job.trainer.resume(saved["version"])
+    job.trainer.generator.set_state(state["trainer_g"])
+    job.g.set_state(state["g"])
+    for k in _JOB_FIELDS:
+        setattr(job, k, saved[k])
+    if state["whole_opt"] is not None:
+        job.whole_opt = torch.optim.Adam(list(job.trainer.model.parameters()), lr=job.cfg.ppo_lr, eps=1e-5)
+        job.whole_opt.load_state_dict(state["whole_opt"])
+    return True
+
+
+def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict:
+    """One method from the seed's Stage 0 (or from its last finished iteration); returns the curve,
+    timings and update counts."""
+    import torch
+
     from learner.trainer import Trainer
 
-    record_demos = _demo_recorder(cfg)
     torch.set_num_threads(1)
-    run_dir = out / "runs" / f"{method}-s{seed}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    shutil.copytree(out / "stage0" / f"s{seed}", run_dir)
-    config = _learner_config(cfg, run_dir, seed)
-    if method == "irevla_sac":
-        config.learner.algorithm = "sac"
-    trainer = Trainer(config, run_dir)
-    trainer.resume()
+    job = Job(cfg, out, method, seed, g=torch.Generator().manual_seed(seed), episode_seed=200_000 + 100_000 * seed)
+    config = _learner_config(cfg, job.run_dir, seed)
+    config.learner.algorithm = METHODS[method].algorithm
     t_job = time.time()
-    rl_s, sft_s, n_updates, episodes = 0.0, 0.0, 0, 0
-    stage0_eval = json.loads((out / "stage0" / f"s{seed}" / "done.json").read_text()).get("eval")
-    curve = [{"episodes": 0, "phase": "stage0", "version": trainer.version,
-              **(stage0_eval or _evaluate(trainer.policy, cfg))}]
-    rounds_log = []
-    g = torch.Generator().manual_seed(seed)
-    whole_opt = None
-    episode_seed = 200_000 + 100_000 * seed
-    print(f"[{method} s{seed}] start: {curve[0]}", flush=True)
-    for it in range(cfg.iterations):
-        for r in range(cfg.rounds if method in RL_METHODS else 0):
-            res = rollout(trainer.policy, range(episode_seed, episode_seed + cfg.episodes_per_round), cfg.task,
-                          "sample", g, store=trainer.store, split="train", backend=cfg.backend,
-                          workers=cfg.workers, max_steps=cfg.max_steps)
-            episode_seed += cfg.episodes_per_round
-            t = time.time()
-            if method == "ppo_whole":
-                metas = [m for m in res.metas if is_rl_episode(m)]
-                decisions = [load_decisions(trainer.store, m, trainer.model.config.chunk) for m in metas]
-                if whole_opt is None:
-                    whole_opt = torch.optim.Adam(list(trainer.model.parameters()), lr=cfg.ppo_lr, eps=1e-5)
-                warmup = trainer.rl_rounds_total < config.learner.critic_warmup_rounds
-                m = whole_model_ppo_round(trainer.model, trainer.norm, decisions, whole_opt, trainer.rl_config,
-                                          warmup, g)
-                trainer.rl_rounds_total += 1
-                trainer.publish("full", "rl", m)
-            else:
-                m = trainer.rl_round(res.metas)
-                trainer.publish("head", "rl", m)
-            rl_s += time.time() - t
-            n_updates += int(m.get("n_updates", 0))
-            episodes += cfg.episodes_per_round
-            rounds_log.append({k: m.get(k) for k in ("approx_kl", "clipfrac", "logprob_mismatch", "critic_warmup",
-                                                     "q_mean", "alpha") if k in m} | {"sampled": res.success_rate})
-            last = r == cfg.rounds - 1
-            if cfg.evaluate_at == "round" or (last and (cfg.evaluate_at == "phase" or method not in SFT_METHODS)):
-                curve.append({"episodes": episodes, "phase": f"it{it} rl{r}", "version": trainer.version,
-                              "sampled": res.success_rate, **_evaluate(trainer.policy, cfg)})
-                print(f"[{method} s{seed}] {curve[-1]}", flush=True)
-        if method not in SFT_METHODS:
-            continue
-        if method in ("sft_only", "sft_extra_demos"):
-            episodes += cfg.rounds * cfg.episodes_per_round  # the budget the other methods spent
-        if method == "sft_extra_demos":  # the same count of expert demos, on the tasks RL trains on
-            record_demos(trainer.store, task=cfg.task, n=cfg.rounds * cfg.episodes_per_round,
-                         seed=500_000 + 100_000 * seed + it * 10_000, split="train",
-                         image_size=config.model.image_size, cameras=tuple(config.model.cameras))
-        t = time.time()
-        m = trainer.sft_phase(progress=False)
-        trainer.publish("full", "sft", m)
-        sft_s += time.time() - t
-        n_updates += cfg.sft_steps
-        curve.append({"episodes": episodes, "phase": f"it{it} sft", "version": trainer.version,
-                      "n_online_successes": m.get("n_online_successes"), "n_expert": m.get("n_expert"),
-                      **_evaluate(trainer.policy, cfg)})
-        print(f"[{method} s{seed}] {curve[-1]}", flush=True)
-    train_s = rl_s + sft_s  # training only: collection and evaluation excluded
-    n_rounds, n_sft = len(rounds_log), sum(1 for p in curve if p["phase"].endswith("sft"))
-    result = {"method": method, "seed": seed, "curve": curve, "rounds": rounds_log, "train_s": train_s,
-              "rl_s_per_round": rl_s / n_rounds if n_rounds else None,
-              "sft_s_per_phase": sft_s / n_sft if n_sft else None,
-              "wall_s": time.time() - t_job, "n_updates": n_updates,
-              "updates_per_s": n_updates / train_s if train_s > 0 else 0.0, "config": dataclasses.asdict(cfg),
+    if _restore(job, config):
+        print(f"{job.tag} resumed after iteration {job.iterations_done} of {cfg.iterations}", flush=True)
+    else:
+        shutil.rmtree(job.run_dir, ignore_errors=True)
+        shutil.copytree(out / "stage0" / f"s{seed}", job.run_dir)
+        job.trainer = Trainer(config, job.run_dir)
+        job.trainer.resume()
+        stage0_eval = json.loads((out / "stage0" / f"s{seed}" / "done.json").read_text()).get("eval")
+        job.curve = [{"episodes": 0, "phase": "stage0", "version": job.trainer.version,
+                      **(stage0_eval or _evaluate(job.trainer.policy, cfg))}]
+        print(f"{job.tag} start: {job.curve[0]}", flush=True)
+    for it in range(job.iterations_done, cfg.iterations):
+        t_it = time.time()
+        METHODS[method].iteration(job, it)
+        job.iterations_done, job.wall_s = it + 1, job.wall_s + time.time() - t_it
+        _save(job)
+        _progress(cfg, out, "iteration", method, seed, it, time.time() - t_it)
+    train_s = job.rl_s + job.sft_s  # training only: collection and evaluation excluded
+    n_rounds, n_sft = len(job.rounds), sum(1 for p in job.curve if p["phase"].endswith("sft"))
+    result = {"method": method, "seed": seed, "curve": job.curve, "rounds": job.rounds, "train_s": train_s,
+              "rl_s_per_round": job.rl_s / n_rounds if n_rounds else None,
+              "sft_s_per_phase": job.sft_s / n_sft if n_sft else None,
+              "wall_s": job.wall_s, "n_updates": job.n_updates,
+              "updates_per_s": job.n_updates / train_s if train_s > 0 else 0.0, "config": dataclasses.asdict(cfg),
               "learner": config.learner.model_dump()}
-    shutil.rmtree(run_dir / "features", ignore_errors=True)  # caches are the bulk of a run dir
+    shutil.rmtree(job.run_dir / "features", ignore_errors=True)  # caches are the bulk of a run dir
+    print(f"{job.tag} this session {time.time() - t_job:.0f} s", flush=True)
     return result
 
 
@@ -270,6 +462,36 @@ def _job(args) -> dict:
     result = run_job(cfg, out, method, seed)
     write_json_atomic(out / "results" / f"{method}-s{seed}.json", result)
     return result
+
+
+# --- progress: one line per finished cell (a Stage 0, or one iteration of a method and seed), with an ETA
+def table_cells(cfg: LearningBenchConfig) -> list[tuple[str, int, int]]:
+    """Every unit of work of the table: ("stage0", seed, 0) and (method, seed, iteration)."""
+    return [("stage0", s, 0) for s in cfg.seeds] + [(m, s, it) for s in cfg.seeds for m in cfg.methods
+                                                    for it in range(cfg.iterations)]
+
+
+def _progress(cfg: LearningBenchConfig, out: Path, kind: str, method: str, seed: int, it: int, seconds: float) -> None:
+    """Log a finished cell to OUT/progress.jsonl and print the table's progress and ETA: the cells
+    left, each at the mean time of that method's finished cells (of all cells while it has none),
+    over `jobs` workers."""
+    log = out / "progress.jsonl"
+    with open(log, "a") as f:
+        f.write(json.dumps({"method": method, "seed": seed, "iteration": it, "seconds": round(seconds, 1),
+                            "time": time.time()}) + "\n")
+    done = {}
+    for line in log.read_text().splitlines():
+        e = json.loads(line)
+        done[(e["method"], e["seed"], e["iteration"])] = e["seconds"]
+    todo = [c for c in table_cells(cfg) if c not in done]
+    per_method = {}
+    for (m, _, _), sec in done.items():
+        per_method.setdefault(m, []).append(sec)
+    mean_all = float(np.mean(list(done.values())))
+    left = sum(np.mean(per_method.get(m, [mean_all])) for m, _, _ in todo) / max(1, cfg.jobs)
+    print(f"progress: {len(done)}/{len(done) + len(todo)} cells done (last: {method} seed {seed}"
+          f"{'' if kind == 'stage0' else f' iteration {it}'}, {seconds:.0f} s); ETA {left / 3600:.1f} h "
+          f"(~{time.strftime('%H:%M', time.gmtime(time.time() + left))} UTC)", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -360,7 +582,7 @@ def format_table(summary: dict, cfg: LearningBenchConfig) -> str:
 
     for method, row in summary.items():
         cells = [f"{row[s]['start']:.2f} → **{row[s]['final']:.2f}** ± {row[s]['final_std']:.2f}" for s in SPLITS]
-        lines.append(f"| {METHODS[method]} (`{method}`) | {' | '.join(cells)} | {row['demo']['lowest']:.2f} | "
+        lines.append(f"| {METHODS[method].label} (`{method}`) | {' | '.join(cells)} | {row['demo']['lowest']:.2f} | "
                      f"{sec(row['rl_s_per_round'])} | {sec(row['rl_updates_per_round'])} | "
                      f"{sec(row['rl_ms_per_update'])} | {sec(row['sft_s_per_phase'])} | {row['train_s']:.0f} |")
     if cfg.backend == "metaworld":  # the paper's own MetaWorld figures, for comparison (not measured here)
@@ -391,7 +613,7 @@ def plot(results: list[dict], cfg: LearningBenchConfig, path: Path) -> None:
         xs = [p["episodes"] for p in rs[0]["curve"]]
         for ax, split in zip(axes, SPLITS, strict=True):
             ys = np.array([[p[split] for p in r["curve"]] for r in rs if len(r["curve"]) == len(xs)])
-            line, = ax.plot(xs, ys.mean(0), marker="o", ms=3, label=METHODS[method])
+            line, = ax.plot(xs, ys.mean(0), marker="o", ms=3, label=METHODS[method].label)
             ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
     finish_split_figure(fig, axes, [titles[s] for s in SPLITS], "online episodes (or extra demos) spent",
                         f"{cfg.backend} {cfg.task}: mean over {len(cfg.seeds)} seed(s), band = min..max", path)
@@ -415,6 +637,18 @@ def finish_split_figure(fig, axes, titles: list[str], xlabel: str, suptitle: str
 
 
 # ---------------------------------------------------------------------------------------------- main
+DEFERRED = {"ppo_whole"}  # with --jobs 1, run after every other method's seeds
+
+
+def _job_order(cfg: LearningBenchConfig) -> list[str]:
+    """The methods in the order a seed runs them: with one worker the cheap controls first (a
+    partial table has them), with more the longest first (parallel workers finish together)."""
+    cheap_first = ["sft_only", "irevla_ppo", "irevla_sac", "recap", "sft_extra_demos", "rl_only", "ppo_whole"]
+    longest_first = ["irevla_sac", "ppo_whole", "recap", "irevla_ppo", "sft_extra_demos", "sft_only", "rl_only"]
+    order = cheap_first if cfg.jobs == 1 else longest_first
+    return sorted(cfg.methods, key=lambda m: order.index(m) if m in order else len(order))
+
+
 def run(cfg: LearningBenchConfig, out: Path, fresh: bool = False) -> dict:
     if cfg.evaluate_at not in ("round", "phase", "iteration"):
         raise ValueError(f"evaluate_at {cfg.evaluate_at!r}: one of round, phase, iteration")
@@ -430,25 +664,57 @@ def run(cfg: LearningBenchConfig, out: Path, fresh: bool = False) -> dict:
     saved.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     t0 = time.time()
     ctx = multiprocessing.get_context("spawn")
-    # longest first within a seed, so parallel workers finish together
-    order = ["irevla_sac", "ppo_whole", "irevla_ppo", "sft_extra_demos", "sft_only", "rl_only"]
-    todo = [(cfg, out, m, s) for s in cfg.seeds for m in sorted(cfg.methods, key=order.index)
+    todo = [(cfg, out, m, s) for s in cfg.seeds for m in _job_order(cfg)
             if not (out / "results" / f"{m}-s{s}.json").exists()]
-    # with one worker, seed by seed (Stage 0, then its jobs): a run cut short has every method on
-    # its first seeds and no Stage 0 it did not use; with more, every Stage 0 first
-    groups = [[s] for s in cfg.seeds] if cfg.jobs == 1 else [list(cfg.seeds)]
+    if cfg.jobs == 1:
+        # seed by seed (Stage 0, then its jobs): a run cut short has its methods on its first seeds
+        # and no Stage 0 it did not use; whole-model PPO (which may run on fewer seeds) last of all
+        last = [j for j in todo if j[2] in DEFERRED]
+        phases = [([s], [j for j in todo if j[3] == s and j not in last]) for s in cfg.seeds] + [([], last)]
+    else:  # every Stage 0 first, then the jobs longest first, so parallel workers finish together
+        phases = [(list(cfg.seeds), todo)]
     done = 0
+    print(f"{len(todo)} job(s) to run or finish; progress lines count cells (a Stage 0, or one iteration of "
+          f"a method and seed): {len(table_cells(cfg))} in all", flush=True)
     with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=ctx) as pool:
-        for seeds in groups:
+        for seeds, jobs in phases:
             for f in as_completed([pool.submit(stage0, cfg, out, s) for s in seeds]):
                 f.result()
-            print(f"stage 0 ready for seeds {seeds} ({time.time() - t0:.0f} s)", flush=True)
-            for f in as_completed([pool.submit(_job, job) for job in todo if job[3] in seeds]):
+            if seeds:
+                print(f"stage 0 ready for seeds {seeds} ({time.time() - t0:.0f} s)", flush=True)
+            for f in as_completed([pool.submit(_job, job) for job in jobs]):
                 r, done = f.result(), done + 1
                 final = ", ".join(f"{s} {r['curve'][-1][s]:.2f}" for s in SPLITS)
                 print(f"done {done}/{len(todo)}: {r['method']} seed {r['seed']} in {r['wall_s']:.0f} s "
-                      f"(final {final}; {time.time() - t0:.0f} s total)", flush=True)
+                      f"(final {final}; {time.time() - t0:.0f} s this session)", flush=True)
     return report(cfg, out, t0)
+
+
+def format_progress(cfg: LearningBenchConfig, out: Path) -> str:
+    """Per (method, seed) with any finished iteration: its curve so far (Stage 0 → each
+    iteration's evaluation) and the online successes its SFT phases trained on -- the partial
+    results of a table still running. Empty when every job has a result."""
+    rows = []
+    for m in cfg.methods:
+        for s in cfg.seeds:
+            if (out / "results" / f"{m}-s{s}.json").exists():
+                continue
+            saved = out / "runs" / f"{m}-s{s}" / _SAVED / "job.json"
+            if not saved.exists():
+                continue
+            job = json.loads(saved.read_text())
+            curve = job["curve"]
+            cells = [" → ".join(f"{p[split]:.2f}" for p in curve) for split in SPLITS]
+            fed = [str(p.get("n_online_successes")) for p in curve if p.get("n_online_successes") is not None]
+            rows.append(f"| `{m}` | {s} | {job['iterations_done']} / {cfg.iterations} | {job['episodes']} | "
+                        f"{' | '.join(cells)} | {', '.join(fed) or '–'} | {job['wall_s']:.0f} |")
+    if not rows:
+        return ""
+    cells_done = sum(1 for _ in (out / "progress.jsonl").open()) if (out / "progress.jsonl").exists() else 0
+    return "\n".join([f"Jobs still running (PARTIAL: {cells_done} of {len(table_cells(cfg))} cells done; greedy "
+                      f"success at Stage 0 and after each finished iteration, {cfg.eval_n} episodes per split)", "",
+                      "| method | seed | iterations | episodes | demo tasks | RL tasks | held-out tasks | "
+                      "online successes in SFT | wall s |", "|---|---|---|---|---|---|---|---|---|", *rows])
 
 
 def report(cfg: LearningBenchConfig, out: Path, t0: float | None = None) -> dict:
@@ -466,6 +732,10 @@ def report(cfg: LearningBenchConfig, out: Path, t0: float | None = None) -> dict
     (out / "summary.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "methods": summary,
                                                   "total_s": total, "not_run": missing}, indent=1))
     plot(results, cfg, out / "learning_curves.png")
+    progress = format_progress(cfg, out)
+    if progress:
+        table += "\n\n" + progress
+        (out / "table.md").write_text(table + "\n")
     print("\n" + table)
     print(f"\ncurves: {out / 'learning_curves.png'}" + ("" if total is None else f"; total {total:.0f} s"))
     return summary
@@ -477,6 +747,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny sizes (one seed, a few episodes): a smoke test")
     p.add_argument("--metaworld", action="store_true",
                    help="the table on MetaWorld (task set `bench`, sizes for its longer episodes; docs/metaworld.md)")
+    p.add_argument("--metaworld-long", action="store_true",
+                   help="the MetaWorld table at issue 25's budget (900 online episodes per method and seed; hours)")
     p.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
     p.add_argument("--report", action="store_true", help="only the table and curves from the results in --out")
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
@@ -486,10 +758,10 @@ def main(argv: list[str] | None = None) -> int:
         if kind is not None:
             p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None)
     args = p.parse_args(argv)
-    values = dict(METAWORLD) if args.metaworld else {}
+    values = dict(METAWORLD_LONG) if args.metaworld_long else dict(METAWORLD) if args.metaworld else {}
     if args.smoke:
         values.update(SMOKE)
-        if args.metaworld:
+        if args.metaworld or args.metaworld_long:
             values.update(METAWORLD_SMOKE)
     for f in dataclasses.fields(LearningBenchConfig):
         v = getattr(args, f.name, None)

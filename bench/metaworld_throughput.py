@@ -1,21 +1,36 @@
-"""MetaWorld rollout throughput on CPU: is the simulator the bottleneck of training and evaluation?
+"""MetaWorld rollout throughput on CPU: the learning bench's collection and evaluation, before and after.
 
-    python -m bench.metaworld_throughput [--episodes 8] [--max-steps 60] [--workers 0 2] [--json out.json]
+    python -m bench.metaworld_throughput [--episodes 12] [--max-steps 60] [--repeats 2] [--json out.json]
 
-Runs the tiny VLA policy (sampled actions, chunk executed open loop, as learner.evaluate does) on
-MT10 episodes (seeds 0..E-1, the task drawn per seed) in three set-ups, all in the same run:
+Runs exactly what `bench.learning --metaworld` runs per RL round and per evaluation, with the tiny
+VLA policy (untrained: every episode runs to its step cap, so every set-up does the same work):
 
-* ``gymnasium renderer`` (the baseline): one env at a time, frames from gymnasium's
-  ``env.render()`` (4096 shadow map, 4x multisampling), one policy call per scene;
-* ``fast renderer``: sim.metaworld's renderer (no multisampling, shadows, reflections), all E
-  scenes in this process, one batched policy call for all of them;
-* ``fast renderer, W workers``: the same over W env processes (sim.metaworld.vec.MetaWorldVec).
+* collection: `--episodes` sampled episodes on the bench's training tasks, every step stored in an
+  EpisodeStore (JPEG frames, durable), as an RL round collects them;
+* evaluation: `--episodes` greedy episodes on the RL tasks, nothing stored.
 
-Columns: episodes per minute (episodes capped at --max-steps steps, so the column is comparable
-across rows; a full episode is 100-250 steps), env steps per second, and per call: render ms
-(one camera, one scene), env ms (one MetaWorld step of one scene, as the caller waits for it:
-with workers this is the batch's wall time / scenes), policy ms (one decision of one scene).
-Creating an env and its GL context (the first frame) is start-up, outside the timed loop.
+Set-ups, each in a fresh process (the llvmpipe thread count is fixed when the first GL context is
+made), all in the same run:
+
+* ``before``: the path as it was: scenes in the job's process, llvmpipe's default helper threads
+  (one per CPU), every step's frame rendered as the step is taken, each stored step committed
+  (fsynced) alone;
+* ``one core``: llvmpipe in the calling thread (``LP_NUM_THREADS=0``, sim.metaworld's default now),
+  the frames inside a chunk drawn at the episode's end from snapshots and only for successes (a
+  failure keeps its decision frames: learner.evaluate's ``_Recorder``), the steps of all scenes
+  at one time step in one group commit; still one process;
+* ``W workers``: the same with the scenes in W env worker processes (sim.metaworld.vec), kept
+  across rollouts, the policy batched over all scenes in the parent.
+
+Columns: episodes per minute (collection, evaluation, and both as the bench mixes them: one
+evaluation episode per collected one; of the fastest of `--repeats` repeats, the least disturbed
+by other jobs on a shared machine), ms per env step of one scene, the ratio to ``before``, and the
+CPU time per episode of the set-ups without workers (all threads of the process, median over the
+repeats: the work itself, whatever the load).
+The untrained policy never succeeds, so the new path draws no frame inside a chunk; the "all
+successes" columns add what drawing every one of them would cost (the frames counted, times the
+measured cost of drawing one from a snapshot): the new path's worst case. Real runs lie between.
+The first rollout of a set-up (processes, envs, GL contexts) is start-up, outside the timed part.
 """
 
 from __future__ import annotations
@@ -23,181 +38,139 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-
-@dataclass
-class Timings:
-    """Accumulated wall time per kind of work, and the counts to turn it into per-call figures."""
-
-    render_s: float = 0.0
-    renders: int = 0
-    env_s: float = 0.0
-    env_steps: int = 0
-    policy_s: float = 0.0
-    decisions: int = 0
-    wall_s: float = 0.0
-    episodes: int = 0
-    extra: dict = field(default_factory=dict)
-
-    def row(self, name: str) -> dict:
-        return {"setup": name, "episodes_per_min": 60 * self.episodes / self.wall_s,
-                "steps_per_s": self.env_steps / self.wall_s,
-                "render_ms": 1000 * self.render_s / max(self.renders, 1),
-                "env_ms": 1000 * self.env_s / max(self.env_steps, 1),
-                "policy_ms": 1000 * self.policy_s / max(self.decisions, 1), **self.extra}
+TASK = "bench"  # the learning bench's task sets (sim/metaworld/tasks.py)
 
 
-def _policy():
+def measure(episodes: int, max_steps: int, repeats: int, workers: int, baseline: bool) -> dict:
+    """In this process: warm up, then `repeats` x (one collection round + one evaluation)."""
     import torch
 
+    import sim.metaworld  # noqa: F401  (MUJOCO_GL, LP_NUM_THREADS before mujoco)
     from bench.harness import publish_tiny
+    from episodes.store import EpisodeStore
+    from learner.evaluate import close_worker_pools, rollout
     from vla.policy import Policy
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
-    _, registry, _ = publish_tiny(tempfile.mkdtemp(prefix="mw-throughput-"))
-    return Policy.load(registry)
+    torch.set_num_threads(1)  # as a learning-bench job
+    tmp = tempfile.mkdtemp(prefix="mw-throughput-")
+    _, registry, _ = publish_tiny(tmp)
+    policy = Policy.load(registry)
+    g = torch.Generator().manual_seed(0)
+    store = EpisodeStore(f"{tmp}/episodes")
+    kw = dict(backend="metaworld", workers=workers, max_steps=max_steps)
+    seeds = range(episodes)
+    # start-up: every env, GL context and worker process the timed part will use
+    rollout(policy, seeds, TASK, "sample", g, split="train", backend="metaworld", workers=workers, max_steps=2)
+    rollout(policy, seeds, TASK, "greedy", split="rl", backend="metaworld", workers=workers, max_steps=2)
+    collect, evaluate = [], []  # per repeat: (wall s, CPU s of this process: all its threads)
+    steps = 0
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        res = rollout(policy, seeds, TASK, "sample", g, store=store, split="train", baseline_recording=baseline, **kw)
+        collect.append((time.perf_counter() - t, time.process_time() - c))
+        steps += int(res.steps.sum())
+        t, c = time.perf_counter(), time.process_time()
+        res = rollout(policy, seeds, TASK, "greedy", split="rl", **kw)
+        evaluate.append((time.perf_counter() - t, time.process_time() - c))
+        steps += int(res.steps.sum())
+    close_worker_pools()
+    # on a machine shared with other jobs the least disturbed repeat is the closest to the set-up's
+    # own speed: the fastest one counts; the CPU time is the work itself, whatever the load
+    collect_s, eval_s = min(w for w, _ in collect), min(w for w, _ in evaluate)
+    cpu_s = float(np.median([a[1] + b[1] for a, b in zip(collect, evaluate, strict=True)]))
+    # the untrained policy never succeeds, so the new path draws no frame inside a chunk; a success
+    # would have each of them drawn from its snapshot: their measured cost, for the bound below
+    deferred = 0 if baseline else sum(max_steps - -(-max_steps // policy.spec.chunk) for _ in seeds)
+    bound_s = collect_s + deferred * _draw_s()
+    return {"collect_episodes_per_min": 60 * episodes / collect_s, "eval_episodes_per_min": 60 * episodes / eval_s,
+            "episodes_per_min": 60 * 2 * episodes / (collect_s + eval_s),
+            "collect_all_success_per_min": 60 * episodes / bound_s,
+            "episodes_per_min_all_success": 60 * 2 * episodes / (bound_s + eval_s),
+            "ms_per_step": 1000 * (collect_s + eval_s) / (steps / repeats),
+            "cpu_ms_per_episode": None if workers else 1000 * cpu_s / (2 * episodes), "steps": steps}
 
 
-def _act(policy, images: list[np.ndarray], states: np.ndarray, instructions: list[str], t: Timings, g):
-    from vla.policy import Observation
-
-    obs = [Observation({"front": img}, s, text) for img, s, text in zip(images, states, instructions, strict=True)]
-    t0 = time.perf_counter()
-    outs = policy.act_batch(obs, ["sample"] * len(obs), g)
-    t.policy_s += time.perf_counter() - t0
-    t.decisions += len(obs)
-    return np.stack([o.actions for o in outs])
-
-
-def run_gymnasium(policy, seeds: list[int], max_steps: int, size: int, g) -> Timings:
-    """The baseline: gymnasium's MT1 envs and their default renderer, one scene at a time."""
-    import gymnasium as gym
-    import metaworld  # noqa: F401  (registers the Meta-World/ envs)
-
-    from sim.metaworld.actions import to_metaworld
-    from sim.metaworld.tasks import sample_task
-
-    t, envs = Timings(), {}
-    start = time.perf_counter()
-    try:
-        for seed in seeds:
-            spec = sample_task(seed, "mt10")
-            if spec.name not in envs:
-                t0 = time.perf_counter()
-                envs[spec.name] = gym.make("Meta-World/MT1", env_name=f"{spec.name}-v3", render_mode="rgb_array",
-                                           camera_name="corner", width=size, height=size)
-                envs[spec.name].reset(seed=seed)
-                envs[spec.name].render()  # the GL context is made on the first frame: not a per-frame cost
-                start += time.perf_counter() - t0
-            env = envs[spec.name]
-            obs, _ = env.reset(seed=seed)
-            steps = 0
-            while steps < min(max_steps, spec.max_steps):
-                t0 = time.perf_counter()
-                img = env.render()[::-1, ::-1]
-                t.render_s += time.perf_counter() - t0
-                t.renders += 1
-                state = np.concatenate([obs[:3], [np.pi, 0, 0], [obs[3]]]).astype(np.float32)
-                chunk = _act(policy, [img], state[None], [spec.instruction], t, g)[0]
-                done = False
-                for a in chunk:
-                    t0 = time.perf_counter()
-                    obs, _, _, _, info = env.step(to_metaworld(a))
-                    t.env_s += time.perf_counter() - t0
-                    t.env_steps += 1
-                    steps += 1
-                    done = bool(info["success"]) or steps >= min(max_steps, spec.max_steps)
-                    if done:
-                        break
-                if done:
-                    break
-            t.episodes += 1
-    finally:
-        for env in envs.values():
-            env.close()
-    t.wall_s = time.perf_counter() - start
-    return t
-
-
-def run_fast(policy, seeds: list[int], max_steps: int, size: int, workers: int, g) -> Timings:
-    """sim.metaworld's batched scenes: all episodes at once, one policy call per decision."""
+def _draw_s(n: int = 40) -> float:
+    """Seconds to draw one frame from a snapshot (sim.metaworld.vec's render_snapshots), measured
+    on one scene of the bench's RL tasks."""
     from sim.metaworld.vec import MetaWorldVec
 
-    t = Timings()
-    t0 = time.perf_counter()
-    vec = MetaWorldVec(len(seeds), image_size=size, seeds=seeds, task="mt10", workers=workers)
-    vec.render(size, "front")  # the GL contexts are made on the first frame: not a per-frame cost
-    t.extra["startup_s"] = time.perf_counter() - t0
-    start = time.perf_counter()
-    try:
-        vec.max_steps = np.minimum(vec.max_steps, max_steps)
-        while not vec.done.all():
-            active = np.flatnonzero(~vec.done)
-            t0 = time.perf_counter()
-            images = vec.render(size, "front")
-            t.render_s += time.perf_counter() - t0
-            t.renders += vec.n
-            states = vec.states()
-            chunks = _act(policy, [images[i] for i in active], states[active],
-                          [vec.instructions[i] for i in active], t, g)
-            plan = np.zeros((vec.n, chunks.shape[1], 7))
-            plan[active] = chunks
-            for k in range(plan.shape[1]):
-                if vec.done.all():
-                    break
-                live = int((~vec.done).sum())
-                t0 = time.perf_counter()
-                vec.step(plan[:, k])
-                t.env_s += time.perf_counter() - t0
-                t.env_steps += live
-        t.episodes = vec.n
-    finally:
-        vec.close()
-    t.wall_s = time.perf_counter() - start
-    return t
+    with MetaWorldVec(1, seeds=[0], task=TASK, split="rl") as vec:
+        states = []
+        for _ in range(n):
+            states.append(vec.snapshots()[0])
+            vec.step(vec.expert_actions(noise=0.1))
+        vec.render_snapshots(0, states[:1])  # the GL context: start-up
+        t = time.perf_counter()
+        vec.render_snapshots(0, states)
+        return (time.perf_counter() - t) / n
+
+
+SETUPS = {  # name -> (env overrides, workers, baseline recording)
+    "before": ({"LP_NUM_THREADS": str(os.cpu_count() or 1)}, 0, True),
+    "one core": ({"LP_NUM_THREADS": "0"}, 0, False),
+}
+
+
+def run_setup(name: str, env: dict, workers: int, baseline: bool, args) -> dict:
+    """One set-up in a fresh Python process (its own llvmpipe thread count)."""
+    cmd = [sys.executable, "-m", "bench.metaworld_throughput", "--child", json.dumps(
+        {"episodes": args.episodes, "max_steps": args.max_steps, "repeats": args.repeats, "workers": workers,
+         "baseline": baseline})]
+    out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"set-up {name!r} failed:\n{out.stderr[-3000:]}")
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"{name}: {row['episodes_per_min']:.1f} episodes / min", flush=True)
+    return {"setup": name, **row}
 
 
 def format_table(rows: list[dict]) -> str:
-    base = rows[0]["episodes_per_min"]
-    lines = ["| set-up | episodes / min | × baseline | env steps / s | render ms | env ms | policy ms |",
-             "|---|---|---|---|---|---|---|"]
+    base = rows[0]
+    lines = ["| set-up | collection episodes / min | evaluation episodes / min | both, episodes / min | "
+             "× before | ms / env step | CPU ms / episode | × before (CPU) | both, all successes (bound) | × before |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    base_cpu = base["cpu_ms_per_episode"]
     for r in rows:
-        lines.append(f"| {r['setup']} | {r['episodes_per_min']:.1f} | {r['episodes_per_min'] / base:.1f} | "
-                     f"{r['steps_per_s']:.1f} | {r['render_ms']:.1f} | {r['env_ms']:.2f} | {r['policy_ms']:.1f} |")
+        cpu = r["cpu_ms_per_episode"]
+        cpu_cells = "– | –" if cpu is None else f"{cpu:.0f} | {base_cpu / cpu:.2f}"
+        lines.append(f"| {r['setup']} | {r['collect_episodes_per_min']:.1f} | {r['eval_episodes_per_min']:.1f} | "
+                     f"{r['episodes_per_min']:.1f} | {r['episodes_per_min'] / base['episodes_per_min']:.2f} | "
+                     f"{r['ms_per_step']:.2f} | {cpu_cells} | "
+                     f"{r['episodes_per_min_all_success']:.1f} | "
+                     f"{r['episodes_per_min_all_success'] / base['episodes_per_min']:.2f} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    import sim.metaworld  # noqa: F401  (MUJOCO_GL before mujoco)
-
     p = argparse.ArgumentParser(prog="bench.metaworld_throughput", description=__doc__.splitlines()[0])
-    p.add_argument("--episodes", type=int, default=8)
-    p.add_argument("--max-steps", type=int, default=60)
-    p.add_argument("--image-size", type=int, default=96)
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    p.add_argument("--episodes", type=int, default=12, help="episodes per rollout (the bench's round size)")
+    p.add_argument("--max-steps", type=int, default=60, help="step cap per episode")
+    p.add_argument("--repeats", type=int, default=2, help="timed collection + evaluation pairs per set-up")
+    p.add_argument("--workers", type=int, nargs="+", default=[2], help="env worker counts to measure")
     p.add_argument("--json", default=None)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    policy = _policy()
-    seeds = list(range(args.episodes))
-    g = torch.Generator().manual_seed(0)
-    rows = [run_gymnasium(policy, seeds, args.max_steps, args.image_size, g).row("gymnasium renderer, 1 scene")]
-    print(f"baseline done: {rows[0]['episodes_per_min']:.1f} episodes / min", flush=True)
+    if args.child:
+        print(json.dumps(measure(**json.loads(args.child))))
+        return 0
+    setups = dict(SETUPS)
     for w in args.workers:
-        name = f"fast renderer, {args.episodes} scenes batched" + (f", {w} env workers" if w else ", in process")
-        rows.append(run_fast(policy, seeds, args.max_steps, args.image_size, w, g).row(name))
-        print(f"{name} done", flush=True)
+        setups[f"{w} workers"] = ({"LP_NUM_THREADS": "0"}, w, False)
+    rows = [run_setup(name, *spec, args) for name, spec in setups.items()]
     table = format_table(rows)
-    print(f"\nMT10, {args.episodes} episodes of at most {args.max_steps} steps, {args.image_size} px, "
-          f"tiny policy (chunk {policy.spec.chunk}), {os.cpu_count()} CPUs\n\n{table}")
+    print(f"\nMetaWorld `{TASK}`, {args.episodes} episodes per rollout of at most {args.max_steps} steps, "
+          f"{args.repeats} x (collection + evaluation) per set-up, tiny policy, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}\n\n{table}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

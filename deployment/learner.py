@@ -11,7 +11,9 @@ class LearnerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt key in the YAML or env is an error
     bind: str = "tcp://127.0.0.1:5555"
     token: str = Field(default="", description="token robots present in hello; empty = none required")
-    algorithm: Literal["ppo", "sac"] = "ppo"
+    algorithm: Literal["ppo", "sac", "recap"] = Field(
+        default="ppo", description="ppo | sac: iRe-VLA (head RL rounds + SFT); recap: RECAP (value function, "
+        "advantage labels, advantage-conditioned SFT; docs/recap.md)")
     episodes_per_round: int = 8
     rl_rounds_per_phase: int = 3
     sft_steps: int = 300
@@ -52,3 +54,18 @@ class LearnerConfig(BaseModel):
     sac_actor_lr: float = Field(default=1e-4, gt=0)
     sac_init_alpha: float = Field(default=1e-4, gt=0, description="SAC entropy temperature at the start")
     sac_bc_coef: float = Field(default=5.0, ge=0, description="SAC: + coef * MSE(actor mean, demo chunk) on the demo half")
+    # RECAP (learner.algorithm "recap", learner/recap/, docs/recap.md)
+    recap_value_bins: int = Field(default=41, ge=2, description="RECAP value function: bins over normalized returns [-1, 0]")
+    recap_value_steps: int = Field(default=400, ge=1, description="RECAP value function: Adam steps per fit")
+    recap_failure_penalty_steps: int = Field(default=0, ge=0, description="RECAP: a failure costs this many steps "
+                                             "more than the step limit; 0 = the task's step limit")
+    recap_max_steps: int = Field(default=0, ge=0, description="RECAP: step limit L normalizing returns; "
+                                 "0 = the longest stored episode of the task")
+    recap_n_step: int = Field(default=2, ge=1, description="RECAP: decisions looked ahead by the n-step advantage")
+    recap_positive_percentile: float = Field(default=70.0, ge=0, le=100, description="RECAP: per-task advantage "
+                                             "threshold, this percentile of the policy's own decisions")
+    recap_indicator_dropout: float = Field(default=0.3, ge=0, lt=1, description="RECAP SFT: P(no indicator)")
+    recap_guidance: float = Field(default=1.0, ge=0, description="RECAP: classifier-free guidance beta served "
+                                  "with the version (1 = the positive policy alone, one forward pass)")
+    recap_episodes_per_iteration: int = Field(default=0, ge=0, description="RECAP: new online episodes per "
+                                              "iteration; 0 = episodes_per_round x rl_rounds_per_phase")

@@ -28,6 +28,9 @@ class ServerConfig(BaseModel):
                     "(the mock's success predicate stands in for the operator)")
     label_poll_max_s: float = Field(default=60.0, gt=0.0, description="longest single label long-poll")
     robot_stale_s: float = Field(default=10.0, description="a robot not seen for this long is shown as stale")
+    teleop_lock_s: float = Field(default=10.0, gt=0.0,
+                                 description="an operator holding a robot who has sent nothing for this long no "
+                                             "longer blocks another operator's take-over (docs/teleop.md)")
     dropin: DropinConfig = Field(default_factory=DropinConfig,
                                  description="key mapping of the drop-in openpi/OpenVLA protocols (docs/dropin.md)")
     promotion: PromotionConfig = Field(default_factory=PromotionConfig,

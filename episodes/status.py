@@ -29,7 +29,8 @@ from typing import Any
 from episodes.durable import fsync_dir
 from episodes.store import write_json_atomic
 
-PHASES = ("bootstrap", "rl", "sft", "idle")
+# collect / value / labels: the RECAP loop's phases before its SFT (learner.algorithm "recap")
+PHASES = ("bootstrap", "rl", "sft", "collect", "value", "labels", "idle")
 RECENT_WINDOW = 20  # episodes in the "recent" success rate
 HISTORY_LEN = 200  # rounds/phases kept in status.json for the success curve
 

@@ -10,7 +10,10 @@ the chunk open-loop (the robot client's default). An episode ends at success or 
 
 `collect_episodes` also writes every episode to an EpisodeStore in the format the ZeroMQ ingest
 writes (the StepMsg fields as the step record, `learner.ingest.episode_meta` as meta.json), so RL
-on collected episodes exercises the same dataset path as episodes from real robots.
+on collected episodes exercises the same dataset path as episodes from real robots. On MetaWorld a
+failed episode keeps frames at its decision steps only (every step of a success has its frames;
+see `_Recorder`): the frames inside a chunk are drawn afterwards, from simulation snapshots, only
+for the successes that SFT trains on.
 """
 
 from __future__ import annotations
@@ -53,6 +56,14 @@ class RolloutResult:
 
 
 BACKENDS = ("mock", "metaworld")
+_WORKER_POOLS: dict[tuple[int, int], object] = {}  # (image size, workers) -> MetaWorldVec, kept open
+
+
+def close_worker_pools() -> None:
+    """Stop the MetaWorld env worker processes kept for rollouts (they are daemons: they also end
+    with this process)."""
+    while _WORKER_POOLS:
+        _WORKER_POOLS.popitem()[1].close()
 
 
 def make_scenes(backend: str, seeds: Sequence[int], task: str, split: str, image_size: int, workers: int = 0):
@@ -65,7 +76,17 @@ def make_scenes(backend: str, seeds: Sequence[int], task: str, split: str, image
     if backend == "metaworld":
         from sim.metaworld.vec import MetaWorldVec
 
-        return MetaWorldVec(len(seeds), image_size=image_size, seeds=seeds, task=task, split=split, workers=workers)
+        if workers <= 0:  # in this process: the envs themselves are pooled (sim.metaworld.env)
+            return MetaWorldVec(len(seeds), image_size=image_size, seeds=seeds, task=task, split=split)
+        # worker processes cost seconds to start (imports, envs, GL contexts): one set per
+        # (image size, worker count) serves every rollout of this process
+        vec = _WORKER_POOLS.get((image_size, workers))
+        if vec is None:
+            vec = _WORKER_POOLS[(image_size, workers)] = MetaWorldVec(
+                len(seeds), image_size=image_size, seeds=seeds, task=task, split=split, workers=workers)
+        else:
+            vec.reset(seeds, task, split)
+        return vec
     raise ValueError(f"unknown simulator backend {backend!r} (one of {BACKENDS})")
 
 
@@ -77,8 +98,13 @@ def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str
             generator: torch.Generator | None = None, store: EpisodeStore | None = None,
             robot_id: str = "sim0", split: str = "train", image_size: int | None = None,
             learner_phase: str = "rl", backend: str = "mock", workers: int = 0,
-            max_steps: int | None = None, intervener: ScriptedIntervener | None = None) -> RolloutResult:
-    """Run one episode per seed, all in parallel; optionally store them like the ingest does.
+            max_steps: int | None = None, intervener: ScriptedIntervener | None = None,
+            baseline_recording: bool = False) -> RolloutResult:
+    """Run one episode per seed, all in parallel; optionally store them like the ingest does (the
+    steps of all scenes at one time step in one durable commit; on MetaWorld the frames inside a
+    chunk drawn at the end, for the successes: `_Recorder`). ``baseline_recording``: every frame
+    rendered as its step is taken and each step committed alone, as before (the throughput
+    bench's baseline).
     ``max_steps`` caps the tasks' own step limits (smoke tests). ``intervener`` (sampled rollouts
     only): the scene's expert drives where it takes over; those steps are stored as interventions
     (``intervention``, ``intervention_source: "scripted"``, the policy's ``proposed_action``,
@@ -96,16 +122,77 @@ def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str
         else:
             executed = executed_action
         return _rollout(policy, vec, seeds, task, mode, generator, store, robot_id, size, learner_phase, executed,
-                        intervener)
+                        intervener, baseline_recording)
+    except BaseException:  # a pooled set of workers in an unknown state is not reused
+        for key, pooled in list(_WORKER_POOLS.items()):
+            if pooled is vec:
+                del _WORKER_POOLS[key]
+                vec.close()
+        raise
     finally:
         close = getattr(vec, "close", None)
-        if close is not None:
+        if close is not None and vec not in _WORKER_POOLS.values():
             close()
+
+
+class _Recorder:
+    """Stores a rollout's steps as the ingest does. ``deferred`` (scenes that can snapshot and redraw
+    their state -- MetaWorld --, no intervener): a step inside a chunk keeps a simulation snapshot
+    instead of its frames; at the end a success gets every frame drawn from its snapshots (SFT
+    trains on every step of a success), a failure keeps the frames of its decision steps only (what
+    RL, the feature cache and the reward model read): a failed episode costs one frame per chunk
+    instead of one per step. Otherwise every step's frames, committed as the step is taken."""
+
+    def __init__(self, store: EpisodeStore, vec, robot_id: str, episode_ids: list[str], cams, size: int,
+                 group_commit: bool, deferred: bool):
+        self.store, self.vec, self.robot_id, self.ids = store, vec, robot_id, episode_ids
+        self.cams, self.size, self.group_commit, self.deferred = cams, size, group_commit, deferred
+        self.pending: list[list[tuple]] = [[] for _ in episode_ids]  # deferred: (step, record, images, snapshot)
+        self.batch: list[tuple] = []
+        self.snaps: list | None = None
+
+    def capture(self) -> dict[str, list[bytes]] | None:
+        """The frames of a step inside a chunk (None: deferred, a snapshot was kept instead)."""
+        if self.deferred:
+            self.snaps = self.vec.snapshots()
+            return None
+        return _frames(self.vec, self.cams, self.size)
+
+    def add(self, i: int, msg: StepMsg, decision: bool) -> None:
+        record = msg.model_dump(exclude=_NOT_IN_RECORD)
+        if not self.deferred:
+            self.batch.append((self.robot_id, self.ids[i], msg.step, record, msg.images))
+        else:
+            self.pending[i].append((msg.step, record, msg.images, None if decision else self.snaps[i]))
+
+    def end_of_step(self) -> None:
+        if not self.batch:
+            return
+        if self.group_commit:
+            self.store.append_steps(self.batch)
+        else:  # one durable commit per step, as the ingest of one robot makes (the throughput baseline)
+            for step in self.batch:
+                self.store.append_step(*step)
+        self.batch = []
+
+    def close(self, succeeded: np.ndarray) -> None:
+        """Deferred: draw the frames of the successes and commit every episode's steps."""
+        for i, steps in enumerate(self.pending):  # empty unless deferred
+            todo = [n for n, (_, _, _, snap) in enumerate(steps) if snap is not None]
+            if succeeded[i] and todo:
+                drawn = {c: self.vec.render_snapshots(i, [steps[n][3] for n in todo], c) for c in self.cams}
+                for j, n in enumerate(todo):
+                    steps[n] = (*steps[n][:2], {c: encode_jpeg(drawn[c][j]) for c in self.cams}, None)
+            self.batch += [(self.robot_id, self.ids[i], step, record, images) for step, record, images, _ in steps]
+        self.pending = [[] for _ in self.ids]
+        if self.batch:
+            self.end_of_step()
 
 
 def _rollout(policy: Policy, vec, seeds: list[int], task: str, mode: str, generator: torch.Generator | None,
              store: EpisodeStore | None, robot_id: str, size: int, learner_phase: str,
-             executed, intervener: ScriptedIntervener | None = None) -> RolloutResult:
+             executed, intervener: ScriptedIntervener | None = None,
+             baseline_recording: bool = False) -> RolloutResult:
     from learner.ingest import episode_meta
 
     instructions = list(getattr(vec, "instructions", None) or [t.instruction for t in vec.tasks])
@@ -117,6 +204,9 @@ def _rollout(policy: Policy, vec, seeds: list[int], task: str, mode: str, genera
     chunk = policy.spec.chunk
     if intervener is not None:
         intervener.start(vec.n)
+    rec = _Recorder(store, vec, robot_id, episode_ids, cams, size, group_commit=not baseline_recording,
+                    deferred=intervener is None and hasattr(vec, "render_snapshots") and not baseline_recording
+                    ) if recording else None
     driven_steps = np.zeros(vec.n, int)
     while not vec.done.all():
         active = np.flatnonzero(~vec.done)
@@ -131,7 +221,7 @@ def _rollout(policy: Policy, vec, seeds: list[int], task: str, mode: str, genera
             if vec.done.all():
                 break
             if recording and k > 0:
-                jpegs = _frames(vec, cams, size)
+                jpegs = rec.capture()
             if k > 0 and (recording or intervener is not None):
                 states = vec.states()
             live = ~vec.done
@@ -149,7 +239,7 @@ def _rollout(policy: Policy, vec, seeds: list[int], task: str, mode: str, genera
                     first = k == 0
                     teleop = bool(driven[i])
                     msg = StepMsg(robot_id=robot_id, episode_id=episode_ids[i], step=int(vec.steps[i]),
-                                  images={c: jpegs[c][i] for c in cams}, state=states[i].tolist(),
+                                  images={c: jpegs[c][i] for c in cams} if jpegs else {}, state=states[i].tolist(),
                                   action=executed(act[i]),
                                   action_chunk=plan[i].tolist() if first else None, chunk_index=k,
                                   log_prob=outs[j].log_prob if first else None,
@@ -158,12 +248,13 @@ def _rollout(policy: Policy, vec, seeds: list[int], task: str, mode: str, genera
                                   on_policy=not teleop, intervention=teleop,
                                   intervention_source="scripted" if teleop else None,
                                   proposed_action=[float(x) for x in plan[i, k]] if teleop else None)
-                    record = msg.model_dump(exclude=_NOT_IN_RECORD)
-                    store.append_step(robot_id, episode_ids[i], msg.step, record, msg.images)
+                    rec.add(i, msg, decision=first)
+                rec.end_of_step()
             vec.step(act)
     result = RolloutResult(success=vec.succeeded.copy(), steps=vec.steps.copy(), seeds=seeds,
                            intervention_steps=driven_steps)
     if recording:
+        rec.close(vec.succeeded)
         for i in range(vec.n):
             end = EpisodeEnd(robot_id=robot_id, episode_id=episode_ids[i],
                              outcome="success" if vec.succeeded[i] else "failure", label_source="auto",

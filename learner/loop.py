@@ -8,6 +8,15 @@
     SFT phase                   -> Trainer.sft_phase() -> Trainer.publish("full", "sft", metrics)
     `max_iterations` RL+SFT iterations (0 = forever), then the learner exits.
 
+RECAP (learner.algorithm "recap", docs/recap.md) replaces the RL rounds and the SFT phase by one
+iteration, each step its status.json phase:
+    collect  -> wait for `recap_episodes_per_iteration` new labelled online episodes
+    value    -> the value function on every labelled episode in the store
+    labels   -> n-step advantages, per-task thresholds, written to runs/<run>/recap/
+    sft      -> advantage-conditioned SFT -> Trainer.publish("full", "recap", metrics)
+It publishes through the same registry and so the same canary gate; its resume rule is the SFT
+phase's (a pending "recap" iteration counts as done only if LATEST is a newer "recap" version).
+
 Resume rule (a learner killed with SIGKILL at any point neither loses nor double-counts an episode):
 ``runs/<run>/learner_state.json`` (atomic write) holds the iteration, the rounds done and the
 episodes each consumed. Before a round trains, its episodes and the newest version number are
@@ -110,7 +119,7 @@ class LearnerState:
         self.data["rounds"].append(entry)
         if p["phase"] == "rl":
             self.data["round"] = p["round"] + 1
-        else:  # sft finished the iteration
+        else:  # sft (or a RECAP iteration) finished the iteration
             self.data.update(iteration=p["iteration"] + 1, round=0, phase="rl")
         self.data["pending"] = None
         self.save()
@@ -368,8 +377,8 @@ class PhaseLoop:
         self.status.set(phase="idle", detail="bootstrap done")
         return 0
 
-    def _wait_for_episodes(self, n: int) -> list[dict] | None:
-        """Block until n new RL episodes exist (None on shutdown)."""
+    def _wait_for_episodes(self, n: int, phase: str = "rl") -> list[dict] | None:
+        """Block until n new RL episodes exist (None on shutdown). `phase` "collect": RECAP's wait."""
         last_report = -1
         while not self.shutdown.event.is_set():
             if self._ingest is not None and not self._ingest.alive:
@@ -381,9 +390,9 @@ class PhaseLoop:
             if len(found) != last_report:
                 last_report = len(found)
                 rounds = self.lc.rl_rounds_per_phase
-                self.status.set(phase="rl", iteration=self.state.iteration, round=self.state.round,
-                                progress=(self.state.round + len(found) / n) / rounds,
-                                detail=f"waiting for episodes ({len(found)}/{n})")
+                progress = (self.state.round + len(found) / n) / rounds if phase == "rl" else len(found) / n
+                self.status.set(phase=phase, iteration=self.state.iteration, round=self.state.round,
+                                progress=progress, detail=f"waiting for episodes ({len(found)}/{n})")
             self._new_data.wait(self.poll_s)
             self._new_data.clear()
         return None
@@ -537,6 +546,71 @@ class PhaseLoop:
         self.status.add_history(self._history_entry(entry))
         log.info("SFT of iteration %d published v%d", it, version)
 
+    def recap_episodes_per_iteration(self) -> int:
+        return self.lc.recap_episodes_per_iteration or self.lc.episodes_per_round * self.lc.rl_rounds_per_phase
+
+    def recap_iteration(self) -> None:
+        """collect -> value function -> labels -> conditioned SFT -> publish (module docstring).
+        With nothing to condition "positive" on (no demo, success or correction in the store) it
+        waits, as the SFT phase does, and publishes nothing."""
+        from learner.recap.labels import NoPositiveSteps
+        from learner.recap.phase import NoLabelledEpisodes
+
+        it = self.state.iteration
+        self._log_start("recap", it, 0)
+        n = self.recap_episodes_per_iteration()
+        self.status.set(phase="collect", iteration=it, round=0, progress=0.0,
+                        detail=f"RECAP iteration {it}: collecting {n} episodes")
+        episodes = self._wait_for_episodes(n, phase="collect")
+        if episodes is None:
+            return
+        if not self._wait_for_training_data("collect", self.trainer.has_sft_data):
+            return
+        metas = [m for m in (self.store.read_meta(e["robot_id"], e["episode_id"]) for e in episodes) if m]
+        metas = [m for m in metas if is_rl_episode(m, self.reward_model_labels)]
+        if len(metas) < n:
+            return  # a label changed under us: wait again
+        keys = [episode_key(m) for m in metas]
+        self.follow_promotion()
+        self.state.begin("recap", keys, self._newest_version())
+        self.status.set(phase="value", iteration=it, progress=0.0, detail=f"RECAP iteration {it}: value function")
+        log.info("RECAP iteration %d (%d new episodes)", it, n)
+
+        def on_phase(phase: str) -> None:
+            self.status.set(phase=phase, progress=0.0, detail=f"RECAP iteration {it}: {phase}")
+
+        try:
+            metrics = self._interruptible(self.trainer.recap_phase, it, progress=True, on_phase=on_phase,
+                                          on_progress=self._progress_reporter("sft"))
+        except (NoLabelledEpisodes, NoPositiveSteps) as e:  # nothing to learn from yet: wait for more data
+            self.state.drop_pending()
+            log.warning("RECAP iteration %d: %s; waiting for more episodes, nothing published", it, e)
+            self.status.set(phase="collect", waiting_for="successes", detail=f"RECAP: {e}")
+            self._new_data.wait(max(self.poll_s, 1.0))
+            self._new_data.clear()
+            return
+        version = self.trainer.publish("full", "recap", metrics)
+        entry = self.state.commit(version, scalar_metrics(metrics))
+        self._log_end(entry)
+        losses = scalar_metrics(metrics)
+        for k, v in losses.items():
+            self._tb(f"loop/recap/{k}", v, it)
+        self.status.set(phase="sft", iteration=it + 1, round=0, progress=1.0, policy_version=version,
+                        losses=losses, waiting_for=None, detail=f"RECAP published v{version}")
+        self.status.add_history(self._history_entry(entry))
+        log.info("RECAP iteration %d published v%d (%.0f %% of steps positive)", it, version,
+                 100 * metrics.get("labels_positive_fraction", 0.0))
+
+    def check_recap_backbone(self) -> None:
+        """learner.algorithm recap: the backbone's prompt must take the advantage indicator; a
+        clear error now rather than after a collection phase (nothing is published)."""
+        from vla.advantage import check_prompt_takes_indicator
+
+        try:
+            check_prompt_takes_indicator(self.trainer.model.preprocessor)
+        except ValueError as e:
+            raise RuntimeError(f"learner.algorithm recap cannot run on this backbone: {e}") from e
+
     # ------------------------------------------------------------------ main
     def run(self, bootstrap: bool = False) -> int:
         try:
@@ -552,6 +626,9 @@ class PhaseLoop:
                          self.state.iteration, self.state.phase, self.state.round, len(self.state.consumed))
             self.recover()
             self._reconcile_phase_log()
+            recap = self.lc.algorithm == "recap"
+            if recap:
+                self.check_recap_backbone()
             while not self.shutdown.event.is_set():
                 if self.lc.max_iterations and self.state.iteration >= self.lc.max_iterations:
                     log.info("finished %d iterations", self.state.iteration)
@@ -559,7 +636,9 @@ class PhaseLoop:
                                            "version": self._latest_version(), "collected": self._take_collected()})
                     self.status.set(phase="idle", progress=1.0, detail=f"done: {self.state.iteration} iterations")
                     return 0
-                if self.state.phase == "rl":
+                if recap:
+                    self.recap_iteration()
+                elif self.state.phase == "rl":
                     if self.rl_phase_done():
                         self.state.to_sft()
                         continue

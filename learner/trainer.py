@@ -14,11 +14,16 @@
   mismatch is logged as an error and reported as `logprob_mismatch`, see ppo.py for why it matters).
 * SFT (learner/sft.py) trains LoRA + head on expert demos ∪ successful episodes and invalidates the
   feature cache; Stage 0 (learner/bootstrap.py) trains the tiny model from the demos.
+* RECAP (`learner.algorithm: recap`, learner/recap/): `recap_phase()` fits the value function,
+  labels every stored step and runs advantage-conditioned SFT; the versions it publishes (and any
+  published from them) carry ``advantage_conditioning`` in their metadata, and `policy` serves the
+  model the way the server will (vla/advantage.py).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Callable
 from functools import cached_property
@@ -28,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from episodes.durable import write_atomic
+from episodes.durable import write_atomic, write_json_atomic
 from episodes.store import EpisodeStore, episode_key
 from learner.bootstrap import expert_demos, run_bootstrap
 from learner.dataset import EpisodeDecisions, intervention_decisions, load_decisions, sft_episodes
@@ -39,6 +44,7 @@ from learner.rl.algorithms import algorithm_config, make_algorithm
 from learner.rl.base import EpisodeTensors, RLAlgorithm
 from learner.rl.ppo import gaussian_logprob, logprob_resolution
 from learner.sft import SFTConfig, build_sft_data, train_sft
+from vla.advantage import META_KEY as ADVANTAGE_META_KEY
 from vla.model import HeadActor, VLAModel
 from vla.normalization import Normalizer
 from vla.policy import Policy
@@ -67,7 +73,11 @@ class Trainer:
         # RL and SFT train on reward-model labels only in reward_model mode "auto"
         self.reward_model_labels = reward_model_labels_trusted(config)
         self.generator = torch.Generator().manual_seed(self.lc.seed)
-        self.rl_config = algorithm_config(self.lc)  # the chosen algorithm's hyperparameters
+        # the chosen RL algorithm's hyperparameters (RECAP has no RL rounds: learner/recap/)
+        self.rl_config = algorithm_config(self.lc) if self.lc.algorithm != "recap" else None
+        # what the published versions need at run time (advantage conditioning once RECAP trained)
+        self.run_time: dict = {}
+        self._labels_to_stamp: Path | None = None
         self.algorithm: RLAlgorithm | None = None  # built on the first RL round, on the current heads
         # the algorithm's own state (optimizer moments, SAC's target critics and temperature) saved at
         # every publish, so a restarted learner continues the algorithm, not only the weights
@@ -84,7 +94,7 @@ class Trainer:
         """The learner's current model as a Policy (same objects: reflects unpublished updates)."""
         if self.model is None:
             raise RuntimeError("no model: call bootstrap() or resume() first")
-        return Policy(self.model, self.norm, self.version if self.version is not None else -1)
+        return Policy(self.model, self.norm, self.version if self.version is not None else -1, meta=self.run_time)
 
     def _adopt(self, model: VLAModel, norm: Normalizer, version: int) -> None:
         self.model, self.norm, self.version = model, norm, version
@@ -109,6 +119,7 @@ class Trainer:
             return None
         model, norm, meta = load_model(self.registry, version, self.device)
         self._adopt(model, norm, version)
+        self.run_time = {ADVANTAGE_META_KEY: meta[ADVANTAGE_META_KEY]} if ADVANTAGE_META_KEY in meta else {}
         self._rl_state_to_restore = self._read_rl_state(version)
         self.rl_rounds_total = max(self.rl_rounds_total, int(meta.get("metrics", {}).get("rl_rounds_total", 0)))
         self.sft_phases = max(self.sft_phases, int(meta.get("metrics", {}).get("sft_phases", 0)))
@@ -136,8 +147,13 @@ class Trainer:
         summary = scalar_metrics(metrics)
         summary.update(rl_rounds_total=self.rl_rounds_total, sft_phases=self.sft_phases)
         version = publish(self.registry, self.model, self.norm, kind=kind, parent=self.version, phase=phase,
-                          metrics=summary)
+                          metrics=summary, run_time=self.run_time)
         self.version = version
+        if self._labels_to_stamp is not None:  # the labels name the version trained on them
+            record = json.loads(self._labels_to_stamp.read_text())
+            record["published_version"] = version
+            write_json_atomic(self._labels_to_stamp, record)
+            self._labels_to_stamp = None
         if self.algorithm is not None:
             self._write_rl_state(version)
         if kind == "full":
@@ -221,6 +237,8 @@ class Trainer:
         """One round of the configured algorithm on `episodes` (metas; non-RL ones are skipped)."""
         if self.model is None:
             raise RuntimeError("no model: call bootstrap() or resume() first")
+        if self.rl_config is None:
+            raise RuntimeError(f"learner.algorithm {self.lc.algorithm!r} has no RL rounds")
         metas = [m for m in episodes if is_rl_episode(m, self.reward_model_labels)]
         if self.algorithm is None:
             self.algorithm = make_algorithm(self.lc.algorithm, self.rl_config, self.model.heads, self.generator)
@@ -273,6 +291,27 @@ class Trainer:
         metrics["n_intervention_steps"] = sum(int(m.get("intervention_steps") or 0) for m in metas)
         metrics["n_expert"] = sum(1 for m in metas if m.get("source") == "expert")
         self._scalars("sft", metrics, self.sft_phases)
+        return metrics
+
+    # ------------------------------------------------------------------ RECAP
+    def recap_phase(self, iteration: int, progress: bool = True, on_phase: Callable[[str], None] | None = None,
+                    on_progress: Callable[[float], None] | None = None) -> dict:
+        """One RECAP iteration (learner/recap/phase.py) on the store; the next `publish` carries the
+        advantage conditioning and stamps the labels file with its version. Raises before changing
+        the model if there is nothing to train on or the backbone's prompt cannot take the indicator."""
+        from learner.recap.phase import RecapConfig, RecapPhase
+
+        if self.model is None:
+            raise RuntimeError("no model: call bootstrap() or resume() first")
+        recap = RecapPhase(self, RecapConfig.from_learner(self.lc))
+        metrics = recap.run(iteration, progress=progress, on_phase=on_phase, on_progress=on_progress)
+        self.sft_phases += 1
+        self.cache.invalidate()  # the trunk changed: every cached feature is stale
+        self._version_heads.clear()
+        self.run_time = {ADVANTAGE_META_KEY: recap.prompt.to_meta()}
+        self._labels_to_stamp = recap.last_labels
+        self.last_recap = recap  # the value net and labels, for reports and plots
+        self._scalars("recap", metrics, self.sft_phases)
         return metrics
 
     # ------------------------------------------------------------------ TensorBoard

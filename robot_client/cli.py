@@ -159,7 +159,8 @@ class RobotClient:
                                 success=rig.success, interventions=self.interventions)
         self.runner = EpisodeRunner(rig, self.loop, self.client, self.streamer.submit, cfg, self.status,
                                     calibration=cal.model_dump(mode="json"),
-                                    marker=Path(outbox_dir) / "episode_in_progress.json")
+                                    marker=Path(outbox_dir) / "episode_in_progress.json",
+                                    persisted=self.streamer.persisted)
 
     def _extra(self) -> dict:
         """Learner-side trouble the operator must see, added to every status post."""

@@ -102,11 +102,15 @@ class StatusReporter:
 
 class EpisodeRunner:
     def __init__(self, rig: Rig, loop: ControlLoop, client: ServerClient, emit: Callable, cfg: RobotConfig,
-                 status: StatusReporter, calibration: dict | None = None, marker: Path | None = None):
+                 status: StatusReporter, calibration: dict | None = None, marker: Path | None = None,
+                 persisted: Callable[[float], bool] | None = None, persist_timeout_s: float = 5.0):
         self.rig = rig
         self.loop = loop
         self.client = client
         self.emit = emit  # the Streamer's submit
+        # the Streamer's persisted(): the episode's close is on disk before the crash marker goes
+        self.persisted = persisted
+        self.persist_timeout_s = persist_timeout_s
         self.cfg = cfg
         self.status = status
         self.calibration = calibration  # copied into every episode's metadata
@@ -237,6 +241,17 @@ class EpisodeRunner:
         outcome, source = self.wait_for_label(result, auto)
         return self._end(result, outcome, source, auto_outcome=auto, reward_model_p=self._reward_model_p)
 
+    def _close_marker(self, end: EpisodeEnd) -> None:
+        """Delete the crash marker and the journal once the close is durable: handed to the
+        streamer is not enough (it sits in memory until the streamer's thread writes it to the
+        outbox), and a kill in between would lose the episode's close for good."""
+        if self.persisted is not None and not self.persisted(self.persist_timeout_s):
+            log.error("the close of episode %s is not on disk after %.1f s; keeping its crash marker",
+                      end.episode_id, self.persist_timeout_s)
+            return
+        self.marker.unlink(missing_ok=True)
+        self.loop.journal.end()
+
     def _stop_if_unrecoverable(self, result: EpisodeResult) -> None:
         """An arm that cannot recover (user stop pressed, hardware fault) needs a human: stop."""
         if "recovery failed" in result.detail:
@@ -288,13 +303,14 @@ class EpisodeRunner:
                                 "auto_outcome": auto_outcome, "reward_model_p": reward_model_p,
                                 "counters": result.counters,
                                 "timing": result.timing_summary(self.loop.period), "mode": self._mode,
-                                "purpose": "eval" if self._mode == "greedy" else "train", "seed": self._seed,
+                                "purpose": "eval" if self._mode == "greedy" else "train",
+                                # the scene's seed: a simulator replays the episode's layout from it
+                                "seed": self._seed,
                                 **({"dry_run": True} if self.cfg.dry_run else {}),
                                 **({"calibration": self.calibration} if self.calibration else {})})
         self.emit(end)
         if self.marker is not None:
-            self.marker.unlink(missing_ok=True)
-            self.loop.journal.end()
+            self._close_marker(end)
         self.results.append((result, end))
         if len(self.results) > KEEP_RESULTS:  # a robot running for days: keep memory flat (~8 KB each)
             del self.results[:-KEEP_RESULTS]

@@ -107,6 +107,7 @@ class TickTiming:
     jitter_ms: float  # actual start - scheduled start
     work_ms: float  # start of tick -> action issued
     latency_ms: float | None  # round trip of a reply adopted in this tick
+    started: float = 0.0  # time.monotonic() at the tick's start: the loop's own clock, for tests and logs
 
 
 @dataclass
@@ -243,7 +244,7 @@ class ControlLoop:
             ep.tick = tick
             end = self._tick(ep, tick, max_steps, t_start)
             ep.timings.append(TickTiming(tick, (t_start - scheduled) * 1e3,
-                                         (ep.t_issued - t_start) * 1e3, ep.tick_latency_ms))
+                                         (ep.t_issued - t_start) * 1e3, ep.tick_latency_ms, t_start))
             if end is not None:
                 return self._finish(ep, *end)
             # Absolute schedule; if a tick overran a whole period, skip the missed slots.

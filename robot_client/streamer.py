@@ -86,6 +86,16 @@ class Streamer:
         """Everything submitted so far is durable in the learner (acked)."""
         return self._submitted == self._processed and len(self.outbox) == 0
 
+    def persisted(self, timeout: float) -> bool:
+        """Wait until every message submitted so far is in the outbox on disk (not necessarily
+        acked: the outbox resends it after a crash). False if that took longer than ``timeout``."""
+        target, deadline = self._submitted, time.monotonic() + timeout
+        while self._processed < target:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
+        return True
+
     def flush(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

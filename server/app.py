@@ -133,7 +133,8 @@ def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, wit
     app.state.batcher = batcher
     app.state.worker = worker  # the inference thread: reward-model features run there too
     app.state.reward_scorer = RewardScorer(run_dir, config.reward_model)
-    app.state.robots = RobotRegistry(auto_label=config.server.auto_label, stale_s=config.server.robot_stale_s)
+    app.state.robots = RobotRegistry(auto_label=config.server.auto_label, stale_s=config.server.robot_stale_s,
+                                        teleop_lock_s=config.server.teleop_lock_s)
     app.state.robots.label_listeners.append(holder.record_label)
     app.state.decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
     app.state.metadata_cache = {}

@@ -32,7 +32,15 @@ from protocol.images import encode_jpeg
 from protocol.messages import ID_PATTERN, Command, EpisodeId, TeleopAck, TeleopCommand
 from server.auth import require_operator, require_robot
 from server.reward_scorer import Score
-from server.teleop import DRIVABLE_STATES, TeleopIn, TeleopLive, TeleopRefused, TeleopView
+from server.teleop import (
+    DEFAULT_OPERATOR,
+    DRIVABLE_STATES,
+    TELEOP_LOCK_S,
+    TeleopIn,
+    TeleopLive,
+    TeleopRefused,
+    TeleopView,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +151,8 @@ class RobotLive:
 
 
 class RobotRegistry:
-    def __init__(self, auto_label: bool = False, stale_s: float = 10.0) -> None:
+    def __init__(self, auto_label: bool = False, stale_s: float = 10.0, teleop_lock_s: float = TELEOP_LOCK_S) -> None:
+        self.teleop_lock_s = teleop_lock_s
         self.auto_label = auto_label
         self.stale_s = stale_s
         self.robots: dict[str, RobotLive] = {}
@@ -229,7 +238,7 @@ class RobotRegistry:
 
     # ---- teleop from the page (server.teleop)
 
-    def take_over(self, robot_id: str) -> RobotLive:
+    def take_over(self, robot_id: str, operator: str = DEFAULT_OPERATOR) -> RobotLive:
         r = self.robots.get(robot_id)
         if r is None:
             raise KeyError(robot_id)
@@ -237,27 +246,40 @@ class RobotRegistry:
             raise TeleopRefused(f"robot {robot_id!r} has no episode running (state {r.state!r}"
                                 f"{', stale' if time.time() - r.last_seen > self.stale_s else ''}); "
                                 f"take over while an episode runs")
-        if r.teleop is None or r.teleop.episode_id != r.episode_id:
-            r.teleop = TeleopLive(episode_id=r.episode_id, since=time.time(), received=time.monotonic())
-            self._publish({"type": "teleop", "robot_id": robot_id, "driving": True, "episode_id": r.episode_id})
+        held = r.teleop is not None and r.teleop.episode_id == r.episode_id
+        if held and r.teleop.operator != operator and r.teleop.silent_s() < self.teleop_lock_s:
+            r.teleop.check_holder(operator, robot_id, self.teleop_lock_s)
+        if not held or r.teleop.operator != operator:
+            if held:
+                log.warning("robot %s: %r takes over from %r, silent for %.0f s", robot_id, operator,
+                            r.teleop.operator, r.teleop.silent_s())
+            r.teleop = TeleopLive(episode_id=r.episode_id, since=time.time(), received=time.monotonic(),
+                                  operator=operator)
+            self._publish({"type": "teleop", "robot_id": robot_id, "driving": True, "episode_id": r.episode_id,
+                           "operator": operator})
         return r
 
-    def hand_back(self, robot_id: str, reason: str = "operator") -> RobotLive:
+    def hand_back(self, robot_id: str, reason: str = "operator", operator: str | None = None) -> RobotLive:
+        """The policy drives again. ``operator``: who asks (refused unless they hold it); None: the
+        server itself (a new episode)."""
         r = self.robots.get(robot_id)
         if r is None:
             raise KeyError(robot_id)
+        if r.teleop is not None and operator is not None:
+            r.teleop.check_holder(operator, robot_id, self.teleop_lock_s)
         if r.teleop is not None:
             r.teleop = None
             self._publish({"type": "teleop", "robot_id": robot_id, "driving": False, "reason": reason})
         return r
 
-    def teleop_command(self, robot_id: str, body: TeleopIn) -> bool:
+    def teleop_command(self, robot_id: str, body: TeleopIn, operator: str = DEFAULT_OPERATOR) -> bool:
         r = self.robots.get(robot_id)
         if r is None:
             raise KeyError(robot_id)
         if r.teleop is None:
             raise TeleopRefused(f"robot {robot_id!r} is not taken over: POST /v1/robots/{robot_id}/teleop/"
                                 f"take_over first")
+        r.teleop.check_holder(operator, robot_id, self.teleop_lock_s)
         return r.teleop.accept(body)
 
     def teleop_for(self, robot_id: str, episode_id: str, ack: TeleopAck | None) -> TeleopCommand | None:

@@ -16,6 +16,13 @@ The routes (``server/teleop_routes.py``):
 
 A take-over belongs to the episode it was pressed in: when the robot starts another episode, the
 server hands it back by itself (a new episode never starts under an old command).
+
+One operator holds a robot at a time. Each request names its operator in the ``X-Operator`` header
+(the page sends the name its user typed; without the header the name is ``operator``). While one
+operator holds a robot, another's take-over, commands and hand-back are refused (409, naming the
+holder) until the holder hands back, the episode ends, or the holder has sent nothing for
+``server.teleop_lock_s`` (default 10 s: a closed page, a lost laptop): then the next take-over wins. The operator token
+is shared, so the name is what the operators say they are, not an authentication.
 """
 
 from __future__ import annotations
@@ -30,6 +37,13 @@ from protocol.messages import TeleopAck, TeleopCommand, intent_axes
 
 # Robot states in which an episode runs and can be taken over.
 DRIVABLE_STATES = ("running", "paused", "teleop")
+
+
+# A holder silent this long (no command, no take-over) no longer blocks another operator's take-over
+# (the default of ServerConfig.teleop_lock_s).
+TELEOP_LOCK_S = 10.0
+OPERATOR_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$"
+DEFAULT_OPERATOR = "operator"
 
 
 class TeleopRefused(Exception):
@@ -71,6 +85,7 @@ class TeleopView(BaseModel):
     """The operator drives this robot from the page (RobotView.teleop; null while the policy drives)."""
 
     episode_id: str
+    operator: str = Field(description="who holds the robot (X-Operator of the take-over)")
     since: float = Field(description="unix s of the take-over")
     seq: int | None = Field(description="latest command's seq (null: none yet)")
     command_age_s: float | None = Field(description="seconds since the latest command arrived")
@@ -90,10 +105,21 @@ class TeleopLive:
     episode_id: str
     since: float  # unix s
     received: float  # monotonic s when the latest command (or the take-over) arrived
+    operator: str = DEFAULT_OPERATOR  # who holds the robot
     command: TeleopIn | None = None
     executed_seq: int | None = None
     server_to_exec_ms: float | None = None
     commands: int = 0
+
+    def check_holder(self, operator: str, robot_id: str, lock_s: float = TELEOP_LOCK_S) -> None:
+        """Refuse an operator who does not hold the robot (the holder is named)."""
+        if operator != self.operator:
+            raise TeleopRefused(f"robot {robot_id!r} is held by {self.operator!r} (last command "
+                                f"{self.silent_s():.0f} s ago); wait until they hand it back, or until "
+                                f"{lock_s:g} s without a command from them, then take over")
+
+    def silent_s(self) -> float:
+        return time.monotonic() - self.received
 
     def accept(self, body: TeleopIn) -> bool:
         if self.command is not None and body.seq <= self.command.seq:
@@ -117,7 +143,7 @@ class TeleopLive:
 
     def view(self) -> TeleopView:
         c = self.command
-        return TeleopView(episode_id=self.episode_id, since=self.since, seq=None if c is None else c.seq,
+        return TeleopView(episode_id=self.episode_id, operator=self.operator, since=self.since, seq=None if c is None else c.seq,
                           command_age_s=None if c is None else time.monotonic() - self.received,
                           translation=[0.0, 0.0, 0.0] if c is None else c.translation,
                           rotation=[0.0, 0.0, 0.0] if c is None else c.rotation,

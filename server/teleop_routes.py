@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi import Path as PathParam
 
 from protocol.messages import ID_PATTERN
 from server.auth import require_operator
 from server.robots import RobotView
-from server.teleop import TeleopAccepted, TeleopIn, TeleopRefused
+from server.teleop import DEFAULT_OPERATOR, OPERATOR_PATTERN, TeleopAccepted, TeleopIn, TeleopRefused
 
 router = APIRouter(prefix="/v1", tags=["teleop"])
 RobotIdParam = PathParam(pattern=ID_PATTERN)
-_errors = {404: {"description": "unknown robot"}, 409: {"description": "no episode running / not taken over"},
+_errors = {404: {"description": "unknown robot"},
+           409: {"description": "no episode running / not taken over / held by another operator"},
            422: {"description": "a field is wrong (NaN, wrong length, out of [-1, 1])"}}
+
+
+async def operator_name(x_operator: str = Header(default=DEFAULT_OPERATOR, pattern=OPERATOR_PATTERN,
+                                                 description="who drives: one operator holds a robot at a time "
+                                                             "(server.teleop)")) -> str:
+    return x_operator
 
 
 def _call(request: Request, method: str, robot_id: str, *args):
@@ -29,19 +36,21 @@ def _call(request: Request, method: str, robot_id: str, *args):
 
 
 @router.post("/robots/{robot_id}/teleop/take_over", dependencies=[Depends(require_operator)], responses=_errors)
-async def take_over(request: Request, robot_id: str = RobotIdParam) -> RobotView:
-    """The operator drives this robot from its next /v1/act reply on, until hand back or the episode ends."""
-    return request.app.state.robots.view(_call(request, "take_over", robot_id))
+async def take_over(request: Request, robot_id: str = RobotIdParam, operator: str = Depends(operator_name)) -> RobotView:
+    """The operator drives this robot from its next /v1/act reply on, until hand back or the episode
+    ends. 409 while another operator holds it (see server.teleop)."""
+    return request.app.state.robots.view(_call(request, "take_over", robot_id, operator))
 
 
 @router.post("/robots/{robot_id}/teleop/hand_back", dependencies=[Depends(require_operator)], responses=_errors)
-async def hand_back(request: Request, robot_id: str = RobotIdParam) -> RobotView:
+async def hand_back(request: Request, robot_id: str = RobotIdParam, operator: str = Depends(operator_name)) -> RobotView:
     """The policy drives again (the robot asks it afresh; nothing planned before is executed)."""
-    return request.app.state.robots.view(_call(request, "hand_back", robot_id))
+    return request.app.state.robots.view(_call(request, "hand_back", robot_id, "operator", operator))
 
 
 @router.post("/robots/{robot_id}/teleop", dependencies=[Depends(require_operator)], responses=_errors)
-async def teleop_command(body: TeleopIn, request: Request, robot_id: str = RobotIdParam) -> TeleopAccepted:
+async def teleop_command(body: TeleopIn, request: Request, robot_id: str = RobotIdParam,
+                         operator: str = Depends(operator_name)) -> TeleopAccepted:
     """One command: the page sends one on every key change and every 50 ms while driving."""
-    accepted = _call(request, "teleop_command", robot_id, body)
+    accepted = _call(request, "teleop_command", robot_id, body, operator)
     return TeleopAccepted(seq=body.seq, accepted=accepted, received=time.time())

@@ -4,6 +4,12 @@ Log-prob of a chunk = sum over its H*action_dim dims of the Gaussian in normaliz
 "greedy" executes the mean, "sample" mean + std * eps. `act_batch` runs one forward pass for the
 whole batch.
 
+Advantage conditioning (RECAP, vla/advantage.py): a version whose metadata carries
+``advantage_conditioning`` gets "Advantage: positive" appended to every instruction, and with a
+guidance weight beta != 1 the unconditioned prompt runs in the same batch and the chunk mean is
+mean_u + beta * (mean_pos - mean_u). A version without it is served exactly as before.
+`features` is always the plain instruction's (the learner's feature cache and value function read it).
+
 Threading: the server calls `act_batch` from one worker thread; a hot swap builds a new Policy
 (`Policy.load(..., base=old)`) and replaces the reference -- a Policy is never mutated after load,
 so no lock is needed. Inference runs under `torch.inference_mode`.
@@ -17,6 +23,7 @@ import numpy as np
 import torch
 
 from interface.policy import ACT_MODES, ActOutput, Observation, PolicySpec
+from vla.advantage import POSITIVE, AdvantagePrompt, check_prompt_takes_indicator, from_meta, with_indicator
 from vla.model import VLAModel
 from vla.normalization import Normalizer
 from vla.registry import CheckpointError, CheckpointRegistry, load_model
@@ -43,6 +50,12 @@ class Policy:
         self.norm = norm
         self.version = version
         self.meta = meta or {}
+        try:
+            self.advantage: AdvantagePrompt | None = from_meta(self.meta)
+            if self.advantage is not None:
+                check_prompt_takes_indicator(model.preprocessor)
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint v{version}: {e}") from e
         self.spec = PolicySpec(cameras=list(c.cameras), image_size=c.image_size, chunk=c.chunk,
                                action_dim=c.action_dim, state_dim=c.state_dim, backbone_id=model.backbone_id,
                                backbone_hash=model.backbone_hash, feature_dim=model.feature_dim)
@@ -78,11 +91,20 @@ class Policy:
             return []
         self._check_modes(modes, len(obs))
         states = np.stack([np.asarray(o.state, np.float32).reshape(-1) for o in obs])
-        return self.act_from_features(self.features(obs), states, modes, generator)
+        if self.advantage is None:
+            return self.act_from_features(self.features(obs), states, modes, generator)
+        positive = [Observation(o.images, o.state, with_indicator(o.instruction, POSITIVE)) for o in obs]
+        if not self.advantage.guided:
+            return self.act_from_features(self.features(positive), states, modes, generator)
+        both = self.features(positive + list(obs))  # one forward pass: positive rows, then unconditioned
+        return self.act_from_features(both[:len(obs)], states, modes, generator, unconditioned=both[len(obs):])
 
     def act_from_features(self, features: torch.Tensor, states: np.ndarray, modes: list[str],
-                          generator: torch.Generator | None = None) -> list[ActOutput]:
-        """The head part of `act_batch` on precomputed features [B, feature_dim] and raw states [B, state_dim]."""
+                          generator: torch.Generator | None = None,
+                          unconditioned: torch.Tensor | None = None) -> list[ActOutput]:
+        """The head part of `act_batch` on precomputed features [B, feature_dim] and raw states [B, state_dim].
+        With `unconditioned` (the same observations' features without the indicator), the mean is
+        classifier-free guided: mean_u + beta * (mean - mean_u), beta = the version's guidance."""
         b = features.shape[0]
         self._check_modes(modes, b)
         states = np.asarray(states, np.float32).reshape(b, -1)
@@ -95,6 +117,10 @@ class Policy:
             f = features.to(device)
             s = self.norm.normalize_states(torch.from_numpy(states).to(device))
             dist = self.model.head_dist(f, s)
+            if unconditioned is not None:
+                mean_u = self.model.head_dist(unconditioned.to(device), s).mean
+                guided = mean_u + self.advantage.guidance * (dist.mean - mean_u)
+                dist = torch.distributions.Normal(guided, dist.stddev)
             sample = torch.tensor([m == "sample" for m in modes], device=device).unsqueeze(1)
             eps = 0.0
             if sample.any():  # drawn on the generator's device (a CPU generator drives a GPU policy too)
@@ -127,5 +153,8 @@ class Policy:
 
     def metadata(self) -> dict:
         keep = ("kind", "parent", "base_version", "created", "phase", "metrics")
-        return {"version": self.version, **asdict(self.spec), "normalization": self.norm.to_dict(),
-                **{k: self.meta[k] for k in keep if k in self.meta}}
+        out = {"version": self.version, **asdict(self.spec), "normalization": self.norm.to_dict(),
+               **{k: self.meta[k] for k in keep if k in self.meta}}
+        if self.advantage is not None:
+            out["advantage_conditioning"] = self.advantage.to_meta()
+        return out

@@ -96,6 +96,27 @@ def _pid_alive(pid: int) -> bool:
 class CheckpointRegistry:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        # small files the server polls (PROMOTED, PINNED, canary.json): path -> (stat key, value).
+        # Every writer replaces a file by rename, so a new inode or mtime means new content; an
+        # unchanged file costs one stat per poll instead of an open, a read and a parse.
+        self._small_files: dict[str, tuple[tuple, object]] = {}
+
+    def _read_cached(self, name: str, parse):
+        """``parse(path)`` of root/name, re-run only when the file's inode, size or mtime changed.
+        A missing file is not cached (parse decides what that means)."""
+        path = self.root / name
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._small_files.pop(name, None)
+            return parse(path)
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        hit = self._small_files.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        value = parse(path)
+        self._small_files[name] = (key, value)
+        return value
 
     def path(self, version: int) -> Path:
         return self.root / vname(version)
@@ -171,12 +192,16 @@ class CheckpointRegistry:
             write_atomic(self.root / name, f"{version}\n".encode())
 
     def _read_pointer(self, name: str) -> int | None:
+        return self._read_cached(name, self._parse_pointer)
+
+    @staticmethod
+    def _parse_pointer(path: Path) -> int | None:
         try:
-            text = (self.root / name).read_text().strip()
+            text = path.read_text().strip()
         except FileNotFoundError:
             return None
         if not text.isdigit():
-            raise CheckpointError(f"{self.root / name}: not a version number: {text!r}")
+            raise CheckpointError(f"{path}: not a version number: {text!r}")
         return int(text)
 
     # ---- promotion markers (written by the server's promotion gate)
@@ -225,8 +250,13 @@ class CheckpointRegistry:
 
     def read_canary(self) -> dict | None:
         """The running canary's saved tallies (None: none saved, or unreadable)."""
+        data = self._read_cached(CANARY_FILE, self._parse_canary)
+        return dict(data) if isinstance(data, dict) else None
+
+    @staticmethod
+    def _parse_canary(path: Path) -> dict | None:
         try:
-            data = json.loads((self.root / CANARY_FILE).read_text())
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -287,14 +317,19 @@ def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
 
 def publish(registry: CheckpointRegistry, model: VLAModel, norm: Normalizer, kind: str = "full",
             parent: int | None = None, phase: str = "", metrics: dict | None = None,
-            save_backbone: bool | None = None) -> int:
+            save_backbone: bool | None = None, run_time: dict | None = None) -> int:
     """Publish `model` as the next version and point LATEST at it; returns the version number.
 
     kind "full": pooler + adapter (if LoRA) + heads; the backbone itself is saved into the version
     (`backbone/`) when it was trained (full mode, e.g. Stage 0) or `save_backbone=True`.
-    kind "head": heads only; the model's trunk must be unchanged since the full version it came from."""
+    kind "head": heads only; the model's trunk must be unchanged since the full version it came from.
+    `run_time`: extra meta.json keys the serving side must honour (e.g. ``advantage_conditioning``,
+    vla/advantage.py); they may not shadow the registry's own fields."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
+    clash = set(run_time or {}) & {*META_FIELDS, "backbone_dir"}
+    if clash:
+        raise ValueError(f"run_time keys {sorted(clash)} would overwrite the registry's own meta fields")
     if norm.action_dim != model.config.action_dim or norm.state_dim != model.config.state_dim:
         raise ValueError("normalizer dims do not match the model")
     heads = model.heads.state_dict()
@@ -307,6 +342,7 @@ def publish(registry: CheckpointRegistry, model: VLAModel, norm: Normalizer, kin
     tmp.mkdir()
     try:
         meta = _write_version(tmp, model, norm, kind, heads, registry, save_backbone)
+        meta.update(run_time or {})
         meta.update(version=version, kind=kind, parent=parent, phase=phase, metrics=metrics or {},
                     created=datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
         if kind == "full":

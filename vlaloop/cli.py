@@ -20,6 +20,8 @@ SUBCOMMANDS = {
     "calibrate": ("calibration.cli", "camera intrinsics, hand-eye and workspace calibration"),
     "demo": ("vlaloop.demo", "end-to-end demo: server, learner and mock robots learning"),
     "bench": ("bench.cli", "benchmarks (serving, control loop, learner, learning)"),
+    "export": ("lerobot_format.exporter", "export the episode store as a dataset (--format lerobot: LeRobot v3.0)"),
+    "import": ("lerobot_format.importer", "import a dataset as demonstrations (--format lerobot: LeRobot v3.0/v2.1)"),
     "model": ("vla.cli", "check a model dir as the loop's backbone (vlaloop model check DIR)"),
 }
 

@@ -174,6 +174,33 @@ class MetaWorldScene:
             raise RuntimeError("no episode: call reset() first")
         return self._sim.render(camera)
 
+    def snapshot(self) -> np.ndarray:
+        """The simulation state now (MuJoCo's integration state: positions, velocities, mocap,
+        controls): `render_snapshot` draws the frame of this instant later, identical to
+        ``render()`` now."""
+        import mujoco
+
+        env = self.env
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        state = np.empty(mujoco.mj_stateSize(env.model, spec))
+        mujoco.mj_getState(env.model, env.data, state, spec)
+        return state
+
+    def render_snapshot(self, state: np.ndarray, camera: str = "front") -> np.ndarray:
+        """The frame of a `snapshot` of this episode; the scene is left as it was."""
+        import mujoco
+
+        env = self.env
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        now = self.snapshot()
+        mujoco.mj_setState(env.model, env.data, state, spec)
+        mujoco.mj_forward(env.model, env.data)
+        try:
+            return self.render(camera)
+        finally:
+            mujoco.mj_setState(env.model, env.data, now, spec)
+            mujoco.mj_forward(env.model, env.data)
+
     def state_vector(self) -> np.ndarray:
         """[7] float32: hand x, y, z (m, MetaWorld's world frame), the fixed roll, pitch, yaw,
         gripper opening (0 closed .. 1 open, MetaWorld's normalised finger distance)."""

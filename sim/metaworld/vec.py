@@ -6,6 +6,8 @@ Same interface as the mock's ``VecScene`` (``reset``, ``done``, ``succeeded``, `
 either. With ``workers`` > 0, scene i lives in worker ``i % workers`` (spawned processes, each
 with its own MuJoCo models and GL context); one ``step`` or ``render`` is one round trip per
 worker, so the policy sees all N observations at once and answers them in one batched call.
+``reset`` may change N: the workers (and their envs and GL contexts) are kept, so one
+``MetaWorldVec`` serves many rollouts (learner.evaluate keeps one per worker count).
 
     vec = MetaWorldVec(8, seeds=range(8), task="mt10", workers=2)
     while not vec.done.all():
@@ -55,7 +57,15 @@ class _Shard:
     def render(self, camera: str) -> np.ndarray:
         return np.stack([s.render(camera) for s in self.scenes]) if self.scenes else np.zeros((0,))
 
+    def snapshots(self, active: np.ndarray) -> list[np.ndarray | None]:
+        return [s.snapshot() if on else None for s, on in zip(self.scenes, active, strict=True)]
+
+    def render_snapshots(self, j: int, states: list[np.ndarray], camera: str) -> np.ndarray:
+        return np.stack([self.scenes[j].render_snapshot(st, camera) for st in states])
+
     def expert(self, noise: float) -> np.ndarray:
+        if not self.scenes:
+            return np.zeros((0, 7))
         return np.stack([add_noise(s.expert_action(), rng, noise) for s, rng in zip(self.scenes, self.rngs,
                                                                                        strict=True)])
 
@@ -86,7 +96,7 @@ class MetaWorldVec:
                  split: str = "train", workers: int = 0):
         self.n = int(n)
         self.image_size = int(image_size)
-        self.workers = max(0, min(int(workers), self.n))
+        self.workers = max(0, int(workers))
         self._local = _Shard(self.image_size) if self.workers == 0 else None
         self._conns, self._procs = [], []
         ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding torch threads or GL
@@ -126,8 +136,9 @@ class MetaWorldVec:
     # ------------------------------------------------------------ episodes
     def reset(self, seeds: Iterable[int], task: str = "mt10", split: str = "train") -> list[str]:
         seeds = [int(s) for s in seeds]
-        if len(seeds) != self.n:
-            raise ValueError(f"need {self.n} seeds, got {len(seeds)}")
+        if not seeds:
+            raise ValueError("need at least one seed")
+        self.n = len(seeds)  # the worker processes stay; each takes the scenes i % workers
         jobs = [(s, task, split) for s in seeds]
         got = self._scatter(self._call("reset", lambda w: ([jobs[i] for i in self._slots(w)],)))
         self.seeds = seeds
@@ -152,6 +163,26 @@ class MetaWorldVec:
         if size is not None and int(size) != self.image_size:
             raise ValueError(f"these scenes render {self.image_size} px, not {size}")
         return np.stack(self._scatter([list(x) for x in self._call("render", lambda w: (camera,))]))
+
+    def snapshots(self) -> list[np.ndarray | None]:
+        """Each scene's simulation state now (None for a done scene): what `render_snapshots` needs to
+        draw this instant's frame later, for the episodes whose frames turn out to be needed."""
+        live = ~self.done
+        return self._scatter(self._call("snapshots", lambda w: (live[self._slots(w)],)))
+
+    def render_snapshots(self, i: int, states: list[np.ndarray], camera: str = "front") -> np.ndarray:
+        """[len(states), H, W, 3]: scene ``i``'s frames at its `snapshots` ``states`` (of its current
+        episode), as ``render`` drew them then."""
+        if not states:
+            return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+        if self._local is not None:
+            return self._local.render_snapshots(i, states, camera)
+        conn = self._conns[i % self.workers]
+        conn.send(("render_snapshots", (i // self.workers, states, camera)))
+        status, value = conn.recv()
+        if status != "ok":
+            raise RuntimeError(f"MetaWorld worker failed in render_snapshots: {value}")
+        return value
 
     def expert_actions(self, noise: float = 0.0) -> np.ndarray:
         return np.stack(self._scatter([list(x) for x in self._call("expert", lambda w: (noise,))]))

@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 LINT = Path(sys.executable).with_name("lint-imports")
 PACKAGES = ["interface", "protocol", "deployment", "episodes", "sim", "hardware", "vla", "server",
-            "robot_client", "learner", "calibration", "vlaloop", "bench"]
+            "robot_client", "learner", "calibration", "vlaloop", "bench", "lerobot_format"]
 
 
 def lint(root: Path) -> subprocess.CompletedProcess:
@@ -44,6 +44,8 @@ def test_the_tree_keeps_every_contract():
     ("learner/loop.py", "import server.app", "the learner never imports the server"),
     ("calibration/handeye.py", "import robot_client.loop", "calibration and the robot client"),
     ("interface/policy.py", "import torch", "interface is the bottom"),
+    ("lerobot_format/exporter.py", "import torch", "the dataset format is torch-free"),
+    ("lerobot_format/importer.py", "import learner.bootstrap", "shared packages import no process"),
 ])
 def test_a_forbidden_import_breaks_its_contract(tree_copy, module, forbidden, contract):
     path = tree_copy / module

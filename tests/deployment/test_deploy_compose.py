@@ -43,6 +43,8 @@ def test_profiles_cover_mock_and_real():
     real = SERVICES["robot-real"]
     assert real["network_mode"] == "host" and real["ulimits"]["rtprio"] == 99 and real["ulimits"]["memlock"] == -1
     assert any("/dev/bus/usb" in d for d in real["devices"])
+    assert "/dev/input:/dev/input" in real["devices"]  # a gamepad at the robot (docs/teleop.md)
+    assert real["environment"]["VLALOOP_ROBOT__TELEOP"] == "${ROBOT_TELEOP:-none}"
     for name in ("server-gpu", "learner-gpu"):
         devices = SERVICES[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
@@ -62,6 +64,8 @@ def test_commands_are_real_subcommands_with_real_flags(name):
 @pytest.mark.parametrize("name", sorted(SERVICES))
 def test_environment_maps_to_config_fields(name):
     env = {k: str(v) for k, v in _env(SERVICES[name]).items() if k.startswith("VLALOOP_")}
+    # a ${VAR:-default} takes its default (a typed field must accept it), a bare ${VAR} a stand-in
+    env = {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", v) for k, v in env.items()}
     env = {k: "x" if "${" in v else v for k, v in env.items()}
     data = _apply_env({}, env)
     load_config(environ=env)  # extra="forbid" on every section: a misspelt key fails here

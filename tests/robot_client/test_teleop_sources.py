@@ -81,7 +81,14 @@ def test_gamepad_dead_man_gripper_latch_and_unplug():
     source = GamepadTeleop(pad, SPEEDS, poll_hz=200).start()
     try:
         assert isinstance(source, InterventionSource)
-        wait = lambda: time.sleep(0.05)  # noqa: E731 - a few reader-thread polls
+        def wait(polls: int = 3) -> None:
+            """Until the reader thread has read the pad a few more times, so it has fully handled
+            at least one reading of the new state (its reads are sequential). Not a fixed sleep: on a
+            loaded machine the thread may not run for a while."""
+            want, deadline = pad.reads + polls, time.monotonic() + 10
+            while pad.reads < want and not pad.gone:
+                assert time.monotonic() < deadline, "the reader thread stopped polling"
+                time.sleep(0.005)
         pad.now = reading(axes=(0, -1, 0, 0, 0, 0))  # stick pushed, dead-man not held: the policy drives
         wait()
         assert source.command(STATE) is None

@@ -31,7 +31,8 @@ def server(tmp_path_factory):
     torch.set_num_threads(1)
     run = tmp_path_factory.mktemp("run")
     publish_tiny(run)
-    config = DeploymentConfig(run_dir=str(run), server=ServerConfig(robot_token=ROBOT, operator_token=OPERATOR))
+    config = DeploymentConfig(run_dir=str(run), server=ServerConfig(robot_token=ROBOT, operator_token=OPERATOR,
+                                                                   teleop_lock_s=1.0))
     with ServerThread(config) as srv:
         srv.wait_ready(60)
         yield srv
@@ -135,3 +136,28 @@ def test_bad_requests_are_clear_4xx(clients, server):
         assert r.status_code == 422, (what, r.status_code, r.text)
     assert op.post("/v1/robots/arm3/teleop", json=command(10)).status_code == 200  # and a good one still works
     assert op.post("/v1/robots/bad..id/teleop/take_over").status_code in (404, 422)
+
+
+def test_one_operator_holds_a_robot_at_a_time(clients, server):
+    """alice takes over; bob's take-over, commands and hand-back are refused with alice's name until
+    she hands back (or falls silent for teleop_lock_s, 1 s here); the page shows who holds it."""
+    robot, op = clients
+    alice, bob = {"x-operator": "alice"}, {"x-operator": "bob"}
+    act(robot, "arm5", "ep5", 0)
+    assert op.post("/v1/robots/arm5/teleop/take_over", headers=alice).status_code == 200
+    view = next(v for v in op.get("/v1/robots").json() if v["robot_id"] == "arm5")
+    assert view["teleop"]["operator"] == "alice"
+    for r in (op.post("/v1/robots/arm5/teleop/take_over", headers=bob),
+              op.post("/v1/robots/arm5/teleop", json=command(1), headers=bob),
+              op.post("/v1/robots/arm5/teleop/hand_back", headers=bob)):
+        assert r.status_code == 409 and "held by 'alice'" in r.json()["detail"], r.text
+    assert op.post("/v1/robots/arm5/teleop", json=command(2), headers=alice).json()["accepted"] is True
+    assert act(robot, "arm5", "ep5", 1)["teleop"]["seq"] == 2  # alice's command, not bob's
+    assert op.post("/v1/robots/arm5/teleop/hand_back", headers=alice).status_code == 200
+    assert op.post("/v1/robots/arm5/teleop/take_over", headers=bob).status_code == 200  # free again
+
+    time.sleep(1.2)  # bob falls silent past the lock: alice may take over
+    assert op.post("/v1/robots/arm5/teleop/take_over", headers=alice).status_code == 200
+    view = next(v for v in op.get("/v1/robots").json() if v["robot_id"] == "arm5")
+    assert view["teleop"]["operator"] == "alice" and view["teleop"]["commands"] == 0
+    assert op.post("/v1/robots/arm5/teleop/take_over", headers={"x-operator": "-bad;name"}).status_code == 422

@@ -94,6 +94,60 @@ def test_vec_over_worker_processes_matches_in_process_scenes():
     np.testing.assert_array_equal(i0, i2)
 
 
+def test_vec_workers_serve_a_second_reset_with_another_scene_count():
+    """learner.evaluate keeps one MetaWorldVec per worker count across rollouts of any size."""
+    with MetaWorldVec(3, image_size=32, seeds=[3, 4, 5], task="mt10", workers=2) as vec:
+        vec.reset([7], "mt10")
+        assert vec.n == 1 and vec.render(32).shape == (1, 32, 32, 3)
+        for _ in range(5):
+            vec.step(vec.expert_actions())
+        pooled = vec.states()
+    with MetaWorldVec(1, image_size=32, seeds=[7], task="mt10") as fresh:
+        for _ in range(5):
+            fresh.step(fresh.expert_actions())
+        np.testing.assert_array_equal(pooled, fresh.states())
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_frames_drawn_later_from_snapshots_equal_the_frames_of_the_moment(tmp_path, workers):
+    """The deferred recording of learner.evaluate: a success's frames drawn at the end from the
+    snapshots taken at each step are the frames rendered at that step."""
+    from learner.evaluate import _Recorder
+    from protocol.images import encode_jpeg
+
+    with MetaWorldVec(2, image_size=32, seeds=[3, 4], task="drawer-close", workers=workers) as vec:
+        live_frames, states = [], []
+        for _ in range(6):
+            live_frames.append(vec.render(32, "front"))
+            states.append(vec.snapshots())
+            vec.step(vec.expert_actions(noise=0.1))
+        for t in (0, 3, 5):  # also after the scene moved on, out of order
+            drawn = vec.render_snapshots(1, [states[t][1]], "front")[0]
+            np.testing.assert_array_equal(drawn, live_frames[t][1])
+        np.testing.assert_array_equal(vec.render(32, "front"), vec.render(32, "front"))  # left as it was
+        store = EpisodeStore(tmp_path / "episodes")
+        rec = _Recorder(store, vec, "sim0", ["a", "b"], ["front"], 32, group_commit=True, deferred=True)
+        rec.snaps = states[0]
+        for t in range(6):
+            rec.snaps = states[t]
+            for i in range(2):
+                msg = _step_msg(i, t, {"front": encode_jpeg(live_frames[t][i])} if t % 4 == 0 else {})
+                rec.add(i, msg, decision=t % 4 == 0)
+        rec.close(np.array([False, True]))
+    failed, succeeded = store.load("sim0", "a"), store.load("sim0", "b")
+    assert [bool(s["frames"]) for s in failed.steps] == [t % 4 == 0 for t in range(6)]  # decisions only
+    assert all(s["frames"] for s in succeeded.steps)
+    for t in range(6):
+        assert succeeded.frame_bytes(t, "front") == encode_jpeg(live_frames[t][1])
+
+
+def _step_msg(i: int, t: int, images: dict):
+    from protocol.messages import StepMsg
+
+    return StepMsg(robot_id="sim0", episode_id="ab"[i], step=t, images=images, state=[0.0] * 7, action=[0.0] * 7,
+                   chunk_index=t % 4, instruction="close the drawer", t_capture=0.0, t_act=0.0)
+
+
 def test_learner_rollout_on_metaworld_stores_episodes(tmp_path):
     import torch
 

@@ -292,3 +292,30 @@ def test_swapped_backbone_files_are_refused_and_a_missing_tiny_backbone_is_rebui
     policy = Policy.load(reg)
     assert Path(policy.model.backbone_dir).parent == tmp_path / "server_cache"
     assert_same_actions(Policy(model, Normalizer.identity()), policy)
+
+
+def test_the_polled_markers_are_read_once_per_change(tmp_path):
+    """PROMOTED and canary.json, which the server polls, are parsed again only when a writer
+    replaced them: an edit that keeps the inode, size and timestamps is not seen (proof that an
+    unchanged file is not re-read), and an atomic rewrite is seen at once."""
+    registry = CheckpointRegistry(tmp_path)
+    assert registry.promoted() is None and registry.read_canary() is None
+    registry.set_promoted(3)
+    registry.write_canary({"version": 4, "control": 3})
+    assert registry.promoted() == 3 and registry.read_canary() == {"version": 4, "control": 3}
+
+    def edit_in_place(name: str, text: str) -> None:  # same inode, same size, same mtime
+        path = tmp_path / name
+        st = os.stat(path)
+        with open(path, "r+") as f:
+            f.write(text)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    edit_in_place("PROMOTED", "7\n")
+    edit_in_place("canary.json", '{"version": 9, "control": 3}')
+    assert registry.promoted() == 3 and registry.read_canary() == {"version": 4, "control": 3}  # not re-read
+    registry.set_promoted(5)  # the real writers: temp file + rename
+    registry.write_canary({"version": 6, "control": 5})
+    assert registry.promoted() == 5 and registry.read_canary() == {"version": 6, "control": 5}
+    registry.write_canary(None)
+    assert registry.read_canary() is None

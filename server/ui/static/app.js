@@ -4,6 +4,9 @@
 "use strict";
 
 const TOKEN_KEY = "vlaloop.operatorToken";
+// who this tab's operator is (X-Operator on every request): one operator holds a robot at a time;
+// a tab with no name typed gets its own random one, so two tabs never drive the same robot
+const OPERATOR_KEY = "vlaloop-operator";
 const ROBOT_POLL_MS = 300;      // live state and frames: ~3 Hz
 const LEARNING_POLL_MS = 2000;        // on the Learning tab
 const LEARNING_IDLE_POLL_MS = 10000;  // elsewhere: only the learner chip in the top bar needs it
@@ -45,9 +48,19 @@ class AuthError extends Error {}
 
 function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
 
+function operatorName() {
+  let name = sessionStorage.getItem(OPERATOR_KEY);
+  if (!name) {
+    name = "operator-" + Math.random().toString(16).slice(2, 6);
+    sessionStorage.setItem(OPERATOR_KEY, name);
+  }
+  return name;
+}
+
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
   if (token()) headers["Authorization"] = "Bearer " + token();
+  headers["X-Operator"] = operatorName();
   if (options.json !== undefined) {
     headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(options.json);
@@ -137,6 +150,8 @@ function showLogin(message) {
 async function submitLogin(ev) {
   ev.preventDefault();
   sessionStorage.setItem(TOKEN_KEY, $("#token").value.trim());
+  const name = $("#operator-name").value.trim().replace(/[^A-Za-z0-9 ._@-]/g, "").slice(0, 64);
+  if (/^[A-Za-z0-9]/.test(name)) sessionStorage.setItem(OPERATOR_KEY, name);
   try {
     await getJSON("/v1/robots");
   } catch (err) {
@@ -478,8 +493,10 @@ function updateTeleop(root, r) {
   const deviceDrives = !pageDrives && r.state === "teleop";
   root.classList.toggle("driving", pageDrives || deviceDrives);
   root.dataset.teleop = pageDrives ? "page" : (deviceDrives ? "device" : "");
+  const holder = pageDrives ? r.teleop.operator : null;
+  const heldByOther = pageDrives && holder !== operatorName();
   const banner = setField(root, "teleop", pageDrives
-    ? `OPERATOR DRIVING${t.robot === r.robot_id ? " — you, from this page" : " — from another page"}`
+    ? `OPERATOR DRIVING — ${heldByOther ? `${holder}, from another page` : `you (${holder}), from this page`}`
     : (deviceDrives ? `OPERATOR DRIVING — at the robot (${((r.detail || "").match(/\((\w+)\)/) || [, "device"])[1]})` : ""));
   banner.hidden = !(pageDrives || deviceDrives);
   root.querySelector(".teleop-keys").hidden = t.robot !== r.robot_id;
@@ -487,8 +504,11 @@ function updateTeleop(root, r) {
   button.firstChild.textContent = pageDrives || mine ? "Hand back " : "Take over ";
   button.classList.toggle("active", pageDrives || mine);
   // the person at the robot has priority over the page (the robot asks its device first)
-  button.disabled = deviceDrives && !mine;
-  button.title = button.disabled ? "a device at the robot drives it; it has priority" : "";
+  // and one operator holds a robot at a time: another's take-over is refused until they hand back
+  button.disabled = (deviceDrives && !mine) || heldByOther;
+  button.title = deviceDrives && !mine ? "a device at the robot drives it; it has priority"
+    : (heldByOther ? `${holder} holds this robot; it frees when they hand back or stop sending` : "");
+  if (heldByOther) button.firstChild.textContent = `Held by ${holder} `;
   // page -> server (half this page's POST round trip) + server -> the arm told to move (the robot's report)
   const exec = r.teleop ? r.teleop.server_to_exec_ms : null;
   const latency = root.querySelector('[data-field="latency"]');

@@ -1,0 +1,199 @@
+"""One RECAP iteration on the learner's store: value function -> labels -> conditioned SFT.
+
+    recap = RecapPhase(trainer, RecapConfig.from_learner(config.learner))
+    metrics = recap.run(iteration, on_phase=...)      # "value", "labels", "sft"
+    trainer.publish("full", "recap", metrics)          # meta.json carries advantage_conditioning
+
+The value function reads every labelled episode in the store (demos, online and eval episodes;
+success or failure; aborted ones carry no label and are skipped) at one decision every H steps,
+through the trainer's feature cache. The labels are written to ``runs/<run>/recap/labels-itNNN.json``
+with the version whose trunk the value function read (``made_by_version``) before SFT starts; the
+trainer adds the version it published from them (``published_version``).
+
+Threshold groups ("tasks"): the episode's task name (its instruction where it has none). The value
+function itself reads the instruction, so within one task name (the mock's ``reach_slots`` covers
+every colour and phrasing) the advantages are already relative to what each instruction can reach;
+a group per instruction would split the robot's few episodes into groups with no success at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from episodes.durable import write_json_atomic
+from episodes.store import episode_key
+from learner.dataset import expert_decisions
+from learner.episode_rules import is_trainable
+from learner.recap.labels import EpisodeValues, LabelConfig, label_episodes
+from learner.recap.sft import ConditionedSFTConfig, LabelledEpisode, build_conditioned_data
+from learner.recap.value import ValueConfig, fit_value, is_success, value_targets
+from learner.sft import SFTConfig, train_sft
+from vla.advantage import AdvantagePrompt, check_prompt_takes_indicator
+
+log = logging.getLogger(__name__)
+
+LABELS_DIR = "recap"
+
+
+class NoLabelledEpisodes(ValueError):
+    """The store holds no episode labelled success or failure: no value function can be fitted."""
+
+
+@dataclass
+class RecapConfig:
+    value: ValueConfig = field(default_factory=ValueConfig)
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    sft: ConditionedSFTConfig = field(default_factory=ConditionedSFTConfig)
+    guidance: float = 1.0  # beta served with the version (vla/advantage.py); 1 = no guidance pass
+    max_steps: int = 0  # the step limit L for every task; 0 = the longest stored episode of the task
+
+    @classmethod
+    def from_learner(cls, lc) -> RecapConfig:
+        return cls(value=ValueConfig(bins=lc.recap_value_bins, steps=lc.recap_value_steps,
+                                     failure_penalty_steps=lc.recap_failure_penalty_steps, seed=lc.seed),
+                   labels=LabelConfig(n_step=lc.recap_n_step, percentile=lc.recap_positive_percentile),
+                   sft=ConditionedSFTConfig(indicator_dropout=lc.recap_indicator_dropout,
+                                            eval_fraction=lc.sft_eval_fraction, seed=lc.seed),
+                   guidance=lc.recap_guidance, max_steps=lc.recap_max_steps)
+
+
+def labelled_episodes(store) -> list[dict]:
+    """Every episode the value function and SFT train on: labelled success/failure, any source."""
+    return [m for m in store.list_episodes() if is_trainable(m) and m.get("source") in ("expert", "online", "eval")]
+
+
+def task_of(meta: dict, instruction: str) -> str:
+    return str(meta.get("task") or instruction)
+
+
+class RecapPhase:
+    def __init__(self, trainer, cfg: RecapConfig):
+        self.trainer = trainer
+        self.cfg = cfg
+
+    @property
+    def prompt(self) -> AdvantagePrompt:
+        return AdvantagePrompt(indicator=True, guidance=self.cfg.guidance)
+
+    def run(self, iteration: int, progress: bool = False, on_phase: Callable[[str], None] | None = None,
+            on_progress: Callable[[float], None] | None = None) -> dict:
+        """Value function, labels, conditioned SFT on the trainer's model (unpublished). Raises
+        NoLabelledEpisodes / NoPositiveSteps (nothing to train) or ValueError (the backbone's
+        prompt cannot take the indicator) before the model changes."""
+        tr = self.trainer
+        check_prompt_takes_indicator(tr.model.preprocessor)
+        metas = labelled_episodes(tr.store)
+        if not metas:
+            raise NoLabelledEpisodes(f"no episode labelled success or failure in {tr.store.root}: "
+                                     "nothing to fit the value function on")
+        t0 = time.time()
+        (on_phase or _nothing)("value")
+        episodes, value_metrics = self.fit_values(metas)
+        t_value = time.time() - t0
+        (on_phase or _nothing)("labels")
+        report = label_episodes(episodes, self.cfg.labels)
+        self.write_labels(iteration, episodes, report, value_metrics)
+        (on_phase or _nothing)("sft")
+        t1 = time.time()
+        metrics = self.conditioned_sft(episodes, progress, on_progress)
+        metrics.update(value_metrics)
+        metrics.update({k: v for k, v in report.items() if isinstance(v, (int, float))})
+        metrics.update(n_tasks_without_success=len(report["tasks_without_success"]), value_s=t_value,
+                       recap_sft_s=time.time() - t1, recap_guidance=self.cfg.guidance)
+        return metrics
+
+    # ------------------------------------------------------------------ value function
+    def fit_values(self, metas: list[dict]) -> tuple[list[EpisodeValues], dict]:
+        tr = self.trainer
+        chunk = tr.model.config.chunk
+        loaded = []
+        for m in metas:
+            episode = tr.store.load(m["robot_id"], m["episode_id"])
+            if not episode.steps:
+                continue
+            d = expert_decisions(m, episode, chunk, stride=chunk)  # one decision every H steps
+            loaded.append((m, episode, d))
+        limits: dict[str, int] = {}
+        for m, episode, d in loaded:
+            task = task_of(m, d.instruction)
+            limits[task] = self.cfg.max_steps or max(limits.get(task, 0), len(episode.steps))
+        xs, ys, ids, rows = [], [], [], []
+        for n, (m, episode, d) in enumerate(loaded):
+            task = task_of(m, d.instruction)
+            index = {int(s["step"]): i for i, s in enumerate(episode.steps)}
+            g = value_targets(len(episode.steps), is_success(m), limits[task], self.cfg.value.failure_penalty_steps)
+            targets = g[[index[s] for s in d.steps]]
+            features = tr.cache.features(tr.policy, d).float()
+            states = tr.norm.normalize_states(torch.from_numpy(d.states)).float()
+            xs.append(torch.cat([features, states], -1))
+            ys.append(torch.from_numpy(targets))
+            ids.append(np.full(len(d.steps), n))
+            operator = np.array([bool(episode.steps[index[s]].get("intervention")) for s in d.steps], bool)
+            rows.append(EpisodeValues(key=episode_key(m), task=task, source=m.get("source", "online"),
+                                      success=is_success(m), steps=np.asarray(d.steps), targets=targets,
+                                      values=np.zeros(len(d.steps), np.float32), operator=operator))
+        fit = fit_value(torch.cat(xs), torch.cat(ys), np.concatenate(ids), self.cfg.value)
+        for x, ep in zip(xs, rows, strict=True):
+            ep.values = fit.net.value(x).numpy().astype(np.float32)
+        self.loaded = {episode_key(m): (m, episode) for m, episode, _ in loaded}
+        self.value_net = fit.net
+        fit.metrics["value_tasks"] = len(limits)
+        return rows, fit.metrics
+
+    # ------------------------------------------------------------------ labels
+    def labels_path(self, iteration: int) -> Path:
+        return self.trainer.run_dir / LABELS_DIR / f"labels-it{iteration:03d}.json"
+
+    def write_labels(self, iteration: int, episodes: list[EpisodeValues], report: dict, value_metrics: dict) -> None:
+        """The labels, with the version whose trunk made them, written atomically before SFT."""
+        record = {"iteration": iteration, "made_by_version": self.trainer.version, "published_version": None,
+                  "config": asdict(self.cfg), "created": time.time(), **report, "value": value_metrics,
+                  "episodes": {ep.key: {"task": ep.task, "source": ep.source, "success": ep.success,
+                                        "steps": ep.steps.tolist(), "target": _rounded(ep.targets),
+                                        "value": _rounded(ep.values), "advantage": _rounded(ep.advantages),
+                                        "positive": ep.positive.tolist(), "operator": ep.operator.tolist()}
+                               for ep in episodes}}
+        path = self.labels_path(iteration)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, record)
+        self.last_labels = path
+
+    # ------------------------------------------------------------------ conditioned SFT
+    def conditioned_sft(self, episodes: list[EpisodeValues], progress: bool,
+                        on_progress: Callable[[float], None] | None) -> dict:
+        tr, lc = self.trainer, self.trainer.lc
+        labelled = []
+        for ep in episodes:
+            meta, episode = self.loaded[ep.key]
+            labels = {}
+            for s in episode.steps:
+                step = int(s["step"])
+                i = int(np.searchsorted(ep.steps, step, side="right")) - 1
+                labels[step] = bool(s.get("intervention")) or (i >= 0 and bool(ep.positive[i]))
+            labelled.append(LabelledEpisode(meta, episode, labels))
+        data = build_conditioned_data(labelled, tr.model.config.chunk, self.cfg.sft)
+        cfg = SFTConfig(steps=lc.sft_steps, batch_size=lc.sft_batch_size, lr=lc.sft_lr, loss=lc.sft_loss,
+                        eval_fraction=lc.sft_eval_fraction, eval_every=max(1, lc.sft_steps // 4),
+                        seed=lc.seed + tr.sft_phases + 1, warmup_steps=min(20, max(1, lc.sft_steps // 10)))
+        metrics = train_sft(tr.model, tr.norm, data, cfg, mode="lora", progress=progress,
+                            on_step=tr._on_step("recap", on_progress), desc="recap sft")
+        positive = sum(s.instruction.endswith("positive") for s in data.train)
+        metrics = {k: v for k, v in metrics.items() if k != "loss_curve"}
+        metrics.update(sft_positive_samples=positive, sft_samples=len(data.train),
+                       n_episodes_labelled=len(episodes))
+        return metrics
+
+
+def _rounded(a: np.ndarray) -> list[float]:
+    return [round(float(x), 5) for x in a]
+
+
+def _nothing(_: str) -> None:
+    return None
