@@ -45,6 +45,9 @@ test: system-deps $(STAMP) $(METAWORLD_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests --ignore=tests/robot_client --ignore=tests/system
 	$(BIN)/python -m pytest -q --durations=5 tests/robot_client tests/system
 
+# the demo's processes run one torch thread each (as measured in docs/demo.md), unless OMP_NUM_THREADS
+# comes from the environment
+demo: OMP_NUM_THREADS := $(if $(filter environment,$(origin OMP_NUM_THREADS)),$(OMP_NUM_THREADS),1)
 demo: $(STAMP)
 	$(BIN)/vlaloop demo
 
