@@ -25,7 +25,7 @@ from robot_client.safety import SafetyFilter
 from robot_client.scripted_operator import ScriptedOperator, intervention_config
 from robot_client.server_client import ActionLink, ServerClient
 from robot_client.streamer import Streamer
-from robot_client.teleop import GamepadMapping, GamepadTeleop, TeleopSpeeds
+from robot_client.teleop import GamepadMapping, GamepadTeleop, TakeoverWatch, TeleopSpeeds
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,9 @@ class RobotClient:
                                 emit=self.streamer.submit,
                                 on_state=lambda state, info: self.status.report(state, **info),
                                 success=rig.success, interventions=self.interventions)
+        if cfg.execution == "open_loop":  # (ensemble execution asks the policy every tick anyway)
+            watch_client = ServerClient(cfg.server_url, cfg.token, cfg.robot_id)
+            self.loop.takeover_watch = TakeoverWatch(watch_client.takeover_wanted)
         self.runner = EpisodeRunner(rig, self.loop, self.client, self.streamer.submit, cfg, self.status,
                                     calibration=cal.model_dump(mode="json"),
                                     marker=Path(outbox_dir) / "episode_in_progress.json",
@@ -178,6 +181,8 @@ class RobotClient:
         self.streamer.start()
         self.link.start()
         self.status.start()
+        if self.loop.takeover_watch is not None:
+            self.loop.takeover_watch.start()
         for source in self.interventions:
             if hasattr(source, "start"):
                 source.start()
@@ -190,6 +195,8 @@ class RobotClient:
                     source.stop()
             self.link.stop()
             self.status.stop()
+            if self.loop.takeover_watch is not None:
+                self.loop.takeover_watch.stop()
 
     def stop(self) -> None:
         self.runner.stop()

@@ -35,7 +35,7 @@ from protocol.messages import ActRequest, ActResponse, StepMsg, TeleopAck
 from robot_client.journal import ExecutionJournal
 from robot_client.safety import SafeAction, SafetyFilter
 from robot_client.server_client import ActionLink, Reply
-from robot_client.teleop import PageTeleop, TeleopSpeeds
+from robot_client.teleop import PageTeleop, TakeoverWatch, TeleopSpeeds
 from robot_client.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ DROP_STALE = "drop_stale_reply"
 REPLY_ERROR = "reply_error"
 RETIMED_AFTER_HOLD = "chunk_retimed_after_hold"  # a reply after a hold starts at its index 0 (see _adopt)
 HOLD_TELEOP_STALE = "hold_teleop_stale"  # the operator drives, but the latest command is too old
+# a page take-over is known (TakeoverWatch) but its first command has not come with a reply yet:
+# the chunk is not executed further
+HOLD_TAKEOVER_PENDING = "hold_takeover_pending"
 TELEOP_ERROR = "teleop_error"  # an intervention source raised: held like a stale command
 DROP_SUPERSEDED = "drop_superseded_reply"  # asked while the operator drove, answered after the hand-back
 INTERVENTION_STEPS = "intervention_steps"  # episode total only (EpisodeResult.counters)
@@ -204,6 +207,8 @@ class ControlLoop:
         self.page_teleop = PageTeleop(TeleopSpeeds(self.period, cfg.teleop_linear_speed, cfg.teleop_angular_speed))
         self.interventions: list[InterventionSource] = [*(interventions or []), self.page_teleop]
         self.stop_requested = False
+        # set by the client: a page take-over pre-empts an open-loop chunk within one period
+        self.takeover_watch: TakeoverWatch | None = None
         self.journal: ExecutionJournal | None = None  # set by the runner: executed steps survive a kill
         self.episode: _EpisodeState | None = None
         self._scheduling: str | None = None
@@ -225,6 +230,8 @@ class ControlLoop:
             log.info("control loop at %.1f Hz, %s", self.cfg.rate_hz, self._scheduling)
         self.watchdog.reset()
         self.page_teleop.reset()
+        if self.takeover_watch is not None:
+            self.takeover_watch.episode_id = episode_id
         for source in self.interventions:  # a scripted operator judges sampled episodes only
             start = getattr(source, "start_episode", None)
             if start is not None:
@@ -424,6 +431,18 @@ class ControlLoop:
             return None
         if teleop is not None:  # the operator's command has its own freshness rule
             return self._teleop_step(ep, tick, t_start, teleop)
+        if self._takeover_pending(ep):  # the operator has the arm: no more of the policy's chunk
+            ep.count(HOLD_TAKEOVER_PENDING)
+            self._hold(ep)
+            self.watchdog.feed()  # waiting for the operator is not starving ...
+            if ep.takeover_pending_since is None:
+                ep.takeover_pending_since = t_start
+                log.warning("episode %s step %d: operator taking over; the chunk stops here", ep.episode_id,
+                            ep.n_steps)
+            if t_start - ep.takeover_pending_since > self.cfg.teleop_lost_abort_s:  # ... unless it lasts
+                return END_TELEOP_LOST, "the page took over, but no reply brought its command"
+            return None
+        ep.takeover_pending_since = None
         if reason is not None:
             return self._starving(ep, reason, t_start)
         ep.starving_since = None
@@ -555,7 +574,7 @@ class ControlLoop:
             ep.expired.add(rid)
         if ep.paused:  # only to learn when the operator resumes; about twice a second
             return tick - ep.last_query_tick >= max(1, int(0.5 / self.period))
-        if ep.driving is not None:
+        if ep.driving is not None or self._takeover_pending(ep):
             # every tick: the page's commands ride on the replies, and the policy's proposal stays current
             return True
         if self.cfg.execution == "ensemble":
@@ -568,7 +587,15 @@ class ControlLoop:
         return remaining <= 0 or (remaining <= self.cfg.prefetch_steps
                                   and ep.last_query_tick <= ep.chunk.start_tick)
 
+    def _takeover_pending(self, ep: _EpisodeState) -> bool:
+        """The page took this episode over, and no reply has brought its command yet."""
+        watch = self.takeover_watch
+        return (ep.driving is None and watch is not None and watch.pending(ep.episode_id)
+                and not self.page_teleop.driving)
+
     def _has_action(self, ep: _EpisodeState, tick: int) -> bool:
+        if self._takeover_pending(ep):  # the reply to this tick's query brings the operator's command
+            return not any(t == tick for t, _ in ep.outstanding.values())
         if ep.driving == self.page_teleop.name and self.cfg.teleop_wait_reply:
             # the page's newest command rides on the reply to this tick's query: waiting for it (within
             # the reply budget) executes a command up to a period earlier than taking the last reply's
@@ -708,6 +735,7 @@ class _EpisodeState:
         self.query_obs: dict[int, _Obs] = {}  # tick -> the observation sent to the server then
         # interventions
         self.driving: str | None = None  # the source that drives now (None: the policy)
+        self.takeover_pending_since: float | None = None  # holding for a page take-over's first command
         self.superseded: set[str] = set()  # request_ids asked while the operator drove, before the hand-back
         self.teleop_stale_since: float | None = None  # monotonic start of a hold on a stale command
         self.teleop_error: str = ""  # why an intervention source last failed

@@ -122,6 +122,13 @@ class ServerClient:
         self._request("POST", f"/v1/robots/{self.robot_id}/episodes/{episode_id}/awaiting",
                       timeout=timeout, json={"auto_outcome": auto_outcome, "n_steps": n_steps})
 
+    def takeover_wanted(self, episode_id: str, driving: bool, wait_s: float) -> bool:
+        """Long-poll the page's take-over of ``episode_id``: its state as soon as it differs from
+        ``driving`` (or after ``wait_s``). Raises ServerRefused (e.g. 404 on a server without it)."""
+        r = self._request("GET", f"/v1/robots/{self.robot_id}/teleop/wanted", timeout=wait_s + 5.0,
+                          params={"episode_id": episode_id, "driving": driving, "wait_s": wait_s})
+        return bool(r.json()["driving"])
+
     def wait_label(self, episode_id: str, timeout_s: float) -> dict | None:
         """Long-poll the operator's label: the label dict, or None if ``timeout_s`` passed."""
         r = self._request("GET", f"/v1/robots/{self.robot_id}/label", timeout=timeout_s + 5.0,

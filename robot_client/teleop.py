@@ -85,6 +85,54 @@ class PageTeleop:
         return TeleopAction(action, SOURCE_PAGE, self._t_command, seq=c.seq)
 
 
+class TakeoverWatch:
+    """Learns of a page take-over within milliseconds, for a robot that executes chunks open loop.
+
+    Such a robot asks the policy once per chunk, so the reply that carries the take-over would come
+    up to a chunk later. This thread long-polls ``GET /v1/robots/{id}/teleop/wanted`` for the running
+    episode instead; the control loop reads ``pending`` every tick and, when an operator waits, stops
+    executing the chunk (holds) and queries every tick until the reply carries the operator's
+    command. ``poll(episode_id, driving, wait_s) -> bool`` is ``ServerClient.takeover_wanted``.
+    A server without the route (404) turns the watch off: take-overs then arrive with the next reply."""
+
+    def __init__(self, poll, wait_s: float = 2.0, retry_s: float = 0.5):
+        self.poll, self.wait_s, self.retry_s = poll, wait_s, retry_s
+        self.episode_id: str | None = None  # set by the control loop while an episode runs
+        self._wanted: str | None = None  # the episode an operator has taken over
+        self.disabled = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="takeover-watch", daemon=True)
+
+    def start(self) -> TakeoverWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def pending(self, episode_id: str) -> bool:
+        """An operator has taken over this episode (the loop has not seen their command yet)."""
+        return self._wanted == episode_id
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and not self.disabled:
+            episode = self.episode_id
+            if episode is None:
+                self._stop.wait(0.02)
+                continue
+            try:
+                driving = self.poll(episode, self._wanted == episode, self.wait_s)
+            except Exception as e:  # noqa: BLE001 - a dead or old server: the next reply still carries it
+                if "HTTP 404" in str(e):
+                    self.disabled = f"the server has no take-over long-poll ({e})"
+                    log.warning("%s; take-overs arrive with the next policy reply", self.disabled)
+                    return
+                self._stop.wait(self.retry_s)
+                continue
+            if episode == self.episode_id:
+                self._wanted = episode if driving else None
+
+
 # ---------------------------------------------------------------- gamepad
 
 

@@ -272,6 +272,11 @@ class RobotRegistry:
             self._publish({"type": "teleop", "robot_id": robot_id, "driving": False, "reason": reason})
         return r
 
+    def teleop_driving(self, robot_id: str, episode_id: str) -> bool:
+        """An operator has taken over this robot's episode ``episode_id`` from the page."""
+        r = self.robots.get(robot_id)
+        return r is not None and r.teleop is not None and r.teleop.episode_id == episode_id
+
     def teleop_command(self, robot_id: str, body: TeleopIn, operator: str = DEFAULT_OPERATOR) -> bool:
         r = self.robots.get(robot_id)
         if r is None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from pydantic import BaseModel, Field
 
 from protocol.messages import ID_PATTERN
-from server.auth import require_operator
+from server.auth import require_operator, require_robot
 from server.robots import RobotView
 from server.teleop import DEFAULT_OPERATOR, OPERATOR_PATTERN, TeleopAccepted, TeleopIn, TeleopRefused
 
@@ -54,3 +56,28 @@ async def teleop_command(body: TeleopIn, request: Request, robot_id: str = Robot
     """One command: the page sends one on every key change and every 50 ms while driving."""
     accepted = _call(request, "teleop_command", robot_id, body, operator)
     return TeleopAccepted(seq=body.seq, accepted=accepted, received=time.time())
+
+
+class TakeoverState(BaseModel):
+    driving: bool = Field(description="an operator has taken over this episode from the page")
+
+
+TAKEOVER_POLL_S = 0.01  # how often a waiting long-poll looks: a take-over reaches the robot within this
+
+
+@router.get("/robots/{robot_id}/teleop/wanted", dependencies=[Depends(require_robot)])
+async def takeover_wanted(request: Request, robot_id: str = RobotIdParam,
+                          episode_id: str = Query(pattern=ID_PATTERN),
+                          driving: bool = Query(default=False, description="what the robot knows now"),
+                          wait_s: float = Query(default=2.0, ge=0.0, le=10.0)) -> TakeoverState:
+    """Long-poll for the robot: answers as soon as the take-over state of ``episode_id`` differs from
+    ``driving`` (or after ``wait_s``, with the state as it is). A robot executing a chunk open loop
+    asks the policy once per chunk; this lets a take-over pre-empt the chunk within one control
+    period instead of up to a chunk later (robot_client.teleop.TakeoverWatch)."""
+    robots = request.app.state.robots
+    deadline = time.monotonic() + wait_s
+    while True:
+        now = robots.teleop_driving(robot_id, episode_id)
+        if now != driving or time.monotonic() >= deadline:
+            return TakeoverState(driving=now)
+        await asyncio.sleep(TAKEOVER_POLL_S)

@@ -248,3 +248,44 @@ def test_gamepad_dead_man_drives_releases_and_a_lost_pad_holds_then_aborts(tmp_p
     assert teleop and {s["intervention_source"] for s in teleop} == {"gamepad"}
     assert all(s["on_policy"] is False and s["log_prob"] is None for s in teleop)
     assert result.counters.get("hold_teleop_stale", 0) > 0  # the ticks held after the unplug
+
+
+def test_a_take_over_preempts_the_open_loop_chunk_within_one_period(tmp_path, server, procs):
+    """An open-loop robot asks the policy once per chunk (4 actions at 10 Hz, no prefetch here), so
+    the reply that carries a take-over came up to a chunk late: the arm ran the rest of the chunk.
+    Now the take-over reaches the robot through its long-poll (TakeoverWatch) and the chunk stops:
+    taken over right after a chunk started (>= 3 actions left), the arm makes at most the one policy
+    move of the tick already running, then holds until the operator's command arrives."""
+    learner = standin_learner(tmp_path, tmp_path / "episodes")
+    procs.append(learner)
+    client, arm, robot, thread, results = make_client(tmp_path, server, learner, "tele5", rate_hz=10,
+                                                      prefetch_steps=0)
+    op = Operator(server.url, "tele5")
+    try:
+        wait_for(lambda: (op.robot().get("step") or 0) >= 3, 60, "the policy's first steps")
+        assert client.loop.takeover_watch is not None and not client.loop.takeover_watch.disabled
+
+        def chunk_just_started() -> bool:
+            with arm.lock:
+                kind, t, _ = arm.calls[-1]
+            ep = client.loop.episode
+            left = ep.chunk.start_tick + len(ep.chunk.actions) - ep.tick - 1 if ep and ep.chunk else 0
+            return kind == "move" and time.monotonic() - t < 0.02 and left >= 3
+
+        wait_for(chunk_just_started, 30, "a chunk with 3 actions left")
+        t_take = time.monotonic()
+        op.post("teleop/take_over")
+        t_taken = time.monotonic()
+        wait_for(lambda: client.loop.episode.driving == "page", 10, "the operator driving")
+        t_driving = time.monotonic()
+    finally:
+        client.stop()
+        thread.join(30)
+        client.close(10)
+    policy_moves = [a for a in moves_between(arm, t_take, t_driving) if np.allclose(a[:6], POLICY_ACTION)]
+    ticks = [t.started for t in client.runner.results[0][0].timings if t_taken < t.started < t_driving]
+    print(f"\ntake-over POST {1e3 * (t_taken - t_take):.0f} ms; policy moves after it {len(policy_moves)}; "
+          f"operator driving after {len(ticks)} tick(s)")
+    assert len(policy_moves) <= 1, f"{len(policy_moves)} policy moves after the take-over (the chunk ran on)"
+    counters = client.runner.results[0][0].counters
+    assert counters.get("hold_takeover_pending", 0) >= 1  # it held for the operator's first reply
