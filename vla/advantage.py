@@ -36,8 +36,10 @@ POSITIVE, NEGATIVE = "positive", "negative"
 class AdvantagePrompt:
     """How a RECAP version is prompted at run time."""
 
-    indicator: bool = True  # append "Advantage: positive" to every instruction
-    guidance: float = 1.0  # beta of classifier-free guidance; 1.0 = the positive policy, no extra pass
+    indicator: bool = True
+    """Append "Advantage: positive" to every instruction."""
+    guidance: float = 1.0
+    """Beta of classifier-free guidance; 1.0 = the positive policy, no extra pass."""
 
     def to_meta(self) -> dict:
         return {"format": FORMAT, "indicator": self.indicator, "guidance": self.guidance}

@@ -34,8 +34,10 @@ import numpy as np
 
 @dataclass
 class LabelConfig:
-    n_step: int = 2  # n: decisions looked ahead before bootstrapping with V (2 x H=4 = 8 steps on the mock)
-    percentile: float = 70.0  # per-task threshold: this percentile of the policy's own advantages
+    n_step: int = 2
+    """n: decisions looked ahead before bootstrapping with V (2 x H=4 = 8 steps on the mock)."""
+    percentile: float = 70.0
+    """Per-task threshold: this percentile of the policy's own advantages."""
 
 
 class NoPositiveSteps(ValueError):

@@ -49,10 +49,15 @@ class NoLabelledEpisodes(ValueError):
 @dataclass
 class RecapConfig:
     value: ValueConfig = field(default_factory=ValueConfig)
+    """The value function (learner/recap/value.py)."""
     labels: LabelConfig = field(default_factory=LabelConfig)
+    """The advantage labels (learner/recap/labels.py)."""
     sft: ConditionedSFTConfig = field(default_factory=ConditionedSFTConfig)
-    guidance: float = 1.0  # beta served with the version (vla/advantage.py); 1 = no guidance pass
-    max_steps: int = 0  # the step limit L for every task; 0 = the longest stored episode of the task
+    """The conditioned SFT's samples; its optimizer and steps are the learner's sft_* settings."""
+    guidance: float = 1.0
+    """Beta served with the version (vla/advantage.py); 1 = no guidance pass."""
+    max_steps: int = 0
+    """The step limit L for every task; 0 = the longest stored episode of the task."""
 
     @classmethod
     def from_learner(cls, lc) -> RecapConfig:

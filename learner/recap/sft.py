@@ -26,9 +26,12 @@ from vla.advantage import NEGATIVE, POSITIVE, with_indicator
 
 @dataclass
 class ConditionedSFTConfig:
-    indicator_dropout: float = 0.3  # P(a sample has no indicator): the unconditioned policy is learnt too
-    eval_fraction: float = 0.1  # expert demos held out for the SFT eval loss (as learner/sft.py)
+    indicator_dropout: float = 0.3
+    """P(a sample has no indicator): the unconditioned policy is learnt too."""
+    eval_fraction: float = 0.1
+    """Expert demos held out for the SFT eval loss (as learner/sft.py)."""
     seed: int = 0
+    """Seeds the dropout draws and the held-out split."""
 
 
 @dataclass

@@ -32,15 +32,24 @@ from torch import nn
 
 @dataclass
 class ValueConfig:
-    bins: int = 41  # categorical bins over normalized returns [-1, 0] (41: a step of 0.025)
-    hidden: int = 256  # width of the two hidden layers of the MLP
-    steps: int = 400  # Adam steps per fit (fresh network each RECAP iteration)
+    bins: int = 41
+    """Categorical bins over normalized returns [-1, 0] (41: a step of 0.025)."""
+    hidden: int = 256
+    """Width of the two hidden layers of the MLP."""
+    steps: int = 400
+    """Adam steps per fit (fresh network each RECAP iteration)."""
     batch_size: int = 256
+    """Samples (decisions) per Adam step, drawn with replacement from the training episodes."""
     lr: float = 1e-3
+    """Adam learning rate."""
     weight_decay: float = 1e-4
-    heldout_fraction: float = 0.1  # episodes held out to report calibration (value MAE, correlation)
-    failure_penalty_steps: int = 0  # P above; 0 = the task's step limit L
+    """AdamW weight decay (a fresh small net on a few thousand samples: keep it from memorizing)."""
+    heldout_fraction: float = 0.1
+    """Episodes held out to report calibration (value MAE, correlation)."""
+    failure_penalty_steps: int = 0
+    """P above; 0 = the task's step limit L."""
     seed: int = 0
+    """Seeds the net's init, the held-out split and the batches."""
 
 
 def is_success(meta: dict) -> bool:
