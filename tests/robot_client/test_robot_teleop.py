@@ -255,7 +255,8 @@ def test_a_take_over_preempts_the_open_loop_chunk_within_one_period(tmp_path, se
     the reply that carries a take-over came up to a chunk late: the arm ran the rest of the chunk.
     Now the take-over reaches the robot through its long-poll (TakeoverWatch) and the chunk stops:
     taken over right after a chunk started (>= 3 actions left), the arm makes at most the one policy
-    move of the tick already running, then holds until the operator's command arrives."""
+    move of the tick already running, then holds until the operator's command arrives. Counted on the
+    arm's own log (policy moves carry the published model's constant action), not on timings."""
     learner = standin_learner(tmp_path, tmp_path / "episodes")
     procs.append(learner)
     client, arm, robot, thread, results = make_client(tmp_path, server, learner, "tele5", rate_hz=10,
@@ -287,5 +288,6 @@ def test_a_take_over_preempts_the_open_loop_chunk_within_one_period(tmp_path, se
     print(f"\ntake-over POST {1e3 * (t_taken - t_take):.0f} ms; policy moves after it {len(policy_moves)}; "
           f"operator driving after {len(ticks)} tick(s)")
     assert len(policy_moves) <= 1, f"{len(policy_moves)} policy moves after the take-over (the chunk ran on)"
-    counters = client.runner.results[0][0].counters
-    assert counters.get("hold_takeover_pending", 0) >= 1  # it held for the operator's first reply
+    # (the loop holds for the operator's first command, counted as hold_takeover_pending, unless that
+    # command's reply already came within the tick's reply budget)
+    assert client.runner.results[0][0].counters.get("takeovers") == 1
