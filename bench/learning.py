@@ -398,7 +398,7 @@ def _restore(job: Job, config) -> bool:
         if str(p.relative_to(job.run_dir / "episodes")) not in keep:
             shutil.rmtree(p)
     shutil.rmtree(job.run_dir / "features", ignore_errors=True)
-    state = torch.load(d / "state.pt", weights_only=False)
+    state = torch.load(d / "state.pt", weights_only=True)  # tensors, numbers, bytes: never arbitrary pickle
     if state["rl_state"] is not None:
         (job.run_dir / RL_STATE_FILE).write_bytes(state["rl_state"])
     job.trainer = Trainer(config, job.run_dir)
