@@ -252,7 +252,8 @@ def test_vlaloop_serve_subprocess_starts_answers_and_stops_on_sigterm(served, tm
                 break
         assert url, "server did not log its address"
         with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ROBOT}"}, timeout=30) as c:
-            deadline = time.monotonic() + 30
+            # loading and validating the policy takes seconds; 30 s ran out twice at load ~10
+            deadline = time.monotonic() + 120
             while c.get("/readyz").status_code != 200:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
