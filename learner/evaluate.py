@@ -177,6 +177,8 @@ class _Recorder:
 
     def close(self, succeeded: np.ndarray) -> None:
         """Deferred: draw the frames of the successes and commit every episode's steps."""
+        if not self.deferred:  # every step was committed as it was taken
+            return
         todo = {i: [n for n, step in enumerate(steps) if step[3] is not None]
                 for i, steps in enumerate(self.pending) if succeeded[i]}
         for c in self.cams:  # every success at once: the workers draw in parallel
