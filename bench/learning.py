@@ -616,6 +616,16 @@ def finish_split_figure(fig, axes, titles: list[str], xlabel: str, suptitle: str
 
 
 # ---------------------------------------------------------------------------------------------- main
+def _config_differences(saved: dict, cfg: LearningBenchConfig) -> list[str]:
+    """The fields in which a table's saved configuration and `cfg` differ. A field the saved one
+    does not have (added to the bench since) counts only if `cfg` sets it away from its default, so
+    a table started before a new option resumes under the code that has it."""
+    now = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    defaults = json.loads(json.dumps(dataclasses.asdict(LearningBenchConfig())))
+    return sorted(k for k in set(saved) | set(now)
+                  if (saved[k] != now.get(k) if k in saved else now[k] != defaults.get(k)))
+
+
 DEFERRED = {"ppo_whole"}  # with --jobs 1, run after every other method's seeds
 
 
@@ -638,8 +648,11 @@ def run(cfg: LearningBenchConfig, out: Path, fresh: bool = False) -> dict:
         shutil.rmtree(out, ignore_errors=True)
     (out / "results").mkdir(parents=True, exist_ok=True)
     saved = out / "config.json"
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(dataclasses.asdict(cfg))):
-        raise SystemExit(f"{out} holds results of another configuration ({saved}); use --fresh or another --out")
+    if saved.exists():
+        differ = _config_differences(json.loads(saved.read_text()), cfg)
+        if differ:
+            raise SystemExit(f"{out} holds results of another configuration ({saved}: {', '.join(differ)} differ); "
+                             "use --fresh or another --out")
     saved.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     t0 = time.time()
     ctx = multiprocessing.get_context("spawn")
