@@ -22,12 +22,17 @@ the `held_out` colour (yellow) is never trained on. Greedy
 success is evaluated on each split after every round/phase on fixed seeds.
 
 Runs are independent jobs (method x seed) in `--jobs` worker processes (1 torch thread each); each
-finished job is saved to OUT/results/METHOD-sSEED.json, so an interrupted run resumes where it
-stopped. Output: a table (markdown, also OUT/table.md), OUT/learning_curves.png, OUT/summary.json.
+finished job is saved to OUT/results/METHOD-sSEED.json, and a job saves itself at the end of every
+iteration (OUT/runs/METHOD-sSEED/bench_state/), so a killed run resumes at the last finished
+iteration of each job; every finished cell (a Stage 0, or an iteration of a method and seed) is
+logged to OUT/progress.jsonl with a progress line and an ETA. Output: a table (markdown, also
+OUT/table.md), OUT/learning_curves.png, OUT/summary.json. A method is a METHODS entry: its label
+and one function running one iteration of it on a `Job`.
 
     python -m bench.learning                      # the full table: 6 methods x 3 seeds (~45 min, 2 cores)
     python -m bench.learning --smoke              # seconds-sized version (the test suite runs it)
     python -m bench.learning --metaworld          # on MetaWorld, one core (docs/metaworld.md)
+    python -m bench.learning --metaworld-long     # on MetaWorld at issue 25's budget (hours; resumable)
 """
 
 from __future__ import annotations
