@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import io
 import json
 import multiprocessing
@@ -649,6 +650,19 @@ def run(cfg: LearningBenchConfig, out: Path, fresh: bool = False) -> dict:
     unknown = set(cfg.methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {list(METHODS)}")
+    # one run per OUT at a time (a second would redo and overwrite the first's jobs); the lock sits
+    # beside OUT so that --fresh cannot delete it, and is held (flock) until this run ends, however
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out.parent / f".{out.name}.lock"
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"{out} is in use by another bench.learning run (it holds {lock_path})") from None
+        return _run(cfg, out, fresh)
+
+
+def _run(cfg: LearningBenchConfig, out: Path, fresh: bool) -> dict:
     if fresh:
         shutil.rmtree(out, ignore_errors=True)
     (out / "results").mkdir(parents=True, exist_ok=True)
