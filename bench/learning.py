@@ -24,18 +24,24 @@ the `held_out` colour (yellow) is never trained on. Greedy
 success is evaluated on each split after every round/phase on fixed seeds.
 
 Runs are independent jobs (method x seed) in `--jobs` worker processes (1 torch thread each); each
-finished job is saved to OUT/results/METHOD-sSEED.json, so an interrupted run resumes where it
-stopped. Output: a table (markdown, also OUT/table.md), OUT/learning_curves.png, OUT/summary.json.
+finished job is saved to OUT/results/METHOD-sSEED.json, and a job saves itself at the end of every
+iteration (OUT/runs/METHOD-sSEED/bench_state/), so a killed run resumes at the last finished
+iteration of each job; every finished cell (a Stage 0, or an iteration of a method and seed) is
+logged to OUT/progress.jsonl with a progress line and an ETA. Output: a table (markdown, also
+OUT/table.md), OUT/learning_curves.png, OUT/summary.json. A method is a METHODS entry: its label
+and one function running one iteration of it on a `Job`.
 
     python -m bench.learning                      # the full table: 6 methods x 3 seeds (~45 min, 2 cores)
     python -m bench.learning --smoke              # seconds-sized version (the test suite runs it)
     python -m bench.learning --metaworld          # on MetaWorld, one core (docs/metaworld.md)
+    python -m bench.learning --metaworld-long     # on MetaWorld at issue 25's budget (hours; resumable)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import io
 import json
 import multiprocessing
@@ -637,6 +643,16 @@ def finish_split_figure(fig, axes, titles: list[str], xlabel: str, suptitle: str
 
 
 # ---------------------------------------------------------------------------------------------- main
+def _config_differences(saved: dict, cfg: LearningBenchConfig) -> list[str]:
+    """The fields in which a table's saved configuration and `cfg` differ. A field the saved one
+    does not have (added to the bench since) counts only if `cfg` sets it away from its default, so
+    a table started before a new option resumes under the code that has it."""
+    now = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    defaults = json.loads(json.dumps(dataclasses.asdict(LearningBenchConfig())))
+    return sorted(k for k in set(saved) | set(now)
+                  if (saved[k] != now.get(k) if k in saved else now[k] != defaults.get(k)))
+
+
 DEFERRED = {"ppo_whole"}  # with --jobs 1, run after every other method's seeds
 
 
@@ -655,12 +671,28 @@ def run(cfg: LearningBenchConfig, out: Path, fresh: bool = False) -> dict:
     unknown = set(cfg.methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {list(METHODS)}")
+    # one run per OUT at a time (a second would redo and overwrite the first's jobs); the lock sits
+    # beside OUT so that --fresh cannot delete it, and is held (flock) until this run ends, however
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out.parent / f".{out.name}.lock"
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"{out} is in use by another bench.learning run (it holds {lock_path})") from None
+        return _run(cfg, out, fresh)
+
+
+def _run(cfg: LearningBenchConfig, out: Path, fresh: bool) -> dict:
     if fresh:
         shutil.rmtree(out, ignore_errors=True)
     (out / "results").mkdir(parents=True, exist_ok=True)
     saved = out / "config.json"
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(dataclasses.asdict(cfg))):
-        raise SystemExit(f"{out} holds results of another configuration ({saved}); use --fresh or another --out")
+    if saved.exists():
+        differ = _config_differences(json.loads(saved.read_text()), cfg)
+        if differ:
+            raise SystemExit(f"{out} holds results of another configuration ({saved}: {', '.join(differ)} differ); "
+                             "use --fresh or another --out")
     saved.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     t0 = time.time()
     ctx = multiprocessing.get_context("spawn")

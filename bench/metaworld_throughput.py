@@ -109,9 +109,9 @@ def _draw_s(n: int = 40) -> float:
         for _ in range(n):
             states.append(vec.snapshots()[0])
             vec.step(vec.expert_actions(noise=0.1))
-        vec.render_snapshots(0, states[:1])  # the GL context: start-up
+        vec.render_snapshots({0: states[:1]})  # the GL context: start-up
         t = time.perf_counter()
-        vec.render_snapshots(0, states)
+        vec.render_snapshots({0: states})
         return (time.perf_counter() - t) / n
 
 

@@ -177,12 +177,16 @@ class _Recorder:
 
     def close(self, succeeded: np.ndarray) -> None:
         """Deferred: draw the frames of the successes and commit every episode's steps."""
-        for i, steps in enumerate(self.pending):  # empty unless deferred
-            todo = [n for n, (_, _, _, snap) in enumerate(steps) if snap is not None]
-            if succeeded[i] and todo:
-                drawn = {c: self.vec.render_snapshots(i, [steps[n][3] for n in todo], c) for c in self.cams}
-                for j, n in enumerate(todo):
-                    steps[n] = (*steps[n][:2], {c: encode_jpeg(drawn[c][j]) for c in self.cams}, None)
+        if not self.deferred:  # every step was committed as it was taken
+            return
+        todo = {i: [n for n, step in enumerate(steps) if step[3] is not None]
+                for i, steps in enumerate(self.pending) if succeeded[i]}
+        for c in self.cams:  # every success at once: the workers draw in parallel
+            drawn = self.vec.render_snapshots({i: [self.pending[i][n][3] for n in ns] for i, ns in todo.items()}, c)
+            for i, frames in drawn.items():
+                for n, img in zip(todo[i], frames, strict=True):
+                    self.pending[i][n][2][c] = encode_jpeg(img)
+        for i, steps in enumerate(self.pending):
             self.batch += [(self.robot_id, self.ids[i], step, record, images) for step, record, images, _ in steps]
         self.pending = [[] for _ in self.ids]
         if self.batch:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import weakref
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -68,12 +67,15 @@ class FastRenderer:
             _EXIT_HOOK = True
         self.env = env
 
-    def render(self, camera: str) -> np.ndarray:
+    def render(self, camera: str, data=None) -> np.ndarray:
+        """A frame of ``data`` (default: this env's). Another env of the same task may pass its
+        own: the scene's geometry is placed from ``data`` alone (positions and orientations that
+        the layout and the motion set), the rest (meshes, textures, materials) is the task's."""
         if camera not in CAMERAS:
             raise ValueError(f"unknown MetaWorld camera {camera!r} (one of {CAMERA_NAMES})")
         name, flip = CAMERAS[camera]
         flags = self._mujoco.mjtRndFlag
-        self.renderer.update_scene(self.env.data, camera=name)
+        self.renderer.update_scene(self.env.data if data is None else data, camera=name)
         self.renderer.scene.flags[flags.mjRND_SHADOW] = False
         self.renderer.scene.flags[flags.mjRND_REFLECTION] = False
         img = self.renderer.render()
@@ -84,32 +86,37 @@ class FastRenderer:
 
 
 class _Sim:
-    """A MetaWorld env of one task with its renderer (made at the first frame) and expert."""
+    """A MetaWorld env of one task and its expert; frames come from the task's shared renderer."""
 
     def __init__(self, task: str, image_size: int):
         self.task = task
         self.env = make_env(task)
         self.image_size = image_size
-        self.renderer: FastRenderer | None = None
         self.expert = None
-        _ALL.add(self)
 
     def render(self, camera: str) -> np.ndarray:
-        if self.renderer is None:
-            self.renderer = FastRenderer(self.env, self.image_size)
-        return self.renderer.render(camera)
+        return _renderer(self.task, self.image_size, self.env).render(camera, self.env.data)
 
 
-_ALL: weakref.WeakSet[_Sim] = weakref.WeakSet()
+# One renderer (GL context) per (task, image size) in a process, shared by all its envs of that
+# task: a context holds the task's meshes and textures, ~130 MB on llvmpipe, and a rollout of 24
+# scenes used to make one per scene (12 GB for the learning bench's evaluation). The frames are the
+# same (tests/sim/test_metaworld_sim.py).
+_RENDERERS: dict[tuple[str, int], FastRenderer] = {}
 _EXIT_HOOK = False
+
+
+def _renderer(task: str, image_size: int, env) -> FastRenderer:
+    key = (task, image_size)
+    if key not in _RENDERERS:
+        _RENDERERS[key] = FastRenderer(env, image_size)
+    return _RENDERERS[key]
 
 
 def _close_renderers() -> None:
     """Free the GL contexts while EGL is still up (freeing them during interpreter teardown raises)."""
-    for sim in list(_ALL):
-        if sim.renderer is not None:
-            sim.renderer.close()
-            sim.renderer = None
+    while _RENDERERS:
+        _RENDERERS.popitem()[1].close()
 
 
 # Idle envs by (task, image size): making an env and its GL context costs ~0.5 s, so scenes hand

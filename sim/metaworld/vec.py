@@ -60,8 +60,8 @@ class _Shard:
     def snapshots(self, active: np.ndarray) -> list[np.ndarray | None]:
         return [s.snapshot() if on else None for s, on in zip(self.scenes, active, strict=True)]
 
-    def render_snapshots(self, j: int, states: list[np.ndarray], camera: str) -> np.ndarray:
-        return np.stack([self.scenes[j].render_snapshot(st, camera) for st in states])
+    def render_snapshots(self, requests: list[tuple[int, list[np.ndarray]]], camera: str) -> list[np.ndarray]:
+        return [np.stack([self.scenes[j].render_snapshot(st, camera) for st in states]) for j, states in requests]
 
     def expert(self, noise: float) -> np.ndarray:
         if not self.scenes:
@@ -170,19 +170,25 @@ class MetaWorldVec:
         live = ~self.done
         return self._scatter(self._call("snapshots", lambda w: (live[self._slots(w)],)))
 
-    def render_snapshots(self, i: int, states: list[np.ndarray], camera: str = "front") -> np.ndarray:
-        """[len(states), H, W, 3]: scene ``i``'s frames at its `snapshots` ``states`` (of its current
-        episode), as ``render`` drew them then."""
-        if not states:
-            return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+    def render_snapshots(self, requests: dict[int, list[np.ndarray]], camera: str = "front") -> dict[int, np.ndarray]:
+        """{scene i: [len(states), H, W, 3]}: each scene's frames at its `snapshots` ``states`` (of its
+        current episode), as ``render`` drew them then; the workers draw theirs in parallel."""
+        requests = {int(i): list(states) for i, states in requests.items() if len(states)}
         if self._local is not None:
-            return self._local.render_snapshots(i, states, camera)
-        conn = self._conns[i % self.workers]
-        conn.send(("render_snapshots", (i // self.workers, states, camera)))
-        status, value = conn.recv()
-        if status != "ok":
-            raise RuntimeError(f"MetaWorld worker failed in render_snapshots: {value}")
-        return value
+            got = self._local.render_snapshots(list(requests.items()), camera)
+            return dict(zip(requests, got, strict=True))
+        per_worker: dict[int, list[int]] = {}
+        for i in requests:
+            per_worker.setdefault(i % self.workers, []).append(i)
+        for w, scenes in per_worker.items():
+            self._conns[w].send(("render_snapshots", ([(i // self.workers, requests[i]) for i in scenes], camera)))
+        out = {}
+        for w, scenes in per_worker.items():
+            status, value = self._conns[w].recv()
+            if status != "ok":
+                raise RuntimeError(f"MetaWorld worker failed in render_snapshots: {value}")
+            out.update(zip(scenes, value, strict=True))
+        return out
 
     def expert_actions(self, noise: float = 0.0) -> np.ndarray:
         return np.stack(self._scatter([list(x) for x in self._call("expert", lambda w: (noise,))]))

@@ -31,3 +31,5 @@ def test_metaworld_smoke_runs_the_protocol(tmp_path):
     assert all(0.0 <= p[s] <= 1.0 for p in r["curve"] for s in SPLITS)
     table = format_table(summary, cfg)
     assert "iRe-VLA paper" in table and "metaworld" in table
+    cells = [json.loads(x) for x in (tmp_path / "progress.jsonl").read_text().splitlines()]
+    assert [(c["method"], c["iteration"]) for c in cells] == [("stage0", 0), ("sft_only", 0), ("irevla_ppo", 0)]

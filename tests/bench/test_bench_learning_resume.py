@@ -33,7 +33,10 @@ def test_a_killed_table_resumes_where_it_stopped(tmp_path):
             seen.append(line)
             saved_iteration |= "last: irevla_ppo seed 0 iteration 0" in line
             if saved_iteration and "[irevla_ppo s0] {" in line and "'it1 rl0'" in line:
-                break  # iteration 1 has collected and trained a round: kill it mid-iteration
+                # a second run on the same OUT is refused while this one runs ...
+                second = subprocess.run(_cmd(out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                assert second.returncode != 0 and "in use by another bench.learning run" in second.stderr
+                break  # ... which is killed here, mid-iteration 1 (a round collected and trained)
         else:
             pytest.fail("the bench ended before the point to kill it:\n" + "".join(seen))
     finally:

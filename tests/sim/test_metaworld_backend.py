@@ -121,9 +121,10 @@ def test_frames_drawn_later_from_snapshots_equal_the_frames_of_the_moment(tmp_pa
             live_frames.append(vec.render(32, "front"))
             states.append(vec.snapshots())
             vec.step(vec.expert_actions(noise=0.1))
-        for t in (0, 3, 5):  # also after the scene moved on, out of order
-            drawn = vec.render_snapshots(1, [states[t][1]], "front")[0]
-            np.testing.assert_array_equal(drawn, live_frames[t][1])
+        drawn = vec.render_snapshots({1: [states[t][1] for t in (5, 0, 3)], 0: [states[2][0]]}, "front")
+        for k, t in enumerate((5, 0, 3)):  # after the scene moved on, out of order
+            np.testing.assert_array_equal(drawn[1][k], live_frames[t][1])
+        np.testing.assert_array_equal(drawn[0][0], live_frames[2][0])
         np.testing.assert_array_equal(vec.render(32, "front"), vec.render(32, "front"))  # left as it was
         store = EpisodeStore(tmp_path / "episodes")
         rec = _Recorder(store, vec, "sim0", ["a", "b"], ["front"], 32, group_commit=True, deferred=True)

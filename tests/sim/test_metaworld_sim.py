@@ -113,3 +113,28 @@ def test_language_table_covers_mt10_with_paraphrases():
     assert split_tasks("push", "held_out") == ("push",)
     with pytest.raises(ValueError):
         split_tasks("nope")
+
+
+def test_scenes_of_a_task_share_one_renderer_and_draw_what_their_own_would():
+    """One GL context per task serves every env of it (sim.metaworld.env._RENDERERS): each
+    scene's frame equals the frame of a renderer made from its own env, for every task the
+    learning bench uses, on different layouts and after the arm moved."""
+    from sim.metaworld.env import _RENDERERS, FastRenderer
+
+    for task in TASK_SETS["bench"]["all"]:
+        a, b = MetaWorldScene(32), MetaWorldScene(32)
+        a.reset(task, 1)
+        b.reset(task, 2)
+        rng = np.random.default_rng(0)
+        for _ in range(5):
+            b.step(add_noise(b.expert_action(), rng, 0.3))
+        a.render(), b.render()
+        assert list(_RENDERERS).count((task, 32)) == 1
+        own = FastRenderer(b.env, 32)
+        try:
+            for cam in ("front", "top"):
+                np.testing.assert_array_equal(b.render(cam), own.render(cam), err_msg=f"{task} {cam}")
+        finally:
+            own.close()
+        a.close()
+        b.close()
