@@ -40,10 +40,11 @@ test: system-deps $(STAMP) $(METAWORLD_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	# most of the suite waits on processes and sockets: two workers, one test file each at a time;
-	# the robot client's and the whole-system tests (real control loops at 10-20 Hz) run afterwards,
-	# apart from the CPU-heavy training tests, two files at a time (docs/testing.md)
+	# the robot client's and the whole-system tests (a server killed mid-chunk must be noticed within
+	# a control period, by a link thread probing every 25 ms) run afterwards on their own: on two
+	# workers the other file's processes starved that thread (docs/testing.md)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests --ignore=tests/robot_client --ignore=tests/system
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=5 tests/robot_client tests/system
+	$(BIN)/python -m pytest -q --durations=5 tests/robot_client tests/system
 
 # the demo's processes run one torch thread each (as measured in docs/demo.md), unless OMP_NUM_THREADS
 # comes from the environment
