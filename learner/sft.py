@@ -68,6 +68,15 @@ class SFTData:
     episodes_eval: int = 0
     frame_cache: dict = field(default_factory=dict)
 
+    def add_episode(self, samples: list[SFTSample], held_out: bool) -> None:
+        """One episode's samples, all on the training side or all held out (never split)."""
+        if held_out:
+            self.eval += samples
+            self.episodes_eval += 1
+        else:
+            self.train += samples
+            self.episodes_train += 1
+
 
 def build_sft_data(store: EpisodeStore, metas: list[dict], chunk: int, eval_fraction: float,
                    seed: int = 0, intervention_repeat: int = 1) -> SFTData:
@@ -88,12 +97,7 @@ def build_sft_data(store: EpisodeStore, metas: list[dict], chunk: int, eval_frac
             teleop = bool(d.steps) and bool(d.episode.steps[_index_of(d, d.steps[0])].get("intervention"))
             samples += [SFTSample(d.episode, d.steps[i], d.states[i], d.chunks[i], d.instruction)
                         for i in range(len(d))] * (intervention_repeat if teleop else 1)
-        if (meta["robot_id"], meta["episode_id"]) in eval_ids:
-            data.eval += samples
-            data.episodes_eval += 1
-        else:
-            data.train += samples
-            data.episodes_train += 1
+        data.add_episode(samples, held_out=(meta["robot_id"], meta["episode_id"]) in eval_ids)
     return data
 
 

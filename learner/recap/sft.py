@@ -66,10 +66,5 @@ def build_conditioned_data(episodes: list[LabelledEpisode], chunk: int, cfg: Con
                 if rng.random() < cfg.indicator_dropout:
                     label = None
                 samples.append(SFTSample(e.episode, step, d.states[i], d.chunks[i], with_indicator(d.instruction, label)))
-        if id(e) in eval_keys:
-            data.eval += samples
-            data.episodes_eval += 1
-        else:
-            data.train += samples
-            data.episodes_train += 1
+        data.add_episode(samples, held_out=id(e) in eval_keys)
     return data
