@@ -273,7 +273,8 @@ def test_a_take_over_preempts_the_open_loop_chunk_within_one_period(tmp_path, se
             left = ep.chunk.start_tick + len(ep.chunk.actions) - ep.tick - 1 if ep and ep.chunk else 0
             return kind == "move" and time.monotonic() - t < 0.02 and left >= 3
 
-        wait_for(chunk_just_started, 30, "a chunk with 3 actions left")
+        # polled every 5 ms: at the loop's own 100 ms the poll can lock in phase and never see the window
+        wait_for(chunk_just_started, 30, "a chunk with 3 actions left", interval=0.005)
         t_take = time.monotonic()
         op.post("teleop/take_over")
         t_taken = time.monotonic()
