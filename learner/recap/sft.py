@@ -59,9 +59,14 @@ def build_conditioned_data(episodes: list[LabelledEpisode], chunk: int, cfg: Con
     data = SFTData(train=[], eval=[])
     for e in episodes:
         samples = []
+        # a simulated failure may keep its frames only where the policy decided (sim/metaworld):
+        # a step without a stored frame is no sample
+        framed = {s["step"] for s in e.episode.steps if s.get("frames")}
         for span in runs_by_driver(e.episode):
             d = expert_decisions(e.meta, e.episode, chunk, span=span)
             for i, step in enumerate(d.steps):
+                if step not in framed:
+                    continue
                 label = POSITIVE if e.positive[step] else NEGATIVE
                 if rng.random() < cfg.indicator_dropout:
                     label = None

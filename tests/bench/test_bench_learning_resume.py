@@ -3,6 +3,7 @@ with SIGKILL in the middle of a job, rerun with the same command, and finishes t
 redoing what was done: the finished job's result file is untouched, the cut job goes on from its
 last finished iteration, and the episodes of the iteration that was cut short are not kept twice."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import subprocess
 import pytest
 from standins import PY, ROOT
 
-from bench.learning import SMOKE, LearningBenchConfig, format_progress
+from bench.learning import SMOKE, LearningBenchConfig, _config_differences, format_progress
 from episodes.store import EpisodeStore
 
 pytestmark = pytest.mark.slow  # ~1 min on two busy cores: two bench processes, Stage 0 and 2 jobs
@@ -64,3 +65,11 @@ def test_a_killed_table_resumes_where_it_stopped(tmp_path):
     keys = [(c["method"], c["seed"], c["iteration"]) for c in cells]
     assert len(keys) == len(set(keys)) == 1 + 2 * 2  # Stage 0 + 2 methods x 2 iterations, each once
     assert "ETA" in rerun.stdout
+
+
+def test_a_table_resumes_with_a_method_or_seed_added_but_not_with_other_settings():
+    saved = json.loads(json.dumps(dataclasses.asdict(LearningBenchConfig(**SMOKE))))
+    more = LearningBenchConfig(**{**SMOKE, "methods": ("sft_only", "recap"), "seeds": (0, 1), "jobs": 2})
+    assert _config_differences(saved, more) == []  # which cells, and how many at once: not what a cell holds
+    other = LearningBenchConfig(**{**SMOKE, "sft_steps": SMOKE["sft_steps"] + 1, "methods": ("recap",)})
+    assert _config_differences(saved, other) == ["sft_steps"]
