@@ -178,3 +178,21 @@ def test_a_store_with_no_labelled_episode_publishes_nothing(tmp_path, trainer):
     with pytest.raises(NoLabelledEpisodes, match="no episode labelled"):
         cold.recap_phase(0, progress=False)
     assert CheckpointRegistry(run_dir / "checkpoints").versions() == []
+
+
+def test_conditioned_sft_takes_only_the_steps_whose_frames_were_stored(trainer):
+    """A simulated failure may keep its frames only at the policy's decisions (sim/metaworld): the
+    steps without a frame are no samples, so the SFT never reads a frame that is not there."""
+    from learner.recap.sft import ConditionedSFTConfig, LabelledEpisode, build_conditioned_data
+    from learner.sft import make_batch
+
+    meta = next(m for m in trainer.store.list_episodes(source="online") if not m.get("intervention_steps"))
+    episode = trainer.store.load(meta["robot_id"], meta["episode_id"])
+    kept = {s["step"] for s in episode.steps[::4]}
+    for s in episode.steps:
+        if s["step"] not in kept:
+            s["frames"] = []
+    labelled = LabelledEpisode(meta, episode, {s["step"]: True for s in episode.steps})
+    data = build_conditioned_data([labelled], chunk=4, cfg=ConditionedSFTConfig(eval_fraction=0.0))
+    assert data.train and {x.step for x in data.train} <= kept
+    make_batch(trainer.model, trainer.norm, data, data.train)  # reads every sample's frame
