@@ -1,13 +1,19 @@
 """Dynamic micro-batching: concurrent /v1/act requests from several robots run as one forward pass.
 
 Requests wait in an asyncio queue. One collector task forms a batch from what is queued and then
-waits — at most ``max_wait_ms`` after the worker became free — only for robots it *expects back*
+waits — at most the window after the worker became free — only for robots it *expects back*
 within that window: each robot's time from our reply to its next request is tracked (EMA), so a
 robot in a tight loop is waited for, while a robot that will send its next frame in 100 ms (a
 10 Hz control loop) is not. A lone robot never waits for company; a fleet whose requests arrive
 within a few milliseconds of each other shares one forward pass. The window opens when the worker
 is free, not when the first request arrived: otherwise requests that queued behind a batch run as
 a small batch of their own and the fleet splits into groups that alternate forever.
+
+The window is ``max_wait_ms`` or one forward pass (the recent batches' mean), whichever is longer:
+a robot that arrives just after a batch started waits for that whole forward pass anyway, and then
+for its own, so waiting up to one forward pass for a robot expected back costs the batch no more
+than it spares that robot, and the fleet shares one pass instead of splitting into groups
+(measured in bench.serving: 8 tight-loop clients on 2 cores, mean batch 4.0 -> 7+).
 
 Inference runs in ONE worker thread (off the event loop, never two batches at once); each request's
 version is resolved once when its batch forms (``PolicyHolder.policy_for``: the promoted version, or
@@ -33,6 +39,7 @@ log = logging.getLogger(__name__)
 
 FORGET_AFTER_S = 10.0  # a robot silent this long is not expected back
 ETA_SLACK = 1.5  # wait up to 1.5x a robot's usual reply->request gap (jitter) before giving up on it
+FORWARD_EMA = 0.2  # weight of the latest batch in the forward-pass time the window follows
 
 
 class InferenceFailed(RuntimeError):
@@ -83,6 +90,11 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self._robots: dict[str, _RobotTiming] = {}
         self._worker_free_since = 0.0
+        self.forward_s = 0.0  # recent batches' forward pass (EMA); the window is at least this
+
+    def window_s(self) -> float:
+        """How long after the worker became free a batch may wait for robots expected back."""
+        return max(self.max_wait_s, self.forward_s)
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -142,7 +154,7 @@ class MicroBatcher:
         q = self._queue
         first = await q.get()
         batch = [first]
-        window_end = max(first.t_enqueue, self._worker_free_since) + self.max_wait_s
+        window_end = max(first.t_enqueue, self._worker_free_since) + self.window_s()
         while len(batch) < self.max_batch:
             if not q.empty():
                 batch.append(q.get_nowait())
@@ -212,6 +224,7 @@ class MicroBatcher:
                 except Exception as e1:
                     outputs.append(InferenceFailed(f"{type(e1).__name__}: {e1}"))
         infer_s = time.perf_counter() - t0
+        self.forward_s = infer_s if not self.forward_s else (1 - FORWARD_EMA) * self.forward_s + FORWARD_EMA * infer_s
         self.metrics.batch_size.observe(len(batch))
         results: list[BatchResult | Exception] = []
         for p, out in zip(batch, outputs, strict=True):

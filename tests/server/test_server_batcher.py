@@ -91,3 +91,37 @@ def test_a_robot_expected_back_within_the_window_is_waited_for(holder):
     asyncio.run(_with_batcher(holder, 50.0, body))
     # after the first round teaches the batcher b's rhythm, a's requests wait for b's
     assert sizes["a"][2:] == [2] * 4, sizes
+
+
+class _SlowForward:
+    """The tiny policy with a 100 ms forward pass: a big backbone's, without its weights."""
+
+    def __init__(self, policy):
+        self.policy, self.version = policy, policy.version
+
+    def act_batch(self, obs, modes):
+        time.sleep(0.1)
+        return self.policy.act_batch(obs, modes)
+
+
+def test_the_window_is_at_least_one_forward_pass(holder, monkeypatch):
+    # max_wait is 1 ms, robot "b" comes back 5 ms after each reply: with a 100 ms forward pass the
+    # window follows the forward (20x b's gap), so b is waited for and the two share every pass
+    # after the first round; with the 1 ms window alone they would alternate in batches of one
+    slow = _SlowForward(holder.policy)
+    monkeypatch.setattr(holder, "policy_for", lambda robot_id, episode_id=None: slow)
+    sizes: dict[str, list[int]] = {"a": [], "b": []}
+
+    async def robot(b, name, think_s):
+        for step in range(6):
+            r = await b.submit(_obs(step), "greedy", name)
+            sizes[name].append(r.batch_size)
+            await asyncio.sleep(think_s)
+
+    async def body(b):
+        await asyncio.gather(robot(b, "a", 0.0), robot(b, "b", 0.005))
+        return b.window_s()
+
+    window = asyncio.run(_with_batcher(holder, 1.0, body))
+    assert sizes["a"][2:] == [2] * 4, sizes
+    assert window >= 0.1
