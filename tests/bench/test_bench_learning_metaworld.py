@@ -11,6 +11,7 @@ import sim.metaworld  # noqa: F401  (sets MUJOCO_GL before mujoco is imported)
 pytest.importorskip("metaworld")
 
 from bench.learning import METAWORLD, METAWORLD_SMOKE, SMOKE, SPLITS, LearningBenchConfig, format_table, run  # noqa: E402
+from bench.online_data import format_report, run_stats  # noqa: E402
 from episodes.store import EpisodeStore  # noqa: E402
 from sim.metaworld.tasks import TASK_SETS  # noqa: E402
 
@@ -33,3 +34,13 @@ def test_metaworld_smoke_runs_the_protocol(tmp_path):
     assert "iRe-VLA paper" in table and "metaworld" in table
     cells = [json.loads(x) for x in (tmp_path / "progress.jsonl").read_text().splitlines()]
     assert [(c["method"], c["iteration"]) for c in cells] == [("stage0", 0), ("sft_only", 0), ("irevla_ppo", 0)]
+    # what the online episodes gave the SFT phase, per task, read back from the same store
+    stats = run_stats(tmp_path / "runs" / "irevla_ppo-s0", per_iteration=cfg.budget)
+    sampled = {t: s["iterations"][0]["episodes"] for t, s in stats.items() if s["iterations"]}
+    assert sum(sampled.values()) == len(online) and set(sampled) == {m["task"] for m in online}
+    for task, s in stats.items():
+        assert s["demos"] == sum(m["task"] == task and m["outcome"] == "success" for m in demos)
+        if s["iterations"]:
+            wins = [m for m in online if m["task"] == task and m["outcome"] == "success"]
+            assert s["iterations"][0]["successes"] == len(wins)
+    assert "`irevla_ppo-s0`" in format_report(tmp_path, cfg.budget)
