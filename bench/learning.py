@@ -607,7 +607,23 @@ def format_table(summary: dict, cfg: LearningBenchConfig) -> str:
     return "\n".join(lines)
 
 
+def partial_curves(cfg: LearningBenchConfig, out: Path) -> list[dict]:
+    """The curves so far of the jobs with no result yet (saved at the end of each finished
+    iteration), as result-like dicts: a running table's plot shows them too."""
+    partial = []
+    for m in cfg.methods:
+        for s in cfg.seeds:
+            saved = out / "runs" / f"{m}-s{s}" / _SAVED / "job.json"
+            if not (out / "results" / f"{m}-s{s}.json").exists() and saved.exists():
+                partial.append({"method": m, "seed": s, "curve": json.loads(saved.read_text())["curve"],
+                                "partial": True})
+    return partial
+
+
 def plot(results: list[dict], cfg: LearningBenchConfig, path: Path) -> None:
+    """Greedy success against online episodes per split, one line per method: at each point the
+    mean over the seeds that reached it (finished jobs and, in a running table, the finished
+    iterations of the others), the band their min..max; the seed count is marked where it changes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -619,13 +635,22 @@ def plot(results: list[dict], cfg: LearningBenchConfig, path: Path) -> None:
         rs = [r for r in results if r["method"] == method]
         if not rs:
             continue
-        xs = [p["episodes"] for p in rs[0]["curve"]]
+        xs = sorted({p["episodes"] for r in rs for p in r["curve"]})
         for ax, split in zip(axes, SPLITS, strict=True):
-            ys = np.array([[p[split] for p in r["curve"]] for r in rs if len(r["curve"]) == len(xs)])
-            line, = ax.plot(xs, ys.mean(0), marker="o", ms=3, label=METHODS[method].label)
-            ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
+            at = [[p[split] for r in rs for p in r["curve"] if p["episodes"] == x] for x in xs]
+            ys = np.array([np.mean(v) for v in at])
+            line, = ax.plot(xs, ys, marker="o", ms=3, label=METHODS[method].label)
+            ax.fill_between(xs, [min(v) for v in at], [max(v) for v in at], color=line.get_color(), alpha=0.15)
+            counts = [len(v) for v in at]
+            for i, (x, y, n) in enumerate(zip(xs, ys, counts, strict=True)):
+                if i == 0 or n != counts[i - 1]:
+                    ax.annotate(f"{n}s", (x, y), textcoords="offset points", xytext=(2, 4), fontsize=6,
+                                color=line.get_color())
+    running = any(r.get("partial") for r in results)
     finish_split_figure(fig, axes, [titles[s] for s in SPLITS], "online episodes (or extra demos) spent",
-                        f"{cfg.backend} {cfg.task}: mean over {len(cfg.seeds)} seed(s), band = min..max", path)
+                        f"{cfg.backend} {cfg.task}: mean over the seeds at each point (Ns: N seeds from "
+                        f"there on), band = min..max" + (" -- RUNNING: unfinished jobs included" if running else ""),
+                        path)
 
 
 def finish_split_figure(fig, axes, titles: list[str], xlabel: str, suptitle: str, path: Path) -> None:
@@ -773,7 +798,7 @@ def report(cfg: LearningBenchConfig, out: Path, t0: float | None = None) -> dict
     total = None if t0 is None else time.time() - t0
     (out / "summary.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "methods": summary,
                                                   "total_s": total, "not_run": missing}, indent=1))
-    plot(results, cfg, out / "learning_curves.png")
+    plot(results + partial_curves(cfg, out), cfg, out / "learning_curves.png")
     progress = format_progress(cfg, out)
     if progress:
         table += "\n\n" + progress

@@ -12,7 +12,14 @@ import subprocess
 import pytest
 from standins import PY, ROOT
 
-from bench.learning import SMOKE, LearningBenchConfig, _config_differences, format_progress
+from bench.learning import (
+    SMOKE,
+    LearningBenchConfig,
+    _config_differences,
+    format_progress,
+    partial_curves,
+    plot,
+)
 from episodes.store import EpisodeStore
 
 pytestmark = pytest.mark.slow  # ~1 min on two busy cores: two bench processes, Stage 0 and 2 jobs
@@ -48,6 +55,11 @@ def test_a_killed_table_resumes_where_it_stopped(tmp_path):
     cfg = LearningBenchConfig(**{**SMOKE, "methods": ("sft_only", "irevla_ppo"), "iterations": 2})
     partial = format_progress(cfg, out)  # what `--report` adds for a table still running
     assert "PARTIAL: 4 of 5 cells done" in partial and "| `irevla_ppo` | 0 | 1 / 2 |" in partial
+    running = partial_curves(cfg, out)  # the cut job's curve so far, for the plot of a running table
+    assert [(r["method"], r["curve"][0]["phase"], r["curve"][-1]["phase"]) for r in running] == [
+        ("irevla_ppo", "stage0", "it0 sft")]
+    plot(running, cfg, tmp_path / "running.png")
+    assert (tmp_path / "running.png").stat().st_size > 0
     rerun = subprocess.run(_cmd(out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "[irevla_ppo s0] resumed after iteration 1 of 2" in rerun.stdout
