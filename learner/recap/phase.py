@@ -40,7 +40,7 @@ from learner.recap.awr import AWRConfig, awr_weights, weight_summary
 from learner.recap.labels import EpisodeValues, LabelConfig, label_episodes
 from learner.recap.sft import ConditionedSFTConfig, LabelledEpisode, build_conditioned_data
 from learner.recap.value import ValueConfig, fit_value, is_success, value_targets
-from learner.sft import SFTConfig, train_sft
+from learner.sft import SFTConfig, SFTData, train_sft
 from vla.advantage import META_KEY, AdvantagePrompt, check_prompt_takes_indicator
 
 log = logging.getLogger(__name__)
@@ -200,9 +200,9 @@ class RecapPhase:
         self.last_labels = path
 
     # ------------------------------------------------------------------ conditioned SFT
-    def conditioned_sft(self, episodes: list[EpisodeValues], progress: bool,
-                        on_progress: Callable[[float], None] | None) -> dict:
-        tr, lc = self.trainer, self.trainer.lc
+    def sft_data(self, episodes: list[EpisodeValues]) -> SFTData:
+        """Every stored step with its decision's label (RECAP) or weight (AWR); an operator-driven
+        step is positive, and under AWR weighs the clip."""
         labelled = []
         for ep in episodes:
             meta, episode = self.loaded[ep.key]
@@ -211,12 +211,17 @@ class RecapPhase:
                 step = int(s["step"])
                 i = int(np.searchsorted(ep.steps, step, side="right")) - 1
                 labels[step] = bool(s.get("intervention")) or (i >= 0 and bool(ep.positive[i]))
-                if ep.weights is not None:  # AWR: the decision's weight; a step the operator drove, the clip
+                if ep.weights is not None:
                     weights[step] = (self.cfg.awr.clip if s.get("intervention")
                                      else float(ep.weights[i]) if i >= 0 else 1.0)
             labelled.append(LabelledEpisode(meta, episode, labels, weights if ep.weights is not None else None))
-        sft_cfg = replace(self.cfg.sft, indicator=not self.awr)
-        data = build_conditioned_data(labelled, tr.model.config.chunk, sft_cfg)
+        return build_conditioned_data(labelled, self.trainer.model.config.chunk,
+                                      replace(self.cfg.sft, indicator=not self.awr))
+
+    def conditioned_sft(self, episodes: list[EpisodeValues], progress: bool,
+                        on_progress: Callable[[float], None] | None) -> dict:
+        tr, lc = self.trainer, self.trainer.lc
+        data = self.sft_data(episodes)
         cfg = SFTConfig(steps=lc.sft_steps, batch_size=lc.sft_batch_size, lr=lc.sft_lr, loss=lc.sft_loss,
                         eval_fraction=lc.sft_eval_fraction, eval_every=max(1, lc.sft_steps // 4),
                         seed=lc.seed + tr.sft_phases + 1, warmup_steps=min(20, max(1, lc.sft_steps // 10)))

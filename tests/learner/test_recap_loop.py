@@ -1,7 +1,8 @@
 """The phase loop with learner.algorithm recap (learner/loop.py), in process on the tiny VLA and the
 real registry: collect -> value -> labels -> sft -> a published "recap" version, each phase in
 status.json; with nothing to condition on it waits and publishes nothing; a backbone whose prompt
-cannot take the indicator stops the learner with a clear error before anything is trained."""
+cannot take the indicator stops the learner with a clear error before anything is trained -- but
+runs AWR (recap_weighting awr, no indicator), which publishes an ordinary version."""
 
 from __future__ import annotations
 
@@ -86,3 +87,27 @@ def test_a_backbone_whose_prompt_cannot_take_the_indicator_stops_the_learner(run
     with pytest.raises(RuntimeError, match="recap cannot run on this backbone.*cannot take the advantage indicator"):
         loop.run()
     assert CheckpointRegistry(run_dir / "checkpoints").versions() == [1]
+
+
+def test_awr_runs_the_same_phases_on_any_backbone_and_publishes_an_ordinary_version(run_dir):  # noqa: F811
+    class WordTrainer(Trainer):  # a backbone whose prompt cannot take the indicator: AWR needs none
+        def resume(self, version=None):
+            out = super().resume(version)
+            self.model.preprocessor = WordPrompt()
+            return out
+
+    status = PhaseRecorder(run_dir / "status.json", 0.05)
+    loop = PhaseLoop(config_for(run_dir, **RECAP, recap_weighting="awr"), run_dir, status=status,
+                     trainer_factory=WordTrainer, poll_s=0.05)
+    t, out = run_in_thread(loop)
+    for i, outcome in enumerate(["success", "failure"]):
+        loop.episode_changed(add_episode(run_dir, f"e{i}", outcome))
+    t.join(120)
+    assert out == [0], out
+    assert status.phases == ["collect", "value", "labels", "sft", "idle"]
+    reg = CheckpointRegistry(run_dir / "checkpoints")
+    meta = reg.read_meta(reg.latest())
+    assert reg.latest() == 2 and meta["phase"] == "recap" and META_KEY not in meta
+    assert 0 < meta["metrics"]["sft_awr_ess_fraction"] <= 1
+    labels = json.loads((run_dir / "recap" / "labels-it000.json").read_text())
+    assert labels["published_version"] == 2 and "awr_ess_fraction" in labels
