@@ -40,12 +40,15 @@ def test_weights_from_the_advantages_by_hand():
     assert np.all(np.diff(a.weights) > 0)  # a higher advantage, a higher weight
     assert a.weights[1] == pytest.approx(1.0)  # A = 0: as the value function expected, weight 1
     assert demo.weights == pytest.approx(np.exp(0.2 / (2.0 * sigma)), rel=1e-5)  # a demo: by its advantage
-    assert b.weights[1] == 20.0  # exp(5 / (2 sigma)) > 20: the clip
+    assert b.weights[1] == pytest.approx(np.exp(5.0 / (2.0 * sigma)), rel=1e-5) and b.weights[1] < 20
     assert b.weights[2] == 20.0  # the operator's step: the clip, whatever its advantage
     assert flat.weights.tolist() == [1.0, 1.0]
     w = np.concatenate([e.weights for e in (a, b, demo, flat)])
     assert report["awr_ess_fraction"] == pytest.approx(w.sum() ** 2 / (len(w) * (w ** 2).sum()))
-    assert report["awr_clipped_fraction"] == pytest.approx(2 / len(w))
+    assert report["awr_clipped_fraction"] == pytest.approx(1 / len(w))
+    report = awr_weights([a, b, demo, flat], AWRConfig(temperature=0.5, clip=20.0))
+    assert b.weights[1] == 20.0  # exp(5 / (0.5 sigma)) > 20: the clip
+    assert a.weights.max() < 20 and report["awr_clipped_fraction"] == pytest.approx(2 / len(w))
     with pytest.raises(ValueError, match="temperature > 0"):
         awr_weights([a], AWRConfig(temperature=0.0))
 
