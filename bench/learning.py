@@ -16,6 +16,8 @@ demos), with an SFT phase after each iteration where the method has one.
     rl_only           head-only PPO rounds only, no SFT consolidation
     recap             RECAP (pi*0.6, docs/recap.md): `rounds x episodes` sampled with the positive
                       indicator, then value function -> advantage labels -> conditioned SFT
+    awr               AWR, RECAP's baseline: the same, but the SFT on the plain prompt, each sample
+                      drawn in proportion to exp(advantage / temperature) (learner/recap/awr.py)
 
 Task split (mock `reach_slots`, sim/mock/tasks.py): `demo` colours (red, green)
 have `demos` expert demos; the `rl` colour (blue) has only `rl_task_demos` (default 4; 0 = none) and
@@ -48,10 +50,11 @@ import multiprocessing
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -326,7 +329,8 @@ def rl_only_iteration(job: Job, it: int) -> None:
 def recap_iteration(job: Job, it: int) -> None:
     """RECAP with the others' budget: `rounds x episodes_per_round` sampled episodes (the policy
     asked for "positive"), then one RECAP phase (value function on every stored episode, advantage
-    labels, `sft_steps` of conditioned SFT) and a publish."""
+    labels, `sft_steps` of conditioned SFT) and a publish. AWR (learner.recap_weighting "awr") runs
+    the same with a plain prompt and advantage-weighted SFT."""
     cfg = job.cfg
     for _ in range(cfg.rounds):
         res = _collect(job)
@@ -347,6 +351,7 @@ class Method:
     online: bool  # collects online episodes (an RL method)
     sft: bool  # has an SFT phase (its RL phase is evaluated once, after the SFT)
     algorithm: str = "ppo"  # the learner's head RL algorithm (learner.rl)
+    learner: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # other learner settings the method sets
 
 
 METHODS: dict[str, Method] = {
@@ -358,6 +363,8 @@ METHODS: dict[str, Method] = {
     "rl_only": Method("PPO head only, no SFT", rl_only_iteration, online=True, sft=False),
     "recap": Method("RECAP (value fn + advantage-conditioned SFT)", recap_iteration, online=True, sft=True,
                     algorithm="recap"),
+    "awr": Method("AWR (advantage-weighted SFT, RECAP's value fn)", recap_iteration, online=True, sft=True,
+                  algorithm="recap", learner={"recap_weighting": "awr"}),
 }
 RL_METHODS = {m for m, spec in METHODS.items() if spec.online}
 SFT_METHODS = {m for m, spec in METHODS.items() if spec.sft}
@@ -433,6 +440,8 @@ def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict
     job = Job(cfg, out, method, seed, g=torch.Generator().manual_seed(seed), episode_seed=200_000 + 100_000 * seed)
     config = _learner_config(cfg, job.run_dir, seed)
     config.learner.algorithm = METHODS[method].algorithm
+    for key, value in METHODS[method].learner.items():
+        setattr(config.learner, key, value)
     t_job = time.time()
     if _restore(job, config):
         print(f"{job.tag} resumed after iteration {job.iterations_done} of {cfg.iterations}", flush=True)
@@ -694,8 +703,10 @@ DEFERRED = {"ppo_whole"}  # with --jobs 1, run after every other method's seeds
 def _job_order(cfg: LearningBenchConfig) -> list[str]:
     """The methods in the order a seed runs them: with one worker the cheap controls first (a
     partial table has them), with more the longest first (parallel workers finish together)."""
-    cheap_first = ["sft_only", "irevla_ppo", "irevla_sac", "recap", "sft_extra_demos", "rl_only", "ppo_whole"]
-    longest_first = ["irevla_sac", "ppo_whole", "recap", "irevla_ppo", "sft_extra_demos", "sft_only", "rl_only"]
+    cheap_first = ["sft_only", "irevla_ppo", "irevla_sac", "recap", "awr", "sft_extra_demos", "rl_only",
+                   "ppo_whole"]
+    longest_first = ["irevla_sac", "ppo_whole", "recap", "awr", "irevla_ppo", "sft_extra_demos", "sft_only",
+                     "rl_only"]
     order = cheap_first if cfg.jobs == 1 else longest_first
     return sorted(cfg.methods, key=lambda m: order.index(m) if m in order else len(order))
 

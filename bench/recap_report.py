@@ -9,7 +9,8 @@ the steps each episode took, so the table has what a success rate hides:
   config's default; a failed episode costs its full step limit);
 * mean steps to success.
 
-For the RECAP runs it also serves the same weights two other ways -- without the indicator (the
+Any method's final version is measured as it is served (an AWR run's `awr` version is an ordinary
+policy: no variants). For the RECAP runs it also serves the same weights two other ways -- without the indicator (the
 unconditioned policy the dropout trained) and with classifier-free guidance beta -- to show whether
 the indicator changes what the policy does. And it plots the value function along a failed and a
 successful online episode of one task from the last labels file (`--plot`).

@@ -67,5 +67,13 @@ class LearnerConfig(BaseModel):
     recap_indicator_dropout: float = Field(default=0.3, ge=0, lt=1, description="RECAP SFT: P(no indicator)")
     recap_guidance: float = Field(default=1.0, ge=0, description="RECAP: classifier-free guidance beta served "
                                   "with the version (1 = the positive policy alone, one forward pass)")
+    recap_weighting: Literal["indicator", "awr"] = Field(
+        default="indicator", description="RECAP: indicator = the advantage as text in the prompt (RECAP); awr = "
+        "the paper's baseline, advantage-weighted regression on the same value function and advantages: plain "
+        "prompt, SFT samples drawn with weight min(exp(A / (temperature x task std)), clip); docs/recap.md")
+    recap_awr_temperature: float = Field(default=1.0, gt=0, description="AWR: temperature in units of the "
+                                         "per-task std of the policy's own advantages (1: +1 std weighs e^2 x -1 std)")
+    recap_awr_clip: float = Field(default=20.0, ge=1, description="AWR: largest sample weight (AWR's 20); "
+                                  "operator-driven steps get it")
     recap_episodes_per_iteration: int = Field(default=0, ge=0, description="RECAP: new online episodes per "
                                               "iteration; 0 = episodes_per_round x rl_rounds_per_phase")

@@ -14,6 +14,7 @@ iteration, each step its status.json phase:
     value    -> the value function on every labelled episode in the store
     labels   -> n-step advantages, per-task thresholds, written to runs/<run>/recap/
     sft      -> advantage-conditioned SFT -> Trainer.publish("full", "recap", metrics)
+(`recap_weighting: awr`: the same phases, but the SFT is advantage-weighted and the version plain.)
 It publishes through the same registry and so the same canary gate; its resume rule is the SFT
 phase's (a pending "recap" iteration counts as done only if LATEST is a newer "recap" version).
 
@@ -598,14 +599,21 @@ class PhaseLoop:
         self.status.set(phase="sft", iteration=it + 1, round=0, progress=1.0, policy_version=version,
                         losses=losses, waiting_for=None, detail=f"RECAP published v{version}")
         self.status.add_history(self._history_entry(entry))
-        log.info("RECAP iteration %d published v%d (%.0f %% of steps positive)", it, version,
-                 100 * metrics.get("labels_positive_fraction", 0.0))
+        if self.lc.recap_weighting == "awr":
+            log.info("RECAP iteration %d (AWR) published v%d (weights' ESS %.0f %% of the samples)", it, version,
+                     100 * metrics.get("sft_awr_ess_fraction", 0.0))
+        else:
+            log.info("RECAP iteration %d published v%d (%.0f %% of steps positive)", it, version,
+                     100 * metrics.get("labels_positive_fraction", 0.0))
 
     def check_recap_backbone(self) -> None:
         """learner.algorithm recap: the backbone's prompt must take the advantage indicator; a
-        clear error now rather than after a collection phase (nothing is published)."""
+        clear error now rather than after a collection phase (nothing is published). AWR
+        (recap_weighting "awr") puts no indicator in the prompt: any backbone runs it."""
         from vla.advantage import check_prompt_takes_indicator
 
+        if self.lc.recap_weighting == "awr":
+            return
         try:
             check_prompt_takes_indicator(self.trainer.model.preprocessor)
         except ValueError as e:

@@ -67,15 +67,25 @@ class SFTData:
     episodes_train: int = 0
     episodes_eval: int = 0
     frame_cache: dict = field(default_factory=dict)
+    train_weights: list[float] | None = None
+    """Per training sample: batches draw it with probability proportional to its weight (AWR,
+    learner/recap/awr.py); None = every sample equally, in shuffled epochs."""
 
-    def add_episode(self, samples: list[SFTSample], held_out: bool) -> None:
-        """One episode's samples, all on the training side or all held out (never split)."""
+    def add_episode(self, samples: list[SFTSample], held_out: bool, weights: list[float] | None = None) -> None:
+        """One episode's samples, all on the training side or all held out (never split); `weights`
+        (one per sample) are kept for the training side. Weighted and unweighted episodes do not mix."""
+        if weights is not None and len(weights) != len(samples):
+            raise ValueError(f"{len(weights)} weights for {len(samples)} samples")
         if held_out:
             self.eval += samples
             self.episodes_eval += 1
-        else:
-            self.train += samples
-            self.episodes_train += 1
+            return
+        if (weights is None) != (self.train_weights is None) and self.train:
+            raise ValueError("an SFT data set is either weighted in every training episode or in none")
+        if weights is not None:
+            self.train_weights = (self.train_weights or []) + [float(w) for w in weights]
+        self.train += samples
+        self.episodes_train += 1
 
 
 def build_sft_data(store: EpisodeStore, metas: list[dict], chunk: int, eval_fraction: float,
@@ -184,10 +194,18 @@ def eval_loss(model: VLAModel, norm: Normalizer, data: SFTData, kind: str, batch
     return total / len(data.eval)
 
 
-def global_batch_indices(n: int, cfg: SFTConfig) -> list[torch.Tensor]:
+def global_batch_indices(n: int, cfg: SFTConfig, weights: list[float] | None = None) -> list[torch.Tensor]:
     """The whole run's batches, drawn up front from one seeded generator: epochs of shuffled
-    indices, cut into global batches. Every DDP rank computes the same list."""
+    indices, cut into global batches. Every DDP rank computes the same list. With `weights` (one
+    per sample, >= 0, not all 0) every index is drawn independently, with replacement, with
+    probability proportional to its weight (AWR's weighted regression as weighted sampling)."""
     g = torch.Generator().manual_seed(cfg.seed)
+    if weights is not None:
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        if w.shape != (n,) or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"sample weights must be {n} finite numbers >= 0, not all 0")
+        flat_w = torch.multinomial(w, cfg.steps * cfg.batch_size, replacement=True, generator=g)
+        return list(flat_w.view(cfg.steps, cfg.batch_size))
     flat: list[int] = []
     need = cfg.steps * cfg.batch_size
     while len(flat) < need:
@@ -212,7 +230,7 @@ def train_sft(model: VLAModel, norm: Normalizer, data: SFTData, cfg: SFTConfig, 
     optimizer = torch.optim.AdamW(sft_parameters(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    batches = global_batch_indices(len(data.train), cfg)
+    batches = global_batch_indices(len(data.train), cfg, data.train_weights)
     losses: list[float] = []
     evals: dict[int, float] = {}
     t0 = time.time()

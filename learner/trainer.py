@@ -17,7 +17,8 @@
 * RECAP (`learner.algorithm: recap`, learner/recap/): `recap_phase()` fits the value function,
   labels every stored step and runs advantage-conditioned SFT; the versions it publishes (and any
   published from them) carry ``advantage_conditioning`` in their metadata, and `policy` serves the
-  model the way the server will (vla/advantage.py).
+  model the way the server will (vla/advantage.py). With `recap_weighting: awr` the same phase runs
+  AWR (learner/recap/awr.py) and its versions carry no such key.
 """
 
 from __future__ import annotations
@@ -308,7 +309,7 @@ class Trainer:
         self.sft_phases += 1
         self.cache.invalidate()  # the trunk changed: every cached feature is stale
         self._version_heads.clear()
-        self.run_time = {ADVANTAGE_META_KEY: recap.prompt.to_meta()}
+        self.run_time = recap.run_time  # AWR: {} -- an ordinary policy, even after a RECAP version
         self._labels_to_stamp = recap.last_labels
         self.last_recap = recap  # the value net and labels, for reports and plots
         self._scalars("recap", metrics, self.sft_phases)

@@ -58,6 +58,7 @@ class EpisodeValues:
     operator: np.ndarray  # [N] bool: an operator drove this decision's steps
     advantages: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     positive: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    weights: np.ndarray | None = None  # [N] AWR's sample weights (learner/recap/awr.py); None = RECAP
 
 
 def n_step_advantages(targets: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:

@@ -14,6 +14,11 @@ Threshold groups ("tasks"): the episode's task name (its instruction where it ha
 function itself reads the instruction, so within one task name (the mock's ``reach_slots`` covers
 every colour and phrasing) the advantages are already relative to what each instruction can reach;
 a group per instruction would split the robot's few episodes into groups with no success at all.
+
+With ``weighting="awr"`` (learner.recap_weighting) the same value function and advantages feed
+AWR instead (learner/recap/awr.py): the labels file also records each decision's weight and the
+weights' summary, the SFT samples keep the plain instruction and are drawn in proportion to their
+weights, and the version is published with no ``advantage_conditioning`` (``run_time`` is empty).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +36,12 @@ from episodes.durable import write_json_atomic
 from episodes.store import episode_key
 from learner.dataset import expert_decisions
 from learner.episode_rules import is_trainable
+from learner.recap.awr import AWRConfig, awr_weights, weight_summary
 from learner.recap.labels import EpisodeValues, LabelConfig, label_episodes
 from learner.recap.sft import ConditionedSFTConfig, LabelledEpisode, build_conditioned_data
 from learner.recap.value import ValueConfig, fit_value, is_success, value_targets
-from learner.sft import SFTConfig, train_sft
-from vla.advantage import AdvantagePrompt, check_prompt_takes_indicator
+from learner.sft import SFTConfig, SFTData, train_sft
+from vla.advantage import META_KEY, AdvantagePrompt, check_prompt_takes_indicator
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,10 @@ class RecapConfig:
     """Beta served with the version (vla/advantage.py); 1 = no guidance pass."""
     max_steps: int = 0
     """The step limit L for every task; 0 = the longest stored episode of the task."""
+    weighting: str = "indicator"
+    """indicator: RECAP (advantage text in the prompt); awr: advantage-weighted SFT, plain prompt."""
+    awr: AWRConfig = field(default_factory=AWRConfig)
+    """AWR's temperature and clip (learner/recap/awr.py); read only with weighting "awr"."""
 
     @classmethod
     def from_learner(cls, lc) -> RecapConfig:
@@ -66,7 +76,8 @@ class RecapConfig:
                    labels=LabelConfig(n_step=lc.recap_n_step, percentile=lc.recap_positive_percentile),
                    sft=ConditionedSFTConfig(indicator_dropout=lc.recap_indicator_dropout,
                                             eval_fraction=lc.sft_eval_fraction, seed=lc.seed),
-                   guidance=lc.recap_guidance, max_steps=lc.recap_max_steps)
+                   guidance=lc.recap_guidance, max_steps=lc.recap_max_steps, weighting=lc.recap_weighting,
+                   awr=AWRConfig(temperature=lc.recap_awr_temperature, clip=lc.recap_awr_clip))
 
 
 def labelled_episodes(store) -> list[dict]:
@@ -84,8 +95,20 @@ class RecapPhase:
         self.cfg = cfg
 
     @property
+    def awr(self) -> bool:
+        if self.cfg.weighting not in ("indicator", "awr"):
+            raise ValueError(f"recap weighting {self.cfg.weighting!r}: one of indicator, awr")
+        return self.cfg.weighting == "awr"
+
+    @property
     def prompt(self) -> AdvantagePrompt:
         return AdvantagePrompt(indicator=True, guidance=self.cfg.guidance)
+
+    @property
+    def run_time(self) -> dict:
+        """The meta.json keys the published version needs to be served: RECAP's advantage
+        conditioning, or nothing (AWR: an ordinary policy)."""
+        return {} if self.awr else {META_KEY: self.prompt.to_meta()}
 
     def run(self, iteration: int, progress: bool = False, on_phase: Callable[[str], None] | None = None,
             on_progress: Callable[[float], None] | None = None) -> dict:
@@ -93,7 +116,8 @@ class RecapPhase:
         NoLabelledEpisodes / NoPositiveSteps (nothing to train) or ValueError (the backbone's
         prompt cannot take the indicator) before the model changes."""
         tr = self.trainer
-        check_prompt_takes_indicator(tr.model.preprocessor)
+        if not self.awr:
+            check_prompt_takes_indicator(tr.model.preprocessor)
         metas = labelled_episodes(tr.store)
         if not metas:
             raise NoLabelledEpisodes(f"no episode labelled success or failure in {tr.store.root}: "
@@ -104,6 +128,8 @@ class RecapPhase:
         t_value = time.time() - t0
         (on_phase or _nothing)("labels")
         report = label_episodes(episodes, self.cfg.labels)
+        if self.awr:
+            report.update(awr_weights(episodes, self.cfg.awr))
         self.write_labels(iteration, episodes, report, value_metrics)
         (on_phase or _nothing)("sft")
         t1 = time.time()
@@ -111,7 +137,9 @@ class RecapPhase:
         metrics.update(value_metrics)
         metrics.update({k: v for k, v in report.items() if isinstance(v, (int, float))})
         metrics.update(n_tasks_without_success=len(report["tasks_without_success"]), value_s=t_value,
-                       recap_sft_s=time.time() - t1, recap_guidance=self.cfg.guidance)
+                       recap_sft_s=time.time() - t1)
+        if not self.awr:
+            metrics["recap_guidance"] = self.cfg.guidance
         return metrics
 
     # ------------------------------------------------------------------ value function
@@ -163,7 +191,8 @@ class RecapPhase:
                   "episodes": {ep.key: {"task": ep.task, "source": ep.source, "success": ep.success,
                                         "steps": ep.steps.tolist(), "target": _rounded(ep.targets),
                                         "value": _rounded(ep.values), "advantage": _rounded(ep.advantages),
-                                        "positive": ep.positive.tolist(), "operator": ep.operator.tolist()}
+                                        "positive": ep.positive.tolist(), "operator": ep.operator.tolist(),
+                                        **({} if ep.weights is None else {"weight": _rounded(ep.weights)})}
                                for ep in episodes}}
         path = self.labels_path(iteration)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,19 +200,28 @@ class RecapPhase:
         self.last_labels = path
 
     # ------------------------------------------------------------------ conditioned SFT
-    def conditioned_sft(self, episodes: list[EpisodeValues], progress: bool,
-                        on_progress: Callable[[float], None] | None) -> dict:
-        tr, lc = self.trainer, self.trainer.lc
+    def sft_data(self, episodes: list[EpisodeValues]) -> SFTData:
+        """Every stored step with its decision's label (RECAP) or weight (AWR); an operator-driven
+        step is positive, and under AWR weighs the clip."""
         labelled = []
         for ep in episodes:
             meta, episode = self.loaded[ep.key]
-            labels = {}
+            labels, weights = {}, {}
             for s in episode.steps:
                 step = int(s["step"])
                 i = int(np.searchsorted(ep.steps, step, side="right")) - 1
                 labels[step] = bool(s.get("intervention")) or (i >= 0 and bool(ep.positive[i]))
-            labelled.append(LabelledEpisode(meta, episode, labels))
-        data = build_conditioned_data(labelled, tr.model.config.chunk, self.cfg.sft)
+                if ep.weights is not None:
+                    weights[step] = (self.cfg.awr.clip if s.get("intervention")
+                                     else float(ep.weights[i]) if i >= 0 else 1.0)
+            labelled.append(LabelledEpisode(meta, episode, labels, weights if ep.weights is not None else None))
+        return build_conditioned_data(labelled, self.trainer.model.config.chunk,
+                                      replace(self.cfg.sft, indicator=not self.awr))
+
+    def conditioned_sft(self, episodes: list[EpisodeValues], progress: bool,
+                        on_progress: Callable[[float], None] | None) -> dict:
+        tr, lc = self.trainer, self.trainer.lc
+        data = self.sft_data(episodes)
         cfg = SFTConfig(steps=lc.sft_steps, batch_size=lc.sft_batch_size, lr=lc.sft_lr, loss=lc.sft_loss,
                         eval_fraction=lc.sft_eval_fraction, eval_every=max(1, lc.sft_steps // 4),
                         seed=lc.seed + tr.sft_phases + 1, warmup_steps=min(20, max(1, lc.sft_steps // 10)))
@@ -193,6 +231,8 @@ class RecapPhase:
         metrics = {k: v for k, v in metrics.items() if k != "loss_curve"}
         metrics.update(sft_positive_samples=positive, sft_samples=len(data.train),
                        n_episodes_labelled=len(episodes))
+        if data.train_weights is not None:  # AWR: how concentrated the draws are, per sample
+            metrics.update({f"sft_{k}": v for k, v in weight_summary(data.train_weights, self.cfg.awr.clip).items()})
         return metrics
 
 

@@ -10,6 +10,9 @@ unconditioned policy -- what classifier-free guidance at run time subtracts.
 
 The training itself is learner/sft.py's `train_sft` (LoRA + pooler + head, the usual loss and
 schedule): only the samples differ, so RECAP costs what an SFT phase costs.
+
+AWR (learner/recap/awr.py) builds the same samples with `indicator=False` (the plain instruction)
+and each sample's weight from its episode's `weight` map: the batches draw in proportion to it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from vla.advantage import NEGATIVE, POSITIVE, with_indicator
 class ConditionedSFTConfig:
     indicator_dropout: float = 0.3
     """P(a sample has no indicator): the unconditioned policy is learnt too."""
+    indicator: bool = True
+    """False (AWR): every sample keeps the plain instruction and no dropout is drawn."""
     eval_fraction: float = 0.1
     """Expert demos held out for the SFT eval loss (as learner/sft.py)."""
     seed: int = 0
@@ -39,6 +44,7 @@ class LabelledEpisode:
     meta: dict
     episode: Episode
     positive: dict[int, bool]  # step number -> advantage label
+    weight: dict[int, float] | None = None  # step number -> AWR sample weight (None: unweighted)
 
 
 def runs_by_driver(episode: Episode) -> list[tuple[int, int]]:
@@ -58,7 +64,7 @@ def build_conditioned_data(episodes: list[LabelledEpisode], chunk: int, cfg: Con
     eval_keys = {id(experts[i]) for i in rng.permutation(len(experts))[:n_eval]}
     data = SFTData(train=[], eval=[])
     for e in episodes:
-        samples = []
+        samples, weights = [], []
         # a simulated failure may keep its frames only where the policy decided (sim/metaworld):
         # a step without a stored frame is no sample
         framed = {s["step"] for s in e.episode.steps if s.get("frames")}
@@ -67,9 +73,13 @@ def build_conditioned_data(episodes: list[LabelledEpisode], chunk: int, cfg: Con
             for i, step in enumerate(d.steps):
                 if step not in framed:
                     continue
-                label = POSITIVE if e.positive[step] else NEGATIVE
-                if rng.random() < cfg.indicator_dropout:
-                    label = None
+                label = None
+                if cfg.indicator:
+                    label = POSITIVE if e.positive[step] else NEGATIVE
+                    if rng.random() < cfg.indicator_dropout:
+                        label = None
                 samples.append(SFTSample(e.episode, step, d.states[i], d.chunks[i], with_indicator(d.instruction, label)))
-        data.add_episode(samples, held_out=id(e) in eval_keys)
+                if e.weight is not None:
+                    weights.append(e.weight[step])
+        data.add_episode(samples, held_out=id(e) in eval_keys, weights=weights if e.weight is not None else None)
     return data

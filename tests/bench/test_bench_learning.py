@@ -8,6 +8,7 @@ import pytest
 from bench.learning import METHODS, SMOKE, SPLITS, LearningBenchConfig, format_table, run
 from episodes.store import EpisodeStore
 from sim.mock.tasks import sample_episode
+from vla.advantage import META_KEY
 from vla.registry import CheckpointRegistry
 
 pytestmark = pytest.mark.slow  # minutes, not seconds: `pytest -m "not slow"` skips it
@@ -57,6 +58,9 @@ def test_methods_train_what_they_claim(smoke):
     rounds = cfg.iterations * cfg.rounds
     assert [whole.read_meta(v)["kind"] for v in whole.versions()][1:] == ["full"] * rounds  # backbone moved
     assert [head.read_meta(v)["kind"] for v in head.versions()][1:] == ["head"] * rounds
+    recap, awr = (CheckpointRegistry(runs / f"{m}-s0" / "checkpoints") for m in ("recap", "awr"))
+    assert META_KEY in recap.read_meta(recap.latest())  # RECAP: served with the indicator
+    assert META_KEY not in awr.read_meta(awr.latest())  # AWR on the same data: an ordinary policy
 
 
 def test_outputs_and_resume(smoke, capsys):

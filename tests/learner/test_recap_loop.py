@@ -1,7 +1,8 @@
 """The phase loop with learner.algorithm recap (learner/loop.py), in process on the tiny VLA and the
 real registry: collect -> value -> labels -> sft -> a published "recap" version, each phase in
 status.json; with nothing to condition on it waits and publishes nothing; a backbone whose prompt
-cannot take the indicator stops the learner with a clear error before anything is trained."""
+cannot take the indicator stops the learner with a clear error before anything is trained -- but
+runs AWR (recap_weighting awr, no indicator), which publishes an ordinary version."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from test_learner_loop import add_episode, config_for, run_dir, run_in_thread, t
 from episodes.status import StatusBoard
 from learner.loop import PhaseLoop
 from learner.trainer import Trainer
-from vla.advantage import META_KEY
+from vla.advantage import META_KEY, check_prompt_takes_indicator
 from vla.registry import CheckpointRegistry
 
 torch.set_num_threads(1)
@@ -86,3 +87,48 @@ def test_a_backbone_whose_prompt_cannot_take_the_indicator_stops_the_learner(run
     with pytest.raises(RuntimeError, match="recap cannot run on this backbone.*cannot take the advantage indicator"):
         loop.run()
     assert CheckpointRegistry(run_dir / "checkpoints").versions() == [1]
+
+
+class CutPrompt:
+    """The backbone's own prompt behind a 21-character text window: it cuts the indicator off
+    ("pick up the red block" + anything reads the same), as a backbone with a short text limit would."""
+
+    def __init__(self, inner, limit: int = len("pick up the red block")):
+        self.inner, self.limit = inner, limit
+
+    def __call__(self, images, instructions):
+        return self.inner(images, [t[:self.limit] for t in instructions])
+
+    def text_inputs(self, instruction: str):
+        return self.inner.text_inputs(instruction[:self.limit])
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_awr_runs_the_same_phases_on_any_backbone_and_publishes_an_ordinary_version(run_dir):  # noqa: F811
+    class CutTrainer(Trainer):  # a backbone whose prompt cannot take the indicator: AWR needs none
+        def resume(self, version=None):
+            out = super().resume(version)
+            self.model.preprocessor = CutPrompt(self.model.preprocessor)
+            return out
+
+    status = PhaseRecorder(run_dir / "status.json", 0.05)
+    probe = Trainer(config_for(run_dir), run_dir)
+    probe.resume()
+    with pytest.raises(ValueError, match="cannot take the advantage indicator"):  # RECAP could not run on it
+        check_prompt_takes_indicator(CutPrompt(probe.model.preprocessor))
+    loop = PhaseLoop(config_for(run_dir, **RECAP, recap_weighting="awr"), run_dir, status=status,
+                     trainer_factory=CutTrainer, poll_s=0.05)
+    t, out = run_in_thread(loop)
+    for i, outcome in enumerate(["success", "failure"]):
+        loop.episode_changed(add_episode(run_dir, f"e{i}", outcome))
+    t.join(120)
+    assert out == [0], out
+    assert status.phases == ["collect", "value", "labels", "sft", "idle"]
+    reg = CheckpointRegistry(run_dir / "checkpoints")
+    meta = reg.read_meta(reg.latest())
+    assert reg.latest() == 2 and meta["phase"] == "recap" and META_KEY not in meta
+    assert 0 < meta["metrics"]["sft_awr_ess_fraction"] <= 1
+    labels = json.loads((run_dir / "recap" / "labels-it000.json").read_text())
+    assert labels["published_version"] == 2 and "awr_ess_fraction" in labels
