@@ -119,13 +119,13 @@ METAWORLD_SMOKE = dict(methods=("sft_only", "irevla_ppo"), demos=2, rl_task_demo
 # task), then an SFT phase of 300 steps on the demos + every online success; SFT-only gets the same
 # SFT steps, SFT + extra demos 900 expert demos of the RL tasks; SAC at 20 updates per episode
 # (half of every batch demos, RLPD-style); greedy success on 24 fixed episodes per split after
-# every iteration. RECAP samples the same 900 episodes and runs one RECAP phase (value function,
-# labels, 300 conditioned SFT steps) per iteration. Whole-model PPO runs after the other methods'
+# every iteration. RECAP (and AWR, its paper's baseline) samples the same 900 episodes and runs one
+# RECAP phase (value function, labels, 300 conditioned or weighted SFT steps) per iteration. Whole-model PPO runs after the other methods'
 # seeds (it may get fewer).
 # rl_only (head-only PPO without SFT) is left out: irevla_ppo's RL phase is the same. Hours on one
 # core: docs/metaworld.md gives the estimate and how to resume.
 METAWORLD_LONG = dict(METAWORLD, methods=("sft_only", "sft_extra_demos", "irevla_ppo", "irevla_sac", "recap",
-                                           "ppo_whole"),
+                                           "awr", "ppo_whole"),
                       iterations=3, rounds=15, episodes_per_round=20, collect_split="rl", sft_steps=300,
                       sac_updates_per_episode=20, eval_n=24)
 SMOKE = dict(seeds=(0,), demos=6, rl_task_demos=2, bootstrap_steps=8, iterations=1, rounds=2, episodes_per_round=6, sft_steps=4,
