@@ -701,11 +701,12 @@ DEFERRED = {"ppo_whole"}  # with --jobs 1, run after every other method's seeds
 
 
 def _job_order(cfg: LearningBenchConfig) -> list[str]:
-    """The methods in the order a seed runs them: with one worker the cheap controls first (a
-    partial table has them), with more the longest first (parallel workers finish together)."""
+    """The methods in the order a seed runs them: the SFT-only control first either way (a table
+    cut short has each seed's control next to its methods: it is the cheapest job), then with one
+    worker the cheap methods first, with more the longest first (parallel workers finish together)."""
     cheap_first = ["sft_only", "irevla_ppo", "irevla_sac", "recap", "awr", "sft_extra_demos", "rl_only",
                    "ppo_whole"]
-    longest_first = ["irevla_sac", "ppo_whole", "recap", "awr", "irevla_ppo", "sft_extra_demos", "sft_only",
+    longest_first = ["sft_only", "irevla_sac", "ppo_whole", "recap", "awr", "irevla_ppo", "sft_extra_demos",
                      "rl_only"]
     order = cheap_first if cfg.jobs == 1 else longest_first
     return sorted(cfg.methods, key=lambda m: order.index(m) if m in order else len(order))
