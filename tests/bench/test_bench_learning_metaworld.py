@@ -12,6 +12,7 @@ pytest.importorskip("metaworld")
 
 from bench.learning import METAWORLD, METAWORLD_SMOKE, SMOKE, SPLITS, LearningBenchConfig, format_table, run  # noqa: E402
 from bench.online_data import format_report, run_stats  # noqa: E402
+from bench.per_task_eval import evaluate_version, runs_to_evaluate, wilson  # noqa: E402
 from episodes.store import EpisodeStore  # noqa: E402
 from sim.metaworld.tasks import TASK_SETS  # noqa: E402
 
@@ -44,3 +45,14 @@ def test_metaworld_smoke_runs_the_protocol(tmp_path):
             wins = [m for m in online if m["task"] == task and m["outcome"] == "success"]
             assert s["iterations"][0]["successes"] == len(wins)
     assert "`irevla_ppo-s0`" in format_report(tmp_path, cfg.budget)
+    # the final versions task by task (bench.per_task_eval): Stage 0 first, then every finished job
+    rows = runs_to_evaluate(tmp_path, None, None)
+    assert [label for label, _ in rows] == ["Stage 0 s0", "irevla_ppo s0", "sft_only s0"]
+    wins = evaluate_version(rows[1][1], sets["rl"], n=1, seed=20_000, max_steps=cfg.max_steps)
+    assert set(wins) == set(sets["rl"]) and all(v in (0, 1) for v in wins.values())
+
+
+def test_wilson_interval():
+    assert wilson(0, 40)[0] == 0.0 and 0.08 < wilson(0, 40)[1] < 0.09  # 0 of 40: up to ~9 %
+    lo, hi = wilson(30, 40)
+    assert lo < 0.75 < hi and round(lo, 2) == 0.60 and round(hi, 2) == 0.86
