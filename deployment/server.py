@@ -17,8 +17,9 @@ class ServerConfig(BaseModel):
     max_batch: int = Field(default=8, ge=1, description="most observations run in one forward pass")
     max_wait_ms: float = Field(
         default=5.0, ge=0.0,
-        description="longest a batch waits (after the worker is free) for robots expected back "
-                    "within this window; robots not expected that soon are never waited for")
+        description="a batch waits (after the worker is free) for robots expected back within "
+                    "this window or one forward pass, whichever is longer; robots not expected "
+                    "that soon are never waited for")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, description="larger /v1/act bodies get 413")
     max_image_side: int = Field(default=4096, description="images wider or taller than this are refused")
     watch_interval_s: float = Field(default=0.5, gt=0.0, description="how often checkpoints/LATEST is polled")
