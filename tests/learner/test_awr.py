@@ -8,16 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_recap import _config, _episode
+from test_recap import _episode, trainer_with_episodes
 
-from episodes.store import EpisodeStore
-from learner.evaluate import rollout
 from learner.recap.awr import AWRConfig, awr_weights
 from learner.recap.labels import LabelConfig, label_episodes
 from learner.recap.phase import RecapConfig, RecapPhase
 from learner.sft import SFTConfig, SFTData, global_batch_indices
 from learner.trainer import Trainer
-from sim.intervener import InterventionConfig, ScriptedIntervener
 from vla.advantage import META_KEY
 from vla.policy import Policy
 from vla.registry import CheckpointRegistry
@@ -96,16 +93,7 @@ def test_sft_data_keeps_the_weights_of_its_training_samples_only():
 # ---------------------------------------------------------------------------------------- on the tiny model
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("awr")
-    trainer = Trainer(_config(run_dir, recap_awr_temperature=1.0, recap_awr_clip=20.0), run_dir)
-    trainer.bootstrap(progress=False)
-    store = EpisodeStore(run_dir / "episodes")
-    g = torch.Generator().manual_seed(0)
-    rollout(trainer.policy, range(500, 504), "reach", "sample", g, store=store)
-    intervener = ScriptedIntervener(InterventionConfig(budget_fraction=1.0, grace_steps=0, max_takeovers=1))
-    res = rollout(trainer.policy, range(600, 604), "reach", "sample", g, store=store, intervener=intervener)
-    assert res.intervention_steps.sum() > 0
-    return trainer
+    return trainer_with_episodes(tmp_path_factory.mktemp("awr"), recap_awr_temperature=1.0, recap_awr_clip=20.0)
 
 
 def test_awr_samples_have_the_plain_prompt_and_operator_steps_weigh_the_clip(trainer):

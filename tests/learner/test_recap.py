@@ -115,10 +115,9 @@ def _config(run_dir, **learner):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def trainer(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("recap")
-    trainer = Trainer(_config(run_dir, recap_guidance=1.5), run_dir)
+def trainer_with_episodes(run_dir, **learner) -> Trainer:
+    """Stage 0 on the tiny model, then 4 sampled episodes and 4 with the scripted operator stepping in."""
+    trainer = Trainer(_config(run_dir, **learner), run_dir)
     trainer.bootstrap(progress=False)
     store = EpisodeStore(run_dir / "episodes")
     g = torch.Generator().manual_seed(0)
@@ -127,6 +126,11 @@ def trainer(tmp_path_factory):
     res = rollout(trainer.policy, range(600, 604), "reach", "sample", g, store=store, intervener=intervener)
     assert res.intervention_steps.sum() > 0
     return trainer
+
+
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory):
+    return trainer_with_episodes(tmp_path_factory.mktemp("recap"), recap_guidance=1.5)
 
 
 def test_value_targets_of_an_intervened_episode_and_its_labels(trainer):

@@ -38,18 +38,25 @@ class PhaseRecorder(StatusBoard):
         return super().set(**fields)
 
 
-def test_a_recap_iteration_goes_through_its_phases_and_publishes(run_dir):  # noqa: F811
-    status = PhaseRecorder(run_dir / "status.json", 0.05)
-    loop = PhaseLoop(config_for(run_dir, **RECAP), run_dir, status=status, poll_s=0.05)
+def _one_iteration(loop, root, status) -> dict:
+    """Run the loop until one labelled success and one failure made it publish; the version's meta."""
     t, out = run_in_thread(loop)
     for i, outcome in enumerate(["success", "failure"]):
-        loop.episode_changed(add_episode(run_dir, f"e{i}", outcome))
+        loop.episode_changed(add_episode(root, f"e{i}", outcome))
     t.join(120)
     assert out == [0], out
     assert status.phases == ["collect", "value", "labels", "sft", "idle"]
-    reg = CheckpointRegistry(run_dir / "checkpoints")
+    reg = CheckpointRegistry(root / "checkpoints")
     meta = reg.read_meta(reg.latest())
-    assert reg.latest() == 2 and meta["phase"] == "recap" and meta["kind"] == "full"
+    assert reg.latest() == 2 and meta["phase"] == "recap"
+    return meta
+
+
+def test_a_recap_iteration_goes_through_its_phases_and_publishes(run_dir):  # noqa: F811
+    status = PhaseRecorder(run_dir / "status.json", 0.05)
+    loop = PhaseLoop(config_for(run_dir, **RECAP), run_dir, status=status, poll_s=0.05)
+    meta = _one_iteration(loop, run_dir, status)
+    assert meta["kind"] == "full"
     assert meta[META_KEY] == {"format": 1, "indicator": True, "guidance": 1.0}
     assert meta["metrics"]["labels_positive_fraction"] > 0
     state = json.loads((run_dir / "learner_state.json").read_text())
@@ -120,15 +127,8 @@ def test_awr_runs_the_same_phases_on_any_backbone_and_publishes_an_ordinary_vers
         check_prompt_takes_indicator(CutPrompt(probe.model.preprocessor))
     loop = PhaseLoop(config_for(run_dir, **RECAP, recap_weighting="awr"), run_dir, status=status,
                      trainer_factory=CutTrainer, poll_s=0.05)
-    t, out = run_in_thread(loop)
-    for i, outcome in enumerate(["success", "failure"]):
-        loop.episode_changed(add_episode(run_dir, f"e{i}", outcome))
-    t.join(120)
-    assert out == [0], out
-    assert status.phases == ["collect", "value", "labels", "sft", "idle"]
-    reg = CheckpointRegistry(run_dir / "checkpoints")
-    meta = reg.read_meta(reg.latest())
-    assert reg.latest() == 2 and meta["phase"] == "recap" and META_KEY not in meta
+    meta = _one_iteration(loop, run_dir, status)
+    assert META_KEY not in meta
     assert 0 < meta["metrics"]["sft_awr_ess_fraction"] <= 1
     labels = json.loads((run_dir / "recap" / "labels-it000.json").read_text())
     assert labels["published_version"] == 2 and "awr_ess_fraction" in labels
