@@ -66,7 +66,22 @@ def format_report(table_dir: Path, per_iteration: int) -> str:
             online_steps = sum(sum(x["success_steps"]) for x in s["iterations"])
             lines.append(f"| `{run_dir.name}` | {task} | {s['demos']} ({demo_mean}) | {' · '.join(cells)} | "
                          f"{online_steps} / {sum(s['demo_steps'])} |")
+        lines.append(_all_tasks_row(run_dir.name, stats))
     return "\n".join(lines)
+
+
+def _all_tasks_row(run: str, stats: dict[str, dict]) -> str:
+    """The run summed over the tasks it sampled: sampled success per iteration, and the share of
+    the SFT samples (every demo of every task + every online success) that are online successes."""
+    sampled = [s["iterations"] for s in stats.values() if s["iterations"]]
+    per_it = [(sum(its[k]["successes"] for its in sampled), sum(its[k]["episodes"] for its in sampled))
+              for k in range(max((len(its) for its in sampled), default=0))]
+    cells = [f"{w} / {n} ({100 * w / n:.0f} %)" if n else "–" for w, n in per_it]
+    online = sum(sum(x["success_steps"]) for its in sampled for x in its)
+    demos = sum(sum(s["demo_steps"]) for s in stats.values())
+    share = f" ({100 * online / (online + demos):.0f} % online)" if online + demos else ""
+    return f"| `{run}` | **all tasks** | {sum(s['demos'] for s in stats.values())} | {' · '.join(cells)} | " \
+           f"{online} / {demos}{share} |"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,10 @@ def test_metaworld_smoke_runs_the_protocol(tmp_path):
         if s["iterations"]:
             wins = [m for m in online if m["task"] == task and m["outcome"] == "success"]
             assert s["iterations"][0]["successes"] == len(wins)
-    assert "`irevla_ppo-s0`" in format_report(tmp_path, cfg.budget)
+    report = format_report(tmp_path, cfg.budget)
+    wins = sum(m["outcome"] == "success" for m in online)
+    assert "`irevla_ppo-s0`" in report
+    assert f"| `irevla_ppo-s0` | **all tasks** | {len(demos)} | {wins} / {len(online)} (" in report
     # the final versions task by task (bench.per_task_eval): Stage 0 first, then every finished job
     rows = runs_to_evaluate(tmp_path, None, None)
     assert [label for label, _ in rows] == ["Stage 0 s0", "irevla_ppo s0", "sft_only s0"]
