@@ -6,6 +6,12 @@ curve, not to tell two methods apart on one task. This evaluates the last publis
 every finished (method, seed) job, and its seed's Stage 0, on `--n` greedy episodes per task of a
 split, on seeds disjoint from the table's (`--eval-seed`, default 20 000), and prints successes
 with a 95 % Wilson interval per task.
+
+Each version's counts are kept in OUT/per_task_eval/ (with the version number evaluated), so a
+rerun evaluates only the versions it has not seen: a table that gains a method or a seed costs only
+its new versions. With more than one seed it also prints each method's successes pooled over the
+seeds, and every method's per-seed difference from the SFT-only control (the seed-to-seed spread
+of that difference is the noise a gain has to clear).
 """
 
 from __future__ import annotations
@@ -38,6 +44,61 @@ def evaluate_version(checkpoints: Path, tasks: tuple[str, ...], n: int, seed: in
     policy = Policy.load(CheckpointRegistry(checkpoints))
     return {t: int(rollout(policy, range(seed, seed + n), t, "greedy", backend="metaworld",
                            max_steps=max_steps).success.sum()) for t in tasks}
+
+
+def cached_or_evaluate(out: Path, label: str, checkpoints: Path, tasks: tuple[str, ...], n: int, seed: int,
+                       max_steps: int | None = None) -> dict[str, int]:
+    """`evaluate_version`'s counts, from OUT/per_task_eval/ when this version was evaluated on the
+    same tasks and episodes before (a version published since is evaluated again)."""
+    from episodes.durable import write_json_atomic
+    from vla.registry import CheckpointRegistry
+
+    version = CheckpointRegistry(checkpoints).latest()
+    cache = out / "per_task_eval" / f"n{n}-from{seed}" / f"{label.replace(' ', '_')}.json"
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved["version"] == version and list(saved["wins"]) == list(tasks) and saved["max_steps"] == max_steps:
+            return saved["wins"]
+    wins = evaluate_version(checkpoints, tasks, n, seed, max_steps)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(cache, {"label": label, "version": version, "max_steps": max_steps, "wins": wins})
+    return wins
+
+
+def rate_cell(k: int, n: int) -> str:
+    lo, hi = wilson(k, n)
+    return f"**{k / n:.2f}** ({lo:.2f}–{hi:.2f})"
+
+
+def pooled_report(counts: dict[str, dict[str, int]], n: int, control: str = "sft_only") -> str:
+    """Per method, the successes of its seeds' final versions pooled (Wilson interval over all their
+    episodes), then each method's success minus the control's, seed by seed. `counts` maps a label
+    "METHOD sSEED" (or "Stage 0 sSEED") to its successes per task, `n` episodes each."""
+    by_method: dict[str, dict[int, dict[str, int]]] = {}
+    for label, wins in counts.items():
+        method, seed = label.rsplit(" s", 1)
+        by_method.setdefault(method, {})[int(seed)] = wins
+    tasks = list(next(iter(counts.values())))
+    lines = ["| version, seeds pooled | seeds | " + " | ".join(tasks) + " | all |",
+             "|---|---|" + "---|" * (len(tasks) + 1)]
+    for method, seeds in by_method.items():
+        m = len(seeds) * n
+        per_task = [f"{sum(w[t] for w in seeds.values())}/{m}" for t in tasks]
+        total = sum(sum(w.values()) for w in seeds.values())
+        lines.append(f"| {method} | {', '.join(map(str, sorted(seeds)))} | " + " | ".join(per_task)
+                     + f" | {rate_cell(total, m * len(tasks))} |")
+    base = by_method.get(control, {})
+    lines += ["", f"Difference from `{control}`, success on all tasks, points, per seed:", "",
+              "| version | " + " | ".join(f"seed {s}" for s in sorted(base)) + " | mean | smallest |",
+              "|---|" + "---|" * (len(base) + 2)]
+    for method, seeds in by_method.items():
+        common = sorted(set(seeds) & set(base))
+        if method == control or not common:
+            continue
+        d = {s: 100 * (sum(seeds[s].values()) - sum(base[s].values())) / (n * len(tasks)) for s in common}
+        cells = [f"{d[s]:+.0f}" if s in d else "–" for s in sorted(base)]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {np.mean(list(d.values())):+.1f} | {min(d.values()):+.0f} |")
+    return "\n".join(lines)
 
 
 def runs_to_evaluate(out: Path, methods: list[str] | None, seeds: list[int] | None) -> list[tuple[str, Path]]:
@@ -75,13 +136,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.eval_seed + args.n - 1}), 95 % Wilson interval\n")
     print("| version | " + " | ".join(tasks) + " | all |")
     print("|---|" + "---|" * (len(tasks) + 1))
+    counts = {}
     for label, checkpoints in rows:
-        wins = evaluate_version(checkpoints, tasks, args.n, args.eval_seed, cfg.get("max_steps") or None)
-        total = sum(wins.values())
+        wins = counts[label] = cached_or_evaluate(out, label, checkpoints, tasks, args.n, args.eval_seed,
+                                                  cfg.get("max_steps") or None)
         cells = [f"{k}/{args.n} ({wilson(k, args.n)[0]:.2f}–{wilson(k, args.n)[1]:.2f})" for k in wins.values()]
-        lo, hi = wilson(total, args.n * len(tasks))
-        print(f"| {label} | " + " | ".join(cells) + f" | **{total / (args.n * len(tasks)):.2f}** ({lo:.2f}–{hi:.2f}) |",
+        print(f"| {label} | " + " | ".join(cells) + f" | {rate_cell(sum(wins.values()), args.n * len(tasks))} |",
               flush=True)
+    if len({label.rsplit(" s", 1)[1] for label in counts}) > 1:
+        print("\n" + pooled_report(counts, args.n))
     return 0
 
 

@@ -12,7 +12,8 @@ pytest.importorskip("metaworld")
 
 from bench.learning import METAWORLD, METAWORLD_SMOKE, SMOKE, SPLITS, LearningBenchConfig, format_table, run  # noqa: E402
 from bench.online_data import format_report, run_stats  # noqa: E402
-from bench.per_task_eval import evaluate_version, runs_to_evaluate, wilson  # noqa: E402
+from bench.per_task_eval import evaluate_version, pooled_report, runs_to_evaluate, wilson  # noqa: E402
+from bench.per_task_eval import main as per_task_eval  # noqa: E402
 from episodes.store import EpisodeStore  # noqa: E402
 from sim.metaworld.tasks import TASK_SETS  # noqa: E402
 
@@ -53,9 +54,29 @@ def test_metaworld_smoke_runs_the_protocol(tmp_path):
     assert [label for label, _ in rows] == ["Stage 0 s0", "irevla_ppo s0", "sft_only s0"]
     wins = evaluate_version(rows[1][1], sets["rl"], n=1, seed=20_000, max_steps=cfg.max_steps)
     assert set(wins) == set(sets["rl"]) and all(v in (0, 1) for v in wins.values())
+    # the command keeps each version's counts: a second run evaluates nothing and prints the same
+    assert per_task_eval(["--out", str(tmp_path), "--n", "1"]) == 0
+    cached = sorted((tmp_path / "per_task_eval" / "n1-from20000").glob("*.json"))
+    assert [p.stem for p in cached] == ["Stage_0_s0", "irevla_ppo_s0", "sft_only_s0"]
+    assert json.loads(cached[1].read_text())["wins"] == wins  # the same episodes: the same outcome
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    assert per_task_eval(["--out", str(tmp_path), "--n", "1"]) == 0
+    assert [p.stat().st_mtime_ns for p in cached] == stamps
 
 
 def test_wilson_interval():
     assert wilson(0, 40)[0] == 0.0 and 0.08 < wilson(0, 40)[1] < 0.09  # 0 of 40: up to ~9 %
     lo, hi = wilson(30, 40)
     assert lo < 0.75 < hi and round(lo, 2) == 0.60 and round(hi, 2) == 0.86
+
+
+def test_pooled_report_sums_seeds_and_differences_from_the_control():
+    counts = {"Stage 0 s0": {"a": 1, "b": 0}, "sft_only s0": {"a": 2, "b": 2}, "irevla_sac s0": {"a": 4, "b": 3},
+              "Stage 0 s1": {"a": 0, "b": 1}, "sft_only s1": {"a": 3, "b": 1}, "irevla_sac s1": {"a": 4, "b": 2}}
+    report = pooled_report(counts, n=4)
+    # irevla_sac: 4+4 of 8 on a, 3+2 of 8 on b, 13 of 16 in all
+    assert "| irevla_sac | 0, 1 | 8/8 | 5/8 | **0.81** (" in report
+    assert "| sft_only | 0, 1 | 5/8 | 3/8 | **0.50** (" in report
+    # per seed, in points of all-task success: (7 - 4) / 8 and (6 - 4) / 8; mean 31.2, smallest 25
+    assert "| irevla_sac | +38 | +25 | +31.2 | +25 |" in report
+    assert "| Stage 0 | -38 | -38 | -37.5 | -38 |" in report
