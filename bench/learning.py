@@ -769,30 +769,33 @@ def _run(cfg: LearningBenchConfig, out: Path, fresh: bool) -> dict:
     return report(cfg, out, t0)
 
 
-def format_progress(cfg: LearningBenchConfig, out: Path) -> str:
-    """Per (method, seed) with any finished iteration: its curve so far (Stage 0 → each
-    iteration's evaluation) and the online successes its SFT phases trained on -- the partial
-    results of a table still running. Empty when every job has a result."""
+def format_per_seed(cfg: LearningBenchConfig, out: Path) -> str:
+    """Per (method, seed) with a result or a finished iteration: its curve (Stage 0 → each
+    evaluation), the online successes its SFT phases trained on, its wall time; the jobs still
+    running are marked, so a table cut short shows its partial results next to the finished ones."""
     rows = []
     for m in cfg.methods:
         for s in cfg.seeds:
-            if (out / "results" / f"{m}-s{s}.json").exists():
+            result, saved = out / "results" / f"{m}-s{s}.json", out / "runs" / f"{m}-s{s}" / _SAVED / "job.json"
+            if result.exists():
+                job = json.loads(result.read_text())
+                done, state = len([p for p in job["curve"] if p["phase"].endswith("sft")]) or cfg.iterations, ""
+            elif saved.exists():
+                job = json.loads(saved.read_text())
+                done, state = job["iterations_done"], " (running)"
+            else:
                 continue
-            saved = out / "runs" / f"{m}-s{s}" / _SAVED / "job.json"
-            if not saved.exists():
-                continue
-            job = json.loads(saved.read_text())
             curve = job["curve"]
             cells = [" → ".join(f"{p[split]:.2f}" for p in curve) for split in SPLITS]
             fed = [str(p.get("n_online_successes")) for p in curve if p.get("n_online_successes") is not None]
-            rows.append(f"| `{m}` | {s} | {job['iterations_done']} / {cfg.iterations} | {job['episodes']} | "
+            rows.append(f"| `{m}` | {s} | {done} / {cfg.iterations}{state} | {curve[-1]['episodes']} | "
                         f"{' | '.join(cells)} | {', '.join(fed) or '–'} | {job['wall_s']:.0f} |")
     if not rows:
         return ""
     cells_done = sum(1 for _ in (out / "progress.jsonl").open()) if (out / "progress.jsonl").exists() else 0
-    return "\n".join([f"Jobs still running (PARTIAL: {cells_done} of {len(table_cells(cfg))} cells done; greedy "
-                      f"success at Stage 0 and after each finished iteration, {cfg.eval_n} episodes per split)", "",
-                      "| method | seed | iterations | episodes | demo tasks | RL tasks | held-out tasks | "
+    return "\n".join([f"Per seed ({cells_done} of {len(table_cells(cfg))} cells done; greedy success at Stage 0 "
+                      f"and after each evaluation, {cfg.eval_n} episodes per split)", "",
+                      "| method | seed | iterations | episodes (the x of the curves) | demo tasks | RL tasks | held-out tasks | "
                       "online successes in SFT | wall s |", "|---|---|---|---|---|---|---|---|---|", *rows])
 
 
@@ -811,9 +814,9 @@ def report(cfg: LearningBenchConfig, out: Path, t0: float | None = None) -> dict
     (out / "summary.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "methods": summary,
                                                   "total_s": total, "not_run": missing}, indent=1))
     plot(results + partial_curves(cfg, out), cfg, out / "learning_curves.png")
-    progress = format_progress(cfg, out)
-    if progress:
-        table += "\n\n" + progress
+    per_seed = format_per_seed(cfg, out)
+    if per_seed:
+        table += "\n\n" + per_seed
         (out / "table.md").write_text(table + "\n")
     print("\n" + table)
     print(f"\ncurves: {out / 'learning_curves.png'}" + ("" if total is None else f"; total {total:.0f} s"))

@@ -57,8 +57,8 @@ def cached_or_evaluate(out: Path, label: str, checkpoints: Path, tasks: tuple[st
     cache = out / "per_task_eval" / f"n{n}-from{seed}" / f"{label.replace(' ', '_')}.json"
     if cache.exists():
         saved = json.loads(cache.read_text())
-        if saved["version"] == version and list(saved["wins"]) == list(tasks) and saved["max_steps"] == max_steps:
-            return saved["wins"]
+        if saved["version"] == version and set(saved["wins"]) == set(tasks) and saved["max_steps"] == max_steps:
+            return {t: saved["wins"][t] for t in tasks}  # in the tasks' order (the file's keys are sorted)
     wins = evaluate_version(checkpoints, tasks, n, seed, max_steps)
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cache, {"label": label, "version": version, "max_steps": max_steps, "wins": wins})

@@ -19,7 +19,7 @@ from sim.metaworld.tasks import TASK_SETS  # noqa: E402
 
 
 @pytest.mark.slow
-def test_metaworld_smoke_runs_the_protocol(tmp_path):
+def test_metaworld_smoke_runs_the_protocol(tmp_path, capsys):
     cfg = LearningBenchConfig(**{**METAWORLD, **SMOKE, **METAWORLD_SMOKE})
     summary = run(cfg, tmp_path)
     assert set(summary) == {"sft_only", "irevla_ppo"}
@@ -55,13 +55,15 @@ def test_metaworld_smoke_runs_the_protocol(tmp_path):
     wins = evaluate_version(rows[1][1], sets["rl"], n=1, seed=20_000, max_steps=cfg.max_steps)
     assert set(wins) == set(sets["rl"]) and all(v in (0, 1) for v in wins.values())
     # the command keeps each version's counts: a second run evaluates nothing and prints the same
+    capsys.readouterr()
     assert per_task_eval(["--out", str(tmp_path), "--n", "1"]) == 0
     cached = sorted((tmp_path / "per_task_eval" / "n1-from20000").glob("*.json"))
     assert [p.stem for p in cached] == ["Stage_0_s0", "irevla_ppo_s0", "sft_only_s0"]
     assert json.loads(cached[1].read_text())["wins"] == wins  # the same episodes: the same outcome
     stamps = [p.stat().st_mtime_ns for p in cached]
+    first = capsys.readouterr().out
     assert per_task_eval(["--out", str(tmp_path), "--n", "1"]) == 0
-    assert [p.stat().st_mtime_ns for p in cached] == stamps
+    assert [p.stat().st_mtime_ns for p in cached] == stamps and capsys.readouterr().out == first
 
 
 def test_wilson_interval():

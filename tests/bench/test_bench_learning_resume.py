@@ -16,7 +16,7 @@ from bench.learning import (
     SMOKE,
     LearningBenchConfig,
     _config_differences,
-    format_progress,
+    format_per_seed,
     partial_curves,
     plot,
 )
@@ -53,8 +53,9 @@ def test_a_killed_table_resumes_where_it_stopped(tmp_path):
     finished = (out / "results" / "sft_only-s0.json").read_bytes()
     assert not (out / "results" / "irevla_ppo-s0.json").exists()
     cfg = LearningBenchConfig(**{**SMOKE, "methods": ("sft_only", "irevla_ppo"), "iterations": 2})
-    partial = format_progress(cfg, out)  # what `--report` adds for a table still running
-    assert "PARTIAL: 4 of 5 cells done" in partial and "| `irevla_ppo` | 0 | 1 / 2 |" in partial
+    per_seed = format_per_seed(cfg, out)  # `--report`'s rows per seed, a job still running marked
+    assert "4 of 5 cells done" in per_seed and "| `irevla_ppo` | 0 | 1 / 2 (running) |" in per_seed
+    assert "| `sft_only` | 0 | 2 / 2 |" in per_seed
     running = partial_curves(cfg, out)  # the cut job's curve so far, for the plot of a running table
     assert [(r["method"], r["curve"][0]["phase"], r["curve"][-1]["phase"]) for r in running] == [
         ("irevla_ppo", "stage0", "it0 sft")]
