@@ -68,7 +68,9 @@ def test_outputs_and_resume(smoke, capsys):
     png = (out / "learning_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     table = (out / "table.md").read_text()
-    assert table.strip() == format_table(summary, cfg)
+    assert table.startswith(format_table(summary, cfg))  # the table, then a row per method and seed
+    assert "Per seed (" in table and all(f"| `{m}` | 0 | {cfg.iterations} / {cfg.iterations} |" in table
+                                         for m in METHODS)
     assert all(f"`{m}`" in table for m in METHODS)
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "results").iterdir()}
     again = run(cfg, out)  # every job has a saved result: nothing reruns
