@@ -779,7 +779,7 @@ def format_per_seed(cfg: LearningBenchConfig, out: Path) -> str:
             result, saved = out / "results" / f"{m}-s{s}.json", out / "runs" / f"{m}-s{s}" / _SAVED / "job.json"
             if result.exists():
                 job = json.loads(result.read_text())
-                done, state = len([p for p in job["curve"] if p["phase"].endswith("sft")]) or cfg.iterations, ""
+                done, state = cfg.iterations, ""  # a result is written only after the last iteration
             elif saved.exists():
                 job = json.loads(saved.read_text())
                 done, state = job["iterations_done"], " (running)"
@@ -809,15 +809,14 @@ def report(cfg: LearningBenchConfig, out: Path, t0: float | None = None) -> dict
     results = [json.loads(p.read_text()) for p in paths if p.exists()]
     summary = summarize(results, cfg, out)
     table = format_table(summary, cfg)
+    per_seed = format_per_seed(cfg, out)
+    if per_seed:
+        table += "\n\n" + per_seed
     (out / "table.md").write_text(table + "\n")
     total = None if t0 is None else time.time() - t0
     (out / "summary.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "methods": summary,
                                                   "total_s": total, "not_run": missing}, indent=1))
     plot(results + partial_curves(cfg, out), cfg, out / "learning_curves.png")
-    per_seed = format_per_seed(cfg, out)
-    if per_seed:
-        table += "\n\n" + per_seed
-        (out / "table.md").write_text(table + "\n")
     print("\n" + table)
     print(f"\ncurves: {out / 'learning_curves.png'}" + ("" if total is None else f"; total {total:.0f} s"))
     return summary
