@@ -26,13 +26,40 @@ SUBCOMMANDS = {
 }
 
 
+def _add_global_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", default=None, help="deployment YAML (default: built-in demo)")
+    parser.add_argument("--run-dir", default=None, help="override run_dir")
+    parser.add_argument("--log-level", default="INFO")
+
+
+class _FirstPassError(Exception):
+    pass
+
+
+class _FirstPassParser(argparse.ArgumentParser):
+    def error(self, message):  # the full parser reports it, with the real usage line
+        raise _FirstPassError(message)
+
+
+def chosen_subcommand(argv: list[str]) -> str | None:
+    """The subcommand `argv` names: the first positional argument once the global options (and
+    their values) are taken off, so `--run-dir demo learn` is `learn`, not `demo`. None when
+    there is none or it is not a subcommand (the full parser then says so)."""
+    first = _FirstPassParser(add_help=False)
+    _add_global_options(first)
+    first.add_argument("command", nargs="?")
+    try:
+        args, _ = first.parse_known_args(argv)
+    except _FirstPassError:
+        return None
+    return args.command if args.command in SUBCOMMANDS else None
+
+
 def build_parser(wanted: str | None) -> argparse.ArgumentParser:
     """The parser with the options of subcommand `wanted` filled in. Only that subcommand's
     module is imported, so hardware and GPU dependencies stay lazy."""
     parser = argparse.ArgumentParser(prog="vlaloop", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", "-c", default=None, help="deployment YAML (default: built-in demo)")
-    parser.add_argument("--run-dir", default=None, help="override run_dir")
-    parser.add_argument("--log-level", default="INFO")
+    _add_global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text)
@@ -43,8 +70,7 @@ def build_parser(wanted: str | None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    wanted = next((a for a in argv if a in SUBCOMMANDS), None)
-    args = build_parser(wanted).parse_args(argv)
+    args = build_parser(chosen_subcommand(argv)).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -17,7 +17,7 @@ from standins import PY, ROOT, standin_learner, standin_server
 
 from deployment.config import DeploymentConfig, load_config
 from episodes.store import EpisodeStore
-from vlaloop.cli import SUBCOMMANDS, build_parser
+from vlaloop.cli import build_parser, chosen_subcommand
 
 GUIDE = (ROOT / "docs" / "real_robot.md").read_text()
 
@@ -43,7 +43,8 @@ def test_the_guide_shows_the_first_day_commands():
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(c[1:4]) for c in COMMANDS])
 def test_every_command_parses_with_the_real_parser(argv):
-    wanted = next(a for a in argv[1:] if a in SUBCOMMANDS)
+    wanted = chosen_subcommand(argv[1:])
+    assert wanted is not None, argv
     args = build_parser(wanted).parse_args(argv[1:])  # an unknown flag or bad choice exits: a failure
     if wanted == "robot":
         from robot_client.cli import robot_config
