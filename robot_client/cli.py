@@ -21,6 +21,7 @@ from robot_client.dry_run import HoldingArm
 from robot_client.episode import EpisodeRunner, Rig, StatusReporter
 from robot_client.loop import ControlLoop
 from robot_client.outbox import Outbox
+from robot_client.preflight import TokenRefused, check_learner_token, check_server_token
 from robot_client.safety import SafetyFilter
 from robot_client.scripted_operator import ScriptedOperator, intervention_config
 from robot_client.server_client import ActionLink, ServerClient
@@ -150,8 +151,9 @@ class RobotClient:
                                request_timeout_s=2 * cfg.reply_deadline_s, probe_interval_s=cfg.probe_interval_s,
                                silence_s=cfg.server_silence_s)
         self.outbox = Outbox(outbox_dir, cfg.outbox_max_bytes, cfg.outbox_warn_fraction)
+        self.refusal = ""  # why a peer refused the robot's token mid-run (the client then stops)
         self.streamer = Streamer(self.outbox, cfg.learner_addr, cfg.robot_id, config_hash, token=cfg.token,
-                                 ack_timeout_s=cfg.ack_timeout_s)
+                                 ack_timeout_s=cfg.ack_timeout_s, on_refused=self._refused)
         self.status = StatusReporter(ServerClient(cfg.server_url, cfg.token, cfg.robot_id), extra=self._extra)
         self.loop = ControlLoop(rig.arm, rig.cameras, SafetyFilter.from_calibration(cal), self.link, cfg,
                                 emit=self.streamer.submit,
@@ -164,6 +166,12 @@ class RobotClient:
                                     calibration=cal.model_dump(mode="json"),
                                     marker=Path(outbox_dir) / "episode_in_progress.json",
                                     persisted=self.streamer.persisted)
+
+    def _refused(self, reason: str) -> None:
+        if not self.refusal:
+            log.error("%s; stopping", reason)
+            self.refusal = reason
+            self.stop()
 
     def _extra(self) -> dict:
         """Learner-side trouble the operator must see, added to every status post."""
@@ -217,6 +225,11 @@ def run(args: argparse.Namespace, config) -> int:
         print(f"vlaloop robot: {e}", file=sys.stderr)
         return 2
     outbox_dir = cfg.outbox_dir or str(Path(config.run_dir) / "outbox" / cfg.robot_id)
+    try:  # before the arm is touched: a refused token ends the client with one line
+        check_tokens(cfg, config.config_hash())
+    except TokenRefused as e:
+        print(f"vlaloop robot: {e}", file=sys.stderr)
+        return 2
     if cfg.teleop == "gamepad":  # the device first: no pad, no need to start the arm
         try:
             interventions = build_interventions(cfg, None)
@@ -250,4 +263,17 @@ def run(args: argparse.Namespace, config) -> int:
     outcomes = [end.outcome for _, end in results]
     log.info("robot client done: %d episodes %s; outbox %s", len(results), outcomes,
              "flushed" if flushed else f"holds {len(client.outbox)} unacked messages (resent on next start)")
+    if client.refusal:
+        print(f"vlaloop robot: {client.refusal}", file=sys.stderr)
+        return 2
     return 0
+
+
+def check_tokens(cfg: RobotConfig, config_hash: str) -> None:
+    """Raises TokenRefused when the server or the learner refuses the robot's token."""
+    server = ServerClient(cfg.server_url, cfg.token, cfg.robot_id)
+    try:
+        check_server_token(server, cfg.server_url)
+    finally:
+        server.close()
+    check_learner_token(cfg.learner_addr, cfg.robot_id, config_hash, cfg.token, timeout_s=cfg.ack_timeout_s)

@@ -43,6 +43,10 @@ class ServerSlow(ServerUnavailable):
 class ServerRefused(RuntimeError):
     """The server answered but refused the request (4xx); the text holds its reason."""
 
+    def __init__(self, message: str, status_code: int | None = None):
+        super().__init__(message)
+        self.status_code = status_code  # 401: no token, 403: a wrong one (server/auth.py)
+
 
 class ServerClient:
     def __init__(self, base_url: str, token: str = "", robot_id: str = "", timeout_s: float = 2.0):
@@ -67,11 +71,11 @@ class ServerClient:
         except httpx.HTTPError as e:  # refused, reset, timeout, protocol error
             raise ServerUnavailable(f"{method} {path}: {type(e).__name__}: {e}") from None
         if r.status_code == 503:  # up, but no policy loaded (yet): not a dead server
-            raise ServerRefused(f"{method} {path}: HTTP 503 (not ready): {r.text[:200]}")
+            raise ServerRefused(f"{method} {path}: HTTP 503 (not ready): {r.text[:200]}", 503)
         if r.status_code >= 500:
             raise ServerUnavailable(f"{method} {path}: HTTP {r.status_code}: {r.text[:200]}")
         if r.status_code >= 400:
-            raise ServerRefused(f"{method} {path}: HTTP {r.status_code}: {r.text[:500]}")
+            raise ServerRefused(f"{method} {path}: HTTP {r.status_code}: {r.text[:500]}", r.status_code)
         return r
 
     # ---------------------------------------------------------------- inference

@@ -20,6 +20,7 @@ import queue
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 import zmq
 import zmq.utils.monitor
@@ -31,12 +32,21 @@ from robot_client.outbox import Outbox, OutboxFull
 log = logging.getLogger(__name__)
 
 _SEQ = struct.Struct("<Q")
+LEARNER_TOKEN_REFUSAL = "bad token"  # how learner/ingest.py's refusal of a hello's token starts
+
+
+def learner_refusal(error: str) -> str | None:
+    """The one-line message for a refused hello that retrying cannot fix (a wrong token), else None."""
+    if not error.startswith(LEARNER_TOKEN_REFUSAL):
+        return None
+    return (f"the learner refused the robot's token ({error}): set robot.token (VLALOOP_ROBOT__TOKEN) to "
+            "the learner's learner.token")
 
 
 class Streamer:
     def __init__(self, outbox: Outbox, learner_addr: str, robot_id: str, config_hash: str,
                  token: str = "", ack_timeout_s: float = 3.0, window: int = 64,
-                 hello_retry_s: float = 1.0):
+                 hello_retry_s: float = 1.0, on_refused: Callable[[str], None] | None = None):
         self.outbox = outbox
         self.learner_addr = learner_addr
         self.robot_id = robot_id
@@ -45,6 +55,7 @@ class Streamer:
         self.ack_timeout_s = ack_timeout_s
         self.window = window
         self.hello_retry_s = hello_retry_s
+        self.on_refused = on_refused  # called with the one-line reason when the learner refuses the token
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="learner-streamer", daemon=True)
@@ -251,6 +262,9 @@ class Streamer:
                     self.outbox.ack(ack.seq)
                     continue
                 self.last_error = f"learner refused hello: {ack.error}"
+                refusal = learner_refusal(ack.error)
+                if refusal and self.on_refused is not None:
+                    self.on_refused(refusal)
                 log.error("%s (retrying in %.1fs)", self.last_error, self.hello_retry_s)
                 self._stop.wait(self.hello_retry_s)
                 return self.last_error
