@@ -49,6 +49,17 @@ class StoreError(RuntimeError):
     pass
 
 
+class RelabelRefused(StoreError):
+    """A relabel that can never apply (a dry run), unlike one whose episode has not ended yet."""
+
+
+def is_dry_run(meta: dict) -> bool:
+    """An episode of ``vlaloop robot --dry-run``: the arm held instead of moving, so its actions
+    were never executed. Never labelled, never trained on (older stores: only in ``extra``)."""
+    extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
+    return bool(meta.get("dry_run") or extra.get("dry_run"))
+
+
 
 _POOL: ThreadPoolExecutor | None = None
 
@@ -255,6 +266,9 @@ class EpisodeStore:
             meta = self.read_meta(robot_id, episode_id)
             if meta is None:
                 raise StoreError(f"episode {robot_id}/{episode_id} has not ended; nothing to relabel")
+            if is_dry_run(meta):
+                raise RelabelRefused(f"episode {robot_id}/{episode_id} is a dry run (the arm did not move): "
+                                     "it cannot be labelled and is never trained on")
             meta.setdefault("original_outcome", meta.get("outcome"))
             meta.update(outcome=outcome, label_source="operator", relabeled=time.time())
             write_json_atomic(d / META, meta)

@@ -2,6 +2,8 @@
 
 Torch-free, so the phase loop can pick a round's episodes with the same rule the Trainer filters by.
 
+* Dry runs (``vlaloop robot --dry-run``: the arm held, its actions were never executed) are never
+  trained on, whatever their label says.
 * Aborted episodes (robot error, operator discard, label timeout) and ones still waiting for their
   end are never trained on; nor are reward-model labels unless the deployment trusts them
   (reward_model.mode "auto").
@@ -13,6 +15,8 @@ Torch-free, so the phase loop can pick a round's episodes with the same rule the
 """
 
 from __future__ import annotations
+
+from episodes.store import is_dry_run
 
 TRAINABLE_OUTCOMES = ("success", "failure")
 
@@ -26,6 +30,8 @@ def is_trainable(meta: dict, reward_model_labels: bool = False) -> bool:
     """Labelled success or failure. A label the reward model gave counts only with
     `reward_model_labels` (the deployment's reward_model.mode is "auto")."""
     if meta.get("label_source") == "reward_model" and not reward_model_labels:
+        return False
+    if is_dry_run(meta):
         return False
     return meta.get("outcome") in TRAINABLE_OUTCOMES and not meta.get("incomplete")
 

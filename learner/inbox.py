@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from episodes.store import EpisodeStore, StoreError
+from episodes.store import EpisodeStore, RelabelRefused, StoreError
 from protocol.messages import EpisodeId, RobotId
 
 log = logging.getLogger("learner.inbox")
@@ -68,6 +68,9 @@ class Inbox:
                 continue
             try:
                 meta = self.store.relabel(req.robot_id, req.episode_id, store_outcome(req.outcome))
+            except RelabelRefused as e:
+                self._reject(path, str(e))
+                continue
             except StoreError as e:
                 # its steps/episode_end may still sit in the robot's outbox (e.g. learner was down)
                 if path.name not in self._pending_logged:

@@ -126,6 +126,8 @@ def episode_meta(store: EpisodeStore, msg: EpisodeEnd, learner_phase: str) -> di
         "intervention_steps": sum(1 for s in steps if s.get("intervention")),
         "extra": extra,
     }
+    if extra.get("dry_run"):  # the arm held: never labelled, never trained on (episode_rules)
+        meta["dry_run"] = True
     if calibration is not None:
         meta["calibration"] = calibration
     return meta

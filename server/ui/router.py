@@ -36,7 +36,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
-from episodes.store import EpisodeStore, StoreError, write_json_atomic
+from episodes.store import EpisodeStore, StoreError, is_dry_run, write_json_atomic
 from protocol.messages import ID_PATTERN
 from server.auth import require_operator
 
@@ -67,6 +67,7 @@ class EpisodeSummary(BaseModel):
     first_step: int | None = Field(description="first stored step (replay starts here)")
     last_step: int | None = Field(description="last stored step (the thumbnail shows it)")
     relabeled: bool = Field(description="the operator corrected the label after the fact")
+    dry_run: bool = Field(default=False, description="a dry run (the arm held): cannot be labelled, never trained on")
     relabel_pending: str | None = Field(
         default=None, description="outcome of a correction queued in the inbox, not yet applied")
 
@@ -258,6 +259,7 @@ def _summary(ctx: UIContext, meta: dict, ep_dir: Path) -> EpisodeSummary:
         finished=meta.get("finished"),
         cameras=cameras, first_step=first, last_step=last,
         relabeled="relabeled" in meta,
+        dry_run=is_dry_run(meta),
     )
 
 
@@ -429,7 +431,10 @@ def episode_frame(robot_id: str = RobotIdParam, episode_id: str = EpisodeIdParam
 def relabel_episode(body: RelabelRequest, robot_id: str = RobotIdParam, episode_id: str = EpisodeIdParam,
                     ctx: UIContext = Depends(_context)) -> RelabelQueued:
     """Queue a label correction for the learner (which owns the store): an atomic inbox file."""
-    _load_meta(ctx, robot_id, episode_id)  # only episodes that ended can be relabelled
+    meta = _load_meta(ctx, robot_id, episode_id)  # only episodes that ended can be relabelled
+    if is_dry_run(meta):
+        raise HTTPException(409, f"episode {robot_id}/{episode_id} is a dry run (the arm did not move): "
+                                 "it cannot be labelled and is never trained on")
     outcome = "aborted" if body.outcome == "discard" else body.outcome
     ctx.inbox.mkdir(parents=True, exist_ok=True)
     path = ctx.inbox / f"relabel-{uuid.uuid4().hex}.json"

@@ -642,6 +642,8 @@ async function openReplay(summary) {
       fact("Policy", s.policy_version === null ? "–" : "v" + s.policy_version),
       fact("Source", [s.source, s.purpose].filter(Boolean).join(" / ")),
       fact("Steps", String(s.n_steps))),
+    s.dry_run ? el("p", { class: "relabel", "data-field": "dry-run",
+      text: "Dry run: the arm did not move. It cannot be labelled and is never trained on." }) :
     el("div", { class: "relabel" },
       el("p", { text: s.relabel_pending ? `Correction to "${s.relabel_pending}" queued for the learner.`
         : (s.relabeled ? "Label corrected by the operator. Correct it again:" : "Correct the label:") }),
