@@ -15,6 +15,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from deployment.network import learner_bind_refusal
 from episodes.status import StatusBoard
 from episodes.store import EpisodeStore
 from learner.ingest import Ingest
@@ -44,6 +45,10 @@ def run(args: argparse.Namespace, config) -> int:
         loop = PhaseLoop(config, run_dir, status=status, shutdown=shutdown)
         return loop.run_bootstrap_only()
 
+    refusal = learner_bind_refusal(config.learner.bind, config.learner.token)
+    if refusal:
+        log.error("%s", refusal)
+        return 2
     ingest = Ingest.from_config(config, run_dir, store=store, status=status)
     try:
         endpoint = ingest.start()

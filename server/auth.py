@@ -9,12 +9,12 @@ Missing token -> 401, wrong token (including the other role's token) -> 403.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from typing import Literal
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from deployment.network import is_loopback
 from deployment.server import ServerConfig
 
 Role = Literal["robot", "operator"]
@@ -23,15 +23,6 @@ _bearer = HTTPBearer(auto_error=False)
 
 class UnsafeBindError(RuntimeError):
     """The server would expose unauthenticated endpoints to the network."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a hostname: assume it resolves to a reachable interface
 
 
 def check_bind_allowed(host: str, config: ServerConfig) -> None:
