@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "bench": ("bench.cli", "benchmarks (serving, control loop, learner, learning)"),
     "export": ("lerobot_format.exporter", "export the episode store as a dataset (--format lerobot: LeRobot v3.0)"),
     "import": ("lerobot_format.importer", "import a dataset as demonstrations (--format lerobot: LeRobot v3.0/v2.1)"),
+    "report": ("vlaloop.run_report", "report.md and a success curve for any run dir (vlaloop report RUN_DIR)"),
     "model": ("vla.cli", "check a model dir as the loop's backbone (vlaloop model check DIR)"),
 }
 

@@ -35,7 +35,7 @@ LABELS = ("success", "failure")
 MIN_EPISODES_FOR_A_RATE = 5  # fewer sampled (or greedy) episodes in a phase are drawn as points only
 
 
-def _is_success(meta: dict) -> bool:
+def is_success(meta: dict) -> bool:
     return meta.get("outcome") == "success"
 
 
@@ -81,7 +81,7 @@ def attribute(log: dict, metas: list[dict]) -> list[dict]:
 
 
 def _rate(metas: list[dict]) -> float | None:
-    return float(np.mean([_is_success(m) for m in metas])) if metas else None
+    return float(np.mean([is_success(m) for m in metas])) if metas else None
 
 
 def summarize(rows: list[dict], rl_rounds: int | None = None) -> list[dict]:
@@ -96,8 +96,8 @@ def summarize(rows: list[dict], rl_rounds: int | None = None) -> list[dict]:
             "phase": r["phase"], "iteration": r["iteration"], "round": r["round"],
             "serving_version": r["serving_version"], "version": r["version"],
             "seconds": (r["ended"] - r["started"]) if r.get("ended") and r.get("started") else None,
-            "sampled": len(sampled), "sampled_successes": sum(map(_is_success, sampled)),
-            "greedy": len(greedy), "greedy_successes": sum(map(_is_success, greedy)),
+            "sampled": len(sampled), "sampled_successes": sum(map(is_success, sampled)),
+            "greedy": len(greedy), "greedy_successes": sum(map(is_success, greedy)),
             "episodes": keys,
             "hot_swapped": sum(len([v for v in m.get("policy_versions") or [] if v is not None and v >= 0]) > 1
                                for m in r["episodes"]),
@@ -134,7 +134,7 @@ def phase_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _notes(rows: list[dict], unlabelled: int) -> str:
+def attribution_notes(rows: list[dict], unlabelled: int) -> str:
     swapped = sum(r["hot_swapped"] for r in rows)
     late = sum(r["ended_in_a_later_phase"] for r in rows)
     counted = sum(r["sampled"] + r["greedy"] for r in rows)
@@ -146,7 +146,7 @@ def _notes(rows: list[dict], unlabelled: int) -> str:
             f"greedy = the evaluation episodes the robots run while the learner is in SFT.")
 
 
-def _collect(run_dir: Path) -> tuple[dict, list[dict], int]:
+def collect_episodes(run_dir: Path) -> tuple[dict, list[dict], int]:
     store = EpisodeStore(run_dir / "episodes")
     robot = [m for m in store.list_episodes() if m.get("source") in ("online", "eval")]
     labelled = [m for m in robot if m.get("outcome") in LABELS]
@@ -184,24 +184,29 @@ def operator_rows(rows: list[dict], metas: list[dict], new_task: tuple[str, ...]
                     "intervention_steps": driven, "steps": steps,
                     "intervention_fraction": driven / steps if steps else None,
                     "operator_s": seconds, "operator_s_total": cumulative,
-                    "new_task_episodes": len(new), "new_task_successes": sum(map(_is_success, new)),
+                    "new_task_episodes": len(new), "new_task_successes": sum(map(is_success, new)),
                     "new_task_driven": sum(bool(m.get("intervention_steps")) for m in new),
                     # the policy's own successes: no operator step in the episode
-                    "new_task_alone": sum(_is_success(m) and not m.get("intervention_steps") for m in new)})
+                    "new_task_alone": sum(is_success(m) and not m.get("intervention_steps") for m in new)})
     return out
 
 
-def operator_table(ops: list[dict], rl_rounds: int | None) -> str:
-    lines = ["| iteration | RL round | sampled episodes | takeovers (per episode) | operator steps (% of steps) | "
-             "operator s (total) | new task: episodes, taken over, successes (by the policy alone) |",
-             "|---|---|---|---|---|---|---|"]
+def operator_table(ops: list[dict], rl_rounds: int | None, new_task: bool = True) -> str:
+    """One row per RL round; `new_task`: the demo's column for the task it has no demos of."""
+    head = ["iteration", "RL round", "sampled episodes", "takeovers (per episode)", "operator steps (% of steps)",
+            "operator s (total)"] + (["new task: episodes, taken over, successes (by the policy alone)"]
+                                     if new_task else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     of = f"/{rl_rounds}" if rl_rounds else ""
     for o in ops:
         per = f"{o['takeovers']} ({o['takeovers_per_episode']:.2f})" if o["episodes"] else "-"
         frac = f"{o['intervention_steps']} ({o['intervention_fraction']:.1%})" if o["steps"] else "-"
-        lines.append(f"| {o['iteration'] + 1} | {o['round'] + 1}{of} | {o['episodes']} | {per} | {frac} | "
-                     f"{o['operator_s']:.0f} ({o['operator_s_total']:.0f}) | {o['new_task_episodes']}, "
-                     f"{o['new_task_driven']}, {o['new_task_successes']} ({o['new_task_alone']}) |")
+        cells = [str(o["iteration"] + 1), f"{o['round'] + 1}{of}", str(o["episodes"]), per, frac,
+                 f"{o['operator_s']:.0f} ({o['operator_s_total']:.0f})"]
+        if new_task:
+            cells.append(f"{o['new_task_episodes']}, {o['new_task_driven']}, {o['new_task_successes']} "
+                         f"({o['new_task_alone']})")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -265,7 +270,7 @@ def write_report(run_dir: Path, curve: list[dict], control: dict | None, rl_roun
                  new_task: tuple[str, ...], period_s: float, operator: str = "scripted", seed: int = 0,
                  wall_s: float | None = None, complete: bool = True, note: str = "") -> str:
     """report.md, report.json and success_curve.png in run_dir; returns the markdown body."""
-    log, metas, unlabelled = _collect(run_dir)
+    log, metas, unlabelled = collect_episodes(run_dir)
     rows = summarize(attribute(log, metas), rl_rounds)
     ops = operator_rows(rows, metas, new_task, period_s)
     parts = []
@@ -277,7 +282,7 @@ def write_report(run_dir: Path, curve: list[dict], control: dict | None, rl_roun
               "What the operator did, per RL round (sampled episodes only; greedy evaluation episodes are never "
               f"driven). Operator seconds = operator steps x {period_s:g} s + {TAKEOVER_S:g} s per takeover:\n\n"
               + operator_table(ops, rl_rounds),
-              "The learner's phases:\n\n" + phase_table(rows), _notes(rows, unlabelled)]
+              "The learner's phases:\n\n" + phase_table(rows), attribution_notes(rows, unlabelled)]
     if wall_s is not None:
         parts.append(f"Seed {seed}; wall time {wall_s:.0f} s.")
     body = "\n\n".join(parts)
@@ -285,9 +290,28 @@ def write_report(run_dir: Path, curve: list[dict], control: dict | None, rl_roun
     (run_dir / "report.md").write_text("# vlaloop demo report\n\n" + body + "\n\n![curve](success_curve.png)\n")
     (run_dir / "report.json").write_text(json.dumps(
         {"complete": complete, "seed": seed, "wall_s": wall_s, "operator": operator, "new_task": list(new_task),
-         "curve": curve, "control": control, "operator_rounds": ops, "phases": rows, "unlabelled": unlabelled},
+         "period_s": period_s, "rl_rounds": rl_rounds, "note": note, "curve": curve, "control": control, "operator_rounds": ops, "phases": rows, "unlabelled": unlabelled},
         indent=1))
     return body
+
+
+def plot_operator(ax2, ops: list[dict]) -> None:
+    """The operator's takeovers per sampled episode per RL round, and its cumulative seconds."""
+    if ops:
+        xo = [o["episodes_total"] for o in ops]
+        width = 0.6 * min(o["episodes"] for o in ops if o["episodes"]) if any(o["episodes"] for o in ops) else 1
+        ax2.bar(xo, [o["takeovers_per_episode"] or 0 for o in ops], width=width, align="center",
+                color="#ff7f0e", alpha=0.8, label="takeovers per sampled episode (per RL round)")
+        ax2.set(xlabel="sampled robot episodes", ylabel="takeovers per episode")
+        twin = ax2.twinx()
+        twin.plot(xo, [o["operator_s_total"] for o in ops], color="#2ca02c", marker="o", label="operator seconds (total)")
+        twin.set_ylabel("operator seconds, cumulative")
+        twin.set_ylim(bottom=0)
+        h1, l1 = ax2.get_legend_handles_labels()
+        h2, l2 = twin.get_legend_handles_labels()
+        ax2.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
+    ax2.set_title("the operator's work")
+    ax2.grid(alpha=0.3)
 
 
 def plot_curve(path: Path, curve: list[dict], control: dict | None, ops: list[dict], new_task: tuple[str, ...],
@@ -322,21 +346,7 @@ def plot_curve(path: Path, curve: list[dict], control: dict | None, ops: list[di
            ylim=(-0.03, 1.03), title=f"greedy success, {curve[0]['n']} fixed seeds per task")
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
-    if ops:
-        xo = [o["episodes_total"] for o in ops]
-        width = 0.6 * min(o["episodes"] for o in ops if o["episodes"]) if any(o["episodes"] for o in ops) else 1
-        ax2.bar(xo, [o["takeovers_per_episode"] or 0 for o in ops], width=width, align="center",
-                color="#ff7f0e", alpha=0.8, label="takeovers per sampled episode (per RL round)")
-        ax2.set(xlabel="sampled robot episodes", ylabel="takeovers per episode")
-        twin = ax2.twinx()
-        twin.plot(xo, [o["operator_s_total"] for o in ops], color="#2ca02c", marker="o", label="operator seconds (total)")
-        twin.set_ylabel("operator seconds, cumulative")
-        twin.set_ylim(bottom=0)
-        h1, l1 = ax2.get_legend_handles_labels()
-        h2, l2 = twin.get_legend_handles_labels()
-        ax2.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
-    ax2.set_title("the operator's work")
-    ax2.grid(alpha=0.3)
+    plot_operator(ax2, ops)
     title = f"vlaloop demo: learning a new task ({' / '.join(new_task)}) on the job"
     fig.suptitle(title if complete else "INCOMPLETE RUN, not a result -- " + title, fontsize=11)
     fig.tight_layout()
