@@ -36,7 +36,7 @@ and one function running one iteration of it on a `Job`.
     python -m bench.learning                      # the full table: 6 methods x 3 seeds (~45 min, 2 cores)
     python -m bench.learning --smoke              # seconds-sized version (the test suite runs it)
     python -m bench.learning --metaworld          # on MetaWorld, one core (docs/metaworld.md)
-    python -m bench.learning --metaworld-long     # on MetaWorld at issue 25's budget (hours; resumable)
+    python -m bench.learning --metaworld-long     # on MetaWorld at the long table's budget (hours; resumable)
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ METAWORLD = dict(backend="metaworld", task="bench", demos=100, rl_task_demos=45,
 # untrained policy cost minutes on two cores
 METAWORLD_SMOKE = dict(methods=("sft_only", "irevla_ppo"), demos=2, rl_task_demos=1, eval_n=2,
                        episodes_per_round=2, max_steps=16)
-# the budget of issue 25, where the loop has data to learn from: per method and seed 3 iRe-VLA
+# the long MetaWorld table's budget, where the loop has data to learn from: per method and seed 3 iRe-VLA
 # iterations x 15 rounds x 20 online episodes on the RL tasks only (900 episodes, ~300 per RL
 # task), then an SFT phase of 300 steps on the demos + every online success; SFT-only gets the same
 # SFT steps, SFT + extra demos 900 expert demos of the RL tasks; SAC at 20 updates per episode
@@ -829,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metaworld", action="store_true",
                    help="the table on MetaWorld (task set `bench`, sizes for its longer episodes; docs/metaworld.md)")
     p.add_argument("--metaworld-long", action="store_true",
-                   help="the MetaWorld table at issue 25's budget (900 online episodes per method and seed; hours)")
+                   help="the long MetaWorld table (900 online episodes per method and seed; hours)")
     p.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
     p.add_argument("--report", action="store_true", help="only the table and curves from the results in --out")
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
