@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from episodes.status import StatusBoard
@@ -32,6 +33,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config) -> int:
+    from vla.device import device_problem
+
+    if problem := device_problem(config.model.device):  # before any model is built on it
+        print(f"vlaloop learn: {': '.join(problem)}", file=sys.stderr)
+        return 2
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     shutdown = Shutdown()
