@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from deployment.config import ConfigError, load_config
+from vlaloop.logs import LEVELS, log_file_for, setup_logging
 
 SUBCOMMANDS = {
     "serve": ("server.cli", "run the inference server (FastAPI/uvicorn) and operator page"),
@@ -32,7 +32,10 @@ def build_parser(wanted: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlaloop", description=__doc__.splitlines()[0])
     parser.add_argument("--config", "-c", default=None, help="deployment YAML (default: built-in demo)")
     parser.add_argument("--run-dir", default=None, help="override run_dir")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS,
+                        help="DEBUG also shows every HTTP request and health probe (default INFO)")
+    parser.add_argument("--log-file", default=None, help="serve, learn, robot and demo log to the terminal and "
+                        "to <run_dir>/logs/<process>.log; give another file, or `none` for the terminal only")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text)
@@ -45,13 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     wanted = next((a for a in argv if a in SUBCOMMANDS), None)
     args = build_parser(wanted).parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     try:
         config = load_config(args.config, run_dir=args.run_dir)
     except ConfigError as e:
         print(f"vlaloop: {e}", file=sys.stderr)
         return 2
+    robot_id = getattr(args, "robot_id", None) or config.robot.robot_id
+    setup_logging(args.log_level, log_file_for(args.command, args.log_file, config.run_dir, robot_id), args.command)
     return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args, config) or 0)
 
 
