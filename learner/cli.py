@@ -33,9 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config) -> int:
-    from vla.device import device_problem
+    from vla.device import startup_problem
 
-    if problem := device_problem(config.model.device):  # before any model is built on it
+    if problem := startup_problem(config.model):  # before any model is built on it
         print(f"vlaloop learn: {': '.join(problem)}", file=sys.stderr)
         return 2
     run_dir = Path(config.run_dir)

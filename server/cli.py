@@ -52,9 +52,9 @@ def run(args: argparse.Namespace, config: DeploymentConfig) -> int:
     except UnsafeBindError as e:
         print(f"vlaloop serve: {e}", file=sys.stderr)
         return 2
-    from vla.device import device_problem
+    from vla.device import startup_problem
 
-    if problem := device_problem(config.model.device):  # before a checkpoint fails to load on it
+    if problem := startup_problem(config.model):  # before a checkpoint fails to load on it
         print(f"vlaloop serve: {': '.join(problem)}", file=sys.stderr)
         return 2
     try:

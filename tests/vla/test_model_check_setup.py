@@ -84,3 +84,14 @@ def test_the_cuda_constraints_pin_the_same_torch_and_never_its_cpu_build():
     assert not spec.contains(f"{installed}+cpu")  # a CPU wheel lying around never satisfies it
     for doc in ("docs/own_model.md", "docs/deploy.md"):
         assert "pip install -c constraints-cuda.txt" in (ROOT / doc).read_text(), doc
+
+
+def test_a_configured_model_dir_that_is_not_there_is_named_at_start(tmp_path, tiny_dir):
+    from deployment.model import ModelConfig
+    from vla.device import startup_problem
+
+    assert startup_problem(ModelConfig()) is None  # the embedded default
+    assert startup_problem(ModelConfig(backbone_dir=str(tiny_dir))) is None
+    what, fix = startup_problem(ModelConfig(backbone_dir=str(tmp_path / "missing")))
+    assert what.endswith("missing does not exist") and "MODEL_DIR" in fix and "vlaloop model check" in fix
+    assert startup_problem(ModelConfig(backbone_dir=str(tmp_path)))[0].endswith("holds no config.json")
