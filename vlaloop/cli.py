@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from deployment.config import ConfigError, load_config
@@ -56,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     robot_id = getattr(args, "robot_id", None) or config.robot.robot_id
     setup_logging(args.log_level, log_file_for(args.command, args.log_file, config.run_dir, robot_id), args.command)
-    return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args, config) or 0)
+    module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    try:
+        return int(module.run(args, config) or 0)
+    except Exception:  # the traceback goes to the log file too, not only to the terminal
+        logging.getLogger("vlaloop").critical("vlaloop %s crashed", args.command, exc_info=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -84,3 +84,15 @@ def test_log_file_names_and_level_choices(tmp_path, capsys):
     assert main(["--run-dir", str(tmp_path), "--log-level", "warning", "calibrate", "workspace", "--backend", "mock",
                  "--corners", "0.3,-0.2,0.0", "0.7,0.2,0.3", "--out", str(tmp_path / "c.yaml")]) == 0
     assert time.monotonic() - start < 30 and not (tmp_path / "logs").exists()
+
+
+def test_a_crash_leaves_its_traceback_in_the_log_file(tmp_path):
+    """A learner whose run dir cannot be made (a file stands where it should be) crashes: exit 1,
+    and the traceback is in logs/learner.log as well as on the terminal."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "episodes").write_text("not a directory")
+    r = subprocess.run([PY, "-m", "vlaloop.cli", "--run-dir", str(tmp_path / "run"), "learn", "--no-train"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "CRITICAL vlaloop: vlaloop learn crashed" in r.stderr, r.stderr[-2000:]
+    kept = (tmp_path / "run" / "logs" / "learner.log").read_text()
+    assert "vlaloop learn crashed" in kept and "Traceback (most recent call last)" in kept
