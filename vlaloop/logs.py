@@ -32,6 +32,18 @@ def log_file_for(command: str, chosen: str | None, run_dir: str, robot_id: str) 
     return Path(run_dir) / "logs" / f"{name.format(robot_id=robot_id)}.log" if name else None
 
 
+class TerminalHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a line is logged (a test runner swaps it per test)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property decides
+        pass
+
+
 def _ours(handler: logging.Handler) -> bool:
     return getattr(handler, "_vlaloop", False)
 
@@ -42,7 +54,7 @@ def setup_logging(level: str, log_file: Path | None = None, command: str = "") -
     for h in [h for h in root.handlers if _ours(h)]:
         root.removeHandler(h)
         h.close()
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers: list[logging.Handler] = [TerminalHandler()]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, encoding="utf-8", delay=True))  # no file until a line
