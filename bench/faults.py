@@ -285,7 +285,7 @@ class Rig:
         self.t0 = time.time()
         self.cfg_path = self._write_config()
         base = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        cfg = ["-c", str(self.cfg_path)]
+        cfg = ["-c", str(self.cfg_path), "--log-file", "none"]  # this harness keeps each output in logs/<name>.log
         self.server = Proc("server", [*cfg, "serve"], base, self.logs)
         self.learner = Proc("learner", [*cfg, "learn", "--no-train"], base, self.logs)
         self.robots = [Proc(f"robot{i}", [*cfg, "robot", "--backend", "mock"],

@@ -110,7 +110,7 @@ def run(robots: int, rate: float, minutes: float, run_dir: Path, max_steps: int 
     (run_dir / "logs").mkdir(parents=True)
     publish_tiny(run_dir)
     sp, lp = free_port(), free_port()
-    cfg = ["-c", str(write_config(run_dir, sp, lp, rate, max_steps))]
+    cfg = ["-c", str(write_config(run_dir, sp, lp, rate, max_steps)), "--log-file", "none"]  # this harness keeps each output in logs/<name>.log
     base = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     server = Proc("server", [*cfg, "serve"], base, run_dir / "logs")
     learner = Proc("learner", [*cfg, "learn", "--no-train"], base, run_dir / "logs")

@@ -44,6 +44,7 @@ from calibration.workspace import (
     stop_on_enter,
     workspace_from_corners,
 )
+from interface.robot import ArmError
 
 log = logging.getLogger("calibration")
 DEFAULT_LIMITS = Limits(max_translation_per_step=0.03, max_rotation_per_step=0.15)
@@ -119,9 +120,16 @@ def run(args: argparse.Namespace, config) -> int:
     handlers = {"intrinsics": run_intrinsics, "handeye": run_handeye, "workspace": run_workspace}
     try:
         return handlers[args.calib_command](args, config)
-    except CalibrationError as e:
-        print(f"vlaloop calibrate {args.calib_command}: {e}", file=sys.stderr)
+    except (CalibrationError, ArmError, RuntimeError, OSError) as e:
+        # hardware trouble (no arm, no camera, a reflex mid-motion) is one line, never a traceback
+        print(f"vlaloop calibrate {args.calib_command}: {one_line(e)}", file=sys.stderr)
         return 1
+
+
+def one_line(e: BaseException) -> str:
+    """The message of a library's exception on one line; its type where the text alone says little."""
+    text = " ".join(str(e).split())
+    return text if isinstance(e, (CalibrationError, ArmError)) else f"{type(e).__name__}: {text}"
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -175,9 +183,12 @@ def _open_arm(config, home: Home):
         raise CalibrationError(f"the franka backend is not available ({e}); install the `robot` extra or use "
                                f"--backend mock") from None
     r = config.robot
-    return FrankaArm.connect(r.franka_host, home_position=home.position, home_rpy=home.rpy,
-                             relative_dynamics_factor=r.relative_dynamics_factor,
-                             gripper_speed=r.gripper_speed, gripper_force=r.gripper_force)
+    try:
+        return FrankaArm.connect(r.franka_host, realtime=r.franka_realtime, home_position=home.position,
+                                 home_rpy=home.rpy, relative_dynamics_factor=r.relative_dynamics_factor,
+                                 gripper_speed=r.gripper_speed, gripper_force=r.gripper_force)
+    except RuntimeError as e:  # FrankaSetupError: no realtime kernel, no FCI at franka_host, ...
+        raise CalibrationError(str(e)) from None
 
 
 def _open_camera(config, name: str, serial: str):
@@ -189,7 +200,10 @@ def _open_camera(config, name: str, serial: str):
         raise CalibrationError(f"no serial for camera {name!r}: pass --serial, set robot.camera_serials, or run "
                                f"`vlaloop calibrate intrinsics` (it records the serial)")
     r = config.robot
-    return RealSenseCamera(name, serial, r.camera_width, r.camera_height, r.camera_fps)
+    try:
+        return RealSenseCamera(name, serial, r.camera_width, r.camera_height, r.camera_fps)
+    except RuntimeError as e:  # a serial that is not plugged in, a camera that does not stream
+        raise CalibrationError(f"camera {name!r} does not start: {e}") from None
 
 
 # ---------------------------------------------------------------- intrinsics

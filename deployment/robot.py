@@ -27,6 +27,9 @@ class RobotConfig(BaseModel):
     calibration: str | None = Field(default=None, description="path to calibration.yaml")
     label_timeout_s: float = 120.0
     franka_host: str = "172.16.0.2"
+    franka_realtime: Literal["enforce", "ignore"] = Field(
+        default="enforce", description="enforce: refuse to start on a kernel without realtime capabilities "
+        "(libfranka needs PREEMPT_RT, docs/real_robot.md); ignore: bench tests only, a warning every episode")
     camera_serials: list[str] = Field(default_factory=list,
                                       description="RealSense serials, in the order of model.cameras")
 

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from hardware.realtime import realtime_problem
 from interface.action import (
     GRIPPER_INDEX,
     GRIPPER_OPEN_THRESHOLD,
@@ -29,6 +30,46 @@ from interface.action import (
 from interface.robot import Arm, ArmError, ArmState
 
 log = logging.getLogger(__name__)
+REALTIME_SETTINGS = ("enforce", "ignore")
+
+
+class FrankaSetupError(RuntimeError):
+    """The arm cannot be used from this machine; the message is one line with the fix."""
+
+
+def check_realtime(setting: str) -> str:
+    """Before libfranka opens a connection: "enforce" raises FrankaSetupError on a machine
+    libfranka would refuse; "ignore" returns the warning to log (empty when the machine is fit)."""
+    if setting not in REALTIME_SETTINGS:
+        raise FrankaSetupError(f"robot.franka_realtime must be one of {REALTIME_SETTINGS}, got {setting!r}")
+    problem = realtime_problem()
+    if problem is None:
+        return ""
+    if setting == "enforce":
+        raise FrankaSetupError(problem)
+    warning = (f"franka_realtime: ignore -- the realtime check is OFF ({problem.split(':')[0]}); "
+               f"bench tests only: the arm's control loop may miss its 1 kHz deadlines and stop with "
+               f"communication_constraints_violation")
+    log.warning("%s", warning)
+    return warning
+
+
+def explain_connect_error(host: str, e: Exception) -> str:
+    """franky/libfranka's exception at connect -> one line naming the fix."""
+    text = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    name = type(e).__name__
+    if name == "NetworkException":
+        return (f"cannot reach the Franka's FCI at {host} ({text}); check that the controller is on, the joints "
+                f"are unlocked and FCI is activated in Desk, and that this machine reaches {host} over the "
+                f"robot's network (robot.franka_host; docs/real_robot.md, 'Network and FCI')")
+    if name == "IncompatibleVersionException":
+        return (f"the libfranka in franky-control does not speak the robot's system version at {host} ({text}); "
+                f"install the franky-control build for your robot's system version (docs/real_robot.md, "
+                f"'Network and FCI')")
+    if name == "RealtimeException":
+        return f"libfranka refused this machine ({text}); boot a PREEMPT_RT kernel (docs/real_robot.md, " \
+               f"'Realtime kernel')"
+    return f"the Franka at {host} refused the connection ({text}); see docs/real_robot.md, 'Network and FCI'"
 
 
 def matrix_to_quat_xyzw(R: np.ndarray) -> np.ndarray:
@@ -86,16 +127,26 @@ class FrankaArm(Arm):
         self.gripper_force = gripper_force
         self._gripper_open: bool | None = None  # last commanded; None = unknown
         self._max_width = float(gripper.max_width) if gripper is not None else 0.08
+        self.realtime_warning = ""  # set by connect() under franka_realtime: ignore; repeated every episode
 
     @classmethod
-    def connect(cls, host: str, **kw) -> FrankaArm:
+    def connect(cls, host: str, realtime: str = "enforce", **kw) -> FrankaArm:
+        """Check the machine, then connect. Every failure is a FrankaSetupError of one line with
+        the fix. realtime="ignore" (bench tests only) skips the kernel check here and in libfranka."""
         import franky
 
-        robot = franky.Robot(host)
-        robot.relative_dynamics_factor = franky.RelativeDynamicsFactor(kw.get("relative_dynamics_factor", 0.15))
-        robot.recover_from_errors()
-        gripper = franky.Gripper(host)
-        return cls(robot, gripper, **kw)
+        warning = check_realtime(realtime)
+        realtime_config = franky.RealtimeConfig.Ignore if warning else franky.RealtimeConfig.Enforce
+        try:
+            robot = franky.Robot(host, realtime_config=realtime_config)
+            robot.relative_dynamics_factor = franky.RelativeDynamicsFactor(kw.get("relative_dynamics_factor", 0.15))
+            robot.recover_from_errors()
+            gripper = franky.Gripper(host)
+        except (franky.Exception, franky.GripperException, RuntimeError) as e:
+            raise FrankaSetupError(explain_connect_error(host, e)) from None
+        arm = cls(robot, gripper, **kw)
+        arm.realtime_warning = warning
+        return arm
 
     def _call(self, what: str, fn, *args, **kwargs):
         """Every franky error becomes ArmError (the control loop then recovers and aborts)."""
@@ -106,6 +157,8 @@ class FrankaArm(Arm):
 
     # ---------------------------------------------------------------- Arm
     def reset_home(self) -> None:
+        if self.realtime_warning:  # once per episode, so it stays in the log beside the episodes it concerns
+            log.warning("%s", self.realtime_warning)
         f = self._franky
         target = f.Affine(self.home_position, matrix_to_quat_xyzw(rpy_to_matrix(self.home_rpy)))
         motion = f.CartesianMotion(target, f.ReferenceType.Absolute, relative_dynamics_factor=self.dynamics)

@@ -21,6 +21,15 @@ from interface.robot import Camera, Frame
 log = logging.getLogger(__name__)
 
 
+def require_connected(rs, serial: str) -> None:
+    """Fail in a fraction of a second, naming what is plugged in, where pipeline.start() would wait
+    several seconds for "No device connected"."""
+    connected = sorted(d.get_info(rs.camera_info.serial_number) for d in rs.context().query_devices())
+    if serial not in connected:
+        raise RuntimeError(f"RealSense serial {serial} is not connected (connected: {connected or 'none'}); "
+                           f"plug it into a USB3 port and check the serial with `rs-enumerate-devices`")
+
+
 class RealSenseCamera(Camera):
     def __init__(self, name: str, serial: str, width: int = 640, height: int = 480, fps: int = 30,
                  pipeline_factory: Callable[[], object] | None = None, timeout_ms: int = 1000,
@@ -39,6 +48,8 @@ class RealSenseCamera(Camera):
         self._next_attempt = 0.0
         self._failures = 0
         self.restarts = 0
+        if start and pipeline_factory is None:
+            require_connected(rs, serial)
         if start:
             self._start()
 

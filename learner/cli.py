@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from deployment.network import learner_bind_refusal
@@ -33,6 +34,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config) -> int:
+    from vla.device import startup_problem
+
+    if problem := startup_problem(config.model):  # before any model is built on it
+        print(f"vlaloop learn: {': '.join(problem)}", file=sys.stderr)
+        return 2
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     shutdown = Shutdown()

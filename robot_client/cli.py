@@ -121,7 +121,7 @@ def _backend_rig(cfg: RobotConfig, model_cameras: list[str], image_size: int, ca
                          f"wants {len(model_cameras)} cameras {model_cameras}; give one serial per camera")
     if not cfg.instruction:
         raise ValueError("the franka backend needs an instruction (--instruction or robot.instruction)")
-    arm = FrankaArm.connect(cfg.franka_host, home_position=cal.home.position, home_rpy=cal.home.rpy,
+    arm = FrankaArm.connect(cfg.franka_host, realtime=cfg.franka_realtime, home_position=cal.home.position, home_rpy=cal.home.rpy,
                             relative_dynamics_factor=cfg.relative_dynamics_factor,
                             gripper_speed=cfg.gripper_speed, gripper_force=cfg.gripper_force)
     cameras = {name: RealSenseCamera(name, serial, cfg.camera_width, cfg.camera_height, cfg.camera_fps)

@@ -52,6 +52,11 @@ def run(args: argparse.Namespace, config: DeploymentConfig) -> int:
     except UnsafeBindError as e:
         print(f"vlaloop serve: {e}", file=sys.stderr)
         return 2
+    from vla.device import startup_problem
+
+    if problem := startup_problem(config.model):  # before a checkpoint fails to load on it
+        print(f"vlaloop serve: {': '.join(problem)}", file=sys.stderr)
+        return 2
     try:
         app = create_app(config)
     except ImportError as e:
@@ -67,7 +72,10 @@ def run(args: argparse.Namespace, config: DeploymentConfig) -> int:
     log.info("listening on http://%s:%s  run dir %s  checkpoints LATEST=%s%s", host, port, config.run_dir,
              latest if latest is not None else "none (not ready until the learner publishes one)",
              "  auto-label ON" if s.auto_label else "")
+    if args.access_log:  # vlaloop.logs keeps per-request loggers at WARNING unless asked
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+    # log_config=None: uvicorn's lines go through vlaloop's handlers (the terminal and logs/server.log)
     uv = uvicorn.Server(uvicorn.Config(app, log_level=logging.getLogger().level, access_log=args.access_log,
-                                       timeout_graceful_shutdown=5, lifespan="on"))
+                                       log_config=None, timeout_graceful_shutdown=5, lifespan="on"))
     uv.run(sockets=[sock])  # SIGINT/SIGTERM: uvicorn stops accepting, the lifespan stops the workers
     return 0

@@ -106,6 +106,9 @@ def load_backbone(path: str | os.PathLike, trust_remote_code: bool = False, devi
     """(model, processor) through the Auto classes -- the same path for the tiny default and a real model."""
     from transformers import AutoModelForImageTextToText
 
+    from vla.device import require_device
+
+    require_device(device)  # before the weights are read: a CPU-only torch and device cuda is one line
     with quiet_transformers():
         model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=trust_remote_code,
                                                             dtype=resolve_dtype(dtype, device))

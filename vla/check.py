@@ -176,12 +176,19 @@ def measure_latency(model, batch_sizes: list[int], repeats: int, report: CheckRe
 
 
 def check_model_dir(path: str | Path, config: ModelConfig, batch_sizes: list[int] = (1, 4, 8),
-                    repeats: int = 3) -> CheckReport:
+                    repeats: int = 3, source: str = "") -> CheckReport:
+    from vla.device import device_problem
     from vla.model import load_vla
 
     path = Path(path)
     report = CheckReport(str(path), config.device)
+    if source:
+        report.facts["model dir from"] = source
     if not check_files(path, report):
+        return report
+    problem = device_problem(config.device)
+    if problem:
+        report.problem("error", *problem)
         return report
     try:
         model = load_vla(config, path)

@@ -11,6 +11,7 @@ import logging
 import sys
 
 from deployment.config import ConfigError, load_config
+from vlaloop.logs import LEVELS, log_file_for, setup_logging
 
 SUBCOMMANDS = {
     "serve": ("server.cli", "run the inference server (FastAPI/uvicorn) and operator page"),
@@ -30,7 +31,10 @@ SUBCOMMANDS = {
 def _add_global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", default=None, help="deployment YAML (default: built-in demo)")
     parser.add_argument("--run-dir", default=None, help="override run_dir")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS,
+                        help="DEBUG also shows every HTTP request and health probe (default INFO)")
+    parser.add_argument("--log-file", default=None, help="serve, learn, robot and demo log to the terminal and "
+                        "to <run_dir>/logs/<process>.log; give another file, or `none` for the terminal only")
 
 
 class _FirstPassError(Exception):
@@ -72,14 +76,20 @@ def build_parser(wanted: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(chosen_subcommand(argv)).parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     try:
         config = load_config(args.config, run_dir=args.run_dir)
     except ConfigError as e:
         print(f"vlaloop: {e}", file=sys.stderr)
         return 2
-    return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args, config) or 0)
+    robot_id = getattr(args, "robot_id", None) or config.robot.robot_id
+    setup_logging(args.log_level, log_file_for(args.command, args.log_file, config.run_dir, robot_id), args.command)
+    module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    try:
+        return int(module.run(args, config) or 0)
+    except Exception:  # the traceback goes to the log file too, not only to the terminal
+        logging.getLogger("vlaloop").critical("vlaloop %s crashed", args.command, exc_info=True)
+        return 1
 
 
 if __name__ == "__main__":

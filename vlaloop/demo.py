@@ -332,7 +332,7 @@ def run(args, config: DeploymentConfig) -> int:
     cfg_path = _write_config(run_dir, config, args, server_port, learner_port)
     demo_config = DeploymentConfig.model_validate(yaml.safe_load(cfg_path.read_text()))  # what the learner runs
     lc = demo_config.learner
-    cfg = ["-c", str(cfg_path)]
+    cfg = ["-c", str(cfg_path), "--log-file", "none"]  # the group keeps each child's output in logs/<name>.log
     store = EpisodeStore(run_dir / "episodes")
     group = ProcessGroup(run_dir / "logs")
     steps = 6

@@ -180,8 +180,8 @@ def test_a_failing_camera_leaves_the_arm_held():
 
 
 class RpyIncrementArm(RecordingArm):
-    """Reads the rotation delta as rpy += d (the mock simulator's reading), not as the franka
-    backend's base-frame rotation: the correction rounds must still reach every pose."""
+    """Reads the rotation delta as rpy += d, not as the action convention's base-frame rotation
+    vector (no backend does any more): the correction rounds must still reach every pose."""
 
     def move_delta(self, action):
         self.deltas.append(np.asarray(action, dtype=float))

@@ -289,3 +289,12 @@ def test_realsense_hardware_clock_uses_host_time():
     cam = RealSenseCamera("front", "1", width=64, height=48, pipeline_factory=HwPipeline)
     f = cam.read()
     assert abs(f.t_capture - time.time()) < 1.0 and f.meta["timestamp_ms"] == 12345.0
+
+
+def test_an_ignored_realtime_check_is_repeated_in_the_log_every_episode(arm, caplog):
+    a, robot, gripper = arm
+    a.realtime_warning = "franka_realtime: ignore -- the realtime check is OFF"
+    with caplog.at_level("WARNING", logger="hardware.franka"):
+        a.reset_home()
+        a.reset_home()
+    assert caplog.text.count("the realtime check is OFF") == 2
