@@ -6,9 +6,15 @@
   about 0. Reported as the mean over held-out successful episodes, overall and per task.
 * calibration: held-out decisions binned by predicted progress; per bin the mean prediction and the
   mean target (``learner.progress.targets``), and the count-weighted mean gap (like ECE).
-* the verdict: a model whose held-out VOC is below ``min_voc``, or that has fewer than
-  ``min_episodes`` held-out successes to be judged on, is unusable -- not used for shaping or stops --
-  and the report says why.
+* R^2 of the held-out successes' predictions against their targets (1 - squared error / the targets'
+  variance; successes only, because a failure's target -- a ramp to the failure cap -- depends on how
+  long it ran, which no single frame shows):
+  VOC alone can be fooled -- a trajectory that moves steadily through state space makes ANY linear
+  function of the state monotone in time, so even a model fitted on shuffled targets can show a high
+  VOC on one task -- while a model that learnt nothing has R^2 at or below 0.
+* the verdict: a model whose held-out VOC is below ``min_voc``, whose R^2 is below ``min_r2``, or that
+  has fewer than ``min_episodes`` held-out successes to be judged on, is unusable -- not used for
+  shaping or stops -- and the report says why.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import numpy as np
 class QualityConfig:
     min_voc: float = 0.5
     """Held-out VOC below which the model is not used."""
+    min_r2: float = 0.2
+    """Held-out R^2 on the successes (against their targets) below which the model is not used."""
     min_episodes: int = 3
     """Fewest held-out successful episodes (with >= 3 decisions) a verdict needs."""
     n_bins: int = 10
@@ -76,6 +84,12 @@ def calibration(predicted: np.ndarray, targets: np.ndarray, n_bins: int = 10) ->
             "mae": float(np.abs(p - y).mean()) if len(p) else None, "n": int(len(p))}
 
 
+def r_squared(predicted: np.ndarray, targets: np.ndarray) -> float | None:
+    """1 - SSE / SST over the held-out rows (None when the targets do not vary)."""
+    sst = float(((targets - targets.mean()) ** 2).sum()) if len(targets) else 0.0
+    return 1.0 - float(((predicted - targets) ** 2).sum()) / sst if sst > 0 else None
+
+
 @dataclass
 class HeldOutEpisode:
     task: str
@@ -97,14 +111,18 @@ def quality_report(episodes: Sequence[HeldOutEpisode], cfg: QualityConfig | None
     p = np.concatenate([e.predicted for e in episodes]) if episodes else np.zeros(0)
     y = np.concatenate([e.targets for e in episodes]) if episodes else np.zeros(0)
     mean_voc = float(np.mean(vocs)) if vocs else None
+    won = [e for e in episodes if e.success]
+    r2 = r_squared(np.concatenate([e.predicted for e in won]), np.concatenate([e.targets for e in won])) if won else None
     if len(vocs) < cfg.min_episodes:
         usable, reason = False, (f"only {len(vocs)} held-out successful episodes with 3+ decisions; "
                                  f"{cfg.min_episodes} needed to judge it")
     elif mean_voc < cfg.min_voc:
         usable, reason = False, f"held-out VOC {mean_voc:.2f} is below {cfg.min_voc:.2f}"
+    elif r2 is None or r2 < cfg.min_r2:
+        usable, reason = False, f"held-out R^2 {r2 if r2 is not None else float('nan'):.2f} is below {cfg.min_r2:.2f}"
     else:
-        usable, reason = True, f"held-out VOC {mean_voc:.2f} >= {cfg.min_voc:.2f}"
-    return {"voc": mean_voc, "voc_episodes": len(vocs),
+        usable, reason = True, f"held-out VOC {mean_voc:.2f} >= {cfg.min_voc:.2f}, R^2 {r2:.2f}"
+    return {"voc": mean_voc, "voc_episodes": len(vocs), "r2": r2, "min_r2": cfg.min_r2,
             "voc_per_task": {t: {"voc": float(np.mean(v)), "episodes": len(v)} for t, v in sorted(per_task.items())},
             "calibration": calibration(p, y, cfg.n_bins), "usable": usable, "reason": reason,
             "min_voc": cfg.min_voc, "held_out_episodes": len(episodes)}

@@ -79,11 +79,14 @@ def test_quality_verdict_says_why_a_model_is_unusable():
     up = np.linspace(0, 1, 6)
     good = [HeldOutEpisode("reach", True, up + 0.01 * i, up) for i in range(4)]
     report = quality_report(good, QualityConfig(min_voc=0.5))
-    assert report["usable"] and report["voc"] == pytest.approx(1.0)
+    assert report["usable"] and report["voc"] == pytest.approx(1.0) and report["r2"] > 0.99
     assert report["voc_per_task"]["reach"]["episodes"] == 4 and report["calibration"]["n"] == 24
     noisy = [HeldOutEpisode("reach", True, np.random.default_rng(i).random(6), up) for i in range(4)]
     bad = quality_report(noisy, QualityConfig(min_voc=0.9))
     assert not bad["usable"] and "below 0.90" in bad["reason"]
+    squashed = [HeldOutEpisode("reach", True, 0.9 + 0.01 * up, up) for _ in range(4)]  # in order, far off
+    fooled = quality_report(squashed, QualityConfig(min_voc=0.5, min_r2=0.2))
+    assert fooled["voc"] == pytest.approx(1.0) and not fooled["usable"] and "R^2" in fooled["reason"]
     few = quality_report(good[:2], QualityConfig(min_episodes=3))
     assert not few["usable"] and "only 2 held-out successful episodes" in few["reason"]
 
