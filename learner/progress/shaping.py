@@ -61,3 +61,12 @@ def shaping_decision(task: str, report: dict | None) -> tuple[bool, str]:
         return False, (f"sparse reward: task {task!r} held-out VOC {own['voc']:.2f} is below "
                        f"{quality['min_voc']:.2f}")
     return True, f"shaped: {quality.get('reason')}"
+
+
+def shape_decisions(rewards: np.ndarray, dones: np.ndarray, potentials: np.ndarray, gamma: float,
+                    use: bool, scale: float = 1.0) -> np.ndarray:
+    """One episode's decision rewards as an RL phase would train on them: shaped where
+    ``shaping_decision`` allowed it (``use``), else the sparse rewards unchanged (a copy)."""
+    if not use:
+        return np.asarray(rewards, np.float64).copy()
+    return shaped_rewards(rewards, potentials, dones, gamma, scale)

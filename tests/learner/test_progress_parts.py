@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from learner.progress.quality import HeldOutEpisode, QualityConfig, quality_report, spearman, voc
-from learner.progress.shaping import shaped_rewards, shaping_decision, task_data
+from learner.progress.shaping import shape_decisions, shaped_rewards, shaping_decision, task_data
 from learner.progress.targets import TargetConfig, keyframes, step_targets
 from vla.progress_model import ProgressModel, ProgressModelConfig, fit
 from vla.progress_stop import STALLED, StallMonitor, StallRule, cut_measurement
@@ -111,6 +111,8 @@ def test_shaping_telescopes_to_minus_the_first_potential_per_episode():
     assert shaped_rewards(r, phi, dones, gamma, scale=0.5) == pytest.approx(r + 0.5 * shaping)
     with pytest.raises(ValueError, match="equal-length"):
         shaped_rewards(r, phi[:-1], dones, gamma)
+    assert shape_decisions(r, dones, phi, gamma, use=False) == pytest.approx(r)  # a sparse task: unchanged
+    assert shape_decisions(r, dones, phi, gamma, use=True) == pytest.approx(r + shaping)
 
 
 def test_potential_shaping_leaves_the_best_action_of_a_bandit_unchanged():
