@@ -11,10 +11,12 @@ import torch
 
 from bench.harness import publish_tiny
 from episodes.store import EpisodeStore
+from learner.dataset import online_decisions
 from learner.evaluate import rollout
 from learner.features import FeatureCache
 from learner.progress.quality import HeldOutEpisode, quality_report
 from learner.progress.shaping import shaping_decision
+from learner.progress.targets import episode_step_targets
 from learner.progress.trainer import (
     ProgressModelTrainer,
     episode_rows,
@@ -22,6 +24,7 @@ from learner.progress.trainer import (
     held_out_split,
     predict_rows,
 )
+from sim.intervener import InterventionConfig, ScriptedIntervener
 from sim.mock.demos import record_demos
 from vla.policy import Policy
 from vla.progress_model import read_published
@@ -93,6 +96,29 @@ def test_published_file_predicts_like_the_trainer_and_refits_only_on_change(fitt
     assert trainer.refit_if_needed(store.list_episodes(), store, cache, policy) is None  # nothing new
     store.relabel(meta["robot_id"], meta["episode_id"], "failure" if meta["outcome"] == "success" else "success")
     assert trainer.refit_if_needed(store.list_episodes(), store, cache, policy)["state"] == "fitted"
+
+
+def test_an_operators_takeover_adds_its_segments_and_flattens_the_steps_before_it(fitted):
+    """Episodes of the untrained policy with the scripted intervener driving: the rows hold the
+    policy's decisions and the operator's segments, and the policy's last steps before each takeover
+    earn no progress."""
+    _, store, cache, policy, trainer, _ = fitted
+    cfg = InterventionConfig(budget_fraction=0.5, segment_steps=8, grace_steps=1)
+    res = rollout(policy, range(7000, 7004), "reach", "sample", torch.Generator().manual_seed(1), store=store,
+                  robot_id="operated", intervener=ScriptedIntervener(cfg))
+    driven = [m for m in res.metas if m["intervention_steps"]]
+    assert driven, "the intervener took over no episode"
+    for meta in driven:
+        episode = store.load(meta["robot_id"], meta["episode_id"])
+        rows = episode_rows(store, cache, policy, meta, trainer.cfg.targets)
+        flags = [bool(s.get("intervention")) for s in episode.steps]
+        assert any(flags[s] for s in rows.steps)  # operator segments are rows too
+        assert set(online_decisions(meta, episode, policy.spec.chunk).steps) <= set(rows.steps)  # and the policy's
+        first = flags.index(True)
+        targets = episode_step_targets(episode.steps, meta["outcome"] == "success", trainer.cfg.targets)
+        flat_from = max(0, first - trainer.cfg.targets.takeover_flat_steps)
+        assert np.all(np.diff(targets[max(0, flat_from - 1):first]) == 0)
+        assert meta["outcome"] != "success" or targets[-1] == 1.0
 
 
 def test_stall_measurement_on_policy_failures(fitted):
