@@ -32,7 +32,8 @@ import numpy as np
 
 SMOKE = dict(tasks=("reach",), demos=6, pool=8, policy_episodes=2)
 VARIANTS = ("model", "time targets", "features only", "state only", "shuffled targets")
-RULES = ((4, 0.02), (6, 0.02), (8, 0.02), (6, 0.05), (8, 0.05))
+RULES = ((4, 0.02, 1), (8, 0.02, 1), (4, 0.02, 3), (6, 0.02, 3), (8, 0.02, 3), (12, 0.02, 3), (8, 0.05, 3))
+"""(window, min_gain, smooth) of the stall rules measured; (8, 0.02, 3) is StallRule's default."""
 
 
 @dataclass
@@ -142,8 +143,8 @@ def stall_rows(predicted: list, tasks: tuple[str, ...]) -> list[dict]:
     time_cfg = RobotTimeConfig()  # 10 Hz, 10 s reset: robot-hours on the arm (the pool episodes count too)
     full = sum(s["control_s"] + s["reset_s"] for s in (episode_seconds(r.meta, time_cfg) for r, _ in predicted))
     out = []
-    for window, gain in RULES:
-        rule = StallRule(window=window, min_gain=gain)
+    for window, gain, smooth in RULES:
+        rule = StallRule(window=window, min_gain=gain, smooth=smooth)
         m = cut_measurement([(p, r.success, int(r.meta.get("n_steps") or 0)) for r, p in predicted], rule)
         saved_steps = m["steps_saved_fraction"] * sum(int(r.meta.get("n_steps") or 0) for r, _ in predicted)
         out.append({**m, "robot_s_full": full, "robot_s_saved": saved_steps * time_cfg.period_s})
@@ -168,12 +169,13 @@ def format_tables(cfg: ProgressBenchConfig, reports: dict[str, dict], stalls: li
                      f"{'yes' if rep['usable'] else 'no: ' + rep['reason']} |")
     lines += ["", "VOC cells: mean over the held-out successes (their count). Stall rule on the held-out episodes of "
               "the model (all ran to their end):", "",
-              "| window (decisions) | min gain | cut | cut that would have succeeded | successes lost | "
-              "steps saved | robot s saved / total |", "|---:|---:|---:|---:|---:|---:|---:|"]
+              "| window (decisions) | min gain | median of | cut | cut that would have succeeded | successes lost | "
+              "steps saved | robot s saved / total |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in stalls:
         false_cut = f"{100 * s['false_cut_fraction']:.0f} %" if s["false_cut_fraction"] is not None else "–"
         lost = f"{100 * s['successes_lost_fraction']:.0f} %" if s["successes_lost_fraction"] is not None else "–"
-        lines.append(f"| {s['window']} | {s['min_gain']} | {s['cut']}/{s['episodes']} | {s['cut_would_succeed']} "
+        lines.append(f"| {s['window']} | {s['min_gain']} | {s['smooth']} | {s['cut']}/{s['episodes']} | "
+                     f"{s['cut_would_succeed']} "
                      f"({false_cut}) | {lost} | {100 * s['steps_saved_fraction']:.0f} % | "
                      f"{s['robot_s_saved']:.0f} / {s['robot_s_full']:.0f} |")
     return "\n".join(lines)

@@ -142,7 +142,7 @@ def test_shaping_decision_keeps_sparse_reward_where_progress_cannot_be_learnt():
 
 
 def test_stall_rule_cuts_flat_progress_and_never_a_greedy_episode_unless_asked():
-    rule = StallRule(window=3, min_gain=0.05)
+    rule = StallRule(window=3, min_gain=0.05, smooth=1)
     assert rule.stop_index(np.linspace(0, 1, 20)) is None
     flat_after = [0.0, 0.2, 0.4, 0.41, 0.42, 0.43, 0.44]
     assert rule.stop_index(flat_after) == 5  # best 0.43 vs best three decisions earlier 0.40
@@ -150,14 +150,31 @@ def test_stall_rule_cuts_flat_progress_and_never_a_greedy_episode_unless_asked()
     assert [monitor.update(p) for p in flat_after] == [None] * 5 + [STALLED, STALLED]
     greedy = StallMonitor(rule, mode="greedy")
     assert all(greedy.update(p) is None for p in flat_after)
-    asked = StallMonitor(StallRule(window=3, min_gain=0.05, in_greedy=True), mode="greedy")
+    asked = StallMonitor(StallRule(window=3, min_gain=0.05, smooth=1, in_greedy=True), mode="greedy")
     assert [asked.update(p) for p in flat_after][5] == STALLED
     with pytest.raises(ValueError, match="min_gain"):
         StallRule(min_gain=0.0)
 
 
+def test_smoothing_keeps_one_noisy_frame_from_setting_the_bar():
+    """A spike early in a success (one misread frame) raises the raw best so high that the steady
+    climb after it looks stalled; the running median does not see it."""
+    climb = [0.1, 0.5, 0.12, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6]
+    assert StallRule(window=4, min_gain=0.05, smooth=1).stop_index(climb) == 5
+    assert StallRule(window=4, min_gain=0.05, smooth=3).stop_index(climb) is None
+    flat = [0.3] * 12
+    assert StallRule(window=4, min_gain=0.05, smooth=3).stop_index(flat) == 6  # 2 to fill the median + 4
+    rng = np.random.default_rng(3)
+    rule = StallRule(window=5, min_gain=0.03, smooth=3)
+    for _ in range(20):  # the live monitor and the offline rule agree decision by decision
+        p = np.cumsum(rng.normal(0.01, 0.05, 30))
+        monitor = StallMonitor(rule)
+        first = next((t for t, x in enumerate(p) if monitor.update(x) == STALLED), None)
+        assert first == rule.stop_index(p)
+
+
 def test_cut_measurement_counts_cuts_that_would_have_succeeded():
-    rule = StallRule(window=2, min_gain=0.1)
+    rule = StallRule(window=2, min_gain=0.1, smooth=1)
     episodes = [(np.linspace(0, 1, 10), True, 40),          # rising: never cut
                 ([0.1, 0.1, 0.1, 0.1, 0.9, 1.0], True, 24),  # a late success cut at decision 2
                 ([0.0, 0.05, 0.05, 0.05], False, 16)]        # a failure cut at decision 2
