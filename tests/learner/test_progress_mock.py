@@ -11,11 +11,11 @@ import torch
 
 from bench.harness import publish_tiny
 from episodes.store import EpisodeStore
-from learner.dataset import online_decisions
+from learner.dataset import load_decisions, online_decisions
 from learner.evaluate import rollout
 from learner.features import FeatureCache
 from learner.progress.quality import HeldOutEpisode, quality_report
-from learner.progress.shaping import shaping_decision
+from learner.progress.shaping import shape_decisions, shaping_decision
 from learner.progress.targets import episode_step_targets
 from learner.progress.trainer import (
     ProgressModelTrainer,
@@ -119,6 +119,23 @@ def test_an_operators_takeover_adds_its_segments_and_flattens_the_steps_before_i
         flat_from = max(0, first - trainer.cfg.targets.takeover_flat_steps)
         assert np.all(np.diff(targets[max(0, flat_from - 1):first]) == 0)
         assert meta["outcome"] != "success" or targets[-1] == 1.0
+
+
+def test_shaping_a_stored_rl_episode_as_a_recipe_would(fitted):
+    """The plug-in path: a stored sampled episode's decisions (as RL loads them), the published model's
+    potentials on their cached features, shaped rewards that telescope to -Phi(s0) -- and a task the
+    report calls sparse keeps its rewards."""
+    run, store, cache, policy, trainer, report = fitted
+    model, _ = read_published(run)
+    meta = next(m for m in store.list_episodes() if m.get("task") == "pick_place")
+    d = load_decisions(store, meta, policy.spec.chunk)
+    phi = model.predict(cache.features(policy, d).numpy(), d.states, [d.instruction] * len(d))
+    gamma = 0.99
+    shaped = shape_decisions(d.rewards, d.dones, phi, gamma, use=True)
+    assert d.dones[-1] == 1.0 and len(d) > 3
+    assert sum(gamma ** t * (shaped[t] - d.rewards[t]) for t in range(len(d))) == pytest.approx(-phi[0])
+    use, _ = shaping_decision("pick_place", report)
+    assert np.array_equal(shape_decisions(d.rewards, d.dones, phi, gamma, use=use), d.rewards)
 
 
 def test_stall_measurement_on_policy_failures(fitted):
