@@ -149,9 +149,11 @@ def robot_time(metas: Iterable[dict], cfg: RobotTimeConfig | None = None,
         out.control_s += sec["control_s"]
         out.reset_s += sec["reset_s"]
         out.operator_s += sec["operator_s"]
-        task = out.per_task.setdefault(str(meta.get("task") or "-"),
-                                       {"episodes": 0, "robot_s": 0.0, "operator_s": 0.0})
+        task = out.per_task.setdefault(str(meta.get("task") or "-"), {"episodes": 0, "control_s": 0.0,
+                                                                      "reset_s": 0.0, "robot_s": 0.0, "operator_s": 0.0})
         task["episodes"] += 1
+        task["control_s"] += sec["control_s"]
+        task["reset_s"] += sec["reset_s"]
         task["robot_s"] += sec["control_s"] + sec["reset_s"]
         task["operator_s"] += sec["operator_s"]
     return out
@@ -169,3 +171,45 @@ def cumulative_robot_s(metas: Iterable[dict], cfg: RobotTimeConfig | None = None
             total += sec["control_s"] + sec["reset_s"]
         out.append(total)
     return out
+
+
+def format_table(t: RobotTime) -> str:
+    """Per task and in total: episodes, robot minutes (control + reset), operator minutes."""
+    lines = ["| task | episodes | control min | reset min | robot min | operator min |", "|---|---:|---:|---:|---:|---:|"]
+    for task, row in sorted(t.per_task.items()):
+        lines.append(f"| {task} | {row['episodes']} | {row['control_s'] / 60:.1f} | {row['reset_s'] / 60:.1f} | "
+                     f"{row['robot_s'] / 60:.1f} | {row['operator_s'] / 60:.1f} |")
+    lines.append(f"| **all** | {t.episodes} | {t.control_s / 60:.1f} | {t.reset_s / 60:.1f} | {t.robot_s / 60:.1f} | "
+                 f"{t.operator_s / 60:.1f} |")
+    lines.append(f"\n{t.steps} executed steps; robot time {t.robot_h:.2f} h. Demos (apart): {t.demo_episodes} episodes, "
+                 f"{t.demo_s / 60:.1f} min.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m episodes.robot_time --run-dir runs/demo [--rate-hz 10] [--reset-s 10]`: the robot and
+    operator time a run's stored episodes cost."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="episodes.robot_time", description=main.__doc__.splitlines()[0])
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--rate-hz", type=float, default=DEFAULT_RATE_HZ, help="control rate of episodes that record none")
+    p.add_argument("--reset-s", type=float, default=REAL_ARM_RESET_S, help="seconds charged per episode for the reset")
+    p.add_argument("--takeover-s", type=float, default=TAKEOVER_S)
+    p.add_argument("--label-s", type=float, default=0.0, help="operator seconds per operator label")
+    args = p.parse_args(argv)
+    from pathlib import Path
+
+    root = Path(args.run_dir) / "episodes"
+    if not root.is_dir():
+        print(f"episodes.robot_time: no episode store at {root}")
+        return 2
+    store = EpisodeStore(root)
+    cfg = RobotTimeConfig(period_s=1.0 / args.rate_hz, reset_s=args.reset_s, takeover_s=args.takeover_s,
+                          label_s=args.label_s)
+    print(format_table(robot_time(store.list_episodes(), cfg, store)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

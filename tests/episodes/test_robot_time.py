@@ -72,3 +72,14 @@ def test_settings_per_backend_and_bad_settings():
         RobotTimeConfig.for_backend("ur5")
     with pytest.raises(ValueError, match="reset_s must be >= 0"):
         RobotTimeConfig(reset_s=-1.0)
+
+
+def test_command_prints_the_run_table(store, tmp_path, capsys):
+    from episodes.robot_time import main
+
+    assert main(["--run-dir", str(tmp_path), "--reset-s", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "| push | 2 | 0.1 | 0.3 | 0.5 | 0.1 |" in out  # 9 s control, 20 s reset, 7.2 s operator
+    assert "| **all** | 3 | 0.2 | 0.5 | 0.7 | 0.1 |" in out and "170 executed steps" in out
+    assert main(["--run-dir", str(tmp_path / "nowhere")]) == 2
+    assert "no episode store at" in capsys.readouterr().out
