@@ -170,6 +170,11 @@ class ProgressModelTrainer:
             return self.report
         t0 = time.time()
         episodes = [r for r in (self._episode_rows(store, cache, policy, m, key) for m in metas) if r is not None]
+        if not episodes:
+            self.report = {"state": "waiting for data: no episode has a decision frame", "tasks": tasks,
+                           "sparse_tasks": sparse}
+            write_json_atomic(self.path, {"model": None, "report": self.report})
+            return self.report
         quality = check_on_held_out(episodes, self.cfg, key)
         self.model = fit_rows(episodes, self.cfg.model, key)
         self.report = {"state": "fitted", "trunk_key": key, "n_episodes": len(episodes),

@@ -150,3 +150,17 @@ def test_stall_measurement_on_policy_failures(fitted):
     m = cut_measurement(episodes, StallRule(window=4, min_gain=0.05))
     assert m["episodes"] == 3 and m["cut_would_succeed"] == 0 and m["successes"] == 0
     assert m["cut"] == 0 or m["steps_saved_fraction"] > 0
+
+
+def test_before_any_demo_or_success_the_trainer_waits_and_says_so(tmp_path, fitted):
+    """A fresh run whose only episodes are failures: no model, the file says why, shaping stays sparse."""
+    _, store, cache, policy, _, _ = fitted
+    trainer = ProgressModelTrainer(tmp_path)
+    failures = [m for m in store.list_episodes() if m.get("task") == "pick_place"]
+    report = trainer.refit_if_needed(failures, store, cache, policy)
+    assert report["state"] == "waiting for data: no task has a demo or a success yet"
+    assert report["sparse_tasks"] == ["pick_place"]
+    model, published = read_published(tmp_path)
+    assert model is None and published == report
+    assert shaping_decision("pick_place", published) == (
+        False, "sparse reward: waiting for data: no task has a demo or a success yet")
