@@ -48,13 +48,15 @@ class ProgressBenchConfig:
     policy_episodes: int = 10
     """Episodes sampled from the untrained tiny policy per task (half fitted on, half held out)."""
     seed: int = 0
+    stage0_steps: int = 0
+    """0: the untrained tiny model; else a Stage 0 of this many SFT steps on the demos (its sampled
+    episodes then succeed sometimes, and its trunk's features are trained)."""
 
 
 def collect(cfg: ProgressBenchConfig, run: Path) -> tuple[object, object, object, list[dict]]:
-    """The store (recorded once; a rerun reuses it), the tiny policy, the feature cache, the metas."""
+    """The store (recorded once; a rerun reuses it), the policy, the feature cache, the metas."""
     import torch
 
-    from bench.harness import publish_tiny
     from episodes.store import EpisodeStore
     from learner.evaluate import rollout
     from learner.features import FeatureCache
@@ -66,14 +68,15 @@ def collect(cfg: ProgressBenchConfig, run: Path) -> tuple[object, object, object
         from sim.metaworld.demos import record_demos
     else:
         from sim.mock.demos import record_demos
-    if not (run / "checkpoints").exists():
-        publish_tiny(run, seed=cfg.seed)
-    policy = Policy.load(CheckpointRegistry(run / "checkpoints"))
     store = EpisodeStore(run / "episodes")
     for task in cfg.tasks:
         record_demos(store, task, cfg.demos, seed=cfg.seed, noise=0.1)
         record_demos(store, task, cfg.pool, seed=cfg.seed + 100_000, noise=cfg.pool_noise, keep_failures=True,
                      robot_id="pool")
+    if not (run / "checkpoints").exists():
+        publish_policy(cfg, run, store)
+    policy = Policy.load(CheckpointRegistry(run / "checkpoints"))
+    for task in cfg.tasks:
         have = [m for m in store.list_episodes() if m["robot_id"] == "policy" and m.get("task") == task]
         missing = cfg.policy_episodes - len(have)
         if missing > 0:
@@ -81,6 +84,26 @@ def collect(cfg: ProgressBenchConfig, run: Path) -> tuple[object, object, object
             rollout(policy, seeds, task, "sample", torch.Generator().manual_seed(cfg.seed), store=store,
                     robot_id="policy", backend=cfg.backend)
     return store, policy, FeatureCache(run / "features"), store.list_episodes()
+
+
+def publish_policy(cfg: ProgressBenchConfig, run: Path, store) -> None:
+    """The untrained tiny model, or with ``stage0_steps`` a Stage 0 on the demos (the learner's bootstrap)."""
+    from bench.harness import publish_tiny
+
+    if not cfg.stage0_steps:
+        publish_tiny(run, seed=cfg.seed)
+        return
+    from deployment.config import DeploymentConfig
+    from learner.bootstrap import run_bootstrap
+    from vla.registry import CheckpointRegistry
+
+    config = DeploymentConfig.model_validate({
+        "run_dir": str(run), "robot": {"backend": cfg.backend, "task": cfg.tasks[0]},
+        "learner": {"bootstrap_steps": cfg.stage0_steps, "bootstrap_demos": 1, "seed": cfg.seed}})
+    t = time.time()
+    run_bootstrap(config, CheckpointRegistry(run / "checkpoints"), store, progress=False)
+    print(f"Stage 0: {cfg.stage0_steps} SFT steps on {len(cfg.tasks) * cfg.demos} demos in {time.time() - t:.0f} s",
+          flush=True)
 
 
 def split(metas: list[dict], tasks: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
@@ -153,8 +176,9 @@ def stall_rows(predicted: list, tasks: tuple[str, ...]) -> list[dict]:
 
 def format_tables(cfg: ProgressBenchConfig, reports: dict[str, dict], stalls: list[dict], counts: dict) -> str:
     tasks = cfg.tasks
+    policy = f"Stage 0 ({cfg.stage0_steps} steps)" if cfg.stage0_steps else "untrained-policy"
     lines = [f"{cfg.backend}, tiny backbone features; per task {cfg.demos} demos + {cfg.pool} pool episodes "
-             f"(noise {cfg.pool_noise}) + {cfg.policy_episodes} untrained-policy episodes; fitted on the demos "
+             f"(noise {cfg.pool_noise}) + {cfg.policy_episodes} {policy} episodes; fitted on the demos "
              f"and half of each pool, measured on the other half ({counts['held']} episodes, "
              f"{counts['held_success']} successes)", "",
              "| variant | " + " | ".join(f"VOC {t}" for t in tasks) + " | VOC all | R² | calibration gap | MAE | usable |",
@@ -184,7 +208,7 @@ def format_tables(cfg: ProgressBenchConfig, reports: dict[str, dict], stalls: li
 def run(cfg: ProgressBenchConfig, out: Path) -> dict:
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    store, policy, cache, metas = collect(cfg, out / "run")
+    store, policy, cache, metas = collect(cfg, out / (f"run-stage0-{cfg.stage0_steps}" if cfg.stage0_steps else "run"))
     t_collect = time.time() - t0
     fit_metas, held_metas = split(metas, cfg.tasks)
     reports, predicted_model = {}, None
@@ -217,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny sizes: a smoke test")
     p.add_argument("--backend", choices=("mock", "metaworld"), default=None)
     p.add_argument("--tasks", nargs="+", default=None)
-    for name in ("demos", "pool", "policy_episodes", "seed"):
+    for name in ("demos", "pool", "policy_episodes", "seed", "stage0_steps"):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=None)
     p.add_argument("--pool-noise", dest="pool_noise", type=float, default=None)
     args = p.parse_args(argv)

@@ -25,3 +25,12 @@ def test_smoke_run_prints_both_tables(tmp_path, capsys):
     episodes = sorted(p.name for p in (out / "run" / "episodes" / "pool").iterdir())
     assert main(["--smoke", "--out", str(out)]) == 0  # the rerun records nothing new
     assert sorted(p.name for p in (out / "run" / "episodes" / "pool").iterdir()) == episodes
+
+
+def test_smoke_run_on_a_stage0_policy(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["--smoke", "--stage0-steps", "4", "--out", str(out)]) == 0
+    assert "Stage 0: 4 SFT steps" in capsys.readouterr().out
+    meta = json.loads((out / "run-stage0-4" / "checkpoints" / "v000001" / "meta.json").read_text())
+    assert meta["phase"] == "bootstrap"
+    assert json.loads((out / "summary.json").read_text())["config"]["stage0_steps"] == 4
