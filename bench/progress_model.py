@@ -2,8 +2,9 @@
 
 Per task: scripted expert demos (noise 0.1, successes), a pool of noisier expert episodes (noise
 ``pool_noise``, successes and failures, each run to its success or its step limit) and a few
-episodes sampled from the untrained tiny policy (failures that go nowhere), all stored in a real
-EpisodeStore, with features from the embedded tiny backbone through the learner's FeatureCache.
+episodes sampled from the untrained tiny policy (failures that go nowhere; with ``--stage0-steps N``
+from a Stage 0 of N SFT steps on the demos instead), all stored in a real EpisodeStore, with
+features from that policy's backbone through the learner's FeatureCache.
 The model is fitted on the demos and the first half of each pool; everything reported is measured
 on the other half (held out):
 
