@@ -227,6 +227,13 @@ class LanguagePreprocessor(Preprocessor):
     def text_inputs(self, instruction: str) -> dict[str, torch.Tensor]:
         return super().text_inputs(self.placeholder)  # the same prompt for every instruction
 
+    def instruction_ids(self, instruction: str) -> list[int]:
+        """What the model reads of an instruction: the encoder's tokens (RECAP's indicator check)."""
+        return self.encoder.tokenizer(instruction, truncation=True, max_length=MAX_TOKENS)["input_ids"]
+
+    def unknown_token_id(self) -> int | None:
+        return self.encoder.tokenizer.unk_token_id
+
     def __call__(self, images, instructions: list[str]) -> dict[str, torch.Tensor]:
         batch = super().__call__(images, instructions)
         batch["language_embedding"] = self.encoder.embed(list(instructions))

@@ -134,3 +134,12 @@ def test_old_default_checkpoints_still_load_and_serve_with_their_own_tokens(tiny
     torch.testing.assert_close(served.features(probe), old.features(old.collate(probe)))
     with pytest.raises(CheckpointError, match="trained with language encoder bpe"):
         load_into(build_model(MINILM, backbone_dir=tiny_dir), CheckpointRegistry(tmp_path / "checkpoints"), v)
+
+
+def test_recap_indicator_reaches_the_model_through_the_encoder(model):
+    from vla.advantage import check_prompt_takes_indicator, with_indicator
+
+    check_prompt_takes_indicator(model.preprocessor)  # the words are read by the encoder, not the prompt
+    pos, neg = model.language.embed([with_indicator("reach the red block", "positive"),
+                                     with_indicator("reach the red block", "negative")])
+    assert cosine(pos, neg) < 0.999
