@@ -137,6 +137,9 @@ class VLAModel(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = backbone
+        if config.language_encoder != "bpe" and backbone_id != TINY_ID:
+            raise ValueError(f"language_encoder {config.language_encoder} is for the embedded tiny default; "
+                             f"{backbone_id} reads instructions with its own tokenizer (language_encoder: bpe)")
         self.language = load_language_encoder(config.language_encoder)  # None: the backbone's own tokens
         if self.language is None:
             self.preprocessor = Preprocessor(processor, config.cameras, config.image_size, config.image_splitting)

@@ -143,3 +143,13 @@ def test_recap_indicator_reaches_the_model_through_the_encoder(model):
     pos, neg = model.language.embed([with_indicator("reach the red block", "positive"),
                                      with_indicator("reach the red block", "negative")])
     assert cosine(pos, neg) < 0.999
+
+
+def test_an_own_vlm_keeps_reading_with_its_own_tokenizer(tiny_dir, tmp_path):
+    import shutil
+
+    own = tmp_path / "own-vlm"
+    shutil.copytree(tiny_dir, own, ignore=shutil.ignore_patterns(".vlaloop-complete"))  # not the embedded default
+    with pytest.raises(ValueError, match="reads instructions with its own tokenizer"):
+        build_model(MINILM, backbone_dir=own)
+    assert build_model(ModelConfig(), backbone_dir=own).language is None
