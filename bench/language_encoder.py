@@ -50,7 +50,7 @@ def learning(out: Path, seeds: list[int], demos: int, steps: int, eval_n: int) -
             t0 = time.time()
             boot = stage0(cfg, out / encoder, seed)
             done = json.loads((boot / "done.json").read_text())
-            results.setdefault(encoder, {})[seed] = done["eval"] | {"stage0_s": done["seconds"]}
+            results.setdefault(encoder, {})[seed] = done["eval"]
             print(f"[{encoder} s{seed}] {done['eval']} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     return results
 
@@ -60,8 +60,8 @@ def learning_table(results: dict, demos: int, steps: int, eval_n: int) -> str:
     lines = [f"Greedy success after Stage 0 ({demos} `reach_slots` demos + 4 of the RL colour, {steps} full-mode "
              f"steps), {eval_n} fixed episodes per cell, mean ± std over seeds {seeds}", "",
              "| encoder | " + " | ".join(label for _, label in LEARNING_COLUMNS)
-             + " | trained − held-out phrasing | trained − wrong instruction | Stage 0 s |",
-             "|---|" + "---|" * (len(LEARNING_COLUMNS) + 3)]
+             + " | trained − held-out phrasing | trained − wrong instruction |",
+             "|---|" + "---|" * (len(LEARNING_COLUMNS) + 2)]
     for encoder, per in results.items():
         runs = list(per.values())
 
@@ -71,8 +71,7 @@ def learning_table(results: dict, demos: int, steps: int, eval_n: int) -> str:
         cells = [cell([r[key] for r in runs]) for key, _ in LEARNING_COLUMNS]
         gap = cell([r["demo"] - r["demo_held_out_phrasing"] for r in runs])
         drop = cell([r["demo"] - r["demo_wrong_instruction"] for r in runs])
-        secs = np.mean([r["stage0_s"] for r in runs])
-        lines.append(f"| `{encoder}` | {' | '.join(cells)} | {gap} | {drop} | {secs:.0f} |")
+        lines.append(f"| `{encoder}` | {' | '.join(cells)} | {gap} | {drop} |")
     lines += ["", "Per seed: " + "; ".join(
         f"`{e}` s{s}: " + "/".join(f"{per[s][k]:.2f}" for k, _ in LEARNING_COLUMNS)
         for e, per in results.items() for s in sorted(per))]
