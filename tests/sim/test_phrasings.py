@@ -78,3 +78,15 @@ def test_evaluation_gives_each_condition_its_instruction_and_scores_the_episode_
     policy = Policy(build_model(ModelConfig(), backbone_dir=tiny_dir), Normalizer.identity())
     rates = language_success(policy, n=3, task="reach", max_steps=4)
     assert set(rates) == set(LANGUAGE_CONDITIONS) and all(0.0 <= r <= 1.0 for r in rates.values())
+
+
+def test_metaworld_evaluation_gives_each_condition_its_instruction():
+    from sim.metaworld.vec import MetaWorldVec
+
+    seeds = [3, 4, 5]
+    with MetaWorldVec(3, image_size=32, seeds=seeds, task="mt10") as vec:
+        given = {c: given_instructions(vec, seeds, c) for c in LANGUAGE_CONDITIONS}
+        assert given["trained"] == list(vec.instructions)
+        for name, trained, reworded, other in zip(vec.task_names, *given.values(), strict=True):
+            assert trained in mw.phrases(name, "train") and reworded in mw.phrases(name, "held_out")
+            assert other not in mw.LANGUAGE[name]
