@@ -153,3 +153,33 @@ def test_an_own_vlm_keeps_reading_with_its_own_tokenizer(tiny_dir, tmp_path):
     with pytest.raises(ValueError, match="reads instructions with its own tokenizer"):
         build_model(MINILM, backbone_dir=own)
     assert build_model(ModelConfig(), backbone_dir=own).language is None
+
+
+def test_a_real_server_reads_an_instruction_an_operator_types_through_the_encoder(model, tmp_path):
+    import uuid
+
+    import httpx
+
+    from bench.harness import ServerThread
+    from deployment.config import DeploymentConfig
+    from protocol.codec import packb, unpackb
+    from protocol.images import encode_jpeg
+    from protocol.messages import ActRequest
+
+    publish(CheckpointRegistry(tmp_path / "checkpoints"), model, Normalizer.identity(), kind="full")
+    frame = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+
+    def act(client, instruction: str) -> np.ndarray:
+        req = ActRequest(request_id=uuid.uuid4().hex, robot_id="op0", episode_id="typed", step=0,
+                         t_capture=0.0, instruction=instruction, images={"front": encode_jpeg(frame)},
+                         state=[0.5, 0.0, 0.2, 0.0, 0.0, 0.0, 1.0])
+        r = client.post("/v1/act", content=packb(req.to_wire()), headers={"content-type": "application/msgpack"})
+        assert r.status_code == 200, r.text
+        return np.asarray(unpackb(r.content)["actions"])
+
+    with ServerThread(DeploymentConfig(run_dir=str(tmp_path))) as srv, httpx.Client(base_url=srv.url) as c:
+        srv.wait_ready()
+        typed = act(c, "could you grab the yellow cube for me")  # words no demo and no tokenizer corpus has
+        assert np.all(np.isfinite(typed))
+        np.testing.assert_array_equal(act(c, "could you grab the yellow cube for me"), typed)
+        assert not np.array_equal(act(c, "reach the red block"), typed)
