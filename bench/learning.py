@@ -100,7 +100,7 @@ class LearningBenchConfig:
     # on MetaWorld one evaluation costs about as much as two RL rounds
     evaluate_at: str = "round"
     jobs: int = 2
-    language_encoder: str = "bpe"  # model.language_encoder of every run: bpe (the old default) or minilm
+    language_encoder: str = ""  # model.language_encoder of every run: bpe, minilm or "" (the model's default)
 
     @property
     def budget(self) -> int:
@@ -147,7 +147,7 @@ def _learner_config(cfg: LearningBenchConfig, run_dir: Path, seed: int):
     lc.seed, lc.bootstrap_demos, lc.bootstrap_steps = seed, cfg.demos + cfg.rl_task_demos, cfg.bootstrap_steps
     lc.sft_steps, lc.ppo_lr, lc.sac_updates_per_episode = cfg.sft_steps, cfg.ppo_lr, cfg.sac_updates_per_episode
     lc.episodes_per_round = cfg.episodes_per_round
-    config.model.language_encoder = cfg.language_encoder
+    config.model.language_encoder = cfg.language_encoder or None
     return config
 
 

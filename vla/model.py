@@ -27,7 +27,7 @@ from torch import nn
 
 from deployment.model import ModelConfig
 from vla.backbone import Preprocessor, backbone_hash, hidden_size, last_hidden_states, load_backbone
-from vla.language import LanguagePreprocessor, LanguageProjection, load_language_encoder
+from vla.language import LanguagePreprocessor, LanguageProjection, load_language_encoder, resolve_encoder_name
 from vla.tiny import TINY_ID, default_tiny_dir, ensure_tiny_backbone
 
 if TYPE_CHECKING:
@@ -135,11 +135,11 @@ class VLAModel(nn.Module):
     def __init__(self, config: ModelConfig, backbone, processor, backbone_dir: str | Path,
                  backbone_id: str, backbone_hash_: str):
         super().__init__()
+        # the encoder resolved (None: the embedded default's choice), so checkpoints record which
+        encoder = resolve_encoder_name(config.language_encoder, backbone_id == TINY_ID, backbone_id)
+        config = config.model_copy(update={"language_encoder": encoder})
         self.config = config
         self.backbone = backbone
-        if config.language_encoder != "bpe" and backbone_id != TINY_ID:
-            raise ValueError(f"language_encoder {config.language_encoder} is for the embedded tiny default; "
-                             f"{backbone_id} reads instructions with its own tokenizer (language_encoder: bpe)")
         self.language = load_language_encoder(config.language_encoder)  # None: the backbone's own tokens
         if self.language is None:
             self.preprocessor = Preprocessor(processor, config.cameras, config.image_size, config.image_splitting)

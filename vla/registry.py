@@ -548,7 +548,7 @@ def _recorded_language(trunk: dict) -> dict:
     """The language encoder a trunk was trained with; versions from before the setting existed
     were all trained with the bpe default."""
     recorded = trunk.get("language_encoder") or {"name": "bpe"}
-    configured = trunk["model_config"].get("language_encoder", "bpe")
+    configured = trunk["model_config"].get("language_encoder") or "bpe"
     if recorded.get("name") != configured:
         raise CheckpointError(f"checkpoint {vname(trunk['version'])}: meta records language encoder "
                               f"{recorded.get('name')!r} but its model_config says {configured!r}")

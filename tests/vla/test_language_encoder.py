@@ -26,6 +26,7 @@ from vla.registry import CheckpointError, CheckpointRegistry, load_into, publish
 
 torch.set_num_threads(1)
 MINILM = ModelConfig(language_encoder="minilm")
+BPE = ModelConfig(language_encoder="bpe")  # the old default, named: these tests hold whatever the default is
 
 
 def obs(instruction: str, seed: int = 0) -> Observation:
@@ -113,7 +114,7 @@ def test_checkpoints_record_the_encoder_and_refuse_another(model, tiny_dir, tmp_
     probe = [obs("touch the yellow block", 3)]
     torch.testing.assert_close(served.features(probe), model.features(model.collate(probe)))
     with pytest.raises(CheckpointError, match="trained with language encoder minilm.*model.language_encoder: minilm"):
-        load_into(build_model(ModelConfig(), backbone_dir=tiny_dir), reg, v)  # resuming with the old default
+        load_into(build_model(BPE, backbone_dir=tiny_dir), reg, v)  # resuming with the old default
     meta_file = reg.path(v) / "meta.json"
     meta["language_encoder"]["hash"] = "b2-another-encoder"
     meta_file.write_text(json.dumps(meta))
@@ -122,7 +123,7 @@ def test_checkpoints_record_the_encoder_and_refuse_another(model, tiny_dir, tmp_
 
 
 def test_old_default_checkpoints_still_load_and_serve_with_their_own_tokens(tiny_dir, tmp_path):
-    old = build_model(ModelConfig(), backbone_dir=tiny_dir)
+    old = build_model(BPE, backbone_dir=tiny_dir)
     reg = CheckpointRegistry(tmp_path / "checkpoints")
     v = publish(reg, old, Normalizer.identity(), kind="full", phase="stage0")
     meta = reg.read_meta(v)  # as written before the setting existed: no field, no config key
@@ -152,6 +153,7 @@ def test_an_own_vlm_keeps_reading_with_its_own_tokenizer(tiny_dir, tmp_path):
     shutil.copytree(tiny_dir, own, ignore=shutil.ignore_patterns(".vlaloop-complete"))  # not the embedded default
     with pytest.raises(ValueError, match="reads instructions with its own tokenizer"):
         build_model(MINILM, backbone_dir=own)
+    assert build_model(ModelConfig(language_encoder="bpe"), backbone_dir=own).language is None
     assert build_model(ModelConfig(), backbone_dir=own).language is None
 
 
@@ -183,3 +185,15 @@ def test_a_real_server_reads_an_instruction_an_operator_types_through_the_encode
         assert np.all(np.isfinite(typed))
         np.testing.assert_array_equal(act(c, "could you grab the yellow cube for me"), typed)
         assert not np.array_equal(act(c, "reach the red block"), typed)
+
+
+def test_an_unset_encoder_is_the_embedded_defaults_choice_and_is_recorded_resolved(tiny_dir, tmp_path):
+    from vla.language import EMBEDDED_DEFAULT, resolve_encoder_name
+
+    assert ModelConfig().language_encoder is None
+    default = build_model(ModelConfig(), backbone_dir=tiny_dir)
+    assert default.config.language_encoder == EMBEDDED_DEFAULT
+    assert resolve_encoder_name(None, embedded_default=False) == "bpe"  # an own VLM, whatever the default
+    reg = CheckpointRegistry(tmp_path / "checkpoints")
+    v = publish(reg, default, Normalizer.identity(), kind="full")
+    assert reg.read_meta(v)["model_config"]["language_encoder"] == EMBEDDED_DEFAULT
