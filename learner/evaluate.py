@@ -90,6 +90,29 @@ def make_scenes(backend: str, seeds: Sequence[int], task: str, split: str, image
     raise ValueError(f"unknown simulator backend {backend!r} (one of {BACKENDS})")
 
 
+LANGUAGE_CONDITIONS = ("trained", "held_out_phrasing", "wrong_instruction")
+
+
+def given_instructions(vec, seeds: Sequence[int], language: str = "trained") -> list[str]:
+    """The instruction each scene's policy is given under a language condition (see `rollout`)."""
+    if getattr(vec, "task_names", None) is not None:  # MetaWorld: tasks by name
+        from sim.metaworld import tasks as mw
+
+        if language == "held_out_phrasing":
+            return [mw.phrases(n, "held_out")[s % mw.HELD_OUT_PHRASES] for n, s in zip(vec.task_names, seeds,
+                                                                                      strict=True)]
+        if language == "wrong_instruction":
+            return [mw.other_task_instruction(n, s) for n, s in zip(vec.task_names, seeds, strict=True)]
+        return list(vec.instructions)
+    from sim.mock.tasks import other_task_instruction, phrase
+
+    if language == "held_out_phrasing":
+        return [phrase(t, "held_out") for t in vec.tasks]
+    if language == "wrong_instruction":
+        return [other_task_instruction(t) for t in vec.tasks]
+    return [t.instruction for t in vec.tasks]
+
+
 def _frames(vec, cameras: Sequence[str], size: int) -> dict[str, list[bytes]]:
     return {cam: [encode_jpeg(img) for img in vec.render(size, cam)] for cam in cameras}
 
@@ -99,7 +122,7 @@ def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str
             robot_id: str = "sim0", split: str = "train", image_size: int | None = None,
             learner_phase: str = "rl", backend: str = "mock", workers: int = 0,
             max_steps: int | None = None, intervener: ScriptedIntervener | None = None,
-            baseline_recording: bool = False) -> RolloutResult:
+            baseline_recording: bool = False, language: str = "trained") -> RolloutResult:
     """Run one episode per seed, all in parallel; optionally store them like the ingest does (the
     steps of all scenes at one time step in one durable commit; on MetaWorld the frames inside a
     chunk drawn at the end, for the successes: `_Recorder`). ``baseline_recording``: every frame
@@ -108,7 +131,12 @@ def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str
     ``max_steps`` caps the tasks' own step limits (smoke tests). ``intervener`` (sampled rollouts
     only): the scene's expert drives where it takes over; those steps are stored as interventions
     (``intervention``, ``intervention_source: "scripted"``, the policy's ``proposed_action``,
-    ``on_policy: false``)."""
+    ``on_policy: false``).
+    ``language``: the instruction the policy is given (LANGUAGE_CONDITIONS): the episode's own
+    (``trained``), the same task in a phrasing kept out of training (``held_out_phrasing``), or
+    another task's (``wrong_instruction``); success is always the episode's own task's."""
+    if language not in LANGUAGE_CONDITIONS:
+        raise ValueError(f"unknown language condition {language!r} (one of {LANGUAGE_CONDITIONS})")
     if intervener is not None and mode == "greedy":
         raise ValueError("greedy evaluation never intervenes: pass intervener only to sampled rollouts")
     seeds = [int(s) for s in seeds]
@@ -122,7 +150,7 @@ def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str
         else:
             executed = executed_action
         return _rollout(policy, vec, seeds, task, mode, generator, store, robot_id, size, learner_phase, executed,
-                        intervener, baseline_recording)
+                        intervener, baseline_recording, language)
     except BaseException:  # a pooled set of workers in an unknown state is not reused
         for key, pooled in list(_WORKER_POOLS.items()):
             if pooled is vec:
@@ -196,10 +224,10 @@ class _Recorder:
 def _rollout(policy: Policy, vec, seeds: list[int], task: str, mode: str, generator: torch.Generator | None,
              store: EpisodeStore | None, robot_id: str, size: int, learner_phase: str,
              executed, intervener: ScriptedIntervener | None = None,
-             baseline_recording: bool = False) -> RolloutResult:
+             baseline_recording: bool = False, language: str = "trained") -> RolloutResult:
     from learner.ingest import episode_meta
 
-    instructions = list(getattr(vec, "instructions", None) or [t.instruction for t in vec.tasks])
+    instructions = given_instructions(vec, seeds, language)
     # the task each episode actually ran (a task set draws one per seed)
     task_names = list(getattr(vec, "task_names", None) or [task] * len(seeds))
     cams = policy.spec.cameras
@@ -279,6 +307,17 @@ def success_rate(policy: Policy, n: int = 50, task: str = "reach", seed: int = 1
                    workers=workers, max_steps=max_steps).success_rate
 
 
+def language_success(policy: Policy, n: int = 50, task: str = "reach", seed: int = 10_000,
+                     split: str = "train", backend: str = "mock", workers: int = 0,
+                     max_steps: int | None = None) -> dict[str, float]:
+    """Greedy success on the same `n` episodes under each language condition: the trained phrasing,
+    a held-out phrasing of the same task (a policy that follows language keeps its success), and
+    another task's instruction (a policy that reads the words drops; one that ignores them not)."""
+    return {condition: rollout(policy, range(seed, seed + n), task, "greedy", split=split, backend=backend,
+                               workers=workers, max_steps=max_steps, language=condition).success_rate
+            for condition in LANGUAGE_CONDITIONS}
+
+
 def collect_episodes(policy: Policy, store: EpisodeStore, n: int, task: str = "reach", seed: int = 0,
                      generator: torch.Generator | None = None, robot_id: str = "sim0",
                      mode: str = "sample") -> RolloutResult:
@@ -302,8 +341,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="train")
     p.add_argument("--backend", default="mock", choices=BACKENDS)
     p.add_argument("--workers", type=int, default=0, help="metaworld: env processes")
+    p.add_argument("--language", action="store_true",
+                   help="also held-out phrasings and another task's instruction (LANGUAGE_CONDITIONS)")
     args = p.parse_args(argv)
     policy = Policy.load(CheckpointRegistry(f"{args.run_dir}/checkpoints"), args.version)
+    if args.language:
+        rates = language_success(policy, args.n, args.task, args.seed, args.split, args.backend, args.workers)
+        print(f"v{policy.version}: greedy success on {args.n} {args.backend} {args.task} episodes (split "
+              f"{args.split}): " + ", ".join(f"{k} {v:.2f}" for k, v in rates.items()))
+        return 0
     rate = success_rate(policy, args.n, args.task, args.seed, args.split, args.backend, args.workers)
     print(f"v{policy.version}: greedy success {rate:.2f} on {args.n} {args.backend} {args.task} episodes "
           f"(seeds {args.seed}..{args.seed + args.n - 1}, split {args.split})")

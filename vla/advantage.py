@@ -84,17 +84,24 @@ def with_indicator(instruction: str, label: str | None) -> str:
     return f"{instruction}\nAdvantage: {label}"
 
 
+def _read_ids(preprocessor, text: str) -> list[int]:
+    """The token ids the model reads of an instruction: the prompt's, or -- where a language encoder
+    reads the words (vla/language.py) -- the encoder's."""
+    read = getattr(preprocessor, "instruction_ids", None)
+    return read(text) if read else preprocessor.text_inputs(text)["input_ids"].tolist()
+
+
 def check_prompt_takes_indicator(preprocessor, instruction: str = "pick up the red block") -> None:
     """Raise ValueError if the backbone's prompt cannot carry the indicator: the token ids with
     "positive", with "negative" and without an indicator must all differ, and the indicator's
     words must not be the tokenizer's unknown token."""
-    ids = {label: preprocessor.text_inputs(with_indicator(instruction, label))["input_ids"].tolist()
-           for label in (POSITIVE, NEGATIVE, None)}
+    ids = {label: _read_ids(preprocessor, with_indicator(instruction, label)) for label in (POSITIVE, NEGATIVE, None)}
     if ids[POSITIVE] == ids[NEGATIVE] or ids[POSITIVE] == ids[None]:
         raise ValueError("the backbone's prompt cannot take the advantage indicator: 'Advantage: positive', "
                          "'Advantage: negative' and no indicator give the same tokens (a length limit "
                          "or an unknown-token vocabulary)")
-    unk = getattr(preprocessor.processor.tokenizer, "unk_token_id", None)
+    read_unknown = getattr(preprocessor, "unknown_token_id", None)  # a language encoder's own tokenizer
+    unk = read_unknown() if read_unknown else getattr(preprocessor.processor.tokenizer, "unk_token_id", None)
     if unk is not None and any(ids[label].count(unk) > ids[None].count(unk) for label in (POSITIVE, NEGATIVE)):
         raise ValueError("the backbone's tokenizer reads the advantage indicator as unknown tokens "
                          f"(id {unk}): it cannot carry 'Advantage: positive/negative'")

@@ -27,6 +27,7 @@ from torch import nn
 
 from deployment.model import ModelConfig
 from vla.backbone import Preprocessor, backbone_hash, hidden_size, last_hidden_states, load_backbone
+from vla.language import LanguagePreprocessor, LanguageProjection, load_language_encoder, resolve_encoder_name
 from vla.tiny import TINY_ID, default_tiny_dir, ensure_tiny_backbone
 
 if TYPE_CHECKING:
@@ -134,9 +135,18 @@ class VLAModel(nn.Module):
     def __init__(self, config: ModelConfig, backbone, processor, backbone_dir: str | Path,
                  backbone_id: str, backbone_hash_: str):
         super().__init__()
+        # the encoder resolved (None: the embedded default's choice), so checkpoints record which
+        encoder = resolve_encoder_name(config.language_encoder, backbone_id == TINY_ID, backbone_id)
+        config = config.model_copy(update={"language_encoder": encoder})
         self.config = config
         self.backbone = backbone
-        self.preprocessor = Preprocessor(processor, config.cameras, config.image_size, config.image_splitting)
+        self.language = load_language_encoder(config.language_encoder)  # None: the backbone's own tokens
+        if self.language is None:
+            self.preprocessor = Preprocessor(processor, config.cameras, config.image_size, config.image_splitting)
+        else:
+            self.preprocessor = LanguagePreprocessor(processor, config.cameras, config.image_size,
+                                                     config.image_splitting, self.language,
+                                                     config.language_tokens)
         self.backbone_dir = str(backbone_dir)
         self.backbone_id = backbone_id
         self.backbone_hash = backbone_hash_
@@ -146,6 +156,11 @@ class VLAModel(nn.Module):
                                           config.pooler_heads)
             self.heads = ActionHeads(self.pooler.feature_dim, config.state_dim, config.chunk, config.action_dim,
                                      config.head_hidden, config.init_log_std)
+            if self.language is not None:
+                # Part of the pooler's module: saved in pooler.safetensors, trained and frozen with it.
+                self.pooler.language = LanguageProjection(self.language.dim, config.language_tokens,
+                                                          hidden_size(backbone))
+                self.pooler.language.attach(backbone.get_input_embeddings(), self.preprocessor.placeholder_id)
         self.lora_config = None  # peft LoraConfig once adapters are injected
         self.mode = "head_only"
         self.backbone_trained = False  # entered full mode: base weights may differ from backbone_dir
@@ -261,8 +276,16 @@ class VLAModel(nn.Module):
     def features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, feature_dim]: backbone last hidden states pooled by the attention pooler.
         In head_only mode no graph is built (nothing before the heads trains)."""
+        inputs = dict(inputs)
+        language = inputs.pop("language_embedding", None)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.mode != "head_only"):
-            tokens = last_hidden_states(self.backbone, inputs)
+            if self.language is None:
+                tokens = last_hidden_states(self.backbone, inputs)
+            else:
+                if language is None:
+                    raise ValueError("inputs lack language_embedding: build them with model.collate")
+                with self.pooler.language.feeding(language):
+                    tokens = last_hidden_states(self.backbone, inputs)
             return self.pooler(tokens.float(), inputs.get("attention_mask"))
 
     def head_dist(self, features: torch.Tensor, norm_states: torch.Tensor) -> torch.distributions.Normal:
@@ -278,7 +301,8 @@ class VLAModel(nn.Module):
     def feature_key(self) -> str:
         """Identifies what `features` computes (backbone weights + adapters + pooler): key a feature
         cache by it; it changes exactly when an SFT phase changes the trunk."""
-        return f"{self.backbone_hash}:{self.compute_trunk_fingerprint()}"
+        language = "" if self.language is None else f":{self.language.hash}"
+        return f"{self.backbone_hash}{language}:{self.compute_trunk_fingerprint()}"
 
     def value(self, features: torch.Tensor, norm_states: torch.Tensor) -> torch.Tensor:
         return HeadCritic(self.heads)(features, norm_states)
@@ -296,6 +320,7 @@ class VLAModel(nn.Module):
         nn.Module.__init__(model)
         model.config = config
         model.backbone, model.preprocessor, model.pooler = base.backbone, base.preprocessor, base.pooler
+        model.language = base.language
         with torch.random.fork_rng(devices=[]):
             model.heads = ActionHeads(base.feature_dim, config.state_dim, config.chunk, config.action_dim,
                                       config.head_hidden, config.init_log_std)

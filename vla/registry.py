@@ -50,6 +50,7 @@ from safetensors.torch import load_file, save_file
 from deployment.model import ModelConfig
 from episodes.durable import fsync_dir, fsync_path, write_atomic, write_json_atomic
 from vla.backbone import backbone_hash, quiet_transformers
+from vla.language import LanguageEncoderError, encoder_meta, load_language_encoder
 from vla.normalization import Normalizer
 from vla.tiny import TINY_ID, default_tiny_dir, ensure_tiny_backbone
 
@@ -385,6 +386,7 @@ def _write_version(tmp: Path, model: VLAModel, norm: Normalizer, kind: str, head
                   "backbone_dir": str(Path(model.backbone_dir).resolve()),
                   "model_config": model.config.model_dump(mode="json"),
                   "spec": {"feature_dim": model.feature_dim}}
+    meta["language_encoder"] = encoder_meta(model.language)
     if kind == "head":
         if model.trunk_version is None or model.trunk_registry != str(registry.root.resolve()):
             raise CheckpointError("refusing to publish a head-only version: the model's trunk was never "
@@ -542,6 +544,45 @@ def _resolve_version(registry: CheckpointRegistry, version: int | None) -> int:
     return version
 
 
+def _recorded_language(trunk: dict) -> dict:
+    """The language encoder a trunk was trained with; versions from before the setting existed
+    were all trained with the bpe default."""
+    recorded = trunk.get("language_encoder") or {"name": "bpe"}
+    configured = trunk["model_config"].get("language_encoder") or "bpe"
+    if recorded.get("name") != configured:
+        raise CheckpointError(f"checkpoint {vname(trunk['version'])}: meta records language encoder "
+                              f"{recorded.get('name')!r} but its model_config says {configured!r}")
+    return recorded
+
+
+def language_config(trunk: dict, config: ModelConfig) -> ModelConfig:
+    """`config` with the language encoder the trunk was trained with, after checking this machine has
+    that encoder with the same weights (CheckpointError saying what to install or retrain)."""
+    recorded = _recorded_language(trunk)
+    where = f"checkpoint {vname(trunk['version'])} was trained with language encoder {recorded['name']}"
+    try:
+        encoder = load_language_encoder(recorded["name"])
+    except (LanguageEncoderError, ValueError) as e:
+        raise CheckpointError(f"{where}, which this machine cannot load: {e}") from e
+    actual = encoder_meta(encoder)
+    if actual != recorded:
+        raise CheckpointError(f"{where} ({recorded.get('id')}, weights {recorded.get('hash')}); this machine's "
+                              f"is {actual.get('id')}, weights {actual.get('hash')}: install the same encoder "
+                              f"or retrain from the demos in a new run")
+    return config.model_copy(update={"language_encoder": recorded["name"]})
+
+
+def check_model_language(trunk: dict, model: VLAModel) -> None:
+    """A model resuming a version must read language the way that version was trained to."""
+    recorded, actual = _recorded_language(trunk), encoder_meta(model.language)
+    if actual != recorded:
+        raise CheckpointError(f"checkpoint {vname(trunk['version'])} was trained with language encoder "
+                              f"{recorded['name']} ({recorded.get('hash', 'its own tokens')}); the model reads "
+                              f"language with {actual['name']} ({actual.get('hash', 'its own tokens')}): set "
+                              f"model.language_encoder: {recorded['name']} to resume it, or start a new run "
+                              f"to train with {actual['name']}")
+
+
 def load_into(model: VLAModel, registry: CheckpointRegistry, version: int | None = None) -> tuple[Normalizer, dict]:
     """Load a version's trunk (adapter + pooler of its full base) and heads into an existing model
     built on the same backbone (e.g. a learner resuming). Returns (normalizer, meta)."""
@@ -551,6 +592,7 @@ def load_into(model: VLAModel, registry: CheckpointRegistry, version: int | None
         raise CheckpointError("the model's backbone weights were trained since it was loaded; "
                               "build a fresh one with load_model()")
     _check_backbone_hash(meta, model.backbone_hash, f"the model's backbone ({model.backbone_dir})")
+    check_model_language(trunk, model)
     _load_trunk(model, registry, trunk)
     _load_heads(model, registry, meta)
     return read_norm(registry, meta), meta
@@ -566,6 +608,7 @@ def load_model(registry: CheckpointRegistry, version: int | None = None, device:
     meta = registry.read_meta(_resolve_version(registry, version))
     trunk = trunk_meta(registry, meta)
     config = ModelConfig.model_validate({**trunk["model_config"], "device": device})
+    config = language_config(trunk, config)
     reuse = (base is not None and base.trunk_version == trunk["version"]
              and base.trunk_registry == str(registry.root.resolve())
              and base.backbone_hash == meta["backbone_hash"] and not base.backbone_modified()

@@ -41,6 +41,28 @@ LANGUAGE: dict[str, tuple[str, ...]] = {
                    "reach around the wall to the target"),
 }
 TASKS = tuple(LANGUAGE)
+# The last phrasing of every task is kept out of demonstrations and training: evaluation gives it to
+# a trained policy (does it follow a wording it was not drilled on?).
+HELD_OUT_PHRASES = 1
+PHRASINGS = ("train", "held_out", "all")
+
+
+def phrases(name: str, phrasing: str = "train") -> tuple[str, ...]:
+    """A task's instructions in a phrasing split: ``train``, ``held_out`` or ``all``."""
+    every = LANGUAGE[name]
+    if phrasing == "all":
+        return every
+    if phrasing == "train":
+        return every[:-HELD_OUT_PHRASES]
+    if phrasing == "held_out":
+        return every[-HELD_OUT_PHRASES:]
+    raise ValueError(f"unknown phrasing {phrasing!r} (one of {PHRASINGS})")
+
+
+def other_task_instruction(name: str, seed: int) -> str:
+    """The (train-phrased) instruction of another MetaWorld task, picked by the seed."""
+    others = [t for t in TASKS if t != name]
+    return phrases(others[int(seed) % len(others)], "train")[0]
 MT10 = ("reach", "push", "pick-place", "door-open", "drawer-open", "drawer-close", "button-press-topdown",
         "peg-insert-side", "window-open", "window-close")
 
@@ -103,10 +125,12 @@ def split_tasks(task: str, split: str = "train") -> tuple[str, ...]:
     return tasks
 
 
-def sample_task(seed: int, task: str, split: str = "train") -> TaskSpec:
+def sample_task(seed: int, task: str, split: str = "train", phrasing: str = "train") -> TaskSpec:
     """Same seed, task and split -> the same task and instruction."""
     rng = np.random.default_rng([int(seed), 0x3E7A])
     tasks = split_tasks(task, split)
     name = tasks[int(rng.integers(len(tasks)))]
-    phrases = LANGUAGE[name]
-    return TaskSpec(name, phrases[int(rng.integers(len(phrases)))], int(seed))
+    index = int(rng.integers(len(LANGUAGE[name])))  # one draw whatever the phrasing
+    allowed = phrases(name, phrasing)
+    chosen = LANGUAGE[name][index]
+    return TaskSpec(name, chosen if chosen in allowed else allowed[index % len(allowed)], int(seed))

@@ -48,6 +48,12 @@ TEMPLATES = {
     "pick_place": ("pick up the {c} block and put it in the bowl", "put the {c} block in the bowl",
                    "place the {c} block into the bowl", "pick the {c} block and place it in the bowl"),
 }
+# Phrasings kept out of demonstrations and training (one template per family): evaluation gives
+# them to a trained policy to measure whether it follows an instruction worded differently from
+# what it was drilled on. sample_task draws only the other templates unless asked for these.
+HELD_OUT_TEMPLATES = {"reach": ("touch the {c} block",), "push": ("slide the {c} block {d}",),
+                      "pick_place": ("place the {c} block into the bowl",)}
+PHRASINGS = ("train", "held_out", "all")
 DIRECTION_WORDS = {"left": ("to the left", "left"), "right": ("to the right", "right"),
                    "forward": ("forward", "away from the robot"),
                    "backward": ("backward", "toward the robot")}
@@ -126,14 +132,52 @@ class Episode:
         return self.state.blocks[self.task.target, :2].copy()
 
 
-def sample_task(rng: np.random.Generator, family: str, split: str = "train", seed: int = 0) -> TaskSpec:
+def phrasing_templates(family: str, phrasing: str = "train") -> tuple[str, ...]:
+    """A family's instruction templates in a phrasing split: ``train`` (demos and training),
+    ``held_out`` (evaluation only) or ``all``."""
+    templates, held = TEMPLATES[family], HELD_OUT_TEMPLATES[family]
+    if phrasing == "all":
+        return templates
+    if phrasing == "train":
+        return tuple(t for t in templates if t not in held)
+    if phrasing == "held_out":
+        return held
+    raise ValueError(f"unknown phrasing {phrasing!r} (one of {PHRASINGS})")
+
+
+def _template(rng: np.random.Generator, family: str, phrasing: str) -> str:
+    # One draw over all templates whatever the phrasing, so a seed's layout does not depend on it.
+    index = int(rng.integers(len(TEMPLATES[family])))
+    chosen = TEMPLATES[family][index]
+    allowed = phrasing_templates(family, phrasing)
+    return chosen if chosen in allowed else allowed[index % len(allowed)]
+
+
+def phrase(task: TaskSpec, phrasing: str = "held_out", index: int | None = None) -> str:
+    """The instruction of `task` (same family, colour, direction) worded in a phrasing split;
+    `index` picks the template (default: by the task's seed)."""
+    templates = phrasing_templates(task.family, phrasing)
+    template = templates[(task.seed if index is None else index) % len(templates)]
+    words = DIRECTION_WORDS[task.direction][0] if task.direction else ""
+    return template.format(c=task.color, d=words)
+
+
+def other_task_instruction(task: TaskSpec) -> str:
+    """The (train-phrased) instruction of another task of the same family: another colour, and for
+    a push the same direction. A policy that reads the words should fail the episode's own task."""
+    others = [c for c in COLORS if c != task.color]
+    other = TaskSpec(task.family, others[task.seed % len(others)], task.direction, "", task.seed)
+    return phrase(other, "train")
+
+
+def sample_task(rng: np.random.Generator, family: str, split: str = "train", seed: int = 0,
+                phrasing: str = "train") -> TaskSpec:
     family = LAYOUT_TASKS.get(family, family)
     if family == "mixed":
         family = FAMILIES[int(rng.integers(len(FAMILIES)))]
     colors = split_colors(family, split)
     color = colors[int(rng.integers(len(colors)))]
-    templates = TEMPLATES[family]
-    template = templates[int(rng.integers(len(templates)))]
+    template = _template(rng, family, phrasing)
     direction = None
     words = ""
     if family == "push":
@@ -192,12 +236,12 @@ def _place_slots(rng: np.random.Generator, order: list[int]) -> tuple[dict, tupl
     return pos, (0.50, 0.0)
 
 
-def sample_episode(seed: int, family: str = "reach", split: str = "train") -> Episode:
-    """Same seed, family and split -> the same task and layout."""
+def sample_episode(seed: int, family: str = "reach", split: str = "train", phrasing: str = "train") -> Episode:
+    """Same seed, family and split -> the same task and layout (whatever the phrasing)."""
     if family not in TASK_NAMES:
         raise ValueError(f"unknown task {family!r} (one of {TASK_NAMES})")
     rng = np.random.default_rng([int(seed), 0x51A7])
-    task = sample_task(rng, family, split, int(seed))
+    task = sample_task(rng, family, split, int(seed), phrasing)
     n = int(rng.integers(3, N_BLOCKS + 1))
     others = [i for i in range(N_BLOCKS) if i != task.target]
     rng.shuffle(others)
