@@ -78,3 +78,20 @@ class GamepadDevice(Protocol):
     def read(self) -> GamepadReading: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SpaceMouseReading:
+    """One snapshot of a 3D mouse: what ``SpaceMouseDevice.read`` returns, each axis in [-1, 1]."""
+
+    translation: tuple[float, float, float]  # the puck pushed along the device's x, y, z
+    rotation: tuple[float, float, float]  # the puck tilted/twisted: roll, pitch, yaw
+    buttons: tuple[bool, ...] = ()
+
+
+class SpaceMouseDevice(Protocol):
+    """A 3D mouse (``hardware.spacemouse.PySpaceMouse``). ``read`` raises RuntimeError when it is gone."""
+
+    def read(self) -> SpaceMouseReading: ...
+
+    def close(self) -> None: ...

@@ -45,7 +45,9 @@ from server.teleop import (
 log = logging.getLogger(__name__)
 
 # "teleop": an operator drives the running episode (from the page or a device at the robot)
-RobotState = Literal["running", "teleop", "waiting_label", "paused", "holding", "resetting", "error"]
+# "waiting_reset": the arm is home, the robot waits for the operator's ready (server/scene.py)
+RobotState = Literal["running", "teleop", "waiting_label", "waiting_reset", "paused", "holding", "resetting",
+                     "error"]
 OperatorCommand = Literal["end_episode", "pause", "resume"]
 LabelOutcome = Literal["success", "failure", "discard"]
 MAX_KEPT_LABELS = 4096
