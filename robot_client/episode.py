@@ -144,7 +144,8 @@ class EpisodeRunner:
         n = 0
         while not self._stop.is_set() and (episodes == 0 or n < episodes):
             recording = self.demos_recorded < self.cfg.record_demos
-            if not self.wait_for_server(teleop_only=recording) or not self.between_episodes():
+            # the scene reset first: the arm goes home right after the label, whatever the server's state
+            if not self.between_episodes() or not self.wait_for_server(teleop_only=recording):
                 break
             _, end = self.run_one(seed=self.cfg.seed + n, mode=MODE_RECORD if recording else self.episode_mode(n))
             if recording and end.outcome == "success":

@@ -307,6 +307,8 @@ class RobotRegistry:
         reward model's when it is confident) or queue it for the operator."""
         r = self._robot(robot_id)
         self._new_episode(r, episode_id)
+        if r.teleop is not None and r.teleop.episode_id == episode_id:  # its episode is over: S labels again
+            self.hand_back(robot_id, reason="episode ended")
         key = (robot_id, episode_id)
         p = None if score is None else score.p
         if self.auto_label and body.auto_outcome is not None:
