@@ -231,9 +231,19 @@ class EpisodeRunner:
         answer = self._wait_ready(waits)
         if answer is None:
             return False
-        self._take_task(answer)
+        if self._take_task(answer) is not None:  # the page shows the task (or the refusal) now
+            try:
+                self.client.next_episode(waiting=False, wait_s=0.0, offer={**self._task_offer(),
+                                                                            "refused": self._refused[:1000]})
+            except (ServerUnavailable, ServerRefused) as e:
+                log.debug("refusal not posted: %s", e)
         self._reset = {"reset": "operator" if waits else "auto"}
         return True
+
+    def _task_offer(self) -> dict:
+        choice = self.rig.choice
+        return {} if choice is None else {"tasks": choice.offer(), "task": choice.task,
+                                          "instruction": choice.instruction}
 
     def _ready_devices(self) -> list:
         return [s for s in self.loop.interventions if callable(getattr(s, "ready_pressed", None))]
@@ -244,11 +254,9 @@ class EpisodeRunner:
         announced = False
         while not self._stop.is_set():
             pressed = any(d.ready_pressed() for d in devices)  # a device's button counts as the page's
-            offer = {"tasks": self.rig.choice.offer(), "task": self.rig.choice.task,
-                     "instruction": self.rig.choice.instruction} if self.rig.choice is not None else {}
             try:
                 answer = self.client.next_episode(waiting=waits and not pressed, wait_s=0.5 if devices else 5.0,
-                                                  offer={**offer, "refused": self._refused[:1000]})
+                                                  offer={**self._task_offer(), "refused": self._refused[:1000]})
             except (ServerUnavailable, ServerRefused) as e:
                 if not waits and "HTTP 404" in str(e):  # an older server: no task choice, no wait
                     return {}
@@ -261,20 +269,22 @@ class EpisodeRunner:
                 return answer
         return None
 
-    def _take_task(self, answer: dict) -> None:
-        """The operator's task for the next episode, if they set one (kept until they set another)."""
+    def _take_task(self, answer: dict) -> bool | None:
+        """The operator's task for the next episode, if they set one (kept until they set another).
+        True: taken; False: refused (``_refused`` says why); None: nothing was set."""
         choice = self.rig.choice
         task, instruction = answer.get("task"), answer.get("instruction")
         if choice is None or (task is None and instruction is None):
-            return
+            return None
         try:
             choice.choose(task, instruction)
         except ValueError as e:
             self._refused = f"task refused: {e}"
             log.error("%s; the task stays %r", self._refused, choice.task)
-            return
+            return False
         self._refused = ""
         log.info("next episode's task: %s (%r)", choice.task, choice.instruction or "drawn per episode")
+        return True
 
     # ---------------------------------------------------------------- one episode
     def run_one(self, seed: int, mode: str | None = None) -> tuple[EpisodeResult, EpisodeEnd]:
