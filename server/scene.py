@@ -157,9 +157,10 @@ def board_of(request: Request) -> SceneBoard:
 
 
 @router.post("/robots/{robot_id}/next_episode", dependencies=[Depends(require_robot)])
-async def next_episode(body: NextEpisodeIn, robot_id: str = RobotIdParam,
+async def next_episode(request: Request, body: NextEpisodeIn, robot_id: str = RobotIdParam,
                        board: SceneBoard = Depends(board_of)) -> dict:
-    return await board.between_episodes(robot_id, body)
+    limit = request.app.state.config.server.label_poll_max_s  # the same cap as the label long-poll
+    return await board.between_episodes(robot_id, body.model_copy(update={"wait_s": min(body.wait_s, limit)}))
 
 
 @router.post("/robots/{robot_id}/ready", dependencies=[Depends(require_operator)],
