@@ -180,3 +180,23 @@ def test_next_task_from_the_page_and_the_mock_refuses_an_instruction_it_has_no_t
         client.close(10)
     sim_task = client.rig.choice
     assert (sim_task.task, sim_task.instruction) == ("push", "Push the blue block to the left")
+
+
+def test_spacemouse_axes_map_to_the_base_frame_and_a_bad_setting_or_no_device_is_one_line():
+    import subprocess
+    import sys
+
+    m = SpaceMouseMapping()
+    pushed = SpaceMouseReading((0.5, 1.0, -1.0), (0.0, 0.0, 0.05), ())  # right, forward, down; yaw in dead zone
+    translation, rotation = m.intent(pushed)
+    assert translation[0] == pytest.approx(1.0) and translation[1] < -0.4 and translation[2] == pytest.approx(-1.0)
+    assert rotation == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="unknown keys \\['dead_zon'\\]"):
+        SpaceMouseMapping.from_overrides({"dead_zon": 0.1})
+    assert SpaceMouseMapping.from_overrides({"signs_rotation": [1, 1, -1]}).signs_rotation == (1.0, 1.0, -1.0)
+    # this machine has no SpaceMouse (nor libhidapi): the client refuses to start, in one line
+    r = subprocess.run([sys.executable, "-m", "vlaloop.cli", "robot", "--backend", "mock", "--teleop", "spacemouse",
+                        "--episodes", "1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vlaloop robot: cannot start --teleop spacemouse: no SpaceMouse")
