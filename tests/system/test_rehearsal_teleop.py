@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from browser import IMG_DIR, js_errors
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from standins import PY, Proc, http_ok, wait_for
@@ -37,7 +38,7 @@ from robot_client.teleop import GamepadMapping, GamepadTeleop, TeleopSpeeds
 
 ROBOT, OPERATOR = "robot-token-rehearsal", "operator-token-rehearsal"
 RATE_HZ, MAX_STEPS, DEMOS, PAGE_DEMOS = 10, 10, 10, 8
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(720)]
 
 
 class Pad:
@@ -103,12 +104,27 @@ class Page:
         self.key(outcome[0])
         return outcome
 
-    def ready(self) -> None:
+    def ready(self, screenshot: str | None = None) -> None:
         self.wait_state("waiting_reset")
         badge = self.card().find_element(By.CSS_SELECTOR, '[data-field="state"]').text
         assert "scene reset" in badge.lower(), badge
         assert not self.card().find_element(By.CSS_SELECTOR, ".reset-bar").get_attribute("hidden")
+        if screenshot:
+            IMG_DIR.mkdir(parents=True, exist_ok=True)
+            self.driver.save_screenshot(str(IMG_DIR / screenshot))
         self.key("n")
+
+    def set_next_task(self, instruction: str) -> None:
+        """Type an instruction into the card's task field and press Set next task."""
+        field = self.card().find_element(By.CSS_SELECTOR, ".task-instruction")
+        field.click()
+        field.send_keys(instruction)
+        self.card().find_element(By.CSS_SELECTOR, '[data-action="set-task"]').click()
+        self.actions += 2
+        wait_for(lambda: "next episode" in self.note(), 10, "the page to show the next task")
+
+    def note(self) -> str:
+        return self.card().find_element(By.CSS_SELECTOR, '[data-field="task-note"]').text
 
 
 def bound(port: int) -> bool:
@@ -132,15 +148,16 @@ def test_first_day_rehearsal_teleop_demos_stage0_reset_label_rl_round(tmp_path, 
     sport, lport = free_port(), free_port()
     env = {"OMP_NUM_THREADS": "1", "VLALOOP_SERVER__ROBOT_TOKEN": ROBOT, "VLALOOP_SERVER__OPERATOR_TOKEN": OPERATOR,
            "VLALOOP_LEARNER__BIND": f"tcp://127.0.0.1:{lport}", "VLALOOP_LEARNER__BOOTSTRAP_MIN_DEMOS": str(DEMOS),
-           "VLALOOP_LEARNER__BOOTSTRAP_STEPS": "40", "VLALOOP_LEARNER__BOOTSTRAP_BATCH_SIZE": "16",
+           "VLALOOP_LEARNER__BOOTSTRAP_STEPS": "20", "VLALOOP_LEARNER__BOOTSTRAP_BATCH_SIZE": "8",
            "VLALOOP_LEARNER__EPISODES_PER_ROUND": "2", "VLALOOP_LEARNER__RL_ROUNDS_PER_PHASE": "1",
            "VLALOOP_LEARNER__CRITIC_WARMUP_ROUNDS": "0", "VLALOOP_LEARNER__SFT_STEPS": "5"}
     base = [PY, "-m", "vlaloop.cli", "--run-dir", str(run)]
     server = Proc([*base, "serve", "--port", str(sport)], tmp_path / "server.log", port=sport, env=env,
-                  ready=lambda: http_ok(f"http://127.0.0.1:{sport}/healthz")).start()
-    procs.append(server)
-    learner = Proc([*base, "learn"], tmp_path / "learner.log", port=lport, env=env, ready=lambda: bound(lport)).start()
-    procs.append(learner)
+                  ready=lambda: http_ok(f"http://127.0.0.1:{sport}/healthz"))
+    learner = Proc([*base, "learn"], tmp_path / "learner.log", port=lport, env=env, ready=lambda: bound(lport))
+    for proc in (server, learner):
+        proc.env.pop("VLALOOP_UPDATE_SCREENSHOTS", None)  # the tests' switch, not a deployment setting
+        procs.append(proc.start())
     url = f"http://127.0.0.1:{sport}"
     ready = httpx.get(f"{url}/readyz", timeout=5)
     assert ready.status_code == 503 and ready.json()["teleop_only"] is True, ready.text
@@ -163,15 +180,24 @@ def test_first_day_rehearsal_teleop_demos_stage0_reset_label_rl_round(tmp_path, 
         record_demos(page, pad, client)
         t_demos = time.monotonic()
         # Stage 0 starts by itself: v1 appears, trained on the 10 recorded demos, and the server serves it
-        wait_for(lambda: latest_version(run) >= 1, 240, "Stage 0 to publish v1")
-        wait_for(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, 60, "the server to load v1")
+        # (generous limits: on a loaded 2-core machine Stage 0 and the server's load take minutes)
+        wait_for(lambda: latest_version(run) >= 1, 300, "Stage 0 to publish v1")
+        wait_for(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, 180, "the server to load v1")
         t_stage0 = time.monotonic()
-        labels = []
+        # the next episode's task from the page: the mock refuses an instruction it has no task for
+        # (the card says why, the task stays), and takes one it has at the next episode
+        page.set_next_task("make coffee")
+        page.ready(screenshot="scene_reset.png")
+        wait_for(lambda: "task refused" in page.note(), 20, "the refusal on the card")
+        assert "no task for the instruction 'make coffee'" in page.note()
+        labels = [page.label_as_the_success_check_says()]
+        page.set_next_task("reach the blue block")
         while latest_version(run) < 2:  # policy episodes: ready, label; until the RL round publishes
             page.ready()
             labels.append(page.label_as_the_success_check_says())
-            assert len(labels) <= 6, "the RL round did not publish after 6 labelled episodes"
+            assert len(labels) <= 7, "the RL round did not publish after 7 labelled episodes"
         t_rl = time.monotonic()
+        assert js_errors(browser) == []
     finally:
         client.stop()
         thread.join(30)
@@ -196,6 +222,8 @@ def test_first_day_rehearsal_teleop_demos_stage0_reset_label_rl_round(tmp_path, 
     online = [m for m in metas if m.get("source") == "online"]
     assert len(online) >= 2 and all(m["extra"]["reset"] == "operator" for m in online)
     assert [m["outcome"] for m in online[:len(labels)]] == labels
+    assert "coffee" not in online[0]["instruction"] and online[0]["task"] == "reach"
+    assert all(m["instruction"] == "reach the blue block" and m["task"] == "reach" for m in online[1:len(labels)])
     v2 = json.loads((run / "checkpoints" / "v000002" / "meta.json").read_text())
     assert v2["phase"] == "rl"
     total = time.monotonic() - t_start

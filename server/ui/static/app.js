@@ -282,7 +282,7 @@ function updateCard(card, r) {
     : (r.paused && r.state !== "paused" ? "Pausing…" : (STATE_NAMES[r.state] || r.state)));
   badge.className = "badge state-" + r.state + (r.stale ? " stale" : "");
   const canary = ui.promotion && ui.promotion.canary ? ui.promotion.canary.version : null;
-  setField(root, "version", r.policy_version === null ? "policy –"
+  setField(root, "version", r.policy_version === null || r.policy_version < 0 ? "policy –"
     : "policy v" + r.policy_version + (r.policy_version === canary ? " (canary)" : ""));
   setField(root, "instruction", r.instruction || "–");
   setField(root, "step", r.step === null ? "–" : String(r.step));
