@@ -251,9 +251,10 @@ class EpisodeRunner:
     def _wait_ready(self, waits: bool) -> dict | None:
         """The server's answer once the operator is ready (at once without a wait); None on stop."""
         devices = self._ready_devices() if waits else []
-        announced = False
+        announced = pressed = False
         while not self._stop.is_set():
-            pressed = any(d.ready_pressed() for d in devices)  # a device's button counts as the page's
+            # a device's button counts as the page's (kept while the server does not answer)
+            pressed = any([d.ready_pressed() for d in devices]) or pressed
             try:
                 answer = self.client.next_episode(waiting=waits and not pressed, wait_s=0.5 if devices else 5.0,
                                                   offer={**self._task_offer(), "refused": self._refused[:1000]})
