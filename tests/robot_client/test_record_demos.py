@@ -200,3 +200,21 @@ def test_spacemouse_axes_map_to_the_base_frame_and_a_bad_setting_or_no_device_is
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vlaloop robot: cannot start --teleop spacemouse: no SpaceMouse")
+
+
+def test_the_franka_takes_any_instruction_and_its_task_list_by_name():
+    from deployment.robot import TaskOption
+    from robot_client.tasks import franka_choice
+
+    with pytest.raises(ValueError, match="needs an instruction"):
+        franka_choice([], "reach", "")
+    choice = franka_choice([TaskOption(name="stack", instruction="stack the red block on the blue one"),
+                            TaskOption(name="wipe", instruction="wipe the table")], "stack", "")
+    assert (choice.task, choice.instruction) == ("stack", "stack the red block on the blue one")
+    choice.choose("wipe", None)
+    assert (choice.task, choice.instruction) == ("wipe", "wipe the table")
+    choice.choose(None, "wipe the table slowly")  # a typed instruction: the task name stays
+    assert (choice.task, choice.instruction) == ("wipe", "wipe the table slowly")
+    with pytest.raises(ValueError, match="no task 'juggle'"):
+        choice.choose("juggle", None)
+    assert (choice.task, choice.instruction) == ("wipe", "wipe the table slowly")  # unchanged
