@@ -92,10 +92,11 @@ class RobotConfig(BaseModel):
                           "move and never homes; episodes end aborted (stored, never trained on)")
 
     # --- interventions (docs/teleop.md)
-    teleop: Literal["none", "gamepad", "spacemouse", "scripted"] = Field(
+    teleop: Literal["none", "gamepad", "spacemouse", "hand", "scripted"] = Field(
         default="none", description="a device at the robot the operator can take over with (a dead-man "
         "button: released, the policy drives), a SpaceMouse (drives while the puck is deflected); the operator "
-        "page can always take over through the server. "
+        "page can always take over through the server; hand (record_demos only): the operator moves the arm "
+        "by hand (the Franka's guiding mode) and its pose changes are recorded. "
         "scripted (simulators only): the simulator's expert takes over when the policy leaves its path "
         "(robot_client/scripted_operator.py, settings in scripted_operator)")
     teleop_deadline_s: float = Field(default=0.5, gt=0, le=5, description="an operator's command older than "

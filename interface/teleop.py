@@ -22,7 +22,7 @@ from interface.action import ACTION_DIM
 from interface.robot import ArmState
 
 # Who drove an intervention step (StepMsg.intervention_source).
-SOURCE_PAGE, SOURCE_GAMEPAD, SOURCE_SCRIPTED = "page", "gamepad", "scripted"
+SOURCE_PAGE, SOURCE_GAMEPAD, SOURCE_SCRIPTED, SOURCE_HAND = "page", "gamepad", "scripted", "hand"
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,9 @@ class TeleopAction:
     source: str  # SOURCE_PAGE, SOURCE_GAMEPAD, SOURCE_SCRIPTED, ...
     t_command: float  # time.monotonic() when the operator's command was made: its age gates motion
     seq: int = -1  # the command's sequence number at its source (-1: none), for latency reports
+    # the operator moved the arm with their hands (hand-guiding): the step happened already; the loop
+    # commands nothing and records the motion as the step's action
+    by_hand: bool = False
 
     def __post_init__(self) -> None:
         a = np.asarray(self.action, dtype=np.float64).reshape(-1)

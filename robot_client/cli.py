@@ -19,6 +19,7 @@ from deployment.robot import RobotConfig
 from interface.teleop import InterventionSource
 from robot_client.dry_run import HoldingArm
 from robot_client.episode import EpisodeRunner, Rig, StatusReporter
+from robot_client.hand_guiding import HandGuiding
 from robot_client.loop import ControlLoop
 from robot_client.outbox import Outbox
 from robot_client.safety import SafetyFilter
@@ -49,9 +50,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--dry-run", action="store_const", const=True, default=None,
                         help="everything but motion: the arm holds instead of moving (first day on hardware)")
-    parser.add_argument("--teleop", choices=["none", "gamepad", "spacemouse", "scripted"], default=None,
+    parser.add_argument("--teleop", choices=["none", "gamepad", "spacemouse", "hand", "scripted"], default=None,
                         help="a gamepad at the robot can take over while its dead-man button (LB) is held, a "
-                             "SpaceMouse while its puck is deflected (docs/teleop.md); scripted: the simulator's "
+                             "SpaceMouse while its puck is deflected, hand: demonstrations by hand-guiding the arm "
+                             "(--record-demos only) (docs/teleop.md); scripted: the simulator's "
                              "expert takes over when the policy goes wrong (docs/interventions.md); the operator "
                              "page can always take over")
     parser.add_argument("--record-demos", type=int, default=None,
@@ -91,6 +93,13 @@ def build_interventions(cfg: RobotConfig, rig: Rig | None) -> list[InterventionS
     expert), ImportError (library missing) or ValueError (a bad setting)."""
     if cfg.teleop == "none":
         return []
+    if cfg.teleop == "hand":
+        if rig is None:
+            raise RuntimeError("hand-guiding needs the arm")
+        if cfg.record_demos <= 0:
+            raise ValueError("hand-guiding records demonstrations only (add --record-demos N): the policy must "
+                             "never command an arm a person is moving")
+        return [HandGuiding(rig.arm)]
     if cfg.teleop == "scripted":
         if rig is None or rig.expert is None:
             raise RuntimeError(f"the {cfg.backend} backend has no expert to drive (simulators only)")

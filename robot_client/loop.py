@@ -286,6 +286,7 @@ class ControlLoop:
         obs = self._capture(ep)
         if not isinstance(obs, _Obs):
             return obs  # an arm error, a camera hold (None) or a camera abort
+        previous, ep.last_obs = ep.last_obs, obs
         self._ask(ep, tick, t_start, obs)
         self._await_action(ep, tick, t_start)
         teleop = self._intervention(ep, tick, t_start, obs)
@@ -295,7 +296,12 @@ class ControlLoop:
         end = self._act(ep, decision, obs)
         if end is not None:
             return end
-        self._record(ep, tick, decision, obs)
+        # a hand-guided step is the motion from the last tick's observation to this one's: it belongs
+        # to the last observation (what the operator saw when they moved the arm)
+        by_hand = decision.teleop is not None and decision.teleop.by_hand
+        seen = previous if by_hand else obs
+        if seen is not None:
+            self._record(ep, tick, decision, seen)
         if self.success is not None and self.success():
             return END_SUCCESS, "success predicate"
         if ep.n_steps >= max_steps:
@@ -476,7 +482,14 @@ class ControlLoop:
         return None
 
     def _act(self, ep: _EpisodeState, planned: _Planned, obs: _Obs) -> tuple[str, str] | None:
-        """The SafetyFilter, then move (or hold if it says so)."""
+        """The SafetyFilter, then move (or hold if it says so). A hand-guided step has happened
+        already: nothing is commanded (the operator's hands move the arm, no filter can stop them)."""
+        if planned.teleop is not None and planned.teleop.by_hand:
+            planned.safe = SafeAction(np.asarray(planned.raw, dtype=np.float64), hold=False)
+            if self.journal is not None:
+                self.journal.executed(ep.n_steps)
+            ep.holding, ep.t_issued = False, time.monotonic()
+            return None
         planned.safe = self.safety.filter(planned.raw, obs.state.position, obs.state.gripper)
         for k, v in planned.safe.counters.items():
             ep.count(k, v)
@@ -762,6 +775,7 @@ class _EpisodeState:
         self.teleop_ack: TeleopAck | None = None  # the last page command executed, for the next query
         self.teleop_ack_seq: int | None = None
         self.teleop_latency_ms: list[float] = []  # per page command: server received -> executed
+        self.last_obs: _Obs | None = None  # the previous tick's observation (a hand-guided step's)
 
     @property
     def recording(self) -> bool:

@@ -218,3 +218,50 @@ def test_the_franka_takes_any_instruction_and_its_task_list_by_name():
     with pytest.raises(ValueError, match="no task 'juggle'"):
         choice.choose("juggle", None)
     assert (choice.task, choice.instruction) == ("wipe", "wipe the table slowly")  # unchanged
+
+
+def test_hand_guiding_records_the_pose_changes_as_actions_and_commands_nothing(tmp_path, server, procs):
+    """The operator's hands are the test moving the simulated arm's pose (hardware is the only stand-in)."""
+    from robot_client.hand_guiding import HandGuiding
+
+    learner = standin_learner(tmp_path, tmp_path / "episodes")
+    procs.append(learner)
+    settings = {"rate_hz": RATE_HZ, "max_steps": 8, "label_timeout_s": 20, "ack_timeout_s": 1.0, "record_demos": 1,
+                "scene_reset": "auto", "realtime_priority": 0, "operator": "dave", "teleop": "hand"}
+    cfg = RobotConfig(robot_id="hand0", backend="mock", task="reach", server_url=server.url, token=ROBOT,
+                      learner_addr=f"tcp://127.0.0.1:{learner.port}", outbox_dir=str(tmp_path / "outbox"), **settings)
+    cal = default_mock_calibration()
+    rig = build_rig(cfg, ["front"], 64, cal)
+    scene = rig.arm._robot.scene
+    arm = rig.arm = RecordingArm(rig.arm)
+    client = RobotClient(cfg, rig, cal, cfg.outbox_dir, DeploymentConfig().config_hash(), [HandGuiding(arm)])
+    thread = threading.Thread(target=client.run, daemon=True)
+    thread.start()
+    op = Operator(server.url, "hand0")
+    try:
+        op.wait_state("running")
+        time.sleep(0.3)
+        assert client.loop.episode.n_steps == 0  # nobody guides: nothing recorded
+        while not (op.robot().get("awaiting_label") or []):  # the hands push the arm +x, 2 mm per 25 ms
+            with rig.arm.inner._robot.lock:
+                scene.state.ee = scene.state.ee + np.array([0.002, 0.0, 0.0])
+            time.sleep(0.025)
+        op.post("label", json={"episode_id": op.robot()["awaiting_label"][0], "outcome": "success"})
+        wait_for(lambda: client.runner.demos_recorded == 1, 10, "the guided demo to count")
+    finally:
+        client.stop()
+        thread.join(30)
+        client.close(10)
+    assert moves(arm) == []  # the loop commanded no motion while the hands moved the arm
+    wait_for(lambda: stored_episodes(tmp_path / "episodes"), 10, "the stored demo")
+    (stored,) = stored_episodes(tmp_path / "episodes").values()
+    records = stored["records"]
+    assert stored["meta"]["demo"] == {"drivers": {"hand": ["dave"]}, "devices": ["hand"]}
+    assert len(records) == 8 and all(r["intervention_source"] == "hand" for r in records)
+    for now, after in zip(records, records[1:], strict=False):  # each action takes its state to the next one
+        assert np.allclose(np.array(now["state"][:3]) + now["action"][:3], after["state"][:3], atol=1e-5)
+        assert now["action"][0] >= 0.0019  # at least one 2 mm push per 50 ms tick
+    with pytest.raises(ValueError, match="records demonstrations only"):
+        from robot_client.cli import build_interventions
+
+        build_interventions(cfg.model_copy(update={"record_demos": 0}), rig)
