@@ -28,6 +28,10 @@ class LearnerConfig(BaseModel):
     status_interval_s: float = Field(default=1.0, gt=0, description="status.json refresh while only ingesting")
     # algorithms (learner/trainer.py, bootstrap.py, sft.py, rl/); defaults tuned on the mock reach task
     bootstrap_demos: int = Field(default=40, ge=1, description="mock: expert demos recorded for Stage 0 if missing")
+    bootstrap_min_demos: int = Field(default=0, ge=0, description="Stage 0 starts once this many successful "
+                                     "expert demos (recorded by teleop: robot.record_demos) are in the store, and "
+                                     "no scripted demos are recorded for it; 0: a simulator records "
+                                     "bootstrap_demos with its scripted expert, a robot needs one")
     bootstrap_steps: int = Field(default=400, ge=1, description="Stage 0 SFT steps (full model, tiny init)")
     bootstrap_batch_size: int = Field(default=32, ge=1)
     bootstrap_lr: float = Field(default=1e-3, gt=0)

@@ -7,6 +7,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class TaskOption(BaseModel):
+    """A task the operator page may give this robot for its next episode."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128, description="stored with each episode as its task")
+    instruction: str = Field(default="", max_length=512, description="the instruction the policy gets; empty: "
+                             "a simulator draws one of the task's own per episode")
+
+
 class RobotConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt key in the YAML or env is an error
     robot_id: str = Field(default="mock0", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
@@ -70,13 +79,27 @@ class RobotConfig(BaseModel):
     eval_every: int = Field(default=0, ge=0, description="every Nth episode is a greedy evaluation episode "
                             "(purpose 'eval', never trained on); 0 = never")
     instruction: str = Field(default="", description="franka: the task instruction given to the policy")
+    tasks: list[TaskOption] = Field(default_factory=list, description="the tasks the operator page may set for "
+                                    "the next episode (name + instruction); empty: robot.task alone (franka: "
+                                    "with robot.instruction; a simulator: each of its own tasks)")
+    record_demos: int = Field(default=0, ge=0, description="first record this many demonstrations by teleop "
+                              "(episodes the operator labels success): only an operator drives, the policy is "
+                              "never asked, the server may have no checkpoint; then run the policy")
+    operator: str = Field(default="", max_length=64, description="who drives with a device at the robot "
+                          "(stored with each demonstration); the page's operators name themselves")
+    scene_reset: Literal["auto", "operator", "default"] = Field(
+        default="default", description="after an episode the arm goes home; operator: the robot then waits for "
+        "the operator's ready (page button, gamepad Start, SpaceMouse right button) before the next episode; "
+        "auto: at once (the simulator resets the scene); default: operator on franka, auto on simulators")
     dry_run: bool = Field(default=False, description="everything but motion: the arm holds where it would "
                           "move and never homes; episodes end aborted (stored, never trained on)")
 
     # --- interventions (docs/teleop.md)
-    teleop: Literal["none", "gamepad", "scripted"] = Field(
+    teleop: Literal["none", "gamepad", "spacemouse", "hand", "scripted"] = Field(
         default="none", description="a device at the robot the operator can take over with (a dead-man "
-        "button: released, the policy drives); the operator page can always take over through the server. "
+        "button: released, the policy drives), a SpaceMouse (drives while the puck is deflected); the operator "
+        "page can always take over through the server; hand (record_demos only): the operator moves the arm "
+        "by hand (the Franka's guiding mode) and its pose changes are recorded. "
         "scripted (simulators only): the simulator's expert takes over when the policy leaves its path "
         "(robot_client/scripted_operator.py, settings in scripted_operator)")
     teleop_deadline_s: float = Field(default=0.5, gt=0, le=5, description="an operator's command older than "
@@ -89,6 +112,8 @@ class RobotConfig(BaseModel):
     teleop_wait_reply: bool = Field(default=True, description="while the page drives, wait (within the reply "
                                     "budget) for the reply to this tick's query, which carries the newest command")
     gamepad_index: int = Field(default=0, ge=0, description="which joystick (pygame numbering) to use")
+    spacemouse_mapping: dict = Field(default_factory=dict, description="overrides of "
+                                     "robot_client.spacemouse.SpaceMouseMapping fields (signs, dead zone, buttons)")
     gamepad_mapping: dict = Field(default_factory=dict, description="overrides of "
                                   "robot_client.teleop.GamepadMapping fields (axes, buttons, dead zone)")
     scripted_operator: dict = Field(default_factory=dict, description="teleop scripted: overrides of "
@@ -108,3 +133,7 @@ class RobotConfig(BaseModel):
     camera_width: int = 640
     camera_height: int = 480
     camera_fps: int = 30
+
+    def operator_resets(self) -> bool:
+        """Whether the robot waits for the operator's ready between episodes (scene_reset)."""
+        return self.scene_reset == "operator" or (self.scene_reset == "default" and self.backend == "franka")

@@ -211,6 +211,13 @@ class FrankaArm(Arm):
             except Exception as e2:  # noqa: BLE001
                 log.error("robot.stop() failed: %s", e2)
 
+    def enable_guiding(self) -> None:
+        """Hand-guiding for demonstrations (robot_client/hand_guiding.py): stop any motion, then free
+        every Cartesian axis (not the elbow) while the operator presses the two buttons at the flange
+        (franky's Robot.set_guiding_mode). Untested on an arm here (no hardware)."""
+        self.hold()
+        self._call("set_guiding_mode", self.robot.set_guiding_mode, [True] * 6, False)
+
     def recover(self) -> None:
         ok = self._call("recover", self.robot.recover_from_errors)
         if not ok:

@@ -22,7 +22,7 @@ from interface.action import ACTION_DIM
 from interface.robot import ArmState
 
 # Who drove an intervention step (StepMsg.intervention_source).
-SOURCE_PAGE, SOURCE_GAMEPAD, SOURCE_SCRIPTED = "page", "gamepad", "scripted"
+SOURCE_PAGE, SOURCE_GAMEPAD, SOURCE_SCRIPTED, SOURCE_HAND = "page", "gamepad", "scripted", "hand"
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,9 @@ class TeleopAction:
     source: str  # SOURCE_PAGE, SOURCE_GAMEPAD, SOURCE_SCRIPTED, ...
     t_command: float  # time.monotonic() when the operator's command was made: its age gates motion
     seq: int = -1  # the command's sequence number at its source (-1: none), for latency reports
+    # the operator moved the arm with their hands (hand-guiding): the step happened already; the loop
+    # commands nothing and records the motion as the step's action
+    by_hand: bool = False
 
     def __post_init__(self) -> None:
         a = np.asarray(self.action, dtype=np.float64).reshape(-1)
@@ -76,5 +79,22 @@ class GamepadDevice(Protocol):
     """A gamepad (``hardware.gamepad.PygameGamepad``). ``read`` raises RuntimeError when it is gone."""
 
     def read(self) -> GamepadReading: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SpaceMouseReading:
+    """One snapshot of a 3D mouse: what ``SpaceMouseDevice.read`` returns, each axis in [-1, 1]."""
+
+    translation: tuple[float, float, float]  # the puck pushed along the device's x, y, z
+    rotation: tuple[float, float, float]  # the puck tilted/twisted: roll, pitch, yaw
+    buttons: tuple[bool, ...] = ()
+
+
+class SpaceMouseDevice(Protocol):
+    """A 3D mouse (``hardware.spacemouse.PySpaceMouse``). ``read`` raises RuntimeError when it is gone."""
+
+    def read(self) -> SpaceMouseReading: ...
 
     def close(self) -> None: ...

@@ -46,6 +46,12 @@ def ensure_demos(store: EpisodeStore, config, progress: bool = False) -> list[di
     `bootstrap_demos` first."""
     demos = expert_demos(store)
     want = config.learner.bootstrap_demos
+    needed = config.learner.bootstrap_min_demos
+    if needed:  # the operator's recorded demos alone (learner/trainer.py waits until they are in)
+        if len(demos) < needed:
+            raise RuntimeError(f"{len(demos)} of the {needed} expert demonstrations Stage 0 waits for "
+                               f"(learner.bootstrap_min_demos) are in {store.root}")
+        return demos
     if len(demos) < want and config.robot.backend in ("mock", "metaworld"):
         if config.robot.backend == "metaworld":
             from sim.metaworld.demos import record_demos

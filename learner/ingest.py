@@ -106,7 +106,8 @@ def episode_meta(store: EpisodeStore, msg: EpisodeEnd, learner_phase: str) -> di
     calibration = extra.pop("calibration", None)
     purpose = str(extra.get("purpose", "train"))
     meta = {
-        "source": "eval" if purpose == "eval" else "online",
+        # an operator's recorded demonstration (robot.record_demos) is an expert demo like `vlaloop demos`'
+        "source": {"eval": "eval", "demo": "expert"}.get(purpose, "online"),
         "outcome": msg.outcome,
         "label_source": msg.label_source,
         "n_steps": msg.n_steps,

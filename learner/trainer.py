@@ -264,7 +264,11 @@ class Trainer:
                    for m in sft_episodes(self.store, reward_model_labels=self.reward_model_labels))
 
     def has_demos(self) -> bool:
-        """Stage 0 can run: demos in the store, or the mock, whose scripted expert records them."""
+        """Stage 0 can run: demos in the store, or the mock, whose scripted expert records them; with
+        learner.bootstrap_min_demos, that many (recorded by teleop) and nothing scripted."""
+        needed = self.config.learner.bootstrap_min_demos
+        if needed:
+            return len(expert_demos(self.store)) >= needed
         return bool(expert_demos(self.store)) or self.config.robot.backend == "mock"
 
     def sft_phase(self, progress: bool = True, on_progress: Callable[[float], None] | None = None) -> dict:

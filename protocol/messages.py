@@ -93,6 +93,11 @@ class TeleopCommand(BaseModel):
     gripper: float | None = Field(default=None, ge=0, le=1, description="0 close .. 1 open; None: keep")
     age_s: float = Field(ge=0, description="seconds since the server received it, when this reply was built")
     source: str = "page"
+    operator: str | None = Field(default=None, max_length=64, description="who drives (the page's X-Operator "
+                                 "name); sent only to a robot recording demonstrations (ActRequest.teleop_only)")
+
+    def to_wire(self) -> dict:
+        return self.model_dump(exclude={"operator"} if self.operator is None else None)
 
     @field_validator("translation", "rotation", mode="before")
     @classmethod
@@ -114,6 +119,8 @@ class ActRequest(_Msg):
     mode: Mode = "greedy"
     teleop_ack: TeleopAck | None = Field(default=None, description="the last operator-page teleop command "
                                          "this robot executed (only while the page drives it)")
+    teleop_only: bool = Field(default=False, description="a robot recording demonstrations: no inference, the "
+                              "reply carries no actions, only the operator's command (served with no checkpoint)")
 
     @field_validator("state", mode="before")
     @classmethod
@@ -121,8 +128,11 @@ class ActRequest(_Msg):
         return _finite_list(v, "state")
 
     def to_wire(self) -> dict:
-        # teleop_ack only while a page drives, which only a server that knows the field offers
-        return self.model_dump(by_alias=True, exclude={"teleop_ack"} if self.teleop_ack is None else None)
+        # teleop_ack only while a page drives, which only a server that knows the field offers;
+        # teleop_only only while recording demonstrations, which needs a server that knows it
+        exclude = {name for name, unset in (("teleop_ack", self.teleop_ack is None),
+                                            ("teleop_only", not self.teleop_only)) if unset}
+        return self.model_dump(by_alias=True, exclude=exclude or None)
 
     @field_validator("images")
     @classmethod
@@ -144,7 +154,8 @@ class Timing(BaseModel):
 
 class ActResponse(_Msg):
     request_id: str
-    actions: list[list[float]] = Field(description="[H][7] action chunk in robot units")
+    actions: list[list[float]] = Field(description="[H][7] action chunk in robot units; empty in the answer to "
+                                       "a teleop_only request")
     log_prob: float = Field(description="log-prob of the whole chunk under the policy (sum over dims)")
     value: float
     policy_version: int
@@ -156,7 +167,10 @@ class ActResponse(_Msg):
     def to_wire(self) -> dict:
         # Without an operator driving, the reply is byte-for-byte what older robot clients expect
         # (their ActResponse forbids unknown keys).
-        return self.model_dump(by_alias=True, exclude={"teleop"} if self.teleop is None else None)
+        wire = self.model_dump(by_alias=True, exclude={"teleop"} if self.teleop is None else None)
+        if self.teleop is not None:
+            wire["teleop"] = self.teleop.to_wire()
+        return wire
 
 
 # ---------------------------------------------------------------- ZeroMQ: robot -> learner

@@ -19,13 +19,16 @@ from deployment.robot import RobotConfig
 from interface.teleop import InterventionSource
 from robot_client.dry_run import HoldingArm
 from robot_client.episode import EpisodeRunner, Rig, StatusReporter
+from robot_client.hand_guiding import HandGuiding
 from robot_client.loop import ControlLoop
 from robot_client.outbox import Outbox
 from robot_client.preflight import TokenRefused, check_learner_token, check_server_token
 from robot_client.safety import SafetyFilter
 from robot_client.scripted_operator import ScriptedOperator, intervention_config
 from robot_client.server_client import ActionLink, ServerClient
+from robot_client.spacemouse import SpaceMouseMapping, SpaceMouseTeleop
 from robot_client.streamer import Streamer
+from robot_client.tasks import franka_choice, simulator_choice
 from robot_client.teleop import GamepadMapping, GamepadTeleop, TakeoverWatch, TeleopSpeeds
 
 log = logging.getLogger(__name__)
@@ -48,10 +51,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--dry-run", action="store_const", const=True, default=None,
                         help="everything but motion: the arm holds instead of moving (first day on hardware)")
-    parser.add_argument("--teleop", choices=["none", "gamepad", "scripted"], default=None,
-                        help="a gamepad at the robot can take over while its dead-man button (LB) is held "
-                             "(docs/teleop.md); scripted: the simulator's expert takes over when the policy "
-                             "goes wrong (docs/interventions.md); the operator page can always take over")
+    parser.add_argument("--teleop", choices=["none", "gamepad", "spacemouse", "hand", "scripted"], default=None,
+                        help="a gamepad at the robot can take over while its dead-man button (LB) is held, a "
+                             "SpaceMouse while its puck is deflected, hand: demonstrations by hand-guiding the arm "
+                             "(--record-demos only) (docs/teleop.md); scripted: the simulator's "
+                             "expert takes over when the policy goes wrong (docs/interventions.md); the operator "
+                             "page can always take over")
+    parser.add_argument("--record-demos", type=int, default=None,
+                        help="first record N demonstrations by teleop (no policy needed; docs/teleop.md)")
+    parser.add_argument("--operator", default=None, help="who drives with the device at the robot (stored "
+                                                         "with each demonstration)")
+    parser.add_argument("--scene-reset", choices=["auto", "operator", "default"], default=None,
+                        help="operator: after each episode the arm goes home and the robot waits for the "
+                             "operator's Ready (default on franka)")
 
 
 def robot_config(args: argparse.Namespace, config) -> RobotConfig:
@@ -82,14 +94,25 @@ def build_interventions(cfg: RobotConfig, rig: Rig | None) -> list[InterventionS
     expert), ImportError (library missing) or ValueError (a bad setting)."""
     if cfg.teleop == "none":
         return []
+    if cfg.teleop == "hand":
+        if rig is None:
+            raise RuntimeError("hand-guiding needs the arm")
+        if cfg.record_demos <= 0:
+            raise ValueError("hand-guiding records demonstrations only (add --record-demos N): the policy must "
+                             "never command an arm a person is moving")
+        return [HandGuiding(rig.arm)]
     if cfg.teleop == "scripted":
         if rig is None or rig.expert is None:
             raise RuntimeError(f"the {cfg.backend} backend has no expert to drive (simulators only)")
         return [ScriptedOperator(rig.expert, intervention_config(cfg.scripted_operator))]
+    speeds = TeleopSpeeds(1.0 / cfg.rate_hz, cfg.teleop_linear_speed, cfg.teleop_angular_speed)
+    if cfg.teleop == "spacemouse":
+        from hardware.spacemouse import PySpaceMouse
+
+        return [SpaceMouseTeleop(PySpaceMouse(), speeds, SpaceMouseMapping.from_overrides(cfg.spacemouse_mapping))]
     from hardware.gamepad import PygameGamepad
 
     mapping = GamepadMapping.from_overrides(cfg.gamepad_mapping)
-    speeds = TeleopSpeeds(1.0 / cfg.rate_hz, cfg.teleop_linear_speed, cfg.teleop_angular_speed)
     return [GamepadTeleop(PygameGamepad(cfg.gamepad_index), speeds, mapping)]
 
 
@@ -109,18 +132,23 @@ def _backend_rig(cfg: RobotConfig, model_cameras: list[str], image_size: int, ca
         # a task or (metaworld) a task set; the split picks which of a set's tasks episodes draw
         robot = SimRobot(task=cfg.task, image_size=image_size, cameras=tuple(model_cameras), seed=cfg.seed,
                          split=cfg.split)
-        return Rig(arm=robot.arm, cameras=dict(robot.cameras), task=cfg.task,
-                   new_episode=lambda seed: robot.new_episode(seed), success=robot.success,
-                   max_steps=lambda: robot.max_steps, close=robot.close,
-                   expert=lambda noise: robot.expert_action_pair(noise)[1])
+        choice = simulator_choice(robot, cfg.tasks, cfg.task, sim_task_names(cfg.backend))
+
+        def new_episode(seed: int) -> str:
+            if choice.instruction:  # the operator's (or the task list's) instruction: its own task
+                return robot.new_episode_for(choice.instruction, seed)
+            return robot.new_episode(seed, task=choice.task)
+
+        return Rig(arm=robot.arm, cameras=dict(robot.cameras), task=cfg.task, new_episode=new_episode,
+                   success=robot.success, max_steps=lambda: robot.max_steps, close=robot.close,
+                   expert=lambda noise: robot.expert_action_pair(noise)[1], choice=choice)
     from hardware.franka import FrankaArm
     from hardware.realsense import RealSenseCamera
 
     if len(cfg.camera_serials) != len(model_cameras):
         raise ValueError(f"robot.camera_serials lists {len(cfg.camera_serials)} serials but the model "
                          f"wants {len(model_cameras)} cameras {model_cameras}; give one serial per camera")
-    if not cfg.instruction:
-        raise ValueError("the franka backend needs an instruction (--instruction or robot.instruction)")
+    choice = franka_choice(cfg.tasks, cfg.task, cfg.instruction)  # before the arm: a missing instruction
     arm = FrankaArm.connect(cfg.franka_host, realtime=cfg.franka_realtime, home_position=cal.home.position, home_rpy=cal.home.rpy,
                             relative_dynamics_factor=cfg.relative_dynamics_factor,
                             gripper_speed=cfg.gripper_speed, gripper_force=cfg.gripper_force)
@@ -132,8 +160,16 @@ def _backend_rig(cfg: RobotConfig, model_cameras: list[str], image_size: int, ca
         for cam in cameras.values():
             cam.close()
 
-    return Rig(arm=arm, cameras=cameras, task=cfg.task, new_episode=lambda seed: cfg.instruction,
-               success=None, max_steps=None, close=close)
+    return Rig(arm=arm, cameras=cameras, task=choice.task, new_episode=lambda seed: choice.instruction,
+               success=None, max_steps=None, close=close, choice=choice)
+
+
+def sim_task_names(backend: str) -> tuple[str, ...]:
+    if backend == "mock":
+        from sim.mock.tasks import TASK_NAMES
+    else:
+        from sim.metaworld.tasks import TASK_NAMES
+    return tuple(TASK_NAMES)
 
 
 class RobotClient:
@@ -230,7 +266,7 @@ def run(args: argparse.Namespace, config) -> int:
     except TokenRefused as e:
         print(f"vlaloop robot: {e}", file=sys.stderr)
         return 2
-    if cfg.teleop == "gamepad":  # the device first: no pad, no need to start the arm
+    if cfg.teleop in ("gamepad", "spacemouse"):  # the device first: no device, no need to start the arm
         try:
             interventions = build_interventions(cfg, None)
         except (ValueError, ImportError, RuntimeError) as e:
@@ -241,7 +277,7 @@ def run(args: argparse.Namespace, config) -> int:
     except (ValueError, ImportError, RuntimeError) as e:
         print(f"vlaloop robot: cannot start the {cfg.backend} backend: {e}", file=sys.stderr)
         return 2
-    if cfg.teleop != "gamepad":
+    if cfg.teleop not in ("gamepad", "spacemouse"):
         try:
             interventions = build_interventions(cfg, rig)
         except (ValueError, RuntimeError) as e:

@@ -25,8 +25,9 @@ from deployment.robot import RobotConfig
 from interface.robot import Arm, ArmError, Camera
 from protocol.messages import EpisodeEnd
 from robot_client.journal import ExecutionJournal
-from robot_client.loop import ControlLoop, EpisodeResult
+from robot_client.loop import MODE_RECORD, ControlLoop, EpisodeResult
 from robot_client.server_client import ServerClient, ServerRefused, ServerUnavailable
+from robot_client.tasks import TaskChoice
 
 log = logging.getLogger(__name__)
 KEEP_RESULTS = 1000  # EpisodeRunner.results keeps the latest episodes only
@@ -44,6 +45,7 @@ class Rig:
     max_steps: int | Callable[[], int] | None = None  # the task's limit (callable: read per episode)
     close: Callable[[], None] = field(default=lambda: None)
     expert: Callable[[float], np.ndarray] | None = None  # noise -> a simulator's expert action now (scripted operator)
+    choice: TaskChoice | None = None  # the tasks the operator may set for the next episode, and the one in force
 
 
 def new_episode_id() -> str:
@@ -124,6 +126,10 @@ class EpisodeRunner:
         self._mode = "sample" if cfg.mode == "auto" else cfg.mode
         self._seed: int | None = None  # the running episode's seed
         self._reward_model_p: float | None = None  # the server's reward-model score of the last label
+        self.demos_recorded = 0  # demonstrations the operator labelled success (robot.record_demos)
+        self._refused = ""  # why the operator's last task choice was refused (told to the page)
+        self._reset: dict = {}  # the scene reset before the running episode: who, and how long it took
+        self._reset_started = time.monotonic()
 
     def stop(self) -> None:
         self._stop.set()
@@ -137,9 +143,14 @@ class EpisodeRunner:
         self.close_crashed_episode()
         n = 0
         while not self._stop.is_set() and (episodes == 0 or n < episodes):
-            if not self.wait_for_server():
+            recording = self.demos_recorded < self.cfg.record_demos
+            # the scene reset first: the arm goes home right after the label, whatever the server's state
+            if not self.between_episodes() or not self.wait_for_server(teleop_only=recording):
                 break
-            self.run_one(seed=self.cfg.seed + n, mode=self.episode_mode(n))
+            _, end = self.run_one(seed=self.cfg.seed + n, mode=MODE_RECORD if recording else self.episode_mode(n))
+            if recording and end.outcome == "success":
+                self.demos_recorded += 1
+                log.info("demonstration %d of %d recorded", self.demos_recorded, self.cfg.record_demos)
             n += 1
         self.rig.arm.hold()
         return self.results
@@ -184,11 +195,12 @@ class EpisodeRunner:
             os.replace(tmp, self.marker)
             self.loop.journal.begin(episode_id)
 
-    def wait_for_server(self) -> bool:
-        """Hold the arm and retry until the server answers (and the action link sees it too)."""
+    def wait_for_server(self, teleop_only: bool = False) -> bool:
+        """Hold the arm and retry until the server answers (and the action link sees it too);
+        ``teleop_only`` (recording demonstrations): a server with no checkpoint yet will do."""
         announced = False
         while not self._stop.is_set():
-            if self.client.ready(timeout=1.0) and self.loop.link.down is None:
+            if self.client.ready(timeout=1.0, teleop_only=teleop_only) and self.loop.link.down is None:
                 return True
             if not announced:
                 log.warning("server %s not reachable or not ready; arm holding, retrying every %.1fs",
@@ -199,14 +211,96 @@ class EpisodeRunner:
             self._stop.wait(self.cfg.server_retry_s)
         return False
 
+    # ---------------------------------------------------------------- between two episodes
+    def between_episodes(self) -> bool:
+        """The scene reset and the next episode's task. With ``robot.scene_reset`` operator the arm
+        goes home and the robot waits for the operator's ready (the page's button, a device's);
+        otherwise (simulators) it goes on at once. False when the client stops meanwhile."""
+        waits = self.cfg.operator_resets()
+        self._reset_started = time.monotonic()
+        if waits:
+            try:
+                self.rig.arm.reset_home()
+            except ArmError as e:  # the episode's own reset tries again (and aborts it if it fails)
+                log.error("going home for the scene reset failed: %s", e)
+            self.rig.arm.hold()
+            log.info("scene reset: the arm is home; waiting for the operator's ready")
+            self.status.report("waiting_reset", episode_id=None, step=0,
+                               detail="reset the scene, then press Ready" + (f"; {self._refused}" if self._refused
+                                                                             else ""))
+        answer = self._wait_ready(waits)
+        if answer is None:
+            return False
+        if self._take_task(answer) is not None:  # the page shows the task (or the refusal) now
+            try:
+                self.client.next_episode(waiting=False, wait_s=0.0, offer={**self._task_offer(),
+                                                                            "refused": self._refused[:1000]})
+            except (ServerUnavailable, ServerRefused) as e:
+                log.debug("refusal not posted: %s", e)
+        self._reset = {"reset": "operator" if waits else "auto"}
+        return True
+
+    def _task_offer(self) -> dict:
+        choice = self.rig.choice
+        return {} if choice is None else {"tasks": choice.offer(), "task": choice.task,
+                                          "instruction": choice.instruction}
+
+    def _ready_devices(self) -> list:
+        return [s for s in self.loop.interventions if callable(getattr(s, "ready_pressed", None))]
+
+    def _wait_ready(self, waits: bool) -> dict | None:
+        """The server's answer once the operator is ready (at once without a wait); None on stop."""
+        devices = self._ready_devices() if waits else []
+        announced = pressed = False
+        while not self._stop.is_set():
+            # a device's button counts as the page's (kept while the server does not answer)
+            pressed = any([d.ready_pressed() for d in devices]) or pressed
+            try:
+                answer = self.client.next_episode(waiting=waits and not pressed, wait_s=0.5 if devices else 5.0,
+                                                  offer={**self._task_offer(), "refused": self._refused[:1000]})
+            except (ServerUnavailable, ServerRefused) as e:
+                if not waits and "HTTP 404" in str(e):  # an older server: no task choice, no wait
+                    return {}
+                if not announced:
+                    log.warning("between episodes: %s; arm holding, retrying", e)
+                    announced = True
+                self._stop.wait(self.cfg.server_retry_s)
+                continue
+            if answer.get("ready") or pressed:
+                return answer
+        return None
+
+    def _take_task(self, answer: dict) -> bool | None:
+        """The operator's task for the next episode, if they set one (kept until they set another).
+        True: taken; False: refused (``_refused`` says why); None: nothing was set."""
+        choice = self.rig.choice
+        task, instruction = answer.get("task"), answer.get("instruction")
+        if choice is None or (task is None and instruction is None):
+            return None
+        try:
+            choice.choose(task, instruction)
+        except ValueError as e:
+            self._refused = f"task refused: {e}"
+            log.error("%s; the task stays %r", self._refused, choice.task)
+            return False
+        self._refused = ""
+        log.info("next episode's task: %s (%r)", choice.task, choice.instruction or "drawn per episode")
+        return True
+
+    # ---------------------------------------------------------------- one episode
     def run_one(self, seed: int, mode: str | None = None) -> tuple[EpisodeResult, EpisodeEnd]:
         episode_id = new_episode_id()
         self._mode = mode or ("sample" if self.cfg.mode == "auto" else self.cfg.mode)
         self._seed = seed  # a simulator's episode is replayable from it
+        if self.rig.choice is not None:
+            self.rig.task = self.rig.choice.task
         self.status.report("resetting", episode_id=episode_id, step=0, task=self.rig.task)
         try:
             instruction = self.rig.new_episode(seed)
             self.rig.arm.reset_home()
+            # from the end of the last episode (its label) to this one's start: homing, the operator's
+            # scene reset, the simulator's reset
+            self._reset["reset_s"] = round(time.monotonic() - self._reset_started, 3)
         except ArmError as e:
             log.error("reset failed: %s; recovering", e)
             detail = f"reset failed: {e}"
@@ -220,8 +314,11 @@ class EpisodeRunner:
         rig_max = self.rig.max_steps() if callable(self.rig.max_steps) else self.rig.max_steps
         max_steps = min(self.cfg.max_steps, rig_max or self.cfg.max_steps)  # the task's limit, if smaller
         self._mark(episode_id, instruction)
+        recording = self._mode == MODE_RECORD
         self.status.report("running", episode_id=episode_id, step=0, instruction=instruction,
-                           task=self.rig.task, loop_hz=self.cfg.rate_hz, detail="")
+                           task=self.rig.task, loop_hz=self.cfg.rate_hz,
+                           detail=f"recording demonstration {self.demos_recorded + 1} of {self.cfg.record_demos}: "
+                                  f"take over to drive" if recording else self._refused)
         result = self.loop.run_episode(episode_id, instruction, max_steps, mode=self._mode)
         summary = result.timing_summary(self.loop.period)
         log.info("episode %s ended: %s after %d steps; jitter p99 %.2f ms; counters %s", episode_id,
@@ -233,6 +330,9 @@ class EpisodeRunner:
             self._stop_if_unrecoverable(result)
             return self._end(result, "aborted", "auto", auto_outcome=None)
         if self.cfg.dry_run:  # the arm never moved: nothing to label or learn from
+            return self._end(result, "aborted", "auto", auto_outcome=None)
+        if recording and result.n_steps == 0:  # nobody drove: no demonstration to label
+            log.warning("episode %s: no operator step recorded; not a demonstration", episode_id)
             return self._end(result, "aborted", "auto", auto_outcome=None)
         auto = None
         if self.rig.success is not None:
@@ -303,7 +403,11 @@ class EpisodeRunner:
                                 "auto_outcome": auto_outcome, "reward_model_p": reward_model_p,
                                 "counters": result.counters,
                                 "timing": result.timing_summary(self.loop.period), "mode": self._mode,
-                                "purpose": "eval" if self._mode == "greedy" else "train",
+                                "purpose": {"greedy": "eval", MODE_RECORD: "demo"}.get(self._mode, "train"),
+                                **self._reset,
+                                # a demonstration: who drove, with which device (source -> operators)
+                                **({"demo": {"drivers": result.drivers, "devices": sorted(result.drivers)}}
+                                   if self._mode == MODE_RECORD else {}),
                                 # the scene's seed: a simulator replays the episode's layout from it
                                 "seed": self._seed,
                                 **({"dry_run": True} if self.cfg.dry_run else {}),

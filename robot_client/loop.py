@@ -59,6 +59,11 @@ TELEOP_ERROR = "teleop_error"  # an intervention source raised: held like a stal
 DROP_SUPERSEDED = "drop_superseded_reply"  # asked while the operator drove, answered after the hand-back
 INTERVENTION_STEPS = "intervention_steps"  # episode total only (EpisodeResult.counters)
 TAKEOVERS = "takeovers"  # episode total only: times an operator took the arm from the policy
+# recording a demonstration: nobody drives this tick, so the arm holds and no step is recorded
+HOLD_NO_OPERATOR = "hold_no_operator"
+# An episode in this mode records a demonstration: only an operator drives, the policy is never asked
+# (the server may have no checkpoint yet), and only the operator's steps are recorded.
+MODE_RECORD = "record"
 
 # Why an episode ended. The first three are normal ends; the rest abort the episode.
 END_MAX_STEPS, END_SUCCESS, END_OPERATOR = "max_steps", "success", "operator"
@@ -123,6 +128,7 @@ class EpisodeResult:
     timings: list[TickTiming] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)  # totals over the episode
     teleop_latency_ms: list[float] = field(default_factory=list)  # page command at the server -> executed
+    drivers: dict[str, list[str]] = field(default_factory=dict)  # source -> who drove with it (operator steps)
 
     @property
     def aborted(self) -> bool:
@@ -267,7 +273,8 @@ class ControlLoop:
             self._hold(ep)
             log.warning("episode %s aborted: %s %s", ep.episode_id, reason, detail)
         return EpisodeResult(ep.episode_id, ep.instruction, ep.n_steps, reason, detail,
-                             ep.timings, dict(ep.totals), ep.teleop_latency_ms)
+                             ep.timings, dict(ep.totals), ep.teleop_latency_ms,
+                             {source: sorted(names) for source, names in ep.drivers.items()})
 
     def _tick(self, ep: _EpisodeState, tick: int, max_steps: int, t_start: float) -> tuple[str, str] | None:
         """One tick: capture -> ask -> take replies -> decide -> act -> record. Returns why the
@@ -279,6 +286,7 @@ class ControlLoop:
         obs = self._capture(ep)
         if not isinstance(obs, _Obs):
             return obs  # an arm error, a camera hold (None) or a camera abort
+        previous, ep.last_obs = ep.last_obs, obs
         self._ask(ep, tick, t_start, obs)
         self._await_action(ep, tick, t_start)
         teleop = self._intervention(ep, tick, t_start, obs)
@@ -288,7 +296,12 @@ class ControlLoop:
         end = self._act(ep, decision, obs)
         if end is not None:
             return end
-        self._record(ep, tick, decision, obs)
+        # a hand-guided step is the motion from the last tick's observation to this one's: it belongs
+        # to the last observation (what the operator saw when they moved the arm)
+        by_hand = decision.teleop is not None and decision.teleop.by_hand
+        seen = previous if by_hand else obs
+        if seen is not None:
+            self._record(ep, tick, decision, seen)
         if self.success is not None and self.success():
             return END_SUCCESS, "success predicate"
         if ep.n_steps >= max_steps:
@@ -330,7 +343,8 @@ class ControlLoop:
         self.link.submit(ActRequest(
             request_id=rid, robot_id=self.cfg.robot_id, episode_id=ep.episode_id, step=ep.n_steps,
             t_capture=obs.t_capture, instruction=ep.instruction, images=obs.jpegs,
-            state=obs.state_vec.tolist(), mode=ep.mode, teleop_ack=ep.teleop_ack))
+            state=obs.state_vec.tolist(), mode="greedy" if ep.recording else ep.mode, teleop_ack=ep.teleop_ack,
+            teleop_only=ep.recording))
         ep.last_query_tick = tick
 
     def _await_action(self, ep: _EpisodeState, tick: int, t_start: float) -> None:
@@ -380,8 +394,8 @@ class ControlLoop:
         """The policy drives again from a fresh query: nothing planned while the operator drove is
         executed (chunks dropped, earlier requests' replies superseded); this tick's observation,
         taken before any policy motion, is the one the policy answers."""
-        log.warning("episode %s step %d: operator handed back (%s); the policy drives", ep.episode_id,
-                    ep.n_steps, ep.driving)
+        log.warning("episode %s step %d: operator handed back (%s); %s", ep.episode_id, ep.n_steps, ep.driving,
+                    "the arm holds until an operator drives again" if ep.recording else "the policy drives")
         ep.chunk, ep.ensemble = None, []
         ep.teleop_ack, ep.teleop_stale_since = None, None
         for rid, (t, _) in list(ep.outstanding.items()):
@@ -443,6 +457,10 @@ class ControlLoop:
                 return END_TELEOP_LOST, "the page took over, but no reply brought its command"
             return None
         ep.takeover_pending_since = None
+        if ep.recording:  # a demonstration: nobody drives, nothing moves (waiting is not starving)
+            ep.count(HOLD_NO_OPERATOR)
+            self._hold(ep)
+            return None
         if reason is not None:
             return self._starving(ep, reason, t_start)
         ep.starving_since = None
@@ -464,7 +482,14 @@ class ControlLoop:
         return None
 
     def _act(self, ep: _EpisodeState, planned: _Planned, obs: _Obs) -> tuple[str, str] | None:
-        """The SafetyFilter, then move (or hold if it says so)."""
+        """The SafetyFilter, then move (or hold if it says so). A hand-guided step has happened
+        already: nothing is commanded (the operator's hands move the arm, no filter can stop them)."""
+        if planned.teleop is not None and planned.teleop.by_hand:
+            planned.safe = SafeAction(np.asarray(planned.raw, dtype=np.float64), hold=False)
+            if self.journal is not None:
+                self.journal.executed(ep.n_steps)
+            ep.holding, ep.t_issued = False, time.monotonic()
+            return None
         planned.safe = self.safety.filter(planned.raw, obs.state.position, obs.state.gripper)
         for k, v in planned.safe.counters.items():
             ep.count(k, v)
@@ -533,6 +558,9 @@ class ControlLoop:
             proposed_action=None if proposed is None else np.asarray(proposed, dtype=float).tolist(),
             instruction=ep.instruction, t_capture=obs.t_capture, t_act=time.time(), safety=ep.take_pending()))
         ep.totals[INTERVENTION_STEPS] = ep.totals.get(INTERVENTION_STEPS, 0) + 1
+        source = planned.teleop.source
+        who = self.page_teleop.operator if source == self.page_teleop.name else self.cfg.operator
+        ep.drivers.setdefault(source, set()).add(who or "operator")
         ep.step_of_tick[tick] = ep.n_steps
         ep.n_steps += 1
         ep.forget_before(tick - self._chunk_horizon(ep))
@@ -574,7 +602,7 @@ class ControlLoop:
             ep.expired.add(rid)
         if ep.paused:  # only to learn when the operator resumes; about twice a second
             return tick - ep.last_query_tick >= max(1, int(0.5 / self.period))
-        if ep.driving is not None or self._takeover_pending(ep):
+        if ep.driving is not None or self._takeover_pending(ep) or ep.recording:
             # every tick: the page's commands ride on the replies, and the policy's proposal stays current
             return True
         if self.cfg.execution == "ensemble":
@@ -594,7 +622,7 @@ class ControlLoop:
                 and not self.page_teleop.driving)
 
     def _has_action(self, ep: _EpisodeState, tick: int) -> bool:
-        if self._takeover_pending(ep):  # the reply to this tick's query brings the operator's command
+        if self._takeover_pending(ep) or ep.recording:  # the reply to this tick's query brings the operator's command
             return not any(t == tick for t, _ in ep.outstanding.values())
         if ep.driving == self.page_teleop.name and self.cfg.teleop_wait_reply:
             # the page's newest command rides on the reply to this tick's query: waiting for it (within
@@ -628,6 +656,10 @@ class ControlLoop:
         self._apply_command(ep, resp.command)  # the operator's buttons count even in a late reply
         # the page's teleop too: its own age decides whether it may move the arm
         self.page_teleop.receive(resp.teleop, reply.t_sent, reply.t_received, resp.timing.total_ms / 1e3)
+        if ep.recording:  # no actions in it: the reply says the server lives and who drives
+            self.watchdog.feed(now)
+            ep.tick_latency_ms = (reply.t_received - reply.t_sent) * 1e3
+            return
         if superseded:  # computed from an observation taken while the operator drove
             ep.count(DROP_SUPERSEDED)
             return
@@ -715,6 +747,7 @@ class _EpisodeState:
         self.n_steps = 0
         self.tick = 0
         self.mode = "sample"
+        self.drivers: dict[str, set[str]] = {}  # intervention source -> who drove with it
         self.chunk: Chunk | None = None
         self.ensemble: list[Chunk] = []
         self.outstanding: dict[str, tuple[int, float]] = {}  # request_id -> (tick, monotonic t)
@@ -742,6 +775,11 @@ class _EpisodeState:
         self.teleop_ack: TeleopAck | None = None  # the last page command executed, for the next query
         self.teleop_ack_seq: int | None = None
         self.teleop_latency_ms: list[float] = []  # per page command: server received -> executed
+        self.last_obs: _Obs | None = None  # the previous tick's observation (a hand-guided step's)
+
+    @property
+    def recording(self) -> bool:
+        return self.mode == MODE_RECORD
 
     @property
     def last_step_tick(self) -> int:

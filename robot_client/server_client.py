@@ -101,12 +101,15 @@ class ServerClient:
         except (ServerUnavailable, ServerRefused):
             return PROBE_GONE
 
-    def ready(self, timeout: float = 1.0) -> bool:
-        """The server answers and has a policy loaded (/readyz)."""
+    def ready(self, timeout: float = 1.0, teleop_only: bool = False) -> bool:
+        """The server answers and has a policy loaded (/readyz); with ``teleop_only`` (recording
+        demonstrations) a server without a checkpoint that serves teleop ("teleop only") will do."""
         try:
             self._request("GET", "/readyz", timeout=timeout)
             return True
-        except (ServerUnavailable, ServerRefused):
+        except ServerRefused as e:
+            return teleop_only and '"teleop_only":true' in str(e).replace(" ", "")
+        except ServerUnavailable:
             return False
 
     def learner_phase(self, timeout: float = 1.0) -> str | None:
@@ -132,6 +135,15 @@ class ServerClient:
         r = self._request("GET", f"/v1/robots/{self.robot_id}/teleop/wanted", timeout=wait_s + 5.0,
                           params={"episode_id": episode_id, "driving": driving, "wait_s": wait_s})
         return bool(r.json()["driving"])
+
+    def next_episode(self, waiting: bool, wait_s: float, offer: dict | None = None) -> dict:
+        """What the operator set for the next episode: ``{"ready": bool, "task": str | None,
+        "instruction": str | None}``. ``waiting``: this robot waits for the operator's "ready" (scene
+        reset); the call long-polls up to ``wait_s`` for it. ``offer``: the tasks this robot may be
+        given, for the page."""
+        r = self._request("POST", f"/v1/robots/{self.robot_id}/next_episode", timeout=wait_s + 5.0,
+                          json={"waiting": waiting, "wait_s": wait_s, **(offer or {})})
+        return r.json()
 
     def wait_label(self, episode_id: str, timeout_s: float) -> dict | None:
         """Long-poll the operator's label: the label dict, or None if ``timeout_s`` passed."""

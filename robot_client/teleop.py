@@ -76,6 +76,11 @@ class PageTeleop:
     def driving(self) -> bool:
         return self._latest is not None
 
+    @property
+    def operator(self) -> str | None:
+        """Who drives from the page (a server tells only a robot recording demonstrations)."""
+        return None if self._latest is None else self._latest.operator
+
     def command(self, state: ArmState, proposed: np.ndarray | None = None) -> TeleopAction | None:
         c = self._latest
         if c is None:
@@ -164,6 +169,8 @@ class GamepadMapping:
     """Multiplies axis_z (right stick up = -1 in SDL, and up is +z)."""
     sign_yaw: float = -1.0
     """Multiplies axis_yaw (right stick left turns counter-clockwise seen from above)."""
+    ready_button: int = 7
+    """Between episodes: the scene is reset, start the next one (Start by default; scene_reset operator)."""
     hat_roll_pitch: int = 0
     """D-pad (hat) for roll (left/right) and pitch (up/down); -1: none."""
     dead_zone: float = 0.12
@@ -226,6 +233,8 @@ class GamepadTeleop:
         self._t_read = 0.0  # monotonic time of the latest successful read
         self._gripper: float | None = None  # latched gripper command while engaged
         self.error: str | None = None  # the device's latest failure (cleared by a good read)
+        self._ready = False  # the ready button went down since the last ready_pressed()
+        self._ready_down = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gamepad", daemon=True)
 
@@ -251,6 +260,9 @@ class GamepadTeleop:
             with self._lock:
                 self._reading, self._t_read = reading, time.monotonic()
                 self._latch_gripper(reading)
+                down = self.mapping._pressed(reading, self.mapping.ready_button)
+                self._ready = self._ready or (down and not self._ready_down)  # a press, not a held button
+                self._ready_down = down
             self.error = None
             self._stop.wait(self.poll_s)
 
@@ -262,6 +274,12 @@ class GamepadTeleop:
         gripper = self.mapping.intent(reading)[2]
         if gripper is not None:
             self._gripper = gripper
+
+    def ready_pressed(self) -> bool:
+        """The ready button was pressed since the last call (the operator has reset the scene)."""
+        with self._lock:
+            ready, self._ready = self._ready, False
+        return ready
 
     def command(self, state: ArmState, proposed: np.ndarray | None = None) -> TeleopAction | None:
         with self._lock:

@@ -97,14 +97,21 @@ async def act(request: Request) -> Response:
     app = request.app
     config = app.state.config.server
     encoding = encoding_of(request.headers.get("content-type"))
-    policy = app.state.holder.require()
+    policy = app.state.holder.policy
     body = await read_body(request, config.max_body_bytes)
-    spec = policy.spec
+    # with no checkpoint yet, only a teleop_only request (a robot recording demonstrations) is served:
+    # it is checked against the deployment's cameras and state size, which the first version will have
+    model = app.state.config.model
+    cameras, state_dim = ((list(policy.spec.cameras), int(policy.spec.state_dim)) if policy is not None
+                          else (list(model.cameras), int(model.state_dim)))
     loop = asyncio.get_running_loop()
     decoded = await loop.run_in_executor(app.state.decode_pool, decode_act, body, encoding,
-                                         list(spec.cameras), int(spec.state_dim), config.max_image_side)
+                                         cameras, state_dim, config.max_image_side)
     req = decoded.request
     decode_s = time.perf_counter() - t0
+    if req.teleop_only:
+        return encode_response(teleop_only_reply(app, req, decoded.raw_images, t0, decode_s), encoding)
+    app.state.holder.require()  # 503 while no checkpoint is loaded
 
     served = await serve_observation(
         app, t0, decode_s, images=decoded.images, state=np.asarray(req.state, dtype=np.float32),
@@ -122,3 +129,17 @@ async def act(request: Request) -> Response:
         teleop=app.state.robots.teleop_for(req.robot_id, req.episode_id, req.teleop_ack))
     return encode_response(resp, encoding)
 
+
+def teleop_only_reply(app: FastAPI, req: ActRequest, frames: dict, t0: float, decode_s: float) -> ActResponse:
+    """A robot recording a demonstration: no inference (there may be no checkpoint at all); the reply
+    carries the operator's buttons and the page's newest driving command, with who drives."""
+    robots = app.state.robots
+    command = robots.command_for(req.robot_id, req.episode_id)
+    robots.observe_act(req.robot_id, req.episode_id, req.step, req.instruction, frames, -1)
+    teleop = robots.teleop_for(req.robot_id, req.episode_id, req.teleop_ack)
+    if teleop is not None:
+        teleop = teleop.model_copy(update={"operator": robots.robots[req.robot_id].teleop.operator})
+    total_s = time.perf_counter() - t0
+    return ActResponse(request_id=req.request_id, actions=[], log_prob=0.0, value=0.0, policy_version=-1,
+                       timing=Timing(decode_ms=decode_s * 1e3, queue_ms=0.0, infer_ms=0.0, total_ms=total_s * 1e3),
+                       command=command, teleop=teleop)

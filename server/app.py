@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployment.config import DeploymentConfig
-from server import act, health, openpi_ws, openvla_rest, promotion_routes, robots, teleop_routes, ui
+from server import act, health, openpi_ws, openvla_rest, promotion_routes, robots, scene, teleop_routes, ui
 from server.batcher import InferenceFailed, MicroBatcher
 from server.decode import InputError
 from server.metrics import ServerMetrics
@@ -138,12 +138,14 @@ def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, wit
     app.state.robots.label_listeners.append(holder.record_label)
     app.state.decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
     app.state.metadata_cache = {}
+    app.state.scene = scene.SceneBoard()  # between episodes: scene reset, next task (server/scene.py)
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=config.server.max_body_bytes)
     app.include_router(act.router)
     app.include_router(health.router)
     app.include_router(robots.router)
     app.include_router(teleop_routes.router)
+    app.include_router(scene.router)
     app.include_router(promotion_routes.router)
     app.include_router(openpi_ws.router)     # drop-in: openpi's websocket client at ws://host:port/
     app.include_router(openvla_rest.router)  # drop-in: OpenVLA deploy.py's POST /act

@@ -80,7 +80,9 @@ async def readyz(request: Request) -> Response:
     if policy is None:
         err = holder.last_swap_error
         reason = "no checkpoint loaded yet" + (f"; last attempt failed: {err.error}" if err else "")
-        return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+        # robots recording demonstrations by teleop are served already (ActRequest.teleop_only)
+        return JSONResponse({"ready": False, "teleop_only": True, "reason": f"teleop only: {reason}"},
+                            status_code=503)
     return JSONResponse({"ready": True, "version": int(policy.version)})
 
 

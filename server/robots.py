@@ -45,7 +45,9 @@ from server.teleop import (
 log = logging.getLogger(__name__)
 
 # "teleop": an operator drives the running episode (from the page or a device at the robot)
-RobotState = Literal["running", "teleop", "waiting_label", "paused", "holding", "resetting", "error"]
+# "waiting_reset": the arm is home, the robot waits for the operator's ready (server/scene.py)
+RobotState = Literal["running", "teleop", "waiting_label", "waiting_reset", "paused", "holding", "resetting",
+                     "error"]
 OperatorCommand = Literal["end_episode", "pause", "resume"]
 LabelOutcome = Literal["success", "failure", "discard"]
 MAX_KEPT_LABELS = 4096
@@ -305,6 +307,8 @@ class RobotRegistry:
         reward model's when it is confident) or queue it for the operator."""
         r = self._robot(robot_id)
         self._new_episode(r, episode_id)
+        if r.teleop is not None and r.teleop.episode_id == episode_id:  # its episode is over: S labels again
+            self.hand_back(robot_id, reason="episode ended")
         key = (robot_id, episode_id)
         p = None if score is None else score.p
         if self.auto_label and body.auto_outcome is not None:

@@ -8,6 +8,7 @@ once, so that the same seed gives the same faults in every simulator.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -173,6 +174,11 @@ class SimulatedCamera(Camera):
             return Frame(image.copy(), t, self.seq, dict(meta))
 
 
+def normalize_instruction(text: str) -> str:
+    """Case, surrounding blanks, repeated spaces and a final full stop do not change an instruction."""
+    return " ".join(text.lower().split()).rstrip(".")
+
+
 class SimulatedRobot:
     """One simulated robot: ``.arm``, ``.cameras``, the current task, its expert and its faults.
 
@@ -212,6 +218,32 @@ class SimulatedRobot:
             for cam in self.cameras.values():
                 cam.reseed(self.seed)
             return self.task.instruction
+
+    def new_episode_for(self, instruction: str, seed: int) -> str:
+        """An episode of the task that ``instruction`` (typed by the operator) names, with that exact
+        instruction; ValueError, saying what the simulator knows, when it has no such task."""
+        want = normalize_instruction(instruction)
+        task = self.task_for_instruction(want)
+        if task is not None:
+            with self.lock:
+                for k in range(400):  # the scene of a seed whose task matches (colour, direction, ...)
+                    self.new_episode(seed=seed + 7919 * k, task=task, split="all")
+                    if self.instruction_matches(want):
+                        self.task = dataclasses.replace(self.task, instruction=instruction.strip())
+                        return self.task.instruction
+        raise ValueError(f"the {type(self).__name__} has no task for the instruction {instruction!r}; "
+                         f"it knows e.g. {self.example_instructions()}")
+
+    def task_for_instruction(self, normalized: str) -> str | None:
+        """The task name whose episodes can have this (normalized) instruction, or None."""
+        return None
+
+    def instruction_matches(self, normalized: str) -> bool:
+        """The loaded episode's task is the one the instruction names (its wording aside)."""
+        return normalize_instruction(self.task.instruction) == normalized
+
+    def example_instructions(self) -> list[str]:
+        return []
 
     @property
     def instruction(self) -> str:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.faults import FaultConfig, SimulatedArm, SimulatedCamera, SimulatedRobot
+from sim.faults import FaultConfig, SimulatedArm, SimulatedCamera, SimulatedRobot, normalize_instruction
 from sim.metaworld.actions import HOME_RPY
 from sim.metaworld.env import CAMERA_NAMES, MetaWorldScene
 from sim.metaworld.expert import add_noise
-from sim.metaworld.tasks import TASK_NAMES, TaskSpec
+from sim.metaworld.tasks import LANGUAGE, TASK_NAMES, TaskSpec
 
 __all__ = ["FaultConfig", "MetaWorldArm", "MetaWorldCamera", "MetaWorldRobot"]
 
@@ -66,6 +66,18 @@ class MetaWorldRobot(SimulatedRobot):
     @property
     def task_name(self) -> str:
         return self.task.name
+
+    def task_for_instruction(self, normalized: str) -> str | None:
+        for name, phrases in LANGUAGE.items():
+            if normalized in (normalize_instruction(p) for p in phrases):
+                return name
+        return None
+
+    def instruction_matches(self, normalized: str) -> bool:
+        return self.task.name == self.task_for_instruction(normalized)
+
+    def example_instructions(self) -> list[str]:
+        return [phrases[0] for phrases in list(LANGUAGE.values())[:3]]
 
     def success(self) -> bool:
         with self.lock:

@@ -13,7 +13,7 @@ import numpy as np
 from sim.faults import FaultConfig, SimulatedArm, SimulatedCamera, SimulatedRobot
 from sim.mock.expert import add_noise, expert_action
 from sim.mock.sim import Scene, SceneState
-from sim.mock.tasks import TASK_NAMES, TaskSpec, sample_episode, success
+from sim.mock.tasks import TASK_NAMES, TaskSpec, parse_instruction, sample_episode, success
 
 __all__ = ["CAMERA_NAMES", "FaultConfig", "MockArm", "MockCamera", "MockRobot"]
 
@@ -63,6 +63,17 @@ class MockRobot(SimulatedRobot):
     @property
     def task_name(self) -> str:
         return self.task.family
+
+    def task_for_instruction(self, normalized: str) -> str | None:
+        parsed = parse_instruction(normalized)
+        return None if parsed is None else parsed[0]
+
+    def instruction_matches(self, normalized: str) -> bool:
+        t = self.task
+        return parse_instruction(normalized) == (t.family, t.color, t.direction)
+
+    def example_instructions(self) -> list[str]:
+        return ["reach the red block", "push the blue block to the left", "put the green block in the bowl"]
 
     @property
     def state(self) -> SceneState:

@@ -236,6 +236,20 @@ def _place_slots(rng: np.random.Generator, order: list[int]) -> tuple[dict, tupl
     return pos, (0.50, 0.0)
 
 
+def parse_instruction(normalized: str) -> tuple[str, str, str | None] | None:
+    """(family, colour, direction) of an instruction one of the mock's templates makes, else None.
+    ``normalized``: lower case, single spaces, no final full stop (sim.faults.normalize_instruction)."""
+    for family, templates in TEMPLATES.items():
+        directions = DIRECTION_WORDS.items() if family == "push" else [(None, ("",))]
+        for direction, words in directions:
+            for color in COLORS:
+                for template in templates:
+                    for w in words:
+                        if " ".join(template.format(c=color, d=w).split()) == normalized:
+                            return family, color, direction
+    return None
+
+
 def sample_episode(seed: int, family: str = "reach", split: str = "train", phrasing: str = "train") -> Episode:
     """Same seed, family and split -> the same task and layout (whatever the phrasing)."""
     if family not in TASK_NAMES:

@@ -77,6 +77,17 @@ def test_faults_arm_error_until_recover_and_dropped_frames():
         robot.close()
 
 
+def test_an_instruction_selects_its_task_and_one_without_a_task_is_refused():
+    robot = MetaWorldRobot("reach", image_size=48)
+    try:
+        assert robot.new_episode_for("Open the door.", seed=3) == "Open the door."
+        assert robot.task_name == "door-open" and robot.instruction == "Open the door."
+        with pytest.raises(ValueError, match="no task for the instruction 'make coffee'"):
+            robot.new_episode_for("make coffee", seed=3)
+    finally:
+        robot.close()
+
+
 def test_vec_over_worker_processes_matches_in_process_scenes():
     seeds = [3, 4, 5]
 

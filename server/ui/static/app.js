@@ -20,12 +20,13 @@ const TELEOP_KEYS = { w: [0, 1], s: [0, -1], a: [1, 1], d: [1, -1], r: [2, 1], f
                       u: [3, 1], o: [3, -1], i: [4, 1], k: [4, -1], j: [5, 1], l: [5, -1] };
 const STATE_NAMES = {
   running: "Running", teleop: "Operator driving", waiting_label: "Waiting for label", paused: "Paused",
-  holding: "Holding (fault)", resetting: "Resetting", error: "Error",
+  holding: "Holding (fault)", resetting: "Resetting", error: "Error", waiting_reset: "Waiting for scene reset",
 };
 
 const ui = {
   view: "live",
   robots: [],               // latest GET /v1/robots
+  scene: new Map(),         // robot_id -> SceneView (GET /v1/scene): waiting for a reset, its tasks, the next task
   awaiting: new Map(),      // "robot/episode" -> AwaitingView (auto outcome)
   cards: new Map(),         // robot_id -> {el, imgs: Map(camera -> img), busy: Set(camera)}
   selectedRobot: null,
@@ -207,6 +208,17 @@ function buildCard(robotId) {
             action("Success", "btn-success", "S", () => labelAwaiting(robotId, "success")),
             action("Failure", "btn-failure", "F", () => labelAwaiting(robotId, "failure")),
             action("Discard", "btn-discard", "D", () => labelAwaiting(robotId, "discard")))),
+        el("div", { class: "reset-bar", hidden: "" },
+          el("p", { text: "Arm home — reset the scene, then press Ready." }),
+          action("Ready", "btn-primary", "N", () => sceneReady(robotId))),
+        el("div", { class: "task-row" },
+          el("select", { class: "task-select", "data-field": "task-select", title: "the next episode's task",
+                         onclick: (e) => e.stopPropagation() }),
+          el("input", { class: "task-instruction", type: "text", placeholder: "or type an instruction",
+                        maxlength: "512", onclick: (e) => e.stopPropagation() }),
+          el("button", { class: "btn btn-secondary", "data-action": "set-task",
+                         onclick: (e) => { e.stopPropagation(); setNextTask(robotId); } }, "Set next task"),
+          el("span", { class: "task-note", "data-field": "task-note" })),
         el("div", { class: "controls" },
           action("End episode", "btn-secondary", "E", () => sendCommand(robotId, "end_episode")),
           action("Pause", "btn-warn", "P", () => togglePause(robotId))),
@@ -270,7 +282,7 @@ function updateCard(card, r) {
     : (r.paused && r.state !== "paused" ? "Pausing…" : (STATE_NAMES[r.state] || r.state)));
   badge.className = "badge state-" + r.state + (r.stale ? " stale" : "");
   const canary = ui.promotion && ui.promotion.canary ? ui.promotion.canary.version : null;
-  setField(root, "version", r.policy_version === null ? "policy –"
+  setField(root, "version", r.policy_version === null || r.policy_version < 0 ? "policy –"
     : "policy v" + r.policy_version + (r.policy_version === canary ? " (canary)" : ""));
   setField(root, "instruction", r.instruction || "–");
   setField(root, "step", r.step === null ? "–" : String(r.step));
@@ -297,6 +309,7 @@ function updateCard(card, r) {
     bar.dataset.episode = waiting;
   }
   updateTeleop(root, r);
+  updateScene(root, r);
   const pause = root.querySelector('[data-action="pause"]');
   pause.firstChild.textContent = r.paused ? "Resume " : "Pause ";
   pause.classList.toggle("btn-warn", !r.paused);
@@ -373,6 +386,51 @@ function togglePause(robotId) {
 
 // Keys act on the selected robot; S/F/D fall back to any robot with an episode awaiting a label.
 // While this page drives a robot, the driving keys are for driving (S, F, D label nothing then).
+// ------------------------------------------------------------------ between episodes (server/scene.py)
+
+function updateScene(root, r) {
+  const view = ui.scene.get(r.robot_id);
+  root.querySelector(".reset-bar").hidden = r.state !== "waiting_reset";
+  root.classList.toggle("waiting-reset", r.state === "waiting_reset");
+  const select = root.querySelector('[data-field="task-select"]');
+  const names = view ? view.tasks.map((t) => t.name) : [];
+  if (select.dataset.names !== names.join("\n")) {
+    select.replaceChildren(el("option", { value: "", text: "task…" }),
+      ...(view ? view.tasks : []).map((t) => el("option", { value: t.name, text: t.instruction ? `${t.name}: ${t.instruction}` : t.name })));
+    select.dataset.names = names.join("\n");
+  }
+  let note = "";
+  if (view && view.refused) note = view.refused;
+  else if (view && (view.next_task || view.next_instruction)) {
+    note = "next episode: " + [view.next_task, view.next_instruction].filter(Boolean).join(" — ");
+  }
+  const node = setField(root, "task-note", note);
+  node.classList.toggle("fault", !!(view && view.refused));
+}
+
+async function sceneReady(robotId) {
+  try {
+    await postJSON(`/v1/robots/${encodeURIComponent(robotId)}/ready`, {});
+    toast(`${robotId}: ready, the next episode starts`);
+  } catch (e) { toast(e.message, true); }
+}
+
+async function setNextTask(robotId) {
+  const root = ui.cards.get(robotId).el;
+  const task = root.querySelector(".task-select").value;
+  const instruction = root.querySelector(".task-instruction").value.trim();
+  if (!task && !instruction) { toast("Pick a task or type an instruction", true); return; }
+  const body = {};
+  if (task) body.task = task;
+  if (instruction) body.instruction = instruction;
+  try {
+    const view = await postJSON(`/v1/robots/${encodeURIComponent(robotId)}/next_task`, body);
+    ui.scene.set(robotId, view);
+    root.querySelector(".task-instruction").value = "";
+    toast(`${robotId}: next episode's task set`);
+  } catch (e) { toast(e.message, true); }
+}
+
 function onKey(ev) {
   if (ui.loginOpen || ev.ctrlKey || ev.metaKey || ev.altKey) return;
   if (/^(INPUT|SELECT|TEXTAREA)$/.test(ev.target.tagName)) return;
@@ -392,6 +450,11 @@ function onKey(ev) {
     let robot = robotById(ui.selectedRobot);
     if (!awaitingEpisode(robot)) robot = ui.robots.find((r) => awaitingEpisode(r));
     if (robot) labelAwaiting(robot.robot_id, outcome); else toast("No episode is waiting for a label", true);
+    ev.preventDefault();
+  } else if (key === "n") {
+    let robot = robotById(ui.selectedRobot);
+    if (!robot || robot.state !== "waiting_reset") robot = ui.robots.find((r) => r.state === "waiting_reset");
+    if (robot) sceneReady(robot.robot_id); else toast("No robot is waiting for a scene reset", true);
     ev.preventDefault();
   } else if ((key === "e" || key === "p") && ui.selectedRobot) {
     if (key === "e") sendCommand(ui.selectedRobot, "end_episode"); else togglePause(ui.selectedRobot);
@@ -528,6 +591,7 @@ async function pollRobots() {
   robotsBusy = true;
   try {
     const robots = await getJSON("/v1/robots");
+    ui.scene = new Map((await getJSON("/v1/scene")).map((v) => [v.robot_id, v]));
     if (robots.some((r) => awaitingEpisode(r))) {
       const waiting = await getJSON("/v1/labels/awaiting");
       ui.awaiting = new Map(waiting.map((a) => [a.robot_id + "/" + a.episode_id, a]));
