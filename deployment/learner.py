@@ -11,9 +11,11 @@ class LearnerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt key in the YAML or env is an error
     bind: str = "tcp://127.0.0.1:5555"
     token: str = Field(default="", description="token robots present in hello; empty = none required")
-    algorithm: Literal["ppo", "sac", "recap"] = Field(
-        default="ppo", description="ppo | sac: iRe-VLA (head RL rounds + SFT); recap: RECAP (value function, "
-        "advantage labels, advantage-conditioned SFT; docs/recap.md)")
+    algorithm: Literal["ppo", "sac", "recap", "rl_only", "ppo_whole", "sft_only", "sft_extra_demos"] = Field(
+        default="ppo", description="the learning recipe (learner/recipes/registry.py): ppo | sac: iRe-VLA (head "
+        "RL rounds + SFT); recap: RECAP (value function, advantage labels, advantage-conditioned SFT; "
+        "docs/recap.md); rl_only: head PPO rounds, no SFT; ppo_whole: PPO on the whole model, no SFT; "
+        "sft_only: SFT on the demos each iteration; sft_extra_demos: SFT after as many new expert demos")
     episodes_per_round: int = 8
     rl_rounds_per_phase: int = 3
     sft_steps: int = 300

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from learner.rl.ppo import LOGPROB_TOLERANCE, RolloutBatch, check_logprobs, gaussian_entropy, gaussian_logprob
+from learner.rl.gaussian import LOGPROB_TOLERANCE, compare_logprobs, gaussian_entropy, gaussian_logprob
 from vla.model import HeadActor, HeadTwinQ
 
 if TYPE_CHECKING:
@@ -264,7 +264,7 @@ class SAC:
         metrics["n_intervention_transitions"] = sum(len(t) for t in self.interventions.values())
         metrics["critic_warmup"] = not update_actor
         if checks:
-            metrics.update(check_logprobs(_check_batch(checks), self.cfg.logprob_tolerance))
+            metrics.update(_check_logprobs(checks, self.cfg.logprob_tolerance))
         metrics["n_transitions"] = sum(len(d) for d in data.episodes)
         return metrics
 
@@ -330,12 +330,8 @@ def transitions(t: EpisodeTensors) -> Transitions:
                        next_features=t.features[nxt], next_states=t.states[nxt], dones=t.dones)
 
 
-def _check_batch(checks: list[tuple[EpisodeTensors, tuple[torch.Tensor, torch.Tensor]]]) -> RolloutBatch:
-    """Only the fields `check_logprobs` reads (SAC has no ratio, but the contract holds all the same)."""
-    n = sum(len(t) for t, _ in checks)
-    return RolloutBatch(features=torch.zeros(n, 0), states=torch.zeros(n, 0), actions=torch.zeros(n, 0),
-                        rewards=torch.zeros(n), dones=torch.zeros(n),
-                        behaviour_logprob=torch.cat([b for _, (b, _) in checks]),
-                        server_logprob=torch.cat([t.server_logprob for t, _ in checks]),
-                        same_version=torch.cat([t.same_version for t, _ in checks]),
-                        logprob_resolution=torch.cat([r for _, (_, r) in checks]))
+def _check_logprobs(checks: list[tuple[EpisodeTensors, tuple[torch.Tensor, torch.Tensor]]], tolerance: float) -> dict:
+    """The behaviour log-prob check (learner/rl/gaussian.py) on the round's on-trunk episodes."""
+    return compare_logprobs(torch.cat([b for _, (b, _) in checks]), torch.cat([t.server_logprob for t, _ in checks]),
+                            torch.cat([t.same_version for t, _ in checks]), torch.cat([r for _, (_, r) in checks]),
+                            tolerance)

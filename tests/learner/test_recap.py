@@ -18,7 +18,7 @@ from learner.recap.labels import (
     label_episodes,
     n_step_advantages,
 )
-from learner.recap.phase import NoLabelledEpisodes, RecapConfig, RecapPhase
+from learner.recap.phase import NoLabelledEpisodes, RecapConfig, RecapPhase, recap_iteration
 from learner.recap.value import is_success, terminal_value, two_hot, value_targets
 from learner.trainer import Trainer
 from sim.intervener import InterventionConfig, ScriptedIntervener
@@ -157,7 +157,7 @@ def test_value_targets_of_an_intervened_episode_and_its_labels(trainer):
 
 def test_one_recap_iteration_publishes_a_version_served_with_the_indicator(trainer):
     before = trainer.version
-    metrics = trainer.recap_phase(0, progress=False)
+    metrics = recap_iteration(trainer, 0, RecapConfig.from_learner(trainer.lc))
     version = trainer.publish("full", "recap", metrics)
     assert version == before + 1
     meta = trainer.registry.read_meta(version)
@@ -180,7 +180,7 @@ def test_a_store_with_no_labelled_episode_publishes_nothing(tmp_path, trainer):
     cold = Trainer(_config(run_dir), run_dir)
     cold._adopt(trainer.model, trainer.norm, trainer.version)  # a model, but no episode at all
     with pytest.raises(NoLabelledEpisodes, match="no episode labelled"):
-        cold.recap_phase(0, progress=False)
+        recap_iteration(cold, 0, RecapConfig.from_learner(cold.lc))
     assert CheckpointRegistry(run_dir / "checkpoints").versions() == []
 
 
