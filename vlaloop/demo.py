@@ -222,11 +222,13 @@ def evaluate_version(registry_dir: Path, config: DeploymentConfig, version: int 
 
 
 def sft_only_control(run_dir: Path, config: DeploymentConfig, stage0: int, phases: int, task: str, n: int) -> dict:
-    """The control for the loop: from the same Stage 0 version, `phases` SFT phases (the loop's SFT
-    steps, seeds and settings) on the expert demos alone -- no RL round, no online episode, no
+    """The control for the loop: from the same Stage 0 version, `phases` iterations of the sft_only
+    recipe (learner/recipes/: the loop's SFT steps, seeds and settings) on the expert demos alone -- no RL round, no online episode, no
     operator -- each followed by greedy success per task on the same seeds. Runs in run_dir/control
     with a copy of the demos."""
     from episodes.store import EpisodeStore
+    from learner.recipes.inprocess import InProcessRun
+    from learner.recipes.registry import recipe_for
     from learner.trainer import Trainer
     from vla.registry import CheckpointRegistry, load_model, publish
 
@@ -244,11 +246,16 @@ def sft_only_control(run_dir: Path, config: DeploymentConfig, stage0: int, phase
     trainer = Trainer(config.model_copy(update={"run_dir": str(control_dir)}), control_dir)
     trainer.resume()
     t0, curve = time.time(), []
-    for i in range(phases):
-        trainer.sft_phase(progress=False)
-        curve.append({"phase": i + 1, **evaluate_policy(trainer.policy, task, n)})
-        print(f"      control SFT phase {i + 1}/{phases} done ({config.learner.sft_steps} steps on {len(experts)} "
-              f"demos): " + ", ".join(f"{TASK_SPLITS[k]} {curve[-1][k]:.0%}" for k in TASK_SPLITS), flush=True)
+
+    def evaluated(phase, entry, metrics, following) -> None:
+        curve.append({"phase": len(curve) + 1, **evaluate_policy(trainer.policy, task, n)})
+        print(f"      control SFT phase {len(curve)}/{phases} done ({config.learner.sft_steps} steps on "
+              f"{len(experts)} demos): " + ", ".join(f"{TASK_SPLITS[k]} {curve[-1][k]:.0%}" for k in TASK_SPLITS),
+              flush=True)
+
+    control = InProcessRun(trainer, recipe_for(config.learner, "sft_only"), on_published=evaluated)
+    for it in range(phases):
+        control.iteration(it)
     return {"curve": curve, "n": n, "phases": phases, "sft_steps": config.learner.sft_steps, "demos": len(experts),
             "seconds": time.time() - t0}
 

@@ -12,6 +12,7 @@ Every phase gets a ``start`` and an ``end`` line in runs/<run>/phases.jsonl like
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,18 +50,20 @@ class InProcessRun:
         return self.collect(phase, it)
 
     def iteration(self, it: int) -> list[dict]:
-        """Every phase of iteration `it`; returns the committed entries (learner_state.json's shape)."""
+        """Every phase of iteration `it`; returns the committed entries (learner_state.json's shape,
+        plus ``seconds``: the phase's training and publish)."""
         done: list[dict] = []
         phase = self.recipe.next_phase(it, done)
         while phase is not None:
             self.phase_log.append({"event": "start", "phase": phase.name, "iteration": it, "round": phase.round,
                                    "serving_version": self.trainer.version})
             metas = self._needs(phase, it)
+            t = time.time()
             metrics = phase.train(self.trainer, metas, PhaseHooks(it))
             version = self.trainer.publish(phase.publish, phase.name, metrics)
             keys = [episode_key(m) for m in metas]
             entry = {"iteration": it, "round": phase.round, "phase": phase.name, "version": version,
-                     "episodes": keys, "metrics": scalar_metrics(metrics)}
+                     "episodes": keys, "metrics": scalar_metrics(metrics), "seconds": time.time() - t}
             done.append(entry)
             self.phase_log.append({"event": "end", "phase": phase.name, "iteration": it, "round": phase.round,
                                    "version": version, "trained_on": keys, "collected": keys})
