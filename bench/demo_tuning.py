@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from deployment.config import load_config
+from deployment.learner import set_setting
 from episodes.store import EpisodeStore
 from learner.evaluate import collect_episodes, success_rate
 from learner.trainer import Trainer
@@ -37,8 +38,8 @@ def _config(args, run_dir: Path):
                  "ppo_target_kl", "algorithm", "sac_updates_per_episode", "sac_bc_coef", "sac_actor_lr",
                  "sac_init_alpha"):
         value = getattr(args, name)
-        if value is not None and hasattr(lc, name):
-            setattr(lc, name, value)
+        if value is not None:
+            set_setting(lc, name, value)
     lc.seed = args.seed
     return cfg
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         boot_s = json.loads((boot / "boot_seconds.json").read_text())["seconds"]
     else:
         store = EpisodeStore(run_dir / "episodes")
-        record_demos(store, task=args.task, n=lc.bootstrap_demos, seed=0, image_size=cfg.model.image_size,
+        record_demos(store, task=args.task, n=lc.bootstrap.demos, seed=0, image_size=cfg.model.image_size,
                      cameras=tuple(cfg.model.cameras))
         trainer = Trainer(cfg, run_dir)
         trainer.bootstrap(progress=False)
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             (run_dir / "boot_seconds.json").write_text(json.dumps({"seconds": boot_s}))
             shutil.copytree(run_dir, boot, dirs_exist_ok=True)
     if args.sac_raw_q:
-        trainer.rl_config.q_action_bound, trainer.rl_config.q_target_bounds = None, None
+        trainer.rl_config("sac").q_action_bound, trainer.rl_config("sac").q_target_bounds = None, None
     te = time.time()
     rate = success_rate(trainer.policy, n=args.eval_n, task=args.task)
     rows.append({"phase": "bootstrap", "version": trainer.version, "greedy": rate, "seconds": boot_s,

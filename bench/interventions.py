@@ -129,7 +129,7 @@ def _trainer(cfg: InterventionBenchConfig, out: Path, method: str, seed: int):
     config = _learner_config(cfg, run_dir, seed)
     if method == "irevla_sac_hil":
         config.learner.algorithm = "sac"
-    config.learner.sft_intervention_repeat = cfg.sft_intervention_repeat
+    config.learner.sft.intervention_repeat = cfg.sft_intervention_repeat
     trainer = Trainer(config, run_dir)
     trainer.resume()
     return trainer, config

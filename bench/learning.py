@@ -141,8 +141,8 @@ def _learner_config(cfg: LearningBenchConfig, run_dir: Path, seed: int):
     lc = config.learner
     config.robot.task = cfg.task
     config.robot.backend = cfg.backend
-    lc.seed, lc.bootstrap_demos, lc.bootstrap_steps = seed, cfg.demos + cfg.rl_task_demos, cfg.bootstrap_steps
-    lc.sft_steps, lc.ppo_lr, lc.sac_updates_per_episode = cfg.sft_steps, cfg.ppo_lr, cfg.sac_updates_per_episode
+    lc.seed, lc.bootstrap.demos, lc.bootstrap.steps = seed, cfg.demos + cfg.rl_task_demos, cfg.bootstrap_steps
+    lc.sft.steps, lc.ppo.learning_rate, lc.sac.updates_per_episode = cfg.sft_steps, cfg.ppo_lr, cfg.sac_updates_per_episode
     lc.episodes_per_round, lc.rl_rounds_per_phase = cfg.episodes_per_round, cfg.rounds
     return config
 
@@ -253,7 +253,7 @@ METHODS: dict[str, Method] = {
     "rl_only": Method("PPO head only, no SFT", "rl_only", online=True, sft=False),
     "recap": Method("RECAP (value fn + advantage-conditioned SFT)", "recap", online=True, sft=True),
     "awr": Method("AWR (advantage-weighted SFT, RECAP's value fn)", "recap", online=True, sft=True,
-                  learner={"recap_weighting": "awr"}),
+                  learner={"recap": {"weighting": "awr"}}),
 }
 RL_METHODS = {m for m, spec in METHODS.items() if spec.online}
 SFT_METHODS = {m for m, spec in METHODS.items() if spec.sft}
@@ -387,8 +387,7 @@ def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict
     job = Job(cfg, out, method, seed, g=torch.Generator().manual_seed(seed), episode_seed=200_000 + 100_000 * seed)
     config = _learner_config(cfg, job.run_dir, seed)
     config.learner.algorithm = METHODS[method].recipe
-    for key, value in METHODS[method].learner.items():
-        setattr(config.learner, key, value)
+    config.learner = config.learner.updated(**METHODS[method].learner)
     t_job = time.time()
     if _restore(job, config):
         print(f"{job.tag} resumed after iteration {job.iterations_done} of {cfg.iterations}", flush=True)

@@ -35,7 +35,7 @@ from sim.mock.demos import record_demos
 def config_for(run_dir: Path, seed: int, demos: int, steps: int, task: str, cameras: list[str]):
     cfg = load_config(None, environ={}, run_dir=str(run_dir))
     cfg.robot.task, cfg.model.cameras = task, cameras
-    cfg.learner.seed, cfg.learner.bootstrap_demos, cfg.learner.bootstrap_steps = seed, demos, steps
+    cfg.learner.seed, cfg.learner.bootstrap.demos, cfg.learner.bootstrap.steps = seed, demos, steps
     return cfg
 
 

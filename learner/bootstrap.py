@@ -45,7 +45,7 @@ def ensure_demos(store: EpisodeStore, config, progress: bool = False) -> list[di
     """The successful expert demos in the store; on a simulator (mock, metaworld), record up to
     `bootstrap_demos` first."""
     demos = expert_demos(store)
-    want = config.learner.bootstrap_demos
+    want = config.learner.bootstrap.demos
     if len(demos) < want and config.robot.backend in ("mock", "metaworld"):
         if config.robot.backend == "metaworld":
             from sim.metaworld.demos import record_demos
@@ -76,10 +76,10 @@ def normalizer_from_demos(store: EpisodeStore, demos: list[dict], config) -> Nor
 
 def bootstrap_sft_config(config) -> SFTConfig:
     lc = config.learner
-    return SFTConfig(steps=lc.bootstrap_steps, batch_size=lc.bootstrap_batch_size, lr=lc.bootstrap_lr,
-                     loss=lc.bootstrap_loss, eval_fraction=lc.sft_eval_fraction,
-                     eval_every=max(1, lc.bootstrap_steps // 4), seed=lc.seed,
-                     warmup_steps=min(20, max(1, lc.bootstrap_steps // 10)))
+    return SFTConfig(steps=lc.bootstrap.steps, batch_size=lc.bootstrap.batch_size, lr=lc.bootstrap.lr,
+                     loss=lc.bootstrap.loss, eval_fraction=lc.sft.eval_fraction,
+                     eval_every=max(1, lc.bootstrap.steps // 4), seed=lc.seed,
+                     warmup_steps=min(20, max(1, lc.bootstrap.steps // 10)))
 
 
 def run_bootstrap(config, registry: CheckpointRegistry, store: EpisodeStore, progress: bool = True,

@@ -292,7 +292,7 @@ class Trainer:
         lc = self.lc
         cfg = self.sft_config()
         data = build_sft_data(self.store, metas, self.model.config.chunk, cfg.eval_fraction, lc.seed,
-                              lc.sft_intervention_repeat)
+                              lc.sft.intervention_repeat)
         if not data.train:  # nothing to consolidate (no demos, no successes): keep the model as it is
             log.warning("SFT skipped: no expert demos or successful episodes in the store")
             return {"skipped": 1.0, "n_online_successes": 0.0, "n_expert": 0.0}
@@ -311,9 +311,9 @@ class Trainer:
     def sft_config(self) -> SFTConfig:
         """The SFT phase's optimizer and steps (the learner's sft settings); a new seed per phase."""
         lc = self.lc
-        return SFTConfig(steps=lc.sft_steps, batch_size=lc.sft_batch_size, lr=lc.sft_lr, loss=lc.sft_loss,
-                         eval_fraction=lc.sft_eval_fraction, eval_every=max(1, lc.sft_steps // 4),
-                         seed=lc.seed + self.sft_phases + 1, warmup_steps=min(20, max(1, lc.sft_steps // 10)))
+        return SFTConfig(steps=lc.sft.steps, batch_size=lc.sft.batch_size, lr=lc.sft.lr, loss=lc.sft.loss,
+                         eval_fraction=lc.sft.eval_fraction, eval_every=max(1, lc.sft.steps // 4),
+                         seed=lc.seed + self.sft_phases + 1, warmup_steps=min(20, max(1, lc.sft.steps // 10)))
 
     def trunk_trained(self, run_time: dict | None = None, labels: Path | None = None) -> None:
         """An SFT-like phase trained the trunk (unpublished): every cached feature and loaded head

@@ -68,12 +68,12 @@ class RecapConfig:
 
     @classmethod
     def from_learner(cls, lc) -> RecapConfig:
-        return cls(value=ValueConfig(bins=lc.recap_value_bins, steps=lc.recap_value_steps,
-                                     failure_penalty_steps=lc.recap_failure_penalty_steps, seed=lc.seed),
-                   labels=LabelConfig(n_step=lc.recap_n_step, percentile=lc.recap_positive_percentile),
-                   sft=ConditionedSFTConfig(indicator_dropout=lc.recap_indicator_dropout,
-                                            eval_fraction=lc.sft_eval_fraction, seed=lc.seed),
-                   max_steps=lc.recap_max_steps, weighting=weighting_for(lc))
+        return cls(value=ValueConfig(bins=lc.recap.value_bins, steps=lc.recap.value_steps,
+                                     failure_penalty_steps=lc.recap.failure_penalty_steps, seed=lc.seed),
+                   labels=LabelConfig(n_step=lc.recap.n_step, percentile=lc.recap.positive_percentile),
+                   sft=ConditionedSFTConfig(indicator_dropout=lc.recap.indicator_dropout,
+                                            eval_fraction=lc.sft.eval_fraction, seed=lc.seed),
+                   max_steps=lc.recap.max_steps, weighting=weighting_for(lc))
 
 
 def labelled_episodes(store) -> list[dict]:

@@ -79,13 +79,13 @@ class AWRWeighting:
 
 
 WEIGHTINGS = {
-    "indicator": lambda lc: IndicatorWeighting(guidance=lc.recap_guidance),
-    "awr": lambda lc: AWRWeighting(AWRConfig(temperature=lc.recap_awr_temperature, clip=lc.recap_awr_clip)),
+    "indicator": lambda lc: IndicatorWeighting(guidance=lc.recap.guidance),
+    "awr": lambda lc: AWRWeighting(AWRConfig(temperature=lc.recap.awr_temperature, clip=lc.recap.awr_clip)),
 }
 
 
 def weighting_for(lc) -> IndicatorWeighting | AWRWeighting:
-    """The weighting `lc.recap_weighting` names."""
-    if lc.recap_weighting not in WEIGHTINGS:
-        raise ValueError(f"recap weighting {lc.recap_weighting!r}: one of {sorted(WEIGHTINGS)}")
-    return WEIGHTINGS[lc.recap_weighting](lc)
+    """The weighting `lc.recap.weighting` names."""
+    if lc.recap.weighting not in WEIGHTINGS:
+        raise ValueError(f"recap weighting {lc.recap.weighting!r}: one of {sorted(WEIGHTINGS)}")
+    return WEIGHTINGS[lc.recap.weighting](lc)

@@ -30,7 +30,7 @@ def _irevla(algorithm: str, sft: bool = True) -> Callable[[str, object], Recipe]
 
 
 def _recap(name: str, lc) -> Recipe:
-    episodes = lc.recap_episodes_per_iteration or lc.episodes_per_round * lc.rl_rounds_per_phase
+    episodes = lc.recap.episodes_per_iteration or lc.episodes_per_round * lc.rl_rounds_per_phase
     return Recap(name, RecapConfig.from_learner(lc), episodes)
 
 

@@ -14,22 +14,22 @@ from dataclasses import dataclass
 import torch
 
 from learner.rl.base import RLAlgorithm
-from learner.rl.ppo import PPO, PPOConfig
+from learner.rl.ppo import PPO
 from learner.rl.ppo_whole import WholeModelPPO
-from learner.rl.sac import SAC, SACConfig
+from learner.rl.sac import SAC, sac_config
 
 
 @dataclass(frozen=True)
 class AlgorithmEntry:
     build: Callable[..., RLAlgorithm]  # (cfg, model, generator) -> the algorithm
-    config: Callable  # (learner config) -> its hyperparameters
+    config: Callable  # (learner config) -> its hyperparameters: its section of the config
     publishes: str = "head"  # the version kind a round publishes: "full" when the trunk moves too
 
 
 ALGORITHMS = {
-    "ppo": AlgorithmEntry(lambda cfg, model, g: PPO(cfg, model.heads, g), PPOConfig.from_learner),
-    "sac": AlgorithmEntry(lambda cfg, model, g: SAC(cfg, model.heads, g), SACConfig.from_learner),
-    "ppo_whole": AlgorithmEntry(WholeModelPPO, PPOConfig.from_learner, publishes="full"),
+    "ppo": AlgorithmEntry(lambda cfg, model, g: PPO(cfg, model.heads, g), lambda lc: lc.ppo),
+    "sac": AlgorithmEntry(lambda cfg, model, g: SAC(cfg, model.heads, g), sac_config),
+    "ppo_whole": AlgorithmEntry(WholeModelPPO, lambda lc: lc.ppo, publishes="full"),
 }
 
 

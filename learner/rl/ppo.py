@@ -1,7 +1,8 @@
 """PPO on the action head, on cached backbone features (iRe-VLA Stage 1 + VLA-RL's recipe).
 
-CleanRL style: the hyperparameters are one dataclass at the top, the update is written out in
-order below. What is specific to a deployed VLA:
+CleanRL style: the hyperparameters are one section of the deployment's learner config
+(`deployment.learner.PPOConfig`, `learner.ppo`: one default and one docstring per field), the
+update is written out in order below. What is specific to a deployed VLA:
 
 * The backbone is frozen; the batch holds cached pooled features, so an update costs milliseconds.
 * Episodes come from a live server that sampled with some earlier head version. The behaviour
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deployment.learner import PPOConfig
 from learner.rl.gaussian import (
     LOGPROB_TOLERANCE,
     compare_logprobs,
@@ -46,52 +48,9 @@ if TYPE_CHECKING:
     from learner.dataset import EpisodeDecisions
     from learner.rl.base import RoundData
 
-__all__ = ["LOGPROB_TOLERANCE", "gaussian_entropy", "gaussian_logprob", "logprob_resolution"]  # re-exported
+__all__ = ["LOGPROB_TOLERANCE", "PPOConfig", "gaussian_entropy", "gaussian_logprob", "logprob_resolution"]  # re-exported
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PPOConfig:
-    gamma: float = 0.99
-    """Discount per decision (one decision = one executed chunk)."""
-    gae_lambda: float = 0.95
-    """GAE's lambda (VLA-RL)."""
-    clip_coef: float = 0.2
-    """The surrogate's ratio clip."""
-    clip_vloss: bool = True
-    """Clip the value loss around the values the rollout was scored with."""
-    vf_clip: float = 0.2
-    """Value clipping range (returns are O(1): sparse 0/1 rewards)."""
-    vf_coef: float = 0.5
-    """Weight of the value loss."""
-    ent_coef: float = 0.0
-    """Weight of the entropy bonus (VLA-RL uses none)."""
-    learning_rate: float = 3e-4
-    """Adam's learning rate for the actor and the critic."""
-    update_epochs: int = 4
-    """Passes over a round's decisions."""
-    minibatch_size: int = 64
-    """Decisions per gradient step."""
-    max_grad_norm: float = 0.5
-    """Gradient norm clip."""
-    norm_adv: bool = True
-    """Normalize advantages per minibatch."""
-    target_kl: float | None = None
-    """Early stop on approx KL (None = off; VLA-RL uses no KL term)."""
-    critic_warmup_rounds: int = 1
-    """Value-only rounds before the policy is updated, for callers that run rounds themselves (the
-    Trainer counts them with `learner.critic_warmup_rounds`)."""
-    critic_warmup_epochs: int = 20
-    """Epochs per warm-up round (the critic starts from scratch)."""
-    logprob_tolerance: float = LOGPROB_TOLERANCE
-    """|server - recomputed| log-prob above this plus the float resolution = preprocessing mismatch."""
-
-    @classmethod
-    def from_learner(cls, lc) -> PPOConfig:
-        """The hyperparameters `deployment.learner.LearnerConfig` sets."""
-        return cls(learning_rate=lc.ppo_lr, update_epochs=lc.ppo_epochs, minibatch_size=lc.ppo_minibatch_size,
-                   target_kl=lc.ppo_target_kl, critic_warmup_rounds=lc.critic_warmup_rounds)
 
 
 @dataclass

@@ -24,8 +24,8 @@ from protocol.messages import Hello, decode_message, encode_message
 from vla.registry import CheckpointRegistry
 
 torch.set_num_threads(1)
-SMALL = {"bootstrap_demos": 4, "bootstrap_steps": 8, "sft_steps": 6, "episodes_per_round": 2,
-         "rl_rounds_per_phase": 2, "max_iterations": 1, "ppo_epochs": 1, "critic_warmup_rounds": 0}
+SMALL = {"bootstrap": {"demos": 4, "steps": 8}, "sft": {"steps": 6}, "episodes_per_round": 2,
+         "rl_rounds_per_phase": 2, "max_iterations": 1, "ppo": {"update_epochs": 1}, "critic_warmup_rounds": 0}
 
 
 class Crash(BaseException):
@@ -35,7 +35,7 @@ class Crash(BaseException):
 
 def config_for(run_dir, **learner):
     base = load_config(environ={}, run_dir=str(run_dir))
-    return base.model_copy(update={"learner": base.learner.model_copy(update={**SMALL, **learner})})
+    return base.model_copy(update={"learner": base.learner.updated(**SMALL).updated(**learner)})
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +330,7 @@ def test_a_learner_with_a_registry_but_no_demos_waits_and_says_so(run_dir, tmp_p
 
 def test_sft_progress_is_reported_as_it_goes(run_dir):
     status = RecordingStatus(run_dir / "status.json", 0.0)
-    loop = PhaseLoop(config_for(run_dir, sft_steps=12, rl_rounds_per_phase=0), run_dir, status=status, trainer_factory=make_trainer_class(),
+    loop = PhaseLoop(config_for(run_dir, sft={"steps": 12}, rl_rounds_per_phase=0), run_dir, status=status, trainer_factory=make_trainer_class(),
                      poll_s=0.05)
     t, out = run_in_thread(loop)
     t.join(180)

@@ -107,11 +107,10 @@ def _config(run_dir, **learner):
     cfg = load_config(None, environ={}, run_dir=str(run_dir))
     lc = cfg.learner
     lc.algorithm = "recap"
-    lc.bootstrap_demos, lc.bootstrap_steps, lc.bootstrap_batch_size = 8, 12, 8
-    lc.sft_steps, lc.sft_batch_size, lc.sft_eval_fraction = 4, 8, 0.25
-    lc.recap_value_steps = 40
-    for k, v in learner.items():
-        setattr(lc, k, v)
+    lc.bootstrap.demos, lc.bootstrap.steps, lc.bootstrap.batch_size = 8, 12, 8
+    lc.sft.steps, lc.sft.batch_size, lc.sft.eval_fraction = 4, 8, 0.25
+    lc.recap.value_steps = 40
+    cfg.learner = lc.updated(**learner)
     return cfg
 
 
@@ -130,7 +129,7 @@ def trainer_with_episodes(run_dir, **learner) -> Trainer:
 
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory):
-    return trainer_with_episodes(tmp_path_factory.mktemp("recap"), recap_guidance=1.5)
+    return trainer_with_episodes(tmp_path_factory.mktemp("recap"), recap={"guidance": 1.5})
 
 
 def test_value_targets_of_an_intervened_episode_and_its_labels(trainer):

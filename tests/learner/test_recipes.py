@@ -21,7 +21,7 @@ from learner.trainer import Trainer
 from vla.registry import CheckpointRegistry
 
 torch.set_num_threads(1)
-SETTINGS = {"ppo": {}, "recap": {"recap_episodes_per_iteration": 4, "recap_value_steps": 10, "sft_batch_size": 8},
+SETTINGS = {"ppo": {}, "recap": {"recap": {"episodes_per_iteration": 4, "value_steps": 10}, "sft": {"batch_size": 8}},
             "sft_only": {}}
 
 
