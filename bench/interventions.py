@@ -92,7 +92,7 @@ class InterventionBenchConfig(LearningBenchConfig):
     episodes_per_round: int = 96
     eval_n: int = 100
     jobs: int = 1
-    # learner.sft_intervention_repeat of the HIL runs: each intervention sample counts this many times in SFT
+    # learner.sft.intervention_repeat of the HIL runs: each intervention sample counts this many times in SFT
     sft_intervention_repeat: int = 1
     intervention: InterventionConfig = field(default_factory=InterventionConfig)
     cost: OperatorCost = field(default_factory=OperatorCost)

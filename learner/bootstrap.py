@@ -7,7 +7,7 @@ With a real pretrained backbone (`model.backbone_dir` set) Stage 0 is LoRA SFT, 
 The action/state normalization is computed from the demos here and travels with every version.
 
 On the mock (robot.backend "mock"), missing demos are recorded first with the scripted expert
-(`learner.bootstrap_demos` episodes of `robot.task`, seeds 0..n-1), so `vlaloop learn --bootstrap`
+(`learner.bootstrap.demos` episodes of `robot.task`, seeds 0..n-1), so `vlaloop learn --bootstrap`
 works on a fresh run dir. On a real robot the demos must already be in the store (source "expert").
 """
 
@@ -43,7 +43,7 @@ def expert_demos(store: EpisodeStore) -> list[dict]:
 
 def ensure_demos(store: EpisodeStore, config, progress: bool = False) -> list[dict]:
     """The successful expert demos in the store; on a simulator (mock, metaworld), record up to
-    `bootstrap_demos` first."""
+    `bootstrap.demos` first."""
     demos = expert_demos(store)
     want = config.learner.bootstrap.demos
     if len(demos) < want and config.robot.backend in ("mock", "metaworld"):

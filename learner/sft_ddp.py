@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="learner.sft_ddp", description=__doc__.splitlines()[0])
     p.add_argument("--config", default=None, help="deployment YAML")
     p.add_argument("--run-dir", default=None)
-    p.add_argument("--steps", type=int, default=None, help="default: learner.sft_steps")
+    p.add_argument("--steps", type=int, default=None, help="default: learner.sft.steps")
     p.add_argument("--batch-size", type=int, default=None, help="GLOBAL batch (split over ranks)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--mode", choices=("lora", "full"), default="lora")

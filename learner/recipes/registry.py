@@ -3,7 +3,7 @@
     ppo | sac         iRe-VLA: head-only RL rounds (PPO or SAC from demonstrations), then SFT
     rl_only           head-only PPO rounds, no SFT consolidation (an ablation)
     ppo_whole         PPO on the whole model, no SFT (the seed papers' unstable baseline)
-    recap             RECAP; `recap_weighting` picks the indicator (RECAP) or AWR part
+    recap             RECAP; `recap.weighting` picks the indicator (RECAP) or AWR part
     sft_only          an SFT phase per iteration on the demos alone (the control)
     sft_extra_demos   an SFT phase per iteration after as many new expert demos as RL gets episodes
 
