@@ -279,13 +279,14 @@ def _collect(job: Job, phase, it: int) -> list[dict]:
     return metas
 
 
-def _record_demos(job: Job, phase, it: int) -> None:
+def _record_demos(job: Job, phase, it: int) -> list[dict]:
     """As many expert demos as the others get online episodes, on the tasks they collect on."""
     cfg, trainer = job.cfg, job.trainer
-    _demo_recorder(cfg)(trainer.store, task=cfg.task, n=phase.demos, seed=500_000 + 100_000 * job.seed + it * 10_000,
-                        split=cfg.collect_split, image_size=trainer.config.model.image_size,
-                        cameras=tuple(trainer.config.model.cameras))
+    kept = _demo_recorder(cfg)(trainer.store, task=cfg.task, n=phase.demos,
+                               seed=500_000 + 100_000 * job.seed + it * 10_000, split=cfg.collect_split,
+                               image_size=trainer.config.model.image_size, cameras=tuple(trainer.config.model.cameras))
     job.episodes += phase.demos
+    return kept
 
 
 def _published(job: Job, phase, entry: dict, metrics: dict, following) -> None:

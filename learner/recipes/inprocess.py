@@ -28,7 +28,7 @@ class InProcessRun:
                  on_published: Callable[[Phase, dict, dict, Phase | None], None] | None = None,
                  run_dir: str | Path | None = None):
         """`collect(phase, iteration)` -> the metas of `phase.episodes` new online episodes (stored in the
-        trainer's store); `record_demos(phase, iteration)` stores `phase.demos` new expert demos;
+        trainer's store); `record_demos(phase, iteration)` stores `phase.demos` new expert demos and returns their metas;
         `on_published(phase, entry, metrics, next_phase)` after each publish (next_phase None: the
         iteration is over)."""
         self.trainer, self.recipe = trainer, recipe
@@ -36,18 +36,20 @@ class InProcessRun:
         self.phase_log = PhaseLog(Path(run_dir or trainer.run_dir) / PHASE_LOG)
         recipe.check(trainer)
 
-    def _needs(self, phase: Phase, it: int) -> list[dict]:
+    def _needs(self, phase: Phase, it: int) -> tuple[list[dict], list[dict]]:
+        """(the phase's online episodes, its new expert demos), made now."""
+        demos, episodes = [], []
         if phase.demos:
             if self.record_demos is None:
                 raise RuntimeError(f"recipe {self.recipe.name}: its {phase.name} phase needs new expert demos "
                                    "and this run has no demo source")
-            self.record_demos(phase, it)
-        if not phase.episodes:
-            return []
-        if self.collect is None:
-            raise RuntimeError(f"recipe {self.recipe.name}: its {phase.name} phase needs online episodes and "
-                               "this run collects none")
-        return self.collect(phase, it)
+            demos = self.record_demos(phase, it)
+        if phase.episodes:
+            if self.collect is None:
+                raise RuntimeError(f"recipe {self.recipe.name}: its {phase.name} phase needs online episodes and "
+                                   "this run collects none")
+            episodes = self.collect(phase, it)
+        return episodes, demos
 
     def iteration(self, it: int) -> list[dict]:
         """Every phase of iteration `it`; returns the committed entries (learner_state.json's shape,
@@ -57,11 +59,11 @@ class InProcessRun:
         while phase is not None:
             self.phase_log.append({"event": "start", "phase": phase.name, "iteration": it, "round": phase.round,
                                    "serving_version": self.trainer.version})
-            metas = self._needs(phase, it)
+            metas, demos = self._needs(phase, it)
             t = time.time()
             metrics = phase.train(self.trainer, metas, PhaseHooks(it))
             version = self.trainer.publish(phase.publish, phase.name, metrics)
-            keys = [episode_key(m) for m in metas]
+            keys = [episode_key(m) for m in metas + demos]  # what it trained on, as the live loop counts it
             entry = {"iteration": it, "round": phase.round, "phase": phase.name, "version": version,
                      "episodes": keys, "metrics": scalar_metrics(metrics), "seconds": time.time() - t}
             done.append(entry)

@@ -22,7 +22,7 @@ from vla.registry import CheckpointRegistry
 
 torch.set_num_threads(1)
 SETTINGS = {"ppo": {}, "recap": {"recap": {"episodes_per_iteration": 4, "value_steps": 10}, "sft": {"batch_size": 8}},
-            "sft_only": {}}
+            "sft_only": {}, "sft_extra_demos": {}}
 
 
 def schedule(run_dir) -> list[tuple]:
@@ -32,7 +32,8 @@ def schedule(run_dir) -> list[tuple]:
 
 
 def live_loop(run_dir, config) -> list[tuple]:
-    """The learner's loop on episodes that robots streamed through the ingest (made in process)."""
+    """The learner's loop on episodes that robots streamed through the ingest (made in process);
+    sft_extra_demos takes the store's unconsumed expert demos (Stage 0's four, here)."""
     for i in range(4):
         add_episode(run_dir, f"e{i}", "success" if i % 2 else "failure")
     assert PhaseLoop(config, run_dir, poll_s=0.05).run() == 0
@@ -65,7 +66,8 @@ def test_the_live_loop_and_the_bench_run_one_schedule(template, tmp_path, name):
         assert kinds[0] == "full" and len(kinds) == 1 + len(records[driver.__name__]) // 2
     assert records["live_loop"] == records["bench"]
     phases = [r[1] for r in records["bench"] if r[0] == "end"]
-    assert phases == {"ppo": ["rl", "rl", "sft"], "recap": ["recap"], "sft_only": ["sft"]}[name]
+    assert phases == {"ppo": ["rl", "rl", "sft"], "recap": ["recap"], "sft_only": ["sft"],
+                      "sft_extra_demos": ["sft"]}[name]
 
 
 def test_every_deployable_algorithm_is_a_recipe():
