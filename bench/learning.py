@@ -98,6 +98,9 @@ class LearningBenchConfig:
     # on MetaWorld one evaluation costs about as much as two RL rounds
     evaluate_at: str = "round"
     jobs: int = 2
+    # any other learner setting for every method, as LearnerConfig.updated takes it (nested sections,
+    # e.g. {"sac": {"bc_coef": 1.0}}); the fields above are the table's own knobs, set on top
+    learner: dict = dataclasses.field(default_factory=dict)
 
     @property
     def budget(self) -> int:
@@ -138,7 +141,7 @@ def _learner_config(cfg: LearningBenchConfig, run_dir: Path, seed: int):
     from deployment.config import load_config
 
     config = load_config(None, environ={}, run_dir=str(run_dir))
-    lc = config.learner
+    lc = config.learner = config.learner.updated(**cfg.learner)
     config.robot.task = cfg.task
     config.robot.backend = cfg.backend
     lc.seed, lc.bootstrap.demos, lc.bootstrap.steps = seed, cfg.demos + cfg.rl_task_demos, cfg.bootstrap_steps

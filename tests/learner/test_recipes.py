@@ -75,3 +75,11 @@ def test_every_deployable_algorithm_is_a_recipe():
     assert choices == set(RECIPES)
     with pytest.raises(ValueError, match="unknown learner recipe 'dqn'"):
         recipe_for(LearnerConfig(), "dqn")
+
+
+def test_the_bench_carries_learner_overrides_not_copies(tmp_path):
+    from bench.learning import _learner_config
+
+    lc = _learner_config(LearningBenchConfig(learner={"sac": {"bc_coef": 1.0}}, sft_steps=7), tmp_path, 3).learner
+    assert (lc.sac.bc_coef, lc.sft.steps, lc.seed) == (1.0, 7, 3)
+    assert lc.sac.actor_lr == LearnerConfig().sac.actor_lr  # the rest of the section as deployed
