@@ -2,8 +2,8 @@
 
 Records the scripted demos, runs Stage 0 (`Trainer.bootstrap`), evaluates greedy success on seeded
 episodes (`learner.evaluate.success_rate`), then iterations of: RL rounds (sampled episodes collected
-in-process and stored exactly as the ingest stores them -> `Trainer.rl_round` -> `publish("head")`)
-followed by `sft_phase` + `publish("full")`, evaluating after every phase. Prints one row per phase
+in-process and stored exactly as the ingest stores them), the deployment's recipe
+(learner/recipes/) run in-process on them, evaluating after every phase. Prints one row per phase
 (greedy success, wall time, PPO approx_kl / clipfrac / entropy) -- the record behind the demo's
 defaults in docs/demo.md.
 
@@ -14,6 +14,7 @@ defaults in docs/demo.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import time
@@ -22,8 +23,11 @@ from pathlib import Path
 import torch
 
 from deployment.config import load_config
+from deployment.learner import set_setting
 from episodes.store import EpisodeStore
 from learner.evaluate import collect_episodes, success_rate
+from learner.recipes.inprocess import InProcessRun
+from learner.recipes.registry import recipe_for
 from learner.trainer import Trainer
 from sim.mock.demos import record_demos
 
@@ -37,8 +41,8 @@ def _config(args, run_dir: Path):
                  "ppo_target_kl", "algorithm", "sac_updates_per_episode", "sac_bc_coef", "sac_actor_lr",
                  "sac_init_alpha"):
         value = getattr(args, name)
-        if value is not None and hasattr(lc, name):
-            setattr(lc, name, value)
+        if value is not None:
+            set_setting(lc, name, value)
     lc.seed = args.seed
     return cfg
 
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         boot_s = json.loads((boot / "boot_seconds.json").read_text())["seconds"]
     else:
         store = EpisodeStore(run_dir / "episodes")
-        record_demos(store, task=args.task, n=lc.bootstrap_demos, seed=0, image_size=cfg.model.image_size,
+        record_demos(store, task=args.task, n=lc.bootstrap.demos, seed=0, image_size=cfg.model.image_size,
                      cameras=tuple(cfg.model.cameras))
         trainer = Trainer(cfg, run_dir)
         trainer.bootstrap(progress=False)
@@ -87,41 +91,42 @@ def main(argv: list[str] | None = None) -> int:
             (run_dir / "boot_seconds.json").write_text(json.dumps({"seconds": boot_s}))
             shutil.copytree(run_dir, boot, dirs_exist_ok=True)
     if args.sac_raw_q:
-        trainer.rl_config.q_action_bound, trainer.rl_config.q_target_bounds = None, None
+        trainer.rl_config("sac").q_action_bound, trainer.rl_config("sac").q_target_bounds = None, None
     te = time.time()
     rate = success_rate(trainer.policy, n=args.eval_n, task=args.task)
     rows.append({"phase": "bootstrap", "version": trainer.version, "greedy": rate, "seconds": boot_s,
                  "eval_s": time.time() - te})
     print(json.dumps(rows[-1]), flush=True)
     g = torch.Generator().manual_seed(args.seed)
-    episode_seed = 100_000 + 10_000 * args.seed
-    for it in range(args.iterations):
-        for r in range(0 if args.no_rl else lc.rl_rounds_per_phase):
-            t = time.time()
-            res = collect_episodes(trainer.policy, trainer.store, lc.episodes_per_round, task=args.task,
-                                   seed=episode_seed, generator=g)
-            episode_seed += lc.episodes_per_round
-            m = trainer.rl_round(res.metas)
-            trainer.publish("head", "rl", m)
-            train_s = time.time() - t
-            te = time.time()
-            rate = success_rate(trainer.policy, n=args.eval_n, task=args.task)
-            rows.append({"phase": f"it{it} rl{r}", "version": trainer.version, "sampled": res.success_rate,
-                         "greedy": rate, "seconds": train_s, "eval_s": time.time() - te,
-                         **{k: m.get(k) for k in ("approx_kl", "clipfrac", "entropy", "explained_variance", "q_mean",
-                                                  "critic_warmup")}})
-            print(json.dumps(rows[-1]), flush=True)
-        if args.no_sft:
-            continue
-        t = time.time()
-        m = trainer.sft_phase(progress=False)
-        trainer.publish("full", "sft", m)
-        train_s = time.time() - t
-        te = time.time()
+    seeds = [100_000 + 10_000 * args.seed]
+    timer = {"t": time.time()}
+
+    def collect(phase, it: int) -> list[dict]:
+        res = collect_episodes(trainer.policy, trainer.store, phase.episodes, task=args.task, seed=seeds[0],
+                               generator=g)
+        seeds[0] += phase.episodes
+        timer.update(t=time.time(), sampled=res.success_rate)
+        return res.metas
+
+    def evaluated(phase, entry: dict, m: dict, following) -> None:
+        te, it = time.time(), entry["iteration"]
         rate = success_rate(trainer.policy, n=args.eval_n, task=args.task)
-        rows.append({"phase": f"it{it} sft", "version": trainer.version, "greedy": rate, "seconds": train_s,
-                     "eval_s": time.time() - te, "n_online_successes": m.get("n_online_successes")})
+        if phase.episodes:
+            row = {"phase": f"it{it} rl{phase.round}", "sampled": timer["sampled"],
+                   **{k: m.get(k) for k in ("approx_kl", "clipfrac", "entropy", "explained_variance", "q_mean",
+                                            "critic_warmup")}}
+        else:
+            row = {"phase": f"it{it} sft", "n_online_successes": m.get("n_online_successes")}
+        rows.append({**row, "version": trainer.version, "greedy": rate, "seconds": entry["seconds"],
+                     "eval_s": time.time() - te})
         print(json.dumps(rows[-1]), flush=True)
+
+    recipe = recipe_for(lc, "sft_only") if args.no_rl else recipe_for(lc)
+    if args.no_sft:
+        recipe = dataclasses.replace(recipe, sft=False)  # iRe-VLA's RL rounds alone
+    run = InProcessRun(trainer, recipe, collect=collect, on_published=evaluated)
+    for it in range(args.iterations):
+        run.iteration(it)
     print(f"\n{'phase':<12} {'greedy':>6} {'sampled':>7} {'kl':>7} {'clipfrac':>8} {'entropy':>8} {'Q mean':>9} "
           f"{'train s':>7}")
     for r in rows:

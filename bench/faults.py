@@ -301,8 +301,9 @@ class Rig:
         data["server"].update(host="127.0.0.1", port=self.server_port, auto_label=True)
         data["learner"].update(bind=f"tcp://127.0.0.1:{self.learner_port}", status_interval_s=0.5,
                                # the full learner: small rounds, so a few cycles see training
-                               episodes_per_round=2, rl_rounds_per_phase=2, sft_steps=6, ppo_epochs=1,
-                               critic_warmup_rounds=0, max_iterations=0)
+                               episodes_per_round=2, rl_rounds_per_phase=2, critic_warmup_rounds=0,
+                               max_iterations=0)
+        data["learner"]["sft"]["steps"], data["learner"]["ppo"]["update_epochs"] = 6, 1
         data["robot"].update(server_url=f"http://127.0.0.1:{self.http.port}",
                              learner_addr=f"tcp://127.0.0.1:{self.tcp.port}", rate_hz=self.opt.rate_hz,
                              max_steps=self.opt.max_steps, reply_deadline_s=self.opt.reply_deadline_s,

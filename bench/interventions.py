@@ -92,7 +92,7 @@ class InterventionBenchConfig(LearningBenchConfig):
     episodes_per_round: int = 96
     eval_n: int = 100
     jobs: int = 1
-    # learner.sft_intervention_repeat of the HIL runs: each intervention sample counts this many times in SFT
+    # learner.sft.intervention_repeat of the HIL runs: each intervention sample counts this many times in SFT
     sft_intervention_repeat: int = 1
     intervention: InterventionConfig = field(default_factory=InterventionConfig)
     cost: OperatorCost = field(default_factory=OperatorCost)
@@ -129,7 +129,7 @@ def _trainer(cfg: InterventionBenchConfig, out: Path, method: str, seed: int):
     config = _learner_config(cfg, run_dir, seed)
     if method == "irevla_sac_hil":
         config.learner.algorithm = "sac"
-    config.learner.sft_intervention_repeat = cfg.sft_intervention_repeat
+    config.learner.sft.intervention_repeat = cfg.sft_intervention_repeat
     trainer = Trainer(config, run_dir)
     trainer.resume()
     return trainer, config
@@ -141,10 +141,12 @@ def run_online(cfg: InterventionBenchConfig, out: Path, method: str, seed: int) 
     import torch
 
     from learner.evaluate import rollout
+    from learner.recipes.inprocess import InProcessRun
+    from learner.recipes.registry import recipe_for
     from sim.intervener import ScriptedIntervener
 
     torch.set_num_threads(1)
-    trainer, _ = _trainer(cfg, out, method, seed)
+    trainer, config = _trainer(cfg, out, method, seed)
     intervener = ScriptedIntervener(cfg.intervention) if method in HIL_METHODS else None
     cost = cfg.cost
     g = torch.Generator().manual_seed(seed)
@@ -152,35 +154,39 @@ def run_online(cfg: InterventionBenchConfig, out: Path, method: str, seed: int) 
            "episodes": 0, "episodes_with_takeover": 0, "successes": 0}
     curve = [{"episodes": 0, "phase": "stage0", **_evaluate(trainer.policy, cfg), **_op_point(ops)}]
     print(f"[{method} s{seed}] start: {curve[0]}", flush=True)
-    t_job, episode_seed = time.time(), 200_000 + 100_000 * seed  # bench/learning.py's episode seeds
-    for it in range(cfg.iterations):
-        for r in range(cfg.rounds):
-            before = (intervener.takeovers, intervener.intervention_steps) if intervener else (0, 0)
-            res = rollout(trainer.policy, range(episode_seed, episode_seed + cfg.episodes_per_round), cfg.task,
-                          "sample", g, store=trainer.store, split="train", backend=cfg.backend,
-                          workers=cfg.workers, max_steps=cfg.max_steps, intervener=intervener)
-            episode_seed += cfg.episodes_per_round
-            if intervener is not None:
-                ops["takeovers"] += intervener.takeovers - before[0]
-                ops["intervention_steps"] += intervener.intervention_steps - before[1]
-            ops["episodes"] += len(res.seeds)
-            ops["steps"] += int(res.steps.sum())
-            ops["successes"] += int(res.success.sum())
-            ops["episodes_with_takeover"] += int((res.intervention_steps > 0).sum())
-            ops["teleop_s"] = ops["intervention_steps"] * cost.control_period_s + ops["takeovers"] * cost.takeover_s
-            ops["label_s"] = ops["episodes"] * cost.label_s
-            m = trainer.rl_round(res.metas)
-            trainer.publish("head", "rl", m)
-            curve.append({"episodes": ops["episodes"], "phase": f"it{it} rl{r}", "sampled": res.success_rate,
-                          **_evaluate(trainer.policy, cfg), **_op_point(ops)})
-            print(f"[{method} s{seed}] {curve[-1]}", flush=True)
-        m = trainer.sft_phase(progress=False)
-        trainer.publish("full", "sft", m)
-        curve.append({"episodes": ops["episodes"], "phase": f"it{it} sft",
-                      "n_intervention_episodes": m.get("n_intervention_episodes"),
-                      "n_online_successes": m.get("n_online_successes"),
-                      **_evaluate(trainer.policy, cfg), **_op_point(ops)})
+    t_job, seeds = time.time(), [200_000 + 100_000 * seed]  # bench/learning.py's episode seeds
+    sampled = []
+
+    def collect(phase, it: int) -> list[dict]:
+        """The round's episodes, the scripted operator stepping in (HIL), its seconds counted."""
+        before = (intervener.takeovers, intervener.intervention_steps) if intervener else (0, 0)
+        res = rollout(trainer.policy, range(seeds[0], seeds[0] + phase.episodes), cfg.task, "sample", g,
+                      store=trainer.store, split="train", backend=cfg.backend, workers=cfg.workers,
+                      max_steps=cfg.max_steps, intervener=intervener)
+        seeds[0] += phase.episodes
+        if intervener is not None:
+            ops["takeovers"] += intervener.takeovers - before[0]
+            ops["intervention_steps"] += intervener.intervention_steps - before[1]
+        ops["episodes"] += len(res.seeds)
+        ops["steps"] += int(res.steps.sum())
+        ops["successes"] += int(res.success.sum())
+        ops["episodes_with_takeover"] += int((res.intervention_steps > 0).sum())
+        ops["teleop_s"] = ops["intervention_steps"] * cost.control_period_s + ops["takeovers"] * cost.takeover_s
+        ops["label_s"] = ops["episodes"] * cost.label_s
+        sampled.append(res.success_rate)
+        return res.metas
+
+    def point(phase, entry: dict, m: dict, following) -> None:
+        it = entry["iteration"]
+        extra = ({"phase": f"it{it} rl{phase.round}", "sampled": sampled[-1]} if phase.episodes else
+                 {"phase": f"it{it} sft", "n_intervention_episodes": m.get("n_intervention_episodes"),
+                  "n_online_successes": m.get("n_online_successes")})
+        curve.append({"episodes": ops["episodes"], **extra, **_evaluate(trainer.policy, cfg), **_op_point(ops)})
         print(f"[{method} s{seed}] {curve[-1]}", flush=True)
+
+    run = InProcessRun(trainer, recipe_for(config.learner), collect=collect, on_published=point)
+    for it in range(cfg.iterations):
+        run.iteration(it)
     # the sampled episodes per split, read back from the store (RL-only task: its successes in sampling)
     online = online_episode_stats(trainer.run_dir, cfg.task, cfg.backend)
     return {"method": method, "seed": seed, "curve": curve, "ops": ops, "online": online,
@@ -202,7 +208,11 @@ def run_demos(cfg: InterventionBenchConfig, out: Path, method: str, seed: int) -
     torch.set_num_threads(1)
     hil = json.loads((out / "results" / f"irevla_ppo_hil-s{seed}.json").read_text())
     targets = [p[DEMO_METHODS[method]] for p in hil["curve"] if p["phase"].endswith("sft")]
+    from learner.recipes.inprocess import InProcessRun
+    from learner.recipes.registry import recipe_for
+
     trainer, config = _trainer(cfg, out, method, seed)
+    control = InProcessRun(trainer, recipe_for(config.learner, "sft_only"))
     record = _demo_recorder(cfg)
     cost = cfg.cost
     t_job, spent, n_demos, demo_seed = time.time(), 0.0, 0, 600_000 + 100_000 * seed
@@ -222,8 +232,7 @@ def run_demos(cfg: InterventionBenchConfig, out: Path, method: str, seed: int) -
             n_demos += len(kept)
             if spent > target:
                 break
-        m = trainer.sft_phase(progress=False)
-        trainer.publish("full", "sft", m)
+        control.iteration(it)  # the sft_only recipe: one SFT phase on every demo now in the store
         curve.append({"episodes": 0, "phase": f"it{it} sft", **_evaluate(trainer.policy, cfg),
                       "operator_s": spent, "target_s": target, "demos": n_demos})
         print(f"[{method} s{seed}] {curve[-1]}", flush=True)

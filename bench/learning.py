@@ -31,7 +31,8 @@ iteration (OUT/runs/METHOD-sSEED/bench_state/), so a killed run resumes at the l
 iteration of each job; every finished cell (a Stage 0, or an iteration of a method and seed) is
 logged to OUT/progress.jsonl with a progress line and an ETA. Output: a table (markdown, also
 OUT/table.md), OUT/learning_curves.png, OUT/summary.json. A method is a METHODS entry: its label
-and one function running one iteration of it on a `Job`.
+and the learner recipe it runs (learner/recipes/), the same object the live loop runs, here on
+in-process rollouts (learner/recipes/inprocess.py).
 
     python -m bench.learning                      # the full table: 6 methods x 3 seeds (~45 min, 2 cores)
     python -m bench.learning --smoke              # seconds-sized version (the test suite runs it)
@@ -50,7 +51,7 @@ import multiprocessing
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,9 @@ class LearningBenchConfig:
     evaluate_at: str = "round"
     jobs: int = 2
     language_encoder: str = ""  # model.language_encoder of every run: bpe, minilm or "" (the model's default)
+    # any other learner setting for every method, as LearnerConfig.updated takes it (nested sections,
+    # e.g. {"sac": {"bc_coef": 1.0}}); the fields above are the table's own knobs, set on top
+    learner: dict = dataclasses.field(default_factory=dict)
 
     @property
     def budget(self) -> int:
@@ -141,12 +145,12 @@ def _learner_config(cfg: LearningBenchConfig, run_dir: Path, seed: int):
     from deployment.config import load_config
 
     config = load_config(None, environ={}, run_dir=str(run_dir))
-    lc = config.learner
+    lc = config.learner = config.learner.updated(**cfg.learner)
     config.robot.task = cfg.task
     config.robot.backend = cfg.backend
-    lc.seed, lc.bootstrap_demos, lc.bootstrap_steps = seed, cfg.demos + cfg.rl_task_demos, cfg.bootstrap_steps
-    lc.sft_steps, lc.ppo_lr, lc.sac_updates_per_episode = cfg.sft_steps, cfg.ppo_lr, cfg.sac_updates_per_episode
-    lc.episodes_per_round = cfg.episodes_per_round
+    lc.seed, lc.bootstrap.demos, lc.bootstrap.steps = seed, cfg.demos + cfg.rl_task_demos, cfg.bootstrap_steps
+    lc.sft.steps, lc.ppo.learning_rate, lc.sac.updates_per_episode = cfg.sft_steps, cfg.ppo_lr, cfg.sac_updates_per_episode
+    lc.episodes_per_round, lc.rl_rounds_per_phase = cfg.episodes_per_round, cfg.rounds
     config.model.language_encoder = cfg.language_encoder or None
     return config
 
@@ -216,7 +220,8 @@ class Job:
     seed: int
     trainer: object = None
     g: object = None  # torch.Generator: sampled actions of the online episodes
-    whole_opt: object = None  # ppo_whole's Adam over the whole model (made at its first round)
+    run: object = None  # learner.recipes.inprocess.InProcessRun: the method's recipe on the trainer
+    sampled: float = 0.0  # sampled success of the last phase's online episodes
     iterations_done: int = 0
     episodes: int = 0  # online episodes (or extra demos) spent so far: the curve's x
     episode_seed: int = 0  # seed of the next online episode
@@ -242,142 +247,92 @@ class Job:
         print(f"{self.tag} {self.curve[-1]}", flush=True)
 
 
-# --- one iteration per method: METHODS maps a method to its function (add a method = one entry + one function)
-def _collect(job: Job):
-    """One RL round's online episodes, stored in the run's episode store."""
-    from learner.evaluate import rollout
-
-    cfg = job.cfg
-    res = rollout(job.trainer.policy, range(job.episode_seed, job.episode_seed + cfg.episodes_per_round), cfg.task,
-                  "sample", job.g, store=job.trainer.store, split=cfg.collect_split, backend=cfg.backend,
-                  workers=cfg.workers, max_steps=cfg.max_steps)
-    job.episode_seed += cfg.episodes_per_round
-    job.episodes += cfg.episodes_per_round
-    return res
-
-
-def _rl_phase(job: Job, it: int, update) -> None:
-    """`rounds` RL rounds: collect, `update(job, metas) -> metrics`, publish, evaluate when asked."""
-    cfg = job.cfg
-    for r in range(cfg.rounds):
-        res = _collect(job)
-        t = time.time()
-        m = update(job, res.metas)
-        job.rl_s += time.time() - t
-        job.n_updates += int(m.get("n_updates", 0))
-        job.rounds.append({k: m.get(k) for k in ("approx_kl", "clipfrac", "logprob_mismatch", "critic_warmup",
-                                                 "q_mean", "alpha") if k in m} | {"sampled": res.success_rate})
-        last = r == cfg.rounds - 1
-        if cfg.evaluate_at == "round" or (last and (cfg.evaluate_at == "phase" or not METHODS[job.method].sft)):
-            job.point(f"it{it} rl{r}", sampled=res.success_rate)
-
-
-def _head_update(job: Job, metas: list[dict]) -> dict:
-    m = job.trainer.rl_round(metas)
-    job.trainer.publish("head", "rl", m)
-    return m
-
-
-def _whole_model_update(job: Job, metas: list[dict]) -> dict:
-    import torch
-
-    from learner.dataset import load_decisions
-    from learner.episode_rules import is_rl_episode
-    from learner.rl.ppo_whole import whole_model_ppo_round
-
-    trainer = job.trainer
-    decisions = [load_decisions(trainer.store, m, trainer.model.config.chunk) for m in metas if is_rl_episode(m)]
-    if job.whole_opt is None:
-        job.whole_opt = torch.optim.Adam(list(trainer.model.parameters()), lr=job.cfg.ppo_lr, eps=1e-5)
-    warmup = trainer.rl_rounds_total < trainer.lc.critic_warmup_rounds
-    m = whole_model_ppo_round(trainer.model, trainer.norm, decisions, job.whole_opt, trainer.rl_config, warmup, job.g)
-    trainer.rl_rounds_total += 1
-    trainer.publish("full", "rl", m)
-    return m
-
-
-def _sft_phase(job: Job, it: int) -> None:
-    """The iteration's SFT phase on the demos and every successful online episode in the store."""
-    t = time.time()
-    m = job.trainer.sft_phase(progress=False)
-    job.trainer.publish("full", "sft", m)
-    job.sft_s += time.time() - t
-    job.n_updates += job.cfg.sft_steps
-    job.point(f"it{it} sft", n_online_successes=m.get("n_online_successes"), n_expert=m.get("n_expert"))
-
-
-def sft_only_iteration(job: Job, it: int) -> None:
-    job.episodes += job.cfg.rounds * job.cfg.episodes_per_round  # the budget the other methods spent
-    _sft_phase(job, it)
-
-
-def sft_extra_demos_iteration(job: Job, it: int) -> None:
-    """As many expert demos as the others get online episodes, on the tasks they collect on."""
-    cfg, trainer = job.cfg, job.trainer
-    n = cfg.rounds * cfg.episodes_per_round
-    _demo_recorder(cfg)(trainer.store, task=cfg.task, n=n, seed=500_000 + 100_000 * job.seed + it * 10_000,
-                        split=cfg.collect_split, image_size=trainer.config.model.image_size,
-                        cameras=tuple(trainer.config.model.cameras))
-    job.episodes += n
-    _sft_phase(job, it)
-
-
-def irevla_iteration(job: Job, it: int) -> None:
-    """iRe-VLA: head-only RL rounds (PPO or SAC, the method's `algorithm`), then SFT."""
-    _rl_phase(job, it, _head_update)
-    _sft_phase(job, it)
-
-
-def ppo_whole_iteration(job: Job, it: int) -> None:
-    _rl_phase(job, it, _whole_model_update)
-
-
-def rl_only_iteration(job: Job, it: int) -> None:
-    _rl_phase(job, it, _head_update)
-
-
-def recap_iteration(job: Job, it: int) -> None:
-    """RECAP with the others' budget: `rounds x episodes_per_round` sampled episodes (the policy
-    asked for "positive"), then one RECAP phase (value function on every stored episode, advantage
-    labels, `sft_steps` of conditioned SFT) and a publish. AWR (learner.recap_weighting "awr") runs
-    the same with a plain prompt and advantage-weighted SFT."""
-    cfg = job.cfg
-    for _ in range(cfg.rounds):
-        res = _collect(job)
-    t = time.time()
-    m = job.trainer.recap_phase(it, progress=False)
-    job.trainer.publish("full", "recap", m)
-    job.sft_s += time.time() - t
-    job.n_updates += cfg.sft_steps
-    job.rounds.append({k: v for k, v in m.items() if k.startswith(("value_", "labels_", "sft_", "n_tasks"))}
-                      | {"sampled": res.success_rate})
-    job.point(f"it{it} sft", sampled=res.success_rate)
-
-
+# --- the methods: each is a learner recipe (learner/recipes/registry.py) run in-process on rollouts
 @dataclass(frozen=True)
 class Method:
     label: str
-    iteration: Callable[[Job, int], None]  # runs iteration `it` of the method on the job
+    recipe: str  # the learner recipe it runs (learner.algorithm)
     online: bool  # collects online episodes (an RL method)
     sft: bool  # has an SFT phase (its RL phase is evaluated once, after the SFT)
-    algorithm: str = "ppo"  # the learner's head RL algorithm (learner.rl)
     learner: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # other learner settings the method sets
 
 
 METHODS: dict[str, Method] = {
-    "sft_only": Method("SFT on the demos only", sft_only_iteration, online=False, sft=True),
-    "sft_extra_demos": Method("SFT + extra expert demos", sft_extra_demos_iteration, online=False, sft=True),
-    "irevla_ppo": Method("iRe-VLA (PPO head + SFT)", irevla_iteration, online=True, sft=True),
-    "irevla_sac": Method("iRe-VLA (SAC head + SFT)", irevla_iteration, online=True, sft=True, algorithm="sac"),
-    "ppo_whole": Method("PPO whole model, no SFT", ppo_whole_iteration, online=True, sft=False),
-    "rl_only": Method("PPO head only, no SFT", rl_only_iteration, online=True, sft=False),
-    "recap": Method("RECAP (value fn + advantage-conditioned SFT)", recap_iteration, online=True, sft=True,
-                    algorithm="recap"),
-    "awr": Method("AWR (advantage-weighted SFT, RECAP's value fn)", recap_iteration, online=True, sft=True,
-                  algorithm="recap", learner={"recap_weighting": "awr"}),
+    "sft_only": Method("SFT on the demos only", "sft_only", online=False, sft=True),
+    "sft_extra_demos": Method("SFT + extra expert demos", "sft_extra_demos", online=False, sft=True),
+    "irevla_ppo": Method("iRe-VLA (PPO head + SFT)", "ppo", online=True, sft=True),
+    "irevla_sac": Method("iRe-VLA (SAC head + SFT)", "sac", online=True, sft=True),
+    "ppo_whole": Method("PPO whole model, no SFT", "ppo_whole", online=True, sft=False),
+    "rl_only": Method("PPO head only, no SFT", "rl_only", online=True, sft=False),
+    "recap": Method("RECAP (value fn + advantage-conditioned SFT)", "recap", online=True, sft=True),
+    "awr": Method("AWR (advantage-weighted SFT, RECAP's value fn)", "recap", online=True, sft=True,
+                  learner={"recap": {"weighting": "awr"}}),
 }
 RL_METHODS = {m for m, spec in METHODS.items() if spec.online}
 SFT_METHODS = {m for m, spec in METHODS.items() if spec.sft}
+ROUND_KEYS = ("approx_kl", "clipfrac", "logprob_mismatch", "critic_warmup", "q_mean", "alpha")  # per RL round
+CONSOLIDATION_KEYS = ("value_", "labels_", "sft_", "n_tasks")  # per phase that collected and trained the trunk
+
+
+def _collect(job: Job, phase, it: int) -> list[dict]:
+    """The phase's online episodes, `episodes_per_round` per rollout call, stored in the run's store."""
+    from learner.evaluate import rollout
+
+    cfg, metas, successes = job.cfg, [], 0
+    while len(metas) < phase.episodes:
+        n = min(cfg.episodes_per_round, phase.episodes - len(metas))
+        res = rollout(job.trainer.policy, range(job.episode_seed, job.episode_seed + n), cfg.task, "sample", job.g,
+                      store=job.trainer.store, split=cfg.collect_split, backend=cfg.backend, workers=cfg.workers,
+                      max_steps=cfg.max_steps)
+        job.episode_seed += n
+        job.episodes += n
+        metas += res.metas
+        successes += round(res.success_rate * n)
+    job.sampled = successes / len(metas)
+    return metas
+
+
+def _record_demos(job: Job, phase, it: int) -> list[dict]:
+    """As many expert demos as the others get online episodes, on the tasks they collect on."""
+    cfg, trainer = job.cfg, job.trainer
+    kept = _demo_recorder(cfg)(trainer.store, task=cfg.task, n=phase.demos,
+                               seed=500_000 + 100_000 * job.seed + it * 10_000, split=cfg.collect_split,
+                               image_size=trainer.config.model.image_size, cameras=tuple(trainer.config.model.cameras))
+    job.episodes += phase.demos
+    return kept
+
+
+def _published(job: Job, phase, entry: dict, metrics: dict, following) -> None:
+    """After each phase: timings, the round's record, and a point of the curve when `evaluate_at` says."""
+    cfg, it = job.cfg, entry["iteration"]
+    rl = phase.name == "rl"
+    if rl:
+        job.rl_s += entry["seconds"]
+        job.n_updates += int(metrics.get("n_updates", 0))
+        job.rounds.append({k: metrics[k] for k in ROUND_KEYS if k in metrics} | {"sampled": job.sampled})
+    else:  # the trunk's training: an SFT (or a RECAP) phase
+        job.sft_s += entry["seconds"]
+        job.n_updates += cfg.sft_steps
+        if phase.episodes:
+            job.rounds.append({k: v for k, v in metrics.items() if k.startswith(CONSOLIDATION_KEYS)}
+                              | {"sampled": job.sampled})
+    if following is None:  # x = the budget spent, by the methods that spend none too
+        job.episodes = max(job.episodes, (it + 1) * cfg.rounds * cfg.episodes_per_round)
+    if cfg.evaluate_at == "round" or following is None or (cfg.evaluate_at == "phase" and following.name != phase.name):
+        extra = {"sampled": job.sampled} if phase.episodes else {}
+        if "n_online_successes" in metrics:
+            extra.update(n_online_successes=metrics["n_online_successes"], n_expert=metrics.get("n_expert"))
+        job.point(f"it{it} rl{phase.round}" if rl else f"it{it} sft", **extra)
+
+
+def recipe_run(job: Job, config):
+    """The method's recipe on the job's trainer, with in-process rollouts as its episode source."""
+    from learner.recipes.inprocess import InProcessRun
+    from learner.recipes.registry import recipe_for
+
+    return InProcessRun(job.trainer, recipe_for(config.learner), collect=lambda ph, it: _collect(job, ph, it),
+                        record_demos=lambda ph, it: _record_demos(job, ph, it),
+                        on_published=lambda *a: _published(job, *a))
 
 
 # --- a job: start (or resume), iterate, save after each iteration
@@ -387,8 +342,8 @@ _JOB_FIELDS = ("iterations_done", "episodes", "episode_seed", "rl_s", "sft_s", "
 
 
 def _save(job: Job) -> None:
-    """The job as it is now (an iteration just ended): counters, curve, the generators, ppo_whole's
-    optimizer, the RL algorithm's state and the episodes and version to go back to."""
+    """The job as it is now (an iteration just ended): counters, curve, the generators, the RL
+    algorithm's state (optimizers included) and the episodes and version to go back to."""
     import torch
 
     from episodes.durable import write_atomic, write_json_atomic
@@ -399,7 +354,6 @@ def _save(job: Job) -> None:
     rl_state = job.run_dir / RL_STATE_FILE
     buf = io.BytesIO()
     torch.save({"g": job.g.get_state(), "trainer_g": job.trainer.generator.get_state(),
-                "whole_opt": None if job.whole_opt is None else job.whole_opt.state_dict(),
                 "rl_state": rl_state.read_bytes() if rl_state.exists() else None}, buf)
     write_atomic(d / "state.pt", buf.getvalue())
     episodes = sorted(str(p.relative_to(job.run_dir / "episodes"))
@@ -433,9 +387,6 @@ def _restore(job: Job, config) -> bool:
     job.g.set_state(state["g"])
     for k in _JOB_FIELDS:
         setattr(job, k, saved[k])
-    if state["whole_opt"] is not None:
-        job.whole_opt = torch.optim.Adam(list(job.trainer.model.parameters()), lr=job.cfg.ppo_lr, eps=1e-5)
-        job.whole_opt.load_state_dict(state["whole_opt"])
     return True
 
 
@@ -449,9 +400,8 @@ def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict
     torch.set_num_threads(1)
     job = Job(cfg, out, method, seed, g=torch.Generator().manual_seed(seed), episode_seed=200_000 + 100_000 * seed)
     config = _learner_config(cfg, job.run_dir, seed)
-    config.learner.algorithm = METHODS[method].algorithm
-    for key, value in METHODS[method].learner.items():
-        setattr(config.learner, key, value)
+    config.learner.algorithm = METHODS[method].recipe
+    config.learner = config.learner.updated(**METHODS[method].learner)
     t_job = time.time()
     if _restore(job, config):
         print(f"{job.tag} resumed after iteration {job.iterations_done} of {cfg.iterations}", flush=True)
@@ -464,9 +414,10 @@ def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict
         job.curve = [{"episodes": 0, "phase": "stage0", "version": job.trainer.version,
                       **(stage0_eval or _evaluate(job.trainer.policy, cfg))}]
         print(f"{job.tag} start: {job.curve[0]}", flush=True)
+    job.run = recipe_run(job, config)
     for it in range(job.iterations_done, cfg.iterations):
         t_it = time.time()
-        METHODS[method].iteration(job, it)
+        job.run.iteration(it)
         job.iterations_done, job.wall_s = it + 1, job.wall_s + time.time() - t_it
         _save(job)
         _progress(cfg, out, "iteration", method, seed, it, time.time() - t_it)

@@ -35,7 +35,7 @@ from sim.mock.demos import record_demos
 def config_for(run_dir: Path, seed: int, demos: int, steps: int, task: str, cameras: list[str]):
     cfg = load_config(None, environ={}, run_dir=str(run_dir))
     cfg.robot.task, cfg.model.cameras = task, cameras
-    cfg.learner.seed, cfg.learner.bootstrap_demos, cfg.learner.bootstrap_steps = seed, demos, steps
+    cfg.learner.seed, cfg.learner.bootstrap.demos, cfg.learner.bootstrap.steps = seed, demos, steps
     return cfg
 
 
@@ -69,8 +69,8 @@ def stage0(run_dir: Path, cfg, eval_n: int, task: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.lerobot_roundtrip", description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="learner seeds")
-    p.add_argument("--demos", type=int, default=40, help="scripted demos (the default learner.bootstrap_demos)")
-    p.add_argument("--steps", type=int, default=400, help="Stage 0 steps (the default learner.bootstrap_steps)")
+    p.add_argument("--demos", type=int, default=40, help="scripted demos (the default learner.bootstrap.demos)")
+    p.add_argument("--steps", type=int, default=400, help="Stage 0 steps (the default learner.bootstrap.steps)")
     p.add_argument("--eval-n", type=int, default=50, help="greedy evaluation episodes (seeds 10000..)")
     p.add_argument("--task", default="reach")
     p.add_argument("--cameras", default="front", help="comma-separated mock cameras (front,wrist)")

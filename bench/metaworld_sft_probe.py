@@ -64,14 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(None, environ={}, run_dir=str(run_dir))
     config.robot.backend, config.robot.task = "metaworld", args.tasks[0]
     lc = config.learner
-    lc.seed, lc.bootstrap_steps = args.seed, args.steps
+    lc.seed, lc.bootstrap.steps = args.seed, args.steps
     t0 = time.time()
     store = EpisodeStore(run_dir / "episodes")
     for task in args.tasks:
         record_demos(store, task, args.demos, image_size=config.model.image_size,
                      cameras=tuple(config.model.cameras))
-    lc.bootstrap_demos = len(store.list_episodes(source="expert"))
-    print(f"{lc.bootstrap_demos} demos ready [{time.time() - t0:.0f} s]", flush=True)
+    lc.bootstrap.demos = len(store.list_episodes(source="expert"))
+    print(f"{lc.bootstrap.demos} demos ready [{time.time() - t0:.0f} s]", flush=True)
     trainer = Trainer(config, run_dir)
     if trainer.resume() is None:
         trainer.bootstrap(progress=False)

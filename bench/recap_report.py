@@ -62,7 +62,7 @@ def measure(out: Path, n: int, task: str, hz: float, beta: float) -> list[dict]:
         method, seed = run.name.rsplit("-s", 1)
         policy = Policy.load(CheckpointRegistry(run / "checkpoints"))
         variants = {method: policy}
-        if method == "recap":
+        if policy.advantage is not None:  # served advantage-conditioned: compare without and with guidance
             variants["recap, no indicator"] = served_as(policy, None)
             variants[f"recap, guidance {beta:g}"] = served_as(policy, {"format": 1, "indicator": True, "guidance": beta})
         for name, p in variants.items():

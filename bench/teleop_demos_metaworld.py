@@ -10,7 +10,7 @@ operator's steps are stored). The operator at the device is a stand-in: an inter
 drives the scene's scripted expert action every tick, through the client's SafetyFilter and teleop
 deadline like a gamepad or a SpaceMouse would; the server's auto-label (the env's success check)
 stands in for the operator's S. Stage 0 then trains on the stored demos alone
-(`learner.bootstrap_min_demos`, nothing scripted recorded by the learner) and the greedy success of
+(`learner.bootstrap.min_demos`, nothing scripted recorded by the learner) and the greedy success of
 the published v1 is measured on fresh seeds, next to uniform random actions on the same seeds.
 """
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     config = load_config(None, environ={}, run_dir=str(run_dir))
     config.robot.backend, config.robot.task = "metaworld", args.task
-    config.learner.bootstrap_steps, config.learner.bootstrap_min_demos = args.steps, args.demos
+    config.learner.bootstrap.steps, config.learner.bootstrap.min_demos = args.steps, args.demos
     trainer = Trainer(config, run_dir)
     assert trainer.has_demos()
     trainer.bootstrap(progress=False)

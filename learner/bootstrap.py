@@ -7,7 +7,7 @@ With a real pretrained backbone (`model.backbone_dir` set) Stage 0 is LoRA SFT, 
 The action/state normalization is computed from the demos here and travels with every version.
 
 On the mock (robot.backend "mock"), missing demos are recorded first with the scripted expert
-(`learner.bootstrap_demos` episodes of `robot.task`, seeds 0..n-1), so `vlaloop learn --bootstrap`
+(`learner.bootstrap.demos` episodes of `robot.task`, seeds 0..n-1), so `vlaloop learn --bootstrap`
 works on a fresh run dir. On a real robot the demos must already be in the store (source "expert").
 """
 
@@ -43,14 +43,14 @@ def expert_demos(store: EpisodeStore) -> list[dict]:
 
 def ensure_demos(store: EpisodeStore, config, progress: bool = False) -> list[dict]:
     """The successful expert demos in the store; on a simulator (mock, metaworld), record up to
-    `bootstrap_demos` first."""
+    `bootstrap.demos` first."""
     demos = expert_demos(store)
-    want = config.learner.bootstrap_demos
-    needed = config.learner.bootstrap_min_demos
+    want = config.learner.bootstrap.demos
+    needed = config.learner.bootstrap.min_demos
     if needed:  # the operator's recorded demos alone (learner/trainer.py waits until they are in)
         if len(demos) < needed:
             raise RuntimeError(f"{len(demos)} of the {needed} expert demonstrations Stage 0 waits for "
-                               f"(learner.bootstrap_min_demos) are in {store.root}")
+                               f"(learner.bootstrap.min_demos) are in {store.root}")
         return demos
     if len(demos) < want and config.robot.backend in ("mock", "metaworld"):
         if config.robot.backend == "metaworld":
@@ -82,10 +82,10 @@ def normalizer_from_demos(store: EpisodeStore, demos: list[dict], config) -> Nor
 
 def bootstrap_sft_config(config) -> SFTConfig:
     lc = config.learner
-    return SFTConfig(steps=lc.bootstrap_steps, batch_size=lc.bootstrap_batch_size, lr=lc.bootstrap_lr,
-                     loss=lc.bootstrap_loss, eval_fraction=lc.sft_eval_fraction,
-                     eval_every=max(1, lc.bootstrap_steps // 4), seed=lc.seed,
-                     warmup_steps=min(20, max(1, lc.bootstrap_steps // 10)))
+    return SFTConfig(steps=lc.bootstrap.steps, batch_size=lc.bootstrap.batch_size, lr=lc.bootstrap.lr,
+                     loss=lc.bootstrap.loss, eval_fraction=lc.sft.eval_fraction,
+                     eval_every=max(1, lc.bootstrap.steps // 4), seed=lc.seed,
+                     warmup_steps=min(20, max(1, lc.bootstrap.steps // 10)))
 
 
 def run_bootstrap(config, registry: CheckpointRegistry, store: EpisodeStore, progress: bool = True,

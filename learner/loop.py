@@ -1,26 +1,25 @@
-"""The phase loop (iRe-VLA): bootstrap -> { RL rounds (head only) -> SFT (LoRA + head) -> publish } x N.
+"""The phase loop: bootstrap, then the deployment's recipe (learner/recipes/), phase after phase.
 
     no policy (or --bootstrap)  -> Trainer.bootstrap()                       publishes a "full" version
-    RL phase, per round         -> wait for `episodes_per_round` new labelled online episodes
-                                   (purpose "train", outcome success|failure, not consumed before)
-                                -> Trainer.rl_round(metas) -> Trainer.publish("head", "rl", metrics)
-    after `rl_rounds_per_phase` rounds (or a success plateau with rl_schedule "plateau")
-    SFT phase                   -> Trainer.sft_phase() -> Trainer.publish("full", "sft", metrics)
-    `max_iterations` RL+SFT iterations (0 = forever), then the learner exits.
+    each phase                  -> phase = recipe.next_phase(iteration, phases done this iteration)
+                                   (None: the iteration is over -> the next one)
+                                -> wait for its `episodes` new labelled online episodes (purpose
+                                   "train", outcome success|failure, not consumed before), its new
+                                   expert demos, and a demo or success to imitate if it needs one
+                                -> metrics = phase.train(trainer, metas) -> Trainer.publish(kind, phase.name)
+                                -> commit -> phase record -> TensorBoard -> status.json (one tail)
+    `max_iterations` iterations (0 = forever), then the learner exits.
 
-RECAP (learner.algorithm "recap", docs/recap.md) replaces the RL rounds and the SFT phase by one
-iteration, each step its status.json phase:
-    collect  -> wait for `recap_episodes_per_iteration` new labelled online episodes
-    value    -> the value function on every labelled episode in the store
-    labels   -> n-step advantages, per-task thresholds, written to runs/<run>/recap/
-    sft      -> advantage-conditioned SFT -> Trainer.publish("full", "recap", metrics)
-(`recap_weighting: awr`: the same phases, but the SFT is advantage-weighted and the version plain.)
-It publishes through the same registry and so the same canary gate; its resume rule is the SFT
-phase's (a pending "recap" iteration counts as done only if LATEST is a newer "recap" version).
+iRe-VLA (`learner.algorithm` ppo | sac): `rl_rounds_per_phase` RL rounds (fewer on a success
+plateau with rl_schedule "plateau"), each publishing a head version, then an SFT phase (full).
+RECAP (recap, docs/recap.md): one phase per iteration, whose status.json phase goes collect ->
+value -> labels -> sft; with nothing to condition "positive" on it raises WaitForData and the loop
+waits, publishing nothing. The loop branches on no recipe's name: what a phase needs, trains and
+publishes is the Phase's.
 
 Resume rule (a learner killed with SIGKILL at any point neither loses nor double-counts an episode):
-``runs/<run>/learner_state.json`` (atomic write) holds the iteration, the rounds done and the
-episodes each consumed. Before a round trains, its episodes and the newest version number are
+``runs/<run>/learner_state.json`` (atomic write) holds the iteration, the phases done and the
+episodes each consumed; the recipe is asked again from the phases done, so it picks up where it was. Before a round trains, its episodes and the newest version number are
 written as ``pending``; the round is committed (episodes -> consumed) only once its version is
 published. On restart a pending round counts as done only if LATEST names a version newer than the
 one it started from and of its phase (the publish finished); otherwise it is redone (its episodes
@@ -53,6 +52,8 @@ from episodes.status import PHASE_LOG, PhaseLog, StatusBoard, phase_key
 from episodes.store import EpisodeStore, episode_key, write_json_atomic
 from learner.episode_rules import is_rl_episode, reward_model_labels_trusted
 from learner.metrics import scalar_metrics
+from learner.recipes.base import Phase, PhaseHooks, WaitForData
+from learner.recipes.registry import recipe_for
 
 log = logging.getLogger("learner.loop")
 
@@ -67,7 +68,8 @@ class LearnerState:
 
     def __init__(self, path: Path):
         self.path = path
-        self.data: dict[str, Any] = {"state_version": STATE_VERSION, "iteration": 0, "phase": "rl",
+        # "phase": the last committed phase's name (for a reader; the recipe decides what comes next)
+        self.data: dict[str, Any] = {"state_version": STATE_VERSION, "iteration": 0, "phase": None,
                                      "round": 0, "consumed": {}, "rounds": [], "pending": None, "rejected": {}}
         if path.exists():
             loaded = json.loads(path.read_text())
@@ -85,11 +87,7 @@ class LearnerState:
         return self.data["iteration"]
 
     @property
-    def phase(self) -> str:  # "rl" | "sft": what the loop does next
-        return self.data["phase"]
-
-    @property
-    def round(self) -> int:  # RL rounds done in the current iteration
+    def round(self) -> int:  # phases committed in the current iteration
         return self.data["round"]
 
     @property
@@ -100,8 +98,9 @@ class LearnerState:
     def pending(self) -> dict | None:
         return self.data["pending"]
 
-    def phase_rounds(self) -> list[dict]:
-        return [r for r in self.data["rounds"] if r["iteration"] == self.iteration and r["phase"] == "rl"]
+    def done_this_iteration(self) -> list[dict]:
+        """The current iteration's committed phases, oldest first: what its recipe asks about."""
+        return [r for r in self.data["rounds"] if r["iteration"] == self.iteration]
 
     # ---- transitions
     def begin(self, phase: str, episodes: list[str], newest_version: int | None) -> None:
@@ -118,16 +117,13 @@ class LearnerState:
         for key in p["episodes"]:
             self.consumed[key] = {"iteration": p["iteration"], "round": p["round"], "version": version}
         self.data["rounds"].append(entry)
-        if p["phase"] == "rl":
-            self.data["round"] = p["round"] + 1
-        else:  # sft (or a RECAP iteration) finished the iteration
-            self.data.update(iteration=p["iteration"] + 1, round=0, phase="rl")
-        self.data["pending"] = None
+        self.data.update(round=p["round"] + 1, phase=p["phase"], pending=None)
         self.save()
         return entry
 
-    def to_sft(self) -> None:
-        self.data["phase"] = "sft"
+    def end_iteration(self) -> None:
+        """The recipe has no phase left in this iteration (asked again after a restart, it says so again)."""
+        self.data.update(iteration=self.iteration + 1, round=0)
         self.save()
 
     def drop_pending(self) -> None:
@@ -165,6 +161,7 @@ class PhaseLoop:
                  ingest=None, trainer_factory: Callable | None = None, poll_s: float = 0.5):
         self.config = config
         self.lc = config.learner
+        self.recipe = recipe_for(self.lc)  # what comes next (learner/recipes/)
         self.run_dir = Path(run_dir)
         self.status = status or StatusBoard(self.run_dir / "status.json", self.lc.status_interval_s)
         self.shutdown = shutdown or Shutdown()
@@ -360,7 +357,7 @@ class PhaseLoop:
         log.info("bootstrap: training from expert demonstrations")
         self._log_start("bootstrap", 0, 0)
         version = self._interruptible(self.trainer.bootstrap, progress=True,  # tqdm on stderr
-                                      on_progress=self._progress_reporter("bootstrap"))
+                                      on_progress=self._progress_reporter())
         self._log_end({"phase": "bootstrap", "iteration": 0, "round": 0, "version": version})
         self.status.set(phase="bootstrap", progress=1.0, policy_version=version, detail="bootstrapped")
         self.status.add_history({"iteration": 0, "round": 0, "phase": "bootstrap", "version": version,
@@ -378,8 +375,10 @@ class PhaseLoop:
         self.status.set(phase="idle", detail="bootstrap done")
         return 0
 
-    def _wait_for_episodes(self, n: int, phase: str = "rl") -> list[dict] | None:
-        """Block until n new RL episodes exist (None on shutdown). `phase` "collect": RECAP's wait."""
+    def _wait_for_episodes(self, n: int, phase: str = "rl", progress: tuple[float, float] = (0.0, 1.0)
+                           ) -> list[dict] | None:
+        """Block until n new RL episodes exist (None on shutdown). `phase`: what status.json shows
+        meanwhile; `progress`: the iteration's fraction before and after the phase."""
         last_report = -1
         while not self.shutdown.event.is_set():
             if self._ingest is not None and not self._ingest.alive:
@@ -390,10 +389,9 @@ class PhaseLoop:
                 return found[:n]
             if len(found) != last_report:
                 last_report = len(found)
-                rounds = self.lc.rl_rounds_per_phase
-                progress = (self.state.round + len(found) / n) / rounds if phase == "rl" else len(found) / n
+                done = progress[0] + (progress[1] - progress[0]) * len(found) / n
                 self.status.set(phase=phase, iteration=self.state.iteration, round=self.state.round,
-                                progress=progress, detail=f"waiting for episodes ({len(found)}/{n})")
+                                progress=done, detail=f"waiting for episodes ({len(found)}/{n})")
             self._new_data.wait(self.poll_s)
             self._new_data.clear()
         return None
@@ -412,47 +410,101 @@ class PhaseLoop:
         if report is not None:
             self.status.set_reward_model({"mode": self.config.reward_model.mode, **report})
 
-    def rl_round(self) -> bool:
-        """One RL round; False when shutting down before it could start."""
-        n = self.lc.episodes_per_round
-        self._log_start("rl", self.state.iteration, self.state.round)
-        episodes = self._wait_for_episodes(n)
+    def _take_episodes(self, phase: Phase) -> list[dict] | None:
+        """The phase's new online episodes, re-read (a relabel may have landed since they were
+        indexed); None on shutdown or when a label changed under us (then the loop asks again)."""
+        if not phase.episodes:
+            return []
+        self.status.set(phase=phase.waiting or phase.name, iteration=self.state.iteration, round=phase.round,
+                        progress=phase.progress[0], detail=f"{phase.describe}: collecting {phase.episodes} episodes")
+        episodes = self._wait_for_episodes(phase.episodes, phase=phase.waiting or phase.name,
+                                           progress=phase.progress)
         if episodes is None:
-            return False
-        # re-read the metas: a relabel may have landed since they were indexed
+            return None
         metas = [m for m in (self.store.read_meta(e["robot_id"], e["episode_id"]) for e in episodes) if m]
         metas = [m for m in metas if is_rl_episode(m, self.reward_model_labels)]
-        if len(metas) < n:
-            return True  # a label changed under us: wait again
-        keys = [episode_key(m) for m in metas]
-        it, rnd = self.state.iteration, self.state.round
+        return metas if len(metas) == phase.episodes else None
+
+    def _take_demos(self, phase: Phase) -> list[dict] | None:
+        """`phase.demos` expert demos not consumed before (oldest first); None on shutdown."""
+        if not phase.demos:
+            return []
+        while not self.shutdown.event.is_set():
+            fresh = sorted((m for m in self.store.list_episodes(source="expert")
+                            if episode_key(m) not in self.state.consumed), key=lambda m: (m.get("finished", 0),
+                                                                                          episode_key(m)))
+            if len(fresh) >= phase.demos:
+                return fresh[:phase.demos]
+            self.status.set(phase=phase.waiting or phase.name, waiting_for="demonstrations",
+                            detail=f"waiting for new expert demos ({len(fresh)}/{phase.demos})")
+            self._new_data.wait(max(self.poll_s, 1.0))
+            self._new_data.clear()
+        return None
+
+    def run_phase(self, phase: Phase) -> None:
+        """Wait for what `phase` needs, train, publish, commit (the recipe's step; module docstring)."""
+        it = self.state.iteration
+        self._log_start(phase.name, it, phase.round)
+        if phase.needs_sft_data and not phase.episodes and not self._wait_for_training_data(
+                phase.waiting or phase.name, self.trainer.has_sft_data):
+            return
+        metas = self._take_episodes(phase)
+        if metas is None:
+            return
+        if phase.needs_sft_data and phase.episodes and not self._wait_for_training_data(
+                phase.waiting or phase.name, self.trainer.has_sft_data):
+            return
+        demos = self._take_demos(phase)
+        if demos is None:
+            return
+        keys = [episode_key(m) for m in metas + demos]
         self.follow_promotion()
-        self.state.begin("rl", keys, self._newest_version())
-        self.status.set(phase="rl", iteration=it, round=rnd, detail=f"RL round {rnd} on {n} episodes")
-        log.info("RL round %d of iteration %d on %d episodes", rnd, it, n)
+        self.state.begin(phase.name, keys, self._newest_version())
+        self.status.set(phase=phase.status or phase.name, iteration=it, round=phase.round,
+                        progress=phase.progress[0],
+                        detail=phase.describe or phase.name)
+        log.info("%s (round %d of iteration %d) on %d episodes", phase.name, phase.round, it, len(keys))
+        hooks = PhaseHooks(it, progress=True, on_phase=self._on_step_of(it),  # tqdm on stderr
+                           on_progress=self._progress_reporter())
         try:
-            metrics = self._interruptible(self.trainer.rl_round, metas)
+            metrics = self._interruptible(phase.train, self.trainer, metas, hooks)
         except ShutdownRequested:
             raise
-        except Exception as e:  # one bad episode must not crash-loop the learner on every restart
-            self._round_failed(keys, e)
-            return True
+        except WaitForData as e:  # nothing to learn from yet: wait for more data
+            self.state.drop_pending()
+            log.warning("%s of iteration %d: %s; waiting for more episodes, nothing published", phase.name, it, e)
+            self.status.set(phase=phase.waiting or phase.name, waiting_for="successes", detail=f"{phase.name}: {e}")
+            self._new_data.wait(max(self.poll_s, 1.0))
+            self._new_data.clear()
+            return
+        except Exception as e:
+            if not phase.reject_on_error:
+                raise
+            self._round_failed(keys, e)  # one bad episode must not crash-loop the learner on every restart
+            return
         self._failures = 0
-        version = self.trainer.publish("head", "rl", metrics)
-        entry = self.state.commit(version, scalar_metrics(metrics))
-        self._log_end(entry)
+        self._published(phase, self.trainer.publish(phase.publish, phase.name, metrics), metrics)
+
+    def _on_step_of(self, it: int) -> Callable[[str], None]:
+        def on_phase(step: str) -> None:
+            self.status.set(phase=step, progress=0.0, detail=f"iteration {it}: {step}")
+        return on_phase
+
+    def _published(self, phase: Phase, version: int, metrics: dict) -> None:
+        """The one tail after every publish: commit, phase record, TensorBoard, status, history, log."""
+        it = self.state.iteration
         losses = scalar_metrics(metrics)
+        entry = self.state.commit(version, losses)
+        self._log_end(entry)
         step = len(self.state.data["rounds"])
         for k, v in losses.items():
-            self._tb(f"loop/rl/{k}", v, step)
+            self._tb(f"loop/{phase.name}/{k}", v, step)
         self._tb("loop/policy_version", version, step)
-        self.status.set(phase="rl", iteration=it, round=rnd + 1, policy_version=version, losses=losses,
-                        progress=(rnd + 1) / self.lc.rl_rounds_per_phase,
-                        detail=f"RL round {rnd} published v{version}")
+        self.status.set(iteration=it, round=phase.round + 1, policy_version=version, losses=losses, progress=phase.progress[1], waiting_for=None,
+                        detail=f"{phase.name} (round {phase.round}) published v{version}")
         self.status.add_history(self._history_entry(entry))
-        log.info("RL round %d published v%d: %s", rnd, version,
+        log.info("%s (round %d of iteration %d) published v%d: %s", phase.name, phase.round, it, version,
                  ", ".join(f"{k}={v:.4g}" for k, v in list(losses.items())[:8]))
-        return True
 
     def _round_failed(self, keys: list[str], error: Exception) -> None:
         """Set the round's episodes aside (never retried) and go on; several failures in a row
@@ -467,20 +519,6 @@ class PhaseLoop:
         self.status.set(detail=f"RL round failed ({self._failures} in a row): {type(error).__name__}: {error}")
         if self._failures >= MAX_FAILED_ROUNDS:
             raise RuntimeError(f"{self._failures} RL rounds in a row failed; last error: {error}") from error
-
-    def plateau(self) -> bool:
-        """Success stopped improving over the last `plateau_rounds` rounds of this phase."""
-        if self.lc.rl_schedule != "plateau":
-            return False
-        rates = [r["metrics"].get("success_rate") for r in self.state.phase_rounds()]
-        rates = [r for r in rates if r is not None]
-        k = self.lc.plateau_rounds
-        if len(rates) <= k:
-            return False
-        return max(rates[-k:]) < max(rates[:-k]) + self.lc.plateau_delta
-
-    def rl_phase_done(self) -> bool:
-        return self.state.round >= self.lc.rl_rounds_per_phase or self.plateau()
 
     def _wait_for_training_data(self, phase: str, ready: Callable[[], bool]) -> bool:
         """Block (holding no lock, publishing nothing) until `ready()`; say so in status.json, which
@@ -504,16 +542,16 @@ class PhaseLoop:
             self._new_data.clear()
         return False
 
-    def _progress_reporter(self, phase: str) -> Callable[[float], None]:
-        """status.json progress during a long training call: every percent, at most once per the
-        status board's interval."""
+    def _progress_reporter(self) -> Callable[[float], None]:
+        """status.json progress during a long training call (of the phase status.json shows): every
+        percent, at most once per the status board's interval."""
         last = {"progress": 0.0, "t": 0.0}
 
         def report(progress: float) -> None:
             now = time.monotonic()
             if progress >= 1.0 or (progress - last["progress"] >= 0.01 and now - last["t"] >= self.status.interval_s):
                 last.update(progress=progress, t=now)
-                self.status.set(phase=phase, progress=min(progress, 1.0))
+                self.status.set(progress=min(progress, 1.0))
 
         return report
 
@@ -524,100 +562,6 @@ class PhaseLoop:
         if version is not None:
             self.status.set(policy_version=version, detail=f"the server refused the trained version; "
                                                            f"continuing from promoted v{version}")
-
-    def sft(self) -> None:
-        it = self.state.iteration
-        if not self._wait_for_training_data("sft", self.trainer.has_sft_data):
-            return
-        self.follow_promotion()
-        self._log_start("sft", it, self.state.round)
-        self.state.begin("sft", [], self._newest_version())
-        self.status.set(phase="sft", iteration=it, progress=0.0, detail="SFT: LoRA + head on expert and successes")
-        log.info("SFT phase of iteration %d", it)
-        metrics = self._interruptible(self.trainer.sft_phase, progress=True,  # tqdm on stderr
-                                      on_progress=self._progress_reporter("sft"))
-        version = self.trainer.publish("full", "sft", metrics)
-        entry = self.state.commit(version, scalar_metrics(metrics))
-        self._log_end(entry)
-        losses = scalar_metrics(metrics)
-        for k, v in losses.items():
-            self._tb(f"loop/sft/{k}", v, it)
-        self.status.set(phase="sft", iteration=it + 1, round=0, progress=1.0, policy_version=version,
-                        losses=losses, detail=f"SFT published v{version}")
-        self.status.add_history(self._history_entry(entry))
-        log.info("SFT of iteration %d published v%d", it, version)
-
-    def recap_episodes_per_iteration(self) -> int:
-        return self.lc.recap_episodes_per_iteration or self.lc.episodes_per_round * self.lc.rl_rounds_per_phase
-
-    def recap_iteration(self) -> None:
-        """collect -> value function -> labels -> conditioned SFT -> publish (module docstring).
-        With nothing to condition "positive" on (no demo, success or correction in the store) it
-        waits, as the SFT phase does, and publishes nothing."""
-        from learner.recap.labels import NoPositiveSteps
-        from learner.recap.phase import NoLabelledEpisodes
-
-        it = self.state.iteration
-        self._log_start("recap", it, 0)
-        n = self.recap_episodes_per_iteration()
-        self.status.set(phase="collect", iteration=it, round=0, progress=0.0,
-                        detail=f"RECAP iteration {it}: collecting {n} episodes")
-        episodes = self._wait_for_episodes(n, phase="collect")
-        if episodes is None:
-            return
-        if not self._wait_for_training_data("collect", self.trainer.has_sft_data):
-            return
-        metas = [m for m in (self.store.read_meta(e["robot_id"], e["episode_id"]) for e in episodes) if m]
-        metas = [m for m in metas if is_rl_episode(m, self.reward_model_labels)]
-        if len(metas) < n:
-            return  # a label changed under us: wait again
-        keys = [episode_key(m) for m in metas]
-        self.follow_promotion()
-        self.state.begin("recap", keys, self._newest_version())
-        self.status.set(phase="value", iteration=it, progress=0.0, detail=f"RECAP iteration {it}: value function")
-        log.info("RECAP iteration %d (%d new episodes)", it, n)
-
-        def on_phase(phase: str) -> None:
-            self.status.set(phase=phase, progress=0.0, detail=f"RECAP iteration {it}: {phase}")
-
-        try:
-            metrics = self._interruptible(self.trainer.recap_phase, it, progress=True, on_phase=on_phase,
-                                          on_progress=self._progress_reporter("sft"))
-        except (NoLabelledEpisodes, NoPositiveSteps) as e:  # nothing to learn from yet: wait for more data
-            self.state.drop_pending()
-            log.warning("RECAP iteration %d: %s; waiting for more episodes, nothing published", it, e)
-            self.status.set(phase="collect", waiting_for="successes", detail=f"RECAP: {e}")
-            self._new_data.wait(max(self.poll_s, 1.0))
-            self._new_data.clear()
-            return
-        version = self.trainer.publish("full", "recap", metrics)
-        entry = self.state.commit(version, scalar_metrics(metrics))
-        self._log_end(entry)
-        losses = scalar_metrics(metrics)
-        for k, v in losses.items():
-            self._tb(f"loop/recap/{k}", v, it)
-        self.status.set(phase="sft", iteration=it + 1, round=0, progress=1.0, policy_version=version,
-                        losses=losses, waiting_for=None, detail=f"RECAP published v{version}")
-        self.status.add_history(self._history_entry(entry))
-        if self.lc.recap_weighting == "awr":
-            log.info("RECAP iteration %d (AWR) published v%d (weights' ESS %.0f %% of the samples)", it, version,
-                     100 * metrics.get("sft_awr_ess_fraction", 0.0))
-        else:
-            log.info("RECAP iteration %d published v%d (%.0f %% of steps positive)", it, version,
-                     100 * metrics.get("labels_positive_fraction", 0.0))
-
-    def check_recap_backbone(self) -> None:
-        """learner.algorithm recap: the backbone's prompt must take the advantage indicator; a
-        clear error now rather than after a collection phase (nothing is published). AWR
-        (recap_weighting "awr") puts no indicator in the prompt: any backbone runs it."""
-        from vla.advantage import check_prompt_takes_indicator
-
-        if self.lc.recap_weighting == "awr":
-            return
-        try:
-            check_prompt_takes_indicator(self.trainer.model.preprocessor)
-        except ValueError as e:
-            raise RuntimeError(f"learner.algorithm recap cannot run on this backbone: {e}") from e
 
     # ------------------------------------------------------------------ main
     def run(self, bootstrap: bool = False) -> int:
@@ -630,13 +574,11 @@ class PhaseLoop:
             else:
                 version = self._interruptible(self.trainer.resume)
                 self.status.set(policy_version=version, detail=f"resumed from v{version}")
-                log.info("resumed from v%s (iteration %d, phase %s, round %d, %d episodes consumed)", version,
-                         self.state.iteration, self.state.phase, self.state.round, len(self.state.consumed))
+                log.info("resumed from v%s (iteration %d, last phase %s, round %d, %d episodes consumed)", version,
+                         self.state.iteration, self.state.data["phase"], self.state.round, len(self.state.consumed))
             self.recover()
             self._reconcile_phase_log()
-            recap = self.lc.algorithm == "recap"
-            if recap:
-                self.check_recap_backbone()
+            self.recipe.check(self.trainer)
             while not self.shutdown.event.is_set():
                 if self.lc.max_iterations and self.state.iteration >= self.lc.max_iterations:
                     log.info("finished %d iterations", self.state.iteration)
@@ -644,15 +586,12 @@ class PhaseLoop:
                                            "version": self._latest_version(), "collected": self._take_collected()})
                     self.status.set(phase="idle", progress=1.0, detail=f"done: {self.state.iteration} iterations")
                     return 0
-                if recap:
-                    self.recap_iteration()
-                elif self.state.phase == "rl":
-                    if self.rl_phase_done():
-                        self.state.to_sft()
-                        continue
-                    self.rl_round()
+                phase = self.recipe.next_phase(self.state.iteration, self.state.done_this_iteration())
+                if phase is None:
+                    self.state.end_iteration()
+                    self.status.set(iteration=self.state.iteration, round=0)
                 else:
-                    self.sft()
+                    self.run_phase(phase)
         except ShutdownRequested:
             log.info("training interrupted by shutdown; a restart resumes from the last published version")
         finally:

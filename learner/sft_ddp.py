@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="learner.sft_ddp", description=__doc__.splitlines()[0])
     p.add_argument("--config", default=None, help="deployment YAML")
     p.add_argument("--run-dir", default=None)
-    p.add_argument("--steps", type=int, default=None, help="default: learner.sft_steps")
+    p.add_argument("--steps", type=int, default=None, help="default: learner.sft.steps")
     p.add_argument("--batch-size", type=int, default=None, help="GLOBAL batch (split over ranks)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--mode", choices=("lora", "full"), default="lora")
@@ -70,14 +70,14 @@ def main(argv: list[str] | None = None) -> int:
             model = build_model(config.model).to(device)
             norm = normalizer_from_demos(store, expert_demos(store), config)
             parent = None
-        steps = args.steps or lc.sft_steps
-        cfg = SFTConfig(steps=steps, batch_size=args.batch_size or lc.sft_batch_size, lr=args.lr or lc.sft_lr,
-                        loss=lc.sft_loss, eval_fraction=lc.sft_eval_fraction, eval_every=0,
+        steps = args.steps or lc.sft.steps
+        cfg = SFTConfig(steps=steps, batch_size=args.batch_size or lc.sft.batch_size, lr=args.lr or lc.sft.lr,
+                        loss=lc.sft.loss, eval_fraction=lc.sft.eval_fraction, eval_every=0,
                         seed=lc.seed if args.seed is None else args.seed, warmup_steps=min(20, max(1, steps // 10)))
         if cfg.batch_size % world:
             raise SystemExit(f"global batch {cfg.batch_size} must divide by the {world} ranks")
         data = build_sft_data(store, sft_episodes(store, reward_model_labels=reward_model_labels_trusted(config)), config.model.chunk, cfg.eval_fraction, lc.seed,
-                              lc.sft_intervention_repeat)
+                              lc.sft.intervention_repeat)
 
         def wrap(module: torch.nn.Module) -> torch.nn.Module:
             # a backbone holds parameters this loss never reaches (the LM head, SigLIP's pooling head

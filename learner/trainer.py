@@ -1,24 +1,25 @@
-"""The Trainer: the learning half of the learner, driven by the phase loop (learner/loop.py).
+"""The Trainer: the learning half of the learner. It holds the model and offers the steps a recipe
+(learner/recipes/) is made of; the phase loop (learner/loop.py) and the benches run the recipe.
 
     trainer = Trainer(config, run_dir, log=SummaryWriter(...))
     trainer.bootstrap() | trainer.resume()          -> version
-    metrics = trainer.rl_round(metas); trainer.publish("head", "rl", metrics)     x rounds
-    metrics = trainer.sft_phase();     trainer.publish("full", "sft", metrics)
+    metrics = trainer.rl_round(metas, "sac"); trainer.publish("head", "rl", metrics)     x rounds
+    metrics = trainer.sft_phase();            trainer.publish("full", "sft", metrics)
 
-* RL rounds are head-only on cached features (learner/features.py), run by the algorithm
-  `learner.algorithm` names behind one small interface (learner/rl/base.py): PPO (learner/rl/ppo.py)
-  or SAC from demonstrations (learner/rl/sac.py). The Trainer does not know which one runs: it
-  hands each round's episodes over as a `RoundData` (below) and counts the critic warm-up rounds.
+* RL rounds run the algorithm the recipe names behind one small interface (learner/rl/base.py):
+  head-only PPO (learner/rl/ppo.py) or SAC from demonstrations (learner/rl/sac.py) on cached
+  features (learner/features.py), or PPO on the whole model (learner/rl/ppo_whole.py). The Trainer
+  does not know which one runs: it hands each round's episodes over as a `RoundData` (below) and
+  counts the critic warm-up rounds.
 * The behaviour log-prob of a decision is recomputed under the head VERSION that acted (loaded from
   the registry, sharing the trunk); the algorithms check it against what the server returned (a
-  mismatch is logged as an error and reported as `logprob_mismatch`, see ppo.py for why it matters).
+  mismatch is logged as an error and reported as `logprob_mismatch`, see rl/gaussian.py for why).
 * SFT (learner/sft.py) trains LoRA + head on expert demos ∪ successful episodes and invalidates the
   feature cache; Stage 0 (learner/bootstrap.py) trains the tiny model from the demos.
-* RECAP (`learner.algorithm: recap`, learner/recap/): `recap_phase()` fits the value function,
-  labels every stored step and runs advantage-conditioned SFT; the versions it publishes (and any
-  published from them) carry ``advantage_conditioning`` in their metadata, and `policy` serves the
-  model the way the server will (vla/advantage.py). With `recap_weighting: awr` the same phase runs
-  AWR (learner/recap/awr.py) and its versions carry no such key.
+* A recipe part that trains the trunk itself (RECAP's conditioned SFT, learner/recap/) calls
+  `sft_config()` and `step_reporter()` for the SFT settings and progress, and `trunk_trained()`
+  after it, which may set what the next versions carry in their metadata (`run_time`: RECAP's
+  advantage conditioning; `policy` serves the model the way the server will, vla/advantage.py).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from learner.features import FeatureCache, trunk_key
 from learner.metrics import scalar_metrics
 from learner.rl.algorithms import algorithm_config, make_algorithm
 from learner.rl.base import EpisodeTensors, RLAlgorithm
-from learner.rl.ppo import gaussian_logprob, logprob_resolution
+from learner.rl.gaussian import gaussian_logprob, logprob_resolution
 from learner.sft import SFTConfig, build_sft_data, train_sft
 from vla.advantage import META_KEY as ADVANTAGE_META_KEY
 from vla.model import HeadActor, VLAModel
@@ -74,12 +75,13 @@ class Trainer:
         # RL and SFT train on reward-model labels only in reward_model mode "auto"
         self.reward_model_labels = reward_model_labels_trusted(config)
         self.generator = torch.Generator().manual_seed(self.lc.seed)
-        # the chosen RL algorithm's hyperparameters (RECAP has no RL rounds: learner/recap/)
-        self.rl_config = algorithm_config(self.lc) if self.lc.algorithm != "recap" else None
+        # each RL algorithm's hyperparameters, made on first use (a bench may change one before a round)
+        self._rl_configs: dict[str, object] = {}
         # what the published versions need at run time (advantage conditioning once RECAP trained)
         self.run_time: dict = {}
         self._labels_to_stamp: Path | None = None
-        self.algorithm: RLAlgorithm | None = None  # built on the first RL round, on the current heads
+        self.algorithm: RLAlgorithm | None = None  # built on the first RL round, on the current model
+        self.algorithm_name: str | None = None
         # the algorithm's own state (optimizer moments, SAC's target critics and temperature) saved at
         # every publish, so a restarted learner continues the algorithm, not only the weights
         self.rl_state_path = self.run_dir / RL_STATE_FILE
@@ -99,16 +101,16 @@ class Trainer:
 
     def _adopt(self, model: VLAModel, norm: Normalizer, version: int) -> None:
         self.model, self.norm, self.version = model, norm, version
-        self.algorithm = None
+        self.algorithm = self.algorithm_name = None
         self._rl_state_to_restore = None
         self._version_heads.clear()
 
     def bootstrap(self, progress: bool = True, on_progress: Callable[[float], None] | None = None) -> int:
         result = run_bootstrap(self.config, self.registry, self.store, progress=progress,
-                               on_step=self._on_step("bootstrap", on_progress))
+                               on_step=self.step_reporter("bootstrap", on_progress))
         self._adopt(result.model, result.norm, result.version)
         self.cache.invalidate(keep=trunk_key(self.policy))
-        self._scalars("bootstrap", result.metrics, result.version)
+        self.scalars("bootstrap", result.metrics, result.version)
         return result.version
 
     def resume(self, version: int | None = None) -> int | None:
@@ -164,12 +166,13 @@ class Trainer:
 
     def _write_rl_state(self, version: int) -> None:
         buf = io.BytesIO()
-        torch.save({"version": version, "algorithm": self.lc.algorithm, "state": self.algorithm.state_dict()}, buf)
+        torch.save({"version": version, "algorithm": self.algorithm_name, "state": self.algorithm.state_dict()}, buf)
         write_atomic(self.rl_state_path, buf.getvalue())
 
     def _read_rl_state(self, version: int) -> dict | None:
-        """The saved algorithm state if it was saved with `version` (a rollback to an older version,
-        or another algorithm, starts the algorithm afresh)."""
+        """The saved algorithm state (with the name of its algorithm) if it was saved with `version`
+        (a rollback to an older version starts the algorithm afresh; so does another algorithm, when
+        the first round builds one)."""
         if not self.rl_state_path.exists():
             return None
         try:
@@ -177,10 +180,9 @@ class Trainer:
         except Exception as e:  # noqa: BLE001 - a damaged file costs the optimizer state, not the run
             log.warning("ignoring %s: %s", self.rl_state_path, e)
             return None
-        if saved.get("version") != version or saved.get("algorithm") != self.lc.algorithm:
+        if saved.get("version") != version:
             return None
-        log.info("restoring the %s state saved with v%d", self.lc.algorithm, version)
-        return saved["state"]
+        return saved
 
     # ------------------------------------------------------------------ behaviour log-probs
     def _heads_of(self, version: int) -> nn.Module | None:
@@ -200,11 +202,12 @@ class Trainer:
         self._version_heads[version] = heads
         return heads
 
-    def _on_trunk(self, d: EpisodeDecisions) -> bool:
+    def acted_on_trunk(self, d: EpisodeDecisions) -> bool:
+        """Every head version that acted in `d` sits on the current trunk."""
         return len(d) > 0 and all(v >= 0 and self._heads_of(int(v)) is not None for v in set(d.versions.tolist()))
 
     @torch.no_grad()
-    def _behaviour_logprob(self, d: EpisodeDecisions, t: EpisodeTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    def behaviour_logprob(self, d: EpisodeDecisions, t: EpisodeTensors) -> tuple[torch.Tensor, torch.Tensor]:
         """The log-prob of each decision under the version that acted, and its float resolution."""
         out, resolution = torch.empty(len(d)), torch.empty(len(d))
         for v in sorted(set(d.versions.tolist())):
@@ -222,7 +225,8 @@ class Trainer:
         actions = self.norm.normalize_actions(torch.from_numpy(d.chunks)).flatten(1).to(self.device)
         return features, states, actions
 
-    def _episode_tensors(self, d: EpisodeDecisions) -> EpisodeTensors:
+    def episode_tensors(self, d: EpisodeDecisions) -> EpisodeTensors:
+        """`d` under the current trunk, with its rewards and the server's log-probs."""
         features, states, actions = self._tensors(d)
         return EpisodeTensors(
             key=episode_key(d.meta), features=features, states=states, actions=actions,
@@ -230,31 +234,45 @@ class Trainer:
             server_logprob=torch.from_numpy(d.server_logprob).float(),
             same_version=torch.from_numpy(d.versions == self.version))
 
-    def _decisions(self, metas: list[dict], expert_stride: int | None = None) -> list[EpisodeDecisions]:
+    def decisions(self, metas: list[dict], expert_stride: int | None = None) -> list[EpisodeDecisions]:
+        """The stored episodes `metas` as decisions, with the deployment's rewards."""
         return [load_decisions(self.store, m, self.model.config.chunk, self.lc.step_penalty,
                                expert_stride=expert_stride, takeover_reward=self.lc.takeover_reward) for m in metas]
 
-    def rl_round(self, episodes: list[dict]) -> dict:
-        """One round of the configured algorithm on `episodes` (metas; non-RL ones are skipped)."""
+    def rl_config(self, algorithm: str):
+        """The hyperparameters RL algorithm `algorithm` runs with (the same object every round)."""
+        if algorithm not in self._rl_configs:
+            self._rl_configs[algorithm] = algorithm_config(algorithm, self.lc)
+        return self._rl_configs[algorithm]
+
+    def _algorithm_for(self, name: str) -> RLAlgorithm:
+        """The RL algorithm `name` on the current model, built on its first round (with the state
+        saved with the version it resumed from, if that was the same algorithm's)."""
+        if self.algorithm is None or self.algorithm_name != name:
+            self.algorithm = make_algorithm(name, self.rl_config(name), self.model, self.generator)
+            self.algorithm_name = name
+            saved, self._rl_state_to_restore = self._rl_state_to_restore, None
+            if saved is not None and saved.get("algorithm") == name:
+                log.info("restoring the %s state saved with v%d", name, saved["version"])
+                self.algorithm.load_state_dict(saved["state"])
+        return self.algorithm
+
+    def rl_round(self, episodes: list[dict], algorithm: str | None = None) -> dict:
+        """One round of RL algorithm `algorithm` (learner/rl/algorithms.py; default: the one
+        `learner.algorithm` names) on `episodes` (metas; non-RL ones are skipped)."""
         if self.model is None:
             raise RuntimeError("no model: call bootstrap() or resume() first")
-        if self.rl_config is None:
-            raise RuntimeError(f"learner.algorithm {self.lc.algorithm!r} has no RL rounds")
+        rl = self._algorithm_for(algorithm or self.lc.algorithm)
         metas = [m for m in episodes if is_rl_episode(m, self.reward_model_labels)]
-        if self.algorithm is None:
-            self.algorithm = make_algorithm(self.lc.algorithm, self.rl_config, self.model.heads, self.generator)
-            if self._rl_state_to_restore is not None:
-                self.algorithm.load_state_dict(self._rl_state_to_restore)
-                self._rl_state_to_restore = None
-        data = TrainerRound(self, self._decisions(metas))
+        data = TrainerRound(self, self.decisions(metas))
         warmup = self.rl_rounds_total < self.lc.critic_warmup_rounds
-        stats = self.algorithm.warm_up(data) if warmup else self.algorithm.update(data)
+        stats = rl.warm_up(data) if warmup else rl.update(data)
         metrics = {"n_episodes": len(metas), "n_skipped_not_rl": len(episodes) - len(metas),
                    "success_rate": float(np.mean([m["outcome"] == "success" for m in metas])) if metas
                    else float("nan"), **stats}
         self.rl_rounds_total += 1
         metrics["rl_round"] = self.rl_rounds_total
-        self._scalars("rl", metrics, self.rl_rounds_total)
+        self.scalars("rl", metrics, self.rl_rounds_total)
         return metrics
 
     # ------------------------------------------------------------------ SFT
@@ -265,8 +283,8 @@ class Trainer:
 
     def has_demos(self) -> bool:
         """Stage 0 can run: demos in the store, or the mock, whose scripted expert records them; with
-        learner.bootstrap_min_demos, that many (recorded by teleop) and nothing scripted."""
-        needed = self.config.learner.bootstrap_min_demos
+        learner.bootstrap.min_demos, that many (recorded by teleop) and nothing scripted."""
+        needed = self.config.learner.bootstrap.min_demos
         if needed:
             return len(expert_demos(self.store)) >= needed
         return bool(expert_demos(self.store)) or self.config.robot.backend == "mock"
@@ -276,58 +294,54 @@ class Trainer:
             raise RuntimeError("no model: call bootstrap() or resume() first")
         metas = sft_episodes(self.store, reward_model_labels=self.reward_model_labels)
         lc = self.lc
-        cfg = SFTConfig(steps=lc.sft_steps, batch_size=lc.sft_batch_size, lr=lc.sft_lr, loss=lc.sft_loss,
-                        eval_fraction=lc.sft_eval_fraction, eval_every=max(1, lc.sft_steps // 4),
-                        seed=lc.seed + self.sft_phases + 1, warmup_steps=min(20, max(1, lc.sft_steps // 10)))
+        cfg = self.sft_config()
         data = build_sft_data(self.store, metas, self.model.config.chunk, cfg.eval_fraction, lc.seed,
-                              lc.sft_intervention_repeat)
+                              lc.sft.intervention_repeat)
         if not data.train:  # nothing to consolidate (no demos, no successes): keep the model as it is
             log.warning("SFT skipped: no expert demos or successful episodes in the store")
             return {"skipped": 1.0, "n_online_successes": 0.0, "n_expert": 0.0}
         metrics = train_sft(self.model, self.norm, data, cfg, mode="lora", progress=progress,
-                            on_step=self._on_step("sft", on_progress), desc="sft")
-        self.sft_phases += 1
-        self.cache.invalidate()  # the trunk changed: every cached feature is stale
-        self._version_heads.clear()
+                            on_step=self.step_reporter("sft", on_progress), desc="sft")
+        self.trunk_trained()
         metrics = {k: v for k, v in metrics.items() if k != "loss_curve"}
         metrics["n_online_successes"] = sum(1 for m in metas if m.get("source") != "expert"
                                             and m.get("outcome") == "success")
         metrics["n_intervention_episodes"] = sum(1 for m in metas if has_interventions(m))
         metrics["n_intervention_steps"] = sum(int(m.get("intervention_steps") or 0) for m in metas)
         metrics["n_expert"] = sum(1 for m in metas if m.get("source") == "expert")
-        self._scalars("sft", metrics, self.sft_phases)
+        self.scalars("sft", metrics, self.sft_phases)
         return metrics
 
-    # ------------------------------------------------------------------ RECAP
-    def recap_phase(self, iteration: int, progress: bool = True, on_phase: Callable[[str], None] | None = None,
-                    on_progress: Callable[[float], None] | None = None) -> dict:
-        """One RECAP iteration (learner/recap/phase.py) on the store; the next `publish` carries the
-        advantage conditioning and stamps the labels file with its version. Raises before changing
-        the model if there is nothing to train on or the backbone's prompt cannot take the indicator."""
-        from learner.recap.phase import RecapConfig, RecapPhase
+    def sft_config(self) -> SFTConfig:
+        """The SFT phase's optimizer and steps (the learner's sft settings); a new seed per phase."""
+        lc = self.lc
+        return SFTConfig(steps=lc.sft.steps, batch_size=lc.sft.batch_size, lr=lc.sft.lr, loss=lc.sft.loss,
+                         eval_fraction=lc.sft.eval_fraction, eval_every=max(1, lc.sft.steps // 4),
+                         seed=lc.seed + self.sft_phases + 1, warmup_steps=min(20, max(1, lc.sft.steps // 10)))
 
-        if self.model is None:
-            raise RuntimeError("no model: call bootstrap() or resume() first")
-        recap = RecapPhase(self, RecapConfig.from_learner(self.lc))
-        metrics = recap.run(iteration, progress=progress, on_phase=on_phase, on_progress=on_progress)
+    def trunk_trained(self, run_time: dict | None = None, labels: Path | None = None) -> None:
+        """An SFT-like phase trained the trunk (unpublished): every cached feature and loaded head
+        version is stale. `run_time`: what the next versions need to be served (RECAP's advantage
+        conditioning; {} for an ordinary policy; None keeps it); `labels`: a file the next publish
+        stamps with its version."""
         self.sft_phases += 1
-        self.cache.invalidate()  # the trunk changed: every cached feature is stale
+        self.cache.invalidate()
         self._version_heads.clear()
-        self.run_time = recap.run_time  # AWR: {} -- an ordinary policy, even after a RECAP version
-        self._labels_to_stamp = recap.last_labels
-        self.last_recap = recap  # the value net and labels, for reports and plots
-        self._scalars("recap", metrics, self.sft_phases)
-        return metrics
+        if run_time is not None:
+            self.run_time = run_time
+        if labels is not None:
+            self._labels_to_stamp = labels
 
     # ------------------------------------------------------------------ TensorBoard
-    def _scalars(self, prefix: str, metrics: dict, step: int) -> None:
+    def scalars(self, prefix: str, metrics: dict, step: int) -> None:
+        """`metrics` to TensorBoard under trainer/<prefix>/ (nothing without a writer)."""
         if self.writer is None:
             return
         for k, v in scalar_metrics(metrics).items():
             self.writer.add_scalar(f"trainer/{prefix}/{k}", v, step)
         self.writer.flush()
 
-    def _on_step(self, prefix: str, on_progress: Callable[[float], None] | None):
+    def step_reporter(self, prefix: str, on_progress: Callable[[float], None] | None):
         """train_sft's per-step callback: the loss to TensorBoard, the fraction done to the caller."""
         base = self.sft_phases * 100_000
 
@@ -348,18 +362,22 @@ class TrainerRound:
         self._trainer = trainer
         self.episodes = episodes
 
+    @property
+    def norm(self) -> Normalizer:
+        return self._trainer.norm
+
     @cached_property
     def trunk(self) -> str:
         return trunk_key(self._trainer.policy)
 
     def acted_on_trunk(self, d: EpisodeDecisions) -> bool:
-        return self._trainer._on_trunk(d)
+        return self._trainer.acted_on_trunk(d)
 
     def tensors(self, d: EpisodeDecisions) -> EpisodeTensors:
-        return self._trainer._episode_tensors(d)
+        return self._trainer.episode_tensors(d)
 
     def behaviour_logprob(self, d: EpisodeDecisions, t: EpisodeTensors) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._trainer._behaviour_logprob(d, t)
+        return self._trainer.behaviour_logprob(d, t)
 
     def key(self, d: EpisodeDecisions) -> str:
         return episode_key(d.meta)
@@ -367,12 +385,12 @@ class TrainerRound:
     def stored_online(self, exclude: frozenset[str] = frozenset()) -> list[EpisodeDecisions]:
         """Every stored RL episode but those named in `exclude` (e.g. this round's, already loaded)."""
         trainer = self._trainer
-        return trainer._decisions([m for m in trainer.store.list_episodes(source="online")
+        return trainer.decisions([m for m in trainer.store.list_episodes(source="online")
                                    if is_rl_episode(m, trainer.reward_model_labels) and episode_key(m) not in exclude])
 
     def demos(self) -> list[EpisodeDecisions]:
         trainer = self._trainer
-        return trainer._decisions(expert_demos(trainer.store), expert_stride=trainer.model.config.chunk)
+        return trainer.decisions(expert_demos(trainer.store), expert_stride=trainer.model.config.chunk)
 
     def interventions(self, d: EpisodeDecisions) -> list[EpisodeDecisions]:
         return intervention_decisions(d, stride=self._trainer.model.config.chunk)

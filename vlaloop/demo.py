@@ -38,6 +38,7 @@ from pathlib import Path
 import yaml
 
 from deployment.config import DeploymentConfig
+from deployment.learner import is_set, set_setting
 
 # Learner settings of the demo where the config (YAML/env) does not set them (docs/demo.md): the
 # short Stage 0 of bench/demo_tuning.py, and the sizes bench/interventions.py measured for SAC with
@@ -131,12 +132,12 @@ def _write_config(run_dir: Path, config: DeploymentConfig, args, server_port: in
     data["server"].update(host="127.0.0.1", port=server_port, auto_label=True)
     data["learner"].update(bind=f"tcp://127.0.0.1:{learner_port}", max_iterations=args.iterations, seed=args.seed)
     if args.demos:  # exactly the demos recorded here: the learner's own top-up would draw the new task too
-        data["learner"]["bootstrap_demos"] = args.demos
+        data["learner"]["bootstrap"]["demos"] = args.demos
     for key, value in DEMO_LEARNER.items():
         if getattr(args, key, None) is not None:
-            data["learner"][key] = getattr(args, key)
-        elif key not in config.learner.model_fields_set:
-            data["learner"][key] = value
+            set_setting(data["learner"], key, getattr(args, key))
+        elif not is_set(config.learner, key):
+            set_setting(data["learner"], key, value)
     data["robot"].update(server_url=f"http://127.0.0.1:{server_port}",
                          learner_addr=f"tcp://127.0.0.1:{learner_port}", task=args.task, split=ROBOT_SPLIT,
                          teleop="scripted" if args.operator == "scripted" else config.robot.teleop)
@@ -171,7 +172,7 @@ def estimate_remaining_s(log: dict, status: dict, lc, iterations: int, after_loo
     sft_s = _mean([p["ended"] - p["started"] for p in ended if p["phase"] == "sft"])
     boot = next((p for p in ended if p["phase"] == "bootstrap"), None)
     if sft_s is None and boot is not None:
-        sft_s = (boot["ended"] - boot["started"]) / lc.bootstrap_steps * lc.sft_steps
+        sft_s = (boot["ended"] - boot["started"]) / lc.bootstrap.steps * lc.sft.steps
     progress = status.get("progress") if status.get("phase") == "rl" else None
     first_round = open_phase is not None and open_phase["phase"] == "rl" and open_phase["round"] == 0
     if rl_s is None and first_round and (progress or 0) > 0.1 / lc.rl_rounds_per_phase:
@@ -222,11 +223,13 @@ def evaluate_version(registry_dir: Path, config: DeploymentConfig, version: int 
 
 
 def sft_only_control(run_dir: Path, config: DeploymentConfig, stage0: int, phases: int, task: str, n: int) -> dict:
-    """The control for the loop: from the same Stage 0 version, `phases` SFT phases (the loop's SFT
-    steps, seeds and settings) on the expert demos alone -- no RL round, no online episode, no
+    """The control for the loop: from the same Stage 0 version, `phases` iterations of the sft_only
+    recipe (learner/recipes/: the loop's SFT steps, seeds and settings) on the expert demos alone -- no RL round, no online episode, no
     operator -- each followed by greedy success per task on the same seeds. Runs in run_dir/control
     with a copy of the demos."""
     from episodes.store import EpisodeStore
+    from learner.recipes.inprocess import InProcessRun
+    from learner.recipes.registry import recipe_for
     from learner.trainer import Trainer
     from vla.registry import CheckpointRegistry, load_model, publish
 
@@ -244,12 +247,17 @@ def sft_only_control(run_dir: Path, config: DeploymentConfig, stage0: int, phase
     trainer = Trainer(config.model_copy(update={"run_dir": str(control_dir)}), control_dir)
     trainer.resume()
     t0, curve = time.time(), []
-    for i in range(phases):
-        trainer.sft_phase(progress=False)
-        curve.append({"phase": i + 1, **evaluate_policy(trainer.policy, task, n)})
-        print(f"      control SFT phase {i + 1}/{phases} done ({config.learner.sft_steps} steps on {len(experts)} "
-              f"demos): " + ", ".join(f"{TASK_SPLITS[k]} {curve[-1][k]:.0%}" for k in TASK_SPLITS), flush=True)
-    return {"curve": curve, "n": n, "phases": phases, "sft_steps": config.learner.sft_steps, "demos": len(experts),
+
+    def evaluated(phase, entry, metrics, following) -> None:
+        curve.append({"phase": len(curve) + 1, **evaluate_policy(trainer.policy, task, n)})
+        print(f"      control SFT phase {len(curve)}/{phases} done ({config.learner.sft.steps} steps on "
+              f"{len(experts)} demos): " + ", ".join(f"{TASK_SPLITS[k]} {curve[-1][k]:.0%}" for k in TASK_SPLITS),
+              flush=True)
+
+    control = InProcessRun(trainer, recipe_for(config.learner, "sft_only"), on_published=evaluated)
+    for it in range(phases):
+        control.iteration(it)
+    return {"curve": curve, "n": n, "phases": phases, "sft_steps": config.learner.sft.steps, "demos": len(experts),
             "seconds": time.time() - t0}
 
 
@@ -341,7 +349,7 @@ def run(args, config: DeploymentConfig) -> int:
         # 1. scripted demonstrations of the demo tasks only (the mock's expert), 2. Stage 0 bootstrap
         from sim.mock.demos import record_demos
 
-        n_demos = lc.bootstrap_demos
+        n_demos = lc.bootstrap.demos
         print(f"\n[1/{steps}] recording {n_demos} scripted '{args.task}' demonstrations of the tasks with demos "
               f"(none of the new task)", flush=True)
         record_demos(store, task=args.task, n=n_demos, seed=1000 * lc.seed, split=DEMO_SPLIT,
@@ -364,7 +372,7 @@ def run(args, config: DeploymentConfig) -> int:
                                                           args.task, args.eval_episodes)
         who = "a scripted operator in each robot client" if args.operator == "scripted" else "no operator"
         print(f"\n[4/{steps}] online learning, {args.iterations} iterations of {lc.rl_rounds_per_phase} "
-              f"{lc.algorithm.upper()} rounds x {lc.episodes_per_round} episodes + SFT ({lc.sft_steps} steps), "
+              f"{lc.algorithm.upper()} rounds x {lc.episodes_per_round} episodes + SFT ({lc.sft.steps} steps), "
               f"{who}: server :{server_port}, learner :{learner_port}, {args.robots} mock robots"
               + ("" if args.no_control else f"; the control ({args.iterations} SFT phases on the demos alone) "
                  "trains meanwhile") + f" -- operator page: http://127.0.0.1:{server_port}/", flush=True)

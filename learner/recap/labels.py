@@ -15,7 +15,7 @@ Why 70 (30 % positive): the positive set must be clearly better than what the po
 average -- at the median, half of a weak policy's aimless steps would be "positive" -- yet large
 enough for SFT to learn the conditioned policy from; pi*0.6 chooses its threshold the same way (a
 fixed share of the data positive per task). The share of positive steps is reported
-(`labels_positive_fraction`), and `learner.recap_positive_percentile` changes it.
+(`labels_positive_fraction`), and `learner.recap.positive_percentile` changes it.
 
 * Steps an operator drove are positive whatever the value function says (they are the corrections).
 * Expert demonstrations are judged against the policy's threshold like any other step.

@@ -1,8 +1,10 @@
 """One RECAP iteration on the learner's store: value function -> labels -> conditioned SFT.
 
-    recap = RecapPhase(trainer, RecapConfig.from_learner(config.learner))
-    metrics = recap.run(iteration, on_phase=...)      # "value", "labels", "sft"
-    trainer.publish("full", "recap", metrics)          # meta.json carries advantage_conditioning
+    metrics = recap_iteration(trainer, iteration, RecapConfig.from_learner(config.learner), on_phase=...)
+    trainer.publish("full", "recap", metrics)    # meta.json carries advantage_conditioning
+
+(`recap_iteration` is the RECAP recipe's phase, learner/recipes/recap.py; it runs a `RecapPhase`
+and tells the trainer that its trunk changed.)
 
 The value function reads every labelled episode in the store (demos, online and eval episodes;
 success or failure; aborted ones carry no label and are skipped) at one decision every H steps,
@@ -15,10 +17,10 @@ function itself reads the instruction, so within one task name (the mock's ``rea
 every colour and phrasing) the advantages are already relative to what each instruction can reach;
 a group per instruction would split the robot's few episodes into groups with no success at all.
 
-With ``weighting="awr"`` (learner.recap_weighting) the same value function and advantages feed
-AWR instead (learner/recap/awr.py): the labels file also records each decision's weight and the
-weights' summary, the SFT samples keep the plain instruction and are drawn in proportion to their
-weights, and the version is published with no ``advantage_conditioning`` (``run_time`` is empty).
+How the advantages become SFT samples is the config's `weighting` part (learner/recap/weighting.py):
+the indicator (RECAP) or AWR, whose labels file also records each decision's weight and the
+weights' summary, whose SFT samples keep the plain instruction and are drawn in proportion to their
+weights, and whose version is published with no ``advantage_conditioning``.
 """
 
 from __future__ import annotations
@@ -36,12 +38,11 @@ from episodes.durable import write_json_atomic
 from episodes.store import episode_key
 from learner.dataset import expert_decisions
 from learner.episode_rules import is_trainable
-from learner.recap.awr import AWRConfig, awr_weights, weight_summary
 from learner.recap.labels import EpisodeValues, LabelConfig, label_episodes
 from learner.recap.sft import ConditionedSFTConfig, LabelledEpisode, build_conditioned_data
 from learner.recap.value import ValueConfig, fit_value, is_success, value_targets
-from learner.sft import SFTConfig, SFTData, train_sft
-from vla.advantage import META_KEY, AdvantagePrompt, check_prompt_takes_indicator
+from learner.recap.weighting import AWRWeighting, IndicatorWeighting, weighting_for
+from learner.sft import SFTData, train_sft
 
 log = logging.getLogger(__name__)
 
@@ -60,24 +61,19 @@ class RecapConfig:
     """The advantage labels (learner/recap/labels.py)."""
     sft: ConditionedSFTConfig = field(default_factory=ConditionedSFTConfig)
     """The conditioned SFT's samples; its optimizer and steps are the learner's sft_* settings."""
-    guidance: float = 1.0
-    """Beta served with the version (vla/advantage.py); 1 = no guidance pass."""
     max_steps: int = 0
     """The step limit L for every task; 0 = the longest stored episode of the task."""
-    weighting: str = "indicator"
-    """indicator: RECAP (advantage text in the prompt); awr: advantage-weighted SFT, plain prompt."""
-    awr: AWRConfig = field(default_factory=AWRConfig)
-    """AWR's temperature and clip (learner/recap/awr.py); read only with weighting "awr"."""
+    weighting: IndicatorWeighting | AWRWeighting = field(default_factory=IndicatorWeighting)
+    """How the advantages become SFT samples (learner/recap/weighting.py)."""
 
     @classmethod
     def from_learner(cls, lc) -> RecapConfig:
-        return cls(value=ValueConfig(bins=lc.recap_value_bins, steps=lc.recap_value_steps,
-                                     failure_penalty_steps=lc.recap_failure_penalty_steps, seed=lc.seed),
-                   labels=LabelConfig(n_step=lc.recap_n_step, percentile=lc.recap_positive_percentile),
-                   sft=ConditionedSFTConfig(indicator_dropout=lc.recap_indicator_dropout,
-                                            eval_fraction=lc.sft_eval_fraction, seed=lc.seed),
-                   guidance=lc.recap_guidance, max_steps=lc.recap_max_steps, weighting=lc.recap_weighting,
-                   awr=AWRConfig(temperature=lc.recap_awr_temperature, clip=lc.recap_awr_clip))
+        return cls(value=ValueConfig(bins=lc.recap.value_bins, steps=lc.recap.value_steps,
+                                     failure_penalty_steps=lc.recap.failure_penalty_steps, seed=lc.seed),
+                   labels=LabelConfig(n_step=lc.recap.n_step, percentile=lc.recap.positive_percentile),
+                   sft=ConditionedSFTConfig(indicator_dropout=lc.recap.indicator_dropout,
+                                            eval_fraction=lc.sft.eval_fraction, seed=lc.seed),
+                   max_steps=lc.recap.max_steps, weighting=weighting_for(lc))
 
 
 def labelled_episodes(store) -> list[dict]:
@@ -95,20 +91,10 @@ class RecapPhase:
         self.cfg = cfg
 
     @property
-    def awr(self) -> bool:
-        if self.cfg.weighting not in ("indicator", "awr"):
-            raise ValueError(f"recap weighting {self.cfg.weighting!r}: one of indicator, awr")
-        return self.cfg.weighting == "awr"
-
-    @property
-    def prompt(self) -> AdvantagePrompt:
-        return AdvantagePrompt(indicator=True, guidance=self.cfg.guidance)
-
-    @property
     def run_time(self) -> dict:
         """The meta.json keys the published version needs to be served: RECAP's advantage
         conditioning, or nothing (AWR: an ordinary policy)."""
-        return {} if self.awr else {META_KEY: self.prompt.to_meta()}
+        return self.cfg.weighting.run_time()
 
     def run(self, iteration: int, progress: bool = False, on_phase: Callable[[str], None] | None = None,
             on_progress: Callable[[float], None] | None = None) -> dict:
@@ -116,8 +102,7 @@ class RecapPhase:
         NoLabelledEpisodes / NoPositiveSteps (nothing to train) or ValueError (the backbone's
         prompt cannot take the indicator) before the model changes."""
         tr = self.trainer
-        if not self.awr:
-            check_prompt_takes_indicator(tr.model.preprocessor)
+        self.cfg.weighting.check_backbone(tr.model.preprocessor)
         metas = labelled_episodes(tr.store)
         if not metas:
             raise NoLabelledEpisodes(f"no episode labelled success or failure in {tr.store.root}: "
@@ -128,8 +113,7 @@ class RecapPhase:
         t_value = time.time() - t0
         (on_phase or _nothing)("labels")
         report = label_episodes(episodes, self.cfg.labels)
-        if self.awr:
-            report.update(awr_weights(episodes, self.cfg.awr))
+        report.update(self.cfg.weighting.weigh(episodes))
         self.write_labels(iteration, episodes, report, value_metrics)
         (on_phase or _nothing)("sft")
         t1 = time.time()
@@ -138,8 +122,6 @@ class RecapPhase:
         metrics.update({k: v for k, v in report.items() if isinstance(v, (int, float))})
         metrics.update(n_tasks_without_success=len(report["tasks_without_success"]), value_s=t_value,
                        recap_sft_s=time.time() - t1)
-        if not self.awr:
-            metrics["recap_guidance"] = self.cfg.guidance
         return metrics
 
     # ------------------------------------------------------------------ value function
@@ -212,28 +194,39 @@ class RecapPhase:
                 i = int(np.searchsorted(ep.steps, step, side="right")) - 1
                 labels[step] = bool(s.get("intervention")) or (i >= 0 and bool(ep.positive[i]))
                 if ep.weights is not None:
-                    weights[step] = (self.cfg.awr.clip if s.get("intervention")
+                    weights[step] = (self.cfg.weighting.operator_weight if s.get("intervention")
                                      else float(ep.weights[i]) if i >= 0 else 1.0)
             labelled.append(LabelledEpisode(meta, episode, labels, weights if ep.weights is not None else None))
         return build_conditioned_data(labelled, self.trainer.model.config.chunk,
-                                      replace(self.cfg.sft, indicator=not self.awr))
+                                      replace(self.cfg.sft, indicator=self.cfg.weighting.indicator))
 
     def conditioned_sft(self, episodes: list[EpisodeValues], progress: bool,
                         on_progress: Callable[[float], None] | None) -> dict:
-        tr, lc = self.trainer, self.trainer.lc
+        tr = self.trainer
         data = self.sft_data(episodes)
-        cfg = SFTConfig(steps=lc.sft_steps, batch_size=lc.sft_batch_size, lr=lc.sft_lr, loss=lc.sft_loss,
-                        eval_fraction=lc.sft_eval_fraction, eval_every=max(1, lc.sft_steps // 4),
-                        seed=lc.seed + tr.sft_phases + 1, warmup_steps=min(20, max(1, lc.sft_steps // 10)))
-        metrics = train_sft(tr.model, tr.norm, data, cfg, mode="lora", progress=progress,
-                            on_step=tr._on_step("recap", on_progress), desc="recap sft")
+        metrics = train_sft(tr.model, tr.norm, data, tr.sft_config(), mode="lora", progress=progress,
+                            on_step=tr.step_reporter("recap", on_progress), desc="recap sft")
         positive = sum(s.instruction.endswith("positive") for s in data.train)
         metrics = {k: v for k, v in metrics.items() if k != "loss_curve"}
         metrics.update(sft_positive_samples=positive, sft_samples=len(data.train),
                        n_episodes_labelled=len(episodes))
-        if data.train_weights is not None:  # AWR: how concentrated the draws are, per sample
-            metrics.update({f"sft_{k}": v for k, v in weight_summary(data.train_weights, self.cfg.awr.clip).items()})
+        metrics.update(self.cfg.weighting.metrics(data.train_weights))
         return metrics
+
+
+def recap_iteration(trainer, iteration: int, cfg: RecapConfig, progress: bool = False,
+                    on_phase: Callable[[str], None] | None = None,
+                    on_progress: Callable[[float], None] | None = None) -> dict:
+    """One RECAP iteration on the trainer's store and model; the next `publish` carries the
+    weighting's run-time metadata and stamps the labels file with its version. Raises before changing
+    the model if there is nothing to train on or the backbone's prompt cannot take the indicator."""
+    if trainer.model is None:
+        raise RuntimeError("no model: call bootstrap() or resume() first")
+    recap = RecapPhase(trainer, cfg)
+    metrics = recap.run(iteration, progress=progress, on_phase=on_phase, on_progress=on_progress)
+    trainer.trunk_trained(run_time=recap.run_time, labels=recap.last_labels)
+    trainer.scalars("recap", metrics, trainer.sft_phases)
+    return metrics
 
 
 def _rounded(a: np.ndarray) -> list[float]:

@@ -1,7 +1,8 @@
 """The interface between the Trainer (learner/trainer.py) and a head-only RL algorithm.
 
-One readable file per algorithm (ppo.py, sac.py), each a class with this interface; the Trainer
-does not know which one it runs (learner/rl/algorithms.py builds the one `learner.algorithm` names).
+One readable file per algorithm (ppo.py, sac.py, ppo_whole.py), each a class with this interface;
+the Trainer does not know which one it runs (learner/rl/algorithms.py builds the one the recipe,
+learner/recipes/, names).
 
 Who owns what:
 * the Trainer: the model, the episode store, the feature cache, the published versions and the
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from learner.dataset import EpisodeDecisions
+from vla.normalization import Normalizer
 
 
 @dataclass
@@ -45,6 +47,7 @@ class RoundData(Protocol):
 
     episodes: list[EpisodeDecisions]  # this round's RL episodes, in the order the loop gave them
     trunk: str  # identifies the trunk the features come from; changes after every SFT phase
+    norm: Normalizer  # the model's state and action normalization (whole-model PPO normalizes itself)
 
     def acted_on_trunk(self, d: EpisodeDecisions) -> bool:
         """Every head version that acted in `d` sits on the current trunk, so the features are what the

@@ -1,7 +1,8 @@
 """PPO on the action head, on cached backbone features (iRe-VLA Stage 1 + VLA-RL's recipe).
 
-CleanRL style: the hyperparameters are one dataclass at the top, the update is written out in
-order below. What is specific to a deployed VLA:
+CleanRL style: the hyperparameters are one section of the deployment's learner config
+(`deployment.learner.PPOConfig`, `learner.ppo`: one default and one docstring per field), the
+update is written out in order below. What is specific to a deployed VLA:
 
 * The backbone is frozen; the batch holds cached pooled features, so an update costs milliseconds.
 * Episodes come from a live server that sampled with some earlier head version. The behaviour
@@ -26,7 +27,6 @@ The Trainer runs it as `PPO` (the end of this file), learner/rl/base.py's RLAlgo
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,59 +34,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from deployment.learner import PPOConfig
+from learner.rl.gaussian import (
+    LOGPROB_TOLERANCE,
+    compare_logprobs,
+    gaussian_entropy,
+    gaussian_logprob,
+    logprob_resolution,
+)
 from vla.model import HeadActor, HeadCritic
 
 if TYPE_CHECKING:
     from learner.dataset import EpisodeDecisions
     from learner.rl.base import RoundData
 
+__all__ = ["LOGPROB_TOLERANCE", "PPOConfig", "gaussian_entropy", "gaussian_logprob", "logprob_resolution"]  # re-exported
+
 log = logging.getLogger(__name__)
-
-
-LOGPROB_TOLERANCE = 1e-3  # |server - recomputed| above this plus the float resolution = mismatch
-
-
-@dataclass
-class PPOConfig:
-    gamma: float = 0.99
-    """Discount per decision (one decision = one executed chunk)."""
-    gae_lambda: float = 0.95
-    """GAE's lambda (VLA-RL)."""
-    clip_coef: float = 0.2
-    """The surrogate's ratio clip."""
-    clip_vloss: bool = True
-    """Clip the value loss around the values the rollout was scored with."""
-    vf_clip: float = 0.2
-    """Value clipping range (returns are O(1): sparse 0/1 rewards)."""
-    vf_coef: float = 0.5
-    """Weight of the value loss."""
-    ent_coef: float = 0.0
-    """Weight of the entropy bonus (VLA-RL uses none)."""
-    learning_rate: float = 3e-4
-    """Adam's learning rate for the actor and the critic."""
-    update_epochs: int = 4
-    """Passes over a round's decisions."""
-    minibatch_size: int = 64
-    """Decisions per gradient step."""
-    max_grad_norm: float = 0.5
-    """Gradient norm clip."""
-    norm_adv: bool = True
-    """Normalize advantages per minibatch."""
-    target_kl: float | None = None
-    """Early stop on approx KL (None = off; VLA-RL uses no KL term)."""
-    critic_warmup_rounds: int = 1
-    """Value-only rounds before the policy is updated, for callers that run rounds themselves (the
-    Trainer counts them with `learner.critic_warmup_rounds`)."""
-    critic_warmup_epochs: int = 20
-    """Epochs per warm-up round (the critic starts from scratch)."""
-    logprob_tolerance: float = LOGPROB_TOLERANCE
-    """|server - recomputed| log-prob above this plus the float resolution = preprocessing mismatch."""
-
-    @classmethod
-    def from_learner(cls, lc) -> PPOConfig:
-        """The hyperparameters `deployment.learner.LearnerConfig` sets."""
-        return cls(learning_rate=lc.ppo_lr, update_epochs=lc.ppo_epochs, minibatch_size=lc.ppo_minibatch_size,
-                   target_kl=lc.ppo_target_kl, critic_warmup_rounds=lc.critic_warmup_rounds)
 
 
 @dataclass
@@ -104,18 +68,6 @@ class RolloutBatch:
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
-
-
-def gaussian_logprob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """log N(actions; mean, exp(log_std)) summed over the action's dims (VLA-RL)."""
-    log_std = log_std.expand_as(mean)
-    z = (actions - mean) * torch.exp(-log_std)
-    return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-
-def gaussian_entropy(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """[B] entropy of the diagonal Gaussian, summed over the action's dims."""
-    return (0.5 + 0.5 * math.log(2 * math.pi) + log_std.expand_as(mean)).sum(-1)
 
 
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor,
@@ -139,52 +91,10 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float("nan") if var == 0 else 1.0 - float((target - pred).var()) / var
 
 
-# float32 rounding of one number, times the operations between the server's sample and the
-# learner's recomputation (unnormalize -> robot units -> float64 JSON -> normalize, two matmul orders)
-FLOAT32_STEPS = 4 * float(torch.finfo(torch.float32).eps)
-SUM_RTOL = 1e-5  # relative noise of a sum over H x action_dim float32 terms in another order
-
-
-def logprob_resolution(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """[B] how far a log-prob recomputed in float32 can drift from the server's by rounding alone.
-
-    Each action dim is known only to ~FLOAT32_STEPS x (|a| + |mean| + 1) after the round trip
-    through robot units; divided by sigma that is an error dz in z = (a - mean) / sigma, and the
-    log-prob term 0.5 z^2 moves by |z| dz + dz^2 / 2. With a sane head this is ~1e-5 nats; with a
-    head whose means blew up (|mean| ~ 1e3 at sigma ~ e^-5) it is tens of nats -- float noise
-    that an absolute tolerance would report as a preprocessing mismatch."""
-    log_std = log_std.expand_as(mean).double()
-    mean, actions = mean.double(), actions.double()
-    dz = FLOAT32_STEPS * (actions.abs() + mean.abs() + 1.0) * torch.exp(-log_std)
-    z = ((actions - mean) * torch.exp(-log_std)).abs()
-    return (z * dz + 0.5 * dz * dz).sum(-1).float()
-
-
 def check_logprobs(batch: RolloutBatch, tolerance: float) -> dict:
-    """Compare the learner's recomputed behaviour log-probs with the server's. A mismatch means the
-    server and the learner do not see the same inputs (image decode/resize, state normalization,
-    instruction tokens) -- PPO ratios would then be meaningless. The allowed difference scales with
-    the numbers involved: `tolerance` + SUM_RTOL x |log-prob| + the float resolution of each
-    decision (logprob_resolution), so float noise on a head with huge means is not a mismatch."""
-    known = ~torch.isnan(batch.server_logprob)
-    diff = (batch.behaviour_logprob - batch.server_logprob).abs()
-    diff = torch.where(known, diff, torch.zeros_like(diff))
-    allowed = tolerance + SUM_RTOL * torch.where(known, batch.server_logprob.abs(), torch.zeros_like(diff))
-    if batch.logprob_resolution is not None:
-        allowed = allowed + batch.logprob_resolution
-    bad = diff > allowed
-    n_bad, n_known = int(bad.sum()), int(known.sum())
-    same = batch.same_version & known
-    out = {"logprob_checked": n_known, "logprob_mismatch": n_bad,
-           "logprob_max_abs_diff": float(diff.max()) if n_known else 0.0,
-           "logprob_max_allowed": float(allowed[known].max()) if n_known else 0.0,
-           "logprob_max_abs_diff_current": float(diff[same].max()) if bool(same.any()) else 0.0}
-    if n_bad:
-        log.error("PPO LOG-PROB MISMATCH: %d of %d decisions differ from the server's log-prob by more "
-                  "than float rounding explains (tolerance %.1e + scale; max diff %.4g). Server and learner "
-                  "preprocess observations differently; the PPO ratio is unreliable until this is fixed.",
-                  n_bad, n_known, tolerance, out["logprob_max_abs_diff"])
-    return out
+    """learner/rl/gaussian.py's behaviour log-prob check on a rollout batch."""
+    return compare_logprobs(batch.behaviour_logprob, batch.server_logprob, batch.same_version,
+                            batch.logprob_resolution, tolerance)
 
 
 def value_loss(new_v: torch.Tensor, old_v: torch.Tensor, returns: torch.Tensor, cfg: PPOConfig) -> torch.Tensor:

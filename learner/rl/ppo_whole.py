@@ -3,8 +3,9 @@
 The baseline the seed papers argue against ("RL on the whole VLA is unstable"; PPO-Replay style):
 the same clipped PPO loss as `learner/rl/ppo.py`, but the features are recomputed through the
 trainable backbone for every minibatch, so no feature cache is possible and an update costs a
-full forward + backward pass of the model (bench/learner.py measures the ratio). Used by the
-results bench (bench/learning.py); the deployed learner runs the head-only `ppo.py`.
+full forward + backward pass of the model (bench/learner.py measures the ratio). Run as the
+`ppo_whole` recipe (learner/recipes/) behind the same RLAlgorithm interface as the head algorithms
+(`WholeModelPPO`, the end of this file): it publishes full versions, since the trunk changes.
 
 On-policy only: the episodes must come from the model being updated (the bench collects them
 in-process right before the update), so the behaviour log-prob is the current model's, recomputed
@@ -23,15 +24,13 @@ import numpy as np
 import torch
 
 from learner.dataset import EpisodeDecisions
+from learner.rl.base import RoundData
+from learner.rl.gaussian import compare_logprobs, gaussian_entropy, gaussian_logprob
 from learner.rl.ppo import (
     PPOConfig,
-    RolloutBatch,
     RoundStats,
-    check_logprobs,
     compute_gae,
     explained_variance,
-    gaussian_entropy,
-    gaussian_logprob,
     minibatches,
     optimizer_step,
     policy_loss,
@@ -79,10 +78,7 @@ def whole_model_ppo_round(model: VLAModel, norm: Normalizer, decisions: list[Epi
     values = torch.cat([p[2] for p in parts])
     frozen_features = torch.cat([p[3] for p in parts])  # warm-up trains the value head on these
     server_logp = torch.from_numpy(np.concatenate([d.server_logprob for d in decisions])).float()
-    metrics = check_logprobs(RolloutBatch(
-        features=torch.zeros(n, 0), states=states, actions=actions, rewards=rewards, dones=dones,
-        behaviour_logprob=old_logp, server_logprob=server_logp, same_version=torch.ones(n, dtype=torch.bool)),
-        cfg.logprob_tolerance)
+    metrics = compare_logprobs(old_logp, server_logp, torch.ones(n, dtype=torch.bool), None, cfg.logprob_tolerance)
     advantages, returns = compute_gae(rewards, values, dones, cfg.gamma, cfg.gae_lambda)
 
     # 3. minibatch updates through the backbone
@@ -110,3 +106,32 @@ def whole_model_ppo_round(model: VLAModel, norm: Normalizer, decisions: list[Epi
         "critic_warmup": bool(warmup),
     })
     return metrics
+
+
+class WholeModelPPO:
+    """Whole-model PPO as the Trainer runs it (learner/rl/base.py's RLAlgorithm): one Adam over every
+    parameter of the model, kept between rounds (and saved with each version like the head
+    algorithms' state)."""
+
+    def __init__(self, cfg: PPOConfig, model: VLAModel, generator: torch.Generator):
+        self.cfg, self.model, self.generator = cfg, model, generator
+        self.optimizer = torch.optim.Adam(list(model.parameters()), lr=cfg.learning_rate, eps=1e-5)
+
+    def warm_up(self, data: RoundData) -> dict:
+        return self._round(data, warmup=True)
+
+    def update(self, data: RoundData) -> dict:
+        return self._round(data, warmup=False)
+
+    def _round(self, data: RoundData, warmup: bool) -> dict:
+        return whole_model_ppo_round(self.model, data.norm, data.episodes, self.optimizer, self.cfg, warmup,
+                                     self.generator)
+
+    def actor_head(self):
+        return HeadActor(self.model.heads)
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])

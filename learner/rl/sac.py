@@ -1,6 +1,7 @@
 """SAC from demonstrations on the action head, on cached backbone features (iRe-VLA's real-robot RL).
 
-CleanRL style: hyperparameters in one dataclass at the top, the update written out in order.
+CleanRL style: the hyperparameters are one section of the deployment's learner config
+(`deployment.learner.SACConfig`, `learner.sac`), the update is written out in order.
 
 * Twin Q(f, s, a) on the pooled feature, the normalized state and the normalized action chunk
   (flattened, A = H * action_dim), with polyak-averaged target copies; the min of the twins is used.
@@ -33,7 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from learner.rl.ppo import LOGPROB_TOLERANCE, RolloutBatch, check_logprobs, gaussian_entropy, gaussian_logprob
+from deployment.learner import SACConfig
+from learner.rl.gaussian import compare_logprobs, gaussian_entropy, gaussian_logprob
 from vla.model import HeadActor, HeadTwinQ
 
 if TYPE_CHECKING:
@@ -41,55 +43,16 @@ if TYPE_CHECKING:
     from learner.rl.base import EpisodeTensors, RoundData
 
 
-@dataclass
-class SACConfig:
-    gamma: float = 0.99
-    """Discount per decision (one decision = one executed chunk)."""
-    tau: float = 0.005
-    """Polyak factor of the target critics."""
-    actor_lr: float = 3e-4
-    """Adam's learning rate for the Gaussian head."""
-    critic_lr: float = 3e-4
-    """Adam's learning rate for the twin Q."""
-    alpha_lr: float = 3e-4
-    """Adam's learning rate for log(alpha)."""
-    init_alpha: float = 0.05
-    """The entropy temperature at the start."""
-    target_entropy_scale: float = 1.0
-    """Target entropy = -scale * A."""
-    batch_size: int = 128
-    """Transitions per gradient step."""
-    demo_fraction: float = 0.5
-    """Share of every batch drawn from the demonstrations."""
-    updates_per_episode: int = 50
-    """Gradient steps per newly collected episode."""
-    policy_frequency: int = 2
-    """Actor/alpha update every N critic updates (TD3-style delay)."""
-    max_grad_norm: float = 10.0
-    """Gradient norm clip."""
-    bc_coef: float = 0.0
-    """Optional behaviour cloning on the demo half: + coef * MSE(mean, demo action)."""
-    q_action_bound: float | None = 3.0
-    """Q sees actions clamped to this box (normalized units; the demos lie within about +-3). The
-    Gaussian is not tanh-squashed (the server samples from it unchanged), so nothing else bounds the
-    actions the actor proposes to Q: on the mock, Q extrapolated linearly and the actor's mean ran to
-    1e4 within one round while Q diverged. None = no clamp."""
-    q_target_bounds: tuple[float, float] | None = None
-    """The returns an episode can reach; the soft Bellman target is clipped to it. Without this, Q on
-    the mock crept from 0.5 to 50-330 over 8 rounds (bootstrapping on its own overestimates) and
-    greedy success fell with it. None = no clipping."""
-    logprob_tolerance: float = LOGPROB_TOLERANCE
-    """|server - recomputed| log-prob above this = preprocessing mismatch (checked, not trained on)."""
-
-    @classmethod
-    def from_learner(cls, lc) -> SACConfig:
-        """The hyperparameters `deployment.learner.LearnerConfig` sets. Sparse reward: +1 once at a
-        success, -step_penalty per decision, takeover_reward (<= 0) once where an operator took over,
-        so every return lies in [takeover_reward - penalty / (1 - gamma), 1]."""
-        cfg = cls(updates_per_episode=lc.sac_updates_per_episode, batch_size=lc.sac_batch_size,
-                  bc_coef=lc.sac_bc_coef, actor_lr=lc.sac_actor_lr, init_alpha=lc.sac_init_alpha)
-        cfg.q_target_bounds = (min(0.0, lc.takeover_reward) - lc.step_penalty / (1.0 - cfg.gamma), 1.0)
+def sac_config(lc) -> SACConfig:
+    """The learner's `sac` section, with the returns' bounds derived from the reward where it leaves
+    them to the learner: +1 once at a success, -step_penalty per decision, takeover_reward (<= 0)
+    once where an operator took over, so every return lies in
+    [takeover_reward - penalty / (1 - gamma), 1]."""
+    cfg = lc.sac
+    if cfg.q_target_bounds is not None:
         return cfg
+    low = min(0.0, lc.takeover_reward) - lc.step_penalty / (1.0 - cfg.gamma)
+    return cfg.model_copy(update={"q_target_bounds": (low, 1.0)})
 
 
 @dataclass
@@ -264,7 +227,7 @@ class SAC:
         metrics["n_intervention_transitions"] = sum(len(t) for t in self.interventions.values())
         metrics["critic_warmup"] = not update_actor
         if checks:
-            metrics.update(check_logprobs(_check_batch(checks), self.cfg.logprob_tolerance))
+            metrics.update(_check_logprobs(checks, self.cfg.logprob_tolerance))
         metrics["n_transitions"] = sum(len(d) for d in data.episodes)
         return metrics
 
@@ -330,12 +293,8 @@ def transitions(t: EpisodeTensors) -> Transitions:
                        next_features=t.features[nxt], next_states=t.states[nxt], dones=t.dones)
 
 
-def _check_batch(checks: list[tuple[EpisodeTensors, tuple[torch.Tensor, torch.Tensor]]]) -> RolloutBatch:
-    """Only the fields `check_logprobs` reads (SAC has no ratio, but the contract holds all the same)."""
-    n = sum(len(t) for t, _ in checks)
-    return RolloutBatch(features=torch.zeros(n, 0), states=torch.zeros(n, 0), actions=torch.zeros(n, 0),
-                        rewards=torch.zeros(n), dones=torch.zeros(n),
-                        behaviour_logprob=torch.cat([b for _, (b, _) in checks]),
-                        server_logprob=torch.cat([t.server_logprob for t, _ in checks]),
-                        same_version=torch.cat([t.same_version for t, _ in checks]),
-                        logprob_resolution=torch.cat([r for _, (_, r) in checks]))
+def _check_logprobs(checks: list[tuple[EpisodeTensors, tuple[torch.Tensor, torch.Tensor]]], tolerance: float) -> dict:
+    """The behaviour log-prob check (learner/rl/gaussian.py) on the round's on-trunk episodes."""
+    return compare_logprobs(torch.cat([b for _, (b, _) in checks]), torch.cat([t.server_logprob for t, _ in checks]),
+                            torch.cat([t.same_version for t, _ in checks]), torch.cat([r for _, (_, r) in checks]),
+                            tolerance)

@@ -12,7 +12,7 @@ from test_recap import _episode, trainer_with_episodes
 
 from learner.recap.awr import AWRConfig, awr_weights
 from learner.recap.labels import LabelConfig, label_episodes
-from learner.recap.phase import RecapConfig, RecapPhase
+from learner.recap.phase import RecapConfig, RecapPhase, recap_iteration
 from learner.sft import SFTConfig, SFTData, global_batch_indices
 from learner.trainer import Trainer
 from vla.advantage import META_KEY
@@ -93,15 +93,15 @@ def test_sft_data_keeps_the_weights_of_its_training_samples_only():
 # ---------------------------------------------------------------------------------------- on the tiny model
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory):
-    return trainer_with_episodes(tmp_path_factory.mktemp("awr"), recap_awr_temperature=1.0, recap_awr_clip=20.0)
+    return trainer_with_episodes(tmp_path_factory.mktemp("awr"), recap={"awr_temperature": 1.0, "awr_clip": 20.0})
 
 
 def test_awr_samples_have_the_plain_prompt_and_operator_steps_weigh_the_clip(trainer):
-    trainer.lc.recap_weighting = "awr"
+    trainer.lc.recap.weighting = "awr"
     phase = RecapPhase(trainer, RecapConfig.from_learner(trainer.lc))
     episodes, _ = phase.fit_values(trainer.store.list_episodes())
     label_episodes(episodes, LabelConfig())
-    awr_weights(episodes, phase.cfg.awr)
+    awr_weights(episodes, phase.cfg.weighting.awr)
     data = phase.sft_data(episodes)
     assert len(data.train_weights) == len(data.train)
     plain = {m["instruction"] for m in trainer.store.list_episodes()}
@@ -113,11 +113,11 @@ def test_awr_samples_have_the_plain_prompt_and_operator_steps_weigh_the_clip(tra
 
 
 def test_an_awr_iteration_after_a_recap_version_publishes_an_ordinary_version(trainer):
-    trainer.lc.recap_weighting = "indicator"
-    recap = trainer.publish("full", "recap", trainer.recap_phase(0, progress=False))
+    trainer.lc.recap.weighting = "indicator"
+    recap = trainer.publish("full", "recap", recap_iteration(trainer, 0, RecapConfig.from_learner(trainer.lc)))
     assert META_KEY in trainer.registry.read_meta(recap)  # RECAP: served with the indicator
-    trainer.lc.recap_weighting = "awr"
-    metrics = trainer.recap_phase(1, progress=False)
+    trainer.lc.recap.weighting = "awr"
+    metrics = recap_iteration(trainer, 1, RecapConfig.from_learner(trainer.lc))
     version = trainer.publish("full", "recap", metrics)
     meta = trainer.registry.read_meta(version)
     assert version == recap + 1 and META_KEY not in meta  # AWR: an ordinary policy

@@ -22,8 +22,8 @@ def run(request, tmp_path_factory):
     cfg = load_config(None, environ={}, run_dir=str(run_dir))
     lc = cfg.learner
     lc.algorithm = request.param
-    lc.bootstrap_demos, lc.bootstrap_steps, lc.bootstrap_batch_size = 4, 4, 8
-    lc.sft_steps, lc.sft_batch_size, lc.sac_updates_per_episode, lc.critic_warmup_rounds = 2, 8, 1, 0
+    lc.bootstrap.demos, lc.bootstrap.steps, lc.bootstrap.batch_size = 4, 4, 8
+    lc.sft.steps, lc.sft.batch_size, lc.sac.updates_per_episode, lc.critic_warmup_rounds = 2, 8, 1, 0
     trainer = Trainer(cfg, run_dir)
     trainer.bootstrap(progress=False)
     # one short takeover per episode and a short episode: some fail in spite of the operator

@@ -24,8 +24,8 @@ from protocol.messages import Hello, decode_message, encode_message
 from vla.registry import CheckpointRegistry
 
 torch.set_num_threads(1)
-SMALL = {"bootstrap_demos": 4, "bootstrap_steps": 8, "sft_steps": 6, "episodes_per_round": 2,
-         "rl_rounds_per_phase": 2, "max_iterations": 1, "ppo_epochs": 1, "critic_warmup_rounds": 0}
+SMALL = {"bootstrap": {"demos": 4, "steps": 8}, "sft": {"steps": 6}, "episodes_per_round": 2,
+         "rl_rounds_per_phase": 2, "max_iterations": 1, "ppo": {"update_epochs": 1}, "critic_warmup_rounds": 0}
 
 
 class Crash(BaseException):
@@ -35,7 +35,7 @@ class Crash(BaseException):
 
 def config_for(run_dir, **learner):
     base = load_config(environ={}, run_dir=str(run_dir))
-    return base.model_copy(update={"learner": base.learner.model_copy(update={**SMALL, **learner})})
+    return base.model_copy(update={"learner": base.learner.updated(**SMALL).updated(**learner)})
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +64,12 @@ def make_trainer_class(crash_at: str | None = None, crash_round: int = 0):
             super().__init__(*a, **kw)
             self.rounds = 0
 
-        def rl_round(self, episodes):
+        def rl_round(self, episodes, algorithm=None):
             self.rounds += 1
             if crash_at == "rl_round" and self.rounds > crash_round:
                 raise Crash("during rl_round")
             TestTrainer.calls.append(("rl", [e["episode_id"] for e in episodes]))
-            return super().rl_round(episodes)
+            return super().rl_round(episodes, algorithm)
 
         def sft_phase(self, progress=True, on_progress=None):
             if crash_at == "sft_phase":
@@ -205,13 +205,12 @@ def test_plateau_schedule_switches_to_sft_early(tmp_path):
     for rate in [0.2, 0.5, 0.52, 0.51]:
         loop.state.begin("rl", [], None)
         loop.state.commit(len(loop.state.data["rounds"]) + 1, {"success_rate": rate})
-        if rate == 0.52:
-            assert not loop.plateau()  # one round without gain is not yet a plateau
-    assert loop.plateau() and loop.rl_phase_done()
+        if rate == 0.52:  # one round without gain is not yet a plateau
+            assert loop.recipe.next_phase(0, loop.state.done_this_iteration()).name == "rl"
+    assert loop.recipe.next_phase(0, loop.state.done_this_iteration()).name == "sft"
     fixed = PhaseLoop(config_for(tmp_path / "b", rl_rounds_per_phase=10), tmp_path / "b",
                       trainer_factory=lambda *a, **k: None)
-    fixed.state.data["rounds"] = loop.state.data["rounds"]
-    assert not fixed.plateau() and not fixed.rl_phase_done()
+    assert fixed.recipe.next_phase(0, loop.state.done_this_iteration()).name == "rl"
 
 
 @pytest.mark.parametrize("during", ["training", "publish"])
@@ -226,11 +225,11 @@ def test_sigterm_abandons_training_but_not_a_publish(run_dir, during):
     base = make_trainer_class()
 
     class SignalledTrainer(base):
-        def rl_round(self, episodes):
+        def rl_round(self, episodes, algorithm=None):
             if during == "training" and self.rounds == 1:  # round 1 "trains" for a long time
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(30)
-            return super().rl_round(episodes)
+            return super().rl_round(episodes, algorithm)
 
         def publish(self, kind, phase, metrics):
             if during == "publish" and phase == "rl" and self.rounds == 1:  # SIGTERM mid-publish
@@ -271,10 +270,10 @@ def test_a_poison_episode_is_set_aside_and_a_broken_trainer_stops(run_dir):
     class PoisonTrainer(base):
         broken = False
 
-        def rl_round(self, episodes):
+        def rl_round(self, episodes, algorithm=None):
             if self.broken or any(e["episode_id"] == "e1" for e in episodes):
                 raise ValueError("chunk length 3 != 4")
-            return super().rl_round(episodes)
+            return super().rl_round(episodes, algorithm)
 
     assert PhaseLoop(config_for(run_dir), run_dir, trainer_factory=PoisonTrainer, poll_s=0.05).run() == 0
     state = LearnerState(run_dir / "learner_state.json")
@@ -305,9 +304,8 @@ class RecordingStatus(StatusBoard):
 def test_a_learner_with_a_registry_but_no_demos_waits_and_says_so(run_dir, tmp_path):
     aside = tmp_path / "demos-aside"
     shutil.move(run_dir / "episodes", aside)  # the registry stays: v1 exists, no demos to train SFT on
-    LearnerState(run_dir / "learner_state.json").to_sft()
     status = RecordingStatus(run_dir / "status.json", 0.05)
-    loop = PhaseLoop(config_for(run_dir), run_dir, status=status, trainer_factory=make_trainer_class(), poll_s=0.05)
+    loop = PhaseLoop(config_for(run_dir, rl_rounds_per_phase=0), run_dir, status=status, trainer_factory=make_trainer_class(), poll_s=0.05)
     t, out = run_in_thread(loop)
     status_file = run_dir / "status.json"
 
@@ -331,9 +329,8 @@ def test_a_learner_with_a_registry_but_no_demos_waits_and_says_so(run_dir, tmp_p
 
 
 def test_sft_progress_is_reported_as_it_goes(run_dir):
-    LearnerState(run_dir / "learner_state.json").to_sft()
     status = RecordingStatus(run_dir / "status.json", 0.0)
-    loop = PhaseLoop(config_for(run_dir, sft_steps=12), run_dir, status=status, trainer_factory=make_trainer_class(),
+    loop = PhaseLoop(config_for(run_dir, sft={"steps": 12}, rl_rounds_per_phase=0), run_dir, status=status, trainer_factory=make_trainer_class(),
                      poll_s=0.05)
     t, out = run_in_thread(loop)
     t.join(180)

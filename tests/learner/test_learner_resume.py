@@ -21,10 +21,10 @@ from vla.registry import CheckpointRegistry
 pytestmark = pytest.mark.slow  # minutes, not seconds: `pytest -m "not slow"` skips it
 
 SMALL = {  # everything tiny: this is about the service's crash consistency, not learning
-    "VLALOOP_LEARNER__BOOTSTRAP_DEMOS": "4", "VLALOOP_LEARNER__BOOTSTRAP_STEPS": "8",
-    "VLALOOP_LEARNER__SFT_STEPS": "6", "VLALOOP_LEARNER__EPISODES_PER_ROUND": "2",
+    "VLALOOP_LEARNER__BOOTSTRAP__DEMOS": "4", "VLALOOP_LEARNER__BOOTSTRAP__STEPS": "8",
+    "VLALOOP_LEARNER__SFT__STEPS": "6", "VLALOOP_LEARNER__EPISODES_PER_ROUND": "2",
     "VLALOOP_LEARNER__RL_ROUNDS_PER_PHASE": "2", "VLALOOP_LEARNER__MAX_ITERATIONS": "1",
-    "VLALOOP_LEARNER__PPO_EPOCHS": "1", "VLALOOP_LEARNER__CRITIC_WARMUP_ROUNDS": "0",
+    "VLALOOP_LEARNER__PPO__UPDATE_EPOCHS": "1", "VLALOOP_LEARNER__CRITIC_WARMUP_ROUNDS": "0",
     "VLALOOP_ROBOT__TASK": "reach",
 }
 

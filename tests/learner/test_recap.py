@@ -18,7 +18,7 @@ from learner.recap.labels import (
     label_episodes,
     n_step_advantages,
 )
-from learner.recap.phase import NoLabelledEpisodes, RecapConfig, RecapPhase
+from learner.recap.phase import NoLabelledEpisodes, RecapConfig, RecapPhase, recap_iteration
 from learner.recap.value import is_success, terminal_value, two_hot, value_targets
 from learner.trainer import Trainer
 from sim.intervener import InterventionConfig, ScriptedIntervener
@@ -107,11 +107,10 @@ def _config(run_dir, **learner):
     cfg = load_config(None, environ={}, run_dir=str(run_dir))
     lc = cfg.learner
     lc.algorithm = "recap"
-    lc.bootstrap_demos, lc.bootstrap_steps, lc.bootstrap_batch_size = 8, 12, 8
-    lc.sft_steps, lc.sft_batch_size, lc.sft_eval_fraction = 4, 8, 0.25
-    lc.recap_value_steps = 40
-    for k, v in learner.items():
-        setattr(lc, k, v)
+    lc.bootstrap.demos, lc.bootstrap.steps, lc.bootstrap.batch_size = 8, 12, 8
+    lc.sft.steps, lc.sft.batch_size, lc.sft.eval_fraction = 4, 8, 0.25
+    lc.recap.value_steps = 40
+    cfg.learner = lc.updated(**learner)
     return cfg
 
 
@@ -130,7 +129,7 @@ def trainer_with_episodes(run_dir, **learner) -> Trainer:
 
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory):
-    return trainer_with_episodes(tmp_path_factory.mktemp("recap"), recap_guidance=1.5)
+    return trainer_with_episodes(tmp_path_factory.mktemp("recap"), recap={"guidance": 1.5})
 
 
 def test_value_targets_of_an_intervened_episode_and_its_labels(trainer):
@@ -157,7 +156,7 @@ def test_value_targets_of_an_intervened_episode_and_its_labels(trainer):
 
 def test_one_recap_iteration_publishes_a_version_served_with_the_indicator(trainer):
     before = trainer.version
-    metrics = trainer.recap_phase(0, progress=False)
+    metrics = recap_iteration(trainer, 0, RecapConfig.from_learner(trainer.lc))
     version = trainer.publish("full", "recap", metrics)
     assert version == before + 1
     meta = trainer.registry.read_meta(version)
@@ -180,7 +179,7 @@ def test_a_store_with_no_labelled_episode_publishes_nothing(tmp_path, trainer):
     cold = Trainer(_config(run_dir), run_dir)
     cold._adopt(trainer.model, trainer.norm, trainer.version)  # a model, but no episode at all
     with pytest.raises(NoLabelledEpisodes, match="no episode labelled"):
-        cold.recap_phase(0, progress=False)
+        recap_iteration(cold, 0, RecapConfig.from_learner(cold.lc))
     assert CheckpointRegistry(run_dir / "checkpoints").versions() == []
 
 

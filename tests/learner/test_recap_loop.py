@@ -21,8 +21,8 @@ from vla.advantage import META_KEY, check_prompt_takes_indicator
 from vla.registry import CheckpointRegistry
 
 torch.set_num_threads(1)
-RECAP = {"algorithm": "recap", "recap_episodes_per_iteration": 2, "recap_value_steps": 20, "max_iterations": 1,
-         "sft_batch_size": 8}
+RECAP = {"algorithm": "recap", "recap": {"episodes_per_iteration": 2, "value_steps": 20}, "max_iterations": 1,
+         "sft": {"batch_size": 8}}
 
 
 class PhaseRecorder(StatusBoard):
@@ -125,7 +125,7 @@ def test_awr_runs_the_same_phases_on_any_backbone_and_publishes_an_ordinary_vers
     probe.resume()
     with pytest.raises(ValueError, match="cannot take the advantage indicator"):  # RECAP could not run on it
         check_prompt_takes_indicator(CutPrompt(probe.model.preprocessor))
-    loop = PhaseLoop(config_for(run_dir, **RECAP, recap_weighting="awr"), run_dir, status=status,
+    loop = PhaseLoop(config_for(run_dir, **{**RECAP, "recap": {**RECAP["recap"], "weighting": "awr"}}), run_dir, status=status,
                      trainer_factory=CutTrainer, poll_s=0.05)
     meta = _one_iteration(loop, run_dir, status)
     assert META_KEY not in meta

@@ -1,6 +1,6 @@
 """Demonstrations recorded by teleop (robot.record_demos) as the learner sees them: stored like the
 ingest stores them (real EpisodeStore, meta.json from learner.ingest.episode_meta), they are expert
-demos (Stage 0 and SFT train on them, RL never does), and with learner.bootstrap_min_demos Stage 0
+demos (Stage 0 and SFT train on them, RL never does), and with learner.bootstrap.min_demos Stage 0
 waits for that many of them instead of recording scripted ones."""
 
 import numpy as np
@@ -50,7 +50,7 @@ def test_a_recorded_demo_is_an_expert_demo_never_rl_data(store):
 
 
 def test_stage0_waits_for_the_configured_number_of_recorded_demos(store):
-    config = DeploymentConfig(learner=LearnerConfig(bootstrap_min_demos=3))  # robot.backend: the mock
+    config = DeploymentConfig(learner=LearnerConfig(bootstrap={"min_demos": 3}))  # robot.backend: the mock
     for i in range(2):
         store_demo(store, f"d{i}")
     with pytest.raises(RuntimeError, match="2 of the 3 expert demonstrations"):

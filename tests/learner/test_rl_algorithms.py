@@ -5,6 +5,7 @@ original; a fresh one does not). The rules shared by the loop and the trainer ar
 
 import copy
 import math
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -72,13 +73,18 @@ def heads() -> ActionHeads:
     return ActionHeads(F, S, H, ACTION_DIM, hidden=16, init_log_std=-1.0)
 
 
+class HeadsOnly(NamedTuple):
+    """What a head algorithm reads of the model it is built on: its heads."""
+    heads: ActionHeads
+
+
 CONFIGS = {"ppo": PPOConfig(update_epochs=2, minibatch_size=8, critic_warmup_epochs=2),
            "sac": SACConfig(batch_size=8, updates_per_episode=3)}
 
 
 def test_unknown_algorithm_is_refused():
     with pytest.raises(ValueError, match="unknown RL algorithm 'dqn'"):
-        make_algorithm("dqn", PPOConfig(), heads(), torch.Generator())
+        make_algorithm("dqn", PPOConfig(), HeadsOnly(heads()), torch.Generator())
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -90,7 +96,7 @@ def test_restored_state_continues_exactly(name):
     round1, round2 = Round(first, first, demos), Round(second, first + second, demos)
 
     original_heads, gen = heads(), torch.Generator().manual_seed(0)
-    original = make_algorithm(name, CONFIGS[name], original_heads, gen)
+    original = make_algorithm(name, CONFIGS[name], HeadsOnly(original_heads), gen)
     assert "critic_warmup" in original.warm_up(round1)
     original.update(round1)
     saved_heads, saved_gen = copy.deepcopy(original_heads), gen.get_state()
@@ -99,7 +105,7 @@ def test_restored_state_continues_exactly(name):
 
     def second_round(load: bool) -> ActionHeads:
         h = copy.deepcopy(saved_heads)
-        algorithm = make_algorithm(name, CONFIGS[name], h, torch.Generator().set_state(saved_gen))
+        algorithm = make_algorithm(name, CONFIGS[name], HeadsOnly(h), torch.Generator().set_state(saved_gen))
         if load:
             algorithm.load_state_dict(saved_state)
         algorithm.update(round2)

@@ -41,7 +41,7 @@ ROUNDS, EPISODES = 8, 128
 def _config(run_dir):
     cfg = load_config(None, environ={}, run_dir=str(run_dir))
     lc = cfg.learner
-    lc.bootstrap_steps, lc.ppo_lr, lc.ppo_target_kl, lc.critic_warmup_rounds = 60, 1e-4, 0.05, 1
+    lc.bootstrap.steps, lc.ppo.learning_rate, lc.ppo.target_kl, lc.critic_warmup_rounds = 60, 1e-4, 0.05, 1
     lc.seed = 0
     return cfg
 
@@ -52,7 +52,7 @@ def stage0(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("stage0")
     cfg = _config(root)
-    record_demos(EpisodeStore(root / "episodes"), task=TASK, n=cfg.learner.bootstrap_demos, seed=0,
+    record_demos(EpisodeStore(root / "episodes"), task=TASK, n=cfg.learner.bootstrap.demos, seed=0,
                  image_size=cfg.model.image_size, cameras=tuple(cfg.model.cameras))
     trainer = Trainer(cfg, root)
     trainer.bootstrap(progress=False)

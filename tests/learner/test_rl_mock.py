@@ -42,8 +42,8 @@ def chunk_logprobs(trainer, metas) -> tuple[np.ndarray, np.ndarray]:
 def test_ppo_round_on_mock_episodes_favours_successful_chunks(tmp_path):
     cfg = load_config(None, environ={}, run_dir=str(tmp_path))
     lc = cfg.learner
-    lc.bootstrap_demos, lc.bootstrap_steps, lc.bootstrap_batch_size = len(LAYOUTS), 40, 16
-    lc.sft_eval_fraction, lc.ppo_lr = 0.0, 1e-4
+    lc.bootstrap.demos, lc.bootstrap.steps, lc.bootstrap.batch_size = len(LAYOUTS), 40, 16
+    lc.sft.eval_fraction, lc.ppo.learning_rate = 0.0, 1e-4
     store = EpisodeStore(tmp_path / "episodes")
     record_demos(store, "reach", len(LAYOUTS), seed=0)
     trainer = Trainer(cfg, tmp_path)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow  # minutes, not seconds: `pytest -m "not slow"` sk
 
 def torchrun(run_dir, nproc: int, out) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VLALOOP_RUN_DIR": str(run_dir),
-           "VLALOOP_LEARNER__SFT_EVAL_FRACTION": "0.2"}
+           "VLALOOP_LEARNER__SFT__EVAL_FRACTION": "0.2"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "learner.sft_ddp", "--steps", "6", "--batch-size", "8", "--lr", "1e-3", "--seed", "3",
            "--metrics-out", str(out)]

@@ -20,14 +20,13 @@ torch.set_num_threads(1)
 
 def make_config(run_dir, **learner):
     cfg = load_config(None, environ={}, run_dir=str(run_dir))
-    cfg.learner.bootstrap_demos = 8
-    cfg.learner.bootstrap_steps = 12
-    cfg.learner.bootstrap_batch_size = 8
-    cfg.learner.sft_steps = 4
-    cfg.learner.sft_batch_size = 8
-    cfg.learner.sft_eval_fraction = 0.25
-    for k, v in learner.items():
-        setattr(cfg.learner, k, v)
+    cfg.learner.bootstrap.demos = 8
+    cfg.learner.bootstrap.steps = 12
+    cfg.learner.bootstrap.batch_size = 8
+    cfg.learner.sft.steps = 4
+    cfg.learner.sft.batch_size = 8
+    cfg.learner.sft.eval_fraction = 0.25
+    cfg.learner = cfg.learner.updated(**learner)
     return cfg
 
 
@@ -121,7 +120,7 @@ def test_sac_round_and_resume(tmp_path, trained):
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(tmp_path / "tb"))
-    sac = Trainer(make_config(trainer.run_dir, algorithm="sac", sac_updates_per_episode=5, sac_batch_size=16),
+    sac = Trainer(make_config(trainer.run_dir, algorithm="sac", sac={"updates_per_episode": 5, "batch_size": 16}),
                   trainer.run_dir, log=writer)
     version = sac.resume()
     assert version == trainer.registry.latest()
@@ -145,7 +144,7 @@ def test_a_restarted_learner_continues_the_algorithm_not_only_the_weights(traine
     publish and restored on resume when the resumed version is the one they were saved with; a
     resume onto another version (a rollback) starts the algorithm afresh."""
     trainer, _ = trained
-    cfg = make_config(trainer.run_dir, algorithm="sac", sac_updates_per_episode=3, sac_batch_size=8)
+    cfg = make_config(trainer.run_dir, algorithm="sac", sac={"updates_per_episode": 3, "batch_size": 8})
     store = EpisodeStore(trainer.run_dir / "episodes")
     first = Trainer(cfg, trainer.run_dir)
     before = first.resume()

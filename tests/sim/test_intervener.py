@@ -85,7 +85,7 @@ def policy(tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("run")
     cfg = load_config(None, environ={}, run_dir=str(run_dir))
-    cfg.learner.bootstrap_demos, cfg.learner.bootstrap_steps, cfg.learner.bootstrap_batch_size = 4, 4, 8
+    cfg.learner.bootstrap.demos, cfg.learner.bootstrap.steps, cfg.learner.bootstrap.batch_size = 4, 4, 8
     trainer = Trainer(cfg, run_dir)
     trainer.bootstrap(progress=False)
     return trainer.policy

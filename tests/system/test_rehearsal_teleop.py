@@ -7,7 +7,7 @@ headless Chromium.
 The operator records 10 demonstrations by teleop with the server serving "teleop only": 8 from the
 page (T takes over, W held drives, S labels success, N says the scene is reset) and 2 with the
 gamepad at the robot (dead-man held, stick forward; its Start button is the ready). Stage 0 starts
-by itself once the 10th demo is stored (`learner.bootstrap_min_demos`), publishes v1, the server
+by itself once the 10th demo is stored (`learner.bootstrap.min_demos`), publishes v1, the server
 loads it, and the robot runs the policy: between its episodes the arm goes home and waits for the
 operator's Ready (the page shows it), the operator labels each episode, and the RL round publishes
 v2. The wall time and the operator's actions are printed (`pytest -s`) and quoted in docs/teleop.md.
