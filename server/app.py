@@ -104,7 +104,7 @@ def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, wit
     operator page (``server.ui``)."""
     run_dir = Path(config.run_dir)
     if loader is None:
-        loader = RegistryLoader(run_dir / "checkpoints", device=config.model.device)
+        loader = RegistryLoader(run_dir / "checkpoints", device=config.model.device, model=config.model)
     metrics = ServerMetrics()
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
     holder = PolicyHolder(loader, worker, metrics, interval_s=config.server.watch_interval_s,
