@@ -21,7 +21,15 @@ class ServerConfig(BaseModel):
                     "this window or one forward pass, whichever is longer; robots not expected "
                     "that soon are never waited for")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, description="larger /v1/act bodies get 413")
-    max_image_side: int = Field(default=4096, description="images wider or taller than this are refused")
+    max_image_side: int | None = Field(
+        default=None, ge=1, description="images wider or taller than this are refused (checked from the header, "
+                                        "before decoding); None: the robot cameras' configured size "
+                                        "(robot.camera_width x robot.camera_height)")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="a connection whose request headers are not "
+                                    "complete this long after its first byte is answered 408 and closed")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="a request body not fully received this long "
+                                  "after its headers closes the connection")
+    keep_alive_s: float = Field(default=5.0, gt=0, description="an idle keep-alive connection is closed after this")
     watch_interval_s: float = Field(default=0.5, gt=0.0, description="how often checkpoints/LATEST is polled")
     auto_label: bool = Field(
         default=False,

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deployment.config import DeploymentConfig
 from server import act, health, openpi_ws, openvla_rest, promotion_routes, robots, teleop_routes, ui
 from server.batcher import InferenceFailed, MicroBatcher
-from server.decode import InputError
+from server.decode import InputError, image_limit
 from server.metrics import ServerMetrics
 from server.policy_holder import NoPolicyLoaded, PolicyHolder, PolicyLoader, RegistryLoader
 from server.reward_scorer import RewardScorer
@@ -137,6 +137,7 @@ def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, wit
                                         teleop_lock_s=config.server.teleop_lock_s)
     app.state.robots.label_listeners.append(holder.record_label)
     app.state.decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
+    app.state.image_limit = image_limit(config)
     app.state.metadata_cache = {}
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=config.server.max_body_bytes)

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace, config: DeploymentConfig) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.http_server import uvicorn_config
 
     config = with_overrides(config, args)
     s = config.server
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace, config: DeploymentConfig) -> int:
     log.info("listening on http://%s:%s  run dir %s  checkpoints LATEST=%s%s", host, port, config.run_dir,
              latest if latest is not None else "none (not ready until the learner publishes one)",
              "  auto-label ON" if s.auto_label else "")
-    uv = uvicorn.Server(uvicorn.Config(app, log_level=logging.getLogger().level, access_log=args.access_log,
+    uv = uvicorn.Server(uvicorn_config(app, s, log_level=logging.getLogger().level, access_log=args.access_log,
                                        timeout_graceful_shutdown=5, lifespan="on"))
     uv.run(sockets=[sock])  # SIGINT/SIGTERM: uvicorn stops accepting, the lifespan stops the workers
     return 0

@@ -106,8 +106,9 @@ async def policy_info(request: Request) -> PolicyInfo:
         refused=status["refused"], promotion=status["promotion"],
         batching={"max_batch": server.max_batch, "max_wait_ms": server.max_wait_ms},
         learner_phase=learner_phase(Path(app.state.config.run_dir)),
-        image_policy=f"JPEG/PNG or uint8 HxWx3, 3-channel RGB, any size up to {server.max_image_side} px "
-                     f"per side; resized by the policy")
+        image_policy=f"JPEG/PNG or uint8 HxWx3, 3-channel RGB, up to {app.state.image_limit.max_side} px a "
+                     f"side and {app.state.image_limit.max_pixels} pixels (checked before decoding); "
+                     f"resized by the policy")
     policy = holder.policy
     if policy is not None:
         spec = policy.spec
