@@ -37,6 +37,10 @@ class ServerConfig(BaseModel):
                     "(the mock's success predicate stands in for the operator)")
     label_poll_max_s: float = Field(default=60.0, gt=0.0, description="longest single label long-poll")
     robot_stale_s: float = Field(default=10.0, description="a robot not seen for this long is shown as stale")
+    robot_forget_s: float = Field(default=300.0, gt=0, description="a robot not heard from for this long is "
+                                  "forgotten (frames freed; /v1/robots lists it as gone)")
+    max_robots: int = Field(default=64, ge=1, description="robots tracked at once; a new one evicts the least "
+                            "recently seen robot that is not paused, driven or awaiting a label")
     teleop_lock_s: float = Field(default=10.0, gt=0.0,
                                  description="an operator holding a robot who has sent nothing for this long no "
                                              "longer blocks another operator's take-over (docs/teleop.md)")

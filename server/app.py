@@ -134,8 +134,10 @@ def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, wit
     app.state.worker = worker  # the inference thread: reward-model features run there too
     app.state.reward_scorer = RewardScorer(run_dir, config.reward_model)
     app.state.robots = RobotRegistry(auto_label=config.server.auto_label, stale_s=config.server.robot_stale_s,
-                                        teleop_lock_s=config.server.teleop_lock_s)
+                                     teleop_lock_s=config.server.teleop_lock_s,
+                                     forget_s=config.server.robot_forget_s, max_robots=config.server.max_robots)
     app.state.robots.label_listeners.append(holder.record_label)
+    app.state.robots.forget_listeners.append(app.state.reward_scorer.forget)
     app.state.decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
     app.state.image_limit = image_limit(config)
     app.state.metadata_cache = {}

@@ -76,7 +76,7 @@ def served(tmp_path_factory):
     publish_tiny(run_dir)
     config = DeploymentConfig(run_dir=str(run_dir), server=ServerConfig(
         robot_token=ROBOT, operator_token=OPERATOR, max_body_bytes=MAX_BODY, header_timeout_s=1.0,
-        body_timeout_s=1.5))
+        body_timeout_s=1.5, max_robots=8))
     with ServerThread(config) as srv:
         srv.wait_ready()
         with httpx.Client(base_url=srv.url, headers={"authorization": f"Bearer {ROBOT}"}, timeout=30) as client:
@@ -188,3 +188,17 @@ def test_connections_that_never_finish_their_request_are_closed(served):
     s.settimeout(5)
     assert s.recv(4096).startswith(b"HTTP/1.1 200")
     s.close()
+
+
+# ---- per-robot state bounded ------------------------------------------------------------------
+
+def test_made_up_robot_ids_do_not_pile_up_and_evicted_ones_are_listed_as_gone(served):
+    _, client = served
+    for i in range(40):
+        assert post_act(client, request(robot_id=f"made-up-{i}", images={"front": jpeg(640, 480)}),
+                        "msgpack").status_code == 200
+    robots = client.get("/v1/robots", headers={"authorization": f"Bearer {OPERATOR}"}).json()
+    live = [r for r in robots if not r["gone"]]
+    gone = [r for r in robots if r["gone"]]
+    assert len(live) == 8 and "made-up-39" in {r["robot_id"] for r in live}
+    assert gone and all(r["state"] == "gone" and r["cameras"] == [] for r in gone)
