@@ -43,6 +43,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         kind = {400: "malformed", 413: "too_large", 415: "content_type"}.get(e.status, "invalid_field")
         return _error(request, e.status, kind, str(e), e.field)
 
+    @app.exception_handler(RecursionError)
+    async def _too_deep(request: Request, e: RecursionError) -> JSONResponse:
+        # a JSON body nested thousands deep, parsed by a route's own body model
+        return _error(request, 400, "malformed", "body: malformed JSON: nested too deeply", "body")
+
     @app.exception_handler(NoPolicyLoaded)
     async def _no_policy(request: Request, e: NoPolicyLoaded) -> JSONResponse:
         run_dir = request.app.state.config.run_dir
@@ -56,6 +61,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException):
+        if e.status_code == 400 and e.detail == "There was an error parsing the body":
+            # FastAPI's word for a body its JSON parser gave up on (RecursionError: nested too deeply)
+            return _error(request, 400, "malformed", "body: malformed JSON (not parseable: nested too deeply?)",
+                          "body")
         kind = "auth" if e.status_code in (401, 403) else f"http_{e.status_code}"
         request.app.state.metrics.errors.labels(kind=kind).inc()
         return await http_exception_handler(request, e)
@@ -86,17 +95,33 @@ class BodyLimit:
         if declared.isdigit() and int(declared) > self.limit:
             body = {"detail": f"body: {int(declared)} bytes exceeds the limit of {self.limit}", "field": "body"}
             return await JSONResponse(body, status_code=413)(scope, receive, send)
-        seen = 0
+        seen, exceeded, answered = 0, False, False
 
         async def limited_receive():
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             seen += len(message.get("body", b"")) if message["type"] == "http.request" else 0
             if seen > self.limit:
+                exceeded = True
                 raise InputError(413, "body", f"more than {self.limit} bytes")
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def guarded_send(message):
+            # Once the body ran over, whatever the route makes of the refused read (FastAPI's JSON
+            # routes turn it into a 400 "error parsing the body") is replaced by the 413 below.
+            nonlocal answered
+            if not exceeded:
+                answered = answered or message["type"] == "http.response.start"
+                await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except InputError:
+            if not exceeded:
+                raise
+        if exceeded and not answered:
+            body = {"detail": f"body: more than {self.limit} bytes", "field": "body"}
+            await JSONResponse(body, status_code=413)(scope, receive, send)
 
 
 def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, with_ui: bool = True) -> FastAPI:

@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
 from protocol.codec import CodecError, unpackb
-from protocol.messages import ActRequest
+from protocol.messages import STATE_ABS_MAX, ActRequest
 
 if TYPE_CHECKING:
     from deployment.config import DeploymentConfig
@@ -111,6 +111,8 @@ def _parse(body: bytes, encoding: Encoding) -> dict:
             obj = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
             raise InputError(400, "body", f"malformed JSON: {e}") from None
+        except RecursionError:
+            raise InputError(400, "body", "malformed JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise InputError(400, "body", f"must be a map/object, got {type(obj).__name__}")
     if encoding == "json" and isinstance(obj.get("images"), dict):
@@ -141,6 +143,8 @@ def _check_state_type(state: Any) -> None:
             isinstance(x, (int, float)) and not isinstance(x, bool) for x in state)
     if not ok:
         raise InputError(422, "state", "must be a flat list of numbers")
+    if not isinstance(state, np.ndarray) and any(isinstance(x, int) and abs(x) > STATE_ABS_MAX for x in state):
+        raise InputError(422, "state", f"values must lie within +-{STATE_ABS_MAX:g} (robot units)")
 
 
 def decode_image(cam: str, value: bytes | np.ndarray, limit: ImageLimit | int) -> np.ndarray:

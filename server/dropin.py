@@ -17,6 +17,7 @@ import numpy as np
 from fastapi import FastAPI
 
 from deployment.dropin import DropinConfig
+from protocol.messages import STATE_ABS_MAX
 from server.decode import ImageLimit, InputError
 
 NUMERIC_KINDS = "biuf"
@@ -80,9 +81,12 @@ def as_state(parts: list[tuple[str, Any]], state_dim: int) -> np.ndarray:
             raise InputError(422, field, "state must be numbers") from None
         if arr.dtype.kind not in NUMERIC_KINDS:
             raise InputError(422, field, f"state must be numbers, got dtype {arr.dtype}")
-        arr = arr.astype(np.float32).reshape(-1)
+        arr = arr.astype(np.float64).reshape(-1)
         if not np.isfinite(arr).all():
             raise InputError(422, field, "state contains NaN or inf")
+        if np.abs(arr).max(initial=0.0) > STATE_ABS_MAX:
+            raise InputError(422, field, f"state values must lie within +-{STATE_ABS_MAX:g} (robot units)")
+        arr = arr.astype(np.float32)
         pieces.append(arr)
     state = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     if state.shape[0] != state_dim:

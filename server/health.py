@@ -79,7 +79,10 @@ async def readyz(request: Request) -> Response:
     policy = holder.policy
     if policy is None:
         err = holder.last_swap_error
-        reason = "no checkpoint loaded yet" + (f"; last attempt failed: {err.error}" if err else "")
+        # No token here (orchestrators probe it): say that a load failed, not why (the error names
+        # local paths); GET /v1/policy, behind a token, has the whole story.
+        reason = "no checkpoint loaded yet" + (f"; loading version {err.version} failed (see /v1/policy)"
+                                               if err else "")
         return JSONResponse({"ready": False, "reason": reason}, status_code=503)
     return JSONResponse({"ready": True, "version": int(policy.version)})
 

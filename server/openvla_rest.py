@@ -105,6 +105,8 @@ def parse_act(body: bytes, config: OpenvlaConfig, state_dim: int, mean_state: np
         obj = _DECODER.decode(body.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise InputError(400, "body", f"malformed JSON: {e}") from None
+    except RecursionError:
+        raise InputError(400, "body", "malformed JSON: nested too deeply") from None
     double = isinstance(obj, dict) and "encoded" in obj
     if double:  # OpenVLA's fallback for clients without json_numpy: the payload as a JSON string
         if len(obj) != 1 or not isinstance(obj["encoded"], str):
@@ -113,6 +115,8 @@ def parse_act(body: bytes, config: OpenvlaConfig, state_dim: int, mean_state: np
             obj = _DECODER.decode(obj["encoded"])
         except ValueError as e:
             raise InputError(400, "encoded", f"malformed JSON: {e}") from None
+        except RecursionError:
+            raise InputError(400, "encoded", "malformed JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise InputError(400, "body", f"must be a JSON object, got {type(obj).__name__}")
     try:

@@ -38,6 +38,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -62,6 +63,7 @@ VERSION_RE = re.compile(r"^v(\d{6})$")
 REFUSED_RE = re.compile(r"^v(\d{6})\.json$")
 PROMOTED_FILE, PINNED_FILE, REFUSED_DIR, CANARY_FILE = "PROMOTED", "PINNED", "refused", "canary.json"
 TMP_PREFIX = ".tmp-"
+POINTER_MAX_BYTES = 32
 KINDS = ("full", "head")
 META_FIELDS = ("version", "kind", "parent", "base_version", "backbone_id", "backbone_hash", "created",
                "phase", "metrics", "model_config", "files")
@@ -156,13 +158,7 @@ class CheckpointRegistry:
         return sorted(found)
 
     def latest(self) -> int | None:
-        try:
-            text = (self.root / "LATEST").read_text().strip()
-        except FileNotFoundError:
-            return None
-        if not text.isdigit():
-            raise CheckpointError(f"{self.root / 'LATEST'}: not a version number: {text!r}")
-        return int(text)
+        return self._parse_pointer(self.root / "LATEST")
 
     def read_meta(self, version: int) -> dict:
         path = self.path(version) / "meta.json"
@@ -222,12 +218,22 @@ class CheckpointRegistry:
 
     @staticmethod
     def _parse_pointer(path: Path) -> int | None:
+        """A one-number file (LATEST, PROMOTED, PINNED). Only a plain file is read, and only its first
+        bytes: a pointer symlinked to some other file must not copy that file into the log."""
         try:
-            text = path.read_text().strip()
+            st = os.lstat(path)
         except FileNotFoundError:
             return None
-        if not text.isdigit():
-            raise CheckpointError(f"{path}: not a version number: {text!r}")
+        if not stat.S_ISREG(st.st_mode):
+            raise CheckpointError(f"{path}: not a plain file (a symlink?); refusing to follow it")
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(POINTER_MAX_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        text = raw.decode("ascii", "replace").strip()
+        if len(raw) > POINTER_MAX_BYTES or not text.isdigit() or not text.isascii():
+            raise CheckpointError(f"{path}: not a version number ({st.st_size} bytes)")
         return int(text)
 
     # ---- promotion markers (written by the server's promotion gate)

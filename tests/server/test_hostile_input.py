@@ -202,3 +202,81 @@ def test_made_up_robot_ids_do_not_pile_up_and_evicted_ones_are_listed_as_gone(se
     gone = [r for r in robots if r["gone"]]
     assert len(live) == 8 and "made-up-39" in {r["robot_id"] for r in live}
     assert gone and all(r["state"] == "gone" and r["cameras"] == [] for r in gone)
+
+
+# ---- every malformed body a 4xx naming its field ---------------------------------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def test_deeply_nested_json_is_a_400_on_every_json_route(served):
+    _, client = served
+    for path in ("/v1/act", "/act", "/v1/robots/r9/status"):
+        r = client.post(path, content=DEEP, headers=JSON)
+        assert r.status_code == 400 and r.json()["field"] == "body" and "nested too deeply" in r.text, (path, r.text)
+    nested_state = b'{"state": ' + DEEP + b"}"
+    r = client.post("/v1/act", content=nested_state, headers=JSON)
+    assert r.status_code == 400 and "nested too deeply" in r.text, r.text
+
+
+@pytest.mark.parametrize("state", ["huge_int", "1e308", "float32_max", "-1e5"])
+def test_a_state_outside_the_accepted_range_is_a_422_naming_state(served, state):
+    _, client = served
+    wire = request()
+    body = json.loads(as_json(wire))
+    values = {"huge_int": None, "1e308": [1e308] * 7, "float32_max": [3e38] * 7, "-1e5": [0.0] * 6 + [-1e5]}[state]
+    if values is None:
+        raw = as_json(wire).replace(b'"state": [', b'"state": [' + b"9" * 4000 + b", ", 1)
+        raw = raw.replace(b", 1.0]", b"]", 1)
+    else:
+        body["state"] = values
+        raw = json.dumps(body).encode()
+    r = client.post("/v1/act", content=raw, headers=JSON)
+    assert r.status_code == 422 and r.json()["field"] == "state", r.text
+    r = client.post("/v1/act", content=packb({**wire, "state": values or [1e300] * 7}), headers=MSGPACK)
+    assert r.status_code == 422 and r.json()["field"] == "state", r.text
+
+
+def test_an_extreme_float32_state_over_the_websocket_is_a_422(served):
+    from openpi_client import msgpack_numpy
+
+    srv, _ = served
+    with websockets.sync.client.connect(f"ws://127.0.0.1:{srv.port}",
+                                        additional_headers={"Authorization": f"Api-Key {ROBOT}"}) as ws:
+        ws.recv()
+        obs = {"observation/exterior_image_1_left": np.zeros((96, 96, 3), np.uint8),
+               "observation/state": np.full(7, 3e38, np.float32), "prompt": "reach"}
+        ws.send(msgpack_numpy.packb(obs))
+        reply = ws.recv()
+        assert isinstance(reply, str) and reply.startswith("422 observation/state"), reply
+        obs["observation/state"] = np.zeros(7, np.float32)
+        ws.send(msgpack_numpy.packb(obs))
+        assert not isinstance(ws.recv(), str)  # the session goes on
+
+
+def test_a_chunked_body_over_the_limit_is_a_413_on_every_route(served):
+    _, client = served
+
+    def chunks():
+        for _ in range(MAX_BODY // 65536 + 2):
+            yield b" " * 65536
+
+    for path in ("/v1/act", "/act", "/v1/robots/r9/status"):
+        r = client.post(path, content=chunks(), headers=JSON)
+        assert r.status_code == 413 and r.json()["field"] == "body", (path, r.status_code, r.text[:200])
+
+
+def test_readyz_without_a_token_names_no_local_path(tmp_path):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "LATEST").write_text("7\n")  # a version that is not there: the error names its path
+    config = DeploymentConfig(run_dir=str(tmp_path / "run"), server=ServerConfig(
+        robot_token=ROBOT, operator_token=OPERATOR, watch_interval_s=0.02))
+    with ServerThread(config) as srv:
+        deadline = time.monotonic() + 20
+        while srv.app.state.holder.last_swap_error is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        r = httpx.get(f"{srv.url}/readyz")
+        assert r.status_code == 503 and "version 7 failed" in r.text, r.text
+        assert str(tmp_path) not in r.text and "/checkpoints" not in r.text, r.text

@@ -358,3 +358,19 @@ def test_deployment_fields_come_from_the_loading_process_not_the_checkpoint(trai
         meta_path.write_text(json.dumps({**meta, field: value}))
         with pytest.raises(CheckpointError, match=says):
             Policy.load(reg)
+
+
+def test_a_latest_symlinked_elsewhere_is_refused_without_copying_its_target(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:the secret first line of some other file\n")
+    reg = CheckpointRegistry(tmp_path / "checkpoints")
+    reg.root.mkdir()
+    (reg.root / "LATEST").symlink_to(secret)
+    with pytest.raises(CheckpointError, match="not a plain file") as info:
+        reg.latest()
+    assert "secret" not in str(info.value).replace(str(tmp_path), "")
+    (reg.root / "LATEST").unlink()
+    (reg.root / "LATEST").write_text("root:x:0:0:" + "y" * 500)
+    with pytest.raises(CheckpointError, match="not a version number") as info:
+        reg.latest()
+    assert "root:x" not in str(info.value)
