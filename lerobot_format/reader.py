@@ -36,6 +36,8 @@ TEMPLATE_SPEC = re.compile(r"^(0?\d{1,2}d)?$")  # {chunk_index}, {chunk_index:03
 
 def inside(root: Path, relative: str, what: str) -> Path:
     """root/relative, refused unless it resolves (symlinks followed) to a place inside root."""
+    if "\0" in relative:
+        raise FormatError(f"{what} {relative[:80]!r} is not a path")
     path = (root / relative).resolve()
     if not path.is_relative_to(root.resolve()):
         raise FormatError(f"{what} {relative!r} points outside the dataset")
@@ -44,7 +46,7 @@ def inside(root: Path, relative: str, what: str) -> Path:
 
 def dataset_path(root: Path, template: object, what: str, **values: int | str) -> Path:
     """A path from one of info.json's templates, with only `values`' fields and plain int widths."""
-    if not isinstance(template, str) or len(template) > 512:
+    if not isinstance(template, str) or len(template) > 512 or "\0" in template:
         raise FormatError(f"info.json {what} is not a path template")
     try:
         fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template)

@@ -373,6 +373,7 @@ def _episode_meta(ds, change):
     (_extra_rows, r"has \d+ rows, the episode table puts \d+ in it"),
     (lambda ds: _info(ds, data_path="{chunk_index:>100000000}"), "a field must be one of"),
     (lambda ds: _info(ds, data_path="data/{0}.parquet"), "a field must be one of"),
+    (lambda ds: _info(ds, data_path="data/\0.parquet"), "not a path template"),  # found by bench.fuzz_hostile
     (lambda ds: _info(ds, video_path="videos/{video_key}/../../../x/{chunk_index}/{file_index}.mp4"),
      "points outside the dataset"),
     (_huge_declared_video, "declared 6000x6000 exceeds 4096 px"),
