@@ -15,9 +15,11 @@ BENCHMARKS = {
     "metaworld_throughput": "bench.metaworld_throughput",  # needs the metaworld extra
     "vlm_gpu": "bench.vlm_gpu",  # full-size backbone on a GPU; prints "skipped" without one
     "learning": "bench.learning",  # ~45 min: the results table (docs/results.md); not part of `all`
+    "hostile": "bench.hostile",  # hostile clients vs a 10 Hz robot; memory over 10 000 made-up ids
+    "fuzz_hostile": "bench.fuzz_hostile",  # long property-based fuzzing of the decoders and the importer
     "interventions": "bench.interventions",  # long: interventions vs demos (docs/interventions.md); not in `all`
 }
-QUICK = [name for name in BENCHMARKS if name not in ("learning", "interventions", "metaworld_throughput")]
+QUICK = [name for name in BENCHMARKS if name not in ("learning", "interventions", "metaworld_throughput", "fuzz_hostile")]
 
 
 def configure(parser) -> None:

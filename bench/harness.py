@@ -18,6 +18,7 @@ import uvicorn
 
 from deployment.config import DeploymentConfig
 from server.cli import bind_socket
+from server.http_server import uvicorn_config
 
 
 class ServerThread:
@@ -29,7 +30,7 @@ class ServerThread:
         self._sock = bind_socket(host, port)
         self.host, self.port = self._sock.getsockname()[:2]
         self.url = f"http://{self.host}:{self.port}"
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
+        self._server = uvicorn.Server(uvicorn_config(self.app, config.server, log_level="warning", access_log=False,
                                                      timeout_graceful_shutdown=2, lifespan="on"))
         self._thread = threading.Thread(target=self._run, name="uvicorn", daemon=True)
 

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from learner.episode_rules import reward_model_labels_trusted
     from learner.sft import SFTConfig, build_sft_data, train_sft
     from vla.model import build_model
-    from vla.registry import CheckpointRegistry, load_model, publish
+    from vla.registry import CheckpointRegistry, TrustedSource, load_model, publish
 
     config = load_config(args.config, run_dir=args.run_dir)
     use_cuda = torch.cuda.is_available() and config.model.device.startswith("cuda")
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         registry = CheckpointRegistry(run_dir / "checkpoints")
         store = EpisodeStore(run_dir / "episodes")
         if registry.latest() is not None:
-            model, norm, meta = load_model(registry, None, device)
+            model, norm, meta = load_model(registry, None, device, trusted=TrustedSource.of(config.model))
             parent = meta["version"]
         else:  # nothing published yet: the fresh model, normalization from the demos
             model = build_model(config.model).to(device)

@@ -50,7 +50,7 @@ from vla.advantage import META_KEY as ADVANTAGE_META_KEY
 from vla.model import HeadActor, VLAModel
 from vla.normalization import Normalizer
 from vla.policy import Policy
-from vla.registry import CheckpointError, CheckpointRegistry, load_model, publish, trunk_meta
+from vla.registry import CheckpointError, CheckpointRegistry, TrustedSource, load_model, publish, trunk_meta
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,8 @@ class Trainer:
             version = self.registry.resume_version()
         if version is None:
             return None
-        model, norm, meta = load_model(self.registry, version, self.device)
+        model, norm, meta = load_model(self.registry, version, self.device,
+                                       trusted=TrustedSource.of(self.config.model))
         self._adopt(model, norm, version)
         self.run_time = {ADVANTAGE_META_KEY: meta[ADVANTAGE_META_KEY]} if ADVANTAGE_META_KEY in meta else {}
         self._rl_state_to_restore = self._read_rl_state(version)
@@ -193,7 +194,8 @@ class Trainer:
         try:
             meta = self.registry.read_meta(version)
             if trunk_meta(self.registry, meta)["version"] == self.model.trunk_version:
-                model, _, _ = load_model(self.registry, version, self.device, base=self.model)
+                model, _, _ = load_model(self.registry, version, self.device, base=self.model,
+                                         trusted=TrustedSource.of(self.config.model))
                 heads = model.heads
         except CheckpointError as e:
             log.warning("behaviour version v%s unavailable: %s", version, e)

@@ -25,8 +25,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
 from episodes.durable import fsync_dir
@@ -37,9 +39,11 @@ from lerobot_format.mapping import Mapping, MappingError
 from lerobot_format.reader import EpisodeRef, LeRobotReader
 from lerobot_format.run_dir import StoreBusy, refuse_if_live
 from protocol.images import encode_jpeg
-from protocol.messages import ID_PATTERN
+from protocol.messages import ID_PATTERN, LabelSource, Outcome
 
 SOURCE = "expert"  # imported episodes are demonstrations
+MAX_META_BYTES = 64 * 1024  # an exported episode's vlaloop/meta
+MAX_META_FIELD_BYTES = 4096  # any one of its fields
 # meta.json fields of an exported vlaloop episode that describe the store, not the episode
 _STORE_FIELDS = ("robot_id", "episode_id", "created", "finished", "n_stored_steps", "relabeled")
 
@@ -153,8 +157,47 @@ def _episode(reader: LeRobotReader, m: Mapping, ep: EpisodeRef) -> tuple[list[di
     return records, frames, _meta(reader, m, ep, instructions[0], first.shape[1])
 
 
+class ExportedMeta(BaseModel):
+    """The fields of an exported episode's ``vlaloop/meta`` the store and the learner read, with the
+    types and values the store's own episodes have (protocol.messages.EpisodeEnd); other fields are
+    kept only while small."""
+    model_config = ConfigDict(extra="allow")
+    outcome: Outcome | None = None
+    label_source: LabelSource | Literal["import"] | None = None
+    source: Literal["expert", "online", "eval"] | None = None
+    policy_version: int | None = Field(default=None, ge=-1)
+    robot_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    episode_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    task: str | None = Field(default=None, max_length=512)
+    instruction: str | None = Field(default=None, max_length=512)
+
+
+def exported_meta(ep: EpisodeRef) -> dict:
+    """An episode's ``vlaloop/meta`` column, checked (FormatError naming the field)."""
+    raw = ep.row.get("vlaloop/meta")
+    if not raw:
+        return {}
+    if not isinstance(raw, str) or len(raw) > MAX_META_BYTES:
+        raise FormatError(f"episode {ep.index}: vlaloop/meta is not a JSON text of at most {MAX_META_BYTES} bytes")
+    try:
+        parsed = json.loads(raw)
+        if not isinstance(parsed, dict):
+            raise ValueError("not an object")
+        meta = ExportedMeta.model_validate(parsed).model_dump(exclude_unset=True)
+    except (ValueError, RecursionError) as e:
+        where = ""
+        if isinstance(e, ValidationError):
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) + ": " + err["msg"]
+        raise FormatError(f"episode {ep.index}: vlaloop/meta {where or 'is not a JSON object'}") from None
+    for key, value in meta.items():
+        if len(json.dumps(value)) > MAX_META_FIELD_BYTES:
+            raise FormatError(f"episode {ep.index}: vlaloop/meta field {key[:40]!r} exceeds {MAX_META_FIELD_BYTES} bytes")
+    return meta
+
+
 def _meta(reader: LeRobotReader, m: Mapping, ep: EpisodeRef, instruction: str, image_size: int) -> dict:
-    original = json.loads(ep.row["vlaloop/meta"]) if ep.row.get("vlaloop/meta") else {}
+    original = exported_meta(ep)
     meta = {k: v for k, v in original.items() if k not in _STORE_FIELDS}
     meta.update({
         "source": SOURCE, "outcome": original.get("outcome", "success"),
@@ -222,6 +265,9 @@ def run(args: argparse.Namespace, config) -> int:
                                  ImportConfig(mapping=mapping, progress=sys.stderr.isatty()))
     except (MappingError, FormatError, StoreBusy, ImportRefused) as e:
         print(f"vlaloop import: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - a hostile dataset gets one line, never a traceback
+        print(f"vlaloop import: the dataset is malformed ({type(e).__name__}: {str(e)[:200]})", file=sys.stderr)
         return 2
     already = f", {summary['skipped']} were already there" if summary["skipped"] else ""
     robots = ", ".join(summary["robots"])

@@ -99,7 +99,8 @@ def video_info(path: Path) -> dict:
                 "video.fps": int(stream.base_rate), "video.channels": 3, "has_audio": False}
 
 
-def read_episode_frames(path: Path, from_timestamp: float, n: int, fps: int) -> np.ndarray:
+def read_episode_frames(path: Path, from_timestamp: float, n: int, fps: int,
+                        size: tuple[int, int] | None = None) -> np.ndarray:
     """The n frames [n, H, W, 3] uint8 of an episode that starts at `from_timestamp` in `path`.
     Raises FormatError on a missing, truncated or undecodable file and on frames that are not at
     ``from_timestamp + k / fps`` (a video whose rate is not the dataset's fps)."""
@@ -109,6 +110,9 @@ def read_episode_frames(path: Path, from_timestamp: float, n: int, fps: int) -> 
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
+            if size is not None and (stream.height, stream.width) != size:
+                raise FormatError(f"video {path} is {stream.width}x{stream.height}, its feature declares "
+                                  f"{size[1]}x{size[0]}")
             if from_timestamp > 0:
                 container.seek(int(from_timestamp / stream.time_base), stream=stream, backward=True)
             for frame in container.decode(stream):

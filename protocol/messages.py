@@ -49,16 +49,29 @@ class _Msg(BaseModel):
         return self.model_dump(by_alias=True)
 
 
+# The accepted range of every state value a policy is asked about (robot units: metres, radians,
+# gripper width). Far beyond any arm, far below what overflows the policy's float32 arithmetic
+# ([1e308]*7 or 3e38 made the action distribution's mean infinite: a 500 instead of a 422).
+STATE_ABS_MAX = 1e4
+
+
 def _finite_list(values: Any, name: str) -> list[float]:
     if isinstance(values, (dict, str, bytes)) or values is None:
         raise ValueError(f"{name} must be a list of numbers, got {type(values).__name__}")
     try:
         arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as e:  # ragged or non-numeric: a 4xx naming the field, not a 500
-        raise ValueError(f"{name} must be a flat list of numbers: {e}") from None
+    except (TypeError, ValueError, OverflowError) as e:  # ragged, non-numeric, a 4000-digit int: a 4xx
+        raise ValueError(f"{name} must be a flat list of numbers: {str(e)[:80]}") from None
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or inf")
     return arr.tolist()
+
+
+def state_in_range(values: list[float], name: str) -> list[float]:
+    """Refuse a state value outside [-STATE_ABS_MAX, STATE_ABS_MAX] (finite but absurd)."""
+    if any(abs(x) > STATE_ABS_MAX for x in values):
+        raise ValueError(f"{name} values must lie within +-{STATE_ABS_MAX:g} (robot units)")
+    return values
 
 
 # ---------------------------------------------------------------- HTTP: /v1/act
@@ -125,7 +138,7 @@ class ActRequest(_Msg):
     @field_validator("state", mode="before")
     @classmethod
     def _state_finite(cls, v: Any) -> list[float]:
-        return _finite_list(v, "state")
+        return state_in_range(_finite_list(v, "state"), "state")
 
     def to_wire(self) -> dict:
         # teleop_ack only while a page drives, which only a server that knows the field offers;

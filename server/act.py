@@ -27,7 +27,7 @@ _OPENAPI_BODY = {
     "requestBody": {
         "required": True,
         "description": "ActRequest. msgpack (images: JPEG bytes or uint8 arrays) or JSON (images: base64 "
-                       "JPEG/PNG strings). Images of any size up to max_image_side px; the policy resizes.",
+                       "JPEG/PNG strings). Images up to the configured camera size; the policy resizes.",
         "content": {
             "application/msgpack": {"schema": ActRequest.model_json_schema(by_alias=True)},
             "application/json": {"schema": ActRequest.model_json_schema(by_alias=True)},
@@ -106,7 +106,7 @@ async def act(request: Request) -> Response:
                           else (list(model.cameras), int(model.state_dim)))
     loop = asyncio.get_running_loop()
     decoded = await loop.run_in_executor(app.state.decode_pool, decode_act, body, encoding,
-                                         cameras, state_dim, config.max_image_side)
+                                         cameras, state_dim, app.state.image_limit)
     req = decoded.request
     decode_s = time.perf_counter() - t0
     if req.teleop_only:

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deployment.config import DeploymentConfig
 from server import act, health, openpi_ws, openvla_rest, promotion_routes, robots, scene, teleop_routes, ui
 from server.batcher import InferenceFailed, MicroBatcher
-from server.decode import InputError
+from server.decode import InputError, image_limit
 from server.metrics import ServerMetrics
 from server.policy_holder import NoPolicyLoaded, PolicyHolder, PolicyLoader, RegistryLoader
 from server.reward_scorer import RewardScorer
@@ -43,6 +43,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         kind = {400: "malformed", 413: "too_large", 415: "content_type"}.get(e.status, "invalid_field")
         return _error(request, e.status, kind, str(e), e.field)
 
+    @app.exception_handler(RecursionError)
+    async def _too_deep(request: Request, e: RecursionError) -> JSONResponse:
+        # a JSON body nested thousands deep, parsed by a route's own body model
+        return _error(request, 400, "malformed", "body: malformed JSON: nested too deeply", "body")
+
     @app.exception_handler(NoPolicyLoaded)
     async def _no_policy(request: Request, e: NoPolicyLoaded) -> JSONResponse:
         run_dir = request.app.state.config.run_dir
@@ -56,6 +61,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException):
+        if e.status_code == 400 and e.detail == "There was an error parsing the body":
+            # FastAPI's word for a body its JSON parser gave up on (RecursionError: nested too deeply)
+            return _error(request, 400, "malformed", "body: malformed JSON (not parseable: nested too deeply?)",
+                          "body")
         kind = "auth" if e.status_code in (401, 403) else f"http_{e.status_code}"
         request.app.state.metrics.errors.labels(kind=kind).inc()
         return await http_exception_handler(request, e)
@@ -86,17 +95,33 @@ class BodyLimit:
         if declared.isdigit() and int(declared) > self.limit:
             body = {"detail": f"body: {int(declared)} bytes exceeds the limit of {self.limit}", "field": "body"}
             return await JSONResponse(body, status_code=413)(scope, receive, send)
-        seen = 0
+        seen, exceeded, answered = 0, False, False
 
         async def limited_receive():
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             seen += len(message.get("body", b"")) if message["type"] == "http.request" else 0
             if seen > self.limit:
+                exceeded = True
                 raise InputError(413, "body", f"more than {self.limit} bytes")
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def guarded_send(message):
+            # Once the body ran over, whatever the route makes of the refused read (FastAPI's JSON
+            # routes turn it into a 400 "error parsing the body") is replaced by the 413 below.
+            nonlocal answered
+            if not exceeded:
+                answered = answered or message["type"] == "http.response.start"
+                await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except InputError:
+            if not exceeded:
+                raise
+        if exceeded and not answered:
+            body = {"detail": f"body: more than {self.limit} bytes", "field": "body"}
+            await JSONResponse(body, status_code=413)(scope, receive, send)
 
 
 def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, with_ui: bool = True) -> FastAPI:
@@ -104,7 +129,7 @@ def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, wit
     operator page (``server.ui``)."""
     run_dir = Path(config.run_dir)
     if loader is None:
-        loader = RegistryLoader(run_dir / "checkpoints", device=config.model.device)
+        loader = RegistryLoader(run_dir / "checkpoints", device=config.model.device, model=config.model)
     metrics = ServerMetrics()
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
     holder = PolicyHolder(loader, worker, metrics, interval_s=config.server.watch_interval_s,
@@ -134,9 +159,12 @@ def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, wit
     app.state.worker = worker  # the inference thread: reward-model features run there too
     app.state.reward_scorer = RewardScorer(run_dir, config.reward_model)
     app.state.robots = RobotRegistry(auto_label=config.server.auto_label, stale_s=config.server.robot_stale_s,
-                                        teleop_lock_s=config.server.teleop_lock_s)
+                                     teleop_lock_s=config.server.teleop_lock_s,
+                                     forget_s=config.server.robot_forget_s, max_robots=config.server.max_robots)
     app.state.robots.label_listeners.append(holder.record_label)
+    app.state.robots.forget_listeners.append(app.state.reward_scorer.forget)
     app.state.decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
+    app.state.image_limit = image_limit(config)
     app.state.metadata_cache = {}
     app.state.scene = scene.SceneBoard()  # between episodes: scene reset, next task (server/scene.py)
     _install_error_handlers(app)

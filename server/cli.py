@@ -44,6 +44,7 @@ def run(args: argparse.Namespace, config: DeploymentConfig) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.http_server import uvicorn_config
 
     config = with_overrides(config, args)
     s = config.server
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace, config: DeploymentConfig) -> int:
     if args.access_log:  # vlaloop.logs keeps per-request loggers at WARNING unless asked
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     # log_config=None: uvicorn's lines go through vlaloop's handlers (the terminal and logs/server.log)
-    uv = uvicorn.Server(uvicorn.Config(app, log_level=logging.getLogger().level, access_log=args.access_log,
+    uv = uvicorn.Server(uvicorn_config(app, s, log_level=logging.getLogger().level, access_log=args.access_log,
                                        log_config=None, timeout_graceful_shutdown=5, lifespan="on"))
     uv.run(sockets=[sock])  # SIGINT/SIGTERM: uvicorn stops accepting, the lifespan stops the workers
     return 0

@@ -17,7 +17,8 @@ import numpy as np
 from fastapi import FastAPI
 
 from deployment.dropin import DropinConfig
-from server.decode import InputError
+from protocol.messages import STATE_ABS_MAX
+from server.decode import ImageLimit, InputError
 
 NUMERIC_KINDS = "biuf"
 MAX_DIMS = 8
@@ -56,7 +57,7 @@ def numeric_array(dtype: Any, shape: Any, data: Any, field: str) -> np.ndarray:
     return np.frombuffer(data, dtype=dt).reshape(shape)
 
 
-def as_image(value: Any, field: str, max_side: int) -> np.ndarray:
+def as_image(value: Any, field: str, limit: ImageLimit | int) -> np.ndarray:
     """uint8 RGB, HWC or CHW (a leading axis of 3 and a trailing one that is not 3 means CHW) -> HWC."""
     if not isinstance(value, np.ndarray):
         raise InputError(422, field, f"image must be a uint8 array, got {type(value).__name__}")
@@ -66,9 +67,7 @@ def as_image(value: Any, field: str, max_side: int) -> np.ndarray:
         value = np.moveaxis(value, 0, -1)
     if value.ndim != 3 or value.shape[2] != 3:
         raise InputError(422, field, f"image must be HxWx3 or 3xHxW RGB, got shape {list(value.shape)}")
-    h, w = value.shape[:2]
-    if min(h, w) < 1 or max(h, w) > max_side:
-        raise InputError(422, field, f"image of {w}x{h} is outside 1..{max_side} px")
+    ImageLimit.of(limit).check(field, value.shape[1], value.shape[0])
     return np.ascontiguousarray(value)
 
 
@@ -82,9 +81,12 @@ def as_state(parts: list[tuple[str, Any]], state_dim: int) -> np.ndarray:
             raise InputError(422, field, "state must be numbers") from None
         if arr.dtype.kind not in NUMERIC_KINDS:
             raise InputError(422, field, f"state must be numbers, got dtype {arr.dtype}")
-        arr = arr.astype(np.float32).reshape(-1)
+        arr = arr.astype(np.float64).reshape(-1)
         if not np.isfinite(arr).all():
             raise InputError(422, field, "state contains NaN or inf")
+        if np.abs(arr).max(initial=0.0) > STATE_ABS_MAX:
+            raise InputError(422, field, f"state values must lie within +-{STATE_ABS_MAX:g} (robot units)")
+        arr = arr.astype(np.float32)
         pieces.append(arr)
     state = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     if state.shape[0] != state_dim:

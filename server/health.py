@@ -79,7 +79,10 @@ async def readyz(request: Request) -> Response:
     policy = holder.policy
     if policy is None:
         err = holder.last_swap_error
-        reason = "no checkpoint loaded yet" + (f"; last attempt failed: {err.error}" if err else "")
+        # No token here (orchestrators probe it): say that a load failed, not why (the error names
+        # local paths); GET /v1/policy, behind a token, has the whole story.
+        reason = "no checkpoint loaded yet" + (f"; loading version {err.version} failed (see /v1/policy)"
+                                               if err else "")
         # robots recording demonstrations by teleop are served already (ActRequest.teleop_only)
         return JSONResponse({"ready": False, "teleop_only": True, "reason": f"teleop only: {reason}"},
                             status_code=503)
@@ -108,8 +111,9 @@ async def policy_info(request: Request) -> PolicyInfo:
         refused=status["refused"], promotion=status["promotion"],
         batching={"max_batch": server.max_batch, "max_wait_ms": server.max_wait_ms},
         learner_phase=learner_phase(Path(app.state.config.run_dir)),
-        image_policy=f"JPEG/PNG or uint8 HxWx3, 3-channel RGB, any size up to {server.max_image_side} px "
-                     f"per side; resized by the policy")
+        image_policy=f"JPEG/PNG or uint8 HxWx3, 3-channel RGB, up to {app.state.image_limit.max_side} px a "
+                     f"side and {app.state.image_limit.max_pixels} pixels (checked before decoding); "
+                     f"resized by the policy")
     policy = holder.policy
     if policy is not None:
         spec = policy.spec

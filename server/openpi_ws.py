@@ -38,7 +38,7 @@ from deployment.dropin import OpenpiKeys
 from protocol.messages import ID_PATTERN
 from server.act import serve_observation
 from server.batcher import InferenceFailed
-from server.decode import InputError
+from server.decode import ImageLimit, InputError
 from server.dropin import (
     as_image,
     as_state,
@@ -159,7 +159,7 @@ def _extras(obs: dict) -> dict:
 
 
 def to_observation(obs: dict, keys: OpenpiKeys, cameras: list[str], state_dim: int,
-                   max_side: int) -> tuple[dict[str, np.ndarray], np.ndarray, str, dict]:
+                   limit: ImageLimit | int) -> tuple[dict[str, np.ndarray], np.ndarray, str, dict]:
     """openpi observation dict -> (images by camera, state, instruction, extras). Raises InputError."""
     extras = _extras(obs)
     images = {}
@@ -168,7 +168,7 @@ def to_observation(obs: dict, keys: OpenpiKeys, cameras: list[str], state_dim: i
         if key is None:
             raise InputError(500, "server.dropin.openpi.cameras",
                              f"no openpi key configured for camera {cam!r} (policy cameras: {cameras})")
-        images[cam] = as_image(_required(obs, key, f"image for camera {cam!r}"), key, max_side)
+        images[cam] = as_image(_required(obs, key, f"image for camera {cam!r}"), key, limit)
     state = as_state([(k, _required(obs, k, "state")) for k in keys.state], state_dim)
     instruction = _required(obs, keys.instruction, "instruction")
     if isinstance(instruction, bytes):
@@ -218,7 +218,7 @@ async def _answer(ws: WebSocket, frame: bytes, keys: OpenpiKeys, default_robot: 
 
     def decode():
         return to_observation(unpack_observation(frame), keys, list(spec.cameras), int(spec.state_dim),
-                              config.max_image_side)
+                              app.state.image_limit)
 
     images, state, instruction, extras = await asyncio.get_running_loop().run_in_executor(
         app.state.decode_pool, decode)

@@ -36,7 +36,7 @@ from deployment.dropin import OpenvlaConfig
 from protocol.messages import EpisodeId, RobotId
 from server.act import read_body, serve_observation
 from server.auth import require_robot
-from server.decode import InputError
+from server.decode import ImageLimit, InputError
 from server.dropin import as_image, as_state, client_robot_id, dropin_config, numeric_array
 
 router = APIRouter(tags=["drop-in"])
@@ -80,13 +80,13 @@ def from_json_numpy(value: Any, field: str) -> Any:
     return value
 
 
-def _image(value: Any, max_side: int) -> np.ndarray:
+def _image(value: Any, limit: ImageLimit | int) -> np.ndarray:
     arr = from_json_numpy(value, "image")
     if isinstance(arr, np.ndarray) and arr.dtype.kind in "iu" and arr.dtype != np.uint8:
         if arr.size and (arr.min() < 0 or arr.max() > 255):  # nested lists of ints arrive as int64
             raise InputError(422, "image", "pixel values must be 0..255")
         arr = arr.astype(np.uint8)
-    return as_image(arr, "image", max_side)
+    return as_image(arr, "image", limit)
 
 
 def _validation_error(e: ValidationError) -> InputError:
@@ -99,12 +99,14 @@ def _validation_error(e: ValidationError) -> InputError:
 
 
 def parse_act(body: bytes, config: OpenvlaConfig, state_dim: int, mean_state: np.ndarray,
-              max_side: int) -> tuple[OpenvlaActIn, np.ndarray, np.ndarray, bool]:
+              limit: ImageLimit | int) -> tuple[OpenvlaActIn, np.ndarray, np.ndarray, bool]:
     """-> (request, image, state, double_encoded). Raises InputError."""
     try:
         obj = _DECODER.decode(body.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise InputError(400, "body", f"malformed JSON: {e}") from None
+    except RecursionError:
+        raise InputError(400, "body", "malformed JSON: nested too deeply") from None
     double = isinstance(obj, dict) and "encoded" in obj
     if double:  # OpenVLA's fallback for clients without json_numpy: the payload as a JSON string
         if len(obj) != 1 or not isinstance(obj["encoded"], str):
@@ -113,6 +115,8 @@ def parse_act(body: bytes, config: OpenvlaConfig, state_dim: int, mean_state: np
             obj = _DECODER.decode(obj["encoded"])
         except ValueError as e:
             raise InputError(400, "encoded", f"malformed JSON: {e}") from None
+        except RecursionError:
+            raise InputError(400, "encoded", "malformed JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise InputError(400, "body", f"must be a JSON object, got {type(obj).__name__}")
     try:
@@ -122,7 +126,7 @@ def parse_act(body: bytes, config: OpenvlaConfig, state_dim: int, mean_state: np
     if req.unnorm_key is not None and req.unnorm_key not in config.unnorm_keys:
         raise InputError(422, "unnorm_key", f"{req.unnorm_key!r} is not known here: this checkpoint carries "
                                             f"its own normalization; send none or one of {config.unnorm_keys}")
-    image = _image(req.image, max_side)
+    image = _image(req.image, limit)
     state = mean_state if req.state is None else as_state([("state", from_json_numpy(req.state, "state"))],
                                                           state_dim)
     return req, image, state, double
@@ -155,7 +159,7 @@ async def openvla_act(request: Request) -> Response:
                          f"OpenVLA sends one image; this policy uses cameras {list(spec.cameras)}")
     mean_state = np.asarray(policy.norm.state_mean, dtype=np.float32)
     req, image, state, double = await asyncio.get_running_loop().run_in_executor(
-        app.state.decode_pool, parse_act, body, config, int(spec.state_dim), mean_state, server.max_image_side)
+        app.state.decode_pool, parse_act, body, config, int(spec.state_dim), mean_state, app.state.image_limit)
     client = request.client
     robot_id = req.robot_id or client_robot_id("openvla", client.host if client else None)
     served = await serve_observation(

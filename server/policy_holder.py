@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from deployment.model import ModelConfig
 from deployment.promotion import PromotionConfig
 from interface.policy import BasePolicy, Observation
 from server.metrics import ServerMetrics
@@ -49,14 +50,16 @@ class PolicyLoader(Protocol):
 
 
 class RegistryLoader:
-    """Loads versions from ``<run_dir>/checkpoints`` with the vla API."""
+    """Loads versions from ``<run_dir>/checkpoints`` with the vla API. Remote code and the model dir
+    come from the server's own ``model`` configuration, never from a checkpoint."""
 
-    def __init__(self, checkpoints_dir: str | Path, device: str = "cpu") -> None:
-        from vla.registry import CheckpointRegistry  # lazy: importing torch/transformers is slow
+    def __init__(self, checkpoints_dir: str | Path, device: str = "cpu", model: ModelConfig | None = None) -> None:
+        from vla.registry import CheckpointRegistry, TrustedSource  # lazy: importing torch is slow
 
         self.root = Path(checkpoints_dir)
         self.device = device
         self.registry = CheckpointRegistry(self.root)
+        self.trusted = TrustedSource.of(model)
 
     def latest(self) -> int | None:
         if not self.root.exists():
@@ -66,7 +69,7 @@ class RegistryLoader:
     def load(self, version: int, base: BasePolicy | None) -> BasePolicy:
         from vla.policy import Policy
 
-        return Policy.load(self.registry, version, device=self.device, base=base)
+        return Policy.load(self.registry, version, device=self.device, base=base, trusted=self.trusted)
 
 
 class NoPolicyLoaded(RuntimeError):

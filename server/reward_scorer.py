@@ -59,6 +59,10 @@ class RewardScorer:
             self._recent[robot_id] = (episode_id, recent)
         recent.append(observation)
 
+    def forget(self, robot_id: str) -> None:
+        """The robot registry forgot this robot: drop its recent observations."""
+        self._recent.pop(robot_id, None)
+
     def classifier(self) -> SuccessClassifier | None:
         """The published classifier, re-read when the file changed."""
         try:

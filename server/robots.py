@@ -10,6 +10,12 @@ drops a file in the learner's inbox: ``server.ui``). ``subscribe()`` gives the o
 With ``reward_model.mode`` on, an episode is scored as it ends and, in mode "auto", labelled at
 once when the model is confident (``server.reward_scorer``).
 
+Bounded, whatever ids clients make up: a robot not heard from for ``forget_s`` is forgotten (its
+frames freed; ``/v1/robots`` lists it as ``state: "gone"`` among the last ``MAX_GONE`` forgotten); at
+most ``max_robots`` are tracked (a new one evicts the least recently seen robot that holds nothing:
+not paused, driven, awaiting a label or an end); a label long-poll's event is freed when its last
+waiter leaves; labels, awaiting episodes and gone robots are capped.
+
 All methods run on the server's event loop (the routes are ``async def``); nothing here blocks.
 """
 
@@ -51,6 +57,8 @@ RobotState = Literal["running", "teleop", "waiting_label", "waiting_reset", "pau
 OperatorCommand = Literal["end_episode", "pause", "resume"]
 LabelOutcome = Literal["success", "failure", "discard"]
 MAX_KEPT_LABELS = 4096
+MAX_AWAITING = 1024  # episodes waiting for the operator's label
+MAX_GONE = 64  # forgotten robots still listed (as "gone") in /v1/robots
 EVENT_QUEUE_SIZE = 256
 
 
@@ -126,6 +134,8 @@ class RobotView(BaseModel):
     awaiting_label: list[str]
     teleop: TeleopView | None = Field(default=None, description="the operator drives it from the page; "
                                       "null while the policy (or a device at the robot) drives")
+    gone: bool = Field(default=False, description="forgotten: not heard from for server.robot_forget_s (or "
+                                                  "evicted beyond server.max_robots); state is \"gone\"")
 
 
 # ---------------------------------------------------------------- state
@@ -152,19 +162,36 @@ class RobotLive:
     teleop: TeleopLive | None = None  # the operator drives it from the page (server.teleop)
 
 
+@dataclass
+class GoneRobot:
+    """What is kept of a forgotten robot: enough to list it as gone and to keep its pause."""
+    robot_id: str
+    last_seen: float
+    paused: bool
+    why: str
+
+
 class RobotRegistry:
-    def __init__(self, auto_label: bool = False, stale_s: float = 10.0, teleop_lock_s: float = TELEOP_LOCK_S) -> None:
+    def __init__(self, auto_label: bool = False, stale_s: float = 10.0, teleop_lock_s: float = TELEOP_LOCK_S,
+                 forget_s: float = 300.0, max_robots: int = 64) -> None:
         self.teleop_lock_s = teleop_lock_s
         self.auto_label = auto_label
         self.stale_s = stale_s
-        self.robots: dict[str, RobotLive] = {}
+        self.forget_s = forget_s
+        self.max_robots = max_robots
+        self.robots: OrderedDict[str, RobotLive] = OrderedDict()  # least recently heard from first
+        self.gone: OrderedDict[str, GoneRobot] = OrderedDict()
         self.awaiting: dict[tuple[str, str], AwaitingView] = {}
         self._labels: OrderedDict[tuple[str, str], LabelOut] = OrderedDict()
         self._delivered: set[tuple[str, str]] = set()
         self._label_events: dict[tuple[str, str], asyncio.Event] = {}
+        self._label_waiters: dict[tuple[str, str], int] = {}
         self._subscribers: set[asyncio.Queue] = set()
+        self._next_sweep = 0.0
         # called with (robot_id, episode_id, outcome) for every label (the promotion gate counts them)
         self.label_listeners: list[Callable[[str, str, str], None]] = []
+        # called with robot_id when a robot is forgotten (the reward scorer drops its observations)
+        self.forget_listeners: list[Callable[[str], None]] = []
 
     # ---- publisher for the operator page
 
@@ -187,11 +214,56 @@ class RobotRegistry:
     # ---- robot side
 
     def _robot(self, robot_id: str) -> RobotLive:
+        """The robot's live record, heard from now. A robot beyond ``max_robots`` that cannot evict
+        anyone gets a record that is not kept (its requests are still answered)."""
+        now = time.time()
+        self.sweep(now)
         r = self.robots.get(robot_id)
         if r is None:
-            r = self.robots[robot_id] = RobotLive(robot_id)
-        r.last_seen = time.time()
+            r = RobotLive(robot_id)
+            gone = self.gone.pop(robot_id, None)
+            r.paused = gone is not None and gone.paused  # an operator's pause outlives a restart
+            if len(self.robots) < self.max_robots or self._evict_one():
+                self.robots[robot_id] = r
+        else:
+            self.robots.move_to_end(robot_id)
+        r.last_seen = now
         return r
+
+    @staticmethod
+    def _holds_something(r: RobotLive) -> bool:
+        return r.paused or r.teleop is not None or r.end_requested
+
+    def _evict_one(self) -> bool:
+        awaiting = {rid for rid, _ in self.awaiting}
+        for r in self.robots.values():  # least recently heard from first
+            if not self._holds_something(r) and r.robot_id not in awaiting:
+                self._forget(r, "evicted: too many robots (server.max_robots)")
+                return True
+        return False
+
+    def sweep(self, now: float | None = None) -> None:
+        """Forget robots not heard from for ``forget_s`` (at most once a second)."""
+        now = time.time() if now is None else now
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 1.0
+        while self.robots:
+            oldest = next(iter(self.robots.values()))
+            if now - oldest.last_seen <= self.forget_s:
+                break
+            self._forget(oldest, f"not heard from for {self.forget_s:.0f} s")
+
+    def _forget(self, r: RobotLive, why: str) -> None:
+        del self.robots[r.robot_id]
+        for key in [k for k in self.awaiting if k[0] == r.robot_id]:
+            del self.awaiting[key]
+        self.gone[r.robot_id] = GoneRobot(r.robot_id, r.last_seen, r.paused, why)
+        while len(self.gone) > MAX_GONE:
+            self.gone.popitem(last=False)
+        for listener in self.forget_listeners:
+            listener(r.robot_id)
+        self._publish({"type": "gone", "robot_id": r.robot_id, "why": why})
 
     def _new_episode(self, r: RobotLive, episode_id: str | None) -> None:
         if episode_id is None or episode_id == r.episode_id:
@@ -320,6 +392,8 @@ class RobotRegistry:
             self._store_label(key, label)
             return label
         if key not in self._labels:
+            while len(self.awaiting) >= MAX_AWAITING and key not in self.awaiting:
+                del self.awaiting[min(self.awaiting, key=lambda k: self.awaiting[k].since)]
             self.awaiting[key] = AwaitingView(robot_id=robot_id, episode_id=episode_id,
                                               auto_outcome=body.auto_outcome, reward_model_p=p, n_steps=body.n_steps,
                                               instruction=r.instruction, task=r.task, since=time.time())
@@ -330,16 +404,29 @@ class RobotRegistry:
         key = (robot_id, episode_id)
         self._robot(robot_id)
         if key not in self._labels:
-            # Several waiters (a robot retrying while its old poll still hangs) share one event.
+            # Several waiters (a robot retrying while its old poll still hangs) share one event;
+            # the last one to leave frees it, so polls for made-up episode ids leave nothing behind.
             event = self._label_events.setdefault(key, asyncio.Event())
+            self._label_waiters[key] = self._label_waiters.get(key, 0) + 1
             try:
                 await asyncio.wait_for(event.wait(), timeout_s)
             except TimeoutError:
                 return None
+            finally:
+                self._leave_label_wait(key, event)
         label = self._labels.get(key)
         if label is not None:
             self._delivered.add(key)
         return label
+
+    def _leave_label_wait(self, key: tuple[str, str], event: asyncio.Event) -> None:
+        left = self._label_waiters.get(key, 1) - 1
+        if left > 0:
+            self._label_waiters[key] = left
+            return
+        self._label_waiters.pop(key, None)
+        if self._label_events.get(key) is event:
+            del self._label_events[key]
 
     # ---- operator side
 
@@ -402,8 +489,17 @@ class RobotRegistry:
             awaiting_label=[ep for (rid, ep) in self.awaiting if rid == r.robot_id],
             teleop=None if r.teleop is None else r.teleop.view())
 
+    def gone_view(self, g: GoneRobot) -> RobotView:
+        age = time.time() - g.last_seen
+        return RobotView(robot_id=g.robot_id, state="gone", episode_id=None, step=None, instruction="", task="",
+                         policy_version=None, loop_hz=None, act_hz=None, detail=g.why, last_seen=g.last_seen,
+                         seconds_since_seen=age, stale=True, cameras=[], paused=g.paused, pending_command=None,
+                         awaiting_label=[], gone=True)
+
     def views(self) -> list[RobotView]:
-        return [self.view(r) for r in sorted(self.robots.values(), key=lambda r: r.robot_id)]
+        self.sweep()
+        live = [self.view(r) for r in sorted(self.robots.values(), key=lambda r: r.robot_id)]
+        return live + [self.gone_view(g) for g in sorted(self.gone.values(), key=lambda g: g.robot_id)]
 
 
 # ---------------------------------------------------------------- routes

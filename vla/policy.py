@@ -26,7 +26,7 @@ from interface.policy import ACT_MODES, ActOutput, Observation, PolicySpec
 from vla.advantage import POSITIVE, AdvantagePrompt, check_prompt_takes_indicator, from_meta, with_indicator
 from vla.model import VLAModel
 from vla.normalization import Normalizer
-from vla.registry import CheckpointError, CheckpointRegistry, load_model
+from vla.registry import CheckpointError, CheckpointRegistry, TrustedSource, load_model
 
 
 def trunk_key(policy: Policy) -> str:
@@ -62,13 +62,16 @@ class Policy:
 
     @classmethod
     def load(cls, registry: CheckpointRegistry, version: int | None = None, device: str = "cpu",
-             base: Policy | None = None, backbone_dir: str | None = None) -> Policy:
+             base: Policy | None = None, backbone_dir: str | None = None,
+             trusted: TrustedSource | None = None) -> Policy:
         """version None = LATEST. With `base`, a version whose trunk (backbone + adapter + pooler) is
         base's reuses it and loads only its heads. `backbone_dir` overrides where the backbone is
-        looked for (e.g. a different mount point); its hash must still match.
+        looked for (e.g. a different mount point); its hash must still match. `trusted`: the loading
+        process's own model configuration (remote code, model dir), never the checkpoint's.
         Raises CheckpointError for a missing/corrupt/mismatched version."""
         try:
-            model, norm, meta = load_model(registry, version, device, base.model if base else None, backbone_dir)
+            model, norm, meta = load_model(registry, version, device, base.model if base else None, backbone_dir,
+                                           trusted)
         except CheckpointError:
             raise
         except (OSError, ValueError, RuntimeError) as e:  # e.g. a broken backbone dir, bad config

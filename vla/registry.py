@@ -38,12 +38,15 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -61,6 +64,7 @@ VERSION_RE = re.compile(r"^v(\d{6})$")
 REFUSED_RE = re.compile(r"^v(\d{6})\.json$")
 PROMOTED_FILE, PINNED_FILE, REFUSED_DIR, CANARY_FILE = "PROMOTED", "PINNED", "refused", "canary.json"
 TMP_PREFIX = ".tmp-"
+POINTER_MAX_BYTES = 32
 KINDS = ("full", "head")
 META_FIELDS = ("version", "kind", "parent", "base_version", "backbone_id", "backbone_hash", "created",
                "phase", "metrics", "model_config", "files")
@@ -72,6 +76,27 @@ class CheckpointError(RuntimeError):
 
 def vname(version: int) -> str:
     return f"v{version:06d}"
+
+
+# meta.json field -> the types it may have; anything else is refused before it is used.
+META_TYPES: dict[str, tuple[type, ...]] = {
+    "base_version": (int, type(None)), "parent": (int, type(None)), "backbone_id": (str,),
+    "backbone_hash": (str,), "backbone_dir": (str,), "model_config": (dict,), "files": (dict,)}
+
+
+def check_meta_types(meta: dict) -> None:
+    """Every field the loader reads has the type the learner writes (a hand-edited or hostile
+    meta.json gets a one-line refusal, not a TypeError deep in the loader)."""
+    where = f"checkpoint {vname(meta['version'])}: meta.json"
+    for field, types in META_TYPES.items():
+        value = meta.get(field)
+        if field in meta and (not isinstance(value, types) or isinstance(value, bool)):
+            raise CheckpointError(f"{where} {field} has type {type(value).__name__}")
+    for name, info in meta["files"].items():
+        ok = (isinstance(info, dict) and isinstance(info.get("bytes"), int)
+              and isinstance(info.get("sha256"), str))
+        if not ok:
+            raise CheckpointError(f"{where} files[{name!r}] is not {{bytes, sha256}}")
 
 
 
@@ -134,13 +159,7 @@ class CheckpointRegistry:
         return sorted(found)
 
     def latest(self) -> int | None:
-        try:
-            text = (self.root / "LATEST").read_text().strip()
-        except FileNotFoundError:
-            return None
-        if not text.isdigit():
-            raise CheckpointError(f"{self.root / 'LATEST'}: not a version number: {text!r}")
-        return int(text)
+        return self._parse_pointer(self.root / "LATEST")
 
     def read_meta(self, version: int) -> dict:
         path = self.path(version) / "meta.json"
@@ -150,12 +169,15 @@ class CheckpointRegistry:
             raise CheckpointError(f"checkpoint {vname(version)}: no such version ({path} missing)") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"checkpoint {vname(version)}: meta.json is not valid JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"checkpoint {vname(version)}: meta.json is not an object")
         missing = [k for k in META_FIELDS if k not in meta]
         if missing:
             raise CheckpointError(f"checkpoint {vname(version)}: meta.json lacks {missing}")
         if meta["version"] != version or meta["kind"] not in KINDS:
             raise CheckpointError(f"checkpoint {vname(version)}: meta.json says version {meta['version']}, "
                                   f"kind {meta['kind']!r}")
+        check_meta_types(meta)
         return meta
 
     def clean_stale_temp(self, max_age_s: float = 6 * 3600) -> list[Path]:
@@ -197,12 +219,22 @@ class CheckpointRegistry:
 
     @staticmethod
     def _parse_pointer(path: Path) -> int | None:
+        """A one-number file (LATEST, PROMOTED, PINNED). Only a plain file is read, and only its first
+        bytes: a pointer symlinked to some other file must not copy that file into the log."""
         try:
-            text = path.read_text().strip()
+            st = os.lstat(path)
         except FileNotFoundError:
             return None
-        if not text.isdigit():
-            raise CheckpointError(f"{path}: not a version number: {text!r}")
+        if not stat.S_ISREG(st.st_mode):
+            raise CheckpointError(f"{path}: not a plain file (a symlink?); refusing to follow it")
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(POINTER_MAX_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        text = raw.decode("ascii", "replace").strip()
+        if len(raw) > POINTER_MAX_BYTES or not text.isdigit() or not text.isascii():
+            raise CheckpointError(f"{path}: not a version number ({st.st_size} bytes)")
         return int(text)
 
     # ---- promotion markers (written by the server's promotion gate)
@@ -490,17 +522,103 @@ def trunk_meta(registry: CheckpointRegistry, meta: dict) -> dict:
     return base
 
 
-def resolve_backbone_dir(registry: CheckpointRegistry, trunk: dict, override: str | None = None) -> Path:
+# ---- where a version's code and weights may come from ---------------------------------------
+# Whoever can write one file under checkpoints/ must not be able to run code in the server or the
+# learner. So a checkpoint's meta.json says *what* to build (dims, pooler, LoRA, seed) but never
+# *where from* or *with which code*: those come from the loading process's own configuration.
+
+# model_config fields the loading process decides (its own `model` section), never the checkpoint.
+DEPLOYMENT_FIELDS = frozenset({"backbone_dir", "trust_remote_code", "tiny_cache_dir", "device"})
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+@dataclass(frozen=True)
+class TrustedSource:
+    """What the deployment itself trusts: remote code on or off, the configured model dir, where
+    the embedded tiny backbone is kept. Built from the server's/learner's own ``model`` config."""
+    trust_remote_code: bool = False
+    model_dir: str | None = None
+    tiny_cache_dir: str | None = None
+
+    @classmethod
+    def of(cls, config: ModelConfig | None) -> TrustedSource:
+        if config is None:
+            return cls()
+        return cls(config.trust_remote_code, config.backbone_dir, config.tiny_cache_dir)
+
+    def tiny_dir(self, seed: int) -> Path:
+        return Path(self.tiny_cache_dir) if self.tiny_cache_dir else default_tiny_dir(seed)
+
+    def backbone_roots(self, registry: CheckpointRegistry, seed: int) -> list[Path]:
+        """Directories a backbone may be loaded from (resolved): the registry and the configured dirs."""
+        roots = [registry.root, self.tiny_dir(seed)] + ([Path(self.model_dir)] if self.model_dir else [])
+        return [r.resolve() for r in roots]
+
+
+def serving_config(trunk: dict, trusted: TrustedSource, device: str) -> ModelConfig:
+    """The ModelConfig to build a version with: its architecture from the checkpoint, every field of
+    DEPLOYMENT_FIELDS from the loading process's own configuration."""
+    where = f"checkpoint {vname(trunk['version'])}"
+    saved = trunk["model_config"]
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{where}: meta.json model_config is not an object")
+    architecture = {k: v for k, v in saved.items() if k not in DEPLOYMENT_FIELDS}
+    try:
+        return ModelConfig.model_validate({**architecture, "device": device,
+                                           "trust_remote_code": trusted.trust_remote_code,
+                                           "backbone_dir": trusted.model_dir,
+                                           "tiny_cache_dir": trusted.tiny_cache_dir})
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise CheckpointError(f"{where}: meta.json model_config.{field}: {err['msg']}") from None
+
+
+def resolve_backbone_dir(registry: CheckpointRegistry, trunk: dict, override: str | None = None,
+                         trusted: TrustedSource | None = None, seed: int = 0) -> Path:
+    """The backbone dir of a full version, resolved, and refused unless it lies inside the registry,
+    the configured model dir or the tiny backbone's dir (or is the caller's explicit `override`).
+    The embedded tiny backbone is rebuilt from its seed where this process keeps it when the
+    recorded dir is elsewhere or gone (the hash check still guards the result)."""
+    trusted = trusted or TrustedSource()
+    where = f"checkpoint {vname(trunk['version'])}"
     raw = override or trunk["backbone_dir"]
-    path = Path(raw) if Path(raw).is_absolute() else (registry.path(trunk["version"]) / raw).resolve()
-    if not path.is_dir() and override is None and trunk["backbone_id"] == TINY_ID:
-        # The untrained tiny backbone is reproducible from its seed: rebuild it where this process
-        # keeps it (e.g. the server in another container). The hash check still guards the result.
-        seed = trunk["model_config"].get("seed", 0)
-        path = ensure_tiny_backbone(default_tiny_dir(seed), seed=seed)
+    if not isinstance(raw, str) or not raw or "\0" in raw:
+        raise CheckpointError(f"{where}: meta.json backbone_dir is not a path")
+    path = (Path(raw) if Path(raw).is_absolute() else registry.path(trunk["version"]) / raw).resolve()
+    roots = trusted.backbone_roots(registry, seed) + ([path] if override else [])
+    trusted_place = any(path.is_relative_to(root) for root in roots)
+    if override is None and trunk["backbone_id"] == TINY_ID and not (trusted_place and path.is_dir()):
+        path, trusted_place = ensure_tiny_backbone(trusted.tiny_dir(seed), seed=seed).resolve(), True
+    if not trusted_place:
+        raise CheckpointError(f"{where}: backbone dir {raw!r} is outside the registry and the configured "
+                              f"model dir (model.backbone_dir); refusing to load it")
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint {vname(trunk['version'])}: backbone dir {path} does not exist")
+        raise CheckpointError(f"{where}: backbone dir {raw!r} does not exist")
     return path
+
+
+def check_backbone_code(registry: CheckpointRegistry, path: Path, trusted: TrustedSource, where: str) -> None:
+    """Before anything of a backbone is imported: a backbone inside the registry (written by a
+    learner) carries no pickled weights, and code only where the deployment runs remote code and the
+    code is byte-for-byte the configured model dir's. The configured model dir itself is the
+    deployment's own choice."""
+    model_dir = Path(trusted.model_dir).resolve() if trusted.model_dir else None
+    if model_dir is not None and path.is_relative_to(model_dir):
+        return
+    if not path.is_relative_to(registry.root.resolve()):
+        return  # the tiny backbone, built by this process from its seed
+    files = [p for p in path.iterdir() if p.is_file()]
+    pickled = sorted(p.name for p in files if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise CheckpointError(f"{where}: the backbone in the registry carries pickled files {pickled[:3]}; "
+                              f"only safetensors weights are loaded from a checkpoint")
+    for code in sorted(p for p in files if p.suffix == ".py"):
+        trusted_copy = model_dir / code.name if model_dir is not None else None
+        if not (trusted.trust_remote_code and trusted_copy is not None and trusted_copy.is_file()
+                and _sha256(trusted_copy) == _sha256(code)):
+            raise CheckpointError(f"{where}: the backbone in the registry carries code ({code.name}) that is "
+                                  f"not the configured model dir's; refusing to load it")
 
 
 def _check_backbone_hash(meta: dict, actual: str, where: str) -> None:
@@ -599,24 +717,31 @@ def load_into(model: VLAModel, registry: CheckpointRegistry, version: int | None
 
 
 def load_model(registry: CheckpointRegistry, version: int | None = None, device: str = "cpu",
-               base: VLAModel | None = None, backbone_dir: str | None = None) -> tuple[VLAModel, Normalizer, dict]:
+               base: VLAModel | None = None, backbone_dir: str | None = None,
+               trusted: TrustedSource | None = None) -> tuple[VLAModel, Normalizer, dict]:
     """Build the model of a version. With `base` (an already-loaded model of this registry whose
     trunk is this version's trunk), the backbone/adapter/pooler objects are shared and only the
-    heads are read: a head-only version loads in milliseconds. Returns (model, normalizer, meta)."""
+    heads are read: a head-only version loads in milliseconds. `trusted`: the loading process's
+    own model configuration (TrustedSource.of(config.model)); default: no remote code, no model dir.
+    Returns (model, normalizer, meta)."""
     from vla.model import VLAModel, load_vla
 
+    trusted = trusted or TrustedSource()
     meta = registry.read_meta(_resolve_version(registry, version))
     trunk = trunk_meta(registry, meta)
-    config = ModelConfig.model_validate({**trunk["model_config"], "device": device})
+    config = serving_config(trunk, trusted, device)
     config = language_config(trunk, config)
+    same = {"exclude": set(DEPLOYMENT_FIELDS)}
     reuse = (base is not None and base.trunk_version == trunk["version"]
              and base.trunk_registry == str(registry.root.resolve())
              and base.backbone_hash == meta["backbone_hash"] and not base.backbone_modified()
-             and base.config.model_dump(exclude={"device"}) == config.model_dump(exclude={"device"}))
+             and base.config.model_dump(**same) == config.model_dump(**same))
     if reuse:
         model = VLAModel.sharing_trunk(base, config)
     else:
-        path = resolve_backbone_dir(registry, trunk, backbone_dir)
+        path = resolve_backbone_dir(registry, trunk, backbone_dir, trusted, config.seed)
+        where = f"checkpoint {vname(trunk['version'])}"
+        check_backbone_code(registry, path, trusted, where)
         _check_backbone_hash(meta, backbone_hash(path), f"the backbone at {path}")
         model = load_vla(config, path, backbone_id=trunk["backbone_id"], device=device)
         _load_trunk(model, registry, trunk)

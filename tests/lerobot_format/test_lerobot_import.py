@@ -315,3 +315,113 @@ def test_images_stored_in_the_rows_import_too(source_run, exported, tmp_path):
         for cam in CAMERAS:
             err = np.abs(ea.frame(ea.steps[0]["step"], cam).astype(int) - eb.frame(eb.steps[0]["step"], cam))
             assert err.mean() <= MEAN_TOLERANCE
+
+
+# ---- hostile datasets: only files inside, sizes checked first, one-line refusals ---------------
+
+EPISODES_FILE = "meta/episodes/chunk-000/file-000.parquet"
+DATA_FILE = "data/chunk-000/file-000.parquet"
+
+
+def _info(ds, **changes):
+    info = json.loads((ds / layout.INFO_PATH).read_text())
+    info.update(changes)
+    (ds / layout.INFO_PATH).write_text(json.dumps(info))
+
+
+def _data_outside(ds):
+    outside = ds.parent / "outside_data"
+    outside.mkdir()
+    shutil.copy(ds / DATA_FILE, outside / "file.parquet")
+    _info(ds, data_path="../outside_data/file.parquet")
+
+
+def _video_symlinked_outside(ds):
+    video = ds / "videos/observation.images.wrist/chunk-000/file-000.mp4"
+    outside = ds.parent / "outside.mp4"
+    shutil.move(video, outside)
+    video.symlink_to(outside)
+
+
+def _extra_rows(ds):
+    table = pq.read_table(ds / DATA_FILE)
+    pq.write_table(pa.concat_tables([table] * 50), ds / DATA_FILE)
+
+
+def _huge_declared_video(ds):
+    info = json.loads((ds / layout.INFO_PATH).read_text())
+    info["features"]["observation.images.wrist"]["shape"] = [6000, 6000, 3]
+    (ds / layout.INFO_PATH).write_text(json.dumps(info))
+
+
+def _video_not_its_declared_size(ds):
+    info = json.loads((ds / layout.INFO_PATH).read_text())
+    info["features"]["observation.images.wrist"]["shape"] = [48, 48, 3]
+    (ds / layout.INFO_PATH).write_text(json.dumps(info))
+
+
+def _episode_meta(ds, change):
+    table = pq.read_table(ds / EPISODES_FILE)
+    metas = [json.dumps(change(json.loads(m))) if m else m for m in table.column("vlaloop/meta").to_pylist()]
+    i = table.column_names.index("vlaloop/meta")
+    pq.write_table(table.set_column(i, "vlaloop/meta", pa.array(metas, pa.string())), ds / EPISODES_FILE)
+
+
+@pytest.mark.parametrize(("damage", "says"), [
+    (_data_outside, "data_path '../outside_data/file.parquet' points outside the dataset"),
+    (_video_symlinked_outside, "video_path .* points outside the dataset"),
+    (_extra_rows, r"has \d+ rows, the episode table puts \d+ in it"),
+    (lambda ds: _info(ds, data_path="{chunk_index:>100000000}"), "a field must be one of"),
+    (lambda ds: _info(ds, data_path="data/{0}.parquet"), "a field must be one of"),
+    (lambda ds: _info(ds, data_path="data/\0.parquet"), "not a path template"),  # found by bench.fuzz_hostile
+    (lambda ds: _info(ds, video_path="videos/{video_key}/../../../x/{chunk_index}/{file_index}.mp4"),
+     "points outside the dataset"),
+    (_huge_declared_video, "declared 6000x6000 exceeds 4096 px"),
+    (_video_not_its_declared_size, "is 96x96, its feature declares 48x48"),
+    (lambda ds: _episode_meta(ds, lambda m: {**m, "outcome": "pwned"}), "vlaloop/meta outcome"),
+    (lambda ds: _episode_meta(ds, lambda m: {**m, "policy_version": "abc"}), "vlaloop/meta policy_version"),
+    (lambda ds: _episode_meta(ds, lambda m: {**m, "notes": "x" * 5_000_000}), "vlaloop/meta is not a JSON text"),
+    (lambda ds: _episode_meta(ds, lambda m: {**m, "notes": "x" * 10_000}), "field 'notes' exceeds"),
+    (lambda ds: _episode_meta(ds, lambda m: [m]), "vlaloop/meta is not a JSON object"),
+])
+def test_a_hostile_dataset_is_refused_in_one_line_and_the_store_is_untouched(exported, tmp_path, damage, says,
+                                                                            capsys):
+    ds = tmp_path / "ds"
+    shutil.copytree(exported, ds)
+    damage(ds)
+    run = tmp_path / "run"
+    record_demos(EpisodeStore(run / "episodes"), n=1, seed=50)
+    before = tree_digest(run)
+    with pytest.raises(FormatError, match=says):
+        import_dataset(ds, run, ImportConfig(progress=False))
+    assert tree_digest(run) == before
+    assert vlaloop_main(["import", "--format", "lerobot", str(ds), str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vlaloop import: ") and "\n" not in err and len(err) < 1000, err[:2000]
+    assert tree_digest(run) == before
+
+
+def test_an_embedded_image_is_checked_against_its_declared_size_before_decoding():
+    from lerobot_format.reader import EpisodeRef, _decode_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    import struct
+    import zlib
+    struct.pack_into(">II", data, 16, 6000, 6000)  # the header claims 6000x6000
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    ep = EpisodeRef(index=0, length=1, data_path=Path("x"))
+    with pytest.raises(FormatError, match="image is 6000x6000, the feature declares 96x96"):
+        _decode_image({"bytes": bytes(data)}, "observation.images.front", ep, (96, 96))
+    with pytest.raises(FormatError, match="cannot be decoded"):
+        _decode_image({"bytes": b"\x89PNG garbage"}, "observation.images.front", ep, (96, 96))
+
+
+def test_garbage_anywhere_in_the_dataset_is_one_line(exported, tmp_path, capsys):
+    ds = tmp_path / "ds"
+    shutil.copytree(exported, ds)
+    (ds / EPISODES_FILE).write_bytes(b"PAR1 garbage PAR1")
+    assert vlaloop_main(["import", "--format", "lerobot", str(ds), str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vlaloop import: ") and "\n" not in err and "Traceback" not in err, err[:2000]

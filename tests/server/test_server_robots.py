@@ -18,7 +18,7 @@ from deployment.server import ServerConfig
 from protocol.codec import packb, unpackb
 from protocol.images import decode_jpeg, encode_jpeg
 from protocol.messages import ActRequest
-from server.robots import AwaitingIn, RobotRegistry, StatusIn
+from server.robots import MAX_GONE, AwaitingIn, RobotRegistry, StatusIn
 
 torch.set_num_threads(1)
 ROBOT, OPERATOR = "robot-secret", "operator-secret"
@@ -218,3 +218,47 @@ def test_channel_bad_input_is_a_4xx_naming_the_field(served):
     assert r.status_code == 422 and r.json()["field"] == "outcome"
     r = robot.post("/v1/robots/r9/episodes/e/awaiting", json={"auto_outcome": "great"})
     assert r.status_code == 422 and r.json()["field"] == "auto_outcome"
+
+
+# ---- bounded per-robot state, whatever ids clients make up
+
+def test_a_robot_not_heard_from_is_forgotten_and_listed_as_gone():
+    reg = RobotRegistry(forget_s=30.0)
+    forgotten = []
+    reg.forget_listeners.append(forgotten.append)
+    reg.observe_act("old", "e0", 0, "reach", {"front": b"jpeg" * 1000}, 1)
+    reg.queue_command("old", "pause")
+    reg.mark_awaiting("old", "e0", AwaitingIn(n_steps=3))
+    reg.sweep(time.time() + 31.0)  # 31 s later
+    assert "old" not in reg.robots and forgotten == ["old"] and not reg.awaiting
+    (view,) = reg.views()
+    assert view.robot_id == "old" and view.state == "gone" and view.gone and view.cameras == [] and view.paused
+    reg.observe_act("old", "e1", 0, "reach", {"front": b"jpeg"}, 1)  # it comes back: still paused
+    assert reg.command_for("old", "e1") == "pause" and not reg.views()[0].gone and "old" not in reg.gone
+
+
+def test_no_more_than_max_robots_are_tracked_and_one_that_holds_something_is_never_evicted():
+    reg = RobotRegistry(max_robots=4)
+    reg.observe_act("paused", "e0", 0, "reach", {"front": b"jpeg"}, 1)
+    reg.queue_command("paused", "pause")
+    for i in range(10_000):
+        reg.observe_act(f"made-up-{i}", f"e{i}", 0, "reach", {"front": b"jpeg"}, 1)
+    assert len(reg.robots) == 4 and "paused" in reg.robots and "made-up-9999" in reg.robots
+    assert len(reg.gone) <= MAX_GONE
+    assert reg.command_for("paused", "e0") == "pause"
+
+
+def test_label_long_polls_leave_nothing_behind():
+    async def scenario():
+        reg = RobotRegistry()
+        await asyncio.gather(*(reg.wait_label("r0", f"ep{i}", 0.0) for i in range(2000)))
+        assert not reg._label_events and not reg._label_waiters
+        # Two waiters on one episode: one gives up, the other still gets the label.
+        quick = asyncio.create_task(reg.wait_label("r0", "e", 0.01))
+        patient = asyncio.create_task(reg.wait_label("r0", "e", 5))
+        assert await quick is None
+        reg.submit_label("r0", "e", "success")
+        assert (await patient).outcome == "success"
+        assert not reg._label_events and not reg._label_waiters
+
+    asyncio.run(scenario())

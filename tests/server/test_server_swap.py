@@ -183,3 +183,25 @@ def test_nan_checkpoint_is_refused_and_the_old_version_keeps_serving(served):
     assert bad in info["refused_versions"] and info["version"] == after
     assert "vlaloop_policy_swap_failures_total 1.0" in metrics
     assert f"vlaloop_policy_version {float(after)}" in metrics
+
+
+def test_a_checkpoint_that_ships_code_is_refused_unimported_and_the_old_version_keeps_serving(served, tmp_path):
+    from hostile_checkpoint import publish_evil_version
+
+    srv, model, registry = served
+    good = srv.app.state.holder.policy.version
+    marker = tmp_path / "imported.txt"
+    with Hammer(srv.url) as hammer:
+        _wait_answered_by(hammer, good)
+        bad = publish_evil_version(registry, marker, outside=tmp_path / "evil_model")
+        _wait_refused(srv, bad)
+        assert srv.app.state.holder.policy.version == good
+        seen_at_refusal = [len(seen) for seen in hammer.seen]
+        deadline = time.monotonic() + 20
+        while any(len(seen) < n + 2 for seen, n in zip(hammer.seen, seen_at_refusal, strict=True)):
+            assert time.monotonic() < deadline and not hammer.failures, hammer.failures[:3]
+            time.sleep(0.005)  # every client is still answered after the refusal
+    assert bad not in _check_consistent(hammer)
+    assert not marker.exists(), "the checkpoint's code ran in the server"
+    error = srv.app.state.holder.status()["last_swap_error"]
+    assert error["version"] == bad and "outside the registry" in error["error"], error

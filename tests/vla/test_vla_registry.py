@@ -22,7 +22,7 @@ from interface.policy import Observation
 from vla.model import build_model
 from vla.normalization import Normalizer
 from vla.policy import Policy
-from vla.registry import CheckpointError, CheckpointRegistry, load_into, publish
+from vla.registry import CheckpointError, CheckpointRegistry, TrustedSource, load_into, publish
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[2]
@@ -285,7 +285,7 @@ def test_swapped_backbone_files_are_refused_and_a_missing_tiny_backbone_is_rebui
     state[key] = state[key] + 1e-3  # someone replaced the weights under the same path
     save_file(state, str(copy / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match=f"backbone hash mismatch: .* the backbone at {copy} is b2-"):
-        Policy.load(reg)
+        Policy.load(reg, trusted=TrustedSource(tiny_cache_dir=str(copy)))  # where this process keeps it
     # The server runs elsewhere and the dir is gone: the seeded tiny backbone is rebuilt and verified.
     shutil.rmtree(copy)
     monkeypatch.setenv("VLALOOP_TINY_DIR", str(tmp_path / "server_cache"))
@@ -319,3 +319,58 @@ def test_the_polled_markers_are_read_once_per_change(tmp_path):
     assert registry.promoted() == 5 and registry.read_canary() == {"version": 6, "control": 5}
     registry.write_canary(None)
     assert registry.read_canary() is None
+
+
+# ---- no code runs from a checkpoint ---------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["outside", "inside"])
+def test_a_checkpoint_that_ships_code_is_refused_before_anything_is_imported(trained, tmp_path, where):
+    from hostile_checkpoint import publish_evil_version
+
+    reg = CheckpointRegistry(tmp_path / "checkpoints")
+    publish(reg, trained, Normalizer.identity(), kind="full")
+    marker = tmp_path / "imported.txt"
+    outside = tmp_path / "elsewhere" / "evil" if where == "outside" else None
+    bad = publish_evil_version(reg, marker, outside)
+    refusal = "outside the registry and the configured model dir" if outside else "carries code"
+    with pytest.raises(CheckpointError, match=refusal):
+        Policy.load(reg, bad)
+    # Even a deployment that runs remote code runs only its own model dir's code.
+    trusting = TrustedSource(trust_remote_code=True, model_dir=str(tmp_path / "configured_model"))
+    with pytest.raises(CheckpointError, match=refusal):
+        Policy.load(reg, bad, trusted=trusting)
+    assert not marker.exists(), "the checkpoint's code was imported"
+    assert Policy.load(reg, 1).version == 1
+
+
+def test_deployment_fields_come_from_the_loading_process_not_the_checkpoint(trained, tmp_path):
+    reg = CheckpointRegistry(tmp_path / "checkpoints")
+    publish(reg, trained, Normalizer.identity(), kind="full")
+    meta_path = reg.path(1) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["model_config"].update(trust_remote_code=True, backbone_dir="/somewhere/else", tiny_cache_dir="/x")
+    meta_path.write_text(json.dumps(meta))
+    loaded = Policy.load(reg)
+    assert loaded.model.config.trust_remote_code is False
+    assert loaded.model.config.backbone_dir is None and loaded.model.config.tiny_cache_dir is None
+    for field, value, says in [("files", [], "files has type list"), ("backbone_dir", 7, "backbone_dir has type int"),
+                               ("model_config", {"chunk": "many"}, "model_config.chunk")]:
+        meta_path.write_text(json.dumps({**meta, field: value}))
+        with pytest.raises(CheckpointError, match=says):
+            Policy.load(reg)
+
+
+def test_a_latest_symlinked_elsewhere_is_refused_without_copying_its_target(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:the secret first line of some other file\n")
+    reg = CheckpointRegistry(tmp_path / "checkpoints")
+    reg.root.mkdir()
+    (reg.root / "LATEST").symlink_to(secret)
+    with pytest.raises(CheckpointError, match="not a plain file") as info:
+        reg.latest()
+    assert "secret" not in str(info.value).replace(str(tmp_path), "")
+    (reg.root / "LATEST").unlink()
+    (reg.root / "LATEST").write_text("root:x:0:0:" + "y" * 500)
+    with pytest.raises(CheckpointError, match="not a version number") as info:
+        reg.latest()
+    assert "root:x" not in str(info.value)

@@ -27,7 +27,7 @@ from vla.model import HeadActor, HeadCritic, build_model
 from vla.normalization import Normalizer
 from vla.policy import Policy
 from vla.random_vlm import FAMILIES, build_random_vlm, save_random_vlm
-from vla.registry import CheckpointRegistry, publish
+from vla.registry import CheckpointRegistry, TrustedSource, publish
 from vlaloop.cli import main as vlaloop_main
 
 torch.set_num_threads(1)
@@ -148,7 +148,7 @@ def test_family_goes_through_the_whole_loop(family, tmp_path):
     run_dir = tmp_path / "run"
     registry = CheckpointRegistry(run_dir / "checkpoints")
     assert publish(registry, model, norm, kind="full", phase="sft") == 1
-    loaded = Policy.load(registry)
+    loaded = Policy.load(registry, trusted=TrustedSource.of(model.config))  # the configured model dir
     local = Policy(model, norm).act(as_served(obs[0]))
     np.testing.assert_allclose(loaded.act(as_served(obs[0])).actions, local.actions, rtol=1e-4, atol=1e-5)
 
