@@ -242,8 +242,10 @@ def sft_only_control(run_dir: Path, config: DeploymentConfig, stage0: int, phase
                                                                                              m["episode_id"]))
     # Stage 0 re-published as the control registry's first version, so the Trainer resumes it as is
     model, norm, meta = load_model(CheckpointRegistry(run_dir / "checkpoints"), stage0, config.model.device)
+    # with its trained backbone copied in: a registry loads a backbone only from inside itself or the
+    # configured model dirs, never from another run's registry
     publish(CheckpointRegistry(control_dir / "checkpoints"), model, norm, kind="full", parent=stage0,
-            phase="bootstrap", metrics=meta.get("metrics") or {})
+            phase="bootstrap", metrics=meta.get("metrics") or {}, save_backbone=meta.get("backbone_dir") == "backbone")
     trainer = Trainer(config.model_copy(update={"run_dir": str(control_dir)}), control_dir)
     trainer.resume()
     t0, curve = time.time(), []
