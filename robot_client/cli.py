@@ -261,17 +261,17 @@ def run(args: argparse.Namespace, config) -> int:
         print(f"vlaloop robot: {e}", file=sys.stderr)
         return 2
     outbox_dir = cfg.outbox_dir or str(Path(config.run_dir) / "outbox" / cfg.robot_id)
-    try:  # before the arm is touched: a refused token ends the client with one line
-        check_tokens(cfg, config.config_hash())
-    except TokenRefused as e:
-        print(f"vlaloop robot: {e}", file=sys.stderr)
-        return 2
     if cfg.teleop in ("gamepad", "spacemouse"):  # the device first: no device, no need to start the arm
         try:
             interventions = build_interventions(cfg, None)
         except (ValueError, ImportError, RuntimeError) as e:
             print(f"vlaloop robot: cannot start --teleop {cfg.teleop}: {e}", file=sys.stderr)
             return 2
+    try:  # before the arm is touched: a refused token ends the client with one line
+        check_tokens(cfg, config.config_hash())
+    except TokenRefused as e:
+        print(f"vlaloop robot: {e}", file=sys.stderr)
+        return 2
     try:
         rig = build_rig(cfg, config.model.cameras, config.model.image_size, cal)
     except (ValueError, ImportError, RuntimeError) as e:

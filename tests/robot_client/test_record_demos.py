@@ -182,7 +182,7 @@ def test_next_task_from_the_page_and_the_mock_refuses_an_instruction_it_has_no_t
     assert (sim_task.task, sim_task.instruction) == ("push", "Push the blue block to the left")
 
 
-def test_spacemouse_axes_map_to_the_base_frame_and_a_bad_setting_or_no_device_is_one_line():
+def test_spacemouse_axes_map_to_the_base_frame_and_a_bad_setting_or_no_device_is_one_line(tmp_path):
     import subprocess
     import sys
 
@@ -195,8 +195,9 @@ def test_spacemouse_axes_map_to_the_base_frame_and_a_bad_setting_or_no_device_is
         SpaceMouseMapping.from_overrides({"dead_zon": 0.1})
     assert SpaceMouseMapping.from_overrides({"signs_rotation": [1, 1, -1]}).signs_rotation == (1.0, 1.0, -1.0)
     # this machine has no SpaceMouse (nor libhidapi): the client refuses to start, in one line
-    r = subprocess.run([sys.executable, "-m", "vlaloop.cli", "robot", "--backend", "mock", "--teleop", "spacemouse",
-                        "--episodes", "1"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "vlaloop.cli", "--log-file", "none", "robot", "--backend", "mock",
+                        "--teleop", "spacemouse", "--episodes", "1"], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vlaloop robot: cannot start --teleop spacemouse: no SpaceMouse")

@@ -204,6 +204,9 @@ def test_first_day_rehearsal_teleop_demos_stage0_reset_label_rl_round(tmp_path, 
         client.close(10)
 
     store = EpisodeStore(run / "episodes")
+    # the last labelled episode may still be on its way to the learner's store (a loaded machine)
+    wait_for(lambda: len(store.list_episodes(source="online")) >= len(labels), 60,
+             "every labelled episode in the learner's store")
     metas = sorted(store.list_episodes(), key=lambda m: m.get("finished", 0))
     demos = [m for m in metas if m.get("purpose") == "demo"]
     assert len([m for m in demos if m["outcome"] == "success"]) == DEMOS
