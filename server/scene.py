@@ -112,7 +112,10 @@ class SceneBoard:
         r = self._robot(robot_id)
         if body.tasks is not None:
             r.tasks = list(body.tasks)
-        r.task, r.instruction, r.refused = body.task, body.instruction, body.refused
+        r.task, r.instruction = body.task, body.instruction
+        # the robot's refusal is of the choice it last took: a newer choice the page set since wins
+        pending = r.next_task is not None or r.next_instruction is not None
+        r.refused = "" if pending else body.refused
         if body.waiting:
             if r.waiting_since is None:
                 r.waiting_since = time.time()

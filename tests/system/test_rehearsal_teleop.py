@@ -10,7 +10,7 @@ gamepad at the robot (dead-man held, stick forward; its Start button is the read
 by itself once the 10th demo is stored (`learner.bootstrap.min_demos`), publishes v1, the server
 loads it, and the robot runs the policy: between its episodes the arm goes home and waits for the
 operator's Ready (the page shows it), the operator labels each episode, and the RL round publishes
-v2. The wall time and the operator's actions are printed (`pytest -s`) and quoted in docs/teleop.md.
+v2, and `vlaloop report` writes the run's report and success curve. The wall time and the operator's actions are printed (`pytest -s`) and quoted in docs/teleop.md.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ class Page:
         field.send_keys(instruction)
         self.card().find_element(By.CSS_SELECTOR, '[data-action="set-task"]').click()
         self.actions += 2
-        wait_for(lambda: "next episode" in self.note(), 10, "the page to show the next task")
+        wait_for(lambda: "next episode" in self.note(), 30, "the page to show the next task")
 
     def note(self) -> str:
         return self.card().find_element(By.CSS_SELECTOR, '[data-field="task-note"]').text
@@ -188,7 +188,7 @@ def test_first_day_rehearsal_teleop_demos_stage0_reset_label_rl_round(tmp_path, 
         # (the card says why, the task stays), and takes one it has at the next episode
         page.set_next_task("make coffee")
         page.ready(screenshot="scene_reset.png")
-        wait_for(lambda: "task refused" in page.note(), 20, "the refusal on the card")
+        wait_for(lambda: "task refused" in page.note(), 60, "the refusal on the card")
         assert "no task for the instruction 'make coffee'" in page.note()
         labels = [page.label_as_the_success_check_says()]
         page.set_next_task("reach the blue block")
@@ -198,15 +198,16 @@ def test_first_day_rehearsal_teleop_demos_stage0_reset_label_rl_round(tmp_path, 
             assert len(labels) <= 7, "the RL round did not publish after 7 labelled episodes"
         t_rl = time.monotonic()
         assert js_errors(browser) == []
+        # the robot stops only once the last label reached it and its episode is in the learner's store
+        stored = EpisodeStore(run / "episodes")
+        wait_for(lambda: len(stored.list_episodes(source="online")) >= len(labels), 60,
+                 "every labelled episode in the learner's store")
     finally:
         client.stop()
         thread.join(30)
         client.close(10)
 
     store = EpisodeStore(run / "episodes")
-    # the last labelled episode may still be on its way to the learner's store (a loaded machine)
-    wait_for(lambda: len(store.list_episodes(source="online")) >= len(labels), 60,
-             "every labelled episode in the learner's store")
     metas = sorted(store.list_episodes(), key=lambda m: m.get("finished", 0))
     demos = [m for m in metas if m.get("purpose") == "demo"]
     assert len([m for m in demos if m["outcome"] == "success"]) == DEMOS
@@ -229,6 +230,12 @@ def test_first_day_rehearsal_teleop_demos_stage0_reset_label_rl_round(tmp_path, 
     assert all(m["instruction"] == "reach the blue block" and m["task"] == "reach" for m in online[1:len(labels)])
     v2 = json.loads((run / "checkpoints" / "v000002" / "meta.json").read_text())
     assert v2["phase"] == "rl"
+    # the lab's own run gets the demo's report and success curve
+    import subprocess
+    report = subprocess.run([PY, "-m", "vlaloop.cli", "--log-file", "none", "report", str(run)],
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    assert (run / "success_curve.png").stat().st_size > 0 and "v2" in (run / "report.md").read_text()
     total = time.monotonic() - t_start
     print(f"\nrehearsal: {total:.0f} s wall ({t_demos - t_start:.0f} s to 10 demos, Stage 0 +{t_stage0 - t_demos:.0f} s,"
           f" RL round +{t_rl - t_stage0:.0f} s after {len(labels)} labelled episodes); operator actions: "
@@ -248,13 +255,13 @@ def record_demos(page: Page, pad: Pad, client: RobotClient) -> None:
         assert f"recording demonstration {i + 1} of {DEMOS}" in detail, detail
         if i < PAGE_DEMOS:
             page.key("t")
-            wait_for(lambda: page.card().get_attribute("data-teleop") == "page", 10, "the take-over")
+            wait_for(lambda: page.card().get_attribute("data-teleop") == "page", 30, "the take-over")
             page.hold("w", 1.4)  # 10 steps at 10 Hz: the episode ends at its step limit
-            wait_for(lambda: page.card().get_attribute("data-teleop") == "", 10, "the page to stop driving")
+            wait_for(lambda: page.card().get_attribute("data-teleop") == "", 30, "the page to stop driving")
         else:
             pad.deadman, pad.forward = True, 1.0
             pad.presses += 1
-            wait_for(page.awaiting, 10, "the episode's end")
+            wait_for(page.awaiting, 30, "the episode's end")
             pad.deadman, pad.forward = False, 0.0
         wait_for(page.awaiting, 30, "the label bar")
         page.key("s")  # the operator judges the demo a success
