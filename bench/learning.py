@@ -273,7 +273,9 @@ METHODS: dict[str, Method] = {
 }
 RL_METHODS = {m for m, spec in METHODS.items() if spec.online}
 SFT_METHODS = {m for m, spec in METHODS.items() if spec.sft}
-ROUND_KEYS = ("approx_kl", "clipfrac", "logprob_mismatch", "critic_warmup", "q_mean", "alpha")  # per RL round
+ROUND_KEYS = ("approx_kl", "clipfrac", "logprob_mismatch", "critic_warmup", "q_mean", "alpha",  # per RL round
+              "progress_model_usable", "progress_voc", "progress_shaped_sets", "progress_sparse_sets",
+              "progress_reward_sum_sparse", "progress_reward_sum_shaped", "progress_sparse_reasons")
 CONSOLIDATION_KEYS = ("value_", "labels_", "sft_", "n_tasks")  # per phase that collected and trained the trunk
 
 
