@@ -103,3 +103,18 @@ class ProgressShaping:
                          "; ".join(sorted(set(shaper.why_not.values()))))
             metrics["progress_sparse_reasons"] = sorted(set(shaper.why_not.values()))
         return metrics
+
+
+def progress_status(run_dir, metrics: dict) -> dict:
+    """status.json's `progress_model`: the published model's check (usable, why, VOC, the tasks with
+    no demo and no success) and the last RL round's shaping (sets shaped, kept sparse, and why)."""
+    from vla.progress_model import read_published
+
+    _, report = read_published(run_dir)
+    report = report or {}
+    quality = report.get("quality") or {}
+    return {"state": report.get("state", "no progress model"), "usable": bool(quality.get("usable")),
+            "reason": quality.get("reason", report.get("state", "")), "voc": quality.get("voc"),
+            "voc_per_task": quality.get("voc_per_task", {}), "sparse_tasks": report.get("sparse_tasks", []),
+            "shaped_sets": metrics.get("progress_shaped_sets"), "sparse_sets": metrics.get("progress_sparse_sets"),
+            "sparse_reasons": metrics.get("progress_sparse_reasons", [])}
