@@ -201,8 +201,27 @@ class ProgressSection(BaseModel):
     """Every k-th episode of each task and outcome is held out for the check."""
 
 
+class CurriculumSection(BaseModel):
+    """The curriculum (learner/curriculum.py): after every phase the learner writes task weights
+    from recent success per task of robot.tasks to runs/<run>/curriculum.json; the server draws
+    each robot's next task from them where the operator has not set one (server/scene.py)."""
+    model_config = SECTION
+    enabled: bool = False
+    """Write curriculum.json (off: the robots run their own task choice, as before)."""
+    rule: Literal["uniform", "vla_rl", "learning_progress"] = "vla_rl"
+    """uniform: the baseline; vla_rl: P(task) ~ exp((0.5 - success) / tau); learning_progress: ~ the
+    change of success between the last two windows."""
+    tau: float = Field(default=0.2, gt=0)
+    """Temperature of the vla_rl rule."""
+    floor: float = Field(default=0.05, ge=0, lt=1)
+    """Least probability of any task (none is starved)."""
+    window: int = Field(default=20, ge=1)
+    """Recent episodes per task the success is taken over."""
+
+
 SECTIONS = {"bootstrap": BootstrapConfig, "sft": SFTSection, "ppo": PPOConfig, "sac": SACConfig,
-            "recap": RecapSection, "progress": ProgressSection}
+            "recap": RecapSection, "progress": ProgressSection,
+            "curriculum": CurriculumSection}
 # the flat keys of earlier versions -> (section, field)
 FLAT_KEYS = {
     **{f"bootstrap_{k}": ("bootstrap", k) for k in ("demos", "min_demos", "steps", "batch_size", "lr", "loss")},
@@ -316,6 +335,8 @@ class LearnerConfig(BaseModel):
     """RECAP and its AWR baseline."""
     progress: ProgressSection = Field(default_factory=ProgressSection)
     """The progress model and the reward shaping it gives the RL rounds."""
+    curriculum: CurriculumSection = Field(default_factory=CurriculumSection)
+    """The task weights the server draws each robot's next task from."""
 
     @model_validator(mode="before")
     @classmethod
