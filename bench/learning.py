@@ -65,6 +65,7 @@ SPLITS = ("demo", "rl", "held_out")  # evaluation splits, in table order
 PAPER_METAWORLD = {"method": "iRe-VLA paper, MetaWorld (their VLA; SFT → iRe-VLA)", "demo": "not quoted",
                    "rl": "0.28–0.56 → **0.80–1.00**", "held_out": "0.51 → **0.80**"}
 EVAL_SEED = 10_000
+RESET_S_NOTE = "10 s reset per episode (a real arm's; the mock and MetaWorld are charged it too)"
 # columns next to the splits: the demo tasks given a phrasing kept out of training, and given another
 # task's instruction (a policy that reads the words drops there) -- learner.evaluate.LANGUAGE_CONDITIONS
 LANGUAGE_COLUMNS = {"demo_held_out_phrasing": "held_out_phrasing", "demo_wrong_instruction": "wrong_instruction"}
@@ -224,6 +225,7 @@ class Job:
     sampled: float = 0.0  # sampled success of the last phase's online episodes
     iterations_done: int = 0
     episodes: int = 0  # online episodes (or extra demos) spent so far: the curve's x
+    robot_s: float = 0.0  # robot seconds they cost (episodes.robot_time): the curve's other x
     episode_seed: int = 0  # seed of the next online episode
     rl_s: float = 0.0
     sft_s: float = 0.0
@@ -242,7 +244,8 @@ class Job:
 
     def point(self, phase: str, **extra) -> None:
         """A point of the curve: greedy success per split now."""
-        self.curve.append({"episodes": self.episodes, "phase": phase, "version": self.trainer.version, **extra,
+        self.curve.append({"episodes": self.episodes, "robot_h": self.robot_s / 3600, "phase": phase,
+                           "version": self.trainer.version, **extra,
                            **_evaluate(self.trainer.policy, self.cfg)})
         print(f"{self.tag} {self.curve[-1]}", flush=True)
 
@@ -270,8 +273,27 @@ METHODS: dict[str, Method] = {
 }
 RL_METHODS = {m for m, spec in METHODS.items() if spec.online}
 SFT_METHODS = {m for m, spec in METHODS.items() if spec.sft}
-ROUND_KEYS = ("approx_kl", "clipfrac", "logprob_mismatch", "critic_warmup", "q_mean", "alpha")  # per RL round
+ROUND_KEYS = ("approx_kl", "clipfrac", "logprob_mismatch", "critic_warmup", "q_mean", "alpha",  # per RL round
+              "progress_model_usable", "progress_voc", "progress_shaped_sets", "progress_sparse_sets",
+              "progress_reward_sum_sparse", "progress_reward_sum_shaped", "progress_sparse_reasons")
 CONSOLIDATION_KEYS = ("value_", "labels_", "sft_", "n_tasks")  # per phase that collected and trained the trunk
+
+
+def robot_time_config(cfg: LearningBenchConfig, config):
+    """What the bench charges per episode: executed steps at the robot's control period (1 /
+    robot.rate_hz, 10 Hz) + the reset a real arm takes (episodes.robot_time.RESET_S: 10 s; the mock
+    and MetaWorld reset instantly but are charged the arm's reset so the curves are in robot-hours)."""
+    from episodes.robot_time import RobotTimeConfig
+
+    return RobotTimeConfig.for_backend(cfg.backend, rate_hz=config.robot.rate_hz)
+
+
+def _charge(job: Job, metas: list[dict]) -> None:
+    """Add what `metas` cost the arm to the job's robot time (expert demos: teleoperated, so the same)."""
+    from episodes.robot_time import robot_time
+
+    t = robot_time(metas, robot_time_config(job.cfg, job.trainer.config))
+    job.robot_s += t.robot_s + t.demo_s
 
 
 def _collect(job: Job, phase, it: int) -> list[dict]:
@@ -286,6 +308,7 @@ def _collect(job: Job, phase, it: int) -> list[dict]:
                       max_steps=cfg.max_steps)
         job.episode_seed += n
         job.episodes += n
+        _charge(job, res.metas)
         metas += res.metas
         successes += round(res.success_rate * n)
     job.sampled = successes / len(metas)
@@ -299,6 +322,7 @@ def _record_demos(job: Job, phase, it: int) -> list[dict]:
                                seed=500_000 + 100_000 * job.seed + it * 10_000, split=cfg.collect_split,
                                image_size=trainer.config.model.image_size, cameras=tuple(trainer.config.model.cameras))
     job.episodes += phase.demos
+    _charge(job, kept)
     return kept
 
 
@@ -337,7 +361,7 @@ def recipe_run(job: Job, config):
 
 # --- a job: start (or resume), iterate, save after each iteration
 _SAVED = "bench_state"  # in the run dir: the job at the end of its last finished iteration
-_JOB_FIELDS = ("iterations_done", "episodes", "episode_seed", "rl_s", "sft_s", "wall_s", "n_updates", "curve",
+_JOB_FIELDS = ("iterations_done", "episodes", "robot_s", "episode_seed", "rl_s", "sft_s", "wall_s", "n_updates", "curve",
                "rounds")
 
 
@@ -385,8 +409,8 @@ def _restore(job: Job, config) -> bool:
     job.trainer.resume(saved["version"])
     job.trainer.generator.set_state(state["trainer_g"])
     job.g.set_state(state["g"])
-    for k in _JOB_FIELDS:
-        setattr(job, k, saved[k])
+    for k in _JOB_FIELDS:  # a job saved before a field existed keeps its default
+        setattr(job, k, saved.get(k, getattr(job, k)))
     return True
 
 
@@ -411,7 +435,7 @@ def run_job(cfg: LearningBenchConfig, out: Path, method: str, seed: int) -> dict
         job.trainer = Trainer(config, job.run_dir)
         job.trainer.resume()
         stage0_eval = json.loads((out / "stage0" / f"s{seed}" / "done.json").read_text()).get("eval")
-        job.curve = [{"episodes": 0, "phase": "stage0", "version": job.trainer.version,
+        job.curve = [{"episodes": 0, "robot_h": 0.0, "phase": "stage0", "version": job.trainer.version,
                       **(stage0_eval or _evaluate(job.trainer.policy, cfg))}]
         print(f"{job.tag} start: {job.curve[0]}", flush=True)
     job.run = recipe_run(job, config)
@@ -527,6 +551,9 @@ def summarize(results: list[dict], cfg: LearningBenchConfig, out_dir: Path | Non
             final = np.array([r["curve"][-1][column] for r in rs if column in r["curve"][-1]])
             if len(final):
                 row[column] = {"final": float(final.mean()), "final_std": float(final.std())}
+        # robot-hours spent at the end (results from before robot time was counted lack it)
+        hours = [r["curve"][-1]["robot_h"] for r in rs if "robot_h" in r["curve"][-1]]
+        row["robot_h"] = float(np.mean(hours)) if hours else None
         row["train_s"] = float(np.mean([r["train_s"] for r in rs]))
         row["wall_s"] = float(np.mean([r["wall_s"] for r in rs]))
         row["updates_per_s"] = float(np.mean([r["updates_per_s"] for r in rs]))
@@ -555,11 +582,12 @@ def summarize(results: list[dict], cfg: LearningBenchConfig, out_dir: Path | Non
 def format_table(summary: dict, cfg: LearningBenchConfig) -> str:
     lines = [f"Greedy success on {cfg.backend} `{cfg.task}` ({cfg.eval_n} episodes per split, mean ± std over "
              f"{', '.join(sorted({str(r['n_seeds']) for r in summary.values()}))} seed(s); "
-             f"Stage 0 → final; budget {cfg.budget} online episodes or extra demos)", "",
+             f"Stage 0 → final; budget {cfg.budget} online episodes or extra demos; robot h = their executed "
+             f"steps at the control period + {RESET_S_NOTE})", "",
              "| method | demo tasks | RL-only tasks | held-out tasks | demo tasks, held-out phrasing | "
-             "demo tasks, another task's instruction | lowest (demo tasks) | RL s / round | "
+             "demo tasks, another task's instruction | robot h | lowest (demo tasks) | RL s / round | "
              "RL updates / round | ms / RL update | SFT s / phase | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def sec(v):
         return "–" if v is None else f"{v:.1f}"
@@ -567,12 +595,13 @@ def format_table(summary: dict, cfg: LearningBenchConfig) -> str:
     for method, row in summary.items():
         cells = [f"{row[s]['start']:.2f} → **{row[s]['final']:.2f}** ± {row[s]['final_std']:.2f}" for s in SPLITS]
         cells += [f"{row[c]['final']:.2f} ± {row[c]['final_std']:.2f}" if c in row else "–" for c in LANGUAGE_COLUMNS]
+        cells.append("–" if row.get("robot_h") is None else f"{row['robot_h']:.2f}")
         lines.append(f"| {METHODS[method].label} (`{method}`) | {' | '.join(cells)} | {row['demo']['lowest']:.2f} | "
                      f"{sec(row['rl_s_per_round'])} | {sec(row['rl_updates_per_round'])} | "
                      f"{sec(row['rl_ms_per_update'])} | {sec(row['sft_s_per_phase'])} | {row['train_s']:.0f} |")
     if cfg.backend == "metaworld":  # the paper's own MetaWorld figures, for comparison (not measured here)
         lines.append(f"| {PAPER_METAWORLD['method']} | {' | '.join(PAPER_METAWORLD[s] for s in SPLITS)} "
-                     "| – | – | – | – | – | – | – | – |")
+                     "| – | – | – | – | – | – | – | – | – |")
     online = {m: row["online"] for m, row in summary.items() if "online" in row}
     if online:
         lines += ["", "Online episodes per run (mean over seeds): successes / episodes sampled, per split",
@@ -596,8 +625,12 @@ def partial_curves(cfg: LearningBenchConfig, out: Path) -> list[dict]:
     return partial
 
 
-def plot(results: list[dict], cfg: LearningBenchConfig, path: Path) -> None:
-    """Greedy success against online episodes per split, one line per method: at each point the
+X_AXES = {"episodes": "online episodes (or extra demos) spent",
+          "robot_h": "robot-hours spent (executed steps x control period + a reset per episode)"}
+
+
+def plot(results: list[dict], cfg: LearningBenchConfig, path: Path, x_axis: str = "episodes") -> None:
+    """Greedy success against `x_axis` (X_AXES: episodes or robot-hours) per split, one line per method: at each point the
     mean over the seeds that reached it (finished jobs and, in a running table, the finished
     iterations of the others), the band their min..max; the seed count is marked where it changes."""
     import matplotlib
@@ -608,12 +641,14 @@ def plot(results: list[dict], cfg: LearningBenchConfig, path: Path) -> None:
     fig, axes = plt.subplots(1, len(SPLITS), figsize=(5 * len(SPLITS), 4), sharey=True)
     titles = {"demo": "tasks with demos", "rl": "tasks trained online only", "held_out": "held-out tasks"}
     for method in cfg.methods:
-        rs = [r for r in results if r["method"] == method]
+        rs = [r for r in results if r["method"] == method and all(x_axis in p for p in r["curve"])]
         if not rs:
             continue
-        xs = sorted({p["episodes"] for r in rs for p in r["curve"]})
+        # robot-hours differ between seeds (episode lengths do): a seed's i-th point is averaged with
+        # the others' i-th points, at their mean x
+        xs, groups = _curve_points(rs, x_axis)
         for ax, split in zip(axes, SPLITS, strict=True):
-            at = [[p[split] for r in rs for p in r["curve"] if p["episodes"] == x] for x in xs]
+            at = [[p[split] for p in pts] for pts in groups]
             ys = np.array([np.mean(v) for v in at])
             line, = ax.plot(xs, ys, marker="o", ms=3, label=METHODS[method].label)
             ax.fill_between(xs, [min(v) for v in at], [max(v) for v in at], color=line.get_color(), alpha=0.15)
@@ -623,10 +658,21 @@ def plot(results: list[dict], cfg: LearningBenchConfig, path: Path) -> None:
                     ax.annotate(f"{n}s", (x, y), textcoords="offset points", xytext=(2, 4), fontsize=6,
                                 color=line.get_color())
     running = any(r.get("partial") for r in results)
-    finish_split_figure(fig, axes, [titles[s] for s in SPLITS], "online episodes (or extra demos) spent",
+    finish_split_figure(fig, axes, [titles[s] for s in SPLITS], X_AXES[x_axis],
                         f"{cfg.backend} {cfg.task}: mean over the seeds at each point (Ns: N seeds from "
                         f"there on), band = min..max" + (" -- RUNNING: unfinished jobs included" if running else ""),
                         path)
+
+
+def _curve_points(rs: list[dict], x: str) -> tuple[list[float], list[list[dict]]]:
+    """(x of each point, the seeds' points there): by episodes, points at equal x; by robot-hours, each
+    seed's i-th point (they differ in hours, not in phase), at their mean x."""
+    if x == "episodes":
+        xs = sorted({p["episodes"] for r in rs for p in r["curve"]})
+        return xs, [[p for r in rs for p in r["curve"] if p["episodes"] == v] for v in xs]
+    n = max(len(r["curve"]) for r in rs)
+    groups = [[r["curve"][i] for r in rs if i < len(r["curve"])] for i in range(n)]
+    return [float(np.mean([p[x] for p in g])) for g in groups], groups
 
 
 def finish_split_figure(fig, axes, titles: list[str], xlabel: str, suptitle: str, path: Path) -> None:
@@ -784,6 +830,7 @@ def report(cfg: LearningBenchConfig, out: Path, t0: float | None = None) -> dict
     (out / "summary.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "methods": summary,
                                                   "total_s": total, "not_run": missing}, indent=1))
     plot(results + partial_curves(cfg, out), cfg, out / "learning_curves.png")
+    plot(results + partial_curves(cfg, out), cfg, out / "learning_curves_robot_h.png", x_axis="robot_h")
     print("\n" + table)
     print(f"\ncurves: {out / 'learning_curves.png'}" + ("" if total is None else f"; total {total:.0f} s"))
     return summary

@@ -7,7 +7,7 @@
 
 This module is what a reader needs -- reading, checking and drawing the next task -- and imports
 nothing of the learner, so the server (and the operator page behind it) can use it as the process
-boundaries require. Not wired into the server yet: docs/progress_model.md says what is.
+boundaries require: server/scene.py draws a robot's next task from it (docs/progress_model.md).
 """
 
 from __future__ import annotations

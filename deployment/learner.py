@@ -175,8 +175,53 @@ class RecapSection(BaseModel):
     """New online episodes per iteration; 0 = episodes_per_round x rl_rounds_per_phase."""
 
 
+class ProgressSection(BaseModel):
+    """The progress model (VLA-RL's process reward; docs/progress_model.md), refitted before every RL
+    round of the iRe-VLA recipes on the store's demos and labelled episodes, checked on held-out
+    episodes, published as runs/<run>/progress_model.json, and used to shape the head's RL reward."""
+    model_config = SECTION
+    enabled: bool = False
+    """Fit, check and publish the progress model before every RL round (off: today's sparse reward)."""
+    shaping: bool = True
+    """With `enabled`: add the potential-based shaping gamma*Phi(s') - Phi(s) to the RL round's
+    rewards (PPO and SAC) for each task the model may shape; off: the model is fitted and checked
+    (for the page and the stall rule) but the rewards stay sparse."""
+    gamma: float | None = Field(default=None, gt=0, le=1)
+    """Discount of the shaping term; None: the RL algorithm's own gamma (the one that leaves its
+    optimal policy unchanged)."""
+    scale: float = Field(default=1.0, gt=0)
+    """Weight of the shaping term against the sparse +1 of a success."""
+    min_voc: float = Field(default=0.5, ge=-1, le=1)
+    """Held-out VOC (value-order correlation) below which the model is not used."""
+    min_r2: float = Field(default=0.2, le=1)
+    """Held-out R^2 on the successes below which the model is not used."""
+    min_held_out: int = Field(default=3, ge=1)
+    """Fewest held-out successful episodes the check needs before the model may be used."""
+    held_out_every: int = Field(default=4, ge=2)
+    """Every k-th episode of each task and outcome is held out for the check."""
+
+
+class CurriculumSection(BaseModel):
+    """The curriculum (learner/curriculum.py): after every phase the learner writes task weights
+    from recent success per task of robot.tasks to runs/<run>/curriculum.json; the server draws
+    each robot's next task from them where the operator has not set one (server/scene.py)."""
+    model_config = SECTION
+    enabled: bool = False
+    """Write curriculum.json (off: the robots run their own task choice, as before)."""
+    rule: Literal["uniform", "vla_rl", "learning_progress"] = "vla_rl"
+    """uniform: the baseline; vla_rl: P(task) ~ exp((0.5 - success) / tau); learning_progress: ~ the
+    change of success between the last two windows."""
+    tau: float = Field(default=0.2, gt=0)
+    """Temperature of the vla_rl rule."""
+    floor: float = Field(default=0.05, ge=0, lt=1)
+    """Least probability of any task (none is starved)."""
+    window: int = Field(default=20, ge=1)
+    """Recent episodes per task the success is taken over."""
+
+
 SECTIONS = {"bootstrap": BootstrapConfig, "sft": SFTSection, "ppo": PPOConfig, "sac": SACConfig,
-            "recap": RecapSection}
+            "recap": RecapSection, "progress": ProgressSection,
+            "curriculum": CurriculumSection}
 # the flat keys of earlier versions -> (section, field)
 FLAT_KEYS = {
     **{f"bootstrap_{k}": ("bootstrap", k) for k in ("demos", "min_demos", "steps", "batch_size", "lr", "loss")},
@@ -288,6 +333,10 @@ class LearnerConfig(BaseModel):
     """SAC from demonstrations on the head."""
     recap: RecapSection = Field(default_factory=RecapSection)
     """RECAP and its AWR baseline."""
+    progress: ProgressSection = Field(default_factory=ProgressSection)
+    """The progress model and the reward shaping it gives the RL rounds."""
+    curriculum: CurriculumSection = Field(default_factory=CurriculumSection)
+    """The task weights the server draws each robot's next task from."""
 
     @model_validator(mode="before")
     @classmethod

@@ -109,6 +109,7 @@ class StatusBoard:
         self._ingest: dict[str, Any] = {}
         self._history: list[dict] = []
         self._reward_model: dict | None = None
+        self._progress_model: dict | None = None
         self._last_write = 0.0
 
     # ------------------------------------------------------------------ reports
@@ -151,6 +152,12 @@ class StatusBoard:
             self._reward_model = dict(report)
         self.write()
 
+    def set_progress_model(self, summary: dict) -> None:
+        """The progress model's check and the last RL round's shaping (learner.progress): written at once."""
+        with self._lock:
+            self._progress_model = dict(summary)
+        self.write()
+
     def set_ingest(self, counters: dict) -> None:
         """Ingestion counters: flushed at most every interval_s."""
         with self._lock:
@@ -167,6 +174,7 @@ class StatusBoard:
             ingest = dict(self._ingest)
             history = list(self._history)
             reward_model = None if self._reward_model is None else dict(self._reward_model)
+            progress_model = None if self._progress_model is None else dict(self._progress_model)
         robot_eps = [s for s in eps if s["source"] in ("online", "eval")]
         recent = _rate(robot_eps[-RECENT_WINDOW:]) if robot_eps else None
         success = {
@@ -187,6 +195,7 @@ class StatusBoard:
             "history": history,
             **({} if reward_model is None else {"reward_model": {
                 **reward_model, "disagreement": reward_model_disagreement(robot_eps)}}),
+            **({} if progress_model is None else {"progress_model": progress_model}),
             "updated": time.time(),
         })
 

@@ -112,3 +112,17 @@ def write_curriculum(run_dir: str | Path, tasks: list[str], known: list[str] | t
     doc = curriculum(tasks, known, metas, cfg, time_cfg)
     write_json_atomic(Path(run_dir) / CURRICULUM_FILE, doc)
     return doc
+
+
+def publish_for_deployment(config, run_dir: str | Path, metas: list[dict]) -> dict | None:
+    """After a phase: the curriculum of the deployment's task list (robot.tasks) from `metas` (its
+    stored robot episodes), written to curriculum.json; None when `learner.curriculum` is off or the
+    robot has fewer than two tasks to choose between."""
+    section = config.learner.curriculum
+    names = [t.name for t in config.robot.tasks]
+    if not section.enabled or len(names) < 2:
+        return None
+    cfg = CurriculumConfig(rule=section.rule, tau=section.tau, floor=section.floor, window=section.window)
+    robot = [m for m in metas if m.get("source") in ("online", "eval")]
+    return write_curriculum(run_dir, names, names, robot, cfg,
+                            RobotTimeConfig(period_s=1.0 / config.robot.rate_hz))

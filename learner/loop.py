@@ -50,8 +50,10 @@ from typing import Any
 
 from episodes.status import PHASE_LOG, PhaseLog, StatusBoard, phase_key
 from episodes.store import EpisodeStore, episode_key, write_json_atomic
+from learner.curriculum import publish_for_deployment
 from learner.episode_rules import is_rl_episode, reward_model_labels_trusted
 from learner.metrics import scalar_metrics
+from learner.progress.round import progress_status
 from learner.recipes.base import Phase, PhaseHooks, WaitForData
 from learner.recipes.registry import recipe_for
 
@@ -493,6 +495,9 @@ class PhaseLoop:
     def _published(self, phase: Phase, version: int, metrics: dict) -> None:
         """The one tail after every publish: commit, phase record, TensorBoard, status, history, log."""
         it = self.state.iteration
+        if "progress_model_usable" in metrics:  # the round held the progress part (learner.progress)
+            self.status.set_progress_model(progress_status(self.run_dir, metrics))
+        publish_for_deployment(self.config, self.run_dir, self.trainer.store.list_episodes())
         losses = scalar_metrics(metrics)
         entry = self.state.commit(version, losses)
         self._log_end(entry)

@@ -87,6 +87,9 @@ class Trainer:
         self.rl_state_path = self.run_dir / RL_STATE_FILE
         self._rl_state_to_restore: dict | None = None
         self._version_heads: dict[int, nn.Module] = {}
+        # a recipe part's reward transform (progress shaping) while an RL round runs: every decision
+        # set the round loads (its episodes, SAC's replay and demos) goes through it
+        self._reward_transform: Callable[[EpisodeDecisions], EpisodeDecisions] | None = None
 
     # ------------------------------------------------------------------ model lifecycle
     def has_policy(self) -> bool:
@@ -238,8 +241,9 @@ class Trainer:
 
     def decisions(self, metas: list[dict], expert_stride: int | None = None) -> list[EpisodeDecisions]:
         """The stored episodes `metas` as decisions, with the deployment's rewards."""
-        return [load_decisions(self.store, m, self.model.config.chunk, self.lc.step_penalty,
-                               expert_stride=expert_stride, takeover_reward=self.lc.takeover_reward) for m in metas]
+        out = [load_decisions(self.store, m, self.model.config.chunk, self.lc.step_penalty,
+                              expert_stride=expert_stride, takeover_reward=self.lc.takeover_reward) for m in metas]
+        return out if self._reward_transform is None else [self._reward_transform(d) for d in out]
 
     def rl_config(self, algorithm: str):
         """The hyperparameters RL algorithm `algorithm` runs with (the same object every round)."""
@@ -259,11 +263,20 @@ class Trainer:
                 self.algorithm.load_state_dict(saved["state"])
         return self.algorithm
 
-    def rl_round(self, episodes: list[dict], algorithm: str | None = None) -> dict:
+    def rl_round(self, episodes: list[dict], algorithm: str | None = None,
+                 reward_transform: Callable[[EpisodeDecisions], EpisodeDecisions] | None = None) -> dict:
         """One round of RL algorithm `algorithm` (learner/rl/algorithms.py; default: the one
-        `learner.algorithm` names) on `episodes` (metas; non-RL ones are skipped)."""
+        `learner.algorithm` names) on `episodes` (metas; non-RL ones are skipped); `reward_transform`
+        rewrites the rewards of every decision set the round loads (None: the deployment's sparse ones)."""
         if self.model is None:
             raise RuntimeError("no model: call bootstrap() or resume() first")
+        self._reward_transform = reward_transform
+        try:
+            return self._rl_round(episodes, algorithm)
+        finally:
+            self._reward_transform = None
+
+    def _rl_round(self, episodes: list[dict], algorithm: str | None) -> dict:
         rl = self._algorithm_for(algorithm or self.lc.algorithm)
         metas = [m for m in episodes if is_rl_episode(m, self.reward_model_labels)]
         data = TrainerRound(self, self.decisions(metas))

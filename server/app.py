@@ -166,7 +166,7 @@ def create_app(config: DeploymentConfig, loader: PolicyLoader | None = None, wit
     app.state.decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
     app.state.image_limit = image_limit(config)
     app.state.metadata_cache = {}
-    app.state.scene = scene.SceneBoard()  # between episodes: scene reset, next task (server/scene.py)
+    app.state.scene = scene.SceneBoard(run_dir)  # between episodes: scene reset, next task (server/scene.py)
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=config.server.max_body_bytes)
     app.include_router(act.router)

@@ -10,24 +10,31 @@ the robot keeps it for the following episodes until the operator sets another. T
 the task itself (the mock refuses an instruction it has no task for) and says so in its next call,
 which the page shows (``GET /v1/scene``). docs/operator_page.md.
 
+Where the operator set nothing, the next task is drawn from the learner's curriculum
+(``runs/<run>/curriculum.json``, ``deployment.curriculum``; a small file read once per episode start).
 All state lives on the server's event loop; nothing here blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deployment.curriculum import CurriculumError, next_task, read_curriculum
 from protocol.messages import ID_PATTERN
 from server.auth import require_operator, require_robot
 
 router = APIRouter(prefix="/v1", tags=["scene"])
 RobotIdParam = PathParam(pattern=ID_PATTERN)
+log = logging.getLogger(__name__)
 MAX_WAIT_S = 30.0  # one long-poll at most; the robot asks again
 
 
@@ -98,8 +105,12 @@ class _Between:
 class SceneBoard:
     """Per robot: is it waiting for a scene reset, its tasks, the operator's choice for its next episode."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_dir: str | Path | None = None, rng: random.Random | None = None) -> None:
         self.robots: dict[str, _Between] = {}
+        # where the learner writes curriculum.json (learner.curriculum): the next task of a robot the
+        # operator set none for is drawn from its weights; None or no file: no draw
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.rng = rng or random.Random()
 
     def _robot(self, robot_id: str) -> _Between:
         r = self.robots.get(robot_id)
@@ -129,9 +140,31 @@ class SceneBoard:
                 return {"ready": False, "task": None, "instruction": None}
         # ready (or not waiting at all): the operator's choice goes with this answer, once
         r.ready, r.waiting_since = False, None
-        answer = {"ready": True, "task": r.next_task, "instruction": r.next_instruction}
+        task = r.next_task
+        if task is None and r.next_instruction is None:  # the operator's choice wins over the draw
+            task = self.curriculum_task(r)
+        answer = {"ready": True, "task": task, "instruction": r.next_instruction}
         r.next_task = r.next_instruction = None
         return answer
+
+    def curriculum_task(self, r: _Between) -> str | None:
+        """A draw from the learner's curriculum over the robot's own tasks (None: no curriculum, or
+        none of its tasks in it). A broken file is logged and ignored: the robot keeps its own choice."""
+        if self.run_dir is None:
+            return None
+        try:
+            cur = read_curriculum(self.run_dir)
+        except CurriculumError as e:
+            log.warning("curriculum ignored: %s", e)
+            return None
+        if cur is None:
+            return None
+        names = {t.name for t in r.tasks}
+        weights = {t: w for t, w in cur["weights"].items() if t in names and w > 0}
+        if not weights:
+            return None
+        return next_task({"weights": weights}, self.rng, pinned=cur.get("pinned") if cur.get("pinned") in weights
+                         else None)
 
     def set_ready(self, robot_id: str) -> SceneView:
         r = self.robots.get(robot_id)

@@ -266,6 +266,26 @@ def headline(curve: list[dict], control: dict | None, ops: list[dict], new_task:
     return line
 
 
+def run_robot_time(run_dir: Path, period_s: float):
+    """What the run's stored episodes cost the arm and its operator (episodes.robot_time): every robot
+    episode (online and eval, aborted ones too) at its control period + a 10 s reset each, operator
+    steps + TAKEOVER_S per takeover; the expert demos apart."""
+    from episodes.robot_time import REAL_ARM_RESET_S, RobotTimeConfig, robot_time
+
+    store = EpisodeStore(run_dir / "episodes")
+    cfg = RobotTimeConfig(period_s=period_s, reset_s=REAL_ARM_RESET_S, takeover_s=TAKEOVER_S)
+    return robot_time(store.list_episodes(), cfg, store)
+
+
+def robot_time_line(t) -> str:
+    """One sentence: robot-minutes and operator-minutes of the run's robot episodes."""
+    return (f"Robot time: {t.episodes} robot episodes, {t.steps} executed steps = **{t.robot_s / 60:.1f} "
+            f"robot-minutes** ({t.control_s / 60:.1f} min of control + {t.reset_s / 60:.1f} min of resets at "
+            f"10 s each: the simulators reset instantly but are charged a real arm's reset) and "
+            f"**{t.operator_s / 60:.1f} operator-minutes** (operator steps + {TAKEOVER_S:g} s per takeover); "
+            f"expert demos apart: {t.demo_episodes} episodes, {t.demo_s / 60:.1f} min.")
+
+
 def write_report(run_dir: Path, curve: list[dict], control: dict | None, rl_rounds: int | None,
                  new_task: tuple[str, ...], period_s: float, operator: str = "scripted", seed: int = 0,
                  wall_s: float | None = None, complete: bool = True, note: str = "") -> str:
@@ -273,12 +293,13 @@ def write_report(run_dir: Path, curve: list[dict], control: dict | None, rl_roun
     log, metas, unlabelled = collect_episodes(run_dir)
     rows = summarize(attribute(log, metas), rl_rounds)
     ops = operator_rows(rows, metas, new_task, period_s)
+    spent = run_robot_time(run_dir, period_s)
     parts = []
     if not complete:
         parts.append(f"**INCOMPLETE RUN -- not a result.** {note}")
     else:
         parts.append(headline(curve, control, ops, new_task, operator))
-    parts += [success_table(curve, control, rl_rounds),
+    parts += [robot_time_line(spent), success_table(curve, control, rl_rounds),
               "What the operator did, per RL round (sampled episodes only; greedy evaluation episodes are never "
               f"driven). Operator seconds = operator steps x {period_s:g} s + {TAKEOVER_S:g} s per takeover:\n\n"
               + operator_table(ops, rl_rounds),
@@ -290,7 +311,7 @@ def write_report(run_dir: Path, curve: list[dict], control: dict | None, rl_roun
     (run_dir / "report.md").write_text("# vlaloop demo report\n\n" + body + "\n\n![curve](success_curve.png)\n")
     (run_dir / "report.json").write_text(json.dumps(
         {"complete": complete, "seed": seed, "wall_s": wall_s, "operator": operator, "new_task": list(new_task),
-         "period_s": period_s, "rl_rounds": rl_rounds, "note": note, "curve": curve, "control": control, "operator_rounds": ops, "phases": rows, "unlabelled": unlabelled},
+         "period_s": period_s, "rl_rounds": rl_rounds, "note": note, "curve": curve, "control": control, "operator_rounds": ops, "robot_time": spent.to_json(), "phases": rows, "unlabelled": unlabelled},
         indent=1))
     return body
 

@@ -31,6 +31,8 @@ from vlaloop.report import (
     operator_table,
     phase_table,
     plot_operator,
+    robot_time_line,
+    run_robot_time,
     summarize,
     write_report,
 )
@@ -102,8 +104,9 @@ def write_run_report(run_dir: Path, period_s: float) -> str:
     for r in rows:
         r["rl_rounds"] = rl_rounds
     ops = operator_rows(rows, metas, (), period_s)
+    spent = run_robot_time(run_dir, period_s)
     body = "\n\n".join([
-        run_headline(metas, rows, ops), _status_line(run_dir),
+        run_headline(metas, rows, ops), robot_time_line(spent), _status_line(run_dir),
         "Success of the robot's labelled episodes per learner phase (each counted once, in the phase whose "
         "policy served its first step):\n\n" + phase_table(rows),
         "What the operator did, per RL round (sampled episodes only). Operator seconds = operator steps x "
@@ -113,7 +116,7 @@ def write_run_report(run_dir: Path, period_s: float) -> str:
     (run_dir / "report.md").write_text("# vlaloop run report\n\n" + body + "\n\n![curve](success_curve.png)\n")
     (run_dir / "report.json").write_text(json.dumps(
         {"kind": "run", "period_s": period_s, "labelled": len(metas), "unlabelled": unlabelled,
-         "phases": rows, "operator_rounds": ops}, indent=1))
+         "phases": rows, "operator_rounds": ops, "robot_time": spent.to_json()}, indent=1))
     return body
 
 

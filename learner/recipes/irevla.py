@@ -18,11 +18,16 @@ from learner.rl.algorithms import publishes
 
 @dataclass(frozen=True)
 class RLRound:
-    """The RL round part: one round of an RL algorithm (learner/rl/algorithms.py) on the episodes."""
+    """The RL round part: one round of an RL algorithm (learner/rl/algorithms.py) on the episodes,
+    its rewards shaped by the progress model when the recipe holds that part
+    (learner/progress/round.py; `learner.progress.enabled`)."""
     algorithm: str
+    progress: object = None  # learner.progress.round.ProgressShaping, or None: sparse rewards
 
     def __call__(self, trainer, metas: list[dict], hooks: PhaseHooks) -> dict:
-        return trainer.rl_round(metas, self.algorithm)
+        if self.progress is None:
+            return trainer.rl_round(metas, self.algorithm)
+        return self.progress.rl_round(trainer, metas, self.algorithm)
 
 
 def sft_phase(trainer, metas: list[dict], hooks: PhaseHooks) -> dict:
@@ -45,6 +50,7 @@ class IReVLA:
     schedule: str = "fixed"  # fixed | plateau
     plateau_rounds: int = 2
     plateau_delta: float = 0.05
+    progress: object = None  # the progress-shaping part of its RL rounds (None: sparse rewards)
 
     def check(self, trainer) -> None:
         return None
@@ -61,7 +67,7 @@ class IReVLA:
         rl_done = [e for e in done if e["phase"] == "rl"]
         if len(rl_done) < self.rounds and not self.plateau(rl_done):
             r = len(rl_done)
-            return Phase("rl", r, publishes(self.algorithm), RLRound(self.algorithm), episodes=self.episodes,
+            return Phase("rl", r, publishes(self.algorithm), RLRound(self.algorithm, self.progress), episodes=self.episodes,
                          reject_on_error=True, describe=f"RL round {r} on {self.episodes} episodes",
                          progress=(r / self.rounds, (r + 1) / self.rounds))
         if self.sft and not any(e["phase"] == "sft" for e in done):

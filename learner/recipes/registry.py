@@ -22,10 +22,20 @@ from learner.recipes.recap import Recap
 from learner.recipes.sft_only import SFTOnly
 
 
+def _progress(lc):
+    """The progress-shaping part of the RL rounds (learner.progress), or None."""
+    if not lc.progress.enabled:
+        return None
+    from learner.progress.round import ProgressShaping
+
+    return ProgressShaping(lc.progress)
+
+
 def _irevla(algorithm: str, sft: bool = True) -> Callable[[str, object], Recipe]:
     def build(name: str, lc) -> Recipe:
         return IReVLA(name, algorithm, lc.rl_rounds_per_phase, lc.episodes_per_round, sft=sft,
-                      schedule=lc.rl_schedule, plateau_rounds=lc.plateau_rounds, plateau_delta=lc.plateau_delta)
+                      schedule=lc.rl_schedule, plateau_rounds=lc.plateau_rounds, plateau_delta=lc.plateau_delta,
+                      progress=_progress(lc))
     return build
 
 

@@ -52,6 +52,10 @@ def sac_config(lc) -> SACConfig:
     if cfg.q_target_bounds is not None:
         return cfg
     low = min(0.0, lc.takeover_reward) - lc.step_penalty / (1.0 - cfg.gamma)
+    progress = getattr(lc, "progress", None)
+    if progress is not None and progress.enabled and progress.shaping:
+        # potential-based shaping moves a return by -scale * Phi(s), Phi in [0, 1] (learner/progress/round.py)
+        low -= progress.scale
     return cfg.model_copy(update={"q_target_bounds": (low, 1.0)})
 
 

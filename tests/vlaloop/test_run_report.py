@@ -68,6 +68,13 @@ def test_a_labs_own_run_gets_a_report_and_a_curve(tmp_path):
     assert _png_size(run_dir / "success_curve.png") == (1320, 528)
     report = json.loads((run_dir / "report.json").read_text())
     assert report["kind"] == "run" and sum(r["sampled"] + r["greedy"] for r in report["phases"]) == 6
+    # robot time: all 7 robot episodes (the aborted one too) x 10 steps at 0.1 s + a 10 s reset each;
+    # operator: 12 driven steps at 0.1 s + 4 takeovers x 2 s
+    spent = report["robot_time"]
+    assert (spent["episodes"], spent["steps"]) == (7, 70)
+    assert spent["robot_s"] == pytest.approx(7.0 + 70.0) and spent["operator_s"] == pytest.approx(1.2 + 8.0)
+    assert "**1.3 robot-minutes** (0.1 min of control + 1.2 min of resets" in md
+    assert "**0.2 operator-minutes**" in md
 
 
 def test_a_demo_run_gets_the_demos_report_again(tmp_path):
@@ -84,6 +91,8 @@ def test_a_demo_run_gets_the_demos_report_again(tmp_path):
     md = (run_dir / "report.md").read_text()
     assert md.startswith("# vlaloop demo report") and "greedy success 0% -> 40%" in md and "control" in md
     assert json.loads((run_dir / "report.json").read_text())["curve"] == curve
+    assert "**1.3 robot-minutes**" in md and "**0.2 operator-minutes**" in md  # the demo's report counts them too
+    assert json.loads((run_dir / "report.json").read_text())["robot_time"]["robot_s"] == pytest.approx(77.0)
 
 
 @pytest.mark.parametrize("make, why", [(lambda d: d.mkdir(), "is not a run dir: it has no episodes/"),
