@@ -26,15 +26,18 @@ def fsync_path(path: str | os.PathLike) -> None:
 fsync_dir = fsync_path
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, sync: bool = True) -> None:
+    """Temp + rename; with `sync` (the rule above) the temp file and the directory fsynced too."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if sync:
+        fsync_dir(path.parent)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode())
+def write_json_atomic(path: Path, data: Any, sync: bool = True) -> None:
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode(), sync)

@@ -10,6 +10,10 @@ Crash safety: a record is only visible once its frames are durable; a torn tail 
 mid-append) fails its length/CRC check and is truncated away when the episode is reopened.
 Duplicates (same robot, episode, step) are dropped, which makes at-least-once delivery exactly-once.
 Demonstrations use the same format with ``source: "expert"``.
+
+``EpisodeStore(root, durable=False)`` writes the same files in the same order without any fsync: for
+simulated rollouts that can be regenerated (benches, tests), where the fsyncs cost more than the
+simulation. The ingest, the teleop recorder and every store of robot data keep the default.
 """
 
 from __future__ import annotations
@@ -74,8 +78,8 @@ def _fsync_pool() -> ThreadPoolExecutor:
 
 
 
-def _append_durably(path: Path, data: bytes) -> None:
-    """Append and fsync; on failure (disk full) cut the file back to where it was, so a torn record
+def _append_durably(path: Path, data: bytes, sync: bool = True) -> None:
+    """Append and fsync (unless not `sync`); on failure (disk full) cut the file back to where it was, so a torn record
     never sits in front of the records appended after the disk has room again."""
     with open(path, "ab", buffering=0) as f:  # unbuffered: nothing left to flush after a failure
         start = f.seek(0, os.SEEK_END)
@@ -83,7 +87,8 @@ def _append_durably(path: Path, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[f.write(view):]
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         except OSError:
             os.ftruncate(f.fileno(), start)
             raise
@@ -136,8 +141,9 @@ class EpisodeStore:
     """Thread-safe for one writer process. Readers (trainers, the UI) may run in other processes:
     they only trust episodes whose meta.json exists."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, durable: bool = True):
         self.root = Path(root)
+        self.durable = durable  # False: no fsync anywhere (regenerable simulated data; module docstring)
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], set[int]] = {}  # steps already durable, per open episode
@@ -161,7 +167,7 @@ class EpisodeStore:
             if log.exists() and log.stat().st_size != good:  # torn tail from a crash: cut it off
                 with open(log, "r+b") as f:
                     f.truncate(good)
-                    os.fsync(f.fileno())
+                    self._fsync_file(f)
             seen = {int(r["step"]) for r in records}
             self._seen[key] = seen
         return seen
@@ -187,11 +193,11 @@ class EpisodeStore:
                 with open(frames_dir / name, "wb") as f:
                     f.write(jpg)
                     f.flush()
-                    os.fsync(f.fileno())
+                    self._fsync_file(f)
                 names[cam] = f"frames/{name}"
             body = packb({**record, "step": int(step), "frames": names})
-            _append_durably(d / STEPS, _HEADER.pack(len(body), zlib.crc32(body)) + body)
-            if not seen:
+            _append_durably(d / STEPS, _HEADER.pack(len(body), zlib.crc32(body)) + body, self.durable)
+            if not seen and self.durable:
                 _fsync_dir(d)
                 _fsync_dir(frames_dir)
             seen.add(step)
@@ -233,14 +239,20 @@ class EpisodeStore:
                     dirs.update({d, d / "frames", d.parent, self.root})
                 body = packb({**record, "step": step, "frames": names})
                 bodies.setdefault(d, []).append(_HEADER.pack(len(body), zlib.crc32(body)) + body)
-            list(_fsync_pool().map(_fsync_path, frames))
+            if self.durable:
+                list(_fsync_pool().map(_fsync_path, frames))
             for d, chunks in bodies.items():
-                _append_durably(d / STEPS, b"".join(chunks))
+                _append_durably(d / STEPS, b"".join(chunks), self.durable)
                 for pd, key, step, _, _ in plan:  # durable now: a failure below must not rewrite them
                     if pd == d:
                         self._seen[key].add(step)
-            list(_fsync_pool().map(_fsync_dir, sorted(dirs)))
+            if self.durable:
+                list(_fsync_pool().map(_fsync_dir, sorted(dirs)))
             return result
+
+    def _fsync_file(self, f) -> None:
+        if self.durable:
+            os.fsync(f.fileno())
 
     def finish(self, robot_id: str, episode_id: str, meta: dict) -> bool:
         """Write meta.json last. Returns False if the episode had already ended (duplicate end)."""
@@ -256,7 +268,7 @@ class EpisodeStore:
                 "n_stored_steps": len({int(r["step"]) for r in records}),
                 "finished": time.time(),
             }
-            write_json_atomic(d / META, full)
+            write_json_atomic(d / META, full, sync=self.durable)
             self._seen.pop((robot_id, episode_id), None)
             return True
 
@@ -271,7 +283,7 @@ class EpisodeStore:
                                      "it cannot be labelled and is never trained on")
             meta.setdefault("original_outcome", meta.get("outcome"))
             meta.update(outcome=outcome, label_source="operator", relabeled=time.time())
-            write_json_atomic(d / META, meta)
+            write_json_atomic(d / META, meta, sync=self.durable)
             return meta
 
     # ------------------------------------------------------------------ reading

@@ -28,6 +28,7 @@ import torch
 
 from episodes.store import EpisodeStore
 from interface.policy import Observation
+from learner.features import FeatureCache
 from protocol.images import decode_jpeg, encode_jpeg
 from protocol.messages import EpisodeEnd, StepMsg
 from sim.intervener import ScriptedIntervener
@@ -35,7 +36,7 @@ from sim.mock.demos import executed_action
 from sim.mock.vec import VecScene
 
 # StepMsg fields that are not part of the stored step record (as in learner.ingest)
-from vla.policy import Policy
+from vla.policy import Policy, trunk_key
 
 _NOT_IN_RECORD = {"images", "type", "schema_version", "robot_id", "episode_id", "step"}
 
@@ -122,7 +123,8 @@ def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str
             robot_id: str = "sim0", split: str = "train", image_size: int | None = None,
             learner_phase: str = "rl", backend: str = "mock", workers: int = 0,
             max_steps: int | None = None, intervener: ScriptedIntervener | None = None,
-            baseline_recording: bool = False, language: str = "trained") -> RolloutResult:
+            baseline_recording: bool = False, language: str = "trained",
+            features: FeatureCache | None = None) -> RolloutResult:
     """Run one episode per seed, all in parallel; optionally store them like the ingest does (the
     steps of all scenes at one time step in one durable commit; on MetaWorld the frames inside a
     chunk drawn at the end, for the successes: `_Recorder`). ``baseline_recording``: every frame
@@ -134,7 +136,10 @@ def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str
     ``on_policy: false``).
     ``language``: the instruction the policy is given (LANGUAGE_CONDITIONS): the episode's own
     (``trained``), the same task in a phrasing kept out of training (``held_out_phrasing``), or
-    another task's (``wrong_instruction``); success is always the episode's own task's."""
+    another task's (``wrong_instruction``); success is always the episode's own task's.
+    ``features`` (with ``store``): the learner's feature cache, given the decision frames' features
+    as the policy computes them to act, so the RL round on these episodes does not featurize the
+    stored frames again (the same JPEG bytes and instruction through the same trunk)."""
     if language not in LANGUAGE_CONDITIONS:
         raise ValueError(f"unknown language condition {language!r} (one of {LANGUAGE_CONDITIONS})")
     if intervener is not None and mode == "greedy":
@@ -149,8 +154,9 @@ def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str
             from sim.metaworld.actions import executed_action as executed
         else:
             executed = executed_action
+        acting = _ActingFeatures(policy, features if store is not None else None)
         return _rollout(policy, vec, seeds, task, mode, generator, store, robot_id, size, learner_phase, executed,
-                        intervener, baseline_recording, language)
+                        intervener, baseline_recording, language, acting)
     except BaseException:  # a pooled set of workers in an unknown state is not reused
         for key, pooled in list(_WORKER_POOLS.items()):
             if pooled is vec:
@@ -161,6 +167,34 @@ def rollout(policy: Policy, seeds: Sequence[int], task: str = "reach", mode: str
         close = getattr(vec, "close", None)
         if close is not None and vec not in _WORKER_POOLS.values():
             close()
+
+
+class _ActingFeatures:
+    """Acts like `Policy.act_batch` and, given a FeatureCache, keeps each decision frame's features
+    for it (only the plain instruction's: a RECAP policy acts on other features and keeps none)."""
+
+    def __init__(self, policy: Policy, cache: FeatureCache | None):
+        self.policy = policy
+        self.cache = cache if policy.advantage is None else None
+        self.rows: dict[str, dict[int, torch.Tensor]] = {}
+
+    def act(self, obs: list[Observation], mode: str, generator: torch.Generator | None,
+            episode_ids: list[str], steps: list[int]) -> list:
+        modes = [mode] * len(obs)
+        if self.cache is None or not obs:
+            return self.policy.act_batch(obs, modes, generator)
+        feats = self.policy.features(obs)
+        for episode_id, step, f in zip(episode_ids, steps, feats.float().cpu(), strict=True):
+            self.rows.setdefault(episode_id, {})[step] = f.clone()
+        states = np.stack([np.asarray(o.state, np.float32).reshape(-1) for o in obs])
+        return self.policy.act_from_features(feats, states, modes, generator)
+
+    def save(self, robot_id: str) -> None:
+        if self.cache is None or not self.rows:
+            return
+        key = trunk_key(self.policy)
+        for episode_id, rows in self.rows.items():
+            self.cache.put(key, robot_id, episode_id, rows)
 
 
 class _Recorder:
@@ -224,7 +258,8 @@ class _Recorder:
 def _rollout(policy: Policy, vec, seeds: list[int], task: str, mode: str, generator: torch.Generator | None,
              store: EpisodeStore | None, robot_id: str, size: int, learner_phase: str,
              executed, intervener: ScriptedIntervener | None = None,
-             baseline_recording: bool = False, language: str = "trained") -> RolloutResult:
+             baseline_recording: bool = False, language: str = "trained",
+             acting: _ActingFeatures | None = None) -> RolloutResult:
     from learner.ingest import episode_meta
 
     instructions = given_instructions(vec, seeds, language)
@@ -240,12 +275,13 @@ def _rollout(policy: Policy, vec, seeds: list[int], task: str, mode: str, genera
                     deferred=intervener is None and hasattr(vec, "render_snapshots") and not baseline_recording
                     ) if recording else None
     driven_steps = np.zeros(vec.n, int)
+    acting = acting or _ActingFeatures(policy, None)
     while not vec.done.all():
         active = np.flatnonzero(~vec.done)
         jpegs = _frames(vec, cams, size)
         states = vec.states()
         obs = [Observation({c: decode_jpeg(jpegs[c][i]) for c in cams}, states[i], instructions[i]) for i in active]
-        outs = policy.act_batch(obs, [mode] * len(obs), generator)
+        outs = acting.act(obs, mode, generator, [episode_ids[i] for i in active], [int(vec.steps[i]) for i in active])
         plan = np.zeros((vec.n, chunk, 7), np.float32)
         for j, i in enumerate(active):
             plan[i] = outs[j].actions
@@ -295,6 +331,7 @@ def _rollout(policy: Policy, vec, seeds: list[int], task: str, mode: str, genera
                                     "seed": seeds[i]})
             store.finish(robot_id, episode_ids[i], episode_meta(store, end, learner_phase))
             result.metas.append(store.read_meta(robot_id, episode_ids[i]))
+        acting.save(robot_id)
     return result
 
 
@@ -320,9 +357,11 @@ def language_success(policy: Policy, n: int = 50, task: str = "reach", seed: int
 
 def collect_episodes(policy: Policy, store: EpisodeStore, n: int, task: str = "reach", seed: int = 0,
                      generator: torch.Generator | None = None, robot_id: str = "sim0",
-                     mode: str = "sample") -> RolloutResult:
-    """`n` sampled episodes (seeds seed..seed+n-1) stored as the ingest stores robot episodes."""
-    return rollout(policy, range(seed, seed + n), task, mode, generator, store=store, robot_id=robot_id)
+                     mode: str = "sample", features: FeatureCache | None = None) -> RolloutResult:
+    """`n` sampled episodes (seeds seed..seed+n-1) stored as the ingest stores robot episodes;
+    with `features` (the learner's cache) their decision frames' features kept as computed to act."""
+    return rollout(policy, range(seed, seed + n), task, mode, generator, store=store, robot_id=robot_id,
+                   features=features)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,6 +75,12 @@ class FeatureCache:
             return torch.zeros(0, policy.spec.feature_dim)
         return torch.stack([rows[s] for s in decisions.steps])
 
+    def put(self, key: str, robot_id: str, episode_id: str, rows: dict[int, torch.Tensor]) -> None:
+        """Store features computed elsewhere for the trunk `key` (a rollout's, while acting:
+        learner.evaluate), merged with the episode's file; `features` then loads them."""
+        path = self.path(key, robot_id, episode_id)
+        self._write(path, {**self._read(path), **rows})
+
     def invalidate(self, keep: str | None = None) -> list[str]:
         """Delete the features of every trunk except `keep` (after SFT changed the backbone)."""
         removed = []

