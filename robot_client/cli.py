@@ -197,7 +197,7 @@ class RobotClient:
                                 success=rig.success, interventions=self.interventions)
         if cfg.execution == "open_loop":  # (ensemble execution asks the policy every tick anyway)
             watch_client = ServerClient(cfg.server_url, cfg.token, cfg.robot_id)
-            self.loop.takeover_watch = TakeoverWatch(watch_client.takeover_wanted)
+            self.loop.arbiter.takeover_watch = TakeoverWatch(watch_client.takeover_wanted)
         self.runner = EpisodeRunner(rig, self.loop, self.client, self.streamer.submit, cfg, self.status,
                                     calibration=cal.model_dump(mode="json"),
                                     marker=Path(outbox_dir) / "episode_in_progress.json",
@@ -225,8 +225,8 @@ class RobotClient:
         self.streamer.start()
         self.link.start()
         self.status.start()
-        if self.loop.takeover_watch is not None:
-            self.loop.takeover_watch.start()
+        if self.loop.arbiter.takeover_watch is not None:
+            self.loop.arbiter.takeover_watch.start()
         for source in self.interventions:
             if hasattr(source, "start"):
                 source.start()
@@ -239,8 +239,8 @@ class RobotClient:
                     source.stop()
             self.link.stop()
             self.status.stop()
-            if self.loop.takeover_watch is not None:
-                self.loop.takeover_watch.stop()
+            if self.loop.arbiter.takeover_watch is not None:
+                self.loop.arbiter.takeover_watch.stop()
 
     def stop(self) -> None:
         self.runner.stop()

@@ -246,7 +246,7 @@ class EpisodeRunner:
                                           "instruction": choice.instruction}
 
     def _ready_devices(self) -> list:
-        return [s for s in self.loop.interventions if callable(getattr(s, "ready_pressed", None))]
+        return [s for s in self.loop.arbiter.sources if callable(getattr(s, "ready_pressed", None))]
 
     def _wait_ready(self, waits: bool) -> dict | None:
         """The server's answer once the operator is ready (at once without a wait); None on stop."""

@@ -1,10 +1,13 @@
 """The fixed-rate control loop of one episode (docs/architecture.md, "Robot client").
 
-Every tick, at an absolute deadline ``t0 + k * period`` (never ``sleep(period)``, which drifts):
+Every tick, at an absolute deadline ``t0 + k * period`` (never ``sleep(period)``, which drifts;
+``robot_client.timing``):
 
-  capture -> hand the observation to the ActionLink (background HTTP) -> take replies that are
-  fresh -> pick this tick's action from the chunk(s) -> watchdog -> SafetyFilter -> execute or
-  hold -> record the step for the learner.
+  capture -> hand the observation to the ActionLink (background HTTP) when a query is due -> take
+  replies that are fresh -> who drives (``robot_client.arbitration``: an operator or the policy) ->
+  pick this tick's action from the chunk(s) (``robot_client.execution``: open loop or temporal
+  ensembling) -> watchdog -> SafetyFilter -> execute or hold -> record the step for the learner
+  (``robot_client.recording``).
 
 The loop never waits on the network: it gives a reply to this tick's observation at most
 ``reply_budget`` of a period, then moves on (executing the rest of the current chunk, or holding).
@@ -16,10 +19,7 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
-import os
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -28,14 +28,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deployment.robot import RobotConfig
-from interface.robot import Arm, ArmError, ArmState, Camera
+from interface.robot import Arm, ArmError, Camera
 from interface.teleop import InterventionSource, TeleopAction
 from protocol.images import encode_jpeg
-from protocol.messages import ActRequest, ActResponse, StepMsg, TeleopAck
+from protocol.messages import ActRequest, ActResponse, StepMsg
+from robot_client.arbitration import Arbiter, OperatorState
+from robot_client.execution import Chunk, ExecutionStrategy, Observation, Planned, execution_strategy
 from robot_client.journal import ExecutionJournal
+from robot_client.recording import StepRecorder
 from robot_client.safety import SafeAction, SafetyFilter
 from robot_client.server_client import ActionLink, Reply
-from robot_client.teleop import PageTeleop, TakeoverWatch, TeleopSpeeds
+from robot_client.timing import TickSchedule, TickTiming, set_realtime, sleep_until, summarize_timings
 from robot_client.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,6 @@ HOLD_TELEOP_STALE = "hold_teleop_stale"  # the operator drives, but the latest c
 # a page take-over is known (TakeoverWatch) but its first command has not come with a reply yet:
 # the chunk is not executed further
 HOLD_TAKEOVER_PENDING = "hold_takeover_pending"
-TELEOP_ERROR = "teleop_error"  # an intervention source raised: held like a stale command
 DROP_SUPERSEDED = "drop_superseded_reply"  # asked while the operator drove, answered after the hand-back
 INTERVENTION_STEPS = "intervention_steps"  # episode total only (EpisodeResult.counters)
 TAKEOVERS = "takeovers"  # episode total only: times an operator took the arm from the policy
@@ -70,52 +72,6 @@ END_MAX_STEPS, END_SUCCESS, END_OPERATOR = "max_steps", "success", "operator"
 END_SERVER_LOST, END_NO_ACTION, END_ARM_ERROR, END_CAMERA, END_STOPPED, END_TELEOP_LOST = (
     "server_lost", "no_action", "arm_error", "camera_lost", "stopped", "teleop_lost")
 ABORTING_ENDS = {END_SERVER_LOST, END_NO_ACTION, END_ARM_ERROR, END_CAMERA, END_STOPPED, END_TELEOP_LOST}
-
-
-@dataclass
-class _Obs:
-    """What one tick captured: the arm state and the cameras' JPEGs."""
-    state: ArmState
-    state_vec: np.ndarray
-    jpegs: dict[str, bytes]
-    t_capture: float
-
-
-@dataclass
-class Chunk:
-    actions: np.ndarray  # [H, 7] robot units, as the server sent them (before safety)
-    start_tick: int  # actions[i] belongs to tick start_tick + i
-    request_id: str
-    log_prob: float
-    value: float
-    policy_version: int
-    obs_tick: int  # the tick whose observation produced it (== start_tick unless obs is set)
-    recorded: bool = False  # its action_chunk/log_prob went into a step record already
-    obs: _Obs | None = None  # set when it starts later than its observation (the arm held meanwhile)
-
-    def covers(self, tick: int) -> bool:
-        return 0 <= tick - self.start_tick < len(self.actions)
-
-
-@dataclass
-class _Planned:
-    """This tick's action before safety, where it comes from, and (after _act) what safety made of it."""
-    raw: np.ndarray
-    chunk: Chunk | None  # None only for an operator's step while the policy had nothing for the tick
-    index: int
-    on_policy: bool  # the executed action is this chunk's own action (not an ensemble average)
-    safe: SafeAction | None = None
-    teleop: TeleopAction | None = None  # an operator's action (then raw is teleop.action)
-    proposed: np.ndarray | None = None  # with teleop: what the policy would have done this tick
-
-
-@dataclass
-class TickTiming:
-    tick: int
-    jitter_ms: float  # actual start - scheduled start
-    work_ms: float  # start of tick -> action issued
-    latency_ms: float | None  # round trip of a reply adopted in this tick
-    started: float = 0.0  # time.monotonic() at the tick's start: the loop's own clock, for tests and logs
 
 
 @dataclass
@@ -138,59 +94,6 @@ class EpisodeResult:
         return summarize_timings(self.timings, period_s, self.teleop_latency_ms)
 
 
-def summarize_timings(timings: list[TickTiming], period_s: float, teleop_ms: list[float] | None = None) -> dict:
-    if not timings:
-        return {}
-    jit = np.array([abs(t.jitter_ms) for t in timings])
-    work = np.array([t.work_ms for t in timings])
-    lat = np.array([t.latency_ms for t in timings if t.latency_ms is not None])
-    teleop = {}
-    if teleop_ms:
-        teleop = {"teleop_commands": len(teleop_ms), "teleop_latency_p50_ms": float(np.percentile(teleop_ms, 50)),
-                  "teleop_latency_p99_ms": float(np.percentile(teleop_ms, 99))}
-    return {**teleop,
-        "ticks": len(timings), "period_ms": period_s * 1e3,
-        "jitter_p50_ms": float(np.percentile(jit, 50)), "jitter_p99_ms": float(np.percentile(jit, 99)),
-        "jitter_max_ms": float(jit.max()), "work_p50_ms": float(np.percentile(work, 50)),
-        "work_p99_ms": float(np.percentile(work, 99)),
-        "latency_p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
-        "latency_p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
-    }
-
-
-def set_realtime(priority: int) -> str:
-    """Put the calling thread under SCHED_FIFO at ``priority`` (Linux; needs root or CAP_SYS_NICE,
-    e.g. docker ``--cap-add SYS_NICE`` / ``ulimit -r``). Returns what happened, for the log."""
-    if priority <= 0:
-        return "normal scheduling"
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-        return f"SCHED_FIFO priority {priority}"
-    except (AttributeError, PermissionError, OSError) as e:
-        log.warning("realtime priority %d refused (%s); running with normal scheduling", priority, e)
-        return f"normal scheduling (SCHED_FIFO refused: {e})"
-
-
-def sleep_until(deadline: float, wake: threading.Event | None = None, clock=time.monotonic) -> bool:
-    """Sleep to an absolute monotonic deadline: coarse sleep, then a short yielding spin for the last
-    millisecond (a plain sleep overshoots by up to ~1 ms under load). Returns True early if ``wake``
-    is set meanwhile (the caller has something urgent to do, e.g. hold the arm)."""
-    while True:
-        remaining = deadline - clock()
-        if remaining <= 0:
-            return False
-        if wake is not None and wake.is_set():
-            return True
-        if remaining > 0.0015:
-            if wake is not None:
-                if wake.wait(remaining - 0.001):
-                    return True
-            else:
-                time.sleep(remaining - 0.001)
-        else:
-            time.sleep(0)
-
-
 class ControlLoop:
     def __init__(self, arm: Arm, cameras: dict[str, Camera], safety: SafetyFilter, link: ActionLink,
                  cfg: RobotConfig, emit: Callable[[StepMsg], None],
@@ -208,24 +111,25 @@ class ControlLoop:
         self.period = 1.0 / cfg.rate_hz
         # Armed per episode once the chunk length is known; until the first reply, a startup grace.
         self.watchdog = Watchdog(deadline_s=max(cfg.reply_deadline_s, 2 * self.period))
-        # Who may take the arm from the policy, asked in this order every tick: devices at the robot
-        # first (the person next to the arm wins), then the operator page through the server.
-        self.page_teleop = PageTeleop(TeleopSpeeds(self.period, cfg.teleop_linear_speed, cfg.teleop_angular_speed))
-        self.interventions: list[InterventionSource] = [*(interventions or []), self.page_teleop]
+        # Who may take the arm from the policy (the sources, the page, the client's TakeoverWatch).
+        self.arbiter = Arbiter(cfg, self.period, interventions)
         self.stop_requested = False
-        # set by the client: a page take-over pre-empts an open-loop chunk within one period
-        self.takeover_watch: TakeoverWatch | None = None
         self.journal: ExecutionJournal | None = None  # set by the runner: executed steps survive a kill
-        self.episode: _EpisodeState | None = None
+        self.episode: EpisodeState | None = None
         self._scheduling: str | None = None
         # A thread waking from sleep waits for the GIL up to the switch interval (5 ms by default)
         # when another thread runs Python code: 0.5 ms keeps the tick start on time.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
 
     # ---------------------------------------------------------------- one episode
+    def new_episode(self, episode_id: str, instruction: str, mode: str | None = None) -> EpisodeState:
+        """The state of a fresh episode, with the execution strategy the config names."""
+        mode = mode or ("sample" if self.cfg.mode == "auto" else self.cfg.mode)
+        return EpisodeState(episode_id, instruction, mode, execution_strategy(self.cfg),
+                            StepRecorder(self.emit, self.cfg.robot_id, episode_id, instruction))
+
     def run_episode(self, episode_id: str, instruction: str, max_steps: int, mode: str | None = None) -> EpisodeResult:
-        ep = _EpisodeState(episode_id, instruction)
-        ep.mode = mode or ("sample" if self.cfg.mode == "auto" else self.cfg.mode)
+        ep = self.new_episode(episode_id, instruction, mode)
         self.episode = ep  # the running episode, for status and tests (read-only outside the loop)
         # Move everything alive now out of the collector's reach: a full collection over a large heap
         # (torch imported in the same process, say) would otherwise stall a tick for 100s of ms.
@@ -235,18 +139,11 @@ class ControlLoop:
             self._scheduling = set_realtime(self.cfg.realtime_priority)
             log.info("control loop at %.1f Hz, %s", self.cfg.rate_hz, self._scheduling)
         self.watchdog.reset()
-        self.page_teleop.reset()
-        if self.takeover_watch is not None:
-            self.takeover_watch.episode_id = episode_id
-        for source in self.interventions:  # a scripted operator judges sampled episodes only
-            start = getattr(source, "start_episode", None)
-            if start is not None:
-                start(episode_id, ep.mode)
+        self.arbiter.start_episode(episode_id, ep.mode)
         self.link.take_replies()  # anything still arriving belongs to an earlier episode
-        t0 = time.monotonic()
-        tick = 0
+        schedule = TickSchedule(self.period, time.monotonic())
         while True:
-            scheduled = t0 + tick * self.period
+            scheduled = schedule.deadline
             if sleep_until(scheduled, wake=None if ep.holding else self.link.down_event):
                 # the server died between two ticks: hold NOW, not at the next tick; that tick
                 # then sees the tripped watchdog and aborts the episode
@@ -254,44 +151,40 @@ class ControlLoop:
                 self._hold(ep)
                 sleep_until(scheduled)
             t_start = time.monotonic()
-            ep.tick = tick
-            end = self._tick(ep, tick, max_steps, t_start)
-            ep.timings.append(TickTiming(tick, (t_start - scheduled) * 1e3,
+            ep.tick = schedule.tick
+            end = self._tick(ep, schedule.tick, max_steps, t_start)
+            ep.timings.append(TickTiming(schedule.tick, (t_start - scheduled) * 1e3,
                                          (ep.t_issued - t_start) * 1e3, ep.tick_latency_ms, t_start))
             if end is not None:
                 return self._finish(ep, *end)
-            # Absolute schedule; if a tick overran a whole period, skip the missed slots.
-            tick += 1
-            late = (time.monotonic() - (t0 + tick * self.period)) / self.period
-            if late >= 1:
-                skipped = int(math.floor(late))
+            skipped = schedule.advance(time.monotonic())  # a tick that overran skips the missed slots
+            if skipped:
                 ep.count("tick_overrun", skipped)
-                tick += skipped
 
-    def _finish(self, ep: _EpisodeState, reason: str, detail: str) -> EpisodeResult:
+    def _finish(self, ep: EpisodeState, reason: str, detail: str) -> EpisodeResult:
         if reason in ABORTING_ENDS:
             self._hold(ep)
             log.warning("episode %s aborted: %s %s", ep.episode_id, reason, detail)
         return EpisodeResult(ep.episode_id, ep.instruction, ep.n_steps, reason, detail,
-                             ep.timings, dict(ep.totals), ep.teleop_latency_ms,
-                             {source: sorted(names) for source, names in ep.drivers.items()})
+                             ep.timings, dict(ep.totals), ep.operator.latency_ms,
+                             {source: sorted(names) for source, names in ep.operator.drivers.items()})
 
-    def _tick(self, ep: _EpisodeState, tick: int, max_steps: int, t_start: float) -> tuple[str, str] | None:
-        """One tick: capture -> ask -> take replies -> decide -> act -> record. Returns why the
-        episode ends, or None to go on."""
+    def _tick(self, ep: EpisodeState, tick: int, max_steps: int, t_start: float) -> tuple[str, str] | None:
+        """One tick: capture -> ask -> take replies -> who drives -> decide -> act -> record.
+        Returns why the episode ends, or None to go on."""
         ep.t_issued = t_start
         ep.tick_latency_ms = None
         if self.stop_requested:
             return END_STOPPED, "client stopping"
         obs = self._capture(ep)
-        if not isinstance(obs, _Obs):
+        if not isinstance(obs, Observation):
             return obs  # an arm error, a camera hold (None) or a camera abort
         previous, ep.last_obs = ep.last_obs, obs
         self._ask(ep, tick, t_start, obs)
         self._await_action(ep, tick, t_start)
         teleop = self._intervention(ep, tick, t_start, obs)
         decision = self._decide(ep, tick, t_start, teleop)
-        if not isinstance(decision, _Planned):
+        if not isinstance(decision, Planned):
             return decision
         end = self._act(ep, decision, obs)
         if end is not None:
@@ -308,7 +201,8 @@ class ControlLoop:
             return END_MAX_STEPS, ""
         return None
 
-    def _capture(self, ep: _EpisodeState) -> _Obs | tuple[str, str] | None:
+    # ---------------------------------------------------------------- capture
+    def _capture(self, ep: EpisodeState) -> Observation | tuple[str, str] | None:
         """The arm state and every camera's frame, JPEG-encoded once for the server and the learner."""
         try:
             state = self.arm.state()
@@ -329,25 +223,46 @@ class ControlLoop:
                 ep.count(FRAME_REPEATED)
             ep.last_seq[name] = f.seq
         jpegs = {name: encode_jpeg(f.image, self.cfg.jpeg_quality) for name, f in frames.items()}
-        return _Obs(state, state.vector(), jpegs, t_capture)
+        return Observation(state, state.vector(), jpegs, t_capture)
 
-    def _ask(self, ep: _EpisodeState, tick: int, t_start: float, obs: _Obs) -> None:
+    def _camera_trouble(self, ep: EpisodeState, counter: str, detail: str) -> tuple[str, str] | None:
+        """Hold this tick; abort if the cameras stay unusable longer than a reply could be late."""
+        ep.count(counter)
+        self._hold(ep)
+        ep.camera_failures += 1
+        if ep.camera_failures * self.period > self.cfg.reply_deadline_s + self.cfg.camera_grace_s:
+            return END_CAMERA, detail
+        return None
+
+    # ---------------------------------------------------------------- ask the server
+    def _ask(self, ep: EpisodeState, tick: int, t_start: float, obs: Observation) -> None:
         """Hand this tick's observation to the link (it sends in the background) when a query is due."""
         if self._wants_query(ep, tick, t_start):
             self._submit(ep, tick, t_start, obs)
 
-    def _submit(self, ep: _EpisodeState, tick: int, t_start: float, obs: _Obs) -> None:
+    def _wants_query(self, ep: EpisodeState, tick: int, now: float) -> bool:
+        for rid in [r for r, (_, t) in ep.outstanding.items() if now - t > self.cfg.reply_deadline_s]:
+            ep.query_obs.pop(ep.outstanding.pop(rid)[0], None)  # never answered in time: late if it comes
+            ep.expired.add(rid)
+        if ep.paused:  # only to learn when the operator resumes; about twice a second
+            return tick - ep.last_query_tick >= max(1, int(0.5 / self.period))
+        if self.arbiter.operator_involved(ep.operator, ep.episode_id, ep.recording):
+            return True
+        return ep.execution.wants_query(tick, ep.last_query_tick, waiting=bool(ep.outstanding))
+
+    def _submit(self, ep: EpisodeState, tick: int, t_start: float, obs: Observation) -> None:
         rid = f"{ep.episode_id}-{tick}-{uuid.uuid4().hex[:8]}"
         ep.outstanding[rid] = (tick, t_start)
         ep.query_obs[tick] = obs  # what a late chunk was computed from (see _adopt)
         self.link.submit(ActRequest(
             request_id=rid, robot_id=self.cfg.robot_id, episode_id=ep.episode_id, step=ep.n_steps,
             t_capture=obs.t_capture, instruction=ep.instruction, images=obs.jpegs,
-            state=obs.state_vec.tolist(), mode="greedy" if ep.recording else ep.mode, teleop_ack=ep.teleop_ack,
+            state=obs.state_vec.tolist(), mode="greedy" if ep.recording else ep.mode, teleop_ack=ep.operator.ack,
             teleop_only=ep.recording))
         ep.last_query_tick = tick
 
-    def _await_action(self, ep: _EpisodeState, tick: int, t_start: float) -> None:
+    # ---------------------------------------------------------------- take replies
+    def _await_action(self, ep: EpisodeState, tick: int, t_start: float) -> None:
         """Take replies; wait (bounded by the reply budget) while this tick has nothing to execute."""
         budget_end = t_start + self.cfg.reply_budget * self.period
         while True:
@@ -359,45 +274,126 @@ class ControlLoop:
         if self.link.down:  # the server is gone: hold now, do not run out the chunk
             self.watchdog.trip(f"server unreachable: {self.link.down}")
 
-    def _intervention(self, ep: _EpisodeState, tick: int, t_start: float, obs: _Obs) -> TeleopAction | None:
+    def _has_action(self, ep: EpisodeState, tick: int) -> bool:
+        if self.arbiter.command_rides_on_reply(ep.operator, ep.episode_id, ep.recording):
+            return not any(t == tick for t, _ in ep.outstanding.values())
+        return ep.execution.has_action(tick)
+
+    def _take_replies(self, ep: EpisodeState, tick: int) -> None:
+        now = time.monotonic()
+        for reply in self.link.take_replies():
+            self._take_reply(ep, tick, now, reply)
+
+    def _take_reply(self, ep: EpisodeState, tick: int, now: float, reply: Reply) -> None:
+        rid = reply.request.request_id
+        sent = ep.outstanding.pop(rid, None)
+        expired = sent is None and rid in ep.expired
+        superseded = sent is None and rid in ep.superseded
+        if sent is None and not expired and not superseded:  # another episode's, or answered: never executed
+            ep.count(DROP_STALE)
+            return
+        ep.superseded.discard(rid)
+        if reply.response is None:
+            ep.count(DROP_LATE if reply.late or expired else REPLY_ERROR)
+            return
+        resp = reply.response
+        if resp.request_id != rid:
+            ep.count(DROP_STALE)
+            return
+        self._apply_command(ep, resp.command)  # the operator's buttons count even in a late reply
+        # the page's teleop too: its own age decides whether it may move the arm
+        self.arbiter.page_teleop.receive(resp.teleop, reply.t_sent, reply.t_received, resp.timing.total_ms / 1e3)
+        if ep.recording:  # no actions in it: the reply says the server lives and who drives
+            self.watchdog.feed(now)
+            ep.tick_latency_ms = (reply.t_received - reply.t_sent) * 1e3
+            return
+        if superseded:  # computed from an observation taken while the operator drove
+            ep.count(DROP_SUPERSEDED)
+            return
+        if expired:  # its deadline passed while it was in flight: never executed
+            ep.expired.discard(rid)
+            ep.count(DROP_LATE)
+            return
+        self._take_chunk(ep, tick, now, reply, sent)
+
+    def _take_chunk(self, ep: EpisodeState, tick: int, now: float, reply: Reply, sent: tuple[int, float]) -> None:
+        """A reply this episode waits for, in time: its chunk goes to the execution strategy."""
+        resp = reply.response
+        obs_tick, t_obs = sent
+        actions = np.asarray(resp.actions, dtype=np.float64)
+        if actions.ndim != 2 or actions.shape[0] == 0 or actions.shape[1] != 7:
+            ep.count("hold_bad_shape")
+            return
+        obs = ep.query_obs.pop(obs_tick, None)
+        held_since_obs = obs is not None and ep.last_step_tick < obs_tick
+        if now - t_obs > self.cfg.reply_deadline_s or (tick - obs_tick >= len(actions) and not held_since_obs):
+            ep.count(DROP_LATE)
+            return
+        if ep.paused:
+            return
+        chunk = self._adopt(ep, tick, obs_tick, obs if held_since_obs else None, actions, resp)
+        ep.execution.adopt(chunk, tick)
+        self.watchdog.deadline_s = (len(actions) + self.cfg.watchdog_periods) * self.period
+        self.watchdog.feed(now)
+        ep.tick_latency_ms = (reply.t_received - reply.t_sent) * 1e3
+
+    def _adopt(self, ep: EpisodeState, tick: int, obs_tick: int, held_obs: Observation | None, actions: np.ndarray,
+               resp: ActResponse) -> Chunk:
+        """A fresh reply to the observation of ``obs_tick``, arriving at ``tick``.
+
+        If the arm held still from that observation until now (no step recorded since: the usual
+        case when an open-loop chunk ran out and the next reply took longer than the reply budget),
+        the world the chunk was planned for is still there: the chunk starts now at its index 0,
+        and its first step records the observation it was computed from, a complete decision for
+        the learner. Otherwise the arm kept moving meanwhile: the chunk stays aligned to the time
+        of its observation (actions for past ticks are skipped), and its first step names the step
+        whose observation produced it (``obs_step``)."""
+        rid = resp.request_id
+        if held_obs is not None:
+            if tick != obs_tick:
+                ep.count(RETIMED_AFTER_HOLD)
+            return Chunk(actions, tick, rid, resp.log_prob, resp.value, resp.policy_version, obs_tick, obs=held_obs)
+        return Chunk(actions, obs_tick, rid, resp.log_prob, resp.value, resp.policy_version, obs_tick)
+
+    def _apply_command(self, ep: EpisodeState, command: str) -> None:
+        if command == "end_episode":
+            ep.ended_by_operator = True
+        elif command == "pause":
+            if not ep.paused:
+                self.on_state("paused", {"episode_id": ep.episode_id, "step": ep.n_steps})
+            ep.paused = True
+        elif ep.paused:
+            ep.paused = False
+            self.on_state("running", {"episode_id": ep.episode_id, "step": ep.n_steps})
+
+    # ---------------------------------------------------------------- who drives
+    def _intervention(self, ep: EpisodeState, tick: int, t_start: float, obs: Observation) -> TeleopAction | None:
         """Does an operator drive this tick? The first source that answers wins. Notes the take-over
         and the hand-back (state for the page, a log line, a fresh start for the policy)."""
-        teleop = None
-        policy = self._action_for(ep, tick)  # what the policy would do this tick, for a scripted judge
-        proposed = None if policy is None else policy.raw
-        for source in self.interventions:
-            try:
-                teleop = source.command(obs.state, proposed)
-            except Exception as e:  # noqa: BLE001 - a broken source must hold the arm, not crash the loop
-                name = str(getattr(source, "name", "unknown"))
-                if not ep.teleop_error:  # once per episode, not at the control rate
-                    log.exception("intervention source %s failed; holding the arm", name)
-                ep.count(TELEOP_ERROR)
-                ep.teleop_error = f"intervention source {name}: {type(e).__name__}: {e}"
-                teleop = TeleopAction(np.zeros(7), name, -math.inf)
-            if teleop is not None:
-                break
+        policy = ep.execution.action_for(tick)  # what the policy would do this tick, for a scripted judge
+        teleop = self.arbiter.poll(ep.operator, obs.state, None if policy is None else policy.raw, ep.count)
         driving = None if teleop is None else teleop.source
-        if driving != ep.driving:
+        if driving != ep.operator.driving:
             if driving is None:
                 self._hand_back(ep, tick, t_start, obs)
             else:
                 log.warning("episode %s step %d: OPERATOR DRIVING (%s)", ep.episode_id, ep.n_steps, driving)
-                if ep.driving is None:
+                if ep.operator.driving is None:
                     ep.totals[TAKEOVERS] = ep.totals.get(TAKEOVERS, 0) + 1
                 self.on_state("teleop", {"episode_id": ep.episode_id, "step": ep.n_steps,
                                          "detail": f"operator driving ({driving})"})
-            ep.driving = driving
+            ep.operator.driving = driving
         return teleop
 
-    def _hand_back(self, ep: _EpisodeState, tick: int, t_start: float, obs: _Obs) -> None:
+    def _hand_back(self, ep: EpisodeState, tick: int, t_start: float, obs: Observation) -> None:
         """The policy drives again from a fresh query: nothing planned while the operator drove is
         executed (chunks dropped, earlier requests' replies superseded); this tick's observation,
         taken before any policy motion, is the one the policy answers."""
-        log.warning("episode %s step %d: operator handed back (%s); %s", ep.episode_id, ep.n_steps, ep.driving,
+        log.warning("episode %s step %d: operator handed back (%s); %s", ep.episode_id, ep.n_steps,
+                    ep.operator.driving,
                     "the arm holds until an operator drives again" if ep.recording else "the policy drives")
-        ep.chunk, ep.ensemble = None, []
-        ep.teleop_ack, ep.teleop_stale_since = None, None
+        ep.execution.clear()
+        ep.operator.ack, ep.operator.stale_since = None, None
         for rid, (t, _) in list(ep.outstanding.items()):
             if t < tick:
                 del ep.outstanding[rid]
@@ -407,28 +403,9 @@ class ControlLoop:
             self._submit(ep, tick, t_start, obs)
         self.on_state("running", {"episode_id": ep.episode_id, "step": ep.n_steps, "detail": ""})
 
-    def _teleop_step(self, ep: _EpisodeState, tick: int, t_start: float,
-                     teleop: TeleopAction) -> _Planned | tuple[str, str] | None:
-        """The operator's action for this tick, or hold when it is older than the teleop deadline
-        (the episode is aborted when that lasts). The policy's action for the tick goes with it."""
-        age = time.monotonic() - teleop.t_command
-        if age > self.cfg.teleop_deadline_s:
-            ep.count(HOLD_TELEOP_STALE)
-            self._hold(ep)
-            if ep.teleop_stale_since is None:
-                ep.teleop_stale_since = t_start
-                log.warning("operator command (%s) %.2f s old: holding", teleop.source, age)
-            if t_start - ep.teleop_stale_since > self.cfg.teleop_lost_abort_s:
-                return END_TELEOP_LOST, ep.teleop_error or f"no fresh {teleop.source} command for {age:.1f} s"
-            return None
-        ep.teleop_stale_since = None
-        ep.starving_since = None
-        proposed = self._action_for(ep, tick)
-        return _Planned(teleop.action, None if proposed is None else proposed.chunk, 0, on_policy=False,
-                        teleop=teleop, proposed=None if proposed is None else proposed.raw)
-
-    def _decide(self, ep: _EpisodeState, tick: int, t_start: float,
-                teleop: TeleopAction | None = None) -> _Planned | tuple[str, str] | None:
+    # ---------------------------------------------------------------- decide
+    def _decide(self, ep: EpisodeState, tick: int, t_start: float,
+                teleop: TeleopAction | None = None) -> Planned | tuple[str, str] | None:
         """This tick's raw action, or hold (None), or the end of the episode."""
         if ep.ended_by_operator:
             self._hold(ep)
@@ -445,18 +422,9 @@ class ControlLoop:
             return None
         if teleop is not None:  # the operator's command has its own freshness rule
             return self._teleop_step(ep, tick, t_start, teleop)
-        if self._takeover_pending(ep):  # the operator has the arm: no more of the policy's chunk
-            ep.count(HOLD_TAKEOVER_PENDING)
-            self._hold(ep)
-            self.watchdog.feed()  # waiting for the operator is not starving ...
-            if ep.takeover_pending_since is None:
-                ep.takeover_pending_since = t_start
-                log.warning("episode %s step %d: operator taking over; the chunk stops here", ep.episode_id,
-                            ep.n_steps)
-            if t_start - ep.takeover_pending_since > self.cfg.teleop_lost_abort_s:  # ... unless it lasts
-                return END_TELEOP_LOST, "the page took over, but no reply brought its command"
-            return None
-        ep.takeover_pending_since = None
+        if self.arbiter.takeover_pending(ep.operator, ep.episode_id):
+            return self._await_takeover(ep, t_start)
+        ep.operator.takeover_pending_since = None
         if ep.recording:  # a demonstration: nobody drives, nothing moves (waiting is not starving)
             ep.count(HOLD_NO_OPERATOR)
             self._hold(ep)
@@ -464,13 +432,42 @@ class ControlLoop:
         if reason is not None:
             return self._starving(ep, reason, t_start)
         ep.starving_since = None
-        planned = self._action_for(ep, tick)
+        planned = ep.execution.action_for(tick)
         if planned is None:
             ep.count(HOLD_NO_ACTION)
             self._hold(ep)
         return planned
 
-    def _starving(self, ep: _EpisodeState, reason: str, t_start: float) -> tuple[str, str] | None:
+    def _teleop_step(self, ep: EpisodeState, tick: int, t_start: float,
+                     teleop: TeleopAction) -> Planned | tuple[str, str] | None:
+        """The operator's action for this tick, or hold when it is older than the teleop deadline
+        (the episode is aborted when that lasts). The policy's action for the tick goes with it."""
+        if not self.arbiter.is_fresh(ep.operator, teleop, t_start):
+            ep.count(HOLD_TELEOP_STALE)
+            self._hold(ep)
+            if self.arbiter.lost(ep.operator.stale_since, t_start):
+                age = time.monotonic() - teleop.t_command
+                return END_TELEOP_LOST, ep.operator.error or f"no fresh {teleop.source} command for {age:.1f} s"
+            return None
+        ep.starving_since = None
+        proposed = ep.execution.action_for(tick)
+        return Planned(teleop.action, None if proposed is None else proposed.chunk, 0, on_policy=False,
+                       teleop=teleop, proposed=None if proposed is None else proposed.raw)
+
+    def _await_takeover(self, ep: EpisodeState, t_start: float) -> tuple[str, str] | None:
+        """The operator has the arm, its first command is not here yet: no more of the policy's chunk."""
+        ep.count(HOLD_TAKEOVER_PENDING)
+        self._hold(ep)
+        self.watchdog.feed()  # waiting for the operator is not starving ...
+        if ep.operator.takeover_pending_since is None:
+            ep.operator.takeover_pending_since = t_start
+            log.warning("episode %s step %d: operator taking over; the chunk stops here", ep.episode_id,
+                        ep.n_steps)
+        if self.arbiter.lost(ep.operator.takeover_pending_since, t_start):  # ... unless it lasts
+            return END_TELEOP_LOST, "the page took over, but no reply brought its command"
+        return None
+
+    def _starving(self, ep: EpisodeState, reason: str, t_start: float) -> tuple[str, str] | None:
         """No fresh action: hold; abort only if it lasts (a dead server aborted already)."""
         ep.count(HOLD_NO_ACTION if reason == "no action yet" else HOLD_WATCHDOG)
         self._hold(ep)
@@ -481,7 +478,8 @@ class ControlLoop:
             return END_NO_ACTION, reason
         return None
 
-    def _act(self, ep: _EpisodeState, planned: _Planned, obs: _Obs) -> tuple[str, str] | None:
+    # ---------------------------------------------------------------- act
+    def _act(self, ep: EpisodeState, planned: Planned, obs: Observation) -> tuple[str, str] | None:
         """The SafetyFilter, then move (or hold if it says so). A hand-guided step has happened
         already: nothing is commanded (the operator's hands move the arm, no filter can stop them)."""
         if planned.teleop is not None and planned.teleop.by_hand:
@@ -504,83 +502,15 @@ class ControlLoop:
         except ArmError as e:
             return self._arm_error(ep, e)
         ep.t_issued = time.monotonic()
-        t = planned.teleop
-        if t is not None and t.source == self.page_teleop.name and t.seq >= 0 and t.seq != ep.teleop_ack_seq:
-            # the first execution of a page command: its latency goes back to the page with the next query
-            latency_ms = max(0.0, (ep.t_issued - t.t_command) * 1e3)
-            ep.teleop_ack, ep.teleop_ack_seq = TeleopAck(seq=t.seq, server_to_exec_ms=latency_ms), t.seq
-            ep.teleop_latency_ms.append(latency_ms)
+        self.arbiter.executed(ep.operator, planned.teleop, ep.t_issued)
         return None
 
-    def _record(self, ep: _EpisodeState, tick: int, planned: _Planned, obs: _Obs) -> None:
-        """The step for the learner (the pending counters cover the ticks since the last record).
+    def _hold(self, ep: EpisodeState) -> None:
+        if not ep.holding:
+            self.arm.hold()
+            ep.holding = True
 
-        A chunk's action_chunk/log_prob/value go with the step that first executes it, with
-        ``obs_step``: the step whose observation produced the chunk. A chunk whose observation was
-        taken while the arm held (no step recorded since) starts at its index 0 now, and its first
-        step records that observation (see _adopt). Non-finite chunks are left out (the safety
-        counters say why), so no NaN ever reaches the learner. An operator's step is never a
-        policy decision: no chunk, no log-prob, on_policy False (see _record_intervention)."""
-        if planned.teleop is not None:
-            return self._record_intervention(ep, tick, planned, obs)
-        chunk = planned.chunk
-        first_use = not chunk.recorded
-        chunk.recorded = True
-        finite_chunk = first_use and bool(np.all(np.isfinite(chunk.actions)))
-        seen = chunk.obs if (first_use and chunk.obs is not None) else obs
-        obs_step = None
-        if first_use:
-            obs_step = ep.n_steps if chunk.obs is not None else ep.step_of_tick.get(chunk.obs_tick)
-        self.emit(StepMsg(
-            robot_id=self.cfg.robot_id, episode_id=ep.episode_id, step=ep.n_steps, images=seen.jpegs,
-            state=seen.state_vec.astype(float).tolist(), action=planned.safe.action.astype(float).tolist(),
-            action_chunk=chunk.actions.astype(float).tolist() if finite_chunk else None,
-            chunk_index=planned.index, log_prob=_finite_or_none(chunk.log_prob) if first_use else None,
-            value=_finite_or_none(chunk.value) if first_use else None, policy_version=chunk.policy_version,
-            obs_step=obs_step, on_policy=planned.on_policy,
-            instruction=ep.instruction, t_capture=seen.t_capture, t_act=time.time(),
-            safety=ep.take_pending()))
-        ep.step_of_tick[tick] = ep.n_steps
-        ep.n_steps += 1
-        ep.forget_before(tick - self._chunk_horizon(ep))
-
-    def _record_intervention(self, ep: _EpisodeState, tick: int, planned: _Planned, obs: _Obs) -> None:
-        """An operator's step: the executed action (after safety), who drove, and what the policy
-        proposed for this tick (None if it had nothing, or nothing finite)."""
-        proposed = planned.proposed
-        if proposed is not None and not np.all(np.isfinite(proposed)):
-            proposed = None
-        self.emit(StepMsg(
-            robot_id=self.cfg.robot_id, episode_id=ep.episode_id, step=ep.n_steps, images=obs.jpegs,
-            state=obs.state_vec.astype(float).tolist(), action=planned.safe.action.astype(float).tolist(),
-            policy_version=planned.chunk.policy_version if planned.chunk is not None else -1,
-            on_policy=False, intervention=True, intervention_source=planned.teleop.source,
-            proposed_action=None if proposed is None else np.asarray(proposed, dtype=float).tolist(),
-            instruction=ep.instruction, t_capture=obs.t_capture, t_act=time.time(), safety=ep.take_pending()))
-        ep.totals[INTERVENTION_STEPS] = ep.totals.get(INTERVENTION_STEPS, 0) + 1
-        source = planned.teleop.source
-        who = self.page_teleop.operator if source == self.page_teleop.name else self.cfg.operator
-        ep.drivers.setdefault(source, set()).add(who or "operator")
-        ep.step_of_tick[tick] = ep.n_steps
-        ep.n_steps += 1
-        ep.forget_before(tick - self._chunk_horizon(ep))
-
-    def _chunk_horizon(self, ep: _EpisodeState) -> int:
-        """How many ticks back an observation can still matter (a chunk's length, plus slack)."""
-        longest = max([len(c.actions) for c in ep.ensemble] + ([len(ep.chunk.actions)] if ep.chunk else []) + [1])
-        return longest + int(self.cfg.reply_deadline_s / self.period) + 2
-
-    # ---------------------------------------------------------------- pieces
-    def _camera_trouble(self, ep: _EpisodeState, counter: str, detail: str) -> tuple[str, str] | None:
-        """Hold this tick; abort if the cameras stay unusable longer than a reply could be late."""
-        ep.count(counter)
-        self._hold(ep)
-        ep.camera_failures += 1
-        if ep.camera_failures * self.period > self.cfg.reply_deadline_s + self.cfg.camera_grace_s:
-            return END_CAMERA, detail
-        return None
-
-    def _arm_error(self, ep: _EpisodeState, e: Exception) -> tuple[str, str]:
+    def _arm_error(self, ep: EpisodeState, e: Exception) -> tuple[str, str]:
         log.error("arm error in episode %s: %s; recovering", ep.episode_id, e)
         ep.count("arm_error")
         self._hold(ep)
@@ -591,205 +521,78 @@ class ControlLoop:
             return END_ARM_ERROR, f"{e}; recovery failed: {e2}"
         return END_ARM_ERROR, str(e)
 
-    def _hold(self, ep: _EpisodeState) -> None:
-        if not ep.holding:
-            self.arm.hold()
-            ep.holding = True
+    # ---------------------------------------------------------------- record
+    def _record(self, ep: EpisodeState, tick: int, planned: Planned, obs: Observation) -> None:
+        """The step for the learner (the pending counters cover the ticks since the last record)."""
+        if planned.teleop is not None:
+            ep.recorder.record_intervention(tick, planned, obs, ep.take_pending())
+            ep.totals[INTERVENTION_STEPS] = ep.totals.get(INTERVENTION_STEPS, 0) + 1
+            self.arbiter.note_driver(ep.operator, planned.teleop.source)
+        else:
+            ep.recorder.record(tick, planned, obs, ep.take_pending())
+        ep.forget_before(tick - self._chunk_horizon(ep))
 
-    def _wants_query(self, ep: _EpisodeState, tick: int, now: float) -> bool:
-        for rid in [r for r, (_, t) in ep.outstanding.items() if now - t > self.cfg.reply_deadline_s]:
-            ep.query_obs.pop(ep.outstanding.pop(rid)[0], None)  # never answered in time: late if it comes
-            ep.expired.add(rid)
-        if ep.paused:  # only to learn when the operator resumes; about twice a second
-            return tick - ep.last_query_tick >= max(1, int(0.5 / self.period))
-        if ep.driving is not None or self._takeover_pending(ep) or ep.recording:
-            # every tick: the page's commands ride on the replies, and the policy's proposal stays current
-            return True
-        if self.cfg.execution == "ensemble":
-            return True  # the link sends the newest one as soon as the last reply is in
-        if ep.outstanding:
-            return False  # open loop: one query per chunk
-        if ep.chunk is None:
-            return True
-        remaining = ep.chunk.start_tick + len(ep.chunk.actions) - tick  # actions left, this one included
-        return remaining <= 0 or (remaining <= self.cfg.prefetch_steps
-                                  and ep.last_query_tick <= ep.chunk.start_tick)
-
-    def _takeover_pending(self, ep: _EpisodeState) -> bool:
-        """The page took this episode over, and no reply has brought its command yet."""
-        watch = self.takeover_watch
-        return (ep.driving is None and watch is not None and watch.pending(ep.episode_id)
-                and not self.page_teleop.driving)
-
-    def _has_action(self, ep: _EpisodeState, tick: int) -> bool:
-        if self._takeover_pending(ep) or ep.recording:  # the reply to this tick's query brings the operator's command
-            return not any(t == tick for t, _ in ep.outstanding.values())
-        if ep.driving == self.page_teleop.name and self.cfg.teleop_wait_reply:
-            # the page's newest command rides on the reply to this tick's query: waiting for it (within
-            # the reply budget) executes a command up to a period earlier than taking the last reply's
-            return not any(t == tick for t, _ in ep.outstanding.values())
-        if self.cfg.execution == "ensemble":  # give this tick's own observation its chance
-            return any(c.start_tick == tick for c in ep.ensemble)
-        return ep.chunk is not None and ep.chunk.covers(tick)
-
-    def _take_replies(self, ep: _EpisodeState, tick: int) -> None:
-        now = time.monotonic()
-        for reply in self.link.take_replies():
-            self._take_reply(ep, tick, now, reply)
-
-    def _take_reply(self, ep: _EpisodeState, tick: int, now: float, reply: Reply) -> None:
-        rid = reply.request.request_id
-        sent = ep.outstanding.pop(rid, None)
-        expired = sent is None and rid in ep.expired
-        superseded = sent is None and rid in ep.superseded
-        if sent is None and not expired and not superseded:  # another episode's, or answered: never executed
-            ep.count(DROP_STALE)
-            return
-        ep.superseded.discard(rid)
-        if reply.response is None:
-            ep.count(DROP_LATE if reply.late or expired else REPLY_ERROR)
-            return
-        resp = reply.response
-        if resp.request_id != rid:
-            ep.count(DROP_STALE)
-            return
-        self._apply_command(ep, resp.command)  # the operator's buttons count even in a late reply
-        # the page's teleop too: its own age decides whether it may move the arm
-        self.page_teleop.receive(resp.teleop, reply.t_sent, reply.t_received, resp.timing.total_ms / 1e3)
-        if ep.recording:  # no actions in it: the reply says the server lives and who drives
-            self.watchdog.feed(now)
-            ep.tick_latency_ms = (reply.t_received - reply.t_sent) * 1e3
-            return
-        if superseded:  # computed from an observation taken while the operator drove
-            ep.count(DROP_SUPERSEDED)
-            return
-        if expired:  # its deadline passed while it was in flight: never executed
-            ep.expired.discard(rid)
-            ep.count(DROP_LATE)
-            return
-        obs_tick, t_obs = sent
-        actions = np.asarray(resp.actions, dtype=np.float64)
-        if actions.ndim != 2 or actions.shape[0] == 0 or actions.shape[1] != 7:
-            ep.count("hold_bad_shape")
-            return
-        obs = ep.query_obs.pop(obs_tick, None)
-        held_since_obs = obs is not None and ep.last_step_tick < obs_tick
-        if now - t_obs > self.cfg.reply_deadline_s or (tick - obs_tick >= len(actions) and not held_since_obs):
-            ep.count(DROP_LATE)
-            return
-        if ep.paused:
-            return
-        chunk = self._adopt(ep, tick, obs_tick, obs if held_since_obs else None, actions, rid, resp)
-        if self.cfg.execution == "ensemble":
-            ep.ensemble = [c for c in ep.ensemble if c.start_tick + len(c.actions) > tick] + [chunk]
-        elif ep.chunk is None or obs_tick >= ep.chunk.obs_tick:
-            ep.chunk = chunk
-        self.watchdog.deadline_s = (len(actions) + self.cfg.watchdog_periods) * self.period
-        self.watchdog.feed(now)
-        ep.tick_latency_ms = (reply.t_received - reply.t_sent) * 1e3
-
-    def _adopt(self, ep: _EpisodeState, tick: int, obs_tick: int, held_obs: _Obs | None, actions: np.ndarray,
-               rid: str, resp: ActResponse) -> Chunk:
-        """A fresh reply to the observation of ``obs_tick``, arriving at ``tick``.
-
-        If the arm held still from that observation until now (no step recorded since: the usual
-        case when an open-loop chunk ran out and the next reply took longer than the reply budget),
-        the world the chunk was planned for is still there: the chunk starts now at its index 0,
-        and its first step records the observation it was computed from, a complete decision for
-        the learner. Otherwise the arm kept moving meanwhile: the chunk stays aligned to the time
-        of its observation (actions for past ticks are skipped), and its first step names the step
-        whose observation produced it (``obs_step``)."""
-        if held_obs is not None:
-            if tick != obs_tick:
-                ep.count(RETIMED_AFTER_HOLD)
-            return Chunk(actions, tick, rid, resp.log_prob, resp.value, resp.policy_version, obs_tick, obs=held_obs)
-        return Chunk(actions, obs_tick, rid, resp.log_prob, resp.value, resp.policy_version, obs_tick)
-
-    def _apply_command(self, ep: _EpisodeState, command: str) -> None:
-        if command == "end_episode":
-            ep.ended_by_operator = True
-        elif command == "pause":
-            if not ep.paused:
-                self.on_state("paused", {"episode_id": ep.episode_id, "step": ep.n_steps})
-            ep.paused = True
-        elif ep.paused:
-            ep.paused = False
-            self.on_state("running", {"episode_id": ep.episode_id, "step": ep.n_steps})
-
-    def _action_for(self, ep: _EpisodeState, tick: int) -> _Planned | None:
-        if self.cfg.execution == "open_loop":
-            if ep.chunk is None or not ep.chunk.covers(tick):
-                return None
-            i = tick - ep.chunk.start_tick
-            return _Planned(ep.chunk.actions[i], ep.chunk, i, on_policy=True)
-        covering = [c for c in ep.ensemble if c.covers(tick)]
-        if not covering:
-            return None
-        # ACT temporal ensembling: w_i = exp(-m * i), i = 0 for the oldest chunk
-        weights = np.exp(-self.cfg.ensemble_decay * np.arange(len(covering)))
-        stacked = np.stack([c.actions[tick - c.start_tick] for c in covering])
-        with np.errstate(invalid="ignore"):
-            action = (weights[:, None] * stacked).sum(0) / weights.sum()
-        newest = covering[-1]
-        # The executed action is an average of several sampled chunks: no single chunk's log-prob
-        # describes it, so the step is recorded as not on-policy (the learner's PPO skips it).
-        return _Planned(action, newest, tick - newest.start_tick, on_policy=False)
+    def _chunk_horizon(self, ep: EpisodeState) -> int:
+        """How many ticks back an observation can still matter (a chunk's length, plus slack)."""
+        return max(ep.execution.longest_chunk(), 1) + int(self.cfg.reply_deadline_s / self.period) + 2
 
 
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
+class EpisodeState:
+    """One running episode: its execution strategy and chunks, its operator side, its step
+    recorder, the queries in flight, and what the loop keeps between ticks."""
 
-
-class _EpisodeState:
-    def __init__(self, episode_id: str, instruction: str):
+    def __init__(self, episode_id: str, instruction: str, mode: str, execution: ExecutionStrategy,
+                 recorder: StepRecorder):
         self.episode_id = episode_id
         self.instruction = instruction
-        self.n_steps = 0
+        self.mode = mode
         self.tick = 0
-        self.mode = "sample"
-        self.drivers: dict[str, set[str]] = {}  # intervention source -> who drove with it
-        self.chunk: Chunk | None = None
-        self.ensemble: list[Chunk] = []
+        self.execution = execution
+        self.operator = OperatorState()
+        self.recorder = recorder
+        # queries in flight
         self.outstanding: dict[str, tuple[int, float]] = {}  # request_id -> (tick, monotonic t)
         self.expired: set[str] = set()  # request_ids whose reply deadline passed
+        self.superseded: set[str] = set()  # request_ids asked while the operator drove, before the hand-back
+        self.query_obs: dict[int, Observation] = {}  # tick -> the observation sent to the server then
         self.last_query_tick = -(10**9)
+        # the operator's buttons, the arm and the cameras
         self.paused = False
         self.ended_by_operator = False
         self.holding = False
         self.camera_failures = 0
         self.last_seq: dict[str, int] = {}
         self.starving_since: float | None = None  # monotonic start of the current watchdog hold
+        self.last_obs: Observation | None = None  # the previous tick's observation (a hand-guided step's)
+        # timing and counters
         self.timings: list[TickTiming] = []
-        self.totals: dict[str, int] = {}
-        self._pending: dict[str, int] = {}
         self.t_issued = 0.0
         self.tick_latency_ms: float | None = None
-        self.step_of_tick: dict[int, int] = {}  # tick -> the step recorded in it (recent ticks only)
-        self.query_obs: dict[int, _Obs] = {}  # tick -> the observation sent to the server then
-        # interventions
-        self.driving: str | None = None  # the source that drives now (None: the policy)
-        self.takeover_pending_since: float | None = None  # holding for a page take-over's first command
-        self.superseded: set[str] = set()  # request_ids asked while the operator drove, before the hand-back
-        self.teleop_stale_since: float | None = None  # monotonic start of a hold on a stale command
-        self.teleop_error: str = ""  # why an intervention source last failed
-        self.teleop_ack: TeleopAck | None = None  # the last page command executed, for the next query
-        self.teleop_ack_seq: int | None = None
-        self.teleop_latency_ms: list[float] = []  # per page command: server received -> executed
-        self.last_obs: _Obs | None = None  # the previous tick's observation (a hand-guided step's)
+        self.totals: dict[str, int] = {}
+        self._pending: dict[str, int] = {}
 
     @property
     def recording(self) -> bool:
         return self.mode == MODE_RECORD
 
     @property
+    def n_steps(self) -> int:
+        return self.recorder.n_steps
+
+    @property
+    def driving(self) -> str | None:
+        """The intervention source that drives now (None: the policy)."""
+        return self.operator.driving
+
+    @property
     def last_step_tick(self) -> int:
-        return max(self.step_of_tick, default=-(10**9))
+        return self.recorder.last_step_tick
 
     def forget_before(self, tick: int) -> None:
         """Drop what no chunk can refer to any more (keeps an endless episode's memory flat)."""
-        for d in (self.step_of_tick, self.query_obs):
-            for t in [t for t in d if t < tick]:
-                del d[t]
+        self.recorder.forget_before(tick)
+        for t in [t for t in self.query_obs if t < tick]:
+            del self.query_obs[t]
 
     def count(self, key: str, n: int = 1) -> None:
         self.totals[key] = self.totals.get(key, 0) + n

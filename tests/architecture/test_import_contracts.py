@@ -40,6 +40,9 @@ def test_the_tree_keeps_every_contract():
 @pytest.mark.parametrize(("module", "forbidden", "contract"), [
     ("robot_client/loop.py", "import learner.trainer", "the robot client never imports"),
     ("robot_client/loop.py", "import torch", "the robot client never imports"),
+    ("robot_client/execution.py", "import torch", "the robot client never imports"),
+    ("robot_client/execution.py", "import robot_client.arbitration", "the control loop's layers"),
+    ("robot_client/recording.py", "import robot_client.loop", "the control loop's layers"),
     ("server/app.py", "import learner.loop", "the server never imports the learner"),
     ("learner/loop.py", "import server.app", "the learner never imports the server"),
     ("calibration/handeye.py", "import robot_client.loop", "calibration and the robot client"),

@@ -396,7 +396,7 @@ def test_server_killed_mid_episode_holds_within_a_period_aborts_and_resumes(tmp_
             with arm.lock:
                 kind, t, _ = arm.calls[-1]
             ep = client.loop.episode
-            left = ep.chunk.start_tick + len(ep.chunk.actions) - ep.tick - 1 if ep and ep.chunk else 0
+            left = ep.execution.chunk.ends() - ep.tick - 1 if ep and ep.execution.chunk else 0
             return kind == "move" and time.monotonic() - t < 0.01 and left >= 2
 
         wait_for(moving, 30, "the arm in the middle of a chunk")

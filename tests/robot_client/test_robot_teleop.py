@@ -264,13 +264,13 @@ def test_a_take_over_preempts_the_open_loop_chunk_within_one_period(tmp_path, se
     op = Operator(server.url, "tele5")
     try:
         wait_for(lambda: (op.robot().get("step") or 0) >= 3, 60, "the policy's first steps")
-        assert client.loop.takeover_watch is not None and not client.loop.takeover_watch.disabled
+        assert client.loop.arbiter.takeover_watch is not None and not client.loop.arbiter.takeover_watch.disabled
 
         def chunk_just_started() -> bool:
             with arm.lock:
                 kind, t, _ = arm.calls[-1]
             ep = client.loop.episode
-            left = ep.chunk.start_tick + len(ep.chunk.actions) - ep.tick - 1 if ep and ep.chunk else 0
+            left = ep.execution.chunk.ends() - ep.tick - 1 if ep and ep.execution.chunk else 0
             return kind == "move" and time.monotonic() - t < 0.02 and left >= 3
 
         # polled every 5 ms: at the loop's own 100 ms the poll can lock in phase and never see the window

@@ -305,7 +305,7 @@ def test_streamer_reconnects_after_learner_restart_and_never_blocks(tmp_path):
 def _loop_and_episode(**cfg):
     from deployment.robot import RobotConfig
     from protocol.messages import ActRequest, ActResponse, Timing
-    from robot_client.loop import ControlLoop, _EpisodeState
+    from robot_client.loop import ControlLoop
     from robot_client.server_client import ActionLink, Reply, ServerClient
     from sim.mock import MockRobot
 
@@ -313,7 +313,7 @@ def _loop_and_episode(**cfg):
     link = ActionLink(ServerClient("http://127.0.0.1:9"), 0.1, 0.1)  # never started: no network here
     loop = ControlLoop(robot.arm, dict(robot.cameras), SafetyFilter.from_calibration(default_mock_calibration()),
                        link, RobotConfig(rate_hz=10, reply_deadline_s=0.5, **cfg), emit=lambda m: None)
-    ep = _EpisodeState("ep1", "reach")
+    ep = loop.new_episode("ep1", "reach")
 
     def reply(rid, resp_rid=None, t_sent=0.0, command="run"):
         req = ActRequest(request_id=rid, robot_id="r", episode_id="ep1", step=0, t_capture=0.0, instruction="x",
@@ -332,13 +332,14 @@ def test_loop_drops_stale_and_late_replies_and_adopts_fresh_ones():
     ep.outstanding = {"a": (10, now - 0.05), "b": (10, now - 0.6), "c": (5, now - 0.1), "d": (10, now - 0.01)}
     loop._take_reply(ep, 10, now, reply("zzz"))  # not a request of this episode
     loop._take_reply(ep, 10, now, reply("a", resp_rid="other"))  # answers someone else's request
-    assert ep.totals == {"drop_stale_reply": 2} and ep.chunk is None
+    assert ep.totals == {"drop_stale_reply": 2} and ep.execution.chunk is None
     loop._take_reply(ep, 10, now, reply("b"))  # older than the 0.5 s deadline
     loop._take_reply(ep, 10, now, reply("c"))  # its 4 actions were for ticks 5..8: all in the past
-    assert ep.totals["drop_late_reply"] == 2 and ep.chunk is None
+    assert ep.totals["drop_late_reply"] == 2 and ep.execution.chunk is None
     assert loop.watchdog.hold_reason(now) == "no action yet"
     loop._take_reply(ep, 10, now, reply("d"))
-    assert ep.chunk is not None and ep.chunk.start_tick == 10 and ep.chunk.policy_version == 3
+    assert ep.execution.chunk is not None and ep.execution.chunk.start_tick == 10
+    assert ep.execution.chunk.policy_version == 3
     assert loop.watchdog.hold_reason(now) is None
     assert loop.watchdog.deadline_s == pytest.approx((4 + 2) * 0.1)  # chunk + 2 periods
     loop._take_reply(ep, 10, now, reply("d"))  # a duplicate answer: never executed twice
@@ -355,7 +356,7 @@ def test_loop_expired_request_counts_as_late_and_commands_are_read_from_any_repl
     loop._take_reply(ep, 8, 0.8, reply("a", command="pause"))
     assert ep.totals == {"drop_late_reply": 1} and ep.paused  # late, but the operator's pause counts
     loop._take_reply(ep, 8, 0.8, reply("e", command="end_episode"))
-    assert ep.ended_by_operator and ep.chunk is None  # paused: not adopted
+    assert ep.ended_by_operator and ep.execution.chunk is None  # paused: not adopted
 
 
 def test_streamer_reports_a_refused_hello_and_keeps_the_messages(tmp_path):

@@ -173,6 +173,8 @@ def test_cli_teleop_gamepad_without_a_pad_exits_2(tmp_path):
 
 def test_a_source_that_raises_is_held_like_a_stale_command():
     """A scripted intervener with a bug must hold the arm, not crash the loop or let the policy run on."""
+    from robot_client.arbitration import Arbiter
+    from robot_client.execution import Observation
     from robot_client.loop import ControlLoop
 
     class Broken:
@@ -182,10 +184,9 @@ def test_a_source_that_raises_is_held_like_a_stale_command():
             raise ZeroDivisionError("bug")
 
     loop = ControlLoop.__new__(ControlLoop)  # only the intervention step is exercised here
-    loop.interventions, loop.on_state, loop.cfg = [Broken()], lambda *a: None, RobotConfig()
-    from robot_client.loop import _EpisodeState, _Obs
-
-    ep = _EpisodeState("e", "i")
-    obs = _Obs(STATE, STATE.vector(), {}, 0.0)
+    loop.on_state, loop.cfg, loop.emit = lambda *a: None, RobotConfig(), lambda m: None
+    loop.arbiter = Arbiter(loop.cfg, 0.1, [Broken()])
+    ep = loop.new_episode("e", "i")
+    obs = Observation(STATE, STATE.vector(), {}, 0.0)
     got = loop._intervention(ep, 0, 0.0, obs)
     assert got.t_command == -np.inf and ep.driving == "scripted" and ep.totals["teleop_error"] == 1
