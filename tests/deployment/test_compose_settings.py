@@ -126,7 +126,7 @@ def test_robot_real_starts_as_shipped_up_to_the_arm(lab, tmp_path):
     the arm: the realtime check on this kernel, or the FCI at 127.0.0.1."""
     robot = by_command(resolved("real", lab), "robot")
     env = {**robot.env, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "VLALOOP_RUN_DIR": str(tmp_path),
-           "VLALOOP_ROBOT__FRANKA_HOST": "127.0.0.1"}  # never the shipped 172.16.0.2
+           "VLALOOP_ROBOT__FRANKA_HOST": "127.0.0.1"}  # loopback, never the shipped arm address
     argv = [robot.host(a) for a in robot.svc["command"]][1:]
     r = subprocess.run([PY, "-m", "vlaloop.cli", *argv, "--episodes", "1"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=60)
