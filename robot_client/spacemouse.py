@@ -11,18 +11,14 @@ and the arm holds (the episode is aborted if that lasts), as with the gamepad.
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
 from dataclasses import dataclass, fields
 
 import numpy as np
 
 from interface.robot import ArmState
 from interface.teleop import SpaceMouseDevice, SpaceMouseReading, TeleopAction, intent_to_action
-from robot_client.teleop import TeleopSpeeds
+from robot_client.teleop import PolledTeleop, TeleopSpeeds
 
-log = logging.getLogger(__name__)
 SOURCE_SPACEMOUSE = "spacemouse"
 
 
@@ -72,52 +68,18 @@ class SpaceMouseMapping:
         return 0 <= index < len(reading.buttons) and bool(reading.buttons[index])
 
 
-class SpaceMouseTeleop:
+class SpaceMouseTeleop(PolledTeleop):
     """A 3D mouse read by its own thread; drives while the puck is deflected (and ``release_s`` after)."""
 
     name = SOURCE_SPACEMOUSE
+    unplugged = "the arm holds while it drove; retrying"
 
     def __init__(self, device: SpaceMouseDevice, speeds: TeleopSpeeds, mapping: SpaceMouseMapping | None = None,
                  poll_hz: float = 100.0, retry_s: float = 0.5):
-        self.device = device
-        self.speeds = speeds
+        super().__init__(device, speeds, poll_hz, retry_s)
         self.mapping = mapping or SpaceMouseMapping()
-        self.poll_s = 1.0 / poll_hz
-        self.retry_s = retry_s
-        self._lock = threading.Lock()
-        self._reading: SpaceMouseReading | None = None
-        self._t_read = 0.0  # monotonic time of the latest successful read
         self._t_active = -1e9  # the puck last deflected (or a button pressed)
-        self._gripper: float | None = None  # toggled by the gripper button; None: as the arm is
         self._buttons: tuple[bool, ...] = ()
-        self._ready = False  # the ready button was pressed since the last ready_pressed()
-        self.error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="spacemouse", daemon=True)
-
-    def start(self) -> SpaceMouseTeleop:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.device.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                reading = self.device.read()
-            except RuntimeError as e:  # unplugged: the last reading ages, the loop holds the arm
-                if self.error != str(e):
-                    log.error("SpaceMouse: %s (the arm holds while it drove; retrying)", e)
-                self.error = str(e)
-                self._stop.wait(self.retry_s)
-                continue
-            with self._lock:
-                self._take(reading, time.monotonic())
-            self.error = None
-            self._stop.wait(self.poll_s)
 
     def _take(self, reading: SpaceMouseReading, now: float) -> None:
         m = self.mapping
@@ -132,12 +94,6 @@ class SpaceMouseTeleop:
         if any(translation) or any(rotation):
             self._t_active = now
         self._reading, self._t_read, self._buttons = reading, now, reading.buttons
-
-    def ready_pressed(self) -> bool:
-        """The ready button was pressed since the last call (the scene reset is done)."""
-        with self._lock:
-            ready, self._ready = self._ready, False
-        return ready
 
     def command(self, state: ArmState, proposed: np.ndarray | None = None) -> TeleopAction | None:
         with self._lock:

@@ -216,29 +216,29 @@ class GamepadMapping:
                 gripper)
 
 
-class GamepadTeleop:
-    """A gamepad with a dead-man button, read by its own thread."""
+class PolledTeleop:
+    """A device at the robot read by its own thread at `poll_hz`: the reading thread, its retry on
+    a failed read and the ready button's latch, shared by the gamepad and the SpaceMouse. A
+    subclass takes each reading in ``_take(reading, now)`` (under the lock) and answers ``command``."""
 
-    name = SOURCE_GAMEPAD
+    name = ""
+    unplugged = "the arm holds; retrying"  # what a failed read means for the arm, in the log
 
-    def __init__(self, device: GamepadDevice, speeds: TeleopSpeeds, mapping: GamepadMapping | None = None,
-                 poll_hz: float = 100.0, retry_s: float = 0.5):
+    def __init__(self, device, speeds: TeleopSpeeds, poll_hz: float = 100.0, retry_s: float = 0.5):
         self.device = device
         self.speeds = speeds
-        self.mapping = mapping or GamepadMapping()
         self.poll_s = 1.0 / poll_hz
         self.retry_s = retry_s
         self._lock = threading.Lock()
-        self._reading: GamepadReading | None = None
+        self._reading = None
         self._t_read = 0.0  # monotonic time of the latest successful read
-        self._gripper: float | None = None  # latched gripper command while engaged
+        self._gripper: float | None = None  # latched gripper command; None: as the arm is
         self.error: str | None = None  # the device's latest failure (cleared by a good read)
-        self._ready = False  # the ready button went down since the last ready_pressed()
-        self._ready_down = False
+        self._ready = False  # the ready button was pressed since the last ready_pressed()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gamepad", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
 
-    def start(self) -> GamepadTeleop:
+    def start(self):
         self._thread.start()
         return self
 
@@ -253,18 +253,43 @@ class GamepadTeleop:
                 reading = self.device.read()
             except RuntimeError as e:  # unplugged: the last reading ages, the loop holds the arm
                 if self.error != str(e):
-                    log.error("gamepad: %s (the arm holds while the dead-man was held; retrying)", e)
+                    log.error("%s: %s (%s)", self.name, e, self.unplugged)
                 self.error = str(e)
                 self._stop.wait(self.retry_s)
                 continue
             with self._lock:
-                self._reading, self._t_read = reading, time.monotonic()
-                self._latch_gripper(reading)
-                down = self.mapping._pressed(reading, self.mapping.ready_button)
-                self._ready = self._ready or (down and not self._ready_down)  # a press, not a held button
-                self._ready_down = down
+                self._take(reading, time.monotonic())
             self.error = None
             self._stop.wait(self.poll_s)
+
+    def _take(self, reading, now: float) -> None:
+        raise NotImplementedError
+
+    def ready_pressed(self) -> bool:
+        """The ready button was pressed since the last call (the operator has reset the scene)."""
+        with self._lock:
+            ready, self._ready = self._ready, False
+        return ready
+
+
+class GamepadTeleop(PolledTeleop):
+    """A gamepad with a dead-man button, read by its own thread."""
+
+    name = SOURCE_GAMEPAD
+    unplugged = "the arm holds while the dead-man was held; retrying"
+
+    def __init__(self, device: GamepadDevice, speeds: TeleopSpeeds, mapping: GamepadMapping | None = None,
+                 poll_hz: float = 100.0, retry_s: float = 0.5):
+        super().__init__(device, speeds, poll_hz, retry_s)
+        self.mapping = mapping or GamepadMapping()
+        self._ready_down = False
+
+    def _take(self, reading: GamepadReading, now: float) -> None:
+        self._reading, self._t_read = reading, now
+        self._latch_gripper(reading)
+        down = self.mapping._pressed(reading, self.mapping.ready_button)
+        self._ready = self._ready or (down and not self._ready_down)  # a press, not a held button
+        self._ready_down = down
 
     def _latch_gripper(self, reading: GamepadReading) -> None:
         """A gripper button tap between two control ticks still counts: latched at the device's rate."""
@@ -274,12 +299,6 @@ class GamepadTeleop:
         gripper = self.mapping.intent(reading)[2]
         if gripper is not None:
             self._gripper = gripper
-
-    def ready_pressed(self) -> bool:
-        """The ready button was pressed since the last call (the operator has reset the scene)."""
-        with self._lock:
-            ready, self._ready = self._ready, False
-        return ready
 
     def command(self, state: ArmState, proposed: np.ndarray | None = None) -> TeleopAction | None:
         with self._lock:
