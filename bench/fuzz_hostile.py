@@ -31,10 +31,11 @@ LIMIT_SIDE, LIMIT_PIXELS = 640, 640 * 480
 def _jpeg(w: int, h: int) -> bytes:
     from protocol.images import encode_jpeg
 
-    return encode_jpeg(np.zeros((8, 8, 3), np.uint8), quality=50) if (w, h) == (8, 8) else _patched_jpeg(w, h)
+    return encode_jpeg(np.zeros((8, 8, 3), np.uint8), quality=50) if (w, h) == (8, 8) else jpeg_claiming(w, h)
 
 
-def _patched_jpeg(w: int, h: int) -> bytes:
+def jpeg_claiming(w: int, h: int) -> bytes:
+    """A small JPEG whose SOF header claims w x h pixels (the data is an 8x8 image's)."""
     from protocol.images import encode_jpeg
 
     data = bytearray(encode_jpeg(np.zeros((8, 8, 3), np.uint8), quality=50))
@@ -43,7 +44,8 @@ def _patched_jpeg(w: int, h: int) -> bytes:
     return bytes(data)
 
 
-def _png(w: int, h: int) -> bytes:
+def png_claiming(w: int, h: int) -> bytes:
+    """A small PNG whose IHDR claims w x h pixels (valid CRC, an 8x8 image's data)."""
     from PIL import Image
 
     buf = io.BytesIO()
@@ -56,7 +58,7 @@ def _png(w: int, h: int) -> bytes:
 
 sides = st.integers(min_value=0, max_value=65_535)  # a JPEG header holds 16 bits a side
 images = st.one_of(
-    st.builds(_patched_jpeg, sides, sides), st.builds(_png, st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1)),
+    st.builds(jpeg_claiming, sides, sides), st.builds(png_claiming, st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1)),
     st.binary(max_size=64).map(lambda b: b"\xff\xd8\xff" + b), st.binary(max_size=64).map(lambda b: b"\x89PNG\r\n" + b),
     st.builds(lambda h, w, c: np.zeros((h, w, c), np.uint8), st.integers(0, 800), st.integers(0, 800),
               st.sampled_from([1, 3, 4])))

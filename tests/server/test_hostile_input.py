@@ -6,20 +6,17 @@ its field, and connections that never finish their request are closed."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import socket
-import struct
 import time
-import zlib
 
 import httpx
 import numpy as np
 import pytest
 import torch
 import websockets.sync.client
-from PIL import Image
 
+from bench.fuzz_hostile import jpeg_claiming, png_claiming
 from bench.harness import ServerThread, publish_tiny
 from deployment.config import DeploymentConfig
 from deployment.server import ServerConfig
@@ -36,24 +33,6 @@ MAX_BODY = 4 * 1024 * 1024
 
 def jpeg(w: int, h: int) -> bytes:
     return encode_jpeg(np.zeros((h, w, 3), np.uint8), quality=50)
-
-
-def jpeg_claiming(w: int, h: int) -> bytes:
-    """A small JPEG whose SOF header claims w x h pixels (the data is an 8x8 image's)."""
-    data = bytearray(jpeg(8, 8))
-    sof = data.index(b"\xff\xc0")
-    struct.pack_into(">HH", data, sof + 5, h, w)
-    return bytes(data)
-
-
-def png_claiming(w: int, h: int) -> bytes:
-    """A small PNG whose IHDR claims w x h pixels (valid CRC, an 8x8 image's data)."""
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buf, format="PNG")
-    data = bytearray(buf.getvalue())
-    struct.pack_into(">II", data, 16, w, h)
-    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
 
 
 def request(**kw) -> dict:
